@@ -1,0 +1,228 @@
+//! The validated service definition: settings that cannot be wrong once built.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::FreezeWindow;
+
+/// A whole `sluice.yaml`, validated.
+#[derive(Clone, Debug, Serialize)]
+pub struct Spec {
+    pub service: String,
+    /// The branch whose changes are `mainline`; every other ref is under review.
+    pub mainline: String,
+    pub pipeline: Pipeline,
+    pub run: Option<RunSpec>,
+    /// In the order the file declares them.
+    pub environments: Vec<Environment>,
+}
+
+impl Spec {
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.pipeline.jobs.iter().find(|j| j.name == name)
+    }
+
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Pipeline {
+    /// In declaration order; `needs` only names jobs in this list and has no cycle.
+    pub jobs: Vec<Job>,
+    /// Workspace-relative paths packed into the artifact of a green mainline run.
+    pub artifact: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Job {
+    pub name: String,
+    pub needs: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Kills the job's processes when exceeded; 60m unless the file says otherwise.
+    pub timeout: Duration,
+    pub steps: Vec<Step>,
+    pub filter: JobFilter,
+}
+
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub name: String,
+    /// A shell command, run with `sh -c` in the workspace.
+    pub run: String,
+}
+
+/// Which changes a job runs for: `if: mainline|review` and `branches` patterns.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JobFilter {
+    pub kind: Option<ChangeKind>,
+    /// Branch names; a trailing `*` matches any suffix (`release/*`).
+    pub branches: Vec<String>,
+}
+
+impl JobFilter {
+    pub fn matches(&self, kind: ChangeKind, branch: &str) -> bool {
+        let kind_ok = self.kind.is_none_or(|k| k == kind);
+        let branch_ok = self.branches.is_empty()
+            || self
+                .branches
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => branch.starts_with(prefix),
+                    None => pattern == branch,
+                });
+        kind_ok && branch_ok
+    }
+}
+
+/// Whether a change is on the mainline or under review (a branch or pull request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Mainline,
+    Review,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Mainline => "mainline",
+            ChangeKind::Review => "review",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "mainline" => Some(ChangeKind::Mainline),
+            "review" => Some(ChangeKind::Review),
+            _ => None,
+        }
+    }
+}
+
+/// How one instance starts, the same in every environment.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSpec {
+    pub command: String,
+    pub health: Option<HealthCheck>,
+    pub config_files: Vec<ConfigFile>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that make an instance healthy.
+    pub healthy: u32,
+    /// Consecutive failures that make it unhealthy.
+    pub unhealthy: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfigFile {
+    pub template: String,
+    pub to: String,
+}
+
+/// Everything needed to run the service in one place: its five facets.
+#[derive(Clone, Debug, Serialize)]
+pub struct Environment {
+    pub name: String,
+    pub from: Option<String>,
+    pub deploy: DeployPolicy,
+    pub instances: u32,
+    pub listen: SocketAddr,
+    pub config: BTreeMap<String, String>,
+    pub data: DataSpec,
+    pub strategy: Strategy,
+}
+
+/// When releases enter an environment and what gates a promotion into it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DeployPolicy {
+    /// Every green mainline release is deployed without asking.
+    pub auto: bool,
+    pub approvals: u32,
+    pub approvers: Vec<String>,
+    pub soak: Option<Duration>,
+    #[serde(serialize_with = "freeze_expressions")]
+    pub freeze: Vec<FreezeWindow>,
+    pub require_jobs: Vec<String>,
+}
+
+fn freeze_expressions<S: serde::Serializer>(
+    windows: &[FreezeWindow],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(windows.iter().map(|w| &w.expression))
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DataSpec {
+    /// A script run once, on the environment's first deployment.
+    pub seed: Option<String>,
+    /// Another environment whose data is copied through `scrub`.
+    pub copy_from: Option<String>,
+    pub scrub: Option<String>,
+    /// How many snapshots of the data directory are kept.
+    pub snapshots: u32,
+}
+
+pub const DEFAULT_SNAPSHOTS: u32 = 5;
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    Rolling,
+    BlueGreen,
+    Ab(AbStrategy),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AbStrategy {
+    /// Percentages of traffic for B, strictly increasing, ending at 100.
+    pub steps: Vec<u8>,
+    pub min_requests: u64,
+    pub min_duration: Duration,
+    pub max_step: Duration,
+    pub sticky: Sticky,
+    pub metrics: Vec<Metric>,
+    /// Whether `X-Sluice-Variant` may force a variant.
+    pub allow_force: bool,
+}
+
+pub const DEFAULT_AB_STEPS: [u8; 5] = [1, 5, 25, 50, 100];
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sticky {
+    Cookie,
+    Header(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    ErrorRate,
+    LatencyP50,
+    LatencyP95,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 3] = [Metric::ErrorRate, Metric::LatencyP50, Metric::LatencyP95];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::ErrorRate => "error_rate",
+            Metric::LatencyP50 => "latency_p50",
+            Metric::LatencyP95 => "latency_p95",
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The file as written: serde structs with `deny_unknown_fields` and source
+//! locations on every value that a semantic check may need to point at.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde_saphyr::Spanned;
+
+use crate::diagnostic::{Diagnostic, Diagnostics};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpec {
+    pub service: Spanned<String>,
+    pub mainline: Option<Spanned<String>>,
+    pub pipeline: RawPipeline,
+    pub run: Option<RawRun>,
+    #[serde(default)]
+    pub environments: Entries<RawEnvironment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    pub jobs: Spanned<Entries<RawJob>>,
+    pub artifact: Option<RawArtifact>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArtifact {
+    pub paths: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJob {
+    #[serde(default)]
+    pub needs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub env: Entries<Scalar>,
+    pub timeout: Option<Spanned<String>>,
+    pub steps: Option<Spanned<Vec<RawStep>>>,
+    #[serde(rename = "if")]
+    pub condition: Option<Spanned<String>>,
+    #[serde(default)]
+    pub branches: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub name: Option<String>,
+    pub run: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRun {
+    pub command: Spanned<String>,
+    pub health: Option<RawHealth>,
+    #[serde(default)]
+    pub config_files: Vec<RawConfigFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Spanned<String>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub healthy: Option<Spanned<u32>>,
+    pub unhealthy: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfigFile {
+    pub template: Spanned<String>,
+    pub to: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvironment {
+    pub from: Option<Spanned<String>>,
+    pub deploy: Option<Spanned<RawDeploy>>,
+    pub instances: Option<Spanned<u32>>,
+    pub listen: Spanned<String>,
+    #[serde(default)]
+    pub config: Entries<Scalar>,
+    pub data: Option<RawData>,
+    pub strategy: Option<Spanned<RawStrategy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawData {
+    pub seed: Option<Spanned<String>>,
+    pub copy_from: Option<Spanned<String>>,
+    pub scrub: Option<Spanned<String>>,
+    pub snapshots: Option<Spanned<u32>>,
+}
+
+/// `deploy: auto`, `deploy: manual`, or a mapping of gates.
+#[derive(Debug)]
+pub enum RawDeploy {
+    Word(String),
+    Gates(RawGates),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGates {
+    pub auto: Option<bool>,
+    pub approvals: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    pub soak: Option<Spanned<String>>,
+    #[serde(default)]
+    pub freeze: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub require_jobs: Vec<Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for RawDeploy {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DeployVisitor;
+        impl<'de> Visitor<'de> for DeployVisitor {
+            type Value = RawDeploy;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`auto`, `manual`, or a mapping of gates (approvals, approvers, soak, freeze, require_jobs)")
+            }
+            fn visit_str<E: de::Error>(self, word: &str) -> Result<RawDeploy, E> {
+                Ok(RawDeploy::Word(word.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawDeploy, A::Error> {
+                RawGates::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawDeploy::Gates)
+            }
+        }
+        deserializer.deserialize_any(DeployVisitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawStrategy {
+    Rolling,
+    BlueGreen,
+    Ab(RawAb),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAb {
+    pub steps: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub min_requests: Option<u64>,
+    pub min_duration: Option<Spanned<String>>,
+    pub max_step: Option<Spanned<String>>,
+    pub sticky: Option<Spanned<String>>,
+    pub metrics: Option<Vec<Spanned<String>>>,
+    pub allow_force: Option<bool>,
+}
+
+/// A mapping kept in file order with the location of each key.
+#[derive(Debug)]
+pub struct Entries<V>(pub Vec<(Spanned<String>, V)>);
+
+impl<V> Default for Entries<V> {
+    fn default() -> Self {
+        Entries(Vec::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for EntriesVisitor<V> {
+            type Value = Entries<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping of names to values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key()? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(EntriesVisitor(PhantomData))
+    }
+}
+
+/// A scalar that becomes a string: `LOG_LEVEL: debug`, `WORKERS: 4`, `DEBUG: true`.
+#[derive(Debug)]
+pub struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl Visitor<'_> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// Reads the text into [`RawSpec`]; a syntax or shape error stops here with one diagnostic.
+pub fn parse(file: &str, text: &str) -> Result<RawSpec, Diagnostics> {
+    let blank = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+    if blank {
+        return Err(Diagnostics::one(Diagnostic::at(file, text, 1, 1, 0,
+            "the file is empty",
+            Some("start with `service: NAME` and a `pipeline:` with at least one job; `sluice init` writes one".into()),
+        )));
+    }
+    serde_saphyr::from_str::<RawSpec>(text).map_err(|error| {
+        let (line, column, len) = error
+            .location()
+            .map(|l| {
+                (
+                    l.line() as usize,
+                    l.column() as usize,
+                    l.span().len() as usize,
+                )
+            })
+            .unwrap_or((1, 1, 0));
+        let bare = error.without_snippet().to_string();
+        let message = bare
+            .rsplit_once(" at line ")
+            .map_or(bare.as_str(), |(message, _)| message);
+        let (message, help) = explain(message);
+        Diagnostics::one(Diagnostic::at(
+            file, text, line, column, len, &message, help,
+        ))
+    })
+}
+
+/// Turns the parser's words into ours where they name YAML internals.
+fn explain(message: &str) -> (String, Option<String>) {
+    let replaced = [
+        (
+            "expected sequence start",
+            "expected a list",
+            "write `- item` lines or `[a, b]`",
+        ),
+        (
+            "expected mapping start",
+            "expected a mapping",
+            "write `key: value` lines under this key",
+        ),
+        (
+            "expected string scalar",
+            "expected a text value",
+            "write a plain or quoted string here",
+        ),
+    ];
+    for (theirs, ours, help) in replaced {
+        if message.starts_with(theirs) {
+            return (ours.to_string(), Some(help.to_string()));
+        }
+    }
+    if message.starts_with("missing field") {
+        return (
+            message.to_string(),
+            Some("add the field; docs/sluice-yaml.md lists every field".into()),
+        );
+    }
+    if message.starts_with("duplicate mapping key") {
+        let key = message.trim_start_matches("duplicate mapping key: ");
+        let key = key.split(", set DuplicateKeyPolicy").next().unwrap_or(key);
+        return (
+            format!("`{key}` is defined twice"),
+            Some("names must be unique within a mapping; rename or merge one of them".into()),
+        );
+    }
+    let syntax = [
+        "illegal placement",
+        "did not find expected",
+        "unexpected end",
+        "found character",
+        "mapping values are not allowed",
+        "while scanning",
+    ];
+    if syntax.iter().any(|s| message.contains(s)) {
+        return (format!("YAML syntax: {message}"), Some("look for an unclosed bracket or quote, or a line indented differently from its neighbours".into()));
+    }
+    (message.to_string(), None)
+}

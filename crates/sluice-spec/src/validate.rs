@@ -1,0 +1,742 @@
+//! From [`RawSpec`] to [`Spec`]: every semantic check, each error collected
+//! with the place it is about, so that one run of `sluice validate` shows all.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::model::*;
+use crate::raw::*;
+use crate::{FreezeWindow, parse_duration};
+
+struct Checker<'a> {
+    file: &'a str,
+    text: &'a str,
+    found: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error<T>(
+        &mut self,
+        node: &Spanned<T>,
+        message: impl AsRef<str>,
+        help: impl Into<Option<String>>,
+    ) {
+        let diagnostic =
+            Diagnostic::spanned(self.file, self.text, node, message.as_ref(), help.into());
+        self.found.push(diagnostic);
+    }
+
+    fn duration(
+        &mut self,
+        node: &Option<Spanned<String>>,
+        what: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(node) = node else { return default };
+        match parse_duration(&node.value) {
+            Ok(d) if d > Duration::ZERO => d,
+            Ok(_) => {
+                self.error(node, format!("{what} must be longer than zero"), None);
+                default
+            }
+            Err(why) => {
+                self.error(
+                    node,
+                    format!("bad {what}: {why}"),
+                    Some("write a number and a unit: `500ms`, `30s`, `10m`, `1h30m`".into()),
+                );
+                default
+            }
+        }
+    }
+
+    fn name(&mut self, node: &Spanned<String>, what: &str) {
+        let ok = !node.value.is_empty()
+            && node
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            self.error(
+                node,
+                format!("`{}` is not a valid {what} name", node.value),
+                Some("use letters, digits, `-`, `_` and `.`".into()),
+            );
+        }
+    }
+
+    fn relative_path(&mut self, node: &Spanned<String>, what: &str) {
+        let path = std::path::Path::new(&node.value);
+        let escapes = path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            || node.value.is_empty();
+        if escapes {
+            self.error(
+                node,
+                format!(
+                    "{what} `{}` must be a path inside the repository",
+                    node.value
+                ),
+                Some("write it relative to the repository root, without `..`".into()),
+            );
+        }
+    }
+}
+
+pub fn validate(file: &str, text: &str, raw: RawSpec) -> Result<Spec, Diagnostics> {
+    let mut checker = Checker {
+        file,
+        text,
+        found: Vec::new(),
+    };
+    let c = &mut checker;
+    c.name(&raw.service, "service");
+    let mainline = match &raw.mainline {
+        Some(node) if node.value.trim().is_empty() => {
+            c.error(
+                node,
+                "`mainline` is empty",
+                Some("name the main branch, e.g. `main`".to_string()),
+            );
+            "main".to_string()
+        }
+        Some(node) => node.value.clone(),
+        None => "main".to_string(),
+    };
+    let pipeline = pipeline(c, raw.pipeline);
+    let run = raw.run.map(|r| run_spec(c, r));
+    let environments = environments(c, raw.environments, &pipeline);
+    let mut found = checker.found;
+    if !found.is_empty() {
+        found.sort_by_key(|d| (d.line, d.column));
+        return Err(Diagnostics(found));
+    }
+    Ok(Spec {
+        service: raw.service.value,
+        mainline,
+        pipeline,
+        run,
+        environments,
+    })
+}
+
+fn pipeline(c: &mut Checker, raw: RawPipeline) -> Pipeline {
+    if raw.jobs.value.0.is_empty() {
+        c.error(
+            &raw.jobs,
+            "the pipeline has no jobs",
+            Some("add a job with at least one step under `pipeline.jobs`".to_string()),
+        );
+    }
+    let names: HashSet<&str> = raw
+        .jobs
+        .value
+        .0
+        .iter()
+        .map(|(k, _)| k.value.as_str())
+        .collect();
+    let mut jobs = Vec::new();
+    for (name, job) in &raw.jobs.value.0 {
+        c.name(name, "job");
+        jobs.push(job_spec(c, name, job, &names));
+    }
+    needs_cycle(c, &raw.jobs.value);
+    let artifact = raw.artifact.map(|a| a.paths).unwrap_or_default();
+    for path in &artifact {
+        c.relative_path(path, "artifact path");
+    }
+    Pipeline {
+        jobs,
+        artifact: artifact.into_iter().map(|p| p.value).collect(),
+    }
+}
+
+fn job_spec(c: &mut Checker, name: &Spanned<String>, job: &RawJob, names: &HashSet<&str>) -> Job {
+    let mut needs = Vec::new();
+    for need in &job.needs {
+        if need.value == name.value {
+            c.error(need, format!("job `{}` needs itself", name.value), None);
+        } else if !names.contains(need.value.as_str()) {
+            let mut known: Vec<_> = names.iter().copied().collect();
+            known.sort();
+            c.error(
+                need,
+                format!("unknown job `{}` in `needs`", need.value),
+                Some(format!(
+                    "expected one of the jobs under `pipeline.jobs`: {}",
+                    known.join(", ")
+                )),
+            );
+        } else if needs.contains(&need.value) {
+            c.error(
+                need,
+                format!("`{}` is listed twice in `needs`", need.value),
+                None,
+            );
+        }
+        needs.push(need.value.clone());
+    }
+    let steps = match &job.steps {
+        Some(steps) if steps.value.is_empty() => {
+            c.error(
+                steps,
+                format!("job `{}` has no steps", name.value),
+                Some("add `- run: COMMAND` under `steps`".to_string()),
+            );
+            Vec::new()
+        }
+        None => {
+            c.error(
+                name,
+                format!("job `{}` has no steps", name.value),
+                Some("add `steps:` with `- run: COMMAND` to the job".to_string()),
+            );
+            Vec::new()
+        }
+        Some(steps) => steps.value.iter().map(|s| step(c, s)).collect(),
+    };
+    let kind = job.condition.as_ref().and_then(|cond| {
+        let kind = ChangeKind::parse(&cond.value);
+        if kind.is_none() && cond.value != "always" {
+            c.error(
+                cond,
+                format!("unknown condition `{}` in `if`", cond.value),
+                Some("expected `mainline`, `review` or `always`".to_string()),
+            );
+        }
+        kind
+    });
+    for branch in &job.branches {
+        if branch.value.is_empty() || branch.value[..branch.value.len() - 1].contains('*') {
+            c.error(
+                branch,
+                format!("bad branch pattern `{}`", branch.value),
+                Some("write a branch name, optionally ending in `*` (`release/*`)".to_string()),
+            );
+        }
+    }
+    Job {
+        name: name.value.clone(),
+        needs,
+        env: env_map(c, &job.env),
+        timeout: c.duration(&job.timeout, "timeout", DEFAULT_JOB_TIMEOUT),
+        steps,
+        filter: JobFilter {
+            kind,
+            branches: job.branches.iter().map(|b| b.value.clone()).collect(),
+        },
+    }
+}
+
+fn step(c: &mut Checker, raw: &RawStep) -> Step {
+    if raw.run.value.trim().is_empty() {
+        c.error(
+            &raw.run,
+            "`run` is empty",
+            Some("write the shell command this step runs".to_string()),
+        );
+    }
+    let first_line = raw
+        .run
+        .value
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Step {
+        name: raw.name.clone().unwrap_or(first_line),
+        run: raw.run.value.clone(),
+    }
+}
+
+fn env_map(c: &mut Checker, raw: &Entries<Scalar>) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for (key, value) in &raw.0 {
+        let ok = key
+            .value
+            .chars()
+            .next()
+            .is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
+            && key
+                .value
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+        if !ok {
+            c.error(
+                key,
+                format!("`{}` is not a valid variable name", key.value),
+                Some("use letters, digits and `_`, not starting with a digit".to_string()),
+            );
+        }
+        env.insert(key.value.clone(), value.0.clone());
+    }
+    env
+}
+
+/// Reports each cycle in `needs` once, at the job where it was found to close.
+fn needs_cycle(c: &mut Checker, jobs: &Entries<RawJob>) {
+    let index: HashMap<&str, usize> = jobs
+        .0
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.value.as_str(), i))
+        .collect();
+    let edges: Vec<Vec<(usize, &Spanned<String>)>> = jobs
+        .0
+        .iter()
+        .map(|(_, job)| {
+            job.needs
+                .iter()
+                .filter_map(|n| index.get(n.value.as_str()).map(|&i| (i, n)))
+                .collect()
+        })
+        .collect();
+    let names: Vec<&str> = jobs.0.iter().map(|(k, _)| k.value.as_str()).collect();
+    for (node, path) in find_cycles(&edges) {
+        let route: Vec<&str> = path
+            .iter()
+            .map(|&i| names[i])
+            .chain([names[path[0]]])
+            .collect();
+        c.error(
+            node,
+            format!("`needs` forms a cycle: {}", route.join(" → ")),
+            Some("remove one of these `needs` so the jobs can run in an order".to_string()),
+        );
+    }
+}
+
+/// Depth-first search over a graph whose edges carry the node to blame;
+/// returns each back edge with the path that it closes.
+fn find_cycles<'s, T>(edges: &[Vec<(usize, &'s Spanned<T>)>]) -> Vec<(&'s Spanned<T>, Vec<usize>)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    fn visit<'s, T>(
+        n: usize,
+        edges: &[Vec<(usize, &'s Spanned<T>)>],
+        marks: &mut [Mark],
+        stack: &mut Vec<usize>,
+        out: &mut Vec<(&'s Spanned<T>, Vec<usize>)>,
+    ) {
+        marks[n] = Mark::Open;
+        stack.push(n);
+        for &(next, node) in &edges[n] {
+            match marks[next] {
+                Mark::New => visit(next, edges, marks, stack, out),
+                Mark::Open => {
+                    let start = stack.iter().position(|&s| s == next).unwrap_or(0);
+                    out.push((node, stack[start..].to_vec()));
+                }
+                Mark::Done => {}
+            }
+        }
+        stack.pop();
+        marks[n] = Mark::Done;
+    }
+    let mut marks = vec![Mark::New; edges.len()];
+    let mut out = Vec::new();
+    for n in 0..edges.len() {
+        if marks[n] == Mark::New {
+            visit(n, edges, &mut marks, &mut Vec::new(), &mut out);
+        }
+    }
+    out
+}
+
+fn run_spec(c: &mut Checker, raw: RawRun) -> RunSpec {
+    if raw.command.value.trim().is_empty() {
+        c.error(
+            &raw.command,
+            "`run.command` is empty",
+            Some("write the command that starts one instance".to_string()),
+        );
+    }
+    let health = raw.health.map(|h| {
+        if !h.path.value.starts_with('/') {
+            c.error(
+                &h.path,
+                format!("health path `{}` must start with `/`", h.path.value),
+                None,
+            );
+        }
+        let interval = c.duration(&h.interval, "interval", Duration::from_secs(2));
+        let timeout = c.duration(&h.timeout, "timeout", Duration::from_secs(1));
+        if let Some(node) = &h.timeout
+            && timeout > interval
+        {
+            c.error(
+                node,
+                "the health check's timeout is longer than its interval",
+                Some("make `timeout` at most `interval`".to_string()),
+            );
+        }
+        let mut threshold = |node: &Option<Spanned<u32>>, name: &str, default: u32| match node {
+            Some(n) if n.value == 0 => {
+                c.error(n, format!("`{name}` must be at least 1"), None);
+                default
+            }
+            Some(n) => n.value,
+            None => default,
+        };
+        let healthy = threshold(&h.healthy, "healthy", 2);
+        let unhealthy = threshold(&h.unhealthy, "unhealthy", 3);
+        HealthCheck {
+            path: h.path.value,
+            interval,
+            timeout,
+            healthy,
+            unhealthy,
+        }
+    });
+    let mut targets = HashSet::new();
+    for file in &raw.config_files {
+        c.relative_path(&file.template, "template");
+        c.relative_path(&file.to, "config file");
+        if !targets.insert(file.to.value.clone()) {
+            c.error(
+                &file.to,
+                format!("two config files are rendered to `{}`", file.to.value),
+                None,
+            );
+        }
+    }
+    RunSpec {
+        command: raw.command.value,
+        health,
+        config_files: raw
+            .config_files
+            .into_iter()
+            .map(|f| ConfigFile {
+                template: f.template.value,
+                to: f.to.value,
+            })
+            .collect(),
+    }
+}
+
+fn environments(
+    c: &mut Checker,
+    raw: Entries<RawEnvironment>,
+    pipeline: &Pipeline,
+) -> Vec<Environment> {
+    let names: Vec<&str> = raw.0.iter().map(|(k, _)| k.value.as_str()).collect();
+    let known = || names.join(", ");
+    let mut listeners: HashMap<SocketAddr, String> = HashMap::new();
+    let mut out = Vec::new();
+    for (name, env) in &raw.0 {
+        c.name(name, "environment");
+        if let Some(from) = &env.from {
+            if from.value == name.value {
+                c.error(
+                    from,
+                    format!("environment `{}` comes from itself", name.value),
+                    None,
+                );
+            } else if !names.contains(&from.value.as_str()) {
+                c.error(
+                    from,
+                    format!("unknown environment `{}` in `from`", from.value),
+                    Some(format!("expected one of: {}", known())),
+                );
+            }
+        }
+        let listen = match env.listen.value.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if let Some(other) = listeners.insert(addr, name.value.clone()) {
+                    c.error(
+                        &env.listen,
+                        format!("`{addr}` is already the listen address of `{other}`"),
+                        Some("give each environment its own address or port".to_string()),
+                    );
+                }
+                addr
+            }
+            Err(_) => {
+                c.error(
+                    &env.listen,
+                    format!("`{}` is not a listen address", env.listen.value),
+                    Some("write IP:PORT, e.g. `127.0.0.1:8101`".to_string()),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        };
+        let instances = match &env.instances {
+            Some(n) if n.value == 0 => {
+                c.error(n, "`instances` must be at least 1", None);
+                1
+            }
+            Some(n) => n.value,
+            None => 1,
+        };
+        let data = data_spec(c, &env.data, name, &names);
+        out.push(Environment {
+            name: name.value.clone(),
+            from: env.from.as_ref().map(|f| f.value.clone()),
+            deploy: deploy_policy(c, &env.deploy, pipeline),
+            instances,
+            listen,
+            config: env_map(c, &env.config),
+            data,
+            strategy: strategy(c, &env.strategy),
+        });
+    }
+    from_cycle(c, &raw);
+    out
+}
+
+fn from_cycle(c: &mut Checker, raw: &Entries<RawEnvironment>) {
+    let index: HashMap<&str, usize> = raw
+        .0
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.value.as_str(), i))
+        .collect();
+    let edges: Vec<Vec<(usize, &Spanned<String>)>> = raw
+        .0
+        .iter()
+        .map(|(k, env)| {
+            env.from
+                .iter()
+                .filter(|f| f.value != k.value)
+                .filter_map(|f| index.get(f.value.as_str()).map(|&i| (i, f)))
+                .collect()
+        })
+        .collect();
+    let names: Vec<&str> = raw.0.iter().map(|(k, _)| k.value.as_str()).collect();
+    for (node, path) in find_cycles(&edges) {
+        let route: Vec<&str> = path
+            .iter()
+            .map(|&i| names[i])
+            .chain([names[path[0]]])
+            .collect();
+        c.error(
+            node,
+            format!("`from` forms a cycle: {}", route.join(" ← ")),
+            Some("releases must enter at an environment without `from` (usually dev)".to_string()),
+        );
+    }
+}
+
+fn data_spec(
+    c: &mut Checker,
+    raw: &Option<RawData>,
+    env: &Spanned<String>,
+    names: &[&str],
+) -> DataSpec {
+    let Some(raw) = raw else {
+        return DataSpec {
+            seed: None,
+            copy_from: None,
+            scrub: None,
+            snapshots: DEFAULT_SNAPSHOTS,
+        };
+    };
+    if let Some(seed) = &raw.seed {
+        c.relative_path(seed, "seed");
+    }
+    if let Some(scrub) = &raw.scrub {
+        c.relative_path(scrub, "scrub script");
+        if raw.copy_from.is_none() {
+            c.error(
+                scrub,
+                "`scrub` without `copy_from`",
+                Some(
+                    "name the environment whose data is copied and scrubbed with `copy_from: ENV`"
+                        .to_string(),
+                ),
+            );
+        }
+    }
+    if let Some(from) = &raw.copy_from {
+        if from.value == env.value {
+            c.error(
+                from,
+                format!("environment `{}` copies data from itself", env.value),
+                None,
+            );
+        } else if !names.contains(&from.value.as_str()) {
+            c.error(
+                from,
+                format!("unknown environment `{}` in `copy_from`", from.value),
+                Some(format!("expected one of: {}", names.join(", "))),
+            );
+        }
+        if raw.seed.is_some() {
+            c.error(
+                from,
+                "`copy_from` and `seed` both say where the data comes from",
+                Some("keep one of them".to_string()),
+            );
+        }
+    }
+    DataSpec {
+        seed: raw.seed.as_ref().map(|s| s.value.clone()),
+        copy_from: raw.copy_from.as_ref().map(|s| s.value.clone()),
+        scrub: raw.scrub.as_ref().map(|s| s.value.clone()),
+        snapshots: raw
+            .snapshots
+            .as_ref()
+            .map_or(DEFAULT_SNAPSHOTS, |s| s.value),
+    }
+}
+
+fn deploy_policy(
+    c: &mut Checker,
+    raw: &Option<Spanned<RawDeploy>>,
+    pipeline: &Pipeline,
+) -> DeployPolicy {
+    let Some(node) = raw else {
+        return DeployPolicy::default();
+    };
+    match &node.value {
+        RawDeploy::Word(word) if word == "auto" => DeployPolicy {
+            auto: true,
+            ..DeployPolicy::default()
+        },
+        RawDeploy::Word(word) if word == "manual" => DeployPolicy::default(),
+        RawDeploy::Word(word) => {
+            c.error(
+                node,
+                format!("unknown deploy policy `{word}`"),
+                Some(
+                    "expected `auto`, `manual`, or a mapping of gates such as `{ approvals: 1 }`"
+                        .to_string(),
+                ),
+            );
+            DeployPolicy::default()
+        }
+        RawDeploy::Gates(gates) => {
+            let approvals = gates.approvals.as_ref().map_or(0, |a| a.value);
+            let soak = c.duration(&gates.soak, "soak", Duration::ZERO);
+            let freeze = gates
+                .freeze
+                .iter()
+                .filter_map(|w| match FreezeWindow::parse(&w.value) {
+                    Ok(window) => Some(window),
+                    Err(why) => {
+                        c.error(w, format!("bad freeze window: {why}"), Some("write a cron expression of the frozen minutes, e.g. `* 16-23 * * fri`".to_string()));
+                        None
+                    }
+                })
+                .collect();
+            for job in &gates.require_jobs {
+                if !pipeline.jobs.iter().any(|j| j.name == job.value) {
+                    let known: Vec<&str> = pipeline.jobs.iter().map(|j| j.name.as_str()).collect();
+                    c.error(
+                        job,
+                        format!("unknown job `{}` in `require_jobs`", job.value),
+                        Some(format!("expected one of: {}", known.join(", "))),
+                    );
+                }
+            }
+            DeployPolicy {
+                auto: gates.auto.unwrap_or(false),
+                approvals,
+                approvers: gates.approvers.clone(),
+                soak: gates.soak.as_ref().map(|_| soak),
+                freeze,
+                require_jobs: gates.require_jobs.iter().map(|j| j.value.clone()).collect(),
+            }
+        }
+    }
+}
+
+fn strategy(c: &mut Checker, raw: &Option<Spanned<RawStrategy>>) -> Strategy {
+    let Some(node) = raw else {
+        return Strategy::Rolling;
+    };
+    match &node.value {
+        RawStrategy::Rolling => Strategy::Rolling,
+        RawStrategy::BlueGreen => Strategy::BlueGreen,
+        RawStrategy::Ab(ab) => Strategy::Ab(ab_strategy(c, ab)),
+    }
+}
+
+fn ab_strategy(c: &mut Checker, raw: &RawAb) -> AbStrategy {
+    let steps = match &raw.steps {
+        None => DEFAULT_AB_STEPS.to_vec(),
+        Some(list) => {
+            let mut previous = 0;
+            for step in &list.value {
+                if !(1..=100).contains(&step.value) {
+                    c.error(
+                        step,
+                        format!("ramp step {} is not a percentage from 1 to 100", step.value),
+                        None,
+                    );
+                } else if step.value <= previous {
+                    c.error(step, format!("ramp step {} does not increase (after {previous})", step.value), Some("list the percentages of traffic for B in increasing order, e.g. [1, 5, 25, 50, 100]".to_string()));
+                }
+                previous = previous.max(step.value);
+            }
+            if list.value.last().is_none_or(|s| s.value != 100) {
+                c.error(
+                    list,
+                    "the ramp does not end at 100",
+                    Some("end `steps` with 100, so that B becomes the release".to_string()),
+                );
+            }
+            list.value
+                .iter()
+                .map(|s| s.value.clamp(0, 100) as u8)
+                .collect()
+        }
+    };
+    let sticky = match &raw.sticky {
+        None => Sticky::Cookie,
+        Some(s) if s.value == "cookie" => Sticky::Cookie,
+        Some(s) => match s.value.strip_prefix("header:") {
+            Some(h)
+                if !h.trim().is_empty()
+                    && h.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-') =>
+            {
+                Sticky::Header(h.to_string())
+            }
+            _ => {
+                c.error(
+                    s,
+                    format!("unknown sticky key `{}`", s.value),
+                    Some("expected `cookie` or `header:NAME`, e.g. `header:X-User-Id`".to_string()),
+                );
+                Sticky::Cookie
+            }
+        },
+    };
+    let metrics = match &raw.metrics {
+        None => Metric::ALL.to_vec(),
+        Some(list) => list
+            .iter()
+            .filter_map(|m| {
+                let found = Metric::ALL.into_iter().find(|k| k.name() == m.value);
+                if found.is_none() {
+                    c.error(
+                        m,
+                        format!("unknown metric `{}`", m.value),
+                        Some("expected `error_rate`, `latency_p50` or `latency_p95`".to_string()),
+                    );
+                }
+                found
+            })
+            .collect(),
+    };
+    AbStrategy {
+        steps,
+        min_requests: raw.min_requests.unwrap_or(1000),
+        min_duration: c.duration(&raw.min_duration, "min_duration", Duration::from_secs(60)),
+        max_step: c.duration(&raw.max_step, "max_step", Duration::from_secs(600)),
+        sticky,
+        metrics,
+        allow_force: raw.allow_force.unwrap_or(false),
+    }
+}
