@@ -1,1 +1,111 @@
-//! placeholder
+//! Sluice's state: one `Store` over SQLite (the default, in WAL mode under the
+//! data directory) or PostgreSQL, with migrations run at connect and the
+//! append-only change log that every part writes to.
+//!
+//! The SQL is shared between the two databases through sqlx's `Any` driver;
+//! what differs (DDL for ids, locking) is in [`Dialect`].
+
+mod artifacts;
+mod changelog;
+mod logs;
+mod migrate;
+mod processes;
+mod repos;
+mod runs;
+mod tokens;
+
+pub mod testing;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+
+pub use artifacts::Artifact;
+pub use changelog::{ChangeEvent, ChangeQuery, NewChangeEvent};
+pub use logs::LogLine;
+pub use processes::TrackedProcess;
+pub use repos::{NewRepo, Repo};
+pub use runs::{Change, Job, NewChange, Run, RunDetail, RunFilter, RunStatus, Step};
+pub use tokens::{Role, TokenRecord};
+
+/// The database sluice keeps its state in.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{what} `{id}` not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("unsupported database URL `{0}`: expected sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://…`) and runs pending migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        if dialect == Dialect::Sqlite {
+            // One writer at a time is all SQLite allows; WAL lets readers go on meanwhile.
+            options = options.max_connections(8).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+                        .await?;
+                    Ok(())
+                })
+            });
+        } else {
+            options = options.max_connections(16);
+        }
+        let pool = options.connect(url).await?;
+        let store = Store { pool, dialect };
+        migrate::run(&store).await?;
+        Ok(store)
+    }
+
+    /// The SQLite database file under a data directory, created if missing.
+    pub fn sqlite_url(data_dir: &Path) -> String {
+        format!("sqlite://{}?mode=rwc", data_dir.join("sluice.db").display())
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch: how every time is stored.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

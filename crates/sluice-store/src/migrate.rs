@@ -1,0 +1,56 @@
+//! Schema migrations: numbered, applied once each in a transaction at connect.
+//! Add a migration by appending to `MIGRATIONS`; never edit a released one.
+
+use sqlx::{AssertSqlSafe, Executor};
+
+use crate::{Dialect, Result, Store, now_ms};
+
+/// `{id}` stands for an auto-increment primary key in the dialect at hand.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_foundation.sql"))];
+
+pub async fn run(store: &Store) -> Result<()> {
+    let id = match store.dialect {
+        Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+        Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
+    };
+    let mut conn = store.pool.acquire().await?;
+    if store.dialect == Dialect::Postgres {
+        // Several servers may share one database; one migrates at a time.
+        conn.execute("SELECT pg_advisory_lock(7300)").await?;
+    }
+    conn.execute("CREATE TABLE IF NOT EXISTS sluice_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+        .await?;
+    let result = async {
+        for (version, sql) in MIGRATIONS {
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM sluice_migrations WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if done.is_some() {
+                continue;
+            }
+            tracing::info!(version, "applying migration");
+            conn.execute("BEGIN").await?;
+            let sql = sql.replace("{id}", id);
+            for statement in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+                if let Err(e) = conn.execute(AssertSqlSafe(statement)).await {
+                    conn.execute("ROLLBACK").await?;
+                    return Err(e.into());
+                }
+            }
+            sqlx::query("INSERT INTO sluice_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(version)
+                .bind(now_ms())
+                .execute(&mut *conn)
+                .await?;
+            conn.execute("COMMIT").await?;
+        }
+        Ok(())
+    }
+    .await;
+    if store.dialect == Dialect::Postgres {
+        conn.execute("SELECT pg_advisory_unlock(7300)").await?;
+    }
+    result
+}

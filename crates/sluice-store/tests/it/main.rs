@@ -1,0 +1,24 @@
+//! The store's behaviour, run against SQLite and (when `SLUICE_TEST_POSTGRES`
+//! is set) a real PostgreSQL server.
+
+mod changelog;
+mod runs;
+
+use sluice_store::Store;
+
+/// Runs `check` once per database, each fresh.
+pub async fn each_store<F, Fut>(check: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    for (name, url) in sluice_store::testing::database_urls(dir.path()).await {
+        eprintln!("-- against {name}");
+        let store = Store::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {name}: {e}"));
+        check(store.clone()).await;
+        store.close().await;
+    }
+}
