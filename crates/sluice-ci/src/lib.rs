@@ -1,1 +1,256 @@
-//! placeholder
+//! Continuous integration: noticing changes in git repositories, running
+//! their pipelines as processes, keeping their logs and packing artifacts.
+//!
+//! [`Ci`] is the engine. It owns a dispatcher that claims queued runs from the
+//! store, a poller that rescans repositories, and the pluggable [`Executor`]
+//! (where steps run) and [`Notifier`] (who hears of runs).
+
+pub mod artifact;
+mod detect;
+mod events;
+pub mod executor;
+pub mod git;
+mod logs;
+mod notify;
+mod run;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_store::{Repo, Run, RunStatus, Store};
+use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio_util::sync::CancellationToken;
+
+pub use detect::{AddRepo, HOOK_MARKER};
+pub use events::Event;
+pub use executor::{Executor, LocalExecutor, StepOutcome, StepRequest};
+pub use logs::{LogSink, LogWriter, Masker};
+pub use notify::{ForgeStatus, Notifier, forge_state};
+
+/// How the engine runs; `Default` is for tests and `sluice serve` fills it in.
+#[derive(Clone, Debug)]
+pub struct CiConfig {
+    pub data_dir: PathBuf,
+    /// Jobs that may run at once across all runs.
+    pub parallelism: usize,
+    /// How often every repository is rescanned, for remotes and missed hooks.
+    pub poll_interval: Duration,
+    /// Keep each run's workspace after it ends, for debugging.
+    pub keep_workspaces: bool,
+    /// The server's address, for hooks and links in commit statuses.
+    pub server_url: String,
+    /// The `sluice` binary that installed hooks call.
+    pub sluice_bin: PathBuf,
+}
+
+impl CiConfig {
+    pub fn new(data_dir: &Path, server_url: &str) -> Self {
+        CiConfig {
+            data_dir: data_dir.to_path_buf(),
+            parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            poll_interval: Duration::from_secs(10),
+            keep_workspaces: false,
+            server_url: server_url.to_string(),
+            sluice_bin: std::env::current_exe().unwrap_or_else(|_| "sluice".into()),
+        }
+    }
+}
+
+/// The CI engine; cheap to clone.
+#[derive(Clone)]
+pub struct Ci {
+    engine: Arc<Engine>,
+}
+
+struct Engine {
+    store: Store,
+    config: CiConfig,
+    executor: Arc<dyn Executor>,
+    notifier: Arc<dyn Notifier>,
+    events: broadcast::Sender<Event>,
+    wake: Notify,
+    job_slots: Arc<Semaphore>,
+    running: Mutex<HashMap<i64, Cancel>>,
+    scanning: tokio::sync::Mutex<()>,
+    shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+struct Cancel {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+}
+
+impl Ci {
+    /// Recovers from a previous server's end (kills its leftover steps, marks
+    /// its running runs `error`), then starts the dispatcher and the poller.
+    pub async fn start(store: Store, config: CiConfig) -> anyhow::Result<Ci> {
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        let killed = executor::kill_leftovers(&store, &host).await;
+        let interrupted = store.interrupt_running_runs().await?;
+        if killed > 0 || !interrupted.is_empty() {
+            tracing::warn!(?interrupted, killed, "recovered from an interrupted server");
+        }
+        let executor = Arc::new(LocalExecutor::new(store.clone(), host.clone()));
+        let notifier = Arc::new(ForgeStatus::new(config.server_url.clone()));
+        let (events, _) = broadcast::channel(4096);
+        let engine = Arc::new(Engine {
+            job_slots: Arc::new(Semaphore::new(config.parallelism.max(1))),
+            store,
+            config,
+            executor,
+            notifier,
+            events,
+            wake: Notify::new(),
+            running: Mutex::new(HashMap::new()),
+            scanning: tokio::sync::Mutex::new(()),
+            shutdown: CancellationToken::new(),
+        });
+        for id in &interrupted {
+            let _ = tokio::fs::remove_dir_all(engine.workspace(*id)).await;
+        }
+        tokio::spawn(dispatch(engine.clone()));
+        tokio::spawn(poll(engine.clone()));
+        Ok(Ci { engine })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.engine.store
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.engine.events.subscribe()
+    }
+
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.engine.config.data_dir.join("artifacts").join("sha256")
+    }
+
+    /// Registers a repository, hooks it where it can, and queues a run of its mainline head.
+    pub async fn add_repo(&self, request: AddRepo, actor: &str) -> anyhow::Result<Repo> {
+        self.engine.add_repo(request, actor).await
+    }
+
+    /// Rescans a repository's refs now; returns the runs it queued.
+    pub async fn scan(&self, repo: &str, source: &str) -> anyhow::Result<Vec<Run>> {
+        let repo = self.engine.store.repo(repo).await?;
+        self.engine.scan(&repo, source).await
+    }
+
+    /// Takes a verified webhook event; returns the queued run, if any, or why none.
+    pub async fn accept_webhook(
+        &self,
+        repo: &Repo,
+        announced: webhook::Announced,
+    ) -> anyhow::Result<Option<Run>> {
+        self.engine.accept(repo, announced).await
+    }
+
+    /// Cancels a queued or running run; false when it had already ended.
+    pub async fn cancel(&self, run_id: i64, reason: &str) -> anyhow::Result<bool> {
+        self.engine.cancel(run_id, reason).await
+    }
+
+    /// Stops the dispatcher and cancels what runs, for a clean shutdown.
+    pub fn shutdown(&self) {
+        self.engine.shutdown.cancel();
+        for cancel in self.engine.running.lock().unwrap().values() {
+            cancel.token.cancel();
+        }
+    }
+}
+
+impl Engine {
+    fn workspace(&self, run_id: i64) -> PathBuf {
+        self.config
+            .data_dir
+            .join("workspaces")
+            .join(format!("run-{run_id}"))
+    }
+
+    fn emit(&self, run_id: i64, status: RunStatus) {
+        let _ = self.events.send(Event::Run { run_id, status });
+    }
+
+    async fn notify(&self, run_id: i64) {
+        let Ok(run) = self.store.run(run_id).await else {
+            return;
+        };
+        self.emit(run_id, run.status);
+        if let Ok(repo) = self.store.repo_by_id(run.repo_id).await {
+            self.notifier.run_changed(&repo, &run).await;
+        }
+    }
+
+    async fn cancel(&self, run_id: i64, reason: &str) -> anyhow::Result<bool> {
+        let running = self.running.lock().unwrap().get(&run_id).cloned();
+        if let Some(cancel) = running {
+            *cancel.reason.lock().unwrap() = Some(reason.to_string());
+            cancel.token.cancel();
+            return Ok(true);
+        }
+        let ended = self
+            .store
+            .finish_run(run_id, RunStatus::Cancelled, Some(reason), None)
+            .await?;
+        if ended {
+            self.notify(run_id).await;
+        }
+        Ok(ended)
+    }
+}
+
+/// Claims queued runs and starts each; woken at once when a run is queued.
+async fn dispatch(engine: Arc<Engine>) {
+    loop {
+        loop {
+            match engine.store.claim_queued_run().await {
+                Ok(Some(run)) => {
+                    let cancel = Cancel {
+                        token: engine.shutdown.child_token(),
+                        reason: Arc::default(),
+                    };
+                    engine
+                        .running
+                        .lock()
+                        .unwrap()
+                        .insert(run.id, cancel.clone());
+                    tokio::spawn(run::execute(engine.clone(), run, cancel));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not claim a queued run");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = engine.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = engine.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Rescans every repository now and then: remotes have no hook, and a hook may be missed.
+async fn poll(engine: Arc<Engine>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(engine.config.poll_interval) => {}
+            _ = engine.shutdown.cancelled() => return,
+        }
+        let Ok(repos) = engine.store.repos().await else {
+            continue;
+        };
+        for repo in repos {
+            if let Err(e) = engine.scan(&repo, "poll").await {
+                tracing::warn!(repo = %repo.name, error = %format!("{e:#}"), "poll failed");
+            }
+        }
+    }
+}

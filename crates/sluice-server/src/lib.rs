@@ -1,1 +1,149 @@
-//! placeholder
+//! The server: the JSON API under `/api/v1` (axum), live events over SSE,
+//! authentication, and the wiring of the store and the CI engine.
+
+mod api;
+pub mod auth;
+mod error;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use sluice_ci::{Ci, CiConfig};
+use sluice_store::Store;
+use tokio::net::TcpListener;
+
+pub use error::{ApiError, ApiResult};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub ci: Ci,
+    pub tokens: Arc<auth::Tokens>,
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .nest("/api/v1", api::routes())
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// How `sluice serve` was asked to run.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `None` means SQLite under the data directory.
+    pub database: Option<String>,
+    pub poll_interval: Duration,
+    pub parallelism: Option<usize>,
+    pub keep_workspaces: bool,
+}
+
+/// A server bound to its address, ready to serve.
+pub struct Server {
+    pub addr: SocketAddr,
+    /// Set on the first start only: print it once.
+    pub initial_admin_token: Option<String>,
+    pub database: String,
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    /// Opens the store (running migrations), binds, recovers and starts the CI engine.
+    pub async fn start(options: ServeOptions) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(&options.data_dir).with_context(|| {
+            format!(
+                "could not create the data directory {}",
+                options.data_dir.display()
+            )
+        })?;
+        let data_dir = options.data_dir.canonicalize()?;
+        let database = options
+            .database
+            .clone()
+            .unwrap_or_else(|| Store::sqlite_url(&data_dir));
+        let store = Store::connect(&database)
+            .await
+            .with_context(|| format!("could not open the database {}", redact(&database)))?;
+        let listener = TcpListener::bind(options.listen).await.with_context(|| {
+            format!(
+                "could not listen on {}; is another server running there? (--listen ADDR)",
+                options.listen
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        let mut config = CiConfig::new(&data_dir, &format!("http://{addr}"));
+        config.poll_interval = options.poll_interval;
+        config.keep_workspaces = options.keep_workspaces;
+        if let Some(parallelism) = options.parallelism {
+            config.parallelism = parallelism;
+        }
+        let ci = Ci::start(store.clone(), config).await?;
+        let state = AppState {
+            store,
+            ci,
+            tokens: Arc::default(),
+        };
+        let initial_admin_token = auth::ensure_initial_admin(&state, &data_dir)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        Ok(Server {
+            addr,
+            initial_admin_token,
+            database: redact(&database),
+            listener,
+            state,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then stops the CI engine.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let ci = self.state.ci.clone();
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        ci.shutdown();
+        Ok(())
+    }
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("postgres://u:pw@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            super::redact("sqlite:///x/sluice.db"),
+            "sqlite:///x/sluice.db"
+        );
+    }
+}

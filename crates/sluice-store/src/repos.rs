@@ -200,6 +200,17 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
+    pub async fn delivery_seen(&self, repo_id: i64, delivery_id: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT repo_id FROM deliveries WHERE repo_id = $1 AND delivery_id = $2",
+        )
+        .bind(repo_id)
+        .bind(delivery_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
     /// Records a webhook delivery; false when it was taken before.
     pub async fn record_delivery(&self, repo_id: i64, delivery_id: &str) -> Result<bool> {
         let done = sqlx::query(

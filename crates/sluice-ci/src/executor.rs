@@ -1,0 +1,211 @@
+//! The `Executor`: runs one step's command and reports how it ended. The local
+//! executor runs it as a process group on this machine, so that a timeout or a
+//! cancel kills the step with every child it started.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use sluice_store::{Store, TrackedProcess};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::Command;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::logs::LogWriter;
+
+pub struct StepRequest {
+    pub run_id: i64,
+    pub command: String,
+    pub workdir: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub deadline: Instant,
+    pub cancel: CancellationToken,
+    pub log: LogWriter,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    Exited(i32),
+    Signalled(i32),
+    TimedOut,
+    Cancelled,
+    FailedToStart(String),
+}
+
+/// Runs steps; the local executor is the default, remote runners may follow.
+pub trait Executor: Send + Sync {
+    fn run_step(
+        &self,
+        request: StepRequest,
+    ) -> Pin<Box<dyn Future<Output = StepOutcome> + Send + '_>>;
+}
+
+/// How long a step gets to exit after SIGTERM before SIGKILL.
+const GRACE: Duration = Duration::from_secs(1);
+/// The longest line kept whole; longer output is split.
+const MAX_LINE: u64 = 64 * 1024;
+
+pub struct LocalExecutor {
+    store: Store,
+    host: String,
+}
+
+impl LocalExecutor {
+    pub fn new(store: Store, host: String) -> Self {
+        LocalExecutor { store, host }
+    }
+
+    async fn run(&self, request: StepRequest) -> StepOutcome {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&request.command)
+            .current_dir(&request.workdir)
+            .envs(request.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => return StepOutcome::FailedToStart(e.to_string()),
+        };
+        let pid = child.id().unwrap_or_default() as i32;
+        let tracked = TrackedProcess {
+            pid: pid.into(),
+            start_ticks: start_ticks(pid).unwrap_or(0),
+            host: self.host.clone(),
+            run_id: Some(request.run_id),
+            what: "step".into(),
+        };
+        if let Err(e) = self.store.track_process(&tracked).await {
+            tracing::warn!(pid, error = %e, "could not record the step's process");
+        }
+        let readers = [
+            child
+                .stdout
+                .take()
+                .map(|out| tokio::spawn(forward(out, request.log.clone(), "stdout"))),
+            child
+                .stderr
+                .take()
+                .map(|err| tokio::spawn(forward(err, request.log.clone(), "stderr"))),
+        ];
+        let outcome = tokio::select! {
+            status = child.wait() => match status {
+                Ok(status) => match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+                    (Some(code), _) => StepOutcome::Exited(code),
+                    (None, Some(signal)) => StepOutcome::Signalled(signal),
+                    _ => StepOutcome::Exited(-1),
+                },
+                Err(e) => StepOutcome::FailedToStart(e.to_string()),
+            },
+            _ = tokio::time::sleep_until(request.deadline) => {
+                terminate(pid, &mut child).await;
+                StepOutcome::TimedOut
+            }
+            _ = request.cancel.cancelled() => {
+                terminate(pid, &mut child).await;
+                StepOutcome::Cancelled
+            }
+        };
+        // Whatever the step left running in its group goes with it.
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        for reader in readers.into_iter().flatten() {
+            // A process that left the group may still hold the pipe; stop waiting for it.
+            let _ = tokio::time::timeout(GRACE * 2, reader).await;
+        }
+        if let Err(e) = self.store.untrack_process(&self.host, pid.into()).await {
+            tracing::warn!(pid, error = %e, "could not forget the step's process");
+        }
+        outcome
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn run_step(
+        &self,
+        request: StepRequest,
+    ) -> Pin<Box<dyn Future<Output = StepOutcome> + Send + '_>> {
+        Box::pin(self.run(request))
+    }
+}
+
+/// SIGTERM to the group, SIGKILL after the grace period.
+async fn terminate(pid: i32, child: &mut tokio::process::Child) {
+    let group = Pid::from_raw(pid);
+    let _ = killpg(group, Signal::SIGTERM);
+    if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+async fn forward(stream: impl AsyncRead + Unpin, log: LogWriter, name: &'static str) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    buf.pop();
+                }
+                log.line(name, String::from_utf8_lossy(&buf).into_owned());
+            }
+        }
+    }
+}
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`).
+pub fn start_ticks(pid: i32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills the process groups that a previous server left running, when they are still ours.
+pub async fn kill_leftovers(store: &Store, host: &str) -> usize {
+    let Ok(processes) = store.tracked_processes(host).await else {
+        return 0;
+    };
+    let mut killed = 0;
+    for process in processes {
+        let pid = process.pid as i32;
+        if start_ticks(pid) == Some(process.start_ticks) {
+            if killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+            tracing::warn!(
+                pid,
+                run = process.run_id,
+                "killed a step left running by a previous server"
+            );
+        }
+        let _ = store.untrack_process(host, process.pid).await;
+    }
+    killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_start_time() {
+        let me = std::process::id() as i32;
+        assert!(start_ticks(me).unwrap() > 0);
+        assert_eq!(start_ticks(me), start_ticks(me));
+        assert_eq!(start_ticks(i32::MAX), None);
+    }
+}

@@ -1,0 +1,432 @@
+//! One run, start to end: read `sluice.yaml` at the commit, check the commit
+//! out, run the jobs as their `needs` allow, pack the artifact, record the end.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_spec::{ChangeKind, Job, Spec};
+use sluice_store::{Run, RunStatus};
+use tokio::task::JoinSet;
+
+use crate::executor::{StepOutcome, StepRequest};
+use crate::logs::{LogSink, LogWriter};
+use crate::{Cancel, Engine, artifact, git};
+
+/// How a run ended.
+struct Ending {
+    status: RunStatus,
+    reason: Option<String>,
+    artifact: Option<String>,
+}
+
+impl Ending {
+    fn new(status: RunStatus, reason: impl Into<Option<String>>) -> Self {
+        Ending {
+            status,
+            reason: reason.into(),
+            artifact: None,
+        }
+    }
+}
+
+pub(crate) async fn execute(engine: Arc<Engine>, run: Run, cancel: Cancel) {
+    engine.notify(run.id).await;
+    let secrets = engine.store.secrets(run.repo_id).await.unwrap_or_default();
+    let sink = LogSink::start(
+        engine.store.clone(),
+        run.id,
+        secrets.values().cloned().collect(),
+        engine.events.clone(),
+    );
+    let workspace = engine.workspace(run.id);
+    let mut ending = prepare_and_run(&engine, &run, &cancel, &sink, secrets).await;
+    if ending.status == RunStatus::Cancelled {
+        ending.reason = cancel.reason.lock().unwrap().clone().or(ending.reason);
+    }
+    let summary = match &ending.reason {
+        Some(reason) => format!("run {} ended {}: {reason}", run.id, ending.status),
+        None => format!("run {} ended {}", run.id, ending.status),
+    };
+    sink.writer("", -1).note(summary);
+    sink.close().await;
+    engine.running.lock().unwrap().remove(&run.id);
+    if let Err(e) = engine
+        .store
+        .finish_run(
+            run.id,
+            ending.status,
+            ending.reason.as_deref(),
+            ending.artifact.as_deref(),
+        )
+        .await
+    {
+        tracing::error!(run = run.id, error = %e, "could not record the end of the run");
+    }
+    if !engine.config.keep_workspaces {
+        let _ = tokio::fs::remove_dir_all(&workspace).await;
+    }
+    engine.notify(run.id).await;
+}
+
+async fn prepare_and_run(
+    engine: &Arc<Engine>,
+    run: &Run,
+    cancel: &Cancel,
+    sink: &LogSink,
+    secrets: BTreeMap<String, String>,
+) -> Ending {
+    let log = sink.writer("", -1);
+    let Ok(repo) = engine.store.repo_by_id(run.repo_id).await else {
+        return Ending::new(RunStatus::Error, "its repository is gone".to_string());
+    };
+    let source = engine.source_dir(&repo);
+    let text = match git::show_file(&source, &run.sha, sluice_spec::SPEC_FILE).await {
+        Ok(Some(text)) => text,
+        Ok(None) => {
+            log.note(format!(
+                "there is no {} at the root of the repository at {}",
+                sluice_spec::SPEC_FILE,
+                run.sha
+            ));
+            log.note("hint: `sluice init` writes a starting one");
+            return Ending::new(
+                RunStatus::Failure,
+                format!("no {} in the commit", sluice_spec::SPEC_FILE),
+            );
+        }
+        Err(e) => {
+            log.note(format!("{e:#}"));
+            return Ending::new(RunStatus::Error, "could not read the commit".to_string());
+        }
+    };
+    let spec = match sluice_spec::parse(sluice_spec::SPEC_FILE, &text) {
+        Ok(spec) => spec,
+        Err(errors) => {
+            for line in errors.to_string().lines() {
+                log.line("stderr", line);
+            }
+            let count = errors.len();
+            return Ending::new(
+                RunStatus::Failure,
+                format!(
+                    "{} is not valid ({count} error{})",
+                    sluice_spec::SPEC_FILE,
+                    if count == 1 { "" } else { "s" }
+                ),
+            );
+        }
+    };
+    let plan: Vec<_> = spec
+        .pipeline
+        .jobs
+        .iter()
+        .map(|j| {
+            (
+                j.name.clone(),
+                j.needs.clone(),
+                j.steps
+                    .iter()
+                    .map(|s| (s.name.clone(), s.run.clone()))
+                    .collect(),
+            )
+        })
+        .collect();
+    if let Err(e) = engine.store.insert_jobs(run.id, &spec.service, &plan).await {
+        return Ending::new(RunStatus::Error, format!("could not record the jobs: {e}"));
+    }
+    let workspace = engine.workspace(run.id);
+    let started = Instant::now();
+    if let Err(e) = git::checkout(&source, &workspace, &run.sha).await {
+        log.note(format!("{e:#}"));
+        return Ending::new(
+            RunStatus::Error,
+            "could not check the commit out".to_string(),
+        );
+    }
+    log.note(format!(
+        "checked out {} ({}) in {} ms",
+        &run.sha[..run.sha.len().min(12)],
+        run.branch,
+        started.elapsed().as_millis()
+    ));
+    let kind = ChangeKind::parse(&run.kind).unwrap_or(ChangeKind::Review);
+    let failed = run_jobs(engine, run, &spec, kind, cancel, sink, &workspace, &secrets).await;
+    if cancel.token.is_cancelled() {
+        return Ending::new(RunStatus::Cancelled, "cancelled".to_string());
+    }
+    if let Some(reason) = failed {
+        return Ending::new(RunStatus::Failure, reason);
+    }
+    if kind != ChangeKind::Mainline || spec.pipeline.artifact.is_empty() {
+        return Ending::new(RunStatus::Success, None);
+    }
+    let store_dir = engine.config.data_dir.join("artifacts").join("sha256");
+    let paths = spec.pipeline.artifact.clone();
+    let packed =
+        tokio::task::spawn_blocking(move || artifact::pack(&workspace, &paths, &store_dir)).await;
+    match packed {
+        Ok(Ok(packed)) => {
+            if let Err(e) = engine
+                .store
+                .insert_artifact(&packed.sha256, packed.size as i64)
+                .await
+            {
+                return Ending::new(
+                    RunStatus::Error,
+                    format!("could not record the artifact: {e}"),
+                );
+            }
+            log.note(format!(
+                "artifact sha256:{} ({} bytes)",
+                packed.sha256, packed.size
+            ));
+            Ending {
+                status: RunStatus::Success,
+                reason: None,
+                artifact: Some(packed.sha256),
+            }
+        }
+        Ok(Err(e)) => {
+            log.note(format!("artifact: {e}"));
+            Ending::new(RunStatus::Failure, e.to_string())
+        }
+        Err(e) => Ending::new(
+            RunStatus::Error,
+            format!("packing the artifact panicked: {e}"),
+        ),
+    }
+}
+
+/// Runs the jobs as their `needs` allow; returns why the run failed, if it did.
+#[allow(clippy::too_many_arguments)]
+async fn run_jobs(
+    engine: &Arc<Engine>,
+    run: &Run,
+    spec: &Spec,
+    kind: ChangeKind,
+    cancel: &Cancel,
+    sink: &LogSink,
+    workspace: &std::path::Path,
+    secrets: &BTreeMap<String, String>,
+) -> Option<String> {
+    let ids: HashMap<String, i64> = match engine.store.jobs(run.id).await {
+        Ok(jobs) => jobs.into_iter().map(|j| (j.name.clone(), j.id)).collect(),
+        Err(e) => return Some(format!("could not read the jobs back: {e}")),
+    };
+    let mut ended: HashMap<String, RunStatus> = HashMap::new();
+    let mut started: Vec<String> = Vec::new();
+    let mut tasks = JoinSet::new();
+    let mut first_failure: Option<String> = None;
+    loop {
+        for job in &spec.pipeline.jobs {
+            if started.contains(&job.name) || !job.needs.iter().all(|n| ended.contains_key(n)) {
+                continue;
+            }
+            started.push(job.name.clone());
+            let job_id = ids[&job.name];
+            let blocked = job.needs.iter().find(|n| ended[*n] != RunStatus::Success);
+            let skip = if !job.filter.matches(kind, &run.branch) {
+                Some(format!(
+                    "not for {} changes on `{}`",
+                    kind.as_str(),
+                    run.branch
+                ))
+            } else if let Some(need) = blocked {
+                Some(format!("needs `{need}`, which ended {}", ended[need]))
+            } else if cancel.token.is_cancelled() {
+                Some("the run was cancelled".to_string())
+            } else {
+                None
+            };
+            if let Some(reason) = skip {
+                let _ = engine
+                    .store
+                    .set_job_status(job_id, RunStatus::Skipped, Some(&reason))
+                    .await;
+                sink.writer(&job.name, -1)
+                    .note(format!("skipped: {reason}"));
+                ended.insert(job.name.clone(), RunStatus::Skipped);
+                continue;
+            }
+            let context = JobContext {
+                engine: engine.clone(),
+                run: run.clone(),
+                job: job.clone(),
+                job_id,
+                log: sink.writer(&job.name, -1),
+                workspace: workspace.to_path_buf(),
+                env: step_env(run, job, kind, workspace, secrets),
+                cancel: cancel.clone(),
+            };
+            tasks.spawn(async move {
+                let name = context.job.name.clone();
+                (name, run_job(context).await)
+            });
+        }
+        // Skipping a job may have freed others; start them before waiting.
+        let ready =
+            spec.pipeline.jobs.iter().any(|j| {
+                !started.contains(&j.name) && j.needs.iter().all(|n| ended.contains_key(n))
+            });
+        if ready {
+            continue;
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (name, (status, reason)) = match joined {
+            Ok(done) => done,
+            Err(e) => return Some(format!("a job panicked: {e}")),
+        };
+        if status != RunStatus::Success && status != RunStatus::Cancelled && first_failure.is_none()
+        {
+            first_failure = Some(format!(
+                "job `{name}` failed: {}",
+                reason.unwrap_or_default()
+            ));
+        }
+        ended.insert(name, status);
+    }
+    first_failure
+}
+
+struct JobContext {
+    engine: Arc<Engine>,
+    run: Run,
+    job: Job,
+    job_id: i64,
+    log: LogWriter,
+    workspace: std::path::PathBuf,
+    env: Vec<(String, String)>,
+    cancel: Cancel,
+}
+
+/// Runs one job's steps in order, within the job's timeout and a job slot.
+async fn run_job(cx: JobContext) -> (RunStatus, Option<String>) {
+    let store = &cx.engine.store;
+    let Ok(_slot) = cx.engine.job_slots.clone().acquire_owned().await else {
+        return (RunStatus::Error, Some("the engine is shutting down".into()));
+    };
+    let _ = store
+        .set_job_status(cx.job_id, RunStatus::Running, None)
+        .await;
+    let steps = store
+        .jobs(cx.run.id)
+        .await
+        .ok()
+        .and_then(|jobs| jobs.into_iter().find(|j| j.id == cx.job_id))
+        .map(|j| j.steps)
+        .unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + cx.job.timeout;
+    let mut result = (RunStatus::Success, None);
+    for (index, step) in cx.job.steps.iter().enumerate() {
+        let Some(record) = steps.get(index) else {
+            break;
+        };
+        if result.0 != RunStatus::Success {
+            let _ = store
+                .set_step_status(record.id, RunStatus::Skipped, None)
+                .await;
+            continue;
+        }
+        let writer = cx.log.for_step(index as i64);
+        writer.note(format!("$ {}", step.run.lines().next().unwrap_or("")));
+        let _ = store
+            .set_step_status(record.id, RunStatus::Running, None)
+            .await;
+        let began = Instant::now();
+        let outcome = cx
+            .engine
+            .executor
+            .run_step(StepRequest {
+                run_id: cx.run.id,
+                command: step.run.clone(),
+                workdir: cx.workspace.clone(),
+                env: cx
+                    .env
+                    .iter()
+                    .cloned()
+                    .chain([("SLUICE_STEP".to_string(), step.name.clone())])
+                    .collect(),
+                deadline,
+                cancel: cx.cancel.token.clone(),
+                log: writer.clone(),
+            })
+            .await;
+        let took = began.elapsed().as_millis();
+        let (status, code, reason) = match outcome {
+            StepOutcome::Exited(0) => (RunStatus::Success, Some(0), None),
+            StepOutcome::Exited(code) => (
+                RunStatus::Failure,
+                Some(code),
+                Some(format!("step `{}` exited with {code}", step.name)),
+            ),
+            StepOutcome::Signalled(signal) => (
+                RunStatus::Failure,
+                None,
+                Some(format!(
+                    "step `{}` was killed by signal {signal}",
+                    step.name
+                )),
+            ),
+            StepOutcome::TimedOut => (
+                RunStatus::Failure,
+                None,
+                Some(format!(
+                    "timed out after {}; its processes were killed",
+                    sluice_spec::format_duration(cx.job.timeout)
+                )),
+            ),
+            StepOutcome::Cancelled => (RunStatus::Cancelled, None, Some("cancelled".to_string())),
+            StepOutcome::FailedToStart(e) => (
+                RunStatus::Error,
+                None,
+                Some(format!("step `{}` could not start: {e}", step.name)),
+            ),
+        };
+        writer.note(match &reason {
+            Some(reason) => format!("{reason} ({took} ms)"),
+            None => format!("ok ({took} ms)"),
+        });
+        let _ = store.set_step_status(record.id, status, code).await;
+        result = (status, reason);
+    }
+    let _ = store
+        .set_job_status(cx.job_id, result.0, result.1.as_deref())
+        .await;
+    cx.log
+        .note(format!("job `{}` ended {}", cx.job.name, result.0));
+    result
+}
+
+/// The environment of every step of a job: the server's own (less its
+/// token), the job's `env`, the repository's secrets, and `SLUICE_*`.
+fn step_env(
+    run: &Run,
+    job: &Job,
+    kind: ChangeKind,
+    workspace: &std::path::Path,
+    secrets: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k != "SLUICE_TOKEN")
+        .collect();
+    env.extend(job.env.clone());
+    env.extend(secrets.clone());
+    env.extend([
+        ("CI".to_string(), "true".to_string()),
+        ("SLUICE_RUN_ID".to_string(), run.id.to_string()),
+        ("SLUICE_SHA".to_string(), run.sha.clone()),
+        ("SLUICE_REF".to_string(), run.ref_name.clone()),
+        ("SLUICE_BRANCH".to_string(), run.branch.clone()),
+        ("SLUICE_CHANGE_KIND".to_string(), kind.as_str().to_string()),
+        ("SLUICE_JOB".to_string(), job.name.clone()),
+        ("SLUICE_REPO".to_string(), run.repo.clone()),
+        (
+            "SLUICE_WORKSPACE".to_string(),
+            workspace.to_string_lossy().into_owned(),
+        ),
+    ]);
+    env.into_iter().collect()
+}

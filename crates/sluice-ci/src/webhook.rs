@@ -1,0 +1,210 @@
+//! Webhooks from GitHub and Gitea: signature checks and the `push` and
+//! `pull_request` events that become changes.
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+/// Whether `X-Hub-Signature-256: sha256=HEX` is the HMAC-SHA256 of `body`
+/// under `secret`, compared in constant time.
+pub fn signature_is_valid(secret: &str, body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex_digest) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_digest) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// The signature header value for `body`, as a forge would send it.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A commit on a ref that a webhook announced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announced {
+    pub ref_name: String,
+    pub branch: String,
+    pub sha: String,
+    pub pull_request: Option<i64>,
+    pub title: String,
+    pub author: String,
+}
+
+/// What an event asks for: a change, or nothing (with why).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Change(Announced),
+    Ignored(String),
+}
+
+#[derive(Deserialize)]
+struct Push {
+    #[serde(rename = "ref")]
+    ref_name: String,
+    after: String,
+    #[serde(default)]
+    deleted: bool,
+    head_commit: Option<Commit>,
+    pusher: Option<Person>,
+}
+
+#[derive(Deserialize)]
+struct Commit {
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct Person {
+    #[serde(alias = "login", alias = "username", default)]
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct PullRequestEvent {
+    action: String,
+    number: i64,
+    pull_request: PullRequest,
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    #[serde(default)]
+    title: String,
+    head: Head,
+    user: Option<Person>,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    sha: String,
+    #[serde(rename = "ref")]
+    ref_name: String,
+}
+
+/// Reads an event body; `event` is the `X-GitHub-Event` or `X-Gitea-Event` header.
+pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, String> {
+    match event {
+        "push" => {
+            let push: Push =
+                serde_json::from_slice(body).map_err(|e| format!("bad push payload: {e}"))?;
+            if push.deleted || push.after.chars().all(|c| c == '0') {
+                return Ok(Parsed::Ignored(format!("{} was deleted", push.ref_name)));
+            }
+            let Some(branch) = push.ref_name.strip_prefix("refs/heads/") else {
+                return Ok(Parsed::Ignored(format!(
+                    "{} is not a branch",
+                    push.ref_name
+                )));
+            };
+            Ok(Parsed::Change(Announced {
+                branch: branch.to_string(),
+                ref_name: push.ref_name.clone(),
+                sha: push.after,
+                pull_request: None,
+                title: push
+                    .head_commit
+                    .map(|c| c.message.lines().next().unwrap_or("").to_string())
+                    .unwrap_or_default(),
+                author: push.pusher.map(|p| p.name).unwrap_or_default(),
+            }))
+        }
+        "pull_request" => {
+            let event: PullRequestEvent = serde_json::from_slice(body)
+                .map_err(|e| format!("bad pull_request payload: {e}"))?;
+            if !matches!(
+                event.action.as_str(),
+                "opened" | "synchronize" | "synchronized" | "reopened"
+            ) {
+                return Ok(Parsed::Ignored(format!(
+                    "pull request action `{}` needs no run",
+                    event.action
+                )));
+            }
+            Ok(Parsed::Change(Announced {
+                ref_name: format!("refs/pull/{}/head", event.number),
+                branch: event.pull_request.head.ref_name,
+                sha: event.pull_request.head.sha,
+                pull_request: Some(event.number),
+                title: event.pull_request.title,
+                author: event.pull_request.user.map(|u| u.name).unwrap_or_default(),
+            }))
+        }
+        "ping" => Ok(Parsed::Ignored("ping".into())),
+        other => Ok(Parsed::Ignored(format!("event `{other}` needs no run"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_check_out_only_with_the_right_secret() {
+        let body = br#"{"zen":"keep it logically awesome"}"#;
+        let header = sign("s3cret", body);
+        assert!(signature_is_valid("s3cret", body, Some(&header)));
+        assert!(!signature_is_valid("other", body, Some(&header)));
+        assert!(!signature_is_valid("s3cret", b"tampered", Some(&header)));
+        assert!(!signature_is_valid("s3cret", body, None));
+        assert!(!signature_is_valid("s3cret", body, Some("sha1=abc")));
+        assert!(!signature_is_valid("s3cret", body, Some("sha256=zz")));
+    }
+
+    #[test]
+    fn known_github_signature() {
+        // The example from GitHub's documentation on validating deliveries.
+        let header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(signature_is_valid(
+            "It's a Secret to Everybody",
+            b"Hello, World!",
+            Some(header)
+        ));
+    }
+
+    #[test]
+    fn push_and_pull_request_become_changes() {
+        let push = br#"{"ref":"refs/heads/main","after":"abc123","head_commit":{"message":"fix checkout\n\nlong"},"pusher":{"name":"ana"}}"#;
+        let Parsed::Change(c) = parse("push", push).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                c.branch.as_str(),
+                c.sha.as_str(),
+                c.title.as_str(),
+                c.author.as_str()
+            ),
+            ("main", "abc123", "fix checkout", "ana")
+        );
+        let pr = br#"{"action":"synchronize","number":7,"pull_request":{"title":"new cart","head":{"sha":"def","ref":"feature/cart"},"user":{"login":"bo"}}}"#;
+        let Parsed::Change(c) = parse("pull_request", pr).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.ref_name, "refs/pull/7/head");
+        assert_eq!(c.pull_request, Some(7));
+        assert_eq!(c.author, "bo");
+        let closed =
+            br#"{"action":"closed","number":7,"pull_request":{"head":{"sha":"def","ref":"x"}}}"#;
+        assert!(matches!(
+            parse("pull_request", closed).unwrap(),
+            Parsed::Ignored(_)
+        ));
+        let deleted = br#"{"ref":"refs/heads/x","after":"0000000000000000000000000000000000000000","deleted":true}"#;
+        assert!(matches!(
+            parse("push", deleted).unwrap(),
+            Parsed::Ignored(_)
+        ));
+        assert!(parse("push", b"not json").is_err());
+    }
+}

@@ -1,0 +1,44 @@
+//! The JSON API under `/api/v1`: one module per resource.
+
+mod artifacts;
+mod changelog;
+mod events;
+mod hooks;
+mod repos;
+mod runs;
+mod tokens;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+
+use crate::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/health",
+            get(|| async {
+                axum::Json(
+                    serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }),
+                )
+            }),
+        )
+        .route("/whoami", get(tokens::whoami))
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/repos", get(repos::list).post(repos::add))
+        .route("/repos/{name}", get(repos::show))
+        .route("/repos/{name}/notify", post(repos::notify))
+        .route("/repos/{name}/secrets", get(repos::secret_names))
+        .route("/repos/{name}/secrets/{secret}", put(repos::set_secret))
+        .route("/hooks/{repo}", post(hooks::receive))
+        .route("/changes", get(runs::changes))
+        .route("/runs", get(runs::list))
+        .route("/runs/{id}", get(runs::show))
+        .route("/runs/{id}/cancel", post(runs::cancel))
+        .route("/runs/{id}/logs", get(runs::logs))
+        .route("/runs/{id}/logs/stream", get(events::run_logs))
+        .route("/events", get(events::all))
+        .route("/artifacts/{sha256}", get(artifacts::download))
+        .route("/changelog", get(changelog::list))
+}

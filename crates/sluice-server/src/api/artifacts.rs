@@ -1,0 +1,46 @@
+//! `GET /artifacts/{sha256}`: an artifact's archive, streamed from the data directory.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::Response;
+use sluice_store::Role;
+use tokio_util::io::ReaderStream;
+
+use crate::auth::Caller;
+use crate::{ApiError, ApiResult, AppState};
+
+pub async fn download(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(sha256): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(
+            ApiError::bad_request(format!("`{sha256}` is not a sha256 digest"))
+                .with_hint("give the 64 hex digits a run's `artifact_sha256` shows"),
+        );
+    }
+    let artifact = state
+        .store
+        .artifact(&sha256)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no artifact sha256:{sha256}")))?;
+    let path = sluice_ci::artifact::stored_path(&state.ci.artifacts_dir(), &sha256);
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        ApiError::internal(format!(
+            "artifact {} is recorded but unreadable: {e}",
+            path.display()
+        ))
+    })?;
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/gzip")
+        .header(header::CONTENT_LENGTH, artifact.size)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{sha256}.tar.gz\""),
+        )
+        .body(Body::from_stream(ReaderStream::new(file)))
+        .map_err(ApiError::internal)
+}

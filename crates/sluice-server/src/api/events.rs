@@ -1,0 +1,87 @@
+//! Live events over SSE: every event, or one run's log (stored lines first,
+//! then live ones, ending when the run does).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use sluice_ci::Event;
+use sluice_store::Role;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::auth::Caller;
+use crate::{ApiResult, AppState};
+
+fn live(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static) -> Response {
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+fn json_event(name: &str, value: &impl serde::Serialize) -> SseEvent {
+    SseEvent::default()
+        .event(name)
+        .data(serde_json::to_string(value).unwrap_or_default())
+}
+
+pub async fn all(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    let mut events = state.ci.subscribe();
+    let stream = async_stream::stream! {
+        loop {
+            match events.recv().await {
+                Ok(event) => yield Ok(json_event("event", &event)),
+                Err(RecvError::Lagged(missed)) => yield Ok(SseEvent::default().event("lagged").data(missed.to_string())),
+                Err(RecvError::Closed) => break,
+            }
+        }
+    };
+    Ok(live(stream))
+}
+
+pub async fn run_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    state.store.run(id).await?;
+    // Subscribe before reading the stored lines, so that none falls in between.
+    let mut events = state.ci.subscribe();
+    let store = state.store.clone();
+    let stream = async_stream::stream! {
+        let mut last = -1;
+        for line in store.logs(id, -1).await.unwrap_or_default() {
+            last = line.seq;
+            yield Ok(json_event("line", &line));
+        }
+        loop {
+            if let Ok(run) = store.run(id).await && run.status.is_finished() {
+                // The sink stores every line before the run is marked ended.
+                for line in store.logs(id, last).await.unwrap_or_default() {
+                    yield Ok(json_event("line", &line));
+                }
+                yield Ok(json_event("end", &serde_json::json!({ "status": run.status, "reason": run.reason })));
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+                Ok(Ok(Event::Log { run_id, line })) if run_id == id && line.seq > last => {
+                    last = line.seq;
+                    yield Ok(json_event("line", &line));
+                }
+                Ok(Err(RecvError::Lagged(_))) => {
+                    for line in store.logs(id, last).await.unwrap_or_default() {
+                        last = line.seq;
+                        yield Ok(json_event("line", &line));
+                    }
+                }
+                Ok(Err(RecvError::Closed)) => break,
+                _ => {}
+            }
+        }
+    };
+    Ok(live(stream))
+}

@@ -1,0 +1,61 @@
+//! `/tokens` and `/whoami`: who am I, and minting and revoking tokens (admin).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_store::Role;
+
+use crate::auth::Caller;
+use crate::{ApiError, ApiResult, AppState};
+
+pub async fn whoami(caller: Caller) -> Json<Value> {
+    Json(json!({ "id": caller.token_id, "name": caller.name, "role": caller.role }))
+}
+
+#[derive(Deserialize)]
+pub struct NewToken {
+    name: String,
+    role: String,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<NewToken>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Role::Admin)?;
+    let role = Role::parse(&body.role).ok_or_else(|| {
+        ApiError::bad_request(format!("unknown role `{}`", body.role))
+            .with_hint("expected viewer, developer, approver or admin")
+    })?;
+    if body.name.trim().is_empty() {
+        return Err(ApiError::bad_request("a token needs a name")
+            .with_hint("--name NAME says whose or what it is for"));
+    }
+    let (id, token) = state
+        .tokens
+        .mint(&state.store, body.name.trim(), role, &caller.name)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "name": body.name.trim(), "role": role, "token": token })),
+    ))
+}
+
+pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(Role::Admin)?;
+    Ok(Json(json!(state.store.tokens().await?)))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    state.store.revoke_token(&id, &caller.name).await?;
+    state.tokens.forget(&id);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,179 @@
+//! The command-line surface: every command, flag and environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Change management in one binary: CI, CD, A/B rollouts and the lessons of incidents."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// The server's address, for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_SERVER",
+        default_value = "http://127.0.0.1:7300"
+    )]
+    pub server: String,
+    /// An API token; defaults to the data directory's initial admin token.
+    #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where the server keeps its state.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_DATA_DIR",
+        default_value = ".sluice"
+    )]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server: API, CI engine and change detection.
+    Serve(Serve),
+    /// Check a sluice.yaml and print every error in it.
+    Validate {
+        /// The file to check.
+        #[arg(default_value = "sluice.yaml")]
+        file: PathBuf,
+    },
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage watched repositories.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Manage a repository's secrets, given to its steps as environment variables (admin).
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Tell the server that refs moved in a repository (what the git hook runs).
+    Notify {
+        #[arg(long)]
+        repo: String,
+    },
+    /// List runs, newest first.
+    Runs {
+        #[arg(long)]
+        repo: Option<String>,
+        /// queued, running, success, failure, cancelled or error.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 30)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run: its change, jobs, steps, exit codes, durations and artifact.
+    Show {
+        run: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a run's log.
+    Logs {
+        run: i64,
+        /// Keep printing new lines until the run ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a queued or running run.
+    Cancel { run: i64 },
+    /// What changed: the change log, newest first.
+    Changes {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
+        /// A kind prefix, such as `run.` or `repo.added`.
+        #[arg(long)]
+        kind: Option<String>,
+        /// How far back, such as 30m, 1h or 2d.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct Serve {
+    /// The address of the API.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:7300")]
+    pub listen: SocketAddr,
+    /// postgres://… to keep state in PostgreSQL; SQLite under the data directory otherwise.
+    #[arg(long, env = "SLUICE_DATABASE")]
+    pub database: Option<String>,
+    /// How often every repository is rescanned (remotes, missed hooks).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub poll_interval: std::time::Duration,
+    /// Jobs that may run at once; the number of cores by default.
+    #[arg(long)]
+    pub parallelism: Option<usize>,
+    /// Keep each run's workspace after it ends, for debugging.
+    #[arg(long)]
+    pub keep_workspaces: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; it is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// viewer, developer, approver or admin.
+        #[arg(long)]
+        role: String,
+    },
+    List,
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RepoCommand {
+    /// Watch a repository: a local path (hooked) or a URL (polled).
+    Add {
+        path_or_url: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// A forge's commit status URL, `{sha}` standing for the commit.
+        #[arg(long)]
+        status_url: Option<String>,
+        /// The token sent with commit statuses.
+        #[arg(long, env = "SLUICE_STATUS_TOKEN", hide_env_values = true)]
+        status_token: Option<String>,
+        /// The webhook secret; a random one by default.
+        #[arg(long)]
+        webhook_secret: Option<String>,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum SecretCommand {
+    /// Set a secret; the value is read from standard input.
+    Set { repo: String, name: String },
+    /// List the names of a repository's secrets.
+    List { repo: String },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    sluice_spec::parse_duration(text)
+}

@@ -1,0 +1,58 @@
+//! `sluice serve`: start the server and run until Ctrl-C or SIGTERM.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use sluice_server::{ServeOptions, Server};
+
+use crate::cli::{Global, Serve};
+
+pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
+    let server = Server::start(ServeOptions {
+        data_dir: global.data_dir.clone(),
+        listen: options.listen,
+        database: options.database,
+        poll_interval: options.poll_interval,
+        parallelism: options.parallelism,
+        keep_workspaces: options.keep_workspaces,
+    })
+    .await?;
+    let data_dir = global
+        .data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| global.data_dir.clone());
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "sluice {} listening on http://{}",
+        env!("CARGO_PKG_VERSION"),
+        server.addr
+    )?;
+    writeln!(out, "  data:     {}", data_dir.display())?;
+    writeln!(out, "  database: {}", server.database)?;
+    if let Some(token) = &server.initial_admin_token {
+        writeln!(
+            out,
+            "initial admin token (shown once; also in {}):",
+            data_dir
+                .join(sluice_server::auth::INITIAL_TOKEN_FILE)
+                .display()
+        )?;
+        writeln!(out, "  {token}")?;
+    }
+    out.flush()?;
+    drop(out);
+    server.run(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match terminate.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+    }
+    eprintln!("sluice: shutting down");
+}
