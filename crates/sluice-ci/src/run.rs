@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_spec::{ChangeKind, Job, Spec};
-use sluice_store::{Run, RunStatus};
+use sluice_store::{PlannedJob, Run, RunStatus};
 use tokio::task::JoinSet;
 
 use crate::executor::{StepOutcome, StepRequest};
@@ -121,15 +121,14 @@ async fn prepare_and_run(
         .pipeline
         .jobs
         .iter()
-        .map(|j| {
-            (
-                j.name.clone(),
-                j.needs.clone(),
-                j.steps
-                    .iter()
-                    .map(|s| (s.name.clone(), s.run.clone()))
-                    .collect(),
-            )
+        .map(|j| PlannedJob {
+            name: j.name.clone(),
+            needs: j.needs.clone(),
+            steps: j
+                .steps
+                .iter()
+                .map(|s| (s.name.clone(), s.run.clone()))
+                .collect(),
         })
         .collect();
     if let Err(e) = engine.store.insert_jobs(run.id, &spec.service, &plan).await {

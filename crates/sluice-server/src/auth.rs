@@ -69,8 +69,7 @@ impl Tokens {
         let hash = tokio::task::spawn_blocking({
             let token = token.clone();
             move || {
-                let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
-                    .map_err(|e| argon2::password_hash::Error::from(e))?;
+                let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())?;
                 Argon2::default()
                     .hash_password(token.as_bytes(), &salt)
                     .map(|h| h.to_string())

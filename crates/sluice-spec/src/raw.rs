@@ -150,7 +150,7 @@ impl<'de> Deserialize<'de> for RawDeploy {
 pub enum RawStrategy {
     Rolling,
     BlueGreen,
-    Ab(RawAb),
+    Ab(Box<RawAb>),
 }
 
 #[derive(Debug, Deserialize)]

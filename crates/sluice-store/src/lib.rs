@@ -27,7 +27,7 @@ pub use changelog::{ChangeEvent, ChangeQuery, NewChangeEvent};
 pub use logs::LogLine;
 pub use processes::TrackedProcess;
 pub use repos::{NewRepo, Repo};
-pub use runs::{Change, Job, NewChange, Run, RunDetail, RunFilter, RunStatus, Step};
+pub use runs::{Change, Job, NewChange, PlannedJob, Run, RunDetail, RunFilter, RunStatus, Step};
 pub use tokens::{Role, TokenRecord};
 
 /// The database sluice keeps its state in.

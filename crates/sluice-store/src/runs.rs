@@ -165,6 +165,15 @@ pub struct RunDetail {
     pub jobs: Vec<Job>,
 }
 
+/// A job as the pipeline declares it, before it runs.
+#[derive(Clone, Debug)]
+pub struct PlannedJob {
+    pub name: String,
+    pub needs: Vec<String>,
+    /// `(name, command)` of each step, in order.
+    pub steps: Vec<(String, String)>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct RunFilter {
     pub repo: Option<String>,
@@ -319,19 +328,14 @@ impl Store {
     }
 
     /// Creates the jobs and steps of a run in one transaction.
-    pub async fn insert_jobs(
-        &self,
-        run_id: i64,
-        service: &str,
-        jobs: &[(String, Vec<String>, Vec<(String, String)>)],
-    ) -> Result<()> {
+    pub async fn insert_jobs(&self, run_id: i64, service: &str, jobs: &[PlannedJob]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE runs SET service = $1 WHERE id = $2")
             .bind(service)
             .bind(run_id)
             .execute(&mut *tx)
             .await?;
-        for (position, (name, needs, steps)) in jobs.iter().enumerate() {
+        for (position, PlannedJob { name, needs, steps }) in jobs.iter().enumerate() {
             let job_id: i64 = sqlx::query_scalar(
                 "INSERT INTO jobs (run_id, name, position, needs, status) VALUES ($1, $2, $3, $4, 'queued') RETURNING id",
             )

@@ -76,10 +76,10 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 /// Prints a line to standard output; a closed pipe (`sluice runs | head`) ends the program quietly.
 pub fn say(args: std::fmt::Arguments) {
     let mut out = std::io::stdout().lock();
-    if let Err(e) = writeln!(out, "{args}") {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
+    if let Err(e) = writeln!(out, "{args}")
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Changes, runs, jobs, steps and logs through their life.
 
-use sluice_store::{LogLine, NewChange, NewRepo, RunFilter, RunStatus, Store};
+use sluice_store::{LogLine, NewChange, NewRepo, PlannedJob, RunFilter, RunStatus, Store};
 
 use crate::each_store;
 
@@ -110,19 +110,19 @@ async fn a_run_is_claimed_once_and_finishes_with_its_jobs() {
                 claimed.id,
                 "shop",
                 &[
-                    (
-                        "unit".into(),
-                        vec![],
-                        vec![("test".into(), "make test".into())],
-                    ),
-                    (
-                        "integration".into(),
-                        vec!["unit".into()],
-                        vec![
+                    PlannedJob {
+                        name: "unit".into(),
+                        needs: vec![],
+                        steps: vec![("test".into(), "make test".into())],
+                    },
+                    PlannedJob {
+                        name: "integration".into(),
+                        needs: vec!["unit".into()],
+                        steps: vec![
                             ("it".into(), "make it".into()),
                             ("more".into(), "make more".into()),
                         ],
-                    ),
+                    },
                 ],
             )
             .await

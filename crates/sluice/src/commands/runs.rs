@@ -119,7 +119,7 @@ pub async fn show(client: &Client, run: i64, json: bool) -> Result<ExitCode> {
 fn print_line(line: &Value) {
     let at = line["at"]
         .as_i64()
-        .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms))
+        .and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| {
             t.with_timezone(&chrono::Local)
                 .format("%H:%M:%S")

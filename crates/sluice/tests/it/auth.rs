@@ -1,0 +1,114 @@
+//! Tokens and roles over the real API: 401 without a token, 403 without the role.
+
+use serde_json::json;
+
+use crate::support::{Server, each_database};
+
+#[tokio::test]
+async fn mutations_need_a_token_with_enough_role() {
+    each_database(|dir, db| async move {
+        let server = Server::start(&dir.join("data"), db.as_deref());
+        let token_file = server.data_dir.join("initial-admin-token");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        let anonymous = server
+            .request(reqwest::Method::POST, "/repos", None)
+            .await
+            .json(&json!({"location": "/tmp"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), 401);
+        let body: serde_json::Value = anonymous.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+
+        let out = server.cli(&["token", "create", "--name", "ci-viewer", "--role", "viewer"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let viewer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(viewer.starts_with("slc_"));
+        let who = server
+            .request(reqwest::Method::GET, "/whoami", Some(&viewer))
+            .await
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            who.json::<serde_json::Value>().await.unwrap()["role"],
+            "viewer"
+        );
+        let forbidden = server
+            .request(reqwest::Method::POST, "/repos", Some(&viewer))
+            .await
+            .json(&json!({"location": "/tmp"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forbidden.status(), 403);
+        let body: serde_json::Value = forbidden.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("needs the admin role")
+        );
+        let runs = server
+            .request(reqwest::Method::GET, "/runs", Some(&viewer))
+            .await
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(runs.status(), 200, "a viewer may read");
+
+        let bad_role = server.cli(&["token", "create", "--name", "x", "--role", "superuser"]);
+        assert!(!bad_role.status.success());
+        assert!(String::from_utf8_lossy(&bad_role.stderr).contains("unknown role `superuser`"));
+
+        // Revoking takes effect at once, cache or not.
+        let list = server.get("/tokens").await;
+        let id = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "ci-viewer")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(server.cli(&["token", "revoke", &id]).status.success());
+        let revoked = server
+            .request(reqwest::Method::GET, "/runs", Some(&viewer))
+            .await
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(revoked.status(), 401);
+        assert!(
+            !server.get("/tokens").await.to_string().contains("argon2"),
+            "hashes never leave the server"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_initial_token_is_made_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = Server::start(&data, None);
+    let token = first.token.clone();
+    drop(first);
+    let second = Server::start(&data, None);
+    assert_eq!(
+        second.token, token,
+        "a restart keeps the first token and makes no other"
+    );
+    assert_eq!(second.get("/tokens").await.as_array().unwrap().len(), 1);
+}

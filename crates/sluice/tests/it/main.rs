@@ -1,0 +1,10 @@
+//! End-to-end tests of the `sluice` binary: a real server process over a real
+//! socket, real git repositories, real steps, against SQLite and PostgreSQL.
+
+mod support;
+
+mod auth;
+mod ci;
+mod detection;
+mod restart;
+mod validate;

@@ -1,0 +1,281 @@
+//! A server process per test, git repositories to commit to, and waiting.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// The databases every scenario runs against: SQLite, and PostgreSQL when
+/// `SLUICE_TEST_POSTGRES` names a server (CI always sets it).
+pub async fn databases(dir: &Path) -> Vec<Option<String>> {
+    let mut all = vec![None];
+    if let Some(url) = sluice_store::testing::fresh_postgres(dir).await {
+        all.push(Some(url));
+    }
+    all
+}
+
+/// A `sluice serve` process on a port of its own.
+pub struct Server {
+    pub url: String,
+    pub token: String,
+    pub data_dir: PathBuf,
+    child: Child,
+    http: reqwest::Client,
+}
+
+impl Server {
+    pub fn start(data_dir: &Path, database: Option<&str>) -> Server {
+        let mut command = Command::new(SLUICE);
+        command
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--poll-interval",
+                "1s",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("SLUICE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(data_dir.with_extension("log"))
+                    .unwrap_or_else(|_| tempfile_log()),
+            ));
+        if let Some(url) = database {
+            command.args(["--database", url]);
+        }
+        let mut child = command.spawn().expect("start sluice serve");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut url = None;
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(address) = line.split("listening on ").nth(1) {
+                url = Some(address.trim().to_string());
+                break;
+            }
+        }
+        let url = url.expect("the server printed its address");
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        let token = std::fs::read_to_string(data_dir.join("initial-admin-token"))
+            .expect("initial admin token")
+            .trim()
+            .to_string();
+        Server {
+            url,
+            token,
+            data_dir: data_dir.to_path_buf(),
+            child,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Ends the process at once, as a crash would.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.url));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let response = self
+            .request(reqwest::Method::GET, path, Some(&self.token))
+            .await
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .request(reqwest::Method::POST, path, Some(&self.token))
+            .await
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Runs the CLI against this server with its admin token.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_with_input(args, "")
+    }
+
+    pub fn cli_with_input(&self, args: &[&str], input: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new(SLUICE)
+            .args(args)
+            .env("SLUICE_SERVER", &self.url)
+            .env("SLUICE_TOKEN", &self.token)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Registers a local repository through the CLI.
+    pub fn add_repo(&self, repo: &GitRepo) {
+        let out = self.cli(&["repo", "add", repo.path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "repo add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Waits until a run matching `pick` has ended, and returns its detail.
+    pub async fn wait_run(&self, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let runs = self.get("/runs?limit=100").await;
+            if let Some(run) = runs.as_array().unwrap().iter().find(|r| pick(r)) {
+                let status = run["status"].as_str().unwrap();
+                if !["queued", "running"].contains(&status) {
+                    return self.get(&format!("/runs/{}", run["id"])).await;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no finished run for {what}; runs: {runs:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn logs(&self, run: &Value) -> Vec<String> {
+        let logs = self.get(&format!("/runs/{}/logs", run["id"])).await;
+        logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["line"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tempfile_log() -> std::fs::File {
+    std::fs::File::create("/dev/null").unwrap()
+}
+
+/// A git repository in a temporary directory, with an author set.
+pub struct GitRepo {
+    pub path: PathBuf,
+}
+
+impl GitRepo {
+    pub fn new(dir: &Path, name: &str) -> GitRepo {
+        let path = dir.join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        let repo = GitRepo { path };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.git(&["config", "user.email", "dev@example.com"]);
+        repo.git(&["config", "user.name", "Dev"]);
+        repo
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&self.path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn write(&self, file: &str, text: &str) {
+        let path = self.path.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// Writes the files and commits them; returns the new sha.
+    pub fn commit(&self, message: &str, files: &[(&str, &str)]) -> String {
+        for (file, text) in files {
+            self.write(file, text);
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+}
+
+/// Runs `scenario` once per database, each with its own directory and server.
+pub async fn each_database<F, Fut>(scenario: F)
+where
+    F: Fn(PathBuf, Option<String>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    for (i, database) in databases(dir.path()).await.into_iter().enumerate() {
+        let sub = dir.path().join(format!("db{i}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        eprintln!(
+            "-- against {}",
+            if database.is_some() {
+                "postgres"
+            } else {
+                "sqlite"
+            }
+        );
+        scenario(sub, database).await;
+    }
+}
+
+pub fn process_alive(pid: i32) -> bool {
+    // A zombie has exited; only its parent's wait is missing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
+}
