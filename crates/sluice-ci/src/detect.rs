@@ -131,6 +131,30 @@ impl Engine {
         Ok(repo)
     }
 
+    /// Points every installed hook at this server, whose address may have changed since.
+    pub(crate) async fn refresh_hooks(&self) {
+        let Ok(repos) = self.store.repos().await else {
+            return;
+        };
+        for repo in repos.iter().filter(|r| r.hook == "hook") {
+            let Some(path) = &repo.local_path else {
+                continue;
+            };
+            let hook = install_hook(
+                Path::new(path),
+                &self.config.server_url,
+                &self.config.sluice_bin,
+                &repo.name,
+            )
+            .await
+            .unwrap_or_else(|e| format!("poll (could not install the hook: {e:#})"));
+            if hook != repo.hook {
+                tracing::warn!(repo = %repo.name, %hook, "the repository's hook could not be refreshed");
+                let _ = self.store.set_repo_hook(repo.id, &hook).await;
+            }
+        }
+    }
+
     /// Compares the refs in the repository with those seen last, and queues a run for each that moved.
     pub(crate) async fn scan(&self, repo: &Repo, source: &str) -> Result<Vec<Run>> {
         let _guard = self.scanning.lock().await;

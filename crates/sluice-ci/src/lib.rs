@@ -114,6 +114,7 @@ impl Ci {
         for id in &interrupted {
             let _ = tokio::fs::remove_dir_all(engine.workspace(*id)).await;
         }
+        engine.refresh_hooks().await;
         tokio::spawn(dispatch(engine.clone()));
         tokio::spawn(poll(engine.clone()));
         Ok(Ci { engine })
@@ -239,18 +240,18 @@ async fn dispatch(engine: Arc<Engine>) {
 
 /// Rescans every repository now and then: remotes have no hook, and a hook may be missed.
 async fn poll(engine: Arc<Engine>) {
+    // The first scan, at start, finds commits made while no server was running.
     loop {
+        if let Ok(repos) = engine.store.repos().await {
+            for repo in repos {
+                if let Err(e) = engine.scan(&repo, "poll").await {
+                    tracing::warn!(repo = %repo.name, error = %format!("{e:#}"), "poll failed");
+                }
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(engine.config.poll_interval) => {}
             _ = engine.shutdown.cancelled() => return,
-        }
-        let Ok(repos) = engine.store.repos().await else {
-            continue;
-        };
-        for repo in repos {
-            if let Err(e) = engine.scan(&repo, "poll").await {
-                tracing::warn!(repo = %repo.name, error = %format!("{e:#}"), "poll failed");
-            }
         }
     }
 }
