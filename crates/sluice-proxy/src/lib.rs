@@ -1,0 +1,11 @@
+//! The load balancer in front of each environment: one listener per
+//! environment's `listen` address, routing each request to a healthy,
+//! non-draining backend of its [`Route`], streaming bodies both ways over
+//! pooled keep-alive connections. It knows nothing of the store: whoever
+//! deploys tells it which backends exist and whether they are healthy.
+
+mod route;
+mod server;
+
+pub use route::{Backend, BackendInfo, Route};
+pub use server::Listener;

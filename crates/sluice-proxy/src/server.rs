@@ -1,0 +1,237 @@
+//! The listener: accepts HTTP/1.1 and HTTP/2 (h2c) connections, forwards each
+//! request to a backend picked by the route, and streams the answer back
+//! while the backend counts it in flight.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::route::{InFlight, Route};
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// A listener serving one environment's route.
+pub struct Listener {
+    pub addr: SocketAddr,
+    accept: JoinHandle<()>,
+}
+
+struct Shared {
+    route: Route,
+    client: Client<HttpConnector, ProxyBody>,
+    via: HeaderValue,
+}
+
+impl Listener {
+    /// Binds `addr` (port 0 picks a free port; `self.addr` tells which).
+    pub async fn bind(addr: SocketAddr, route: Route, name: &str) -> std::io::Result<Listener> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let via = HeaderValue::from_str(&format!("1.1 sluice-{name}"))
+            .unwrap_or(HeaderValue::from_static("1.1 sluice"));
+        let shared = Arc::new(Shared { route, client, via });
+        let accept = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        forward(shared.clone(), peer, request)
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    if let Err(e) = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                    {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+        });
+        Ok(Listener { addr, accept })
+    }
+
+    /// Stops accepting connections; those open finish what they are doing.
+    pub fn close(&self) {
+        self.accept.abort();
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+];
+
+async fn forward(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let (mut parts, body) = request.into_parts();
+    for name in HOP_BY_HOP {
+        parts.headers.remove(name);
+    }
+    let forwarded_for = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(before) => format!("{before}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        parts.headers.insert("x-forwarded-for", value);
+    }
+    parts.headers.append(http::header::VIA, shared.via.clone());
+    // A request without a body can be sent again to another backend when the
+    // first could not even be connected to; one with a body is never replayed.
+    let replayable = body.is_end_stream();
+    let mut body = Some(body);
+    let mut tried: Option<String> = None;
+    for attempt in 0..2 {
+        let Some(backend) = shared.route.pick(tried.as_deref()) else {
+            return Ok(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy instance",
+            ));
+        };
+        let guard = backend.start();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let Ok(uri) = Uri::try_from(format!("http://{}{path}", backend.addr)) else {
+            return Ok(error_response(
+                StatusCode::BAD_REQUEST,
+                "bad request target",
+            ));
+        };
+        let mut upstream = Request::from_parts(parts.clone(), ());
+        *upstream.uri_mut() = uri;
+        *upstream.version_mut() = http::Version::HTTP_11;
+        let upstream_body: ProxyBody = match (replayable, body.take()) {
+            (false, Some(body)) => body.boxed(),
+            _ => Empty::new().map_err(|never| match never {}).boxed(),
+        };
+        let upstream = upstream.map(|_| upstream_body);
+        match shared.client.request(upstream).await {
+            Ok(response) => {
+                let (mut head, incoming) = response.into_parts();
+                for name in HOP_BY_HOP {
+                    head.headers.remove(name);
+                }
+                head.headers.append(http::header::VIA, shared.via.clone());
+                set(&mut head.headers, "x-sluice-instance", &backend.id);
+                set(&mut head.headers, "x-sluice-release", &backend.release);
+                let body = Guarded {
+                    inner: incoming,
+                    _guard: guard,
+                };
+                return Ok(Response::from_parts(head, body.boxed()));
+            }
+            Err(e) if e.is_connect() && replayable && attempt == 0 => {
+                tracing::debug!(backend = %backend.id, error = %e, "connect failed; trying another instance");
+                tried = Some(backend.id.clone());
+            }
+            Err(e) => {
+                tracing::warn!(backend = %backend.id, error = %e, "upstream request failed");
+                let mut response =
+                    error_response(StatusCode::BAD_GATEWAY, "the instance failed to answer");
+                set(response.headers_mut(), "x-sluice-instance", &backend.id);
+                return Ok(response);
+            }
+        }
+    }
+    Ok(error_response(
+        StatusCode::BAD_GATEWAY,
+        "no instance could be reached",
+    ))
+}
+
+fn set(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = format!("{{\"error\":{{\"code\":\"proxy\",\"message\":\"{message}\"}}}}\n");
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A response body that keeps its backend's request in flight until it ends.
+struct Guarded {
+    inner: Incoming,
+    _guard: InFlight,
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
