@@ -69,7 +69,7 @@ struct Engine {
     store: Store,
     config: CiConfig,
     executor: Arc<dyn Executor>,
-    notifier: Arc<dyn Notifier>,
+    notifiers: Vec<Arc<dyn Notifier>>,
     events: broadcast::Sender<Event>,
     wake: Notify,
     job_slots: Arc<Semaphore>,
@@ -87,7 +87,8 @@ struct Cancel {
 impl Ci {
     /// Recovers from a previous server's end (kills its leftover steps, marks
     /// its running runs `error`), then starts the dispatcher and the poller.
-    pub async fn start(store: Store, config: CiConfig) -> anyhow::Result<Ci> {
+    /// `notifiers` hear of every run besides the forge's commit statuses.
+    pub async fn start(store: Store, config: CiConfig, notifiers: Vec<Arc<dyn Notifier>>) -> anyhow::Result<Ci> {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "localhost".into());
@@ -97,14 +98,14 @@ impl Ci {
             tracing::warn!(?interrupted, killed, "recovered from an interrupted server");
         }
         let executor = Arc::new(LocalExecutor::new(store.clone(), host.clone()));
-        let notifier = Arc::new(ForgeStatus::new(config.server_url.clone()));
+        let forge: Arc<dyn Notifier> = Arc::new(ForgeStatus::new(config.server_url.clone()));
         let (events, _) = broadcast::channel(4096);
         let engine = Arc::new(Engine {
             job_slots: Arc::new(Semaphore::new(config.parallelism.max(1))),
             store,
             config,
             executor,
-            notifier,
+            notifiers: std::iter::once(forge).chain(notifiers).collect(),
             events,
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
@@ -184,7 +185,9 @@ impl Engine {
         };
         self.emit(run_id, run.status);
         if let Ok(repo) = self.store.repo_by_id(run.repo_id).await {
-            self.notifier.run_changed(&repo, &run).await;
+            for notifier in &self.notifiers {
+                notifier.run_changed(&repo, &run).await;
+            }
         }
     }
 

@@ -161,7 +161,7 @@ async fn prepare_and_run(
         return Ending::new(RunStatus::Success, None);
     }
     let store_dir = engine.config.data_dir.join("artifacts").join("sha256");
-    let paths = spec.pipeline.artifact.clone();
+    let paths = deployable_paths(&spec, &workspace);
     let packed =
         tokio::task::spawn_blocking(move || artifact::pack(&workspace, &paths, &store_dir)).await;
     match packed {
@@ -428,4 +428,23 @@ fn step_env(
         ),
     ]);
     env.into_iter().collect()
+}
+
+/// What the artifact holds: the declared paths, and what a deployment needs
+/// from the commit besides them (`sluice.yaml`, config templates, data scripts).
+fn deployable_paths(spec: &Spec, workspace: &std::path::Path) -> Vec<String> {
+    let mut paths = spec.pipeline.artifact.clone();
+    let mut needed = vec![sluice_spec::SPEC_FILE.to_string()];
+    if let Some(run) = &spec.run {
+        needed.extend(run.config_files.iter().map(|f| f.template.clone()));
+    }
+    for env in &spec.environments {
+        needed.extend(env.data.seed.iter().chain(env.data.scrub.iter()).cloned());
+    }
+    for path in needed {
+        if workspace.join(&path).exists() && !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+    paths
 }

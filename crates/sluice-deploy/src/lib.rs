@@ -1,1 +1,246 @@
-//! Releases, environments and deployments.
+//! Continuous deployment: releases made from green mainline runs, the five
+//! facets of each environment (instances and network, code, rendered config,
+//! config values, data), deployments by strategy behind the proxy, promotions
+//! through gates, rollbacks and pins, drift, and reconciling after a restart.
+//!
+//! [`Cd`] is the engine; [`ReleaseMaker`] is the CI notifier that turns a green
+//! mainline run into a release and deploys it where the rules say.
+
+mod data;
+mod gates;
+mod health;
+mod layout;
+mod promote;
+mod release;
+mod render;
+mod rollout;
+pub mod runtime;
+mod view;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_proxy::{Backend, Listener, Route};
+use sluice_store::Store;
+use tokio_util::sync::CancellationToken;
+
+pub use gates::GateCheck;
+pub use layout::Layout;
+pub use promote::{PromoteRequest, PromotionView};
+pub use release::ReleaseMaker;
+pub use runtime::{InstanceSpec, LocalRuntime, Runtime};
+pub use view::{EnvDiff, EnvStatus};
+
+/// Who is acting, as the API authenticated them.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub name: String,
+    pub role: sluice_store::Role,
+    pub groups: Vec<String>,
+}
+
+impl Actor {
+    pub fn system() -> Actor {
+        Actor { name: "sluice".into(), role: sluice_store::Role::Admin, groups: Vec::new() }
+    }
+}
+
+/// A refusal the API shows as 4xx: what was wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CdError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] sluice_store::StoreError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub type CdResult<T> = Result<T, CdError>;
+
+#[derive(Clone, Debug)]
+pub struct CdConfig {
+    pub data_dir: std::path::PathBuf,
+    /// How often pending promotions are looked at again.
+    pub gate_interval: Duration,
+    /// How long draining an instance may take before it is stopped anyway.
+    pub drain_timeout: Duration,
+}
+
+impl CdConfig {
+    pub fn new(data_dir: &Path) -> Self {
+        CdConfig { data_dir: data_dir.to_path_buf(), gate_interval: Duration::from_secs(1), drain_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// The CD engine; cheap to clone.
+#[derive(Clone)]
+pub struct Cd {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    store: Store,
+    layout: Layout,
+    config: CdConfig,
+    runtime: Arc<dyn Runtime>,
+    /// One listener and route per (service, environment).
+    entries: Mutex<HashMap<(String, String), Entry>>,
+    /// Instances this server runs, with what checks their health.
+    live: Mutex<HashMap<String, Live>>,
+    /// One deployment at a time per (service, environment).
+    locks: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    /// Promotions are advanced one at a time, so none deploys twice.
+    advancing: tokio::sync::Mutex<()>,
+    shutdown: CancellationToken,
+}
+
+struct Entry {
+    route: Route,
+    listener: Listener,
+}
+
+#[derive(Clone)]
+struct Live {
+    service: String,
+    env: String,
+    backend: Arc<Backend>,
+    checks: CancellationToken,
+}
+
+impl Cd {
+    /// Starts the engine: reconciles what a previous server left, then looks
+    /// at pending promotions now and then.
+    pub async fn start(store: Store, config: CdConfig) -> anyhow::Result<Cd> {
+        let runtime = Arc::new(LocalRuntime::new(store.clone()));
+        let inner = Arc::new(Inner {
+            layout: Layout::new(&config.data_dir),
+            store,
+            config,
+            runtime,
+            entries: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            advancing: tokio::sync::Mutex::new(()),
+            shutdown: CancellationToken::new(),
+        });
+        inner.reconcile().await?;
+        tokio::spawn(promote::gatekeeper(inner.clone()));
+        Ok(Cd { inner })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The notifier that makes releases from green mainline runs.
+    pub fn release_maker(&self) -> ReleaseMaker {
+        ReleaseMaker::new(self.inner.clone())
+    }
+
+    /// The address an environment's entry point listens on, once it has one.
+    pub fn listen_addr(&self, service: &str, env: &str) -> Option<SocketAddr> {
+        self.inner.entries.lock().unwrap().get(&(service.to_string(), env.to_string())).map(|e| e.listener.addr)
+    }
+
+    pub async fn promote(&self, request: PromoteRequest, actor: &Actor) -> CdResult<PromotionView> {
+        promote::request(&self.inner, request, actor).await
+    }
+
+    pub async fn promotion(&self, id: i64) -> CdResult<PromotionView> {
+        promote::view(&self.inner, id).await
+    }
+
+    pub async fn promotions(&self, service: Option<&str>, open_only: bool) -> CdResult<Vec<PromotionView>> {
+        promote::list(&self.inner, service, open_only).await
+    }
+
+    pub async fn approve(&self, id: i64, actor: &Actor) -> CdResult<PromotionView> {
+        promote::approve(&self.inner, id, actor).await
+    }
+
+    pub async fn reject(&self, id: i64, reason: &str, actor: &Actor) -> CdResult<PromotionView> {
+        promote::reject(&self.inner, id, reason, actor).await
+    }
+
+    pub async fn override_freeze(&self, id: i64, reason: &str, actor: &Actor) -> CdResult<PromotionView> {
+        promote::override_freeze(&self.inner, id, reason, actor).await
+    }
+
+    /// Deploys the previous release (or `to`) and pins the environment.
+    pub async fn rollback(&self, service: &str, env: &str, to: Option<i64>, actor: &Actor) -> CdResult<sluice_store::Deployment> {
+        rollout::rollback(&self.inner, service, env, to, actor).await
+    }
+
+    pub async fn unpin(&self, service: &str, env: &str, actor: &Actor) -> CdResult<()> {
+        let state = self.inner.store.env_state(service, env).await?.ok_or_else(|| CdError::NotFound(format!("{service} has no environment `{env}` yet")))?;
+        if !state.pinned.0 {
+            return Err(CdError::Conflict(format!("{env} is not pinned")));
+        }
+        self.inner.store.set_pinned(service, env, false, None, &actor.name).await?;
+        Ok(())
+    }
+
+    pub async fn status(&self, service: Option<&str>) -> CdResult<Vec<EnvStatus>> {
+        view::status(&self.inner, service).await
+    }
+
+    pub async fn diff(&self, service: &str, a: &str, b: &str) -> CdResult<EnvDiff> {
+        view::diff(&self.inner, service, a, b).await
+    }
+
+    /// The end of an instance's log file.
+    pub async fn instance_log(&self, id: &str, max_bytes: u64) -> CdResult<String> {
+        let instance = self.inner.store.instance(id).await?;
+        let path = self.inner.layout.instance_log(&instance.service, &instance.environment, id);
+        let text = tokio::fs::read(&path).await.map_err(|e| CdError::NotFound(format!("no log for {id}: {e}")))?;
+        let start = text.len().saturating_sub(max_bytes as usize);
+        Ok(String::from_utf8_lossy(&text[start..]).into_owned())
+    }
+
+    /// What the proxy knows of each backend of an environment.
+    pub fn backends(&self, service: &str, env: &str) -> Vec<sluice_proxy::BackendInfo> {
+        let entries = self.inner.entries.lock().unwrap();
+        entries.get(&(service.to_string(), env.to_string())).map(|e| e.route.backends().iter().map(|b| b.info()).collect()).unwrap_or_default()
+    }
+
+    /// Stops every instance, for a clean shutdown.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.runtime.stop_all().await;
+    }
+}
+
+impl Inner {
+    fn env_lock(&self, service: &str, env: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().unwrap().entry((service.to_string(), env.to_string())).or_default().clone()
+    }
+
+    /// The route of an environment, binding its listener the first time.
+    async fn route(&self, service: &str, env: &sluice_spec::Environment) -> anyhow::Result<Route> {
+        let key = (service.to_string(), env.name.clone());
+        if let Some(entry) = self.entries.lock().unwrap().get(&key) {
+            return Ok(entry.route.clone());
+        }
+        let route = Route::default();
+        let listener = Listener::bind(env.listen, route.clone(), &env.name)
+            .await
+            .map_err(|e| anyhow::anyhow!("could not listen on {} for {}: {e}; is the address taken?", env.listen, env.name))?;
+        tracing::info!(service, env = %env.name, addr = %listener.addr, "environment entry point listening");
+        self.entries.lock().unwrap().insert(key, Entry { route: route.clone(), listener });
+        Ok(route)
+    }
+
+    fn live_in(&self, service: &str, env: &str) -> Vec<Live> {
+        self.live.lock().unwrap().values().filter(|l| l.service == service && l.env == env).cloned().collect()
+    }
+}

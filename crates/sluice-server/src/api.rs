@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod changelog;
+mod deploy;
 mod events;
 mod hooks;
 mod repos;
@@ -41,4 +42,16 @@ pub fn routes() -> Router<AppState> {
         .route("/events", get(events::all))
         .route("/artifacts/{sha256}", get(artifacts::download))
         .route("/changelog", get(changelog::list))
+        .route("/releases", get(deploy::releases))
+        .route("/status", get(deploy::status))
+        .route("/deployments", get(deploy::deployments))
+        .route("/instances/{id}/logs", get(deploy::instance_log))
+        .route("/services/{service}/diff", get(deploy::diff))
+        .route("/services/{service}/environments/{env}/rollback", post(deploy::rollback))
+        .route("/services/{service}/environments/{env}/unpin", post(deploy::unpin))
+        .route("/promotions", get(deploy::promotions).post(deploy::promote))
+        .route("/promotions/{id}", get(deploy::promotion))
+        .route("/promotions/{id}/approve", post(deploy::approve))
+        .route("/promotions/{id}/reject", post(deploy::reject))
+        .route("/promotions/{id}/override", post(deploy::override_freeze))
 }

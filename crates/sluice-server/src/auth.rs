@@ -27,9 +27,15 @@ pub struct Caller {
     pub token_id: String,
     pub name: String,
     pub role: Role,
+    pub groups: Vec<String>,
 }
 
 impl Caller {
+    /// The caller as the CD engine sees them.
+    pub fn actor(&self) -> sluice_deploy::Actor {
+        sluice_deploy::Actor { name: self.name.clone(), role: self.role, groups: self.groups.clone() }
+    }
+
     /// Refuses with 403 unless the caller holds `role` or a higher one.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.role >= role {
@@ -57,6 +63,7 @@ impl Tokens {
         store: &Store,
         name: &str,
         role: Role,
+        groups: &[String],
         actor: &str,
     ) -> Result<(String, String), ApiError> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
@@ -78,7 +85,7 @@ impl Tokens {
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-        store.insert_token(&id, name, role, &hash, actor).await?;
+        store.insert_token(&id, name, role, groups, &hash, actor).await?;
         Ok((id, token))
     }
 
@@ -117,6 +124,7 @@ impl Tokens {
             return Err(invalid());
         }
         let caller = Caller {
+            groups: record.groups(),
             token_id: record.id,
             name: record.name,
             role: record.role.0,
@@ -170,7 +178,7 @@ pub async fn ensure_initial_admin(
     }
     let (_, token) = state
         .tokens
-        .mint(&state.store, "initial-admin", Role::Admin, "sluice")
+        .mint(&state.store, "initial-admin", Role::Admin, &[], "sluice")
         .await?;
     let path = data_dir.join(INITIAL_TOKEN_FILE);
     let written = std::fs::OpenOptions::new()

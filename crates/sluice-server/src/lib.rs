@@ -1,5 +1,5 @@
 //! The server: the JSON API under `/api/v1` (axum), live events over SSE,
-//! authentication, and the wiring of the store and the CI engine.
+//! authentication, and the wiring of the store and the CI and CD engines.
 
 mod api;
 pub mod auth;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use sluice_ci::{Ci, CiConfig};
+use sluice_deploy::{Cd, CdConfig};
 use sluice_store::Store;
 use tokio::net::TcpListener;
 
@@ -23,6 +24,7 @@ pub use error::{ApiError, ApiResult};
 pub struct AppState {
     pub store: Store,
     pub ci: Ci,
+    pub cd: Cd,
     pub tokens: Arc<auth::Tokens>,
 }
 
@@ -86,12 +88,10 @@ impl Server {
         if let Some(parallelism) = options.parallelism {
             config.parallelism = parallelism;
         }
-        let ci = Ci::start(store.clone(), config).await?;
-        let state = AppState {
-            store,
-            ci,
-            tokens: Arc::default(),
-        };
+        // CD first: its release maker hears of every green mainline run.
+        let cd = Cd::start(store.clone(), CdConfig::new(&data_dir)).await?;
+        let ci = Ci::start(store.clone(), config, vec![Arc::new(cd.release_maker())]).await?;
+        let state = AppState { store, ci, cd, tokens: Arc::default() };
         let initial_admin_token = auth::ensure_initial_admin(&state, &data_dir)
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
@@ -109,11 +109,12 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let ci = self.state.ci.clone();
+        let (ci, cd) = (self.state.ci.clone(), self.state.cd.clone());
         axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(shutdown)
             .await?;
         ci.shutdown();
+        cd.shutdown().await;
         Ok(())
     }
 }

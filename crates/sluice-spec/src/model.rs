@@ -110,6 +110,8 @@ impl ChangeKind {
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSpec {
     pub command: String,
+    /// How long a new instance has to become healthy before its deployment fails.
+    pub ready_timeout: Duration,
     pub health: Option<HealthCheck>,
     pub config_files: Vec<ConfigFile>,
 }

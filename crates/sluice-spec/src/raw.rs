@@ -60,6 +60,7 @@ pub struct RawStep {
 #[serde(deny_unknown_fields)]
 pub struct RawRun {
     pub command: Spanned<String>,
+    pub ready_timeout: Option<Spanned<String>>,
     pub health: Option<RawHealth>,
     #[serde(default)]
     pub config_files: Vec<RawConfigFile>,

@@ -412,6 +412,7 @@ fn run_spec(c: &mut Checker, raw: RawRun) -> RunSpec {
         }
     }
     RunSpec {
+        ready_timeout: c.duration(&raw.ready_timeout, "ready_timeout", Duration::from_secs(60)),
         command: raw.command.value,
         health,
         config_files: raw
@@ -453,7 +454,9 @@ fn environments(
         }
         let listen = match env.listen.value.parse::<SocketAddr>() {
             Ok(addr) => {
-                if let Some(other) = listeners.insert(addr, name.value.clone()) {
+                // Port 0 asks for any free port, so it never clashes.
+                let taken = if addr.port() == 0 { None } else { listeners.insert(addr, name.value.clone()) };
+                if let Some(other) = taken {
                     c.error(
                         &env.listen,
                         format!("`{addr}` is already the listen address of `{other}`"),

@@ -7,6 +7,7 @@
 
 mod artifacts;
 mod changelog;
+mod deploy;
 mod logs;
 mod migrate;
 mod processes;
@@ -24,6 +25,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use artifacts::Artifact;
 pub use changelog::{ChangeEvent, ChangeQuery, NewChangeEvent};
+pub use deploy::{Approval, Deployment, EnvState, Flag, Instance, Promotion, Release};
 pub use logs::LogLine;
 pub use processes::TrackedProcess;
 pub use repos::{NewRepo, Repo};

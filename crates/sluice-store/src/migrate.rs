@@ -6,7 +6,10 @@ use sqlx::{AssertSqlSafe, Executor};
 use crate::{Dialect, Result, Store, now_ms};
 
 /// `{id}` stands for an auto-increment primary key in the dialect at hand.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_foundation.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_foundation.sql")),
+    (2, include_str!("migrations/0002_deploy.sql")),
+];
 
 pub async fn run(store: &Store) -> Result<()> {
     let id = match store.dialect {

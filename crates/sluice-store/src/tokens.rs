@@ -50,6 +50,14 @@ pub struct TokenRecord {
     pub created_at: i64,
     pub created_by: String,
     pub revoked_at: Option<i64>,
+    /// Comma-separated groups, such as `release-managers`, that approver lists may name.
+    pub groups: String,
+}
+
+impl TokenRecord {
+    pub fn groups(&self) -> Vec<String> {
+        self.groups.split(',').map(str::trim).filter(|g| !g.is_empty()).map(String::from).collect()
+    }
 }
 
 /// A role as stored: text in the database, a [`Role`] in code.
@@ -78,17 +86,19 @@ impl Store {
         id: &str,
         name: &str,
         role: Role,
+        groups: &[String],
         hash: &str,
         created_by: &str,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO tokens (id, name, role, hash, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6)")
+        sqlx::query("INSERT INTO tokens (id, name, role, hash, created_at, created_by, groups) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(id)
             .bind(name)
             .bind(role.as_str())
             .bind(hash)
             .bind(now_ms())
             .bind(created_by)
+            .bind(groups.join(","))
             .execute(&mut *tx)
             .await?;
         let event = NewChangeEvent {
@@ -96,7 +106,7 @@ impl Store {
             kind: "token.created".into(),
             subject: format!("token {name}"),
             summary: format!("token `{name}` created with role {role}"),
-            after: Some(serde_json::json!({ "id": id, "name": name, "role": role })),
+            after: Some(serde_json::json!({ "id": id, "name": name, "role": role, "groups": groups })),
             ..Default::default()
         };
         append_with(&mut *tx, event).await?;
@@ -105,7 +115,7 @@ impl Store {
     }
 
     pub async fn token(&self, id: &str) -> Result<TokenRecord> {
-        sqlx::query_as("SELECT id, name, role, hash, created_at, created_by, revoked_at FROM tokens WHERE id = $1")
+        sqlx::query_as("SELECT id, name, role, hash, created_at, created_by, revoked_at, groups FROM tokens WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -113,7 +123,7 @@ impl Store {
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        Ok(sqlx::query_as("SELECT id, name, role, hash, created_at, created_by, revoked_at FROM tokens ORDER BY created_at")
+        Ok(sqlx::query_as("SELECT id, name, role, hash, created_at, created_by, revoked_at, groups FROM tokens ORDER BY created_at")
             .fetch_all(&self.pool)
             .await?)
     }

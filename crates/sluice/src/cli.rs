@@ -92,6 +92,83 @@ pub enum Command {
     },
     /// Cancel a queued or running run.
     Cancel { run: i64 },
+    /// Services × environments: release, health, instances, pins, pending promotions, drift.
+    Status {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Releases, newest first.
+    Releases {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deployments, newest first.
+    Deployments {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask to move a release into an environment; its gates decide when.
+    Promote {
+        service: String,
+        #[arg(long)]
+        to: String,
+        /// vN; by default the release running in the `from` environment.
+        #[arg(long, value_parser = parse_release)]
+        release: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Promotions with their gates (open ones unless --all).
+    Promotions {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending promotion (approver; not your own).
+    Approve { id: i64 },
+    /// Reject a pending promotion (approver).
+    Reject {
+        id: i64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let a promotion through a freeze window (admin); the reason is logged.
+    Override {
+        id: i64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Deploy the previous release (or --to vN) and pin the environment.
+    Rollback {
+        service: String,
+        env: String,
+        #[arg(long, value_parser = parse_release)]
+        to: Option<i64>,
+    },
+    /// Let automation deploy to a pinned environment again.
+    Unpin { service: String, env: String },
+    /// Two environments side by side on all five facets, with drift.
+    Diff {
+        service: String,
+        a: String,
+        b: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Instances of environments.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
     /// What changed: the change log, newest first.
     Changes {
         #[arg(long)]
@@ -131,6 +208,12 @@ pub struct Serve {
 }
 
 #[derive(Subcommand)]
+pub enum InstanceCommand {
+    /// The end of an instance's stdout and stderr.
+    Logs { id: String },
+}
+
+#[derive(Subcommand)]
 pub enum TokenCommand {
     /// Make a token; it is printed once.
     Create {
@@ -139,6 +222,9 @@ pub enum TokenCommand {
         /// viewer, developer, approver or admin.
         #[arg(long)]
         role: String,
+        /// A group that environments' `approvers` may name; repeat for more.
+        #[arg(long = "group")]
+        groups: Vec<String>,
     },
     List,
     Revoke {
@@ -176,4 +262,9 @@ pub enum SecretCommand {
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     sluice_spec::parse_duration(text)
+}
+
+/// `v3` or `3`.
+fn parse_release(text: &str) -> Result<i64, String> {
+    text.trim_start_matches('v').parse().map_err(|_| format!("`{text}` is not a release; write vN, such as v3"))
 }

@@ -11,13 +11,15 @@ use crate::auth::Caller;
 use crate::{ApiError, ApiResult, AppState};
 
 pub async fn whoami(caller: Caller) -> Json<Value> {
-    Json(json!({ "id": caller.token_id, "name": caller.name, "role": caller.role }))
+    Json(json!({ "id": caller.token_id, "name": caller.name, "role": caller.role, "groups": caller.groups }))
 }
 
 #[derive(Deserialize)]
 pub struct NewToken {
     name: String,
     role: String,
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 pub async fn create(
@@ -36,11 +38,11 @@ pub async fn create(
     }
     let (id, token) = state
         .tokens
-        .mint(&state.store, body.name.trim(), role, &caller.name)
+        .mint(&state.store, body.name.trim(), role, &body.groups, &caller.name)
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "id": id, "name": body.name.trim(), "role": role, "token": token })),
+        Json(json!({ "id": id, "name": body.name.trim(), "role": role, "groups": body.groups, "token": token })),
     ))
 }
 

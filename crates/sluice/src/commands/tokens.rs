@@ -12,12 +12,12 @@ use crate::output::{table, text, time};
 
 pub async fn run(client: &Client, command: TokenCommand) -> Result<ExitCode> {
     match command {
-        TokenCommand::Create { name, role } => {
+        TokenCommand::Create { name, role, groups } => {
             let made = client
                 .json(
                     client
                         .request(Method::POST, "/tokens")
-                        .json(&json!({ "name": name, "role": role })),
+                        .json(&json!({ "name": name, "role": role, "groups": groups })),
                 )
                 .await?;
             eprintln!(

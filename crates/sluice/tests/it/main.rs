@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod cd;
 mod ci;
 mod detection;
 mod restart;

@@ -1,0 +1,93 @@
+//! Releases: a green mainline run's artifact, with the `sluice.yaml` it
+//! carries, becomes release `vN` of its service, unpacked once for instances.
+
+use std::future::Future;
+use std::io::Read;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use sluice_ci::Notifier;
+use sluice_store::{Release, Repo, Run, RunStatus};
+
+use crate::{Inner, Layout, promote};
+
+/// The CI notifier that makes a release of every green mainline run with an
+/// artifact, then asks for the automatic deployments its environments declare.
+pub struct ReleaseMaker {
+    inner: Arc<Inner>,
+}
+
+impl ReleaseMaker {
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        ReleaseMaker { inner }
+    }
+}
+
+impl Notifier for ReleaseMaker {
+    fn run_changed<'a>(&'a self, _repo: &'a Repo, run: &'a Run) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(artifact) = run.artifact_sha256.clone() else { return };
+            if run.status != RunStatus::Success || run.kind != "mainline" {
+                return;
+            }
+            let inner = self.inner.clone();
+            let run = run.clone();
+            tokio::spawn(async move {
+                match make(&inner, &run, &artifact).await {
+                    Ok(release) => promote::auto_deploy(&inner, &release, None).await,
+                    Err(e) => tracing::error!(run = run.id, error = %format!("{e:#}"), "could not make a release"),
+                }
+            });
+        })
+    }
+}
+
+async fn make(inner: &Arc<Inner>, run: &Run, artifact: &str) -> Result<Release> {
+    let path = inner.layout.artifact(artifact);
+    let spec_text = tokio::task::spawn_blocking(move || read_member(&path, sluice_spec::SPEC_FILE)).await??;
+    let spec = sluice_spec::parse(sluice_spec::SPEC_FILE, &spec_text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let release = inner.store.create_release(&spec.service, run, artifact, &spec_text).await?;
+    unpack(&inner.layout, &release).await?;
+    tracing::info!(service = %spec.service, release = %release.name(), run = run.id, "release made");
+    Ok(release)
+}
+
+/// One file of an artifact, read without unpacking the rest.
+fn read_member(archive: &std::path::Path, name: &str) -> Result<String> {
+    let file = std::fs::File::open(archive).with_context(|| format!("artifact {} is missing", archive.display()))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        if entry.path()?.as_os_str() == name {
+            let mut text = String::new();
+            entry.read_to_string(&mut text)?;
+            return Ok(text);
+        }
+    }
+    anyhow::bail!("the artifact has no {name}")
+}
+
+/// Unpacks a release's artifact once; later calls find it there.
+pub(crate) async fn unpack(layout: &Layout, release: &Release) -> Result<PathBuf> {
+    let dir = layout.release(&release.service, release.number);
+    if dir.exists() {
+        return Ok(dir);
+    }
+    let archive = layout.artifact(&release.artifact_sha256);
+    let target = dir.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let staging = target.with_extension("incoming");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)?;
+        let file = std::fs::File::open(&archive).with_context(|| format!("artifact {} is missing", archive.display()))?;
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        tar.set_preserve_permissions(true);
+        tar.unpack(&staging)?;
+        std::fs::rename(&staging, &target)?;
+        Ok(())
+    })
+    .await??;
+    Ok(dir)
+}

@@ -1,0 +1,330 @@
+//! Deployments: putting a release into an environment by its strategy, so
+//! that no request fails, and going back to the previous release by itself
+//! when the new one does not become healthy in time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use sluice_proxy::{Backend, Route};
+use sluice_spec::{Environment, Spec, Strategy};
+use sluice_store::{Deployment, Instance, Release};
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::InstanceSpec;
+use crate::{Actor, CdError, CdResult, Inner, Live, data, health, render};
+
+/// How a deployment ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Succeeded,
+    /// It failed; the environment went back to its previous release.
+    RolledBack(String),
+    /// It failed and there was nothing to go back to.
+    Failed(String),
+}
+
+/// The parsed definition a release carries, and its environment `env`.
+pub(crate) fn release_env(release: &Release, env: &str) -> Result<(Spec, Environment)> {
+    let spec = sluice_spec::parse("sluice.yaml", &release.spec).map_err(|e| anyhow!("release {} has an invalid sluice.yaml: {e}", release.name()))?;
+    let environment = spec
+        .environment(env)
+        .cloned()
+        .ok_or_else(|| anyhow!("release {}'s sluice.yaml has no environment `{env}`", release.name()))?;
+    Ok((spec, environment))
+}
+
+/// Deploys `release` to `env` by the environment's strategy; one at a time per environment.
+pub(crate) async fn deploy(inner: &Arc<Inner>, release: &Release, env: &str, cause: &str, actor: &str) -> Result<(i64, Outcome)> {
+    let lock = inner.env_lock(&release.service, env);
+    let _one_at_a_time = lock.lock().await;
+    let (spec, environment) = release_env(release, env)?;
+    inner.store.ensure_env(&release.service, env).await?;
+    let state = inner.store.env_state(&release.service, env).await?;
+    let previous = state.as_ref().and_then(|s| s.release_id);
+    let strategy = match environment.strategy {
+        Strategy::BlueGreen => "blue-green",
+        Strategy::Rolling | Strategy::Ab(_) => "rolling",
+    };
+    let id = inner.store.insert_deployment(&release.service, env, release, previous, strategy, cause, actor).await?;
+    let result = async {
+        prepare(inner, release, &spec, &environment, state.as_ref(), id).await?;
+        let route = inner.route(&release.service, &environment).await?;
+        match environment.strategy {
+            Strategy::BlueGreen => blue_green(inner, release, &spec, &environment, &route).await,
+            Strategy::Rolling | Strategy::Ab(_) => rolling(inner, release, &spec, &environment, &route).await,
+        }
+    }
+    .await;
+    let outcome = match result {
+        Ok(()) => {
+            inner.store.set_env_release(&release.service, env, release, actor, "env.release").await?;
+            inner.store.finish_deployment(id, "succeeded", None).await?;
+            Outcome::Succeeded
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            tracing::warn!(service = %release.service, env, release = %release.name(), %why, "deployment failed");
+            match previous {
+                Some(previous_id) => {
+                    let previous = inner.store.release_by_id(previous_id).await?;
+                    let restored = restore(inner, &previous, env).await;
+                    let reason = match &restored {
+                        Ok(()) => format!("{why}; back on {}", previous.name()),
+                        Err(e) => format!("{why}; going back to {} failed too: {e:#}", previous.name()),
+                    };
+                    inner.store.finish_deployment(id, "rolled_back", Some(&reason)).await?;
+                    Outcome::RolledBack(reason)
+                }
+                None => {
+                    stop_release(inner, &release.service, env, release.id).await;
+                    inner.store.finish_deployment(id, "failed", Some(&why)).await?;
+                    Outcome::Failed(why)
+                }
+            }
+        }
+    };
+    Ok((id, outcome))
+}
+
+/// The release's files, config and data, ready before any instance starts.
+async fn prepare(inner: &Arc<Inner>, release: &Release, spec: &Spec, env: &Environment, state: Option<&sluice_store::EnvState>, deployment: i64) -> Result<()> {
+    let service = &release.service;
+    let release_dir = crate::release::unpack(&inner.layout, release).await?;
+    let data_dir = inner.layout.data(service, &env.name);
+    let snapshot = data::snapshot(&data_dir, &inner.layout.snapshots(service, &env.name), &format!("deployment-{deployment}"), env.data.snapshots)?;
+    if let Some(path) = snapshot {
+        tracing::info!(service, env = %env.name, path = %path.display(), "data snapshot taken");
+    }
+    if state.is_none_or(|s| s.seeded_at.is_none()) {
+        let source = env.data.copy_from.as_ref().map(|from| inner.layout.data(service, from));
+        let filled = data::fill(&env.data, &data_dir, &release_dir, source.as_deref()).await?;
+        tracing::info!(service, env = %env.name, ?filled, "data prepared for the first deployment");
+        inner.store.mark_seeded(service, &env.name).await?;
+    }
+    let files = render::render(spec, env, &release.name(), &release_dir)?;
+    render::write(&inner.layout.config(service, &env.name, release.number), &files)?;
+    Ok(())
+}
+
+/// One instance at a time: a new one healthy, then an old one drained and stopped.
+async fn rolling(inner: &Arc<Inner>, release: &Release, spec: &Spec, env: &Environment, route: &Route) -> Result<()> {
+    let mut old: Vec<Live> = inner.live_in(&release.service, &env.name).into_iter().filter(|l| l.backend.release != release.name()).collect();
+    let keep = inner.live_in(&release.service, &env.name).into_iter().filter(|l| l.backend.release == release.name()).count();
+    for _ in keep..env.instances as usize {
+        let new = start_instance(inner, release, spec, env).await?;
+        wait_healthy(inner, &new.backend, ready_timeout(spec)).await?;
+        route.add(new.backend.clone());
+        if let Some(retired) = old.pop() {
+            retire(inner, route, &retired).await;
+        }
+    }
+    for retired in old {
+        retire(inner, route, &retired).await;
+    }
+    Ok(())
+}
+
+/// A whole new group healthy, then the route switches at once.
+async fn blue_green(inner: &Arc<Inner>, release: &Release, spec: &Spec, env: &Environment, route: &Route) -> Result<()> {
+    let old: Vec<Live> = inner.live_in(&release.service, &env.name);
+    let mut green = Vec::new();
+    for _ in 0..env.instances {
+        green.push(start_instance(inner, release, spec, env).await?);
+    }
+    for new in &green {
+        if let Err(e) = wait_healthy(inner, &new.backend, ready_timeout(spec)).await {
+            for new in &green {
+                stop_instance(inner, route, new).await;
+            }
+            return Err(e);
+        }
+    }
+    for new in &green {
+        route.add(new.backend.clone());
+    }
+    futures::future::join_all(old.iter().map(|l| retire(inner, route, l))).await;
+    Ok(())
+}
+
+fn ready_timeout(spec: &Spec) -> Duration {
+    spec.run.as_ref().map_or(Duration::from_secs(60), |r| r.ready_timeout)
+}
+
+/// Brings an environment back to `release` after a failed deployment: tops
+/// it up to its instance count, then stops every instance of other releases.
+async fn restore(inner: &Arc<Inner>, release: &Release, env: &str) -> Result<()> {
+    let (spec, environment) = release_env(release, env)?;
+    let route = inner.route(&release.service, &environment).await?;
+    let current: Vec<Live> = inner.live_in(&release.service, env);
+    let have = current.iter().filter(|l| l.backend.release == release.name()).count();
+    for _ in have..environment.instances as usize {
+        let new = start_instance(inner, release, &spec, &environment).await?;
+        wait_healthy(inner, &new.backend, ready_timeout(&spec)).await?;
+        route.add(new.backend.clone());
+    }
+    for other in current.iter().filter(|l| l.backend.release != release.name()) {
+        retire(inner, &route, other).await;
+    }
+    Ok(())
+}
+
+async fn stop_release(inner: &Arc<Inner>, service: &str, env: &str, release_id: i64) {
+    let Ok(release) = inner.store.release_by_id(release_id).await else { return };
+    let route = inner.entries.lock().unwrap().get(&(service.to_string(), env.to_string())).map(|e| e.route.clone()).unwrap_or_default();
+    for live in inner.live_in(service, env).into_iter().filter(|l| l.backend.release == release.name()) {
+        stop_instance(inner, &route, &live).await;
+    }
+}
+
+/// Starts one instance of `release` in `env`, with its port, environment and health checks.
+async fn start_instance(inner: &Arc<Inner>, release: &Release, spec: &Spec, env: &Environment) -> Result<Live> {
+    let service = &release.service;
+    let run = spec.run.as_ref().context("sluice.yaml has no `run` section: there is nothing to start")?;
+    let port = free_port()?;
+    let n = inner.store.count_instances(service, &env.name).await? + 1;
+    let id = format!("{}-{}-{n}", env.name, release.name());
+    let release_dir = inner.layout.release(service, release.number);
+    let data_dir = inner.layout.data(service, &env.name);
+    let config_dir = inner.layout.config(service, &env.name, release.number);
+    let files = render::render(spec, env, &release.name(), &release_dir)?;
+    let mut vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| !k.starts_with("SLUICE_")).collect();
+    vars.extend(env.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    vars.extend([
+        ("PORT".to_string(), port.to_string()),
+        ("SLUICE_SERVICE".to_string(), service.clone()),
+        ("SLUICE_ENV".to_string(), env.name.clone()),
+        ("SLUICE_RELEASE".to_string(), release.name()),
+        ("SLUICE_INSTANCE".to_string(), id.clone()),
+        ("SLUICE_CONFIG_DIR".to_string(), config_dir.to_string_lossy().into_owned()),
+        ("DATA_DIR".to_string(), data_dir.to_string_lossy().into_owned()),
+    ]);
+    let record = Instance {
+        id: id.clone(),
+        service: service.clone(),
+        environment: env.name.clone(),
+        release_id: release.id,
+        release: release.number,
+        port: port.into(),
+        pid: None,
+        start_ticks: None,
+        state: "starting".into(),
+        restarts: 0,
+        config_hash: render::config_hash(&env.config, &files),
+        created_at: 0,
+        stopped_at: None,
+    };
+    inner.store.insert_instance(&record).await?;
+    inner
+        .runtime
+        .start(InstanceSpec { id: id.clone(), workdir: release_dir, command: run.command.clone(), env: vars, log: inner.layout.instance_log(service, &env.name, &id) })
+        .await?;
+    let backend = Backend::new(id.clone(), ([127, 0, 0, 1], port).into(), release.name());
+    let checks = CancellationToken::new();
+    health::watch(inner.store.clone(), backend.clone(), run.health.clone(), checks.clone());
+    let live = Live { service: service.clone(), env: env.name.clone(), backend, checks };
+    inner.live.lock().unwrap().insert(id, live.clone());
+    Ok(live)
+}
+
+async fn wait_healthy(inner: &Arc<Inner>, backend: &Arc<Backend>, limit: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !backend.is_healthy() {
+        if tokio::time::Instant::now() >= deadline {
+            let live = inner.live.lock().unwrap().get(&backend.id).cloned();
+            if let Some(live) = live {
+                let route = Route::default();
+                stop_instance(inner, &route, &live).await;
+            }
+            return Err(anyhow!("instance {} did not become healthy within {}", backend.id, sluice_spec::format_duration(limit)));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Drains an instance (no new requests, those in flight finish), then stops it.
+async fn retire(inner: &Arc<Inner>, route: &Route, live: &Live) {
+    let _ = inner.store.set_instance_state(&live.backend.id, "draining").await;
+    if !route.drain(&live.backend.id, inner.config.drain_timeout).await {
+        tracing::warn!(instance = %live.backend.id, "drain timed out; stopping anyway");
+    }
+    stop_instance(inner, route, live).await;
+}
+
+async fn stop_instance(inner: &Arc<Inner>, route: &Route, live: &Live) {
+    route.remove(&live.backend.id);
+    live.checks.cancel();
+    inner.runtime.stop(&live.backend.id).await;
+    inner.live.lock().unwrap().remove(&live.backend.id);
+    let _ = inner.store.set_instance_state(&live.backend.id, "stopped").await;
+}
+
+/// A port that was free a moment ago, for a new instance to bind.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free port for an instance")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Deploys the previous release (or `to`) without gates, then pins the environment.
+pub(crate) async fn rollback(inner: &Arc<Inner>, service: &str, env: &str, to: Option<i64>, actor: &Actor) -> CdResult<Deployment> {
+    let state = inner.store.env_state(service, env).await?.ok_or_else(|| CdError::NotFound(format!("{service} has no environment `{env}` yet")))?;
+    let current = state.release.ok_or_else(|| CdError::Conflict(format!("{env} runs no release; there is nothing to roll back")))?;
+    let target = match to {
+        Some(number) => inner.store.release(service, number).await.map_err(|_| CdError::NotFound(format!("{service} has no release v{number}")))?,
+        None => {
+            let history = inner.store.deployments(Some(service), Some(env), Some("succeeded"), 1000).await?;
+            let previous = history.iter().find(|d| d.release != current).ok_or_else(|| {
+                CdError::Conflict(format!("{env} has run no release before v{current}; name one with --to vN"))
+            })?;
+            inner.store.release_by_id(previous.release_id).await?
+        }
+    };
+    if target.number == current {
+        return Err(CdError::Conflict(format!("{env} already runs v{current}")));
+    }
+    let (id, outcome) = deploy(inner, &target, env, "rollback", &actor.name).await?;
+    inner.store.set_pinned(service, env, true, Some(&format!("rolled back to {} by {}", target.name(), actor.name)), &actor.name).await?;
+    match outcome {
+        Outcome::Succeeded => Ok(inner.store.deployment(id).await?),
+        Outcome::RolledBack(why) | Outcome::Failed(why) => Err(CdError::Other(anyhow!("the rollback to {} failed: {why}", target.name()))),
+    }
+}
+
+impl Inner {
+    /// After a restart: kills the instances the old server left, ends its
+    /// unfinished deployments, and starts each environment's recorded release
+    /// again, so that what runs matches the store and nothing runs twice.
+    pub(crate) async fn reconcile(self: &Arc<Self>) -> anyhow::Result<()> {
+        for instance in self.store.live_instances(None, None).await? {
+            if let (Some(pid), Some(ticks)) = (instance.pid, instance.start_ticks)
+                && crate::runtime::kill_leftover(pid, ticks)
+            {
+                tracing::warn!(instance = %instance.id, pid, "stopped an instance left by a previous server");
+            }
+            self.store.set_instance_state(&instance.id, "stopped").await?;
+        }
+        for deployment in self.store.deployments(None, None, Some("running"), 1000).await? {
+            self.store.finish_deployment(deployment.id, "failed", Some("interrupted: the server stopped during the deployment")).await?;
+        }
+        for promotion in self.store.promotions(None, true, 1000).await? {
+            if promotion.status == "deploying" {
+                self.store.set_promotion_status(promotion.id, "pending", None, Some("the server restarted during its deployment"), "sluice").await?;
+            }
+        }
+        let inner = self.clone();
+        let states = self.store.env_states(None).await?;
+        tokio::spawn(async move {
+            for state in states {
+                let Some(release_id) = state.release_id else { continue };
+                let Ok(release) = inner.store.release_by_id(release_id).await else { continue };
+                match deploy(&inner, &release, &state.name, "reconcile", "sluice").await {
+                    Ok((_, Outcome::Succeeded)) => tracing::info!(service = %state.service, env = %state.name, release = %release.name(), "reconciled"),
+                    Ok((_, outcome)) => tracing::error!(service = %state.service, env = %state.name, ?outcome, "could not reconcile"),
+                    Err(e) => tracing::error!(service = %state.service, env = %state.name, error = %format!("{e:#}"), "could not reconcile"),
+                }
+            }
+        });
+        Ok(())
+    }
+}

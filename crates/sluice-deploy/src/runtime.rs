@@ -1,0 +1,180 @@
+//! The `Runtime`: where instances run. The local runtime starts each as a
+//! process group on this machine, appends its output to its log file, and
+//! restarts it with exponential backoff when it dies, until told to stop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use sluice_store::Store;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Everything needed to start one instance.
+#[derive(Clone, Debug)]
+pub struct InstanceSpec {
+    pub id: String,
+    pub workdir: PathBuf,
+    pub command: String,
+    pub env: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait Runtime: Send + Sync {
+    /// Starts an instance and keeps it running until [`Runtime::stop`].
+    fn start(&self, spec: InstanceSpec) -> Boxed<'_, anyhow::Result<()>>;
+    /// Stops an instance (SIGTERM, then SIGKILL after a grace period) and returns once it is gone.
+    fn stop<'a>(&'a self, id: &'a str) -> Boxed<'a, ()>;
+    /// Stops everything, for shutdown.
+    fn stop_all(&self) -> Boxed<'_, ()>;
+}
+
+/// How long an instance gets to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct LocalRuntime {
+    store: Store,
+    running: Mutex<HashMap<String, (CancellationToken, JoinHandle<()>)>>,
+}
+
+impl LocalRuntime {
+    pub fn new(store: Store) -> Self {
+        LocalRuntime { store, running: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl Runtime for LocalRuntime {
+    fn start(&self, spec: InstanceSpec) -> Boxed<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            if let Some(parent) = spec.log.parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            let stop = CancellationToken::new();
+            let id = spec.id.clone();
+            let task = tokio::spawn(supervise(self.store.clone(), spec, stop.clone()));
+            self.running.lock().unwrap().insert(id, (stop, task));
+            Ok(())
+        })
+    }
+
+    fn stop<'a>(&'a self, id: &'a str) -> Boxed<'a, ()> {
+        Box::pin(async move {
+            let entry = self.running.lock().unwrap().remove(id);
+            if let Some((stop, task)) = entry {
+                stop.cancel();
+                let _ = task.await;
+            }
+        })
+    }
+
+    fn stop_all(&self) -> Boxed<'_, ()> {
+        Box::pin(async move {
+            let all: Vec<_> = self.running.lock().unwrap().drain().collect();
+            for (_, (stop, _)) in &all {
+                stop.cancel();
+            }
+            for (_, (_, task)) in all {
+                let _ = task.await;
+            }
+        })
+    }
+}
+
+async fn supervise(store: Store, spec: InstanceSpec, stop: CancellationToken) {
+    let mut backoff = Duration::from_secs(1);
+    let mut restarts = 0i64;
+    loop {
+        let started = Instant::now();
+        let mut child = match spawn(&spec) {
+            Ok(child) => child,
+            Err(e) => {
+                note(&spec, &format!("could not start: {e}"));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let pid = child.id().unwrap_or_default() as i32;
+        let ticks = sluice_ci::executor::start_ticks(pid).unwrap_or(0);
+        if let Err(e) = store.set_instance_process(&spec.id, pid.into(), ticks, restarts).await {
+            tracing::warn!(instance = %spec.id, error = %e, "could not record the instance's process");
+        }
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = stop.cancelled() => {
+                terminate(pid, &mut child).await;
+                note(&spec, "stopped");
+                return;
+            }
+        };
+        // Whatever it left in its group goes with it before it starts again.
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        if started.elapsed() > MAX_BACKOFF {
+            backoff = Duration::from_secs(1);
+        }
+        let how = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+        note(&spec, &format!("exited ({how}); restarting in {}s", backoff.as_secs()));
+        tracing::warn!(instance = %spec.id, %how, "instance exited; restarting");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        restarts += 1;
+    }
+}
+
+fn spawn(spec: &InstanceSpec) -> std::io::Result<tokio::process::Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log)?;
+    let err = log.try_clone()?;
+    tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&spec.command)
+        .current_dir(&spec.workdir)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err))
+        .process_group(0)
+        .spawn()
+}
+
+/// Appends sluice's own words to the instance's log.
+fn note(spec: &InstanceSpec, text: &str) {
+    use std::io::Write;
+    if let Ok(mut log) = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log) {
+        let _ = writeln!(log, "[sluice {}] {} {text}", chrono::Utc::now().format("%H:%M:%S"), spec.id);
+    }
+}
+
+async fn terminate(pid: i32, child: &mut tokio::process::Child) {
+    let group = Pid::from_raw(pid);
+    let _ = killpg(group, Signal::SIGTERM);
+    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+}
+
+/// Kills an instance process a previous server left running, if it is still that process.
+pub fn kill_leftover(pid: i64, start_ticks: i64) -> bool {
+    let pid = pid as i32;
+    if sluice_ci::executor::start_ticks(pid) == Some(start_ticks) {
+        return killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok();
+    }
+    false
+}
