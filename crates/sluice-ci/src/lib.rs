@@ -88,7 +88,11 @@ impl Ci {
     /// Recovers from a previous server's end (kills its leftover steps, marks
     /// its running runs `error`), then starts the dispatcher and the poller.
     /// `notifiers` hear of every run besides the forge's commit statuses.
-    pub async fn start(store: Store, config: CiConfig, notifiers: Vec<Arc<dyn Notifier>>) -> anyhow::Result<Ci> {
+    pub async fn start(
+        store: Store,
+        config: CiConfig,
+        notifiers: Vec<Arc<dyn Notifier>>,
+    ) -> anyhow::Result<Ci> {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "localhost".into());

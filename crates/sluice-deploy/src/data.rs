@@ -16,7 +16,12 @@ pub enum Filled {
 }
 
 /// Prepares the data directory of an environment's first deployment.
-pub async fn fill(spec: &DataSpec, data_dir: &Path, release_dir: &Path, source_data: Option<&Path>) -> Result<Filled> {
+pub async fn fill(
+    spec: &DataSpec,
+    data_dir: &Path,
+    release_dir: &Path,
+    source_data: Option<&Path>,
+) -> Result<Filled> {
     create_private(data_dir)?;
     if let Some(from) = &spec.copy_from {
         let Some(source) = source_data.filter(|s| s.exists()) else {
@@ -27,7 +32,9 @@ pub async fn fill(spec: &DataSpec, data_dir: &Path, release_dir: &Path, source_d
         let _ = std::fs::remove_dir_all(&staging);
         copy_dir(source, &staging)?;
         if let Some(scrub) = &spec.scrub {
-            run_script(release_dir, scrub, &staging).await.with_context(|| format!("scrubbing the copy of {from}'s data"))?;
+            run_script(release_dir, scrub, &staging)
+                .await
+                .with_context(|| format!("scrubbing the copy of {from}'s data"))?;
         }
         std::fs::remove_dir_all(data_dir)?;
         std::fs::rename(&staging, data_dir)?;
@@ -36,7 +43,8 @@ pub async fn fill(spec: &DataSpec, data_dir: &Path, release_dir: &Path, source_d
     }
     if let Some(seed) = &spec.seed {
         let path = release_dir.join(seed);
-        let meta = std::fs::metadata(&path).with_context(|| format!("seed {seed} is not in the release"))?;
+        let meta = std::fs::metadata(&path)
+            .with_context(|| format!("seed {seed} is not in the release"))?;
         if meta.permissions().mode() & 0o111 != 0 {
             run_script(release_dir, seed, data_dir).await?;
         } else {
@@ -59,7 +67,11 @@ async fn run_script(release_dir: &Path, script: &str, data_dir: &Path) -> Result
         .await
         .with_context(|| format!("could not run {script}"))?;
     if !output.status.success() {
-        bail!("{script} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "{script} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -86,17 +98,28 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Packs the data directory into `snapshots/NAME.tar.gz` and keeps the newest `keep`.
-pub fn snapshot(data_dir: &Path, snapshots: &Path, name: &str, keep: u32) -> Result<Option<std::path::PathBuf>> {
+pub fn snapshot(
+    data_dir: &Path,
+    snapshots: &Path,
+    name: &str,
+    keep: u32,
+) -> Result<Option<std::path::PathBuf>> {
     if !data_dir.exists() || std::fs::read_dir(data_dir)?.next().is_none() {
         return Ok(None);
     }
     std::fs::create_dir_all(snapshots)?;
     let path = snapshots.join(format!("{name}.tar.gz"));
     let file = std::fs::File::create(&path)?;
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()));
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        file,
+        flate2::Compression::fast(),
+    ));
     tar.append_dir_all(".", data_dir)?;
     tar.into_inner()?.finish()?;
-    let mut all: Vec<_> = std::fs::read_dir(snapshots)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let mut all: Vec<_> = std::fs::read_dir(snapshots)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
     all.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
     let excess = all.len().saturating_sub(keep as usize);
     for old in &all[..excess] {
@@ -110,7 +133,12 @@ mod tests {
     use super::*;
 
     fn spec(seed: Option<&str>, copy_from: Option<&str>, scrub: Option<&str>) -> DataSpec {
-        DataSpec { seed: seed.map(String::from), copy_from: copy_from.map(String::from), scrub: scrub.map(String::from), snapshots: 2 }
+        DataSpec {
+            seed: seed.map(String::from),
+            copy_from: copy_from.map(String::from),
+            scrub: scrub.map(String::from),
+            snapshots: 2,
+        }
     }
 
     #[tokio::test]
@@ -119,15 +147,38 @@ mod tests {
         let release = dir.path().join("release");
         std::fs::create_dir_all(release.join("fixtures")).unwrap();
         std::fs::write(release.join("fixtures/seed.sql"), "insert;\n").unwrap();
-        std::fs::write(release.join("seed.sh"), "#!/bin/sh\necho seeded > \"$DATA_DIR/db\"\n").unwrap();
-        std::fs::set_permissions(release.join("seed.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            release.join("seed.sh"),
+            "#!/bin/sh\necho seeded > \"$DATA_DIR/db\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            release.join("seed.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         let copied = dir.path().join("a");
-        assert_eq!(fill(&spec(Some("fixtures/seed.sql"), None, None), &copied, &release, None).await.unwrap(), Filled::Seeded("fixtures/seed.sql".into()));
+        assert_eq!(
+            fill(
+                &spec(Some("fixtures/seed.sql"), None, None),
+                &copied,
+                &release,
+                None
+            )
+            .await
+            .unwrap(),
+            Filled::Seeded("fixtures/seed.sql".into())
+        );
         assert!(copied.join("seed.sql").exists());
         let ran = dir.path().join("b");
-        fill(&spec(Some("seed.sh"), None, None), &ran, &release, None).await.unwrap();
+        fill(&spec(Some("seed.sh"), None, None), &ran, &release, None)
+            .await
+            .unwrap();
         assert_eq!(std::fs::read_to_string(ran.join("db")).unwrap(), "seeded\n");
-        assert_eq!(std::fs::metadata(&ran).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&ran).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 
     #[tokio::test]
@@ -135,16 +186,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let release = dir.path().join("release");
         std::fs::create_dir_all(&release).unwrap();
-        std::fs::write(release.join("scrub.sh"), "#!/bin/sh\nsed -i 's/ana@example.com/***/' \"$DATA_DIR/users\"\n").unwrap();
-        std::fs::set_permissions(release.join("scrub.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            release.join("scrub.sh"),
+            "#!/bin/sh\nsed -i 's/ana@example.com/***/' \"$DATA_DIR/users\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            release.join("scrub.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         let prod = dir.path().join("prod");
         std::fs::create_dir_all(&prod).unwrap();
         std::fs::write(prod.join("users"), "ana@example.com\n").unwrap();
         let pre = dir.path().join("pre");
-        let filled = fill(&spec(None, Some("prod"), Some("scrub.sh")), &pre, &release, Some(&prod)).await.unwrap();
+        let filled = fill(
+            &spec(None, Some("prod"), Some("scrub.sh")),
+            &pre,
+            &release,
+            Some(&prod),
+        )
+        .await
+        .unwrap();
         assert_eq!(filled, Filled::Copied("prod".into()));
         assert_eq!(std::fs::read_to_string(pre.join("users")).unwrap(), "***\n");
-        assert_eq!(std::fs::read_to_string(prod.join("users")).unwrap(), "ana@example.com\n", "the source is untouched");
+        assert_eq!(
+            std::fs::read_to_string(prod.join("users")).unwrap(),
+            "ana@example.com\n",
+            "the source is untouched"
+        );
     }
 
     #[test]
@@ -155,10 +225,15 @@ mod tests {
         std::fs::write(data.join("db"), "x").unwrap();
         let snaps = dir.path().join("snaps");
         for i in 0..4 {
-            snapshot(&data, &snaps, &format!("deploy-{i}"), 2).unwrap().unwrap();
+            snapshot(&data, &snaps, &format!("deploy-{i}"), 2)
+                .unwrap()
+                .unwrap();
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let mut left: Vec<_> = std::fs::read_dir(&snaps).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut left: Vec<_> = std::fs::read_dir(&snaps)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         left.sort();
         assert_eq!(left, ["deploy-2.tar.gz", "deploy-3.tar.gz"]);
     }

@@ -40,26 +40,56 @@ pub fn evaluate(facts: &Facts, now: DateTime<Utc>) -> Vec<GateCheck> {
     let id = facts.promotion_id;
     let v = facts.release;
     if let Some(reason) = &facts.pinned {
-        checks.push(closed("pinned", format!("{env} is pinned ({reason})"), format!("`sluice unpin SERVICE {env}` when the cause is fixed")));
+        checks.push(closed(
+            "pinned",
+            format!("{env} is pinned ({reason})"),
+            format!("`sluice unpin SERVICE {env}` when the cause is fixed"),
+        ));
     }
     if let Some(from) = &facts.target.from {
         let check = match (facts.from_release, facts.from_healthy_since) {
             (Some(r), Some(_)) if r == v => open("from", format!("v{v} runs healthy in {from}")),
-            (Some(r), None) if r == v => closed("from", format!("v{v} runs in {from} but not every instance is healthy"), format!("{from} healthy again")),
-            (Some(r), _) => closed("from", format!("{from} runs v{r}, not v{v}"), format!("promote v{v} to {from} first")),
-            (None, _) => closed("from", format!("{from} runs no release yet"), format!("promote v{v} to {from} first")),
+            (Some(r), None) if r == v => closed(
+                "from",
+                format!("v{v} runs in {from} but not every instance is healthy"),
+                format!("{from} healthy again"),
+            ),
+            (Some(r), _) => closed(
+                "from",
+                format!("{from} runs v{r}, not v{v}"),
+                format!("promote v{v} to {from} first"),
+            ),
+            (None, _) => closed(
+                "from",
+                format!("{from} runs no release yet"),
+                format!("promote v{v} to {from} first"),
+            ),
         };
         checks.push(check);
         if let Some(soak) = facts.target.deploy.soak {
             let needed = chrono::Duration::from_std(soak).unwrap_or_default();
-            let check = match facts.from_healthy_since.filter(|_| facts.from_release == Some(v)) {
-                Some(since) if now - since >= needed => open("soak", format!("v{v} has been healthy in {from} for {}", human(now - since))),
+            let check = match facts
+                .from_healthy_since
+                .filter(|_| facts.from_release == Some(v))
+            {
+                Some(since) if now - since >= needed => open(
+                    "soak",
+                    format!("v{v} has been healthy in {from} for {}", human(now - since)),
+                ),
                 Some(since) => closed(
                     "soak",
-                    format!("v{v} has been healthy in {from} for {} of {}", human(now - since), human(needed)),
+                    format!(
+                        "v{v} has been healthy in {from} for {} of {}",
+                        human(now - since),
+                        human(needed)
+                    ),
                     format!("wait until {} UTC", (since + needed).format("%H:%M:%S")),
                 ),
-                None => closed("soak", format!("v{v} is not healthy in {from}, so it has not soaked"), format!("{} healthy in {from}", human(needed))),
+                None => closed(
+                    "soak",
+                    format!("v{v} is not healthy in {from}, so it has not soaked"),
+                    format!("{} healthy in {from}", human(needed)),
+                ),
             };
             checks.push(check);
         }
@@ -68,20 +98,45 @@ pub fn evaluate(facts: &Facts, now: DateTime<Utc>) -> Vec<GateCheck> {
     if policy.approvals > 0 {
         let have = facts.approvers.len() as u32;
         let check = if have >= policy.approvals {
-            open("approvals", format!("approved by {}", facts.approvers.join(", ")))
+            open(
+                "approvals",
+                format!("approved by {}", facts.approvers.join(", ")),
+            )
         } else {
-            let who = if policy.approvers.is_empty() { "an approver".to_string() } else { format!("an approver in {}", policy.approvers.join(", ")) };
+            let who = if policy.approvers.is_empty() {
+                "an approver".to_string()
+            } else {
+                format!("an approver in {}", policy.approvers.join(", "))
+            };
             closed(
                 "approvals",
                 format!("{have} of {} approvals", policy.approvals),
-                format!("{} more from {who} other than {}: `sluice approve {id}`", policy.approvals - have, facts.requested_by),
+                format!(
+                    "{} more from {who} other than {}: `sluice approve {id}`",
+                    policy.approvals - have,
+                    facts.requested_by
+                ),
             )
         };
         checks.push(check);
     }
-    if let Some(window) = policy.freeze.iter().find(|w| w.contains(now.minute(), now.hour(), now.day(), now.month(), now.weekday().num_days_from_sunday())) {
+    if let Some(window) = policy.freeze.iter().find(|w| {
+        w.contains(
+            now.minute(),
+            now.hour(),
+            now.day(),
+            now.month(),
+            now.weekday().num_days_from_sunday(),
+        )
+    }) {
         let check = match &facts.freeze_overridden {
-            Some((admin, reason)) => open("freeze", format!("{env} is frozen (`{}`) but {admin} overrode it: {reason}", window.expression)),
+            Some((admin, reason)) => open(
+                "freeze",
+                format!(
+                    "{env} is frozen (`{}`) but {admin} overrode it: {reason}",
+                    window.expression
+                ),
+            ),
             None => closed(
                 "freeze",
                 format!("{env} is frozen by `{}` (UTC)", window.expression),
@@ -93,8 +148,16 @@ pub fn evaluate(facts: &Facts, now: DateTime<Utc>) -> Vec<GateCheck> {
     for job in &policy.require_jobs {
         let check = match facts.jobs.get(job).map(String::as_str) {
             Some("success") => open("required job", format!("`{job}` passed in v{v}'s run")),
-            Some(status) => closed("required job", format!("`{job}` ended {status} in v{v}'s run"), "a release whose run passes it".to_string()),
-            None => closed("required job", format!("v{v}'s run has no job `{job}`"), format!("add `{job}` to the pipeline")),
+            Some(status) => closed(
+                "required job",
+                format!("`{job}` ended {status} in v{v}'s run"),
+                "a release whose run passes it".to_string(),
+            ),
+            None => closed(
+                "required job",
+                format!("v{v}'s run has no job `{job}`"),
+                format!("add `{job}` to the pipeline"),
+            ),
         };
         checks.push(check);
     }
@@ -102,11 +165,21 @@ pub fn evaluate(facts: &Facts, now: DateTime<Utc>) -> Vec<GateCheck> {
 }
 
 fn open(gate: &str, detail: String) -> GateCheck {
-    GateCheck { gate: gate.to_string(), passed: true, detail, clears: None }
+    GateCheck {
+        gate: gate.to_string(),
+        passed: true,
+        detail,
+        clears: None,
+    }
 }
 
 fn closed(gate: &str, detail: String, clears: String) -> GateCheck {
-    GateCheck { gate: gate.to_string(), passed: false, detail, clears: Some(clears) }
+    GateCheck {
+        gate: gate.to_string(),
+        passed: false,
+        detail,
+        clears: Some(clears),
+    }
 }
 
 fn human(d: chrono::Duration) -> String {
@@ -119,8 +192,14 @@ mod tests {
     use chrono::TimeZone;
 
     fn prod(extra: &str) -> Environment {
-        let text = format!("service: s\npipeline:\n  jobs:\n    unit:\n      steps: [{{ run: 'true' }}]\nenvironments:\n  pre-prod: {{ listen: 127.0.0.1:0 }}\n  prod:\n    from: pre-prod\n    listen: 127.0.0.1:0\n    deploy: {{ {extra} }}\n");
-        sluice_spec::parse("s", &text).unwrap().environment("prod").unwrap().clone()
+        let text = format!(
+            "service: s\npipeline:\n  jobs:\n    unit:\n      steps: [{{ run: 'true' }}]\nenvironments:\n  pre-prod: {{ listen: 127.0.0.1:0 }}\n  prod:\n    from: pre-prod\n    listen: 127.0.0.1:0\n    deploy: {{ {extra} }}\n"
+        );
+        sluice_spec::parse("s", &text)
+            .unwrap()
+            .environment("prod")
+            .unwrap()
+            .clone()
     }
 
     fn facts<'a>(env: &'a Environment) -> Facts<'a> {
@@ -151,7 +230,10 @@ mod tests {
         let approvals = checks.iter().find(|c| c.gate == "approvals").unwrap();
         assert!(!approvals.passed);
         assert_eq!(approvals.detail, "1 of 2 approvals");
-        assert_eq!(approvals.clears.as_deref(), Some("1 more from an approver in release-managers other than ana: `sluice approve 7`"));
+        assert_eq!(
+            approvals.clears.as_deref(),
+            Some("1 more from an approver in release-managers other than ana: `sluice approve 7`")
+        );
         f.approvers.push("cy".into());
         assert!(evaluate(&f, friday(11)).iter().all(|c| c.passed));
     }
@@ -171,18 +253,36 @@ mod tests {
         let env = prod("approvals: 0");
         let mut f = facts(&env);
         f.from_release = Some(2);
-        let from = evaluate(&f, friday(11)).into_iter().find(|c| c.gate == "from").unwrap();
-        assert_eq!((from.passed, from.detail.as_str()), (false, "pre-prod runs v2, not v3"));
+        let from = evaluate(&f, friday(11))
+            .into_iter()
+            .find(|c| c.gate == "from")
+            .unwrap();
+        assert_eq!(
+            (from.passed, from.detail.as_str()),
+            (false, "pre-prod runs v2, not v3")
+        );
         f.from_release = Some(3);
         f.from_healthy_since = None;
-        assert!(!evaluate(&f, friday(11)).into_iter().find(|c| c.gate == "from").unwrap().passed);
+        assert!(
+            !evaluate(&f, friday(11))
+                .into_iter()
+                .find(|c| c.gate == "from")
+                .unwrap()
+                .passed
+        );
     }
 
     #[test]
     fn a_freeze_blocks_until_an_admin_overrides_it() {
         let env = prod("freeze: ['* 16-23 * * fri']");
-        assert!(evaluate(&facts(&env), friday(11)).iter().all(|c| c.passed), "not frozen in the morning");
-        let frozen = evaluate(&facts(&env), friday(17)).into_iter().find(|c| c.gate == "freeze").unwrap();
+        assert!(
+            evaluate(&facts(&env), friday(11)).iter().all(|c| c.passed),
+            "not frozen in the morning"
+        );
+        let frozen = evaluate(&facts(&env), friday(17))
+            .into_iter()
+            .find(|c| c.gate == "freeze")
+            .unwrap();
         assert!(!frozen.passed);
         assert!(frozen.clears.unwrap().contains("sluice override 7"));
         let mut f = facts(&env);

@@ -12,7 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Checks `backend` until `stop`; flips it healthy after `healthy` passes in
 /// a row and unhealthy after `unhealthy` failures, recording each flip.
-pub fn watch(store: Store, backend: Arc<Backend>, check: Option<HealthCheck>, stop: CancellationToken) {
+pub fn watch(
+    store: Store,
+    backend: Arc<Backend>,
+    check: Option<HealthCheck>,
+    stop: CancellationToken,
+) {
     let check = check.unwrap_or(HealthCheck {
         path: String::new(),
         interval: Duration::from_millis(500),
@@ -20,11 +25,15 @@ pub fn watch(store: Store, backend: Arc<Backend>, check: Option<HealthCheck>, st
         healthy: 1,
         unhealthy: 3,
     });
-    let client = reqwest::Client::builder().timeout(check.timeout).pool_max_idle_per_host(1).build().unwrap_or_default();
+    let client = reqwest::Client::builder()
+        .timeout(check.timeout)
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap_or_default();
     tokio::spawn(async move {
         let (mut passes, mut failures) = (0u32, 0u32);
         // Until it first turns healthy, check often: a deployment waits on it.
-        let mut interval = Duration::from_millis(100).min(check.interval);
+        let mut interval = Duration::from_millis(50).min(check.interval);
         loop {
             let ok = probe(&client, &backend, &check).await;
             if ok {
@@ -58,8 +67,14 @@ pub fn watch(store: Store, backend: Arc<Backend>, check: Option<HealthCheck>, st
 
 async fn probe(client: &reqwest::Client, backend: &Backend, check: &HealthCheck) -> bool {
     if check.path.is_empty() {
-        return tokio::time::timeout(check.timeout, tokio::net::TcpStream::connect(backend.addr)).await.is_ok_and(|r| r.is_ok());
+        return tokio::time::timeout(check.timeout, tokio::net::TcpStream::connect(backend.addr))
+            .await
+            .is_ok_and(|r| r.is_ok());
     }
     let url = format!("http://{}{}", backend.addr, check.path);
-    client.get(url).send().await.is_ok_and(|r| r.status().is_success())
+    client
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }

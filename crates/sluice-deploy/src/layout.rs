@@ -9,7 +9,9 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(data_dir: &Path) -> Self {
-        Layout { root: data_dir.to_path_buf() }
+        Layout {
+            root: data_dir.to_path_buf(),
+        }
     }
 
     pub fn artifact(&self, sha256: &str) -> PathBuf {
@@ -18,7 +20,10 @@ impl Layout {
 
     /// A release's files, unpacked once: `releases/SERVICE/vN`.
     pub fn release(&self, service: &str, number: i64) -> PathBuf {
-        self.root.join("releases").join(service).join(format!("v{number}"))
+        self.root
+            .join("releases")
+            .join(service)
+            .join(format!("v{number}"))
     }
 
     pub fn env(&self, service: &str, env: &str) -> PathBuf {
@@ -36,10 +41,14 @@ impl Layout {
 
     /// Config files rendered for one release in one environment.
     pub fn config(&self, service: &str, env: &str, number: i64) -> PathBuf {
-        self.env(service, env).join("config").join(format!("v{number}"))
+        self.env(service, env)
+            .join("config")
+            .join(format!("v{number}"))
     }
 
     pub fn instance_log(&self, service: &str, env: &str, instance: &str) -> PathBuf {
-        self.env(service, env).join("logs").join(format!("{instance}.log"))
+        self.env(service, env)
+            .join("logs")
+            .join(format!("{instance}.log"))
     }
 }

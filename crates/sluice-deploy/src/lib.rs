@@ -44,7 +44,11 @@ pub struct Actor {
 
 impl Actor {
     pub fn system() -> Actor {
-        Actor { name: "sluice".into(), role: sluice_store::Role::Admin, groups: Vec::new() }
+        Actor {
+            name: "sluice".into(),
+            role: sluice_store::Role::Admin,
+            groups: Vec::new(),
+        }
     }
 }
 
@@ -78,7 +82,11 @@ pub struct CdConfig {
 
 impl CdConfig {
     pub fn new(data_dir: &Path) -> Self {
-        CdConfig { data_dir: data_dir.to_path_buf(), gate_interval: Duration::from_secs(1), drain_timeout: Duration::from_secs(30) }
+        CdConfig {
+            data_dir: data_dir.to_path_buf(),
+            gate_interval: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -88,17 +96,20 @@ pub struct Cd {
     inner: Arc<Inner>,
 }
 
+/// `(service, environment)`.
+type EnvKey = (String, String);
+
 pub(crate) struct Inner {
     store: Store,
     layout: Layout,
     config: CdConfig,
     runtime: Arc<dyn Runtime>,
     /// One listener and route per (service, environment).
-    entries: Mutex<HashMap<(String, String), Entry>>,
+    entries: Mutex<HashMap<EnvKey, Entry>>,
     /// Instances this server runs, with what checks their health.
     live: Mutex<HashMap<String, Live>>,
     /// One deployment at a time per (service, environment).
-    locks: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<EnvKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Promotions are advanced one at a time, so none deploys twice.
     advancing: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
@@ -134,7 +145,12 @@ impl Cd {
             shutdown: CancellationToken::new(),
         });
         inner.reconcile().await?;
-        tokio::spawn(promote::gatekeeper(inner.clone()));
+        // Environments come back first, so that no promotion races them.
+        let started = inner.clone();
+        tokio::spawn(async move {
+            started.restart_environments().await;
+            promote::gatekeeper(started).await;
+        });
         Ok(Cd { inner })
     }
 
@@ -149,7 +165,12 @@ impl Cd {
 
     /// The address an environment's entry point listens on, once it has one.
     pub fn listen_addr(&self, service: &str, env: &str) -> Option<SocketAddr> {
-        self.inner.entries.lock().unwrap().get(&(service.to_string(), env.to_string())).map(|e| e.listener.addr)
+        self.inner
+            .entries
+            .lock()
+            .unwrap()
+            .get(&(service.to_string(), env.to_string()))
+            .map(|e| e.listener.addr)
     }
 
     pub async fn promote(&self, request: PromoteRequest, actor: &Actor) -> CdResult<PromotionView> {
@@ -160,7 +181,11 @@ impl Cd {
         promote::view(&self.inner, id).await
     }
 
-    pub async fn promotions(&self, service: Option<&str>, open_only: bool) -> CdResult<Vec<PromotionView>> {
+    pub async fn promotions(
+        &self,
+        service: Option<&str>,
+        open_only: bool,
+    ) -> CdResult<Vec<PromotionView>> {
         promote::list(&self.inner, service, open_only).await
     }
 
@@ -172,21 +197,42 @@ impl Cd {
         promote::reject(&self.inner, id, reason, actor).await
     }
 
-    pub async fn override_freeze(&self, id: i64, reason: &str, actor: &Actor) -> CdResult<PromotionView> {
+    pub async fn override_freeze(
+        &self,
+        id: i64,
+        reason: &str,
+        actor: &Actor,
+    ) -> CdResult<PromotionView> {
         promote::override_freeze(&self.inner, id, reason, actor).await
     }
 
     /// Deploys the previous release (or `to`) and pins the environment.
-    pub async fn rollback(&self, service: &str, env: &str, to: Option<i64>, actor: &Actor) -> CdResult<sluice_store::Deployment> {
+    pub async fn rollback(
+        &self,
+        service: &str,
+        env: &str,
+        to: Option<i64>,
+        actor: &Actor,
+    ) -> CdResult<sluice_store::Deployment> {
         rollout::rollback(&self.inner, service, env, to, actor).await
     }
 
     pub async fn unpin(&self, service: &str, env: &str, actor: &Actor) -> CdResult<()> {
-        let state = self.inner.store.env_state(service, env).await?.ok_or_else(|| CdError::NotFound(format!("{service} has no environment `{env}` yet")))?;
+        let state = self
+            .inner
+            .store
+            .env_state(service, env)
+            .await?
+            .ok_or_else(|| {
+                CdError::NotFound(format!("{service} has no environment `{env}` yet"))
+            })?;
         if !state.pinned.0 {
             return Err(CdError::Conflict(format!("{env} is not pinned")));
         }
-        self.inner.store.set_pinned(service, env, false, None, &actor.name).await?;
+        self.inner
+            .store
+            .set_pinned(service, env, false, None, &actor.name)
+            .await?;
         Ok(())
     }
 
@@ -201,8 +247,13 @@ impl Cd {
     /// The end of an instance's log file.
     pub async fn instance_log(&self, id: &str, max_bytes: u64) -> CdResult<String> {
         let instance = self.inner.store.instance(id).await?;
-        let path = self.inner.layout.instance_log(&instance.service, &instance.environment, id);
-        let text = tokio::fs::read(&path).await.map_err(|e| CdError::NotFound(format!("no log for {id}: {e}")))?;
+        let path = self
+            .inner
+            .layout
+            .instance_log(&instance.service, &instance.environment, id);
+        let text = tokio::fs::read(&path)
+            .await
+            .map_err(|e| CdError::NotFound(format!("no log for {id}: {e}")))?;
         let start = text.len().saturating_sub(max_bytes as usize);
         Ok(String::from_utf8_lossy(&text[start..]).into_owned())
     }
@@ -210,7 +261,10 @@ impl Cd {
     /// What the proxy knows of each backend of an environment.
     pub fn backends(&self, service: &str, env: &str) -> Vec<sluice_proxy::BackendInfo> {
         let entries = self.inner.entries.lock().unwrap();
-        entries.get(&(service.to_string(), env.to_string())).map(|e| e.route.backends().iter().map(|b| b.info()).collect()).unwrap_or_default()
+        entries
+            .get(&(service.to_string(), env.to_string()))
+            .map(|e| e.route.backends().iter().map(|b| b.info()).collect())
+            .unwrap_or_default()
     }
 
     /// Stops every instance, for a clean shutdown.
@@ -222,7 +276,12 @@ impl Cd {
 
 impl Inner {
     fn env_lock(&self, service: &str, env: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().unwrap().entry((service.to_string(), env.to_string())).or_default().clone()
+        self.locks
+            .lock()
+            .unwrap()
+            .entry((service.to_string(), env.to_string()))
+            .or_default()
+            .clone()
     }
 
     /// The route of an environment, binding its listener the first time.
@@ -234,13 +293,31 @@ impl Inner {
         let route = Route::default();
         let listener = Listener::bind(env.listen, route.clone(), &env.name)
             .await
-            .map_err(|e| anyhow::anyhow!("could not listen on {} for {}: {e}; is the address taken?", env.listen, env.name))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "could not listen on {} for {}: {e}; is the address taken?",
+                    env.listen,
+                    env.name
+                )
+            })?;
         tracing::info!(service, env = %env.name, addr = %listener.addr, "environment entry point listening");
-        self.entries.lock().unwrap().insert(key, Entry { route: route.clone(), listener });
+        self.entries.lock().unwrap().insert(
+            key,
+            Entry {
+                route: route.clone(),
+                listener,
+            },
+        );
         Ok(route)
     }
 
     fn live_in(&self, service: &str, env: &str) -> Vec<Live> {
-        self.live.lock().unwrap().values().filter(|l| l.service == service && l.env == env).cloned().collect()
+        self.live
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|l| l.service == service && l.env == env)
+            .cloned()
+            .collect()
     }
 }

@@ -29,30 +29,59 @@ pub struct PromotionView {
     pub gates: Vec<GateCheck>,
 }
 
-pub(crate) async fn request(inner: &Arc<Inner>, request: PromoteRequest, actor: &Actor) -> CdResult<PromotionView> {
+pub(crate) async fn request(
+    inner: &Arc<Inner>,
+    request: PromoteRequest,
+    actor: &Actor,
+) -> CdResult<PromotionView> {
     let release = match request.release {
-        Some(number) => inner.store.release(&request.service, number).await.map_err(|_| CdError::NotFound(format!("{} has no release v{number}", request.service)))?,
+        Some(number) => inner
+            .store
+            .release(&request.service, number)
+            .await
+            .map_err(|_| {
+                CdError::NotFound(format!("{} has no release v{number}", request.service))
+            })?,
         None => default_release(inner, &request.service, &request.to).await?,
     };
     release_env(&release, &request.to).map_err(|e| CdError::Invalid(format!("{e:#}")))?;
-    let open = inner.store.promotions(Some(&request.service), true, 1000).await?;
-    if let Some(same) = open.iter().find(|p| p.environment == request.to && p.release == release.number) {
+    let open = inner
+        .store
+        .promotions(Some(&request.service), true, 1000)
+        .await?;
+    if let Some(same) = open
+        .iter()
+        .find(|p| p.environment == request.to && p.release == release.number)
+    {
         return view(inner, same.id).await;
     }
-    let promotion = inner.store.insert_promotion(&request.service, &request.to, &release, &actor.name).await?;
+    let promotion = inner
+        .store
+        .insert_promotion(&request.service, &request.to, &release, &actor.name)
+        .await?;
     advance(inner, promotion.id).await?;
     view(inner, promotion.id).await
 }
 
 /// The release running in the `from` environment, or the newest release when there is none.
 async fn default_release(inner: &Arc<Inner>, service: &str, to: &str) -> CdResult<Release> {
-    let latest = inner.store.releases(Some(service), 1).await?.into_iter().next().ok_or_else(|| CdError::NotFound(format!("{service} has no release yet")))?;
+    let latest = inner
+        .store
+        .releases(Some(service), 1)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CdError::NotFound(format!("{service} has no release yet")))?;
     let (_, env) = release_env(&latest, to).map_err(|e| CdError::Invalid(format!("{e:#}")))?;
-    let Some(from) = env.from else { return Ok(latest) };
+    let Some(from) = env.from else {
+        return Ok(latest);
+    };
     let state = inner.store.env_state(service, &from).await?;
     match state.and_then(|s| s.release_id) {
         Some(id) => Ok(inner.store.release_by_id(id).await?),
-        None => Err(CdError::Conflict(format!("{from} runs no release of {service} yet; promote one there first, or name one with --release vN"))),
+        None => Err(CdError::Conflict(format!(
+            "{from} runs no release of {service} yet; promote one there first, or name one with --release vN"
+        ))),
     }
 }
 
@@ -65,7 +94,11 @@ pub(crate) async fn view(inner: &Arc<Inner>, id: i64) -> CdResult<PromotionView>
     Ok(PromotionView { promotion, gates })
 }
 
-pub(crate) async fn list(inner: &Arc<Inner>, service: Option<&str>, open_only: bool) -> CdResult<Vec<PromotionView>> {
+pub(crate) async fn list(
+    inner: &Arc<Inner>,
+    service: Option<&str>,
+    open_only: bool,
+) -> CdResult<Vec<PromotionView>> {
     let mut out = Vec::new();
     for promotion in inner.store.promotions(service, open_only, 200).await? {
         out.push(view(inner, promotion.id).await?);
@@ -76,26 +109,48 @@ pub(crate) async fn list(inner: &Arc<Inner>, service: Option<&str>, open_only: b
 async fn gates_of(inner: &Arc<Inner>, promotion: &Promotion) -> CdResult<Vec<GateCheck>> {
     let release = inner.store.release_by_id(promotion.release_id).await?;
     let (_, target) = release_env(&release, &promotion.environment)?;
-    let state = inner.store.env_state(&promotion.service, &promotion.environment).await?;
+    let state = inner
+        .store
+        .env_state(&promotion.service, &promotion.environment)
+        .await?;
     let (from_release, from_healthy_since) = match &target.from {
         Some(from) => {
             let from_state = inner.store.env_state(&promotion.service, from).await?;
             let live = inner.live_in(&promotion.service, from);
             let all_healthy = !live.is_empty() && live.iter().all(|l| l.backend.is_healthy());
-            let since = from_state.as_ref().and_then(|s| s.healthy_since).filter(|_| all_healthy).and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+            let since = from_state
+                .as_ref()
+                .and_then(|s| s.healthy_since)
+                .filter(|_| all_healthy)
+                .and_then(|ms| Utc.timestamp_millis_opt(ms).single());
             (from_state.and_then(|s| s.release), since)
         }
         None => (None, None),
     };
-    let jobs: BTreeMap<String, String> = inner.store.jobs(release.run_id).await?.into_iter().map(|j| (j.name, j.status.to_string())).collect();
+    let jobs: BTreeMap<String, String> = inner
+        .store
+        .jobs(release.run_id)
+        .await?
+        .into_iter()
+        .map(|j| (j.name, j.status.to_string()))
+        .collect();
     let facts = Facts {
         promotion_id: promotion.id,
         release: release.number,
         target: &target,
         requested_by: &promotion.requested_by,
-        approvers: promotion.approvals.iter().map(|a| a.approver.clone()).collect(),
-        pinned: state.filter(|s| s.pinned.0).map(|s| s.pin_reason.unwrap_or_default()),
-        freeze_overridden: promotion.override_by.clone().zip(promotion.override_reason.clone()),
+        approvers: promotion
+            .approvals
+            .iter()
+            .map(|a| a.approver.clone())
+            .collect(),
+        pinned: state
+            .filter(|s| s.pinned.0)
+            .map(|s| s.pin_reason.unwrap_or_default()),
+        freeze_overridden: promotion
+            .override_by
+            .clone()
+            .zip(promotion.override_reason.clone()),
         from_release,
         from_healthy_since,
         jobs,
@@ -116,15 +171,33 @@ pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
             Some(clears) => format!("{}; clears with {clears}", closed.detail),
             None => closed.detail.clone(),
         };
-        inner.store.set_promotion_status(id, "pending", Some(&closed.gate), Some(&reason), "sluice").await?;
+        inner
+            .store
+            .set_promotion_status(id, "pending", Some(&closed.gate), Some(&reason), "sluice")
+            .await?;
         return Ok(());
     }
-    inner.store.set_promotion_status(id, "deploying", None, None, "sluice").await?;
+    inner
+        .store
+        .set_promotion_status(id, "deploying", None, None, "sluice")
+        .await?;
     let release = inner.store.release_by_id(promotion.release_id).await?;
     let inner = inner.clone();
     tokio::spawn(async move {
-        let cause = if promotion.requested_by == "sluice" { "auto" } else { "promotion" };
-        let (status, reason) = match rollout::deploy(&inner, &release, &promotion.environment, cause, &promotion.requested_by).await {
+        let cause = if promotion.requested_by == "sluice" {
+            "auto"
+        } else {
+            "promotion"
+        };
+        let (status, reason) = match rollout::deploy(
+            &inner,
+            &release,
+            &promotion.environment,
+            cause,
+            &promotion.requested_by,
+        )
+        .await
+        {
             Ok((deployment, outcome)) => {
                 let _ = inner.store.set_promotion_deployment(id, deployment).await;
                 match outcome {
@@ -134,7 +207,10 @@ pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
             }
             Err(e) => ("failed", Some(format!("{e:#}"))),
         };
-        let _ = inner.store.set_promotion_status(id, status, None, reason.as_deref(), "sluice").await;
+        let _ = inner
+            .store
+            .set_promotion_status(id, status, None, reason.as_deref(), "sluice")
+            .await;
         if status == "done" {
             auto_deploy(&inner, &release, Some(&promotion.environment)).await;
         }
@@ -145,11 +221,25 @@ pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
 /// Asks for the automatic deployments that follow: environments with
 /// `deploy: auto` and no `from` for a new release, or whose `from` is `after`.
 /// (Boxed, because it leads back to `advance`, which spawns the deployment that calls it.)
-pub(crate) fn auto_deploy<'a>(inner: &'a Arc<Inner>, release: &'a Release, after: Option<&'a str>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+pub(crate) fn auto_deploy<'a>(
+    inner: &'a Arc<Inner>,
+    release: &'a Release,
+    after: Option<&'a str>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
     Box::pin(async move {
-        let Ok(spec) = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec) else { return };
-        for env in spec.environments.iter().filter(|e| e.deploy.auto && e.from.as_deref() == after) {
-            let request = PromoteRequest { service: release.service.clone(), to: env.name.clone(), release: Some(release.number) };
+        let Ok(spec) = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec) else {
+            return;
+        };
+        for env in spec
+            .environments
+            .iter()
+            .filter(|e| e.deploy.auto && e.from.as_deref() == after)
+        {
+            let request = PromoteRequest {
+                service: release.service.clone(),
+                to: env.name.clone(),
+                release: Some(release.number),
+            };
             if let Err(e) = self::request(inner, request, &Actor::system()).await {
                 tracing::warn!(service = %release.service, env = %env.name, error = %e, "automatic deployment not requested");
             }
@@ -160,54 +250,113 @@ pub(crate) fn auto_deploy<'a>(inner: &'a Arc<Inner>, release: &'a Release, after
 pub(crate) async fn approve(inner: &Arc<Inner>, id: i64, actor: &Actor) -> CdResult<PromotionView> {
     let promotion = inner.store.promotion(id).await?;
     if promotion.status != "pending" {
-        return Err(CdError::Conflict(format!("promotion {id} is {}; only pending promotions take approvals", promotion.status)));
+        return Err(CdError::Conflict(format!(
+            "promotion {id} is {}; only pending promotions take approvals",
+            promotion.status
+        )));
     }
     if actor.role < Role::Approver {
-        return Err(CdError::Forbidden(format!("approving needs the approver role; `{}` has {}", actor.name, actor.role)));
+        return Err(CdError::Forbidden(format!(
+            "approving needs the approver role; `{}` has {}",
+            actor.name, actor.role
+        )));
     }
     if actor.name == promotion.requested_by {
-        return Err(CdError::Forbidden(format!("{} asked for promotion {id}, so someone else must approve it", actor.name)));
+        return Err(CdError::Forbidden(format!(
+            "{} asked for promotion {id}, so someone else must approve it",
+            actor.name
+        )));
     }
     let release = inner.store.release_by_id(promotion.release_id).await?;
     let (_, target) = release_env(&release, &promotion.environment)?;
     let listed = &target.deploy.approvers;
-    if !listed.is_empty() && !listed.iter().any(|a| *a == actor.name || actor.groups.contains(a)) {
-        return Err(CdError::Forbidden(format!("{}'s approvers are {}; `{}` is not one of them", promotion.environment, listed.join(", "), actor.name)));
+    if !listed.is_empty()
+        && !listed
+            .iter()
+            .any(|a| *a == actor.name || actor.groups.contains(a))
+    {
+        return Err(CdError::Forbidden(format!(
+            "{}'s approvers are {}; `{}` is not one of them",
+            promotion.environment,
+            listed.join(", "),
+            actor.name
+        )));
     }
     if !inner.store.add_approval(&promotion, &actor.name).await? {
-        return Err(CdError::Conflict(format!("{} approved promotion {id} already", actor.name)));
+        return Err(CdError::Conflict(format!(
+            "{} approved promotion {id} already",
+            actor.name
+        )));
     }
     advance(inner, id).await?;
     view(inner, id).await
 }
 
-pub(crate) async fn reject(inner: &Arc<Inner>, id: i64, reason: &str, actor: &Actor) -> CdResult<PromotionView> {
+pub(crate) async fn reject(
+    inner: &Arc<Inner>,
+    id: i64,
+    reason: &str,
+    actor: &Actor,
+) -> CdResult<PromotionView> {
     let promotion = inner.store.promotion(id).await?;
     if actor.role < Role::Approver {
-        return Err(CdError::Forbidden(format!("rejecting needs the approver role; `{}` has {}", actor.name, actor.role)));
+        return Err(CdError::Forbidden(format!(
+            "rejecting needs the approver role; `{}` has {}",
+            actor.name, actor.role
+        )));
     }
     if promotion.status != "pending" {
-        return Err(CdError::Conflict(format!("promotion {id} is {}; only pending promotions can be rejected", promotion.status)));
+        return Err(CdError::Conflict(format!(
+            "promotion {id} is {}; only pending promotions can be rejected",
+            promotion.status
+        )));
     }
     if reason.trim().is_empty() {
-        return Err(CdError::Invalid("a rejection needs a reason (--reason)".into()));
+        return Err(CdError::Invalid(
+            "a rejection needs a reason (--reason)".into(),
+        ));
     }
-    inner.store.set_promotion_status(id, "rejected", None, Some(&format!("rejected by {}: {reason}", actor.name)), &actor.name).await?;
+    inner
+        .store
+        .set_promotion_status(
+            id,
+            "rejected",
+            None,
+            Some(&format!("rejected by {}: {reason}", actor.name)),
+            &actor.name,
+        )
+        .await?;
     view(inner, id).await
 }
 
-pub(crate) async fn override_freeze(inner: &Arc<Inner>, id: i64, reason: &str, actor: &Actor) -> CdResult<PromotionView> {
+pub(crate) async fn override_freeze(
+    inner: &Arc<Inner>,
+    id: i64,
+    reason: &str,
+    actor: &Actor,
+) -> CdResult<PromotionView> {
     if actor.role < Role::Admin {
-        return Err(CdError::Forbidden(format!("overriding a freeze needs the admin role; `{}` has {}", actor.name, actor.role)));
+        return Err(CdError::Forbidden(format!(
+            "overriding a freeze needs the admin role; `{}` has {}",
+            actor.name, actor.role
+        )));
     }
     if reason.trim().is_empty() {
-        return Err(CdError::Invalid("an override needs a reason (--reason), which the change log keeps".into()));
+        return Err(CdError::Invalid(
+            "an override needs a reason (--reason), which the change log keeps".into(),
+        ));
     }
     let promotion = inner.store.promotion(id).await?;
     if promotion.status != "pending" {
-        return Err(CdError::Conflict(format!("promotion {id} is {}", promotion.status)));
+        return Err(CdError::Conflict(format!(
+            "promotion {id} is {}",
+            promotion.status
+        )));
     }
-    inner.store.set_override(&promotion, &actor.name, reason).await?;
+    inner
+        .store
+        .set_override(&promotion, &actor.name, reason)
+        .await?;
     advance(inner, id).await?;
     view(inner, id).await
 }
@@ -219,7 +368,9 @@ pub(crate) async fn gatekeeper(inner: Arc<Inner>) {
             _ = tokio::time::sleep(inner.config.gate_interval) => {}
             _ = inner.shutdown.cancelled() => return,
         }
-        let Ok(open) = inner.store.promotions(None, true, 1000).await else { continue };
+        let Ok(open) = inner.store.promotions(None, true, 1000).await else {
+            continue;
+        };
         for promotion in open.into_iter().filter(|p| p.status == "pending") {
             if let Err(e) = advance(&inner, promotion.id).await {
                 tracing::warn!(promotion = promotion.id, error = %e, "could not look at the promotion's gates");

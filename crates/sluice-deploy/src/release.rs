@@ -26,9 +26,15 @@ impl ReleaseMaker {
 }
 
 impl Notifier for ReleaseMaker {
-    fn run_changed<'a>(&'a self, _repo: &'a Repo, run: &'a Run) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    fn run_changed<'a>(
+        &'a self,
+        _repo: &'a Repo,
+        run: &'a Run,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
-            let Some(artifact) = run.artifact_sha256.clone() else { return };
+            let Some(artifact) = run.artifact_sha256.clone() else {
+                return;
+            };
             if run.status != RunStatus::Success || run.kind != "mainline" {
                 return;
             }
@@ -37,7 +43,9 @@ impl Notifier for ReleaseMaker {
             tokio::spawn(async move {
                 match make(&inner, &run, &artifact).await {
                     Ok(release) => promote::auto_deploy(&inner, &release, None).await,
-                    Err(e) => tracing::error!(run = run.id, error = %format!("{e:#}"), "could not make a release"),
+                    Err(e) => {
+                        tracing::error!(run = run.id, error = %format!("{e:#}"), "could not make a release")
+                    }
                 }
             });
         })
@@ -46,9 +54,14 @@ impl Notifier for ReleaseMaker {
 
 async fn make(inner: &Arc<Inner>, run: &Run, artifact: &str) -> Result<Release> {
     let path = inner.layout.artifact(artifact);
-    let spec_text = tokio::task::spawn_blocking(move || read_member(&path, sluice_spec::SPEC_FILE)).await??;
-    let spec = sluice_spec::parse(sluice_spec::SPEC_FILE, &spec_text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let release = inner.store.create_release(&spec.service, run, artifact, &spec_text).await?;
+    let spec_text =
+        tokio::task::spawn_blocking(move || read_member(&path, sluice_spec::SPEC_FILE)).await??;
+    let spec = sluice_spec::parse(sluice_spec::SPEC_FILE, &spec_text)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let release = inner
+        .store
+        .create_release(&spec.service, run, artifact, &spec_text)
+        .await?;
     unpack(&inner.layout, &release).await?;
     tracing::info!(service = %spec.service, release = %release.name(), run = run.id, "release made");
     Ok(release)
@@ -56,7 +69,8 @@ async fn make(inner: &Arc<Inner>, run: &Run, artifact: &str) -> Result<Release> 
 
 /// One file of an artifact, read without unpacking the rest.
 fn read_member(archive: &std::path::Path, name: &str) -> Result<String> {
-    let file = std::fs::File::open(archive).with_context(|| format!("artifact {} is missing", archive.display()))?;
+    let file = std::fs::File::open(archive)
+        .with_context(|| format!("artifact {} is missing", archive.display()))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
     for entry in tar.entries()? {
         let mut entry = entry?;
@@ -81,7 +95,8 @@ pub(crate) async fn unpack(layout: &Layout, release: &Release) -> Result<PathBuf
         let staging = target.with_extension("incoming");
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging)?;
-        let file = std::fs::File::open(&archive).with_context(|| format!("artifact {} is missing", archive.display()))?;
+        let file = std::fs::File::open(&archive)
+            .with_context(|| format!("artifact {} is missing", archive.display()))?;
         let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
         tar.set_preserve_permissions(true);
         tar.unpack(&staging)?;

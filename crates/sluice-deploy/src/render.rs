@@ -13,10 +13,18 @@ use sluice_spec::{Environment, Spec};
 /// Renders every config file of `spec` for `env`; returns `(to, text)` pairs.
 /// Templates see `service`, `environment`, `release`, `instances`, `listen`
 /// and `config` (the environment's values); an undefined name is an error.
-pub fn render(spec: &Spec, env: &Environment, release: &str, release_dir: &Path) -> Result<Vec<(String, String)>> {
-    let Some(run) = &spec.run else { return Ok(Vec::new()) };
+pub fn render(
+    spec: &Spec,
+    env: &Environment,
+    release: &str,
+    release_dir: &Path,
+) -> Result<Vec<(String, String)>> {
+    let Some(run) = &spec.run else {
+        return Ok(Vec::new());
+    };
     let mut templates = Templates::new();
     templates.set_undefined_behavior(UndefinedBehavior::Strict);
+    templates.set_keep_trailing_newline(true);
     let context = minijinja::context! {
         service => spec.service,
         environment => env.name,
@@ -28,8 +36,12 @@ pub fn render(spec: &Spec, env: &Environment, release: &str, release_dir: &Path)
     let mut out = Vec::new();
     for file in &run.config_files {
         let path = release_dir.join(&file.template);
-        let source = std::fs::read_to_string(&path)
-            .with_context(|| format!("template {} is not in the release; add it to the repository", file.template))?;
+        let source = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "template {} is not in the release; add it to the repository",
+                file.template
+            )
+        })?;
         let rendered = templates
             .render_str(&source, &context)
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.template))
@@ -47,7 +59,8 @@ pub fn write(dir: &Path, files: &[(String, String)]) -> Result<()> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&path, text).with_context(|| format!("could not write {}", path.display()))?;
+        std::fs::write(&path, text)
+            .with_context(|| format!("could not write {}", path.display()))?;
     }
     Ok(())
 }
@@ -78,18 +91,31 @@ mod tests {
         let dev = render(&spec, spec.environment("dev").unwrap(), "v3", dir.path()).unwrap();
         let prod = render(&spec, spec.environment("prod").unwrap(), "v3", dir.path()).unwrap();
         assert_eq!(dev[0].0, "conf/app.toml");
-        assert_eq!(dev[0].1, "env = \"dev\"\nlevel = \"debug\"\nworkers = 1\nrelease = \"v3\"");
+        assert_eq!(
+            dev[0].1,
+            "env = \"dev\"\nlevel = \"debug\"\nworkers = 1\nrelease = \"v3\"\n"
+        );
         assert!(prod[0].1.contains("level = \"warn\"") && prod[0].1.contains("workers = 4"));
-        assert_ne!(config_hash(&spec.environment("dev").unwrap().config, &dev), config_hash(&spec.environment("prod").unwrap().config, &prod));
+        assert_ne!(
+            config_hash(&spec.environment("dev").unwrap().config, &dev),
+            config_hash(&spec.environment("prod").unwrap().config, &prod)
+        );
     }
 
     #[test]
     fn an_undefined_value_is_an_error_naming_the_template() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("app.toml.tmpl"), "x = {{ config.MISSING }}\n").unwrap();
+        std::fs::write(
+            dir.path().join("app.toml.tmpl"),
+            "x = {{ config.MISSING }}\n",
+        )
+        .unwrap();
         let spec = sluice_spec::parse("s", SPEC).unwrap();
         let error = render(&spec, spec.environment("dev").unwrap(), "v1", dir.path()).unwrap_err();
         let text = format!("{error:#}");
-        assert!(text.contains("app.toml.tmpl") && text.contains("dev"), "{text}");
+        assert!(
+            text.contains("app.toml.tmpl") && text.contains("dev"),
+            "{text}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use sluice_proxy::{Backend, Route};
 use sluice_spec::{Environment, Spec, Strategy};
-use sluice_store::{Deployment, Instance, Release};
+use sluice_store::{Deployment, Instance, NewDeployment, Release};
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::InstanceSpec;
@@ -26,16 +26,25 @@ pub enum Outcome {
 
 /// The parsed definition a release carries, and its environment `env`.
 pub(crate) fn release_env(release: &Release, env: &str) -> Result<(Spec, Environment)> {
-    let spec = sluice_spec::parse("sluice.yaml", &release.spec).map_err(|e| anyhow!("release {} has an invalid sluice.yaml: {e}", release.name()))?;
-    let environment = spec
-        .environment(env)
-        .cloned()
-        .ok_or_else(|| anyhow!("release {}'s sluice.yaml has no environment `{env}`", release.name()))?;
+    let spec = sluice_spec::parse("sluice.yaml", &release.spec)
+        .map_err(|e| anyhow!("release {} has an invalid sluice.yaml: {e}", release.name()))?;
+    let environment = spec.environment(env).cloned().ok_or_else(|| {
+        anyhow!(
+            "release {}'s sluice.yaml has no environment `{env}`",
+            release.name()
+        )
+    })?;
     Ok((spec, environment))
 }
 
 /// Deploys `release` to `env` by the environment's strategy; one at a time per environment.
-pub(crate) async fn deploy(inner: &Arc<Inner>, release: &Release, env: &str, cause: &str, actor: &str) -> Result<(i64, Outcome)> {
+pub(crate) async fn deploy(
+    inner: &Arc<Inner>,
+    release: &Release,
+    env: &str,
+    cause: &str,
+    actor: &str,
+) -> Result<(i64, Outcome)> {
     let lock = inner.env_lock(&release.service, env);
     let _one_at_a_time = lock.lock().await;
     let (spec, environment) = release_env(release, env)?;
@@ -46,19 +55,35 @@ pub(crate) async fn deploy(inner: &Arc<Inner>, release: &Release, env: &str, cau
         Strategy::BlueGreen => "blue-green",
         Strategy::Rolling | Strategy::Ab(_) => "rolling",
     };
-    let id = inner.store.insert_deployment(&release.service, env, release, previous, strategy, cause, actor).await?;
+    let id = inner
+        .store
+        .insert_deployment(NewDeployment {
+            service: &release.service,
+            env,
+            release,
+            previous,
+            strategy,
+            cause,
+            actor,
+        })
+        .await?;
     let result = async {
         prepare(inner, release, &spec, &environment, state.as_ref(), id).await?;
         let route = inner.route(&release.service, &environment).await?;
         match environment.strategy {
             Strategy::BlueGreen => blue_green(inner, release, &spec, &environment, &route).await,
-            Strategy::Rolling | Strategy::Ab(_) => rolling(inner, release, &spec, &environment, &route).await,
+            Strategy::Rolling | Strategy::Ab(_) => {
+                rolling(inner, release, &spec, &environment, &route).await
+            }
         }
     }
     .await;
     let outcome = match result {
         Ok(()) => {
-            inner.store.set_env_release(&release.service, env, release, actor, "env.release").await?;
+            inner
+                .store
+                .set_env_release(&release.service, env, release, actor, "env.release")
+                .await?;
             inner.store.finish_deployment(id, "succeeded", None).await?;
             Outcome::Succeeded
         }
@@ -71,14 +96,22 @@ pub(crate) async fn deploy(inner: &Arc<Inner>, release: &Release, env: &str, cau
                     let restored = restore(inner, &previous, env).await;
                     let reason = match &restored {
                         Ok(()) => format!("{why}; back on {}", previous.name()),
-                        Err(e) => format!("{why}; going back to {} failed too: {e:#}", previous.name()),
+                        Err(e) => {
+                            format!("{why}; going back to {} failed too: {e:#}", previous.name())
+                        }
                     };
-                    inner.store.finish_deployment(id, "rolled_back", Some(&reason)).await?;
+                    inner
+                        .store
+                        .finish_deployment(id, "rolled_back", Some(&reason))
+                        .await?;
                     Outcome::RolledBack(reason)
                 }
                 None => {
                     stop_release(inner, &release.service, env, release.id).await;
-                    inner.store.finish_deployment(id, "failed", Some(&why)).await?;
+                    inner
+                        .store
+                        .finish_deployment(id, "failed", Some(&why))
+                        .await?;
                     Outcome::Failed(why)
                 }
             }
@@ -88,45 +121,94 @@ pub(crate) async fn deploy(inner: &Arc<Inner>, release: &Release, env: &str, cau
 }
 
 /// The release's files, config and data, ready before any instance starts.
-async fn prepare(inner: &Arc<Inner>, release: &Release, spec: &Spec, env: &Environment, state: Option<&sluice_store::EnvState>, deployment: i64) -> Result<()> {
+async fn prepare(
+    inner: &Arc<Inner>,
+    release: &Release,
+    spec: &Spec,
+    env: &Environment,
+    state: Option<&sluice_store::EnvState>,
+    deployment: i64,
+) -> Result<()> {
     let service = &release.service;
     let release_dir = crate::release::unpack(&inner.layout, release).await?;
     let data_dir = inner.layout.data(service, &env.name);
-    let snapshot = data::snapshot(&data_dir, &inner.layout.snapshots(service, &env.name), &format!("deployment-{deployment}"), env.data.snapshots)?;
+    let snapshot = data::snapshot(
+        &data_dir,
+        &inner.layout.snapshots(service, &env.name),
+        &format!("deployment-{deployment}"),
+        env.data.snapshots,
+    )?;
     if let Some(path) = snapshot {
         tracing::info!(service, env = %env.name, path = %path.display(), "data snapshot taken");
     }
     if state.is_none_or(|s| s.seeded_at.is_none()) {
-        let source = env.data.copy_from.as_ref().map(|from| inner.layout.data(service, from));
+        let source = env
+            .data
+            .copy_from
+            .as_ref()
+            .map(|from| inner.layout.data(service, from));
         let filled = data::fill(&env.data, &data_dir, &release_dir, source.as_deref()).await?;
         tracing::info!(service, env = %env.name, ?filled, "data prepared for the first deployment");
         inner.store.mark_seeded(service, &env.name).await?;
     }
     let files = render::render(spec, env, &release.name(), &release_dir)?;
-    render::write(&inner.layout.config(service, &env.name, release.number), &files)?;
+    render::write(
+        &inner.layout.config(service, &env.name, release.number),
+        &files,
+    )?;
     Ok(())
 }
 
 /// One instance at a time: a new one healthy, then an old one drained and stopped.
-async fn rolling(inner: &Arc<Inner>, release: &Release, spec: &Spec, env: &Environment, route: &Route) -> Result<()> {
-    let mut old: Vec<Live> = inner.live_in(&release.service, &env.name).into_iter().filter(|l| l.backend.release != release.name()).collect();
-    let keep = inner.live_in(&release.service, &env.name).into_iter().filter(|l| l.backend.release == release.name()).count();
-    for _ in keep..env.instances as usize {
-        let new = start_instance(inner, release, spec, env).await?;
-        wait_healthy(inner, &new.backend, ready_timeout(spec)).await?;
-        route.add(new.backend.clone());
-        if let Some(retired) = old.pop() {
-            retire(inner, route, &retired).await;
+async fn rolling(
+    inner: &Arc<Inner>,
+    release: &Release,
+    spec: &Spec,
+    env: &Environment,
+    route: &Route,
+) -> Result<()> {
+    let mut old: Vec<Live> = inner
+        .live_in(&release.service, &env.name)
+        .into_iter()
+        .filter(|l| l.backend.release != release.name())
+        .collect();
+    let keep = inner
+        .live_in(&release.service, &env.name)
+        .into_iter()
+        .filter(|l| l.backend.release == release.name())
+        .count();
+    // A drained instance takes no requests, so it stops while the next one
+    // starts; every stop is awaited before the deployment ends, failed or not.
+    let mut stopping = Vec::new();
+    let started = async {
+        for _ in keep..env.instances as usize {
+            let new = start_instance(inner, release, spec, env).await?;
+            wait_healthy(inner, &new.backend, ready_timeout(spec)).await?;
+            route.add(new.backend.clone());
+            if let Some(retired) = old.pop() {
+                stopping.push(drain_then_stop(inner, route, retired).await);
+            }
         }
+        for retired in old.drain(..) {
+            stopping.push(drain_then_stop(inner, route, retired).await);
+        }
+        anyhow::Ok(())
     }
-    for retired in old {
-        retire(inner, route, &retired).await;
+    .await;
+    for stop in stopping {
+        let _ = stop.await;
     }
-    Ok(())
+    started
 }
 
 /// A whole new group healthy, then the route switches at once.
-async fn blue_green(inner: &Arc<Inner>, release: &Release, spec: &Spec, env: &Environment, route: &Route) -> Result<()> {
+async fn blue_green(
+    inner: &Arc<Inner>,
+    release: &Release,
+    spec: &Spec,
+    env: &Environment,
+    route: &Route,
+) -> Result<()> {
     let old: Vec<Live> = inner.live_in(&release.service, &env.name);
     let mut green = Vec::new();
     for _ in 0..env.instances {
@@ -148,7 +230,9 @@ async fn blue_green(inner: &Arc<Inner>, release: &Release, spec: &Spec, env: &En
 }
 
 fn ready_timeout(spec: &Spec) -> Duration {
-    spec.run.as_ref().map_or(Duration::from_secs(60), |r| r.ready_timeout)
+    spec.run
+        .as_ref()
+        .map_or(Duration::from_secs(60), |r| r.ready_timeout)
 }
 
 /// Brings an environment back to `release` after a failed deployment: tops
@@ -157,30 +241,56 @@ async fn restore(inner: &Arc<Inner>, release: &Release, env: &str) -> Result<()>
     let (spec, environment) = release_env(release, env)?;
     let route = inner.route(&release.service, &environment).await?;
     let current: Vec<Live> = inner.live_in(&release.service, env);
-    let have = current.iter().filter(|l| l.backend.release == release.name()).count();
+    let have = current
+        .iter()
+        .filter(|l| l.backend.release == release.name())
+        .count();
     for _ in have..environment.instances as usize {
         let new = start_instance(inner, release, &spec, &environment).await?;
         wait_healthy(inner, &new.backend, ready_timeout(&spec)).await?;
         route.add(new.backend.clone());
     }
-    for other in current.iter().filter(|l| l.backend.release != release.name()) {
+    for other in current
+        .iter()
+        .filter(|l| l.backend.release != release.name())
+    {
         retire(inner, &route, other).await;
     }
     Ok(())
 }
 
 async fn stop_release(inner: &Arc<Inner>, service: &str, env: &str, release_id: i64) {
-    let Ok(release) = inner.store.release_by_id(release_id).await else { return };
-    let route = inner.entries.lock().unwrap().get(&(service.to_string(), env.to_string())).map(|e| e.route.clone()).unwrap_or_default();
-    for live in inner.live_in(service, env).into_iter().filter(|l| l.backend.release == release.name()) {
+    let Ok(release) = inner.store.release_by_id(release_id).await else {
+        return;
+    };
+    let route = inner
+        .entries
+        .lock()
+        .unwrap()
+        .get(&(service.to_string(), env.to_string()))
+        .map(|e| e.route.clone())
+        .unwrap_or_default();
+    for live in inner
+        .live_in(service, env)
+        .into_iter()
+        .filter(|l| l.backend.release == release.name())
+    {
         stop_instance(inner, &route, &live).await;
     }
 }
 
 /// Starts one instance of `release` in `env`, with its port, environment and health checks.
-async fn start_instance(inner: &Arc<Inner>, release: &Release, spec: &Spec, env: &Environment) -> Result<Live> {
+async fn start_instance(
+    inner: &Arc<Inner>,
+    release: &Release,
+    spec: &Spec,
+    env: &Environment,
+) -> Result<Live> {
     let service = &release.service;
-    let run = spec.run.as_ref().context("sluice.yaml has no `run` section: there is nothing to start")?;
+    let run = spec
+        .run
+        .as_ref()
+        .context("sluice.yaml has no `run` section: there is nothing to start")?;
     let port = free_port()?;
     let n = inner.store.count_instances(service, &env.name).await? + 1;
     let id = format!("{}-{}-{n}", env.name, release.name());
@@ -188,7 +298,9 @@ async fn start_instance(inner: &Arc<Inner>, release: &Release, spec: &Spec, env:
     let data_dir = inner.layout.data(service, &env.name);
     let config_dir = inner.layout.config(service, &env.name, release.number);
     let files = render::render(spec, env, &release.name(), &release_dir)?;
-    let mut vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| !k.starts_with("SLUICE_")).collect();
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| !k.starts_with("SLUICE_"))
+        .collect();
     vars.extend(env.config.iter().map(|(k, v)| (k.clone(), v.clone())));
     vars.extend([
         ("PORT".to_string(), port.to_string()),
@@ -196,8 +308,19 @@ async fn start_instance(inner: &Arc<Inner>, release: &Release, spec: &Spec, env:
         ("SLUICE_ENV".to_string(), env.name.clone()),
         ("SLUICE_RELEASE".to_string(), release.name()),
         ("SLUICE_INSTANCE".to_string(), id.clone()),
-        ("SLUICE_CONFIG_DIR".to_string(), config_dir.to_string_lossy().into_owned()),
-        ("DATA_DIR".to_string(), data_dir.to_string_lossy().into_owned()),
+        (
+            "SLUICE_CONFIG_DIR".to_string(),
+            config_dir.to_string_lossy().into_owned(),
+        ),
+        (
+            "DATA_DIR".to_string(),
+            data_dir.to_string_lossy().into_owned(),
+        ),
+        // Marks the process as this server's, so a restart finds it even unrecorded.
+        (
+            "SLUICE_HOME".to_string(),
+            inner.config.data_dir.to_string_lossy().into_owned(),
+        ),
     ]);
     let record = Instance {
         id: id.clone(),
@@ -217,12 +340,28 @@ async fn start_instance(inner: &Arc<Inner>, release: &Release, spec: &Spec, env:
     inner.store.insert_instance(&record).await?;
     inner
         .runtime
-        .start(InstanceSpec { id: id.clone(), workdir: release_dir, command: run.command.clone(), env: vars, log: inner.layout.instance_log(service, &env.name, &id) })
+        .start(InstanceSpec {
+            id: id.clone(),
+            workdir: release_dir,
+            command: run.command.clone(),
+            env: vars,
+            log: inner.layout.instance_log(service, &env.name, &id),
+        })
         .await?;
     let backend = Backend::new(id.clone(), ([127, 0, 0, 1], port).into(), release.name());
     let checks = CancellationToken::new();
-    health::watch(inner.store.clone(), backend.clone(), run.health.clone(), checks.clone());
-    let live = Live { service: service.clone(), env: env.name.clone(), backend, checks };
+    health::watch(
+        inner.store.clone(),
+        backend.clone(),
+        run.health.clone(),
+        checks.clone(),
+    );
+    let live = Live {
+        service: service.clone(),
+        env: env.name.clone(),
+        backend,
+        checks,
+    };
     inner.live.lock().unwrap().insert(id, live.clone());
     Ok(live)
 }
@@ -236,20 +375,46 @@ async fn wait_healthy(inner: &Arc<Inner>, backend: &Arc<Backend>, limit: Duratio
                 let route = Route::default();
                 stop_instance(inner, &route, &live).await;
             }
-            return Err(anyhow!("instance {} did not become healthy within {}", backend.id, sluice_spec::format_duration(limit)));
+            return Err(anyhow!(
+                "instance {} did not become healthy within {}",
+                backend.id,
+                sluice_spec::format_duration(limit)
+            ));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
 }
 
 /// Drains an instance (no new requests, those in flight finish), then stops it.
 async fn retire(inner: &Arc<Inner>, route: &Route, live: &Live) {
-    let _ = inner.store.set_instance_state(&live.backend.id, "draining").await;
-    if !route.drain(&live.backend.id, inner.config.drain_timeout).await {
+    drain(inner, route, live).await;
+    stop_instance(inner, route, live).await;
+}
+
+/// Drains an instance now and stops it in the background; await the handle.
+async fn drain_then_stop(
+    inner: &Arc<Inner>,
+    route: &Route,
+    retired: Live,
+) -> tokio::task::JoinHandle<()> {
+    drain(inner, route, &retired).await;
+    let (inner, route) = (inner.clone(), route.clone());
+    tokio::spawn(async move { stop_instance(&inner, &route, &retired).await })
+}
+
+/// Takes an instance out of the route once its requests in flight are done.
+async fn drain(inner: &Arc<Inner>, route: &Route, live: &Live) {
+    let _ = inner
+        .store
+        .set_instance_state(&live.backend.id, "draining")
+        .await;
+    if !route
+        .drain(&live.backend.id, inner.config.drain_timeout)
+        .await
+    {
         tracing::warn!(instance = %live.backend.id, "drain timed out; stopping anyway");
     }
-    stop_instance(inner, route, live).await;
 }
 
 async fn stop_instance(inner: &Arc<Inner>, route: &Route, live: &Live) {
@@ -257,26 +422,55 @@ async fn stop_instance(inner: &Arc<Inner>, route: &Route, live: &Live) {
     live.checks.cancel();
     inner.runtime.stop(&live.backend.id).await;
     inner.live.lock().unwrap().remove(&live.backend.id);
-    let _ = inner.store.set_instance_state(&live.backend.id, "stopped").await;
+    let _ = inner
+        .store
+        .set_instance_state(&live.backend.id, "stopped")
+        .await;
 }
 
 /// A port that was free a moment ago, for a new instance to bind.
 fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free port for an instance")?;
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("no free port for an instance")?;
     Ok(listener.local_addr()?.port())
 }
 
 /// Deploys the previous release (or `to`) without gates, then pins the environment.
-pub(crate) async fn rollback(inner: &Arc<Inner>, service: &str, env: &str, to: Option<i64>, actor: &Actor) -> CdResult<Deployment> {
-    let state = inner.store.env_state(service, env).await?.ok_or_else(|| CdError::NotFound(format!("{service} has no environment `{env}` yet")))?;
-    let current = state.release.ok_or_else(|| CdError::Conflict(format!("{env} runs no release; there is nothing to roll back")))?;
+pub(crate) async fn rollback(
+    inner: &Arc<Inner>,
+    service: &str,
+    env: &str,
+    to: Option<i64>,
+    actor: &Actor,
+) -> CdResult<Deployment> {
+    let state =
+        inner.store.env_state(service, env).await?.ok_or_else(|| {
+            CdError::NotFound(format!("{service} has no environment `{env}` yet"))
+        })?;
+    let current = state.release.ok_or_else(|| {
+        CdError::Conflict(format!(
+            "{env} runs no release; there is nothing to roll back"
+        ))
+    })?;
     let target = match to {
-        Some(number) => inner.store.release(service, number).await.map_err(|_| CdError::NotFound(format!("{service} has no release v{number}")))?,
+        Some(number) => inner
+            .store
+            .release(service, number)
+            .await
+            .map_err(|_| CdError::NotFound(format!("{service} has no release v{number}")))?,
         None => {
-            let history = inner.store.deployments(Some(service), Some(env), Some("succeeded"), 1000).await?;
-            let previous = history.iter().find(|d| d.release != current).ok_or_else(|| {
-                CdError::Conflict(format!("{env} has run no release before v{current}; name one with --to vN"))
-            })?;
+            let history = inner
+                .store
+                .deployments(Some(service), Some(env), Some("succeeded"), 1000)
+                .await?;
+            let previous = history
+                .iter()
+                .find(|d| d.release != current)
+                .ok_or_else(|| {
+                    CdError::Conflict(format!(
+                        "{env} has run no release before v{current}; name one with --to vN"
+                    ))
+                })?;
             inner.store.release_by_id(previous.release_id).await?
         }
     };
@@ -284,10 +478,26 @@ pub(crate) async fn rollback(inner: &Arc<Inner>, service: &str, env: &str, to: O
         return Err(CdError::Conflict(format!("{env} already runs v{current}")));
     }
     let (id, outcome) = deploy(inner, &target, env, "rollback", &actor.name).await?;
-    inner.store.set_pinned(service, env, true, Some(&format!("rolled back to {} by {}", target.name(), actor.name)), &actor.name).await?;
+    inner
+        .store
+        .set_pinned(
+            service,
+            env,
+            true,
+            Some(&format!(
+                "rolled back to {} by {}",
+                target.name(),
+                actor.name
+            )),
+            &actor.name,
+        )
+        .await?;
     match outcome {
         Outcome::Succeeded => Ok(inner.store.deployment(id).await?),
-        Outcome::RolledBack(why) | Outcome::Failed(why) => Err(CdError::Other(anyhow!("the rollback to {} failed: {why}", target.name()))),
+        Outcome::RolledBack(why) | Outcome::Failed(why) => Err(CdError::Other(anyhow!(
+            "the rollback to {} failed: {why}",
+            target.name()
+        ))),
     }
 }
 
@@ -296,35 +506,67 @@ impl Inner {
     /// unfinished deployments, and starts each environment's recorded release
     /// again, so that what runs matches the store and nothing runs twice.
     pub(crate) async fn reconcile(self: &Arc<Self>) -> anyhow::Result<()> {
-        for instance in self.store.live_instances(None, None).await? {
-            if let (Some(pid), Some(ticks)) = (instance.pid, instance.start_ticks)
-                && crate::runtime::kill_leftover(pid, ticks)
-            {
-                tracing::warn!(instance = %instance.id, pid, "stopped an instance left by a previous server");
-            }
-            self.store.set_instance_state(&instance.id, "stopped").await?;
+        let killed = crate::runtime::kill_leftovers(&self.config.data_dir);
+        if !killed.is_empty() {
+            tracing::warn!(?killed, "stopped instances left by a previous server");
         }
-        for deployment in self.store.deployments(None, None, Some("running"), 1000).await? {
-            self.store.finish_deployment(deployment.id, "failed", Some("interrupted: the server stopped during the deployment")).await?;
+        for instance in self.store.live_instances(None, None).await? {
+            self.store
+                .set_instance_state(&instance.id, "stopped")
+                .await?;
+        }
+        for deployment in self
+            .store
+            .deployments(None, None, Some("running"), 1000)
+            .await?
+        {
+            self.store
+                .finish_deployment(
+                    deployment.id,
+                    "failed",
+                    Some("interrupted: the server stopped during the deployment"),
+                )
+                .await?;
         }
         for promotion in self.store.promotions(None, true, 1000).await? {
             if promotion.status == "deploying" {
-                self.store.set_promotion_status(promotion.id, "pending", None, Some("the server restarted during its deployment"), "sluice").await?;
+                self.store
+                    .set_promotion_status(
+                        promotion.id,
+                        "pending",
+                        None,
+                        Some("the server restarted during its deployment"),
+                        "sluice",
+                    )
+                    .await?;
             }
         }
-        let inner = self.clone();
-        let states = self.store.env_states(None).await?;
-        tokio::spawn(async move {
-            for state in states {
-                let Some(release_id) = state.release_id else { continue };
-                let Ok(release) = inner.store.release_by_id(release_id).await else { continue };
-                match deploy(&inner, &release, &state.name, "reconcile", "sluice").await {
-                    Ok((_, Outcome::Succeeded)) => tracing::info!(service = %state.service, env = %state.name, release = %release.name(), "reconciled"),
-                    Ok((_, outcome)) => tracing::error!(service = %state.service, env = %state.name, ?outcome, "could not reconcile"),
-                    Err(e) => tracing::error!(service = %state.service, env = %state.name, error = %format!("{e:#}"), "could not reconcile"),
+        Ok(())
+    }
+
+    /// Starts each environment's recorded release again (after [`Inner::reconcile`]).
+    pub(crate) async fn restart_environments(self: &Arc<Self>) {
+        let Ok(states) = self.store.env_states(None).await else {
+            return;
+        };
+        for state in states {
+            let Some(release_id) = state.release_id else {
+                continue;
+            };
+            let Ok(release) = self.store.release_by_id(release_id).await else {
+                continue;
+            };
+            match deploy(self, &release, &state.name, "reconcile", "sluice").await {
+                Ok((_, Outcome::Succeeded)) => {
+                    tracing::info!(service = %state.service, env = %state.name, release = %release.name(), "reconciled")
+                }
+                Ok((_, outcome)) => {
+                    tracing::error!(service = %state.service, env = %state.name, ?outcome, "could not reconcile")
+                }
+                Err(e) => {
+                    tracing::error!(service = %state.service, env = %state.name, error = %format!("{e:#}"), "could not reconcile")
                 }
             }
-        });
-        Ok(())
+        }
     }
 }

@@ -48,7 +48,10 @@ pub struct LocalRuntime {
 
 impl LocalRuntime {
     pub fn new(store: Store) -> Self {
-        LocalRuntime { store, running: Mutex::new(HashMap::new()) }
+        LocalRuntime {
+            store,
+            running: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -108,7 +111,10 @@ async fn supervise(store: Store, spec: InstanceSpec, stop: CancellationToken) {
         };
         let pid = child.id().unwrap_or_default() as i32;
         let ticks = sluice_ci::executor::start_ticks(pid).unwrap_or(0);
-        if let Err(e) = store.set_instance_process(&spec.id, pid.into(), ticks, restarts).await {
+        if let Err(e) = store
+            .set_instance_process(&spec.id, pid.into(), ticks, restarts)
+            .await
+        {
             tracing::warn!(instance = %spec.id, error = %e, "could not record the instance's process");
         }
         let status = tokio::select! {
@@ -124,8 +130,13 @@ async fn supervise(store: Store, spec: InstanceSpec, stop: CancellationToken) {
         if started.elapsed() > MAX_BACKOFF {
             backoff = Duration::from_secs(1);
         }
-        let how = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-        note(&spec, &format!("exited ({how}); restarting in {}s", backoff.as_secs()));
+        let how = status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        note(
+            &spec,
+            &format!("exited ({how}); restarting in {}s", backoff.as_secs()),
+        );
         tracing::warn!(instance = %spec.id, %how, "instance exited; restarting");
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -137,7 +148,10 @@ async fn supervise(store: Store, spec: InstanceSpec, stop: CancellationToken) {
 }
 
 fn spawn(spec: &InstanceSpec) -> std::io::Result<tokio::process::Child> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)?;
     let err = log.try_clone()?;
     tokio::process::Command::new("sh")
         .arg("-c")
@@ -155,26 +169,61 @@ fn spawn(spec: &InstanceSpec) -> std::io::Result<tokio::process::Child> {
 /// Appends sluice's own words to the instance's log.
 fn note(spec: &InstanceSpec, text: &str) {
     use std::io::Write;
-    if let Ok(mut log) = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log) {
-        let _ = writeln!(log, "[sluice {}] {} {text}", chrono::Utc::now().format("%H:%M:%S"), spec.id);
+    if let Ok(mut log) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+    {
+        let _ = writeln!(
+            log,
+            "[sluice {}] {} {text}",
+            chrono::Utc::now().format("%H:%M:%S"),
+            spec.id
+        );
     }
 }
 
 async fn terminate(pid: i32, child: &mut tokio::process::Child) {
     let group = Pid::from_raw(pid);
     let _ = killpg(group, Signal::SIGTERM);
-    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
         let _ = killpg(group, Signal::SIGKILL);
         let _ = child.wait().await;
     }
     let _ = killpg(group, Signal::SIGKILL);
 }
 
-/// Kills an instance process a previous server left running, if it is still that process.
-pub fn kill_leftover(pid: i64, start_ticks: i64) -> bool {
-    let pid = pid as i32;
-    if sluice_ci::executor::start_ticks(pid) == Some(start_ticks) {
-        return killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok();
+/// Kills every process group whose environment says it is an instance of
+/// the server whose data directory is `home` (`SLUICE_HOME`): what a previous
+/// server left running, even one it had not yet recorded. Returns the pids.
+pub fn kill_leftovers(home: &std::path::Path) -> Vec<i32> {
+    let marker = format!("SLUICE_HOME={}", home.display());
+    let mut killed = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return killed;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let ours = environ
+            .split(|b| *b == 0)
+            .any(|var| var == marker.as_bytes());
+        if ours && pid != std::process::id() as i32 {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            killed.push(pid);
+        }
     }
-    false
+    killed
 }

@@ -35,6 +35,7 @@ pub struct InstanceStatus {
     pub state: String,
     pub healthy: bool,
     pub port: i64,
+    pub pid: Option<i64>,
     pub restarts: i64,
 }
 
@@ -55,15 +56,30 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
             Some(id) => Some(inner.store.release_by_id(id).await?),
             None => None,
         };
-        let desired = release.as_ref().and_then(|r| release_env(r, &state.name).ok());
+        let desired = release
+            .as_ref()
+            .and_then(|r| release_env(r, &state.name).ok());
         let instances: Vec<InstanceStatus> = inner
             .store
             .live_instances(Some(&state.service), Some(&state.name))
             .await?
             .into_iter()
             .map(|i| {
-                let healthy = inner.live.lock().unwrap().get(&i.id).is_some_and(|l| l.backend.is_healthy());
-                InstanceStatus { id: i.id, release: i.release, state: i.state, healthy, port: i.port, restarts: i.restarts }
+                let healthy = inner
+                    .live
+                    .lock()
+                    .unwrap()
+                    .get(&i.id)
+                    .is_some_and(|l| l.backend.is_healthy());
+                InstanceStatus {
+                    id: i.id,
+                    release: i.release,
+                    state: i.state,
+                    healthy,
+                    port: i.port,
+                    pid: i.pid,
+                    restarts: i.restarts,
+                }
             })
             .collect();
         let healthy = instances.iter().filter(|i| i.healthy).count();
@@ -77,13 +93,24 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
             (Some(release), Some((spec, env))) => drift(inner, release, spec, env).await?,
             _ => Vec::new(),
         };
-        let listen = inner.entries.lock().unwrap().get(&(state.service.clone(), state.name.clone())).map(|e| e.listener.addr.to_string());
+        let listen = inner
+            .entries
+            .lock()
+            .unwrap()
+            .get(&(state.service.clone(), state.name.clone()))
+            .map(|e| e.listener.addr.to_string());
         out.push(EnvStatus {
             desired_instances: desired.as_ref().map_or(0, |(_, e)| e.instances),
             pending_promotions: promotions
                 .iter()
                 .filter(|p| p.service == state.service && p.environment == state.name)
-                .map(|p| PendingPromotion { id: p.id, release: p.release, status: p.status.clone(), blocked_by: p.blocked_by.clone(), reason: p.reason.clone() })
+                .map(|p| PendingPromotion {
+                    id: p.id,
+                    release: p.release,
+                    status: p.status.clone(),
+                    blocked_by: p.blocked_by.clone(),
+                    reason: p.reason.clone(),
+                })
                 .collect(),
             service: state.service,
             environment: state.name,
@@ -100,20 +127,44 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
 }
 
 /// Running instances whose release, configuration or number differ from what the environment declares.
-async fn drift(inner: &Arc<Inner>, release: &Release, spec: &Spec, env: &Environment) -> CdResult<Vec<String>> {
+async fn drift(
+    inner: &Arc<Inner>,
+    release: &Release,
+    spec: &Spec,
+    env: &Environment,
+) -> CdResult<Vec<String>> {
     let mut found = Vec::new();
-    let files = render::render(spec, env, &release.name(), &inner.layout.release(&release.service, release.number)).unwrap_or_default();
+    let files = render::render(
+        spec,
+        env,
+        &release.name(),
+        &inner.layout.release(&release.service, release.number),
+    )
+    .unwrap_or_default();
     let hash = render::config_hash(&env.config, &files);
-    let live = inner.store.live_instances(Some(&release.service), Some(&env.name)).await?;
+    let live = inner
+        .store
+        .live_instances(Some(&release.service), Some(&env.name))
+        .await?;
     for instance in &live {
         if instance.release != release.number {
-            found.push(format!("{} runs v{}, not v{}", instance.id, instance.release, release.number));
+            found.push(format!(
+                "{} runs v{}, not v{}",
+                instance.id, instance.release, release.number
+            ));
         } else if instance.config_hash != hash {
-            found.push(format!("{} runs a configuration other than the one declared", instance.id));
+            found.push(format!(
+                "{} runs a configuration other than the one declared",
+                instance.id
+            ));
         }
     }
     if live.len() != env.instances as usize {
-        found.push(format!("{} instances run, {} declared", live.len(), env.instances));
+        found.push(format!(
+            "{} instances run, {} declared",
+            live.len(),
+            env.instances
+        ));
     }
     Ok(found)
 }
@@ -158,41 +209,137 @@ async fn side(inner: &Arc<Inner>, service: &str, name: &str) -> CdResult<Side> {
     let release = match state.and_then(|s| s.release_id) {
         Some(id) => inner.store.release_by_id(id).await?,
         // Not deployed yet: what the newest release declares for it.
-        None => inner.store.releases(Some(service), 1).await?.into_iter().next().ok_or_else(|| CdError::NotFound(format!("{service} has no release yet")))?,
+        None => inner
+            .store
+            .releases(Some(service), 1)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CdError::NotFound(format!("{service} has no release yet")))?,
     };
-    let deployed = inner.store.env_state(service, name).await?.and_then(|s| s.release_id).is_some();
-    let (spec, env) = release_env(&release, name).map_err(|e| CdError::NotFound(format!("{e:#}")))?;
-    let files = render::render(&spec, &env, &release.name(), &inner.layout.release(service, release.number)).unwrap_or_default();
-    Ok(Side { release: deployed.then_some(release), spec, env, files })
+    let deployed = inner
+        .store
+        .env_state(service, name)
+        .await?
+        .and_then(|s| s.release_id)
+        .is_some();
+    let (spec, env) =
+        release_env(&release, name).map_err(|e| CdError::NotFound(format!("{e:#}")))?;
+    let files = render::render(
+        &spec,
+        &env,
+        &release.name(),
+        &inner.layout.release(service, release.number),
+    )
+    .unwrap_or_default();
+    Ok(Side {
+        release: deployed.then_some(release),
+        spec,
+        env,
+        files,
+    })
 }
 
 pub(crate) async fn diff(inner: &Arc<Inner>, service: &str, a: &str, b: &str) -> CdResult<EnvDiff> {
-    let (left, right) = (side(inner, service, a).await?, side(inner, service, b).await?);
+    let (left, right) = (
+        side(inner, service, a).await?,
+        side(inner, service, b).await?,
+    );
     let mut rows = Vec::new();
     let mut row = |facet: &str, x: String, y: String, kind: &str| {
-        let differs = if x == y { String::new() } else { kind.to_string() };
-        rows.push(DiffRow { facet: facet.to_string(), a: x, b: y, differs });
+        let differs = if x == y {
+            String::new()
+        } else {
+            kind.to_string()
+        };
+        rows.push(DiffRow {
+            facet: facet.to_string(),
+            a: x,
+            b: y,
+            differs,
+        });
     };
-    let name = |r: &Option<Release>| r.as_ref().map_or("none".to_string(), |r| format!("{} ({})", r.name(), &r.sha[..r.sha.len().min(10)]));
-    row("code: release", name(&left.release), name(&right.release), "release");
-    row("instances", left.env.instances.to_string(), right.env.instances.to_string(), "declared");
-    row("network: listen", left.env.listen.to_string(), right.env.listen.to_string(), "declared");
-    row("strategy", strategy(&left.env), strategy(&right.env), "declared");
+    let name = |r: &Option<Release>| {
+        r.as_ref().map_or("none".to_string(), |r| {
+            format!("{} ({})", r.name(), &r.sha[..r.sha.len().min(10)])
+        })
+    };
+    row(
+        "code: release",
+        name(&left.release),
+        name(&right.release),
+        "release",
+    );
+    row(
+        "instances",
+        left.env.instances.to_string(),
+        right.env.instances.to_string(),
+        "declared",
+    );
+    row(
+        "network: listen",
+        left.env.listen.to_string(),
+        right.env.listen.to_string(),
+        "declared",
+    );
+    row(
+        "strategy",
+        strategy(&left.env),
+        strategy(&right.env),
+        "declared",
+    );
     row("deploy", policy(&left.env), policy(&right.env), "declared");
-    let keys: std::collections::BTreeSet<&String> = left.env.config.keys().chain(right.env.config.keys()).collect();
+    let keys: std::collections::BTreeSet<&String> = left
+        .env
+        .config
+        .keys()
+        .chain(right.env.config.keys())
+        .collect();
     for key in keys {
-        let value = |e: &Environment| e.config.get(key).cloned().unwrap_or_else(|| "(unset)".into());
-        row(&format!("config: {key}"), value(&left.env), value(&right.env), "declared");
+        let value = |e: &Environment| {
+            e.config
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| "(unset)".into())
+        };
+        row(
+            &format!("config: {key}"),
+            value(&left.env),
+            value(&right.env),
+            "declared",
+        );
     }
     row("data", data(&left.env), data(&right.env), "declared");
-    row("run: command", command(&left.spec), command(&right.spec), "release");
+    row(
+        "run: command",
+        command(&left.spec),
+        command(&right.spec),
+        "release",
+    );
     let mut config_files = Vec::new();
-    let names: std::collections::BTreeSet<&String> = left.files.iter().chain(right.files.iter()).map(|(to, _)| to).collect();
+    let names: std::collections::BTreeSet<&String> = left
+        .files
+        .iter()
+        .chain(right.files.iter())
+        .map(|(to, _)| to)
+        .collect();
     for file in names {
-        let text = |files: &[(String, String)]| files.iter().find(|(to, _)| to == file).map(|(_, t)| t.clone()).unwrap_or_default();
+        let text = |files: &[(String, String)]| {
+            files
+                .iter()
+                .find(|(to, _)| to == file)
+                .map(|(_, t)| t.clone())
+                .unwrap_or_default()
+        };
         let (x, y) = (text(&left.files), text(&right.files));
-        let unified = similar::TextDiff::from_lines(&x, &y).unified_diff().header(&format!("{a}/{file}"), &format!("{b}/{file}")).to_string();
-        config_files.push(FileDiff { file: file.clone(), unified });
+        let unified = similar::TextDiff::from_lines(&x, &y)
+            .unified_diff()
+            .header(&format!("{a}/{file}"), &format!("{b}/{file}"))
+            .to_string();
+        config_files.push(FileDiff {
+            file: file.clone(),
+            unified,
+        });
     }
     let mut drift_found = Vec::new();
     for (env_name, side) in [(a, &left), (b, &right)] {
@@ -203,7 +350,15 @@ pub(crate) async fn diff(inner: &Arc<Inner>, service: &str, a: &str, b: &str) ->
         }
     }
     let text = as_text(service, a, b, &rows, &config_files, &drift_found);
-    Ok(EnvDiff { service: service.to_string(), a: a.to_string(), b: b.to_string(), rows, config_files, drift: drift_found, text })
+    Ok(EnvDiff {
+        service: service.to_string(),
+        a: a.to_string(),
+        b: b.to_string(),
+        rows,
+        config_files,
+        drift: drift_found,
+        text,
+    })
 }
 
 fn strategy(env: &Environment) -> String {
@@ -216,7 +371,11 @@ fn strategy(env: &Environment) -> String {
 
 fn policy(env: &Environment) -> String {
     let d = &env.deploy;
-    let mut parts = vec![if d.auto { "auto".to_string() } else { "manual".to_string() }];
+    let mut parts = vec![if d.auto {
+        "auto".to_string()
+    } else {
+        "manual".to_string()
+    }];
     if let Some(from) = &env.from {
         parts.push(format!("from {from}"));
     }
@@ -242,18 +401,52 @@ fn data(env: &Environment) -> String {
 }
 
 fn command(spec: &Spec) -> String {
-    spec.run.as_ref().map_or("(none)".into(), |r| r.command.clone())
+    spec.run
+        .as_ref()
+        .map_or("(none)".into(), |r| r.command.clone())
 }
 
-fn as_text(service: &str, a: &str, b: &str, rows: &[DiffRow], files: &[FileDiff], drift: &[String]) -> String {
+fn as_text(
+    service: &str,
+    a: &str,
+    b: &str,
+    rows: &[DiffRow],
+    files: &[FileDiff],
+    drift: &[String],
+) -> String {
     let width = rows.iter().map(|r| r.facet.len()).max().unwrap_or(0).max(5);
-    let left = rows.iter().map(|r| r.a.chars().count()).max().unwrap_or(0).max(a.len());
-    let right = rows.iter().map(|r| r.b.chars().count()).max().unwrap_or(0).max(b.len());
+    let left = rows
+        .iter()
+        .map(|r| r.a.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(a.len());
+    let right = rows
+        .iter()
+        .map(|r| r.b.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(b.len());
     let mut out = String::new();
     let _ = writeln!(out, "{service}: {a} ↔ {b}");
-    let _ = writeln!(out, "{:width$}  {:left$}  {:right$}  differs", "facet", a, b);
+    let _ = writeln!(
+        out,
+        "{:width$}  {:left$}  {:right$}  differs",
+        "facet", a, b
+    );
     for r in rows {
-        let _ = writeln!(out, "{:width$}  {:left$}  {:right$}  {}", r.facet, r.a, r.b, if r.differs.is_empty() { "-" } else { &r.differs });
+        let _ = writeln!(
+            out,
+            "{:width$}  {:left$}  {:right$}  {}",
+            r.facet,
+            r.a,
+            r.b,
+            if r.differs.is_empty() {
+                "-"
+            } else {
+                &r.differs
+            }
+        );
     }
     for f in files {
         if f.unified.is_empty() {
@@ -270,5 +463,9 @@ fn as_text(service: &str, a: &str, b: &str, rows: &[DiffRow], files: &[FileDiff]
             let _ = writeln!(out, "drift: {d}");
         }
     }
-    out.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n"
+    out.lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }

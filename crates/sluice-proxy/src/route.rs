@@ -83,6 +83,13 @@ impl Drop for InFlight {
     }
 }
 
+/// The index of a least-loaded entry of `loads` (not empty); `turn` rotates among ties.
+fn choose(loads: &[usize], turn: usize) -> usize {
+    let fewest = loads.iter().copied().min().unwrap_or(0);
+    let ties: Vec<usize> = (0..loads.len()).filter(|&i| loads[i] == fewest).collect();
+    ties[turn % ties.len()]
+}
+
 /// What the API shows of a backend.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BackendInfo {
@@ -122,9 +129,10 @@ impl Route {
             .cloned()
     }
 
-    /// The eligible backend with the fewest requests in flight; ties go
-    /// round-robin, so an idle route spreads its requests evenly.
-    pub fn pick(&self, except: Option<&str>) -> Option<Arc<Backend>> {
+    /// The eligible backend with the fewest requests in flight, counted in
+    /// flight at once (so that a drain cannot miss it); ties go round-robin,
+    /// so an idle route spreads its requests evenly.
+    pub(crate) fn pick(&self, except: Option<&str>) -> Option<InFlight> {
         let backends = self.backends.read().unwrap();
         let eligible: Vec<&Arc<Backend>> = backends
             .iter()
@@ -134,12 +142,9 @@ impl Route {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let fewest = eligible.iter().map(|b| b.in_flight()).min().unwrap_or(0);
-        let ties: Vec<&&Arc<Backend>> = eligible
-            .iter()
-            .filter(|b| b.in_flight() == fewest)
-            .collect();
-        Some((*ties[start % ties.len()]).clone())
+        // Each count is read once: other requests change them while we choose.
+        let loads: Vec<usize> = eligible.iter().map(|b| b.in_flight()).collect();
+        Some(eligible[choose(&loads, start)].start())
     }
 
     /// Stops sending new requests to a backend, waits (up to `limit`) for its
@@ -197,13 +202,13 @@ mod tests {
         let mut counts = std::collections::HashMap::new();
         for _ in 0..100 {
             *counts
-                .entry(route.pick(None).unwrap().id.clone())
+                .entry(route.pick(None).unwrap().0.id.clone())
                 .or_insert(0) += 1;
         }
         assert_eq!(counts.get("c"), None, "unhealthy c gets nothing");
         assert_eq!((counts["a"], counts["b"]), (50, 50));
         b.draining.store(true, Ordering::SeqCst);
-        assert!((0..10).all(|_| route.pick(None).unwrap().id == "a"));
+        assert!((0..10).all(|_| route.pick(None).unwrap().0.id == "a"));
         assert!(route.pick(Some("a")).is_none());
     }
 
@@ -219,7 +224,15 @@ mod tests {
         route.add(a.clone());
         route.add(b);
         let _busy = a.start();
-        assert!((0..10).all(|_| route.pick(None).unwrap().id == "b"));
+        assert!((0..10).all(|_| route.pick(None).unwrap().0.id == "b"));
+    }
+
+    #[test]
+    fn chooses_among_the_least_loaded_in_turn() {
+        assert_eq!(choose(&[2, 0, 1, 0], 0), 1);
+        assert_eq!(choose(&[2, 0, 1, 0], 1), 3);
+        assert_eq!(choose(&[2, 0, 1, 0], 2), 1);
+        assert_eq!(choose(&[5], 7), 0);
     }
 
     #[tokio::test]

@@ -133,13 +133,13 @@ async fn forward(
     let mut body = Some(body);
     let mut tried: Option<String> = None;
     for attempt in 0..2 {
-        let Some(backend) = shared.route.pick(tried.as_deref()) else {
+        let Some(guard) = shared.route.pick(tried.as_deref()) else {
             return Ok(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy instance",
             ));
         };
-        let guard = backend.start();
+        let backend = guard.0.clone();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let Ok(uri) = Uri::try_from(format!("http://{}{path}", backend.addr)) else {
             return Ok(error_response(

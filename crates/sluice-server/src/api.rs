@@ -47,8 +47,14 @@ pub fn routes() -> Router<AppState> {
         .route("/deployments", get(deploy::deployments))
         .route("/instances/{id}/logs", get(deploy::instance_log))
         .route("/services/{service}/diff", get(deploy::diff))
-        .route("/services/{service}/environments/{env}/rollback", post(deploy::rollback))
-        .route("/services/{service}/environments/{env}/unpin", post(deploy::unpin))
+        .route(
+            "/services/{service}/environments/{env}/rollback",
+            post(deploy::rollback),
+        )
+        .route(
+            "/services/{service}/environments/{env}/unpin",
+            post(deploy::unpin),
+        )
         .route("/promotions", get(deploy::promotions).post(deploy::promote))
         .route("/promotions/{id}", get(deploy::promotion))
         .route("/promotions/{id}/approve", post(deploy::approve))

@@ -33,7 +33,11 @@ pub struct Caller {
 impl Caller {
     /// The caller as the CD engine sees them.
     pub fn actor(&self) -> sluice_deploy::Actor {
-        sluice_deploy::Actor { name: self.name.clone(), role: self.role, groups: self.groups.clone() }
+        sluice_deploy::Actor {
+            name: self.name.clone(),
+            role: self.role,
+            groups: self.groups.clone(),
+        }
     }
 
     /// Refuses with 403 unless the caller holds `role` or a higher one.
@@ -85,7 +89,9 @@ impl Tokens {
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-        store.insert_token(&id, name, role, groups, &hash, actor).await?;
+        store
+            .insert_token(&id, name, role, groups, &hash, actor)
+            .await?;
         Ok((id, token))
     }
 

@@ -91,7 +91,12 @@ impl Server {
         // CD first: its release maker hears of every green mainline run.
         let cd = Cd::start(store.clone(), CdConfig::new(&data_dir)).await?;
         let ci = Ci::start(store.clone(), config, vec![Arc::new(cd.release_maker())]).await?;
-        let state = AppState { store, ci, cd, tokens: Arc::default() };
+        let state = AppState {
+            store,
+            ci,
+            cd,
+            tokens: Arc::default(),
+        };
         let initial_admin_token = auth::ensure_initial_admin(&state, &data_dir)
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;

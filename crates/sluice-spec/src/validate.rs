@@ -455,7 +455,11 @@ fn environments(
         let listen = match env.listen.value.parse::<SocketAddr>() {
             Ok(addr) => {
                 // Port 0 asks for any free port, so it never clashes.
-                let taken = if addr.port() == 0 { None } else { listeners.insert(addr, name.value.clone()) };
+                let taken = if addr.port() == 0 {
+                    None
+                } else {
+                    listeners.insert(addr, name.value.clone())
+                };
                 if let Some(other) = taken {
                     c.error(
                         &env.listen,

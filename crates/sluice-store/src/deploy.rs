@@ -54,10 +54,9 @@ pub struct EnvState {
 #[serde(transparent)]
 pub struct Flag(pub bool);
 
-impl TryFrom<i64> for Flag {
-    type Error = std::convert::Infallible;
-    fn try_from(value: i64) -> Result<Self, Self::Error> {
-        Ok(Flag(value != 0))
+impl From<i64> for Flag {
+    fn from(value: i64) -> Self {
+        Flag(value != 0)
     }
 }
 
@@ -78,6 +77,18 @@ pub struct Deployment {
     pub reason: Option<String>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+}
+
+/// A deployment about to start.
+pub struct NewDeployment<'a> {
+    pub service: &'a str,
+    pub env: &'a str,
+    pub release: &'a Release,
+    pub previous: Option<i64>,
+    pub strategy: &'a str,
+    /// `auto`, `promotion`, `rollback` or `reconcile`.
+    pub cause: &'a str,
+    pub actor: &'a str,
 }
 
 #[derive(Clone, Debug, Serialize, FromRow)]
@@ -125,7 +136,8 @@ pub struct Approval {
     pub at: i64,
 }
 
-const RELEASE_COLUMNS: &str = "id, service, number, run_id, repo_id, sha, branch, title, artifact_sha256, spec, created_at";
+const RELEASE_COLUMNS: &str =
+    "id, service, number, run_id, repo_id, sha, branch, title, artifact_sha256, spec, created_at";
 const ENV_SELECT: &str = "SELECT e.service, e.name, e.release_id, r.number AS release, e.pinned, e.pin_reason, e.seeded_at,
         e.healthy_since, e.updated_at
     FROM environments e LEFT JOIN releases r ON r.id = e.release_id";
@@ -139,7 +151,14 @@ const PROMOTION_SELECT: &str = "SELECT p.id, p.service, p.environment, p.release
         p.blocked_by, p.reason, p.override_by, p.override_reason, p.deployment_id, p.created_at, p.decided_at
     FROM promotions p JOIN releases r ON r.id = p.release_id";
 
-fn event(actor: &str, kind: &str, service: &str, environment: Option<&str>, subject: String, summary: String) -> NewChangeEvent {
+fn event(
+    actor: &str,
+    kind: &str,
+    service: &str,
+    environment: Option<&str>,
+    subject: String,
+    summary: String,
+) -> NewChangeEvent {
     NewChangeEvent {
         actor: actor.to_string(),
         kind: kind.to_string(),
@@ -153,16 +172,27 @@ fn event(actor: &str, kind: &str, service: &str, environment: Option<&str>, subj
 
 impl Store {
     /// Makes the next release of a service from a green run; a run makes one release at most.
-    pub async fn create_release(&self, service: &str, run: &Run, artifact: &str, spec: &str) -> Result<Release> {
+    pub async fn create_release(
+        &self,
+        service: &str,
+        run: &Run,
+        artifact: &str,
+        spec: &str,
+    ) -> Result<Release> {
         let mut tx = self.pool.begin().await?;
-        let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM releases WHERE run_id = $1").bind(run.id).fetch_optional(&mut *tx).await?;
+        let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM releases WHERE run_id = $1")
+            .bind(run.id)
+            .fetch_optional(&mut *tx)
+            .await?;
         if let Some(id) = existing {
             return self.release_by_id(id).await;
         }
-        let number: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE service = $1")
-            .bind(service)
-            .fetch_one(&mut *tx)
-            .await?;
+        let number: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE service = $1",
+        )
+        .bind(service)
+        .fetch_one(&mut *tx)
+        .await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO releases (service, number, run_id, repo_id, sha, branch, title, artifact_sha256, spec, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
@@ -179,28 +209,51 @@ impl Store {
         .bind(now_ms())
         .fetch_one(&mut *tx)
         .await?;
-        let mut created = event("sluice", "release.created", service, None, format!("release v{number}"), format!("release v{number} of {service} from run {} ({})", run.id, &run.sha[..run.sha.len().min(10)]));
-        created.after = Some(serde_json::json!({ "release": number, "run": run.id, "sha": run.sha, "artifact": artifact }));
+        let mut created = event(
+            "sluice",
+            "release.created",
+            service,
+            None,
+            format!("release v{number}"),
+            format!(
+                "release v{number} of {service} from run {} ({})",
+                run.id,
+                &run.sha[..run.sha.len().min(10)]
+            ),
+        );
+        created.after = Some(
+            serde_json::json!({ "release": number, "run": run.id, "sha": run.sha, "artifact": artifact }),
+        );
         append_with(&mut *tx, created).await?;
         tx.commit().await?;
         self.release_by_id(id).await
     }
 
     pub async fn release_by_id(&self, id: i64) -> Result<Release> {
-        sqlx::query_as(AssertSqlSafe(format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound { what: "release", id: id.to_string() })
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "release",
+            id: id.to_string(),
+        })
     }
 
     pub async fn release(&self, service: &str, number: i64) -> Result<Release> {
-        sqlx::query_as(AssertSqlSafe(format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE service = $1 AND number = $2")))
-            .bind(service)
-            .bind(number)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound { what: "release", id: format!("{service} v{number}") })
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE service = $1 AND number = $2"
+        )))
+        .bind(service)
+        .bind(number)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "release",
+            id: format!("{service} v{number}"),
+        })
     }
 
     pub async fn releases(&self, service: Option<&str>, limit: i64) -> Result<Vec<Release>> {
@@ -214,18 +267,22 @@ impl Store {
     }
 
     pub async fn env_state(&self, service: &str, env: &str) -> Result<Option<EnvState>> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!("{ENV_SELECT} WHERE e.service = $1 AND e.name = $2")))
-            .bind(service)
-            .bind(env)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "{ENV_SELECT} WHERE e.service = $1 AND e.name = $2"
+        )))
+        .bind(service)
+        .bind(env)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn env_states(&self, service: Option<&str>) -> Result<Vec<EnvState>> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!("{ENV_SELECT} WHERE ($1 IS NULL OR e.service = $1) ORDER BY e.service, e.name")))
-            .bind(service)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "{ENV_SELECT} WHERE ($1 IS NULL OR e.service = $1) ORDER BY e.service, e.name"
+        )))
+        .bind(service)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Records that an environment exists, with no release yet.
@@ -240,7 +297,14 @@ impl Store {
     }
 
     /// Sets the environment's release (a deployment succeeded) and logs before → after.
-    pub async fn set_env_release(&self, service: &str, env: &str, release: &Release, actor: &str, kind: &str) -> Result<()> {
+    pub async fn set_env_release(
+        &self,
+        service: &str,
+        env: &str,
+        release: &Release,
+        actor: &str,
+        kind: &str,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let before: Option<Option<i64>> = sqlx::query_scalar(
             "SELECT r.number FROM environments e LEFT JOIN releases r ON r.id = e.release_id WHERE e.service = $1 AND e.name = $2",
@@ -258,7 +322,14 @@ impl Store {
             .await?;
         let before = before.flatten();
         let was = before.map_or("nothing".to_string(), |n| format!("v{n}"));
-        let mut changed = event(actor, kind, service, Some(env), format!("release {}", release.name()), format!("{env} now runs {} (was {was})", release.name()));
+        let mut changed = event(
+            actor,
+            kind,
+            service,
+            Some(env),
+            format!("release {}", release.name()),
+            format!("{env} now runs {} (was {was})", release.name()),
+        );
         changed.before = Some(serde_json::json!({ "release": before }));
         changed.after = Some(serde_json::json!({ "release": release.number, "sha": release.sha }));
         append_with(&mut *tx, changed).await?;
@@ -266,7 +337,12 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_healthy_since(&self, service: &str, env: &str, since: Option<i64>) -> Result<()> {
+    pub async fn set_healthy_since(
+        &self,
+        service: &str,
+        env: &str,
+        since: Option<i64>,
+    ) -> Result<()> {
         sqlx::query("UPDATE environments SET healthy_since = $1 WHERE service = $2 AND name = $3")
             .bind(since)
             .bind(service)
@@ -286,7 +362,14 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_pinned(&self, service: &str, env: &str, pinned: bool, reason: Option<&str>, actor: &str) -> Result<()> {
+    pub async fn set_pinned(
+        &self,
+        service: &str,
+        env: &str,
+        pinned: bool,
+        reason: Option<&str>,
+        actor: &str,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE environments SET pinned = $1, pin_reason = $2, updated_at = $3 WHERE service = $4 AND name = $5")
             .bind(i64::from(pinned))
@@ -297,10 +380,23 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let (kind, summary) = match pinned {
-            true => ("env.pinned", format!("{env} pinned: {}", reason.unwrap_or(""))),
-            false => ("env.unpinned", format!("{env} unpinned; automation may deploy again")),
+            true => (
+                "env.pinned",
+                format!("{env} pinned: {}", reason.unwrap_or("")),
+            ),
+            false => (
+                "env.unpinned",
+                format!("{env} unpinned; automation may deploy again"),
+            ),
         };
-        let mut changed = event(actor, kind, service, Some(env), format!("environment {env}"), summary);
+        let mut changed = event(
+            actor,
+            kind,
+            service,
+            Some(env),
+            format!("environment {env}"),
+            summary,
+        );
         changed.before = Some(serde_json::json!({ "pinned": !pinned }));
         changed.after = Some(serde_json::json!({ "pinned": pinned, "reason": reason }));
         append_with(&mut *tx, changed).await?;
@@ -308,7 +404,16 @@ impl Store {
         Ok(())
     }
 
-    pub async fn insert_deployment(&self, service: &str, env: &str, release: &Release, previous: Option<i64>, strategy: &str, cause: &str, actor: &str) -> Result<i64> {
+    pub async fn insert_deployment(&self, new: NewDeployment<'_>) -> Result<i64> {
+        let NewDeployment {
+            service,
+            env,
+            release,
+            previous,
+            strategy,
+            cause,
+            actor,
+        } = new;
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO deployments (service, environment, release_id, previous_release_id, strategy, cause, actor, status, created_at)
@@ -324,13 +429,28 @@ impl Store {
         .bind(now_ms())
         .fetch_one(&mut *tx)
         .await?;
-        let started = event(actor, "deploy.started", service, Some(env), format!("deployment {id}"), format!("deploying {} to {env} ({strategy}, {cause})", release.name()));
+        let started = event(
+            actor,
+            "deploy.started",
+            service,
+            Some(env),
+            format!("deployment {id}"),
+            format!(
+                "deploying {} to {env} ({strategy}, {cause})",
+                release.name()
+            ),
+        );
         append_with(&mut *tx, started).await?;
         tx.commit().await?;
         Ok(id)
     }
 
-    pub async fn finish_deployment(&self, id: i64, status: &str, reason: Option<&str>) -> Result<()> {
+    pub async fn finish_deployment(
+        &self,
+        id: i64,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE deployments SET status = $1, reason = $2, finished_at = $3 WHERE id = $4 AND status = 'running'")
             .bind(status)
@@ -349,20 +469,42 @@ impl Store {
             Some(reason) => format!("deployment of v{release} to {env} {status}: {reason}"),
             None => format!("deployment of v{release} to {env} {status}"),
         };
-        append_with(&mut *tx, event("sluice", &format!("deploy.{status}"), &service, Some(&env), format!("deployment {id}"), summary)).await?;
+        append_with(
+            &mut *tx,
+            event(
+                "sluice",
+                &format!("deploy.{status}"),
+                &service,
+                Some(&env),
+                format!("deployment {id}"),
+                summary,
+            ),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn deployment(&self, id: i64) -> Result<Deployment> {
-        sqlx::query_as(AssertSqlSafe(format!("{DEPLOYMENT_SELECT} WHERE d.id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound { what: "deployment", id: id.to_string() })
+        sqlx::query_as(AssertSqlSafe(format!(
+            "{DEPLOYMENT_SELECT} WHERE d.id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "deployment",
+            id: id.to_string(),
+        })
     }
 
-    pub async fn deployments(&self, service: Option<&str>, env: Option<&str>, status: Option<&str>, limit: i64) -> Result<Vec<Deployment>> {
+    pub async fn deployments(
+        &self,
+        service: Option<&str>,
+        env: Option<&str>,
+        status: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Deployment>> {
         Ok(sqlx::query_as(AssertSqlSafe(format!(
             "{DEPLOYMENT_SELECT} WHERE ($1 IS NULL OR d.service = $1) AND ($2 IS NULL OR d.environment = $2) AND ($3 IS NULL OR d.status = $3)
              ORDER BY d.id DESC LIMIT $4"
@@ -393,7 +535,13 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_instance_process(&self, id: &str, pid: i64, start_ticks: i64, restarts: i64) -> Result<()> {
+    pub async fn set_instance_process(
+        &self,
+        id: &str,
+        pid: i64,
+        start_ticks: i64,
+        restarts: i64,
+    ) -> Result<()> {
         sqlx::query("UPDATE instances SET pid = $1, start_ticks = $2, restarts = $3 WHERE id = $4")
             .bind(pid)
             .bind(start_ticks)
@@ -405,13 +553,19 @@ impl Store {
     }
 
     pub async fn set_instance_state(&self, id: &str, state: &str) -> Result<()> {
-        let stopped = if state == "stopped" { Some(now_ms()) } else { None };
-        sqlx::query("UPDATE instances SET state = $1, stopped_at = COALESCE($2, stopped_at) WHERE id = $3")
-            .bind(state)
-            .bind(stopped)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let stopped = if state == "stopped" {
+            Some(now_ms())
+        } else {
+            None
+        };
+        sqlx::query(
+            "UPDATE instances SET state = $1, stopped_at = COALESCE($2, stopped_at) WHERE id = $3",
+        )
+        .bind(state)
+        .bind(stopped)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -420,11 +574,18 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| StoreError::NotFound { what: "instance", id: id.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                what: "instance",
+                id: id.to_string(),
+            })
     }
 
     /// Instances not stopped, of one environment or of all.
-    pub async fn live_instances(&self, service: Option<&str>, env: Option<&str>) -> Result<Vec<Instance>> {
+    pub async fn live_instances(
+        &self,
+        service: Option<&str>,
+        env: Option<&str>,
+    ) -> Result<Vec<Instance>> {
         Ok(sqlx::query_as(AssertSqlSafe(format!(
             "{INSTANCE_SELECT} WHERE i.stopped_at IS NULL AND ($1 IS NULL OR i.service = $1) AND ($2 IS NULL OR i.environment = $2)
              ORDER BY i.created_at"
@@ -436,14 +597,22 @@ impl Store {
     }
 
     pub async fn count_instances(&self, service: &str, env: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE service = $1 AND environment = $2")
-            .bind(service)
-            .bind(env)
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM instances WHERE service = $1 AND environment = $2",
+        )
+        .bind(service)
+        .bind(env)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
-    pub async fn insert_promotion(&self, service: &str, env: &str, release: &Release, requested_by: &str) -> Result<Promotion> {
+    pub async fn insert_promotion(
+        &self,
+        service: &str,
+        env: &str,
+        release: &Release,
+        requested_by: &str,
+    ) -> Result<Promotion> {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO promotions (service, environment, release_id, requested_by, status, created_at)
@@ -456,7 +625,17 @@ impl Store {
         .bind(now_ms())
         .fetch_one(&mut *tx)
         .await?;
-        let mut requested = event(requested_by, "promotion.requested", service, Some(env), format!("promotion {id}"), format!("{requested_by} asked to promote {} to {env}", release.name()));
+        let mut requested = event(
+            requested_by,
+            "promotion.requested",
+            service,
+            Some(env),
+            format!("promotion {id}"),
+            format!(
+                "{requested_by} asked to promote {} to {env}",
+                release.name()
+            ),
+        );
         requested.after = Some(serde_json::json!({ "promotion": id, "release": release.number }));
         append_with(&mut *tx, requested).await?;
         tx.commit().await?;
@@ -464,19 +643,30 @@ impl Store {
     }
 
     pub async fn promotion(&self, id: i64) -> Result<Promotion> {
-        let mut promotion: Promotion = sqlx::query_as(AssertSqlSafe(format!("{PROMOTION_SELECT} WHERE p.id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound { what: "promotion", id: id.to_string() })?;
-        promotion.approvals = sqlx::query_as("SELECT approver, at FROM approvals WHERE promotion_id = $1 ORDER BY at")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?;
+        let mut promotion: Promotion =
+            sqlx::query_as(AssertSqlSafe(format!("{PROMOTION_SELECT} WHERE p.id = $1")))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "promotion",
+                    id: id.to_string(),
+                })?;
+        promotion.approvals = sqlx::query_as(
+            "SELECT approver, at FROM approvals WHERE promotion_id = $1 ORDER BY at",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(promotion)
     }
 
-    pub async fn promotions(&self, service: Option<&str>, open_only: bool, limit: i64) -> Result<Vec<Promotion>> {
+    pub async fn promotions(
+        &self,
+        service: Option<&str>,
+        open_only: bool,
+        limit: i64,
+    ) -> Result<Vec<Promotion>> {
         let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM promotions WHERE ($1 IS NULL OR service = $1) AND ($2 = 0 OR status IN ('pending', 'deploying'))
              ORDER BY id DESC LIMIT $3",
@@ -494,13 +684,24 @@ impl Store {
     }
 
     /// Moves a promotion on; logs when it ends or its blocking gate changes.
-    pub async fn set_promotion_status(&self, id: i64, status: &str, blocked_by: Option<&str>, reason: Option<&str>, actor: &str) -> Result<()> {
+    pub async fn set_promotion_status(
+        &self,
+        id: i64,
+        status: &str,
+        blocked_by: Option<&str>,
+        reason: Option<&str>,
+        actor: &str,
+    ) -> Result<()> {
         let before = self.promotion(id).await?;
         if before.status == status && before.blocked_by.as_deref() == blocked_by {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        let decided = if ["done", "failed", "rejected"].contains(&status) { Some(now_ms()) } else { None };
+        let decided = if ["done", "failed", "rejected"].contains(&status) {
+            Some(now_ms())
+        } else {
+            None
+        };
         sqlx::query("UPDATE promotions SET status = $1, blocked_by = $2, reason = $3, decided_at = COALESCE($4, decided_at) WHERE id = $5")
             .bind(status)
             .bind(blocked_by)
@@ -510,13 +711,34 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let summary = match (status, reason) {
-            ("pending", Some(reason)) => format!("promotion {id} of v{} to {} blocked: {reason}", before.release, before.environment),
-            (_, Some(reason)) => format!("promotion {id} of v{} to {} {status}: {reason}", before.release, before.environment),
-            (_, None) => format!("promotion {id} of v{} to {} {status}", before.release, before.environment),
+            ("pending", Some(reason)) => format!(
+                "promotion {id} of v{} to {} blocked: {reason}",
+                before.release, before.environment
+            ),
+            (_, Some(reason)) => format!(
+                "promotion {id} of v{} to {} {status}: {reason}",
+                before.release, before.environment
+            ),
+            (_, None) => format!(
+                "promotion {id} of v{} to {} {status}",
+                before.release, before.environment
+            ),
         };
-        let kind = if status == "pending" { "promotion.blocked".to_string() } else { format!("promotion.{status}") };
-        let mut changed = event(actor, &kind, &before.service, Some(&before.environment), format!("promotion {id}"), summary);
-        changed.before = Some(serde_json::json!({ "status": before.status, "blocked_by": before.blocked_by }));
+        let kind = if status == "pending" {
+            "promotion.blocked".to_string()
+        } else {
+            format!("promotion.{status}")
+        };
+        let mut changed = event(
+            actor,
+            &kind,
+            &before.service,
+            Some(&before.environment),
+            format!("promotion {id}"),
+            summary,
+        );
+        changed.before =
+            Some(serde_json::json!({ "status": before.status, "blocked_by": before.blocked_by }));
         changed.after = Some(serde_json::json!({ "status": status, "blocked_by": blocked_by }));
         append_with(&mut *tx, changed).await?;
         tx.commit().await?;
@@ -524,7 +746,11 @@ impl Store {
     }
 
     pub async fn set_promotion_deployment(&self, id: i64, deployment: i64) -> Result<()> {
-        sqlx::query("UPDATE promotions SET deployment_id = $1 WHERE id = $2").bind(deployment).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE promotions SET deployment_id = $1 WHERE id = $2")
+            .bind(deployment)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -540,13 +766,32 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        let summary = format!("{approver} approved promotion {} of v{} to {}", promotion.id, promotion.release, promotion.environment);
-        append_with(&mut *tx, event(approver, "promotion.approved", &promotion.service, Some(&promotion.environment), format!("promotion {}", promotion.id), summary)).await?;
+        let summary = format!(
+            "{approver} approved promotion {} of v{} to {}",
+            promotion.id, promotion.release, promotion.environment
+        );
+        append_with(
+            &mut *tx,
+            event(
+                approver,
+                "promotion.approved",
+                &promotion.service,
+                Some(&promotion.environment),
+                format!("promotion {}", promotion.id),
+                summary,
+            ),
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
 
-    pub async fn set_override(&self, promotion: &Promotion, admin: &str, reason: &str) -> Result<()> {
+    pub async fn set_override(
+        &self,
+        promotion: &Promotion,
+        admin: &str,
+        reason: &str,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE promotions SET override_by = $1, override_reason = $2 WHERE id = $3")
             .bind(admin)
@@ -554,8 +799,18 @@ impl Store {
             .bind(promotion.id)
             .execute(&mut *tx)
             .await?;
-        let summary = format!("{admin} overrode the freeze for promotion {} of v{} to {}: {reason}", promotion.id, promotion.release, promotion.environment);
-        let mut changed = event(admin, "promotion.override", &promotion.service, Some(&promotion.environment), format!("promotion {}", promotion.id), summary);
+        let summary = format!(
+            "{admin} overrode the freeze for promotion {} of v{} to {}: {reason}",
+            promotion.id, promotion.release, promotion.environment
+        );
+        let mut changed = event(
+            admin,
+            "promotion.override",
+            &promotion.service,
+            Some(&promotion.environment),
+            format!("promotion {}", promotion.id),
+            summary,
+        );
         changed.after = Some(serde_json::json!({ "override": "freeze", "reason": reason }));
         append_with(&mut *tx, changed).await?;
         tx.commit().await?;

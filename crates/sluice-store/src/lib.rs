@@ -25,7 +25,9 @@ use sqlx::{AnyPool, Executor};
 
 pub use artifacts::Artifact;
 pub use changelog::{ChangeEvent, ChangeQuery, NewChangeEvent};
-pub use deploy::{Approval, Deployment, EnvState, Flag, Instance, Promotion, Release};
+pub use deploy::{
+    Approval, Deployment, EnvState, Flag, Instance, NewDeployment, Promotion, Release,
+};
 pub use logs::LogLine;
 pub use processes::TrackedProcess;
 pub use repos::{NewRepo, Repo};

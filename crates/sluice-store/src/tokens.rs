@@ -56,7 +56,12 @@ pub struct TokenRecord {
 
 impl TokenRecord {
     pub fn groups(&self) -> Vec<String> {
-        self.groups.split(',').map(str::trim).filter(|g| !g.is_empty()).map(String::from).collect()
+        self.groups
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(String::from)
+            .collect()
     }
 }
 
@@ -106,7 +111,9 @@ impl Store {
             kind: "token.created".into(),
             subject: format!("token {name}"),
             summary: format!("token `{name}` created with role {role}"),
-            after: Some(serde_json::json!({ "id": id, "name": name, "role": role, "groups": groups })),
+            after: Some(
+                serde_json::json!({ "id": id, "name": name, "role": role, "groups": groups }),
+            ),
             ..Default::default()
         };
         append_with(&mut *tx, event).await?;

@@ -266,5 +266,7 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 
 /// `v3` or `3`.
 fn parse_release(text: &str) -> Result<i64, String> {
-    text.trim_start_matches('v').parse().map_err(|_| format!("`{text}` is not a release; write vN, such as v3"))
+    text.trim_start_matches('v')
+        .parse()
+        .map_err(|_| format!("`{text}` is not a release; write vN, such as v3"))
 }

@@ -34,16 +34,38 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cancel { run } => runs::cancel(&client(), run).await,
         Command::Status { service, json } => deploy::status(&client(), service, json).await,
         Command::Releases { service, json } => deploy::releases(&client(), service, json).await,
-        Command::Deployments { service, env, json } => deploy::deployments(&client(), service, env, json).await,
-        Command::Promote { service, to, release, json } => deploy::promote(&client(), service, to, release, json).await,
-        Command::Promotions { service, all, json } => deploy::promotions(&client(), service, all, json).await,
+        Command::Deployments { service, env, json } => {
+            deploy::deployments(&client(), service, env, json).await
+        }
+        Command::Promote {
+            service,
+            to,
+            release,
+            json,
+        } => deploy::promote(&client(), service, to, release, json).await,
+        Command::Promotions { service, all, json } => {
+            deploy::promotions(&client(), service, all, json).await
+        }
         Command::Approve { id } => deploy::decide(&client(), id, "approve", None).await,
-        Command::Reject { id, reason } => deploy::decide(&client(), id, "reject", Some(reason)).await,
-        Command::Override { id, reason } => deploy::decide(&client(), id, "override", Some(reason)).await,
-        Command::Rollback { service, env, to } => deploy::rollback(&client(), &service, &env, to).await,
+        Command::Reject { id, reason } => {
+            deploy::decide(&client(), id, "reject", Some(reason)).await
+        }
+        Command::Override { id, reason } => {
+            deploy::decide(&client(), id, "override", Some(reason)).await
+        }
+        Command::Rollback { service, env, to } => {
+            deploy::rollback(&client(), &service, &env, to).await
+        }
         Command::Unpin { service, env } => deploy::unpin(&client(), &service, &env).await,
-        Command::Diff { service, a, b, json } => deploy::diff(&client(), &service, &a, &b, json).await,
-        Command::Instance(crate::cli::InstanceCommand::Logs { id }) => deploy::instance_logs(&client(), &id).await,
+        Command::Diff {
+            service,
+            a,
+            b,
+            json,
+        } => deploy::diff(&client(), &service, &a, &b, json).await,
+        Command::Instance(crate::cli::InstanceCommand::Logs { id }) => {
+            deploy::instance_logs(&client(), &id).await
+        }
         Command::Changes {
             service,
             env,

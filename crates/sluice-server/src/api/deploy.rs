@@ -20,7 +20,9 @@ impl From<CdError> for ApiError {
             CdError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             CdError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             CdError::Store(e) => e.into(),
-            CdError::Other(e) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "failed", format!("{e:#}")),
+            CdError::Other(e) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "failed", format!("{e:#}"))
+            }
         }
     }
 }
@@ -33,22 +35,53 @@ pub struct ServiceQuery {
     all: Option<bool>,
 }
 
-pub async fn releases(State(state): State<AppState>, caller: Caller, Query(q): Query<ServiceQuery>) -> ApiResult<Json<Value>> {
+pub async fn releases(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ServiceQuery>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
-    Ok(Json(json!(state.store.releases(q.service.as_deref(), q.limit.unwrap_or(50)).await?)))
+    Ok(Json(json!(
+        state
+            .store
+            .releases(q.service.as_deref(), q.limit.unwrap_or(50))
+            .await?
+    )))
 }
 
-pub async fn status(State(state): State<AppState>, caller: Caller, Query(q): Query<ServiceQuery>) -> ApiResult<Json<Value>> {
+pub async fn status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ServiceQuery>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     Ok(Json(json!(state.cd.status(q.service.as_deref()).await?)))
 }
 
-pub async fn deployments(State(state): State<AppState>, caller: Caller, Query(q): Query<ServiceQuery>) -> ApiResult<Json<Value>> {
+pub async fn deployments(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ServiceQuery>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
-    Ok(Json(json!(state.store.deployments(q.service.as_deref(), q.env.as_deref(), None, q.limit.unwrap_or(50)).await?)))
+    Ok(Json(json!(
+        state
+            .store
+            .deployments(
+                q.service.as_deref(),
+                q.env.as_deref(),
+                None,
+                q.limit.unwrap_or(50)
+            )
+            .await?
+    )))
 }
 
-pub async fn instance_log(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn instance_log(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let text = state.cd.instance_log(&id, 256 * 1024).await?;
     Ok(Json(json!({ "instance": id, "log": text })))
@@ -60,28 +93,54 @@ pub struct DiffQuery {
     b: String,
 }
 
-pub async fn diff(State(state): State<AppState>, caller: Caller, Path(service): Path<String>, Query(q): Query<DiffQuery>) -> ApiResult<Json<Value>> {
+pub async fn diff(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(service): Path<String>,
+    Query(q): Query<DiffQuery>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     Ok(Json(json!(state.cd.diff(&service, &q.a, &q.b).await?)))
 }
 
-pub async fn promote(State(state): State<AppState>, caller: Caller, Json(body): Json<PromoteRequest>) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn promote(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<PromoteRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Developer)?;
     let promotion = state.cd.promote(body, &caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(json!(promotion))))
 }
 
-pub async fn promotions(State(state): State<AppState>, caller: Caller, Query(q): Query<ServiceQuery>) -> ApiResult<Json<Value>> {
+pub async fn promotions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ServiceQuery>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
-    Ok(Json(json!(state.cd.promotions(q.service.as_deref(), !q.all.unwrap_or(false)).await?)))
+    Ok(Json(json!(
+        state
+            .cd
+            .promotions(q.service.as_deref(), !q.all.unwrap_or(false))
+            .await?
+    )))
 }
 
-pub async fn promotion(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+pub async fn promotion(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     Ok(Json(json!(state.cd.promotion(id).await?)))
 }
 
-pub async fn approve(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+pub async fn approve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Approver)?;
     Ok(Json(json!(state.cd.approve(id, &caller.actor()).await?)))
 }
@@ -92,14 +151,31 @@ pub struct Reason {
     reason: String,
 }
 
-pub async fn reject(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>, Json(body): Json<Reason>) -> ApiResult<Json<Value>> {
+pub async fn reject(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Json(body): Json<Reason>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Approver)?;
-    Ok(Json(json!(state.cd.reject(id, &body.reason, &caller.actor()).await?)))
+    Ok(Json(json!(
+        state.cd.reject(id, &body.reason, &caller.actor()).await?
+    )))
 }
 
-pub async fn override_freeze(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>, Json(body): Json<Reason>) -> ApiResult<Json<Value>> {
+pub async fn override_freeze(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Json(body): Json<Reason>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
-    Ok(Json(json!(state.cd.override_freeze(id, &body.reason, &caller.actor()).await?)))
+    Ok(Json(json!(
+        state
+            .cd
+            .override_freeze(id, &body.reason, &caller.actor())
+            .await?
+    )))
 }
 
 #[derive(Deserialize)]
@@ -107,12 +183,26 @@ pub struct RollbackTo {
     to: Option<i64>,
 }
 
-pub async fn rollback(State(state): State<AppState>, caller: Caller, Path((service, env)): Path<(String, String)>, Json(body): Json<RollbackTo>) -> ApiResult<Json<Value>> {
+pub async fn rollback(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((service, env)): Path<(String, String)>,
+    Json(body): Json<RollbackTo>,
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Approver)?;
-    Ok(Json(json!(state.cd.rollback(&service, &env, body.to, &caller.actor()).await?)))
+    Ok(Json(json!(
+        state
+            .cd
+            .rollback(&service, &env, body.to, &caller.actor())
+            .await?
+    )))
 }
 
-pub async fn unpin(State(state): State<AppState>, caller: Caller, Path((service, env)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn unpin(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((service, env)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     caller.require(Role::Approver)?;
     state.cd.unpin(&service, &env, &caller.actor()).await?;
     Ok(StatusCode::NO_CONTENT)

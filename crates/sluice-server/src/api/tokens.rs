@@ -11,7 +11,9 @@ use crate::auth::Caller;
 use crate::{ApiError, ApiResult, AppState};
 
 pub async fn whoami(caller: Caller) -> Json<Value> {
-    Json(json!({ "id": caller.token_id, "name": caller.name, "role": caller.role, "groups": caller.groups }))
+    Json(
+        json!({ "id": caller.token_id, "name": caller.name, "role": caller.role, "groups": caller.groups }),
+    )
 }
 
 #[derive(Deserialize)]
@@ -38,11 +40,19 @@ pub async fn create(
     }
     let (id, token) = state
         .tokens
-        .mint(&state.store, body.name.trim(), role, &body.groups, &caller.name)
+        .mint(
+            &state.store,
+            body.name.trim(),
+            role,
+            &body.groups,
+            &caller.name,
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "id": id, "name": body.name.trim(), "role": role, "groups": body.groups, "token": token })),
+        Json(
+            json!({ "id": id, "name": body.name.trim(), "role": role, "groups": body.groups, "token": token }),
+        ),
     ))
 }
 

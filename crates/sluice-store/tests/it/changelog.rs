@@ -60,7 +60,14 @@ async fn events_come_back_newest_first_and_filtered() {
 async fn tokens_keep_their_role_and_log_their_creation() {
     each_store(|store: Store| async move {
         store
-            .insert_token("abc", "ci-bot", Role::Developer, &["release-managers".to_string()], "$argon2id$fake", "admin")
+            .insert_token(
+                "abc",
+                "ci-bot",
+                Role::Developer,
+                &["release-managers".to_string()],
+                "$argon2id$fake",
+                "admin",
+            )
             .await
             .unwrap();
         let token = store.token("abc").await.unwrap();

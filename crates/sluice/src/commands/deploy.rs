@@ -17,17 +17,28 @@ fn print_json(value: &Value) -> Result<ExitCode> {
 }
 
 fn query(pairs: &[(&str, Option<String>)]) -> Vec<(String, String)> {
-    pairs.iter().filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v))).collect()
+    pairs
+        .iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v)))
+        .collect()
 }
 
 pub async fn status(client: &Client, service: Option<String>, json: bool) -> Result<ExitCode> {
-    let all = client.json(client.request(Method::GET, "/status").query(&query(&[("service", service)]))).await?;
+    let all = client
+        .json(
+            client
+                .request(Method::GET, "/status")
+                .query(&query(&[("service", service)])),
+        )
+        .await?;
     if json {
         return print_json(&all);
     }
     let envs = all.as_array().cloned().unwrap_or_default();
     if envs.is_empty() {
-        say!("no environment has been deployed yet; a green mainline run makes a release, and `deploy: auto` environments get it");
+        say!(
+            "no environment has been deployed yet; a green mainline run makes a release, and `deploy: auto` environments get it"
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = envs
@@ -39,34 +50,73 @@ pub async fn status(client: &Client, service: Option<String>, json: bool) -> Res
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|p| format!("#{} v{} ({})", p["id"], p["release"], p["blocked_by"].as_str().unwrap_or(p["status"].as_str().unwrap_or(""))))
+                .map(|p| {
+                    format!(
+                        "#{} v{} ({})",
+                        p["id"],
+                        p["release"],
+                        p["blocked_by"]
+                            .as_str()
+                            .unwrap_or(p["status"].as_str().unwrap_or(""))
+                    )
+                })
                 .collect();
             vec![
                 text(&e["service"]),
                 text(&e["environment"]),
-                e["release"].as_i64().map_or("-".into(), |n| format!("v{n}")),
+                e["release"]
+                    .as_i64()
+                    .map_or("-".into(), |n| format!("v{n}")),
                 text(&e["health"]),
                 format!("{healthy}/{}", e["desired_instances"]),
                 text(&e["listen"]),
-                if e["pinned"] == true { "pinned".into() } else { "-".into() },
-                if pending.is_empty() { "-".into() } else { pending.join(", ") },
+                if e["pinned"] == true {
+                    "pinned".into()
+                } else {
+                    "-".into()
+                },
+                if pending.is_empty() {
+                    "-".into()
+                } else {
+                    pending.join(", ")
+                },
             ]
         })
         .collect();
-    table(&["SERVICE", "ENV", "RELEASE", "HEALTH", "HEALTHY", "LISTEN", "PIN", "PENDING"], &rows);
+    table(
+        &[
+            "SERVICE", "ENV", "RELEASE", "HEALTH", "HEALTHY", "LISTEN", "PIN", "PENDING",
+        ],
+        &rows,
+    );
     for e in &envs {
         for d in e["drift"].as_array().into_iter().flatten() {
-            say!("drift in {}/{}: {}", text(&e["service"]), text(&e["environment"]), text(d));
+            say!(
+                "drift in {}/{}: {}",
+                text(&e["service"]),
+                text(&e["environment"]),
+                text(d)
+            );
         }
         if let Some(reason) = e["pin_reason"].as_str() {
-            say!("{}/{} is pinned: {reason}", text(&e["service"]), text(&e["environment"]));
+            say!(
+                "{}/{} is pinned: {reason}",
+                text(&e["service"]),
+                text(&e["environment"])
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn releases(client: &Client, service: Option<String>, json: bool) -> Result<ExitCode> {
-    let all = client.json(client.request(Method::GET, "/releases").query(&query(&[("service", service)]))).await?;
+    let all = client
+        .json(
+            client
+                .request(Method::GET, "/releases")
+                .query(&query(&[("service", service)])),
+        )
+        .await?;
     if json {
         return print_json(&all);
     }
@@ -74,14 +124,37 @@ pub async fn releases(client: &Client, service: Option<String>, json: bool) -> R
         .as_array()
         .into_iter()
         .flatten()
-        .map(|r| vec![text(&r["service"]), format!("v{}", r["number"]), short_sha(&r["sha"]), text(&r["run_id"]), time(&r["created_at"]), text(&r["title"])])
+        .map(|r| {
+            vec![
+                text(&r["service"]),
+                format!("v{}", r["number"]),
+                short_sha(&r["sha"]),
+                text(&r["run_id"]),
+                time(&r["created_at"]),
+                text(&r["title"]),
+            ]
+        })
         .collect();
-    table(&["SERVICE", "RELEASE", "SHA", "RUN", "MADE", "TITLE"], &rows);
+    table(
+        &["SERVICE", "RELEASE", "SHA", "RUN", "MADE", "TITLE"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn deployments(client: &Client, service: Option<String>, env: Option<String>, json: bool) -> Result<ExitCode> {
-    let all = client.json(client.request(Method::GET, "/deployments").query(&query(&[("service", service), ("env", env)]))).await?;
+pub async fn deployments(
+    client: &Client,
+    service: Option<String>,
+    env: Option<String>,
+    json: bool,
+) -> Result<ExitCode> {
+    let all = client
+        .json(
+            client
+                .request(Method::GET, "/deployments")
+                .query(&query(&[("service", service), ("env", env)])),
+        )
+        .await?;
     if json {
         return print_json(&all);
     }
@@ -103,7 +176,12 @@ pub async fn deployments(client: &Client, service: Option<String>, env: Option<S
             ]
         })
         .collect();
-    table(&["ID", "SERVICE", "ENV", "RELEASE", "STRATEGY", "CAUSE", "STATUS", "WHEN", "WHY"], &rows);
+    table(
+        &[
+            "ID", "SERVICE", "ENV", "RELEASE", "STRATEGY", "CAUSE", "STATUS", "WHEN", "WHY",
+        ],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -113,26 +191,56 @@ fn print_promotion(p: &Value) {
         (Some(status), _) => status.to_string(),
         _ => "-".into(),
     };
-    say!("promotion {}: {} v{} → {}: {state}", p["id"], text(&p["service"]), p["release"], text(&p["environment"]));
+    say!(
+        "promotion {}: {} v{} → {}: {state}",
+        p["id"],
+        text(&p["service"]),
+        p["release"],
+        text(&p["environment"])
+    );
     for gate in p["gates"].as_array().into_iter().flatten() {
-        let mark = if gate["passed"] == true { "open  " } else { "closed" };
-        let clears = gate["clears"].as_str().map(|c| format!("; clears with {c}")).unwrap_or_default();
-        say!("  [{mark}] {}: {}{clears}", text(&gate["gate"]), text(&gate["detail"]));
+        let mark = if gate["passed"] == true {
+            "open  "
+        } else {
+            "closed"
+        };
+        let clears = gate["clears"]
+            .as_str()
+            .map(|c| format!("; clears with {c}"))
+            .unwrap_or_default();
+        say!(
+            "  [{mark}] {}: {}{clears}",
+            text(&gate["gate"]),
+            text(&gate["detail"])
+        );
     }
     if p["status"] != "pending"
         && let Some(reason) = p["reason"].as_str()
     {
         say!("  {reason}");
     }
-    let approvals: Vec<String> = p["approvals"].as_array().into_iter().flatten().map(|a| text(&a["approver"])).collect();
+    let approvals: Vec<String> = p["approvals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| text(&a["approver"]))
+        .collect();
     if !approvals.is_empty() {
         say!("  approved by {}", approvals.join(", "));
     }
 }
 
-pub async fn promote(client: &Client, service: String, to: String, release: Option<i64>, json: bool) -> Result<ExitCode> {
+pub async fn promote(
+    client: &Client,
+    service: String,
+    to: String,
+    release: Option<i64>,
+    json: bool,
+) -> Result<ExitCode> {
     let body = json!({ "service": service, "to": to, "release": release });
-    let promotion = client.json(client.request(Method::POST, "/promotions").json(&body)).await?;
+    let promotion = client
+        .json(client.request(Method::POST, "/promotions").json(&body))
+        .await?;
     if json {
         return print_json(&promotion);
     }
@@ -140,12 +248,19 @@ pub async fn promote(client: &Client, service: String, to: String, release: Opti
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn promotions(client: &Client, service: Option<String>, all: bool, json: bool) -> Result<ExitCode> {
+pub async fn promotions(
+    client: &Client,
+    service: Option<String>,
+    all: bool,
+    json: bool,
+) -> Result<ExitCode> {
     let mut q = query(&[("service", service)]);
     if all {
         q.push(("all".into(), "true".into()));
     }
-    let list = client.json(client.request(Method::GET, "/promotions").query(&q)).await?;
+    let list = client
+        .json(client.request(Method::GET, "/promotions").query(&q))
+        .await?;
     if json {
         return print_json(&list);
     }
@@ -160,28 +275,71 @@ pub async fn promotions(client: &Client, service: Option<String>, all: bool, jso
 }
 
 /// `approve`, `reject` or `override` a promotion.
-pub async fn decide(client: &Client, id: i64, verb: &str, reason: Option<String>) -> Result<ExitCode> {
+pub async fn decide(
+    client: &Client,
+    id: i64,
+    verb: &str,
+    reason: Option<String>,
+) -> Result<ExitCode> {
     let body = json!({ "reason": reason.unwrap_or_default() });
-    let promotion = client.json(client.request(Method::POST, &format!("/promotions/{id}/{verb}")).json(&body)).await?;
+    let promotion = client
+        .json(
+            client
+                .request(Method::POST, &format!("/promotions/{id}/{verb}"))
+                .json(&body),
+        )
+        .await?;
     print_promotion(&promotion);
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn rollback(client: &Client, service: &str, env: &str, to: Option<i64>) -> Result<ExitCode> {
+pub async fn rollback(
+    client: &Client,
+    service: &str,
+    env: &str,
+    to: Option<i64>,
+) -> Result<ExitCode> {
     let path = format!("/services/{service}/environments/{env}/rollback");
-    let deployment = client.json(client.request(Method::POST, &path).json(&json!({ "to": to }))).await?;
-    say!("{env} rolled back to v{} (deployment {}); it is pinned until `sluice unpin {service} {env}`", deployment["release"], deployment["id"]);
+    let deployment = client
+        .json(
+            client
+                .request(Method::POST, &path)
+                .json(&json!({ "to": to })),
+        )
+        .await?;
+    say!(
+        "{env} rolled back to v{} (deployment {}); it is pinned until `sluice unpin {service} {env}`",
+        deployment["release"],
+        deployment["id"]
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn unpin(client: &Client, service: &str, env: &str) -> Result<ExitCode> {
-    client.send(client.request(Method::POST, &format!("/services/{service}/environments/{env}/unpin"))).await?;
+    client
+        .send(client.request(
+            Method::POST,
+            &format!("/services/{service}/environments/{env}/unpin"),
+        ))
+        .await?;
     say!("{service}/{env} unpinned; automation may deploy to it again");
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn diff(client: &Client, service: &str, a: &str, b: &str, json: bool) -> Result<ExitCode> {
-    let diff = client.json(client.request(Method::GET, &format!("/services/{service}/diff")).query(&[("a", a), ("b", b)])).await?;
+pub async fn diff(
+    client: &Client,
+    service: &str,
+    a: &str,
+    b: &str,
+    json: bool,
+) -> Result<ExitCode> {
+    let diff = client
+        .json(
+            client
+                .request(Method::GET, &format!("/services/{service}/diff"))
+                .query(&[("a", a), ("b", b)]),
+        )
+        .await?;
     if json {
         return print_json(&diff);
     }

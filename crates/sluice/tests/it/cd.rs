@@ -62,8 +62,12 @@ async fn through(env: &Value, path: &str) -> (reqwest::header::HeaderMap, Value)
 async fn a_commit_flows_from_ci_to_prod_through_its_gates() {
     each_database(|dir, db| async move {
         let server = Server::start(&dir.join("data"), db.as_deref());
-        let ana = server.token_for("ana", "approver", &["release-managers"]).await;
-        let bo = server.token_for("bo", "approver", &["release-managers"]).await;
+        let ana = server
+            .token_for("ana", "approver", &["release-managers"])
+            .await;
+        let bo = server
+            .token_for("bo", "approver", &["release-managers"])
+            .await;
         let dev_only = server.token_for("cy", "developer", &[]).await;
         let repo = GitRepo::new(&dir, "shop");
         copy_fixture(&repo, "shop");
@@ -79,26 +83,56 @@ async fn a_commit_flows_from_ci_to_prod_through_its_gates() {
         assert_eq!(body["release"], "v1");
         assert_eq!(body["env"], "dev");
         assert_eq!(body["greeting"], "hello-dev");
-        assert!(body["config"].as_str().unwrap().contains("greeting = \"hello-dev\""), "{body:#}");
-        assert_eq!(body["data"], json!(["seed.txt"]), "seeded on the first deployment");
+        assert!(
+            body["config"]
+                .as_str()
+                .unwrap()
+                .contains("greeting = \"hello-dev\""),
+            "{body:#}"
+        );
+        assert_eq!(
+            body["data"],
+            json!(["seed.txt"]),
+            "seeded on the first deployment"
+        );
         assert_eq!(headers["x-sluice-release"], "v1");
-        assert_eq!(headers["x-sluice-instance"], body["instance"].as_str().unwrap());
+        assert_eq!(
+            headers["x-sluice-instance"],
+            body["instance"].as_str().unwrap()
+        );
         let releases = server.get("/releases?service=shop").await;
         assert_eq!(releases[0]["number"], 1);
         assert_eq!(releases[0]["sha"], sha.as_str());
 
         // Promotion to pre-prod waits for an approver other than the one who asked.
-        let (status, promotion) = server.post_as(&ana, "/promotions", json!({ "service": "shop", "to": "pre-prod" })).await;
+        let (status, promotion) = server
+            .post_as(
+                &ana,
+                "/promotions",
+                json!({ "service": "shop", "to": "pre-prod" }),
+            )
+            .await;
         assert_eq!(status, 201, "{promotion:#}");
         let id = promotion["id"].as_i64().unwrap();
         assert_eq!(promotion["status"], "pending");
         assert_eq!(promotion["blocked_by"], "approvals");
-        let (status, refused) = server.post_as(&ana, &format!("/promotions/{id}/approve"), json!({})).await;
+        let (status, refused) = server
+            .post_as(&ana, &format!("/promotions/{id}/approve"), json!({}))
+            .await;
         assert_eq!(status, 403, "{refused:#}");
-        assert!(refused["error"]["message"].as_str().unwrap().contains("someone else must approve"));
-        let (status, _) = server.post_as(&dev_only, &format!("/promotions/{id}/approve"), json!({})).await;
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("someone else must approve")
+        );
+        let (status, _) = server
+            .post_as(&dev_only, &format!("/promotions/{id}/approve"), json!({}))
+            .await;
         assert_eq!(status, 403, "a developer cannot approve");
-        let (status, approved) = server.post_as(&bo, &format!("/promotions/{id}/approve"), json!({})).await;
+        let (status, approved) = server
+            .post_as(&bo, &format!("/promotions/{id}/approve"), json!({}))
+            .await;
         assert_eq!(status, 200, "{approved:#}");
         let done = server.wait_promotion(id, |p| p["status"] == "done").await;
         assert_eq!(done["approvals"][0]["approver"], "bo");
@@ -107,23 +141,58 @@ async fn a_commit_flows_from_ci_to_prod_through_its_gates() {
         assert_eq!(body["greeting"], "hello-pre");
         let mut data: Vec<String> = serde_json::from_value(body["data"].clone()).unwrap();
         data.sort();
-        assert_eq!(data, ["scrubbed", "seed.txt"], "copied from dev through the scrub script");
+        assert_eq!(
+            data,
+            ["scrubbed", "seed.txt"],
+            "copied from dev through the scrub script"
+        );
 
         // Prod is frozen: blocked until an admin overrides, with a reason that is logged.
-        let (_, promotion) = server.post_as(&ana, "/promotions", json!({ "service": "shop", "to": "prod" })).await;
+        let (_, promotion) = server
+            .post_as(
+                &ana,
+                "/promotions",
+                json!({ "service": "shop", "to": "prod" }),
+            )
+            .await;
         let id = promotion["id"].as_i64().unwrap();
         assert_eq!(promotion["blocked_by"], "freeze", "{promotion:#}");
-        let (status, _) = server.post_as(&bo, &format!("/promotions/{id}/override"), json!({ "reason": "x" })).await;
+        let (status, _) = server
+            .post_as(
+                &bo,
+                &format!("/promotions/{id}/override"),
+                json!({ "reason": "x" }),
+            )
+            .await;
         assert_eq!(status, 403, "only an admin overrides a freeze");
-        let out = server.cli(&["override", &id.to_string(), "--reason", "launch approved by the CTO"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = server.cli(&[
+            "override",
+            &id.to_string(),
+            "--reason",
+            "launch approved by the CTO",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         server.wait_promotion(id, |p| p["status"] == "done").await;
         let prod = server.wait_env("shop", "prod", 1, 4).await;
         let (_, body) = through(&prod, "/").await;
         assert_eq!(body["greeting"], "hello-prod");
         let log = server.get("/changelog?env=prod").await;
-        let overridden = log.as_array().unwrap().iter().find(|e| e["kind"] == "promotion.override").expect("the override is in the change log");
-        assert!(overridden["summary"].as_str().unwrap().contains("launch approved by the CTO"));
+        let overridden = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "promotion.override")
+            .expect("the override is in the change log");
+        assert!(
+            overridden["summary"]
+                .as_str()
+                .unwrap()
+                .contains("launch approved by the CTO")
+        );
         assert_eq!(overridden["actor"], "initial-admin");
 
         // A release whose health check fails never takes traffic; dev stays on v1.
@@ -132,7 +201,12 @@ async fn a_commit_flows_from_ci_to_prod_through_its_gates() {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let failed = loop {
             let deployments = server.get("/deployments?service=shop&env=dev").await;
-            if let Some(d) = deployments.as_array().unwrap().iter().find(|d| d["release"] == 2 && d["status"] != "running") {
+            if let Some(d) = deployments
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["release"] == 2 && d["status"] != "running")
+            {
                 break d.clone();
             }
             assert!(std::time::Instant::now() < deadline, "{deployments:#}");
@@ -141,10 +215,46 @@ async fn a_commit_flows_from_ci_to_prod_through_its_gates() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         };
         assert_eq!(failed["status"], "rolled_back", "{failed:#}");
-        assert!(failed["reason"].as_str().unwrap().contains("did not become healthy"), "{failed:#}");
+        assert!(
+            failed["reason"]
+                .as_str()
+                .unwrap()
+                .contains("did not become healthy"),
+            "{failed:#}"
+        );
         server.wait_env("shop", "dev", 1, 1).await;
         let (_, body) = through(&dev, "/").await;
         assert_eq!(body["release"], "v1");
+
+        // What differs between dev and pre-prod, and what changed in prod.
+        let diff = server.cli(&["diff", "shop", "dev", "pre-prod"]);
+        assert!(
+            diff.status.success(),
+            "{}",
+            String::from_utf8_lossy(&diff.stderr)
+        );
+        insta::assert_snapshot!("diff_dev_pre_prod", String::from_utf8_lossy(&diff.stdout));
+        let changes = server.cli(&["changes", "--env", "prod"]);
+        let text = String::from_utf8_lossy(&changes.stdout);
+        // Times differ from run to run; the rest does not.
+        let stable: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("20") {
+                    format!("<time>{}", &l[19..])
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        insta::assert_snapshot!("changes_in_prod", stable);
+        let status = server.cli(&["status"]);
+        let text = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            text.contains("shop     prod      v1       healthy  4/4"),
+            "{text}"
+        );
     })
     .await;
 }

@@ -9,3 +9,4 @@ mod ci;
 mod detection;
 mod restart;
 mod validate;
+mod zero_downtime;

@@ -50,3 +50,87 @@ async fn a_run_interrupted_by_kill_9_ends_as_error_with_its_logs_and_no_leftover
     })
     .await;
 }
+
+/// Pids of the live processes that are instances of the server with this data directory.
+fn instance_processes(data: &std::path::Path) -> Vec<(i32, String)> {
+    let home = format!("SLUICE_HOME={}", data.canonicalize().unwrap().display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        if vars.contains(&home.as_bytes()) && process_alive(pid) {
+            let instance = vars
+                .iter()
+                .find_map(|v| v.strip_prefix(b"SLUICE_INSTANCE="))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            found.push((pid, instance));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_kill_9_during_a_deployment_is_reconciled_with_nothing_orphaned_or_doubled() {
+    each_database(|dir, db| async move {
+        let data = dir.join("data");
+        let mut server = Server::start(&data, db.as_deref());
+        let repo = GitRepo::new(&dir, "shop");
+        crate::support::copy_fixture(&repo, "shop");
+        let spec = |delay: &str| {
+            format!(
+                "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  ready_timeout: 20s\n  health: {{ path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }}\nenvironments:\n  dev:\n    deploy: auto\n    instances: 2\n    listen: 127.0.0.1:0\n    config: {{ STARTUP_DELAY: '{delay}' }}\n"
+            )
+        };
+        repo.commit("v1", &[("sluice.yaml", &spec("0"))]);
+        server.add_repo(&repo);
+        server.wait_env("shop", "dev", 1, 2).await;
+        let before = instance_processes(&data);
+        assert_eq!(before.len(), 2, "{before:?}");
+
+        // v2 starts slowly: kill the server while its deployment is under way.
+        repo.commit("v2 starts slowly", &[("sluice.yaml", &spec("3"))]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let running = server.get("/deployments?service=shop&env=dev").await;
+            let started = running.as_array().unwrap().iter().any(|d| d["release"] == 2 && d["status"] == "running");
+            if started && instance_processes(&data).len() > 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "v2's deployment never started: {running:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.kill_hard();
+        let orphans = instance_processes(&data);
+        assert!(orphans.len() >= 3, "the instances outlive the server: {orphans:?}");
+
+        let restarted = Server::start(&data, db.as_deref());
+        // The interrupted deployment is recorded as such, and then completes.
+        let dev = restarted.wait_env("shop", "dev", 2, 2).await;
+        let deployments = restarted.get("/deployments?service=shop&env=dev").await;
+        assert!(
+            deployments.as_array().unwrap().iter().any(|d| d["release"] == 2 && d["status"] == "failed" && d["reason"].as_str().unwrap().contains("interrupted")),
+            "{deployments:#}"
+        );
+        let running = instance_processes(&data);
+        for (pid, _) in &orphans {
+            assert!(!running.iter().any(|(p, _)| p == pid), "process {pid} of the old server is still running: {running:?}");
+        }
+        let mut ids: Vec<String> = running.iter().map(|(_, id)| id.clone()).collect();
+        ids.sort();
+        let mut recorded: Vec<String> = dev["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
+        recorded.sort();
+        assert_eq!(ids, recorded, "what runs is what the store says runs, each once");
+        assert_eq!(dev["drift"], serde_json::json!([]));
+    })
+    .await;
+}

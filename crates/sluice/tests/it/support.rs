@@ -196,7 +196,8 @@ impl Drop for Server {
         let _ = self.child.wait();
         if std::thread::panicking() {
             // The server's own account of what went wrong, for whoever reads the failure.
-            let log = std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             eprintln!("--- last lines of the server's log:");
             for line in tail.iter().rev() {
@@ -226,11 +227,14 @@ impl GitRepo {
         repo
     }
 
+    /// Runs git in the repository; commit dates are fixed, so shas are the same on every run.
     pub fn git(&self, args: &[&str]) -> String {
         let out = Command::new("git")
             .arg("-C")
             .arg(&self.path)
             .args(args)
+            .env("GIT_AUTHOR_DATE", "@1795694400 +0000")
+            .env("GIT_COMMITTER_DATE", "@1795694400 +0000")
             .output()
             .unwrap();
         assert!(
@@ -291,21 +295,39 @@ pub fn process_alive(pid: i32) -> bool {
 
 /// Copies a directory of `tests/fixtures` into the repository (files keep their modes).
 pub fn copy_fixture(repo: &GitRepo, name: &str) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
-    let status = Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(&repo.path).status().unwrap();
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(&repo.path)
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
 impl Server {
     /// A token of its own for a person with a role (and groups), made through the API.
     pub async fn token_for(&self, name: &str, role: &str, groups: &[&str]) -> String {
-        let (status, body) = self.post("/tokens", serde_json::json!({ "name": name, "role": role, "groups": groups })).await;
+        let (status, body) = self
+            .post(
+                "/tokens",
+                serde_json::json!({ "name": name, "role": role, "groups": groups }),
+            )
+            .await;
         assert_eq!(status, 201, "{body:#}");
         body["token"].as_str().unwrap().to_string()
     }
 
     pub async fn post_as(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
-        let response = self.request(reqwest::Method::POST, path, Some(token)).await.json(&body).send().await.unwrap();
+        let response = self
+            .request(reqwest::Method::POST, path, Some(token))
+            .await
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -315,14 +337,27 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let all = self.get(&format!("/status?service={service}")).await;
-            if let Some(e) = all.as_array().unwrap().iter().find(|e| e["environment"] == env) {
-                let ok = e["instances"].as_array().unwrap().iter().filter(|i| i["healthy"] == true && i["release"] == release).count();
+            if let Some(e) = all
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["environment"] == env)
+            {
+                let ok = e["instances"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|i| i["healthy"] == true && i["release"] == release)
+                    .count();
                 let total = e["instances"].as_array().unwrap().len();
                 if e["release"] == release && ok == healthy && total == healthy {
                     return e.clone();
                 }
             }
-            assert!(Instant::now() < deadline, "{env} never ran v{release} on {healthy} healthy instances: {all:#}");
+            assert!(
+                Instant::now() < deadline,
+                "{env} never ran v{release} on {healthy} healthy instances: {all:#}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -334,7 +369,10 @@ impl Server {
             if pick(&promotion) {
                 return promotion;
             }
-            assert!(Instant::now() < deadline, "promotion {id} never got there: {promotion:#}");
+            assert!(
+                Instant::now() < deadline,
+                "promotion {id} never got there: {promotion:#}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
