@@ -151,6 +151,7 @@ async fn prepare(
         tracing::info!(service, env = %env.name, ?filled, "data prepared for the first deployment");
         inner.store.mark_seeded(service, &env.name).await?;
     }
+    data::hand_over(&data_dir, data::env_uid(service, &env.name))?;
     let files = render::render(spec, env, &release.name(), &release_dir)?;
     render::write(
         &inner.layout.config(service, &env.name, release.number),
@@ -346,6 +347,7 @@ async fn start_instance(
             command: run.command.clone(),
             env: vars,
             log: inner.layout.instance_log(service, &env.name, &id),
+            uid: data::env_uid(service, &env.name),
         })
         .await?;
     let backend = Backend::new(id.clone(), ([127, 0, 0, 1], port).into(), release.name());

@@ -24,6 +24,8 @@ pub struct InstanceSpec {
     pub command: String,
     pub env: Vec<(String, String)>,
     pub log: PathBuf,
+    /// The user (and group) id to run as, when the server may switch users.
+    pub uid: Option<u32>,
 }
 
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -153,7 +155,8 @@ fn spawn(spec: &InstanceSpec) -> std::io::Result<tokio::process::Child> {
         .append(true)
         .open(&spec.log)?;
     let err = log.try_clone()?;
-    tokio::process::Command::new("sh")
+    let mut command = tokio::process::Command::new("sh");
+    command
         .arg("-c")
         .arg(&spec.command)
         .current_dir(&spec.workdir)
@@ -162,8 +165,11 @@ fn spawn(spec: &InstanceSpec) -> std::io::Result<tokio::process::Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(err))
-        .process_group(0)
-        .spawn()
+        .process_group(0);
+    if let Some(uid) = spec.uid {
+        command.uid(uid).gid(uid);
+    }
+    command.spawn()
 }
 
 /// Appends sluice's own words to the instance's log.

@@ -100,7 +100,7 @@ async fn mutations_need_a_token_with_enough_role() {
 
 #[tokio::test]
 async fn the_initial_token_is_made_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir();
     let data = dir.path().join("data");
     let first = Server::start(&data, None);
     let token = first.token.clone();

@@ -258,7 +258,7 @@ async fn a_newer_commit_on_a_review_branch_cancels_the_older_run() {
 
 #[tokio::test]
 async fn cancel_stops_a_running_run() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir();
     let server = Server::start(&dir.path().join("data"), None);
     let repo = GitRepo::new(dir.path(), "shop");
     let spec =

@@ -112,7 +112,7 @@ async fn a_redelivered_webhook_creates_no_second_run() {
 
 #[tokio::test]
 async fn a_push_webhook_on_the_mainline_is_a_mainline_change() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir();
     let server = Server::start(&dir.path().join("data"), None);
     let repo = GitRepo::new(dir.path(), "shop");
     repo.commit("pipeline", &[("sluice.yaml", PIPELINE)]);
@@ -132,7 +132,7 @@ async fn a_push_webhook_on_the_mainline_is_a_mainline_change() {
 
 #[tokio::test]
 async fn a_remote_repository_is_noticed_by_polling() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir();
     let server = Server::start(&dir.path().join("data"), None);
     let upstream = GitRepo::new(dir.path(), "upstream");
     upstream.commit("pipeline", &[("sluice.yaml", PIPELINE)]);
@@ -184,7 +184,7 @@ async fn each_run_posts_its_commit_status_to_the_forge() {
     let forge_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, forge).await.unwrap() });
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir();
     let server = Server::start(&dir.path().join("data"), None);
     let repo = GitRepo::new(dir.path(), "shop");
     let sha = repo.commit("pipeline", &[("sluice.yaml", PIPELINE)]);

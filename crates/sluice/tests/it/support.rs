@@ -262,13 +262,22 @@ impl GitRepo {
     }
 }
 
+/// A temporary directory that other users may enter, as the instances of
+/// each environment run as a user of their own when the tests run as root.
+pub fn tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 /// Runs `scenario` once per database, each with its own directory and server.
 pub async fn each_database<F, Fut>(scenario: F)
 where
     F: Fn(PathBuf, Option<String>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     for (i, database) in databases(dir.path()).await.into_iter().enumerate() {
         let sub = dir.path().join(format!("db{i}"));
         std::fs::create_dir_all(&sub).unwrap();

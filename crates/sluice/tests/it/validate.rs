@@ -5,7 +5,7 @@ use std::process::Command;
 use crate::support::SLUICE;
 
 fn validate(text: &str) -> (bool, String, String) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir();
     let file = dir.path().join("sluice.yaml");
     std::fs::write(&file, text).unwrap();
     let out = Command::new(SLUICE)
@@ -56,7 +56,7 @@ fn a_bad_file_gets_every_error_and_exit_1() {
 
 #[test]
 fn a_missing_file_says_what_to_do() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir();
     let out = Command::new(SLUICE)
         .current_dir(dir.path())
         .args(["validate"])

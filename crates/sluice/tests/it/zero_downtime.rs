@@ -145,7 +145,7 @@ async fn wait_release_made(server: &Server, number: i64) {
 
 #[tokio::test]
 async fn rolling_blue_green_and_rollback_lose_no_request_under_load() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir();
     let server = Server::start(&dir.path().join("data"), None);
     let repo = GitRepo::new(dir.path(), "shop");
     copy_fixture(&repo, "shop");
