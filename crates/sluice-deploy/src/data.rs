@@ -128,6 +128,48 @@ pub fn snapshot(
     Ok(Some(path))
 }
 
+/// The user id an environment's instances run as when the server runs as
+/// root: one per environment, so that no environment's instances can write
+/// another's data directory (each is that user's, mode 0700).
+pub fn env_uid(service: &str, env: &str) -> Option<u32> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    // FNV-1a: stable across releases of Rust, unlike the standard hasher.
+    let hash = format!("{service}/{env}")
+        .bytes()
+        .fold(0x811c9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+    Some(20_000 + hash % 40_000)
+}
+
+/// Gives the data directory (and everything in it) to the environment's user.
+pub fn hand_over(data_dir: &Path, uid: Option<u32>) -> Result<()> {
+    let Some(uid) = uid else { return Ok(()) };
+    let owner = Some(nix::unistd::Uid::from_raw(uid));
+    let group = Some(nix::unistd::Gid::from_raw(uid));
+    fn walk(
+        path: &Path,
+        owner: Option<nix::unistd::Uid>,
+        group: Option<nix::unistd::Gid>,
+    ) -> Result<()> {
+        nix::unistd::chown(path, owner, group).with_context(|| {
+            format!(
+                "could not give {} to its environment's user",
+                path.display()
+            )
+        })?;
+        if path.is_dir() && !path.is_symlink() {
+            for entry in std::fs::read_dir(path)? {
+                walk(&entry?.path(), owner, group)?;
+            }
+        }
+        Ok(())
+    }
+    walk(data_dir, owner, group)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,46 +279,4 @@ mod tests {
         left.sort();
         assert_eq!(left, ["deploy-2.tar.gz", "deploy-3.tar.gz"]);
     }
-}
-
-/// The user id an environment's instances run as when the server runs as
-/// root: one per environment, so that no environment's instances can write
-/// another's data directory (each is that user's, mode 0700).
-pub fn env_uid(service: &str, env: &str) -> Option<u32> {
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    // FNV-1a: stable across releases of Rust, unlike the standard hasher.
-    let hash = format!("{service}/{env}")
-        .bytes()
-        .fold(0x811c9dc5u32, |h, b| {
-            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-        });
-    Some(20_000 + hash % 40_000)
-}
-
-/// Gives the data directory (and everything in it) to the environment's user.
-pub fn hand_over(data_dir: &Path, uid: Option<u32>) -> Result<()> {
-    let Some(uid) = uid else { return Ok(()) };
-    let owner = Some(nix::unistd::Uid::from_raw(uid));
-    let group = Some(nix::unistd::Gid::from_raw(uid));
-    fn walk(
-        path: &Path,
-        owner: Option<nix::unistd::Uid>,
-        group: Option<nix::unistd::Gid>,
-    ) -> Result<()> {
-        nix::unistd::chown(path, owner, group).with_context(|| {
-            format!(
-                "could not give {} to its environment's user",
-                path.display()
-            )
-        })?;
-        if path.is_dir() && !path.is_symlink() {
-            for entry in std::fs::read_dir(path)? {
-                walk(&entry?.path(), owner, group)?;
-            }
-        }
-        Ok(())
-    }
-    walk(data_dir, owner, group)
 }
