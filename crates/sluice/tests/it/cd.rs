@@ -104,6 +104,77 @@ async fn a_commit_flows_from_ci_to_prod_through_its_gates() {
         assert_eq!(releases[0]["number"], 1);
         assert_eq!(releases[0]["sha"], sha.as_str());
 
+        // An instance that dies is started again, and its log says so.
+        let instance = dev["instances"][0].clone();
+        let pid = instance["pid"].as_i64().unwrap() as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let status = server.get("/status?service=shop").await;
+            let now = status
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["environment"] == "dev")
+                .unwrap()["instances"][0]
+                .clone();
+            if now["restarts"].as_i64() >= Some(1) && now["healthy"] == true {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the instance was not restarted: {now:#}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let log = server.cli(&["instance", "logs", instance["id"].as_str().unwrap()]);
+        let text = String::from_utf8_lossy(&log.stdout);
+        assert!(
+            text.contains("exited") && text.contains("restarting in 1s"),
+            "{text}"
+        );
+
+        // A promotion can be rejected, with a reason.
+        let (_, rejected) = server
+            .post_as(
+                &ana,
+                "/promotions",
+                json!({ "service": "shop", "to": "pre-prod", "release": 1 }),
+            )
+            .await;
+        let rejected_id = rejected["id"].as_i64().unwrap();
+        let (status, body) = server
+            .post_as(
+                &bo,
+                &format!("/promotions/{rejected_id}/reject"),
+                json!({ "reason": "" }),
+            )
+            .await;
+        assert_eq!(status, 400, "a rejection needs a reason: {body:#}");
+        let out = std::process::Command::new(crate::support::SLUICE)
+            .args([
+                "reject",
+                &rejected_id.to_string(),
+                "--reason",
+                "wait for the load test",
+            ])
+            .env("SLUICE_SERVER", &server.url)
+            .env("SLUICE_TOKEN", &bo)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("rejected by bo: wait for the load test")
+        );
+
         // Promotion to pre-prod waits for an approver other than the one who asked.
         let (status, promotion) = server
             .post_as(
