@@ -113,15 +113,7 @@ impl Server {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .request(reqwest::Method::POST, path, Some(&self.token))
-            .await
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.post_as(&self.token, path, body).await
     }
 
     /// Runs the CLI against this server with its admin token.
