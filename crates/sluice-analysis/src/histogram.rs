@@ -1,0 +1,123 @@
+//! A latency histogram with buckets 1% wide (relative), mergeable, from which
+//! quantiles are read as upper bounds.
+
+use serde::Serialize;
+
+const GROWTH: f64 = 1.01;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LogHistogram {
+    /// Bucket `i` holds values in `[GROWTH^i, GROWTH^(i+1))` microseconds; bucket 0 also holds smaller ones.
+    counts: Vec<u64>,
+    total: u64,
+}
+
+fn bucket(micros: f64) -> usize {
+    if micros <= 1.0 {
+        0
+    } else {
+        (micros.ln() / GROWTH.ln()) as usize
+    }
+}
+
+fn upper_edge(index: usize) -> f64 {
+    GROWTH.powi(index as i32 + 1)
+}
+
+impl LogHistogram {
+    pub fn record(&mut self, micros: f64) {
+        let i = bucket(micros);
+        if self.counts.len() <= i {
+            self.counts.resize(i + 1, 0);
+        }
+        self.counts[i] += 1;
+        self.total += 1;
+    }
+
+    pub fn merge(&mut self, other: &LogHistogram) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.total += other.total;
+    }
+
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// An upper bound of the `q` quantile: the top of the bucket holding the
+    /// rank `n q + 2 sqrt(n q (1 - q))`, two standard errors above the
+    /// estimate, so that the true quantile is rarely above it.
+    pub fn upper_quantile(&self, q: f64) -> Option<f64> {
+        if self.total == 0 {
+            return None;
+        }
+        let n = self.total as f64;
+        let rank = (n * q + 2.0 * (n * q * (1.0 - q)).sqrt()).ceil().min(n) as u64;
+        let mut seen = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank.max(1) {
+                return Some(upper_edge(i));
+            }
+        }
+        self.counts.len().checked_sub(1).map(upper_edge)
+    }
+
+    /// A plain quantile estimate (the middle of its bucket), for reports.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((self.total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(GROWTH.powi(i as i32) * (1.0 + GROWTH) / 2.0);
+            }
+        }
+        None
+    }
+
+    /// How many values lie in buckets entirely above `micros`.
+    pub fn count_above(&self, micros: f64) -> u64 {
+        let first = bucket(micros) + 1;
+        self.counts.iter().skip(first).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_within_a_percent() {
+        let mut h = LogHistogram::default();
+        for v in 1..=10_000 {
+            h.record(v as f64);
+        }
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((p50 / 5000.0 - 1.0).abs() < 0.015, "{p50}");
+        let upper = h.upper_quantile(0.5).unwrap();
+        assert!(upper >= 5000.0 && upper < 5200.0, "{upper}");
+        assert!(h.count_above(upper) <= 5000);
+    }
+
+    #[test]
+    fn merging_adds_counts() {
+        let (mut a, mut b) = (LogHistogram::default(), LogHistogram::default());
+        a.record(10.0);
+        b.record(1000.0);
+        a.merge(&b);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a.count_above(100.0), 1);
+    }
+}
