@@ -107,7 +107,7 @@ mod tests {
         let p50 = h.quantile(0.5).unwrap();
         assert!((p50 / 5000.0 - 1.0).abs() < 0.015, "{p50}");
         let upper = h.upper_quantile(0.5).unwrap();
-        assert!(upper >= 5000.0 && upper < 5200.0, "{upper}");
+        assert!((5000.0..5200.0).contains(&upper), "{upper}");
         assert!(h.count_above(upper) <= 5000);
     }
 
