@@ -6,6 +6,8 @@
 
 mod route;
 mod server;
+mod split;
 
 pub use route::{Backend, BackendInfo, Route};
 pub use server::Listener;
+pub use split::{COOKIE, FORCE_HEADER, Split, Sticky, Variant, bucket};

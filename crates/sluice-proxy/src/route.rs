@@ -2,9 +2,11 @@
 //! flag and in-flight count; selection among them; draining one.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use crate::split::{Split, Variant};
 
 /// One instance the route may send requests to.
 #[derive(Debug)]
@@ -16,6 +18,8 @@ pub struct Backend {
     draining: AtomicBool,
     in_flight: AtomicUsize,
     served: AtomicUsize,
+    /// 0 for A, 1 for B.
+    variant: AtomicU8,
 }
 
 impl Backend {
@@ -32,6 +36,7 @@ impl Backend {
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             served: AtomicUsize::new(0),
+            variant: AtomicU8::new(0),
         })
     }
 
@@ -41,6 +46,19 @@ impl Backend {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::SeqCst)
+    }
+
+    pub fn set_variant(&self, variant: Variant) {
+        self.variant
+            .store(if variant == Variant::B { 1 } else { 0 }, Ordering::SeqCst);
+    }
+
+    pub fn variant(&self) -> Variant {
+        if self.variant.load(Ordering::SeqCst) == 1 {
+            Variant::B
+        } else {
+            Variant::A
+        }
     }
 
     pub fn is_draining(&self) -> bool {
@@ -71,6 +89,7 @@ impl Backend {
             draining: self.is_draining(),
             in_flight: self.in_flight(),
             served: self.served.load(Ordering::Relaxed),
+            variant: self.variant(),
         }
     }
 }
@@ -83,11 +102,21 @@ impl Drop for InFlight {
     }
 }
 
-/// The index of a least-loaded entry of `loads` (not empty); `turn` rotates among ties.
-fn choose(loads: &[usize], turn: usize) -> usize {
-    let fewest = loads.iter().copied().min().unwrap_or(0);
-    let ties: Vec<usize> = (0..loads.len()).filter(|&i| loads[i] == fewest).collect();
-    ties[turn % ties.len()]
+/// The power of two choices over `loads` (not empty): two distinct entries,
+/// one by `turn` (so an idle route still rotates) and one by `random`; the
+/// less loaded wins, the first on a tie.
+fn choose(loads: &[usize], turn: usize, random: usize) -> usize {
+    let n = loads.len();
+    let first = turn % n;
+    if n == 1 {
+        return first;
+    }
+    let second = (first + 1 + random % (n - 1)) % n;
+    if loads[second] < loads[first] {
+        second
+    } else {
+        first
+    }
 }
 
 /// What the API shows of a backend.
@@ -100,6 +129,7 @@ pub struct BackendInfo {
     pub draining: bool,
     pub in_flight: usize,
     pub served: usize,
+    pub variant: Variant,
 }
 
 /// The backends of one environment. Cheap to clone; all clones are one route.
@@ -107,6 +137,7 @@ pub struct BackendInfo {
 pub struct Route {
     backends: Arc<RwLock<Vec<Arc<Backend>>>>,
     next: Arc<AtomicUsize>,
+    split: Arc<RwLock<Option<Split>>>,
 }
 
 impl Route {
@@ -129,22 +160,35 @@ impl Route {
             .cloned()
     }
 
-    /// The eligible backend with the fewest requests in flight, counted in
-    /// flight at once (so that a drain cannot miss it); ties go round-robin,
-    /// so an idle route spreads its requests evenly.
-    pub(crate) fn pick(&self, except: Option<&str>) -> Option<InFlight> {
+    /// Sets (or, with `None`, ends) the split between A and B.
+    pub fn set_split(&self, split: Option<Split>) {
+        *self.split.write().unwrap() = split;
+    }
+
+    pub fn split(&self) -> Option<Split> {
+        self.split.read().unwrap().clone()
+    }
+
+    /// Picks an eligible backend of `variant` (any, with `None`) by the power
+    /// of two choices: of two taken at random, the one with fewer requests in
+    /// flight. It is counted in flight at once, so that a drain cannot miss it.
+    pub(crate) fn pick(&self, variant: Option<Variant>, except: Option<&str>) -> Option<InFlight> {
         let backends = self.backends.read().unwrap();
         let eligible: Vec<&Arc<Backend>> = backends
             .iter()
-            .filter(|b| b.eligible() && Some(b.id.as_str()) != except)
+            .filter(|b| {
+                b.eligible()
+                    && Some(b.id.as_str()) != except
+                    && variant.is_none_or(|v| b.variant() == v)
+            })
             .collect();
         if eligible.is_empty() {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
         // Each count is read once: other requests change them while we choose.
         let loads: Vec<usize> = eligible.iter().map(|b| b.in_flight()).collect();
-        Some(eligible[choose(&loads, start)].start())
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(eligible[choose(&loads, turn, rand::random::<u32>() as usize)].start())
     }
 
     /// Stops sending new requests to a backend, waits (up to `limit`) for its
@@ -202,14 +246,14 @@ mod tests {
         let mut counts = std::collections::HashMap::new();
         for _ in 0..100 {
             *counts
-                .entry(route.pick(None).unwrap().0.id.clone())
+                .entry(route.pick(None, None).unwrap().0.id.clone())
                 .or_insert(0) += 1;
         }
         assert_eq!(counts.get("c"), None, "unhealthy c gets nothing");
         assert_eq!((counts["a"], counts["b"]), (50, 50));
         b.draining.store(true, Ordering::SeqCst);
-        assert!((0..10).all(|_| route.pick(None).unwrap().0.id == "a"));
-        assert!(route.pick(Some("a")).is_none());
+        assert!((0..10).all(|_| route.pick(None, None).unwrap().0.id == "a"));
+        assert!(route.pick(None, Some("a")).is_none());
     }
 
     #[test]
@@ -224,15 +268,24 @@ mod tests {
         route.add(a.clone());
         route.add(b);
         let _busy = a.start();
-        assert!((0..10).all(|_| route.pick(None).unwrap().0.id == "b"));
+        assert!((0..10).all(|_| route.pick(None, None).unwrap().0.id == "b"));
     }
 
     #[test]
-    fn chooses_among_the_least_loaded_in_turn() {
-        assert_eq!(choose(&[2, 0, 1, 0], 0), 1);
-        assert_eq!(choose(&[2, 0, 1, 0], 1), 3);
-        assert_eq!(choose(&[2, 0, 1, 0], 2), 1);
-        assert_eq!(choose(&[5], 7), 0);
+    fn of_two_choices_the_less_loaded_wins() {
+        assert_eq!(choose(&[2, 0, 1, 0], 0, 0), 1, "0 vs 1: 1 is idle");
+        assert_eq!(choose(&[2, 0, 1, 0], 1, 0), 1, "1 vs 2: 1 has fewer");
+        assert_eq!(choose(&[0, 0, 0], 2, 1), 2, "a tie keeps the one in turn");
+        assert_eq!(choose(&[5], 7, 3), 0);
+        for turn in 0..10 {
+            for random in 0..10 {
+                assert_ne!(
+                    choose(&[1, 9], turn, random),
+                    1,
+                    "the busy one never wins against the idle one"
+                );
+            }
+        }
     }
 
     #[tokio::test]
@@ -248,7 +301,10 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!drainer.is_finished(), "still one request in flight");
-        assert!(route.pick(None).is_none(), "no new requests while draining");
+        assert!(
+            route.pick(None, None).is_none(),
+            "no new requests while draining"
+        );
         drop(guard);
         assert!(drainer.await.unwrap());
         assert!(route.backends().is_empty());

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::route::{InFlight, Route};
+use crate::split::{COOKIE, FORCE_HEADER, Sticky, Variant, new_key};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -127,13 +128,26 @@ async fn forward(
         parts.headers.insert("x-forwarded-for", value);
     }
     parts.headers.append(http::header::VIA, shared.via.clone());
+    let forwarded = format!("for={};proto=http", forwarded_node(peer));
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        parts.headers.append(http::header::FORWARDED, value);
+    }
+    let choice = choose_variant(&shared.route, &parts.headers, peer);
     // A request without a body can be sent again to another backend when the
     // first could not even be connected to; one with a body is never replayed.
     let replayable = body.is_end_stream();
     let mut body = Some(body);
     let mut tried: Option<String> = None;
     for attempt in 0..2 {
-        let Some(guard) = shared.route.pick(tried.as_deref()) else {
+        // A variant without a healthy instance sends its users to the other.
+        let picked = match choice.variant {
+            Some(variant) => shared
+                .route
+                .pick(Some(variant), tried.as_deref())
+                .or_else(|| shared.route.pick(Some(variant.other()), tried.as_deref())),
+            None => shared.route.pick(None, tried.as_deref()),
+        };
+        let Some(guard) = picked else {
             return Ok(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy instance",
@@ -164,6 +178,18 @@ async fn forward(
                 head.headers.append(http::header::VIA, shared.via.clone());
                 set(&mut head.headers, "x-sluice-instance", &backend.id);
                 set(&mut head.headers, "x-sluice-release", &backend.release);
+                set(
+                    &mut head.headers,
+                    "x-sluice-variant",
+                    backend.variant().as_str(),
+                );
+                if let Some(key) = &choice.new_cookie
+                    && let Ok(cookie) = HeaderValue::from_str(&format!(
+                        "{COOKIE}={key}; Path=/; HttpOnly; SameSite=Lax; Max-Age=31536000"
+                    ))
+                {
+                    head.headers.append(http::header::SET_COOKIE, cookie);
+                }
                 let body = Guarded {
                     inner: incoming,
                     _guard: guard,
@@ -187,6 +213,73 @@ async fn forward(
         StatusCode::BAD_GATEWAY,
         "no instance could be reached",
     ))
+}
+
+/// The variant a request goes to, and the cookie to set when the user is new.
+struct Choice {
+    variant: Option<Variant>,
+    new_cookie: Option<String>,
+}
+
+fn choose_variant(route: &Route, headers: &http::HeaderMap, peer: SocketAddr) -> Choice {
+    let Some(split) = route.split() else {
+        return Choice {
+            variant: None,
+            new_cookie: None,
+        };
+    };
+    if split.allow_force
+        && let Some(forced) = headers
+            .get(FORCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Variant::parse)
+    {
+        return Choice {
+            variant: Some(forced),
+            new_cookie: None,
+        };
+    }
+    let (key, new_cookie) = match &split.sticky {
+        Sticky::Cookie => match cookie(headers, COOKIE) {
+            Some(key) => (key, None),
+            None => {
+                let key = new_key();
+                (key.clone(), Some(key))
+            }
+        },
+        // Without the header, the client's address is the best key there is.
+        Sticky::Header(name) => (
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| peer.ip().to_string(), String::from),
+            None,
+        ),
+    };
+    Choice {
+        variant: Some(split.variant_for(&key)),
+        new_cookie,
+    }
+}
+
+/// A cookie's value from the request's `Cookie` headers.
+fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// `Forwarded`'s node syntax: IPv6 addresses quoted and bracketed.
+fn forwarded_node(peer: SocketAddr) -> String {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
+    }
 }
 
 fn set(headers: &mut http::HeaderMap, name: &'static str, value: &str) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use sluice_proxy::{Backend, Listener, Route};
+use sluice_proxy::{Backend, Listener, Route, Split, Sticky, Variant};
 
 async fn backend(name: &'static str) -> SocketAddr {
     let app = Router::new()
@@ -151,4 +151,153 @@ async fn draining_lets_requests_in_flight_finish() {
         reqwest::get(&url).await.unwrap().text().await.unwrap(),
         "new"
     );
+}
+
+fn variant_backend(
+    id: &str,
+    addr: SocketAddr,
+    release: &str,
+    variant: Variant,
+) -> std::sync::Arc<Backend> {
+    let backend = healthy(id, addr, release);
+    backend.set_variant(variant);
+    backend
+}
+
+#[tokio::test]
+async fn the_split_is_sticky_by_cookie_and_keeps_users_on_b_as_it_grows() {
+    let route = Route::default();
+    route.add(variant_backend(
+        "prod-v1-1",
+        backend("a").await,
+        "v1",
+        Variant::A,
+    ));
+    route.add(variant_backend(
+        "prod-v2-1",
+        backend("b").await,
+        "v2",
+        Variant::B,
+    ));
+    route.set_split(Some(Split::new(25.0, Sticky::Cookie, false).unwrap()));
+    let url = proxy(&route).await;
+    let client = reqwest::Client::new();
+    let mut users = Vec::new();
+    for _ in 0..2000 {
+        let response = client.get(&url).send().await.unwrap();
+        let variant = response.headers()["x-sluice-variant"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(cookie.starts_with("sluice_key="), "{cookie}");
+        let release = response.headers()["x-sluice-release"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(release, if variant == "b" { "v2" } else { "v1" });
+        users.push((cookie, variant));
+    }
+    let on_b = users.iter().filter(|(_, v)| v == "b").count() as f64 / users.len() as f64;
+    assert!(
+        (on_b - 0.25).abs() < 0.04,
+        "{:.1}% of new users on B at 25%",
+        on_b * 100.0
+    );
+    route.set_split(Some(Split::new(50.0, Sticky::Cookie, false).unwrap()));
+    for (cookie, before) in users.iter().take(400) {
+        let response = client
+            .get(&url)
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.headers().get("set-cookie").is_none(),
+            "a known user gets no new key"
+        );
+        let now = response.headers()["x-sluice-variant"].to_str().unwrap();
+        if before == "b" {
+            assert_eq!(now, "b", "a user on B at 25% is still on B at 50%");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_header_can_be_the_key_and_forcing_needs_permission() {
+    let route = Route::default();
+    route.add(variant_backend("a-1", backend("a").await, "v1", Variant::A));
+    route.add(variant_backend("b-1", backend("b").await, "v2", Variant::B));
+    let header = axum::http::HeaderName::from_static("x-user-id");
+    route.set_split(Some(
+        Split::new(50.0, Sticky::Header(header.clone()), false).unwrap(),
+    ));
+    let url = proxy(&route).await;
+    let client = reqwest::Client::new();
+    for user in ["ana", "bo", "cy", "di"] {
+        let expected = Split::new(50.0, Sticky::Cookie, false)
+            .unwrap()
+            .variant_for(user);
+        for _ in 0..3 {
+            let response = client
+                .get(&url)
+                .header("x-user-id", user)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.headers()["x-sluice-variant"],
+                expected.as_str(),
+                "{user}"
+            );
+        }
+    }
+    let forced = client
+        .get(&url)
+        .header("x-user-id", "ana")
+        .header("x-sluice-variant", "b")
+        .send()
+        .await
+        .unwrap();
+    let natural = Split::new(50.0, Sticky::Cookie, false)
+        .unwrap()
+        .variant_for("ana");
+    assert_eq!(
+        forced.headers()["x-sluice-variant"],
+        natural.as_str(),
+        "forcing is off"
+    );
+    route.set_split(Some(
+        Split::new(50.0, Sticky::Header(header), true).unwrap(),
+    ));
+    for variant in ["a", "b"] {
+        let forced = client
+            .get(&url)
+            .header("x-user-id", "ana")
+            .header("x-sluice-variant", variant)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forced.headers()["x-sluice-variant"], variant);
+    }
+}
+
+#[tokio::test]
+async fn users_of_a_variant_without_a_healthy_instance_go_to_the_other() {
+    let route = Route::default();
+    route.add(variant_backend("a-1", backend("a").await, "v1", Variant::A));
+    let b = variant_backend("b-1", backend("b").await, "v2", Variant::B);
+    b.set_healthy(false);
+    route.add(b);
+    route.set_split(Some(Split::new(100.0, Sticky::Cookie, false).unwrap()));
+    let url = proxy(&route).await;
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-sluice-variant"], "a");
 }
