@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_proxy::{Backend, Listener, Route};
+use sluice_proxy::{Backend, Listener, Metrics, Route, Telemetry};
 use sluice_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -104,6 +104,7 @@ pub(crate) struct Inner {
     layout: Layout,
     config: CdConfig,
     runtime: Arc<dyn Runtime>,
+    metrics: Metrics,
     /// One listener and route per (service, environment).
     entries: Mutex<HashMap<EnvKey, Entry>>,
     /// Instances this server runs, with what checks their health.
@@ -118,6 +119,7 @@ pub(crate) struct Inner {
 struct Entry {
     route: Route,
     listener: Listener,
+    telemetry: Telemetry,
 }
 
 #[derive(Clone)]
@@ -131,13 +133,14 @@ struct Live {
 impl Cd {
     /// Starts the engine: reconciles what a previous server left, then looks
     /// at pending promotions now and then.
-    pub async fn start(store: Store, config: CdConfig) -> anyhow::Result<Cd> {
+    pub async fn start(store: Store, config: CdConfig, metrics: Metrics) -> anyhow::Result<Cd> {
         let runtime = Arc::new(LocalRuntime::new(store.clone()));
         let inner = Arc::new(Inner {
             layout: Layout::new(&config.data_dir),
             store,
             config,
             runtime,
+            metrics,
             entries: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
@@ -267,6 +270,15 @@ impl Cd {
             .unwrap_or_default()
     }
 
+    /// An environment's per-second windows after `after` (seconds since the epoch).
+    pub fn windows(&self, service: &str, env: &str, after: u64) -> Vec<sluice_proxy::SecondWindow> {
+        let entries = self.inner.entries.lock().unwrap();
+        entries
+            .get(&(service.to_string(), env.to_string()))
+            .map(|e| e.telemetry.windows_after(after))
+            .unwrap_or_default()
+    }
+
     /// Stops every instance, for a clean shutdown.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
@@ -291,7 +303,9 @@ impl Inner {
             return Ok(entry.route.clone());
         }
         let route = Route::default();
-        let listener = Listener::bind(env.listen, route.clone(), &env.name)
+        let access_log = self.layout.env(service, &env.name).join("access.log");
+        let telemetry = Telemetry::new(service, &env.name, self.metrics.clone(), Some(access_log));
+        let listener = Listener::bind(env.listen, route.clone(), &env.name, telemetry.clone())
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
@@ -306,6 +320,7 @@ impl Inner {
             Entry {
                 route: route.clone(),
                 listener,
+                telemetry,
             },
         );
         Ok(route)

@@ -20,6 +20,20 @@ pub struct Backend {
     served: AtomicUsize,
     /// 0 for A, 1 for B.
     variant: AtomicU8,
+    /// Failures in a row; at [`EJECT_AFTER`] the backend is taken out for a while.
+    failures: std::sync::atomic::AtomicU32,
+    /// Until when (ms since the epoch) it is out.
+    ejected_until: std::sync::atomic::AtomicU64,
+}
+
+/// Consecutive failures that eject a backend, and for how long.
+pub const EJECT_AFTER: u32 = 5;
+pub const EJECT_FOR: Duration = Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Backend {
@@ -37,6 +51,8 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             served: AtomicUsize::new(0),
             variant: AtomicU8::new(0),
+            failures: std::sync::atomic::AtomicU32::new(0),
+            ejected_until: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -70,7 +86,26 @@ impl Backend {
     }
 
     fn eligible(&self) -> bool {
-        self.is_healthy() && !self.is_draining()
+        self.is_healthy() && !self.is_draining() && !self.is_ejected()
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected_until.load(Ordering::SeqCst) > now_ms()
+    }
+
+    /// Counts a failure to reach it; returns true when this one ejects it.
+    pub(crate) fn failed(&self) -> bool {
+        if self.failures.fetch_add(1, Ordering::SeqCst) + 1 >= EJECT_AFTER {
+            self.failures.store(0, Ordering::SeqCst);
+            self.ejected_until
+                .store(now_ms() + EJECT_FOR.as_millis() as u64, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
+    pub(crate) fn succeeded(&self) {
+        self.failures.store(0, Ordering::SeqCst);
     }
 
     /// Counts a request in flight until the guard drops.
@@ -90,6 +125,7 @@ impl Backend {
             in_flight: self.in_flight(),
             served: self.served.load(Ordering::Relaxed),
             variant: self.variant(),
+            ejected: self.is_ejected(),
         }
     }
 }
@@ -130,6 +166,7 @@ pub struct BackendInfo {
     pub in_flight: usize,
     pub served: usize,
     pub variant: Variant,
+    pub ejected: bool,
 }
 
 /// The backends of one environment. Cheap to clone; all clones are one route.
@@ -286,6 +323,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_a_backend_for_a_while() {
+        let route = Route::default();
+        let (a, b) = (
+            Backend::new("a", addr(1), "v1"),
+            Backend::new("b", addr(2), "v1"),
+        );
+        a.set_healthy(true);
+        b.set_healthy(true);
+        route.add(a.clone());
+        route.add(b);
+        for _ in 0..EJECT_AFTER - 1 {
+            assert!(!a.failed());
+        }
+        a.succeeded();
+        for _ in 0..EJECT_AFTER - 1 {
+            assert!(!a.failed(), "a success resets the count");
+        }
+        assert!(a.failed());
+        assert!(a.is_ejected());
+        assert!((0..10).all(|_| route.pick(None, None).unwrap().0.id == "b"));
     }
 
     #[tokio::test]

@@ -22,8 +22,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::route::{InFlight, Route};
+use std::time::Instant;
+
+use crate::route::{Backend, InFlight, Route};
 use crate::split::{COOKIE, FORCE_HEADER, Sticky, Variant, new_key};
+use crate::telemetry::{AccessEntry, InstanceLabels, Telemetry};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -37,11 +40,20 @@ struct Shared {
     route: Route,
     client: Client<HttpConnector, ProxyBody>,
     via: HeaderValue,
+    telemetry: Telemetry,
 }
+
+/// How long an instance has to start answering a request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Listener {
     /// Binds `addr` (port 0 picks a free port; `self.addr` tells which).
-    pub async fn bind(addr: SocketAddr, route: Route, name: &str) -> std::io::Result<Listener> {
+    pub async fn bind(
+        addr: SocketAddr,
+        route: Route,
+        name: &str,
+        telemetry: Telemetry,
+    ) -> std::io::Result<Listener> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let mut connector = HttpConnector::new();
@@ -53,7 +65,12 @@ impl Listener {
             .build(connector);
         let via = HeaderValue::from_str(&format!("1.1 sluice-{name}"))
             .unwrap_or(HeaderValue::from_static("1.1 sluice"));
-        let shared = Arc::new(Shared { route, client, via });
+        let shared = Arc::new(Shared {
+            route,
+            client,
+            via,
+            telemetry,
+        });
         let accept = tokio::spawn(async move {
             loop {
                 let (stream, peer) = match listener.accept().await {
@@ -107,11 +124,45 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authorization",
 ];
 
+/// Forwards a request and answers; every answer is recorded when its body ends.
 async fn forward(
     shared: Arc<Shared>,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let mut trace = Trace {
+        telemetry: shared.telemetry.clone(),
+        start: Instant::now(),
+        method: request.method().to_string(),
+        path: request.uri().path().to_string(),
+        status: 0,
+        variant: Variant::A,
+        release: String::new(),
+        instance: String::new(),
+        error: None,
+        bytes: 0,
+        in_flight: None,
+    };
+    let (response, guard) = route_request(&shared, peer, request, &mut trace).await;
+    trace.status = response.status().as_u16();
+    let (head, body) = response.into_parts();
+    Ok(Response::from_parts(
+        head,
+        Recorded {
+            inner: body,
+            trace,
+            _guard: guard,
+        }
+        .boxed(),
+    ))
+}
+
+async fn route_request(
+    shared: &Shared,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+    trace: &mut Trace,
+) -> (Response<ProxyBody>, Option<InFlight>) {
     let (mut parts, body) = request.into_parts();
     for name in HOP_BY_HOP {
         parts.headers.remove(name);
@@ -148,18 +199,32 @@ async fn forward(
             None => shared.route.pick(None, tried.as_deref()),
         };
         let Some(guard) = picked else {
-            return Ok(error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy instance",
-            ));
+            trace.error = Some("no healthy instance".into());
+            return (
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy instance"),
+                None,
+            );
         };
         let backend = guard.0.clone();
+        trace.variant = backend.variant();
+        trace.release = backend.release.clone();
+        trace.instance = backend.id.clone();
+        let labels = shared.telemetry.labels(backend.variant(), &backend.id);
+        if trace.in_flight.is_none() {
+            shared
+                .telemetry
+                .metrics
+                .in_flight
+                .get_or_create(&labels)
+                .inc();
+            trace.in_flight = Some(labels.clone());
+        }
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let Ok(uri) = Uri::try_from(format!("http://{}{path}", backend.addr)) else {
-            return Ok(error_response(
-                StatusCode::BAD_REQUEST,
-                "bad request target",
-            ));
+            return (
+                error_response(StatusCode::BAD_REQUEST, "bad request target"),
+                None,
+            );
         };
         let mut upstream = Request::from_parts(parts.clone(), ());
         *upstream.uri_mut() = uri;
@@ -169,8 +234,20 @@ async fn forward(
             _ => Empty::new().map_err(|never| match never {}).boxed(),
         };
         let upstream = upstream.map(|_| upstream_body);
-        match shared.client.request(upstream).await {
+        let answered = tokio::time::timeout(REQUEST_TIMEOUT, shared.client.request(upstream)).await;
+        let Ok(answered) = answered else {
+            record_failure(shared, &backend, &labels, false);
+            trace.error = Some(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()));
+            let mut response = error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the instance did not answer in time",
+            );
+            set(response.headers_mut(), "x-sluice-instance", &backend.id);
+            return (response, None);
+        };
+        match answered {
             Ok(response) => {
+                backend.succeeded();
                 let (mut head, incoming) = response.into_parts();
                 for name in HOP_BY_HOP {
                     head.headers.remove(name);
@@ -190,29 +267,50 @@ async fn forward(
                 {
                     head.headers.append(http::header::SET_COOKIE, cookie);
                 }
-                let body = Guarded {
-                    inner: incoming,
-                    _guard: guard,
-                };
-                return Ok(Response::from_parts(head, body.boxed()));
+                return (Response::from_parts(head, incoming.boxed()), Some(guard));
             }
             Err(e) if e.is_connect() && replayable && attempt == 0 => {
                 tracing::debug!(backend = %backend.id, error = %e, "connect failed; trying another instance");
+                record_failure(shared, &backend, &labels, true);
                 tried = Some(backend.id.clone());
             }
             Err(e) => {
                 tracing::warn!(backend = %backend.id, error = %e, "upstream request failed");
+                record_failure(shared, &backend, &labels, e.is_connect());
+                trace.error = Some(e.to_string());
                 let mut response =
                     error_response(StatusCode::BAD_GATEWAY, "the instance failed to answer");
                 set(response.headers_mut(), "x-sluice-instance", &backend.id);
-                return Ok(response);
+                return (response, None);
             }
         }
     }
-    Ok(error_response(
-        StatusCode::BAD_GATEWAY,
-        "no instance could be reached",
-    ))
+    trace.error = Some("no instance could be reached".into());
+    (
+        error_response(StatusCode::BAD_GATEWAY, "no instance could be reached"),
+        None,
+    )
+}
+
+/// Counts a failure against a backend, ejecting it after several in a row.
+fn record_failure(shared: &Shared, backend: &Backend, labels: &InstanceLabels, connect: bool) {
+    if connect {
+        shared
+            .telemetry
+            .metrics
+            .connect_errors
+            .get_or_create(labels)
+            .inc();
+    }
+    if backend.failed() {
+        tracing::warn!(backend = %backend.id, "ejected after consecutive failures");
+        shared
+            .telemetry
+            .metrics
+            .ejections
+            .get_or_create(labels)
+            .inc();
+    }
 }
 
 /// The variant a request goes to, and the cookie to set when the user is new.
@@ -303,13 +401,55 @@ fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
     response
 }
 
-/// A response body that keeps its backend's request in flight until it ends.
-struct Guarded {
-    inner: Incoming,
-    _guard: InFlight,
+/// What is known of a request, recorded (metrics, window, access log) when its answer ends.
+struct Trace {
+    telemetry: Telemetry,
+    start: Instant,
+    method: String,
+    path: String,
+    status: u16,
+    variant: Variant,
+    release: String,
+    instance: String,
+    error: Option<String>,
+    bytes: u64,
+    in_flight: Option<InstanceLabels>,
 }
 
-impl Body for Guarded {
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if let Some(labels) = &self.in_flight {
+            self.telemetry.metrics.in_flight.get_or_create(labels).dec();
+        }
+        let entry = AccessEntry {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            method: &self.method,
+            path: &self.path,
+            status: self.status,
+            latency_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+            bytes: self.bytes,
+            variant: self.variant.as_str(),
+            release: &self.release,
+            instance: if self.instance.is_empty() {
+                "-"
+            } else {
+                &self.instance
+            },
+            error: self.error.as_deref(),
+        };
+        self.telemetry.record(&entry, self.variant);
+    }
+}
+
+/// An answer's body, streamed through; it keeps its backend's request in
+/// flight and counts its bytes until it ends, then the request is recorded.
+struct Recorded {
+    inner: ProxyBody,
+    trace: Trace,
+    _guard: Option<InFlight>,
+}
+
+impl Body for Recorded {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -317,7 +457,16 @@ impl Body for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.trace.bytes += data.len() as u64;
+        }
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            self.trace.error = Some(e.to_string());
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -23,6 +23,8 @@ pub use error::{ApiError, ApiResult};
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// Every Prometheus metric the server exposes at `/metrics`.
+    pub registry: Arc<prometheus_client::registry::Registry>,
     pub ci: Ci,
     pub cd: Cd,
     pub tokens: Arc<auth::Tokens>,
@@ -32,8 +34,55 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api::routes())
+        .route("/metrics", axum::routing::get(metrics))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The Prometheus text format of every metric. Read without a token, as
+/// scrapers do; it names services, environments and instances, no secrets.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            prometheus_text(&text),
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// OpenMetrics text as Prometheus's own format: a counter's HELP and TYPE
+/// name its `_total` series, and there is no `# EOF`.
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// How `sluice serve` was asked to run.
@@ -89,10 +138,13 @@ impl Server {
             config.parallelism = parallelism;
         }
         // CD first: its release maker hears of every green mainline run.
-        let cd = Cd::start(store.clone(), CdConfig::new(&data_dir)).await?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = sluice_proxy::Metrics::register(&mut registry);
+        let cd = Cd::start(store.clone(), CdConfig::new(&data_dir), metrics).await?;
         let ci = Ci::start(store.clone(), config, vec![Arc::new(cd.release_maker())]).await?;
         let state = AppState {
             store,
+            registry: Arc::new(registry),
             ci,
             cd,
             tokens: Arc::default(),
@@ -140,6 +192,15 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn counters_are_named_by_their_total_series() {
+        let open = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total 5\n# TYPE x_in_flight gauge\nx_in_flight 1\n# EOF\n";
+        assert_eq!(
+            super::prometheus_text(open),
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total 5\n# TYPE x_in_flight gauge\nx_in_flight 1\n"
+        );
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(

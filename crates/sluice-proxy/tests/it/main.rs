@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use sluice_proxy::{Backend, Listener, Route, Split, Sticky, Variant};
+use sluice_proxy::{Backend, Listener, Metrics, Route, Split, Sticky, Telemetry, Variant};
 
 async fn backend(name: &'static str) -> SocketAddr {
     let app = Router::new()
@@ -35,9 +35,14 @@ async fn backend(name: &'static str) -> SocketAddr {
 }
 
 async fn proxy(route: &Route) -> String {
-    let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), route.clone(), "test")
-        .await
-        .unwrap();
+    let listener = Listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        route.clone(),
+        "test",
+        Telemetry::detached("test"),
+    )
+    .await
+    .unwrap();
     let url = format!("http://{}", listener.addr);
     std::mem::forget(listener);
     url
@@ -300,4 +305,61 @@ async fn users_of_a_variant_without_a_healthy_instance_go_to_the_other() {
     let response = reqwest::get(&url).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-sluice-variant"], "a");
+}
+
+#[tokio::test]
+async fn every_request_is_counted_windowed_and_logged() {
+    let dir = std::env::temp_dir().join(format!("sluice-proxy-access-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let telemetry = Telemetry::new(
+        "shop",
+        "prod",
+        Metrics::register(&mut registry),
+        Some(dir.join("access.log")),
+    );
+    let route = Route::default();
+    route.add(variant_backend(
+        "prod-v1-1",
+        backend("a").await,
+        "v1",
+        Variant::A,
+    ));
+    let listener = Listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        route.clone(),
+        "prod",
+        telemetry.clone(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", listener.addr);
+    for _ in 0..5 {
+        assert_eq!(reqwest::get(&url).await.unwrap().text().await.unwrap(), "a");
+    }
+    let windows = telemetry.windows_after(0);
+    let served: u64 = windows.iter().map(|w| w.a.requests).sum();
+    assert_eq!(served, 5);
+    assert_eq!(windows.iter().map(|w| w.b.requests).sum::<u64>(), 0);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains(r#"sluice_proxy_requests_total{service="shop",environment="prod",variant="a",instance="prod-v1-1",class="2xx"} 5"#), "{text}");
+    assert!(
+        text.contains("sluice_proxy_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let log = std::fs::read_to_string(dir.join("access.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[0]["instance"], "prod-v1-1");
+    assert_eq!(lines[0]["release"], "v1");
+    assert_eq!(lines[0]["variant"], "a");
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[0]["bytes"], 1);
+    assert!(lines[0]["latency_ms"].as_f64().unwrap() > 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,6 +7,7 @@ mod auth;
 mod cd;
 mod ci;
 mod detection;
+mod metrics;
 mod restart;
 mod validate;
 mod zero_downtime;
