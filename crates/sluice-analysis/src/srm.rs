@@ -23,6 +23,14 @@ impl SampleRatio {
         self.expected_b += n as f64 * weight;
     }
 
+    /// Adds a window whose requests each carried B's weight when routed:
+    /// `expected_b` is the sum of those weights (0 to 1 each).
+    pub fn observe_expected(&mut self, a_requests: u64, b_requests: u64, expected_b: f64) {
+        self.total += a_requests + b_requests;
+        self.b += b_requests;
+        self.expected_b += expected_b;
+    }
+
     /// The χ² (one degree of freedom) p-value of the observed split.
     pub fn p_value(&self) -> f64 {
         let n = self.total as f64;

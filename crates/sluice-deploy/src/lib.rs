@@ -7,6 +7,7 @@
 //! mainline run into a release and deploys it where the rules say.
 
 mod data;
+mod experiment;
 mod gates;
 mod health;
 mod layout;
@@ -27,6 +28,7 @@ use sluice_proxy::{Backend, Listener, Metrics, Route, Telemetry};
 use sluice_store::Store;
 use tokio_util::sync::CancellationToken;
 
+pub use experiment::Command as ExperimentCommand;
 pub use gates::GateCheck;
 pub use layout::Layout;
 pub use promote::{PromoteRequest, PromotionView};
@@ -111,6 +113,8 @@ pub(crate) struct Inner {
     live: Mutex<HashMap<String, Live>>,
     /// One deployment at a time per (service, environment).
     locks: Mutex<HashMap<EnvKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Running experiments, and how to tell them what a person decided.
+    experiments: Mutex<HashMap<i64, tokio::sync::mpsc::UnboundedSender<experiment::Command>>>,
     /// Promotions are advanced one at a time, so none deploys twice.
     advancing: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
@@ -145,6 +149,7 @@ impl Cd {
             live: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             advancing: tokio::sync::Mutex::new(()),
+            experiments: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
         });
         inner.reconcile().await?;
@@ -270,13 +275,101 @@ impl Cd {
             .unwrap_or_default()
     }
 
+    /// Starts an experiment of release `number` against what `env` runs, B
+    /// with `overrides` on top of the environment's config; it runs in the
+    /// background until promoted or rolled back.
+    pub async fn start_experiment(
+        &self,
+        service: &str,
+        env: &str,
+        number: i64,
+        overrides: std::collections::BTreeMap<String, String>,
+        actor: &Actor,
+    ) -> CdResult<()> {
+        if actor.role < sluice_store::Role::Approver {
+            return Err(CdError::Forbidden(format!(
+                "starting an experiment needs the approver role; `{}` has {}",
+                actor.name, actor.role
+            )));
+        }
+        let release = self
+            .inner
+            .store
+            .release(service, number)
+            .await
+            .map_err(|_| CdError::NotFound(format!("{service} has no release v{number}")))?;
+        let (spec, environment) =
+            rollout::release_env(&release, env).map_err(|e| CdError::Invalid(format!("{e:#}")))?;
+        let state = self.inner.store.env_state(service, env).await?;
+        let Some(baseline) = state.and_then(|s| s.release_id) else {
+            return Err(CdError::Conflict(format!(
+                "{env} runs no release yet: there is no A to compare B with; promote one first"
+            )));
+        };
+        let open = self.inner.store.experiments(Some(service), 200).await?;
+        if open.iter().any(|x| x.environment == env && x.is_open()) {
+            return Err(CdError::Conflict(format!(
+                "an experiment already runs in {env}"
+            )));
+        }
+        let ab = match &environment.strategy {
+            sluice_spec::Strategy::Ab(ab) => ab.clone(),
+            _ => sluice_spec::AbStrategy::default(),
+        };
+        let (inner, actor) = (self.inner.clone(), actor.name.clone());
+        let env = env.to_string();
+        tokio::spawn(async move {
+            let lock = inner.env_lock(&release.service, &env);
+            let _one_at_a_time = lock.lock().await;
+            if let Err(e) = experiment::run(
+                &inner,
+                &release,
+                &spec,
+                &environment,
+                &ab,
+                baseline,
+                overrides,
+                "experiment",
+                &actor,
+            )
+            .await
+            {
+                tracing::error!(error = %format!("{e:#}"), "the experiment could not run");
+            }
+        });
+        Ok(())
+    }
+
+    /// Tells a running experiment what a person decided.
+    pub async fn experiment_command(
+        &self,
+        id: i64,
+        command: ExperimentCommand,
+        actor: &Actor,
+    ) -> CdResult<()> {
+        if actor.role < sluice_store::Role::Approver {
+            return Err(CdError::Forbidden(format!(
+                "steering an experiment needs the approver role; `{}` has {}",
+                actor.name, actor.role
+            )));
+        }
+        let sender = self.inner.experiments.lock().unwrap().get(&id).cloned();
+        let experiment = self.inner.store.experiment(id).await?;
+        match sender {
+            Some(sender) if experiment.is_open() => {
+                let _ = sender.send(command);
+                Ok(())
+            }
+            _ => Err(CdError::Conflict(format!(
+                "experiment {id} is {}; it takes no more commands",
+                experiment.status
+            ))),
+        }
+    }
+
     /// An environment's per-second windows after `after` (seconds since the epoch).
     pub fn windows(&self, service: &str, env: &str, after: u64) -> Vec<sluice_proxy::SecondWindow> {
-        let entries = self.inner.entries.lock().unwrap();
-        entries
-            .get(&(service.to_string(), env.to_string()))
-            .map(|e| e.telemetry.windows_after(after))
-            .unwrap_or_default()
+        self.inner.windows(service, env, after)
     }
 
     /// Stops every instance, for a clean shutdown.
@@ -324,6 +417,14 @@ impl Inner {
             },
         );
         Ok(route)
+    }
+
+    fn windows(&self, service: &str, env: &str, after: u64) -> Vec<sluice_proxy::SecondWindow> {
+        let entries = self.entries.lock().unwrap();
+        entries
+            .get(&(service.to_string(), env.to_string()))
+            .map(|e| e.telemetry.windows_after(after))
+            .unwrap_or_default()
     }
 
     fn live_in(&self, service: &str, env: &str) -> Vec<Live> {

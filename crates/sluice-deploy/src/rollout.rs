@@ -51,6 +51,24 @@ pub(crate) async fn deploy(
     inner.store.ensure_env(&release.service, env).await?;
     let state = inner.store.env_state(&release.service, env).await?;
     let previous = state.as_ref().and_then(|s| s.release_id);
+    // A release promoted into an `ab` environment that runs one already is an experiment.
+    if let Strategy::Ab(ab) = &environment.strategy
+        && let Some(baseline) = previous
+        && matches!(cause, "auto" | "promotion")
+    {
+        return crate::experiment::run(
+            inner,
+            release,
+            &spec,
+            &environment,
+            ab,
+            baseline,
+            Default::default(),
+            cause,
+            actor,
+        )
+        .await;
+    }
     let strategy = match environment.strategy {
         Strategy::BlueGreen => "blue-green",
         Strategy::Rolling | Strategy::Ab(_) => "rolling",
@@ -121,7 +139,7 @@ pub(crate) async fn deploy(
 }
 
 /// The release's files, config and data, ready before any instance starts.
-async fn prepare(
+pub(crate) async fn prepare(
     inner: &Arc<Inner>,
     release: &Release,
     spec: &Spec,
@@ -230,7 +248,7 @@ async fn blue_green(
     Ok(())
 }
 
-fn ready_timeout(spec: &Spec) -> Duration {
+pub(crate) fn ready_timeout(spec: &Spec) -> Duration {
     spec.run
         .as_ref()
         .map_or(Duration::from_secs(60), |r| r.ready_timeout)
@@ -281,7 +299,7 @@ async fn stop_release(inner: &Arc<Inner>, service: &str, env: &str, release_id: 
 }
 
 /// Starts one instance of `release` in `env`, with its port, environment and health checks.
-async fn start_instance(
+pub(crate) async fn start_instance(
     inner: &Arc<Inner>,
     release: &Release,
     spec: &Spec,
@@ -368,7 +386,11 @@ async fn start_instance(
     Ok(live)
 }
 
-async fn wait_healthy(inner: &Arc<Inner>, backend: &Arc<Backend>, limit: Duration) -> Result<()> {
+pub(crate) async fn wait_healthy(
+    inner: &Arc<Inner>,
+    backend: &Arc<Backend>,
+    limit: Duration,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     while !backend.is_healthy() {
         if tokio::time::Instant::now() >= deadline {
@@ -406,7 +428,7 @@ async fn drain_then_stop(
 }
 
 /// Takes an instance out of the route once its requests in flight are done.
-async fn drain(inner: &Arc<Inner>, route: &Route, live: &Live) {
+pub(crate) async fn drain(inner: &Arc<Inner>, route: &Route, live: &Live) {
     let _ = inner
         .store
         .set_instance_state(&live.backend.id, "draining")
@@ -419,7 +441,7 @@ async fn drain(inner: &Arc<Inner>, route: &Route, live: &Live) {
     }
 }
 
-async fn stop_instance(inner: &Arc<Inner>, route: &Route, live: &Live) {
+pub(crate) async fn stop_instance(inner: &Arc<Inner>, route: &Route, live: &Live) {
     route.remove(&live.backend.id);
     live.checks.cancel();
     inner.runtime.stop(&live.backend.id).await;

@@ -142,6 +142,7 @@ async fn forward(
         error: None,
         bytes: 0,
         in_flight: None,
+        share_b: 0.0,
     };
     let (response, guard) = route_request(&shared, peer, request, &mut trace).await;
     trace.status = response.status().as_u16();
@@ -184,6 +185,7 @@ async fn route_request(
         parts.headers.append(http::header::FORWARDED, value);
     }
     let choice = choose_variant(&shared.route, &parts.headers, peer);
+    trace.share_b = choice.share_b;
     // A request without a body can be sent again to another backend when the
     // first could not even be connected to; one with a body is never replayed.
     let replayable = body.is_end_stream();
@@ -317,6 +319,8 @@ fn record_failure(shared: &Shared, backend: &Backend, labels: &InstanceLabels, c
 struct Choice {
     variant: Option<Variant>,
     new_cookie: Option<String>,
+    /// B's weight (0 to 1) for this request: what it expects of the split.
+    share_b: f64,
 }
 
 fn choose_variant(route: &Route, headers: &http::HeaderMap, peer: SocketAddr) -> Choice {
@@ -324,6 +328,7 @@ fn choose_variant(route: &Route, headers: &http::HeaderMap, peer: SocketAddr) ->
         return Choice {
             variant: None,
             new_cookie: None,
+            share_b: 0.0,
         };
     };
     if split.allow_force
@@ -332,9 +337,12 @@ fn choose_variant(route: &Route, headers: &http::HeaderMap, peer: SocketAddr) ->
             .and_then(|v| v.to_str().ok())
             .and_then(Variant::parse)
     {
+        // A forced request is no sample of the split: it expects what it gets.
+        let share_b = if forced == Variant::B { 1.0 } else { 0.0 };
         return Choice {
             variant: Some(forced),
             new_cookie: None,
+            share_b,
         };
     }
     let (key, new_cookie) = match &split.sticky {
@@ -357,6 +365,7 @@ fn choose_variant(route: &Route, headers: &http::HeaderMap, peer: SocketAddr) ->
     Choice {
         variant: Some(split.variant_for(&key)),
         new_cookie,
+        share_b: split.percent() / 100.0,
     }
 }
 
@@ -414,6 +423,8 @@ struct Trace {
     error: Option<String>,
     bytes: u64,
     in_flight: Option<InstanceLabels>,
+    /// B's weight when the request was routed (the variant itself when forced).
+    share_b: f64,
 }
 
 impl Drop for Trace {
@@ -437,7 +448,7 @@ impl Drop for Trace {
             },
             error: self.error.as_deref(),
         };
-        self.telemetry.record(&entry, self.variant);
+        self.telemetry.record(&entry, self.variant, self.share_b);
     }
 }
 

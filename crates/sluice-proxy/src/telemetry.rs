@@ -107,6 +107,9 @@ pub struct VariantWindow {
 pub struct SecondWindow {
     /// Seconds since the Unix epoch.
     pub second: u64,
+    /// The sum of B's weight (0 to 1) over the requests routed this second:
+    /// how many B should have had, for the sample-ratio check.
+    pub expected_b: f64,
     pub a: VariantWindow,
     pub b: VariantWindow,
 }
@@ -185,7 +188,8 @@ impl Telemetry {
         }
     }
 
-    pub(crate) fn record(&self, entry: &AccessEntry, variant: Variant) {
+    /// Records an answered request; `share_b` is B's weight when it was routed.
+    pub(crate) fn record(&self, entry: &AccessEntry, variant: Variant, share_b: f64) {
         let class = format!("{}xx", entry.status / 100);
         let labels = self.labels(variant, entry.instance);
         self.metrics
@@ -218,6 +222,7 @@ impl Telemetry {
                 }
             }
             let window = windows.back_mut().expect("just pushed");
+            window.expected_b += share_b;
             let side = if variant == Variant::B {
                 &mut window.b
             } else {

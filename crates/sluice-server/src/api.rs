@@ -60,4 +60,10 @@ pub fn routes() -> Router<AppState> {
         .route("/promotions/{id}/approve", post(deploy::approve))
         .route("/promotions/{id}/reject", post(deploy::reject))
         .route("/promotions/{id}/override", post(deploy::override_freeze))
+        .route(
+            "/experiments",
+            get(deploy::experiments).post(deploy::start_experiment),
+        )
+        .route("/experiments/{id}", get(deploy::experiment))
+        .route("/experiments/{id}/{verb}", post(deploy::steer_experiment))
 }

@@ -202,6 +202,21 @@ pub struct AbStrategy {
 
 pub const DEFAULT_AB_STEPS: [u8; 5] = [1, 5, 25, 50, 100];
 
+impl Default for AbStrategy {
+    /// What `strategy: { ab: {} }` means.
+    fn default() -> Self {
+        AbStrategy {
+            steps: DEFAULT_AB_STEPS.to_vec(),
+            min_requests: 1000,
+            min_duration: Duration::from_secs(60),
+            max_step: Duration::from_secs(600),
+            sticky: Sticky::Cookie,
+            metrics: Metric::ALL.to_vec(),
+            allow_force: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Sticky {

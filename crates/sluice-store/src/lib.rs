@@ -8,6 +8,7 @@
 mod artifacts;
 mod changelog;
 mod deploy;
+mod experiments;
 mod logs;
 mod migrate;
 mod processes;
@@ -28,6 +29,7 @@ pub use changelog::{ChangeEvent, ChangeQuery, NewChangeEvent};
 pub use deploy::{
     Approval, Deployment, EnvState, Flag, Instance, NewDeployment, Promotion, Release,
 };
+pub use experiments::Experiment;
 pub use logs::LogLine;
 pub use processes::TrackedProcess;
 pub use repos::{NewRepo, Repo};

@@ -9,6 +9,7 @@ use crate::{Dialect, Result, Store, now_ms};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_foundation.sql")),
     (2, include_str!("migrations/0002_deploy.sql")),
+    (3, include_str!("migrations/0003_experiments.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

@@ -169,6 +169,9 @@ pub enum Command {
     /// Instances of environments.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// A/B experiments: B beside A, ramped while the analysis says it is not worse.
+    #[command(subcommand)]
+    Ab(AbCommand),
     /// What changed: the change log, newest first.
     Changes {
         #[arg(long)]
@@ -205,6 +208,41 @@ pub struct Serve {
     /// Keep each run's workspace after it ends, for debugging.
     #[arg(long)]
     pub keep_workspaces: bool,
+}
+
+#[derive(Subcommand)]
+pub enum AbCommand {
+    /// Start an experiment of a release (and config) against what the environment runs.
+    Start {
+        service: String,
+        env: String,
+        #[arg(long, value_parser = parse_release)]
+        release: i64,
+        /// A config value for B only, KEY=VALUE; repeat for more.
+        #[arg(long = "set", value_parser = parse_setting)]
+        settings: Vec<(String, String)>,
+    },
+    /// The latest experiments: weight, state, the last decision and its numbers.
+    Status {
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop taking decisions; the weight stays.
+    Pause {
+        id: i64,
+    },
+    Resume {
+        id: i64,
+    },
+    /// Make B the release now.
+    Promote {
+        id: i64,
+    },
+    /// Back to A now.
+    Abort {
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -269,4 +307,11 @@ fn parse_release(text: &str) -> Result<i64, String> {
     text.trim_start_matches('v')
         .parse()
         .map_err(|_| format!("`{text}` is not a release; write vN, such as v3"))
+}
+
+/// `KEY=VALUE`.
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
 }

@@ -63,6 +63,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             b,
             json,
         } => deploy::diff(&client(), &service, &a, &b, json).await,
+        Command::Ab(command) => deploy::ab(&client(), command).await,
         Command::Instance(crate::cli::InstanceCommand::Logs { id }) => {
             deploy::instance_logs(&client(), &id).await
         }

@@ -207,3 +207,101 @@ pub async fn unpin(
     state.cd.unpin(&service, &env, &caller.actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// An experiment with its decisions and report as JSON rather than text.
+fn experiment_json(x: sluice_store::Experiment) -> Value {
+    let decisions: Value = serde_json::from_str(&x.decisions).unwrap_or(Value::Null);
+    let report: Value = x
+        .report
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or(Value::Null);
+    let overrides: Value = serde_json::from_str(&x.overrides).unwrap_or(Value::Null);
+    let mut value = json!(x);
+    value["decisions"] = decisions;
+    value["report"] = report;
+    value["overrides"] = overrides;
+    value["weight"] = json!(x.weight_bp as f64 / 100.0);
+    value
+}
+
+pub async fn experiments(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ServiceQuery>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let all = state
+        .store
+        .experiments(q.service.as_deref(), q.limit.unwrap_or(50))
+        .await?;
+    Ok(Json(Value::Array(
+        all.into_iter().map(experiment_json).collect(),
+    )))
+}
+
+pub async fn experiment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(experiment_json(state.store.experiment(id).await?)))
+}
+
+#[derive(Deserialize)]
+pub struct NewExperiment {
+    service: String,
+    env: String,
+    release: i64,
+    #[serde(default)]
+    set: std::collections::BTreeMap<String, String>,
+}
+
+pub async fn start_experiment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<NewExperiment>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Role::Approver)?;
+    state
+        .cd
+        .start_experiment(
+            &body.service,
+            &body.env,
+            body.release,
+            body.set,
+            &caller.actor(),
+        )
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            json!({ "starting": true, "service": body.service, "env": body.env, "release": body.release }),
+        ),
+    ))
+}
+
+pub async fn steer_experiment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, verb)): Path<(i64, String)>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Approver)?;
+    let command = match verb.as_str() {
+        "pause" => sluice_deploy::ExperimentCommand::Pause,
+        "resume" => sluice_deploy::ExperimentCommand::Resume,
+        "promote" => sluice_deploy::ExperimentCommand::Promote,
+        "abort" => sluice_deploy::ExperimentCommand::Abort,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "experiments take pause, resume, promote or abort, not `{other}`"
+            )));
+        }
+    };
+    state
+        .cd
+        .experiment_command(id, command, &caller.actor())
+        .await?;
+    Ok(Json(json!({ "experiment": id, "sent": verb })))
+}

@@ -352,3 +352,100 @@ pub async fn instance_logs(client: &Client, id: &str) -> Result<ExitCode> {
     print!("{}", text(&log["log"]));
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn ab(client: &Client, command: crate::cli::AbCommand) -> Result<ExitCode> {
+    use crate::cli::AbCommand;
+    let (id, verb) = match command {
+        AbCommand::Start {
+            service,
+            env,
+            release,
+            settings,
+        } => {
+            let set: serde_json::Map<String, Value> = settings
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            let body = json!({ "service": service, "env": env, "release": release, "set": set });
+            client
+                .json(client.request(Method::POST, "/experiments").json(&body))
+                .await?;
+            say!(
+                "experiment of {service} v{release} in {env} starting: B starts beside A, then takes its first share"
+            );
+            say!("follow it with `sluice ab status {service}`");
+            return Ok(ExitCode::SUCCESS);
+        }
+        AbCommand::Status { service, json } => return ab_status(client, service, json).await,
+        AbCommand::Pause { id } => (id, "pause"),
+        AbCommand::Resume { id } => (id, "resume"),
+        AbCommand::Promote { id } => (id, "promote"),
+        AbCommand::Abort { id } => (id, "abort"),
+    };
+    client
+        .json(client.request(Method::POST, &format!("/experiments/{id}/{verb}")))
+        .await?;
+    say!("experiment {id}: {verb} sent");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ab_status(client: &Client, service: Option<String>, json: bool) -> Result<ExitCode> {
+    let all = client
+        .json(
+            client
+                .request(Method::GET, "/experiments")
+                .query(&query(&[("service", service)])),
+        )
+        .await?;
+    if json {
+        return print_json(&all);
+    }
+    let items = all.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        say!(
+            "no experiments yet; promote a release into an environment with `strategy: {{ ab: {{}} }}`, or `sluice ab start`"
+        );
+    }
+    for x in items.iter().take(5) {
+        let weight = x["weight"].as_f64().unwrap_or(0.0);
+        say!(
+            "experiment {}: {} v{} in {}: {} at {weight}% B",
+            x["id"],
+            text(&x["service"]),
+            x["release"],
+            text(&x["environment"]),
+            text(&x["status"])
+        );
+        if let Some(last) = x["decisions"].as_array().and_then(|d| d.last()) {
+            let n = &last["numbers"];
+            say!(
+                "  last decision: {}: {}",
+                text(&last["action"]),
+                text(&last["reason"])
+            );
+            if n.is_object() {
+                say!(
+                    "  A: {} requests, {:.3}% errors   B: {} requests, {:.3}% errors   split p = {:.3}",
+                    n["a_requests"].as_f64().unwrap_or(0.0) as u64,
+                    100.0 * n["a_error_rate"].as_f64().unwrap_or(0.0),
+                    n["b_requests"].as_f64().unwrap_or(0.0) as u64,
+                    100.0 * n["b_error_rate"].as_f64().unwrap_or(0.0),
+                    n["split_p_value"].as_f64().unwrap_or(1.0)
+                );
+            }
+        }
+        if let Some(report) = x["report"].as_object() {
+            for (variant, figures) in [("A", &report["a"]), ("B", &report["b"])] {
+                say!(
+                    "  {variant}: {} requests, {:.3}% errors, p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+                    figures["requests"],
+                    100.0 * figures["error_rate"].as_f64().unwrap_or(0.0),
+                    figures["p50_ms"].as_f64().unwrap_or(0.0),
+                    figures["p95_ms"].as_f64().unwrap_or(0.0),
+                    figures["p99_ms"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -7,6 +7,7 @@ mod auth;
 mod cd;
 mod ci;
 mod detection;
+mod experiments;
 mod metrics;
 mod restart;
 mod validate;

@@ -1,0 +1,507 @@
+//! A/B experiments: B (a new release, new config, or both) started beside A
+//! in one environment, given a growing share of requests by the proxy's
+//! sticky split, judged every second by the analysis; promoted at 100%,
+//! rolled back by itself when worse, held for a person when inconclusive.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+use serde_json::json;
+use sluice_analysis::{
+    Action, ErrorRateTest, Evidence, LogHistogram, Policy, QuantileTest, SampleRatio, decide,
+};
+use sluice_proxy::{Route, SecondWindow, Split, Sticky, Variant};
+use sluice_spec::{AbStrategy, Environment, Metric, Spec};
+use sluice_store::{NewDeployment, Release, now_ms};
+use tokio::sync::mpsc;
+
+use crate::rollout::{self, Outcome};
+use crate::{Inner, Live};
+
+/// What a person may tell a running experiment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Pause,
+    Resume,
+    Promote,
+    Abort,
+}
+
+/// Runs an experiment of `b` against the environment's release until it is
+/// promoted or rolled back. The caller holds the environment's lock.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run(
+    inner: &Arc<Inner>,
+    b: &Release,
+    spec: &Spec,
+    env: &Environment,
+    ab: &AbStrategy,
+    baseline_id: i64,
+    overrides: BTreeMap<String, String>,
+    cause: &str,
+    actor: &str,
+) -> Result<(i64, Outcome)> {
+    let service = &b.service;
+    let baseline = inner.store.release_by_id(baseline_id).await?;
+    let deployment = inner
+        .store
+        .insert_deployment(NewDeployment {
+            service,
+            env: &env.name,
+            release: b,
+            previous: Some(baseline_id),
+            strategy: "ab",
+            cause,
+            actor,
+        })
+        .await?;
+    let state = inner.store.env_state(service, &env.name).await?;
+    let route = inner.route(service, env).await?;
+    let mut b_env = env.clone();
+    b_env.config.extend(overrides.clone());
+    let started = async {
+        rollout::prepare(inner, b, spec, &b_env, state.as_ref(), deployment).await?;
+        let mut group = Vec::new();
+        for _ in 0..env.instances {
+            let live = rollout::start_instance(inner, b, spec, &b_env).await?;
+            live.backend.set_variant(Variant::B);
+            group.push(live);
+        }
+        for live in &group {
+            rollout::wait_healthy(inner, &live.backend, rollout::ready_timeout(spec)).await?;
+        }
+        anyhow::Ok(group)
+    }
+    .await;
+    let group = match started {
+        Ok(group) => group,
+        Err(e) => {
+            let why = format!("{e:#}");
+            for live in inner
+                .live_in(service, &env.name)
+                .into_iter()
+                .filter(|l| l.backend.release == b.name())
+            {
+                rollout::stop_instance(inner, &route, &live).await;
+            }
+            inner
+                .store
+                .finish_deployment(
+                    deployment,
+                    "rolled_back",
+                    Some(&format!("B never became healthy: {why}")),
+                )
+                .await?;
+            return Ok((deployment, Outcome::RolledBack(why)));
+        }
+    };
+    let sticky = match &ab.sticky {
+        sluice_spec::Sticky::Cookie => Sticky::Cookie,
+        sluice_spec::Sticky::Header(name) => Sticky::Header(
+            name.parse()
+                .map_err(|_| anyhow!("`{name}` is not a header name"))?,
+        ),
+    };
+    let first = f64::from(ab.steps[0]);
+    route.set_split(Some(
+        Split::new(first, sticky.clone(), ab.allow_force).map_err(|e| anyhow!(e))?,
+    ));
+    for live in &group {
+        route.add(live.backend.clone());
+    }
+    let experiment = inner
+        .store
+        .insert_experiment(
+            b,
+            &baseline,
+            &env.name,
+            (first * 100.0) as i64,
+            &json!(overrides),
+            deployment,
+            actor,
+        )
+        .await?;
+    let (tx, commands) = mpsc::unbounded_channel();
+    inner.experiments.lock().unwrap().insert(experiment.id, tx);
+    let mut looker = Looker::new(
+        inner.clone(),
+        experiment.id,
+        b.clone(),
+        env.clone(),
+        ab.clone(),
+        sticky,
+        route,
+        deployment,
+    );
+    let outcome = looker.watch(commands).await;
+    inner.experiments.lock().unwrap().remove(&experiment.id);
+    Ok((deployment, outcome))
+}
+
+/// The experiment's running state: its evidence, step and what it has seen.
+struct Looker {
+    inner: Arc<Inner>,
+    id: i64,
+    b: Release,
+    env: Environment,
+    ab: AbStrategy,
+    sticky: Sticky,
+    route: Route,
+    deployment: i64,
+    step: usize,
+    step_started: Instant,
+    step_b_requests: u64,
+    paused: bool,
+    held: bool,
+    last_second: u64,
+    errors: ErrorRateTest,
+    p50: QuantileTest,
+    p95: QuantileTest,
+    split: SampleRatio,
+    a_latency: LogHistogram,
+    b_latency: LogHistogram,
+    steps: Vec<serde_json::Value>,
+}
+
+impl Looker {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        inner: Arc<Inner>,
+        id: i64,
+        b: Release,
+        env: Environment,
+        ab: AbStrategy,
+        sticky: Sticky,
+        route: Route,
+        deployment: i64,
+    ) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let steps = vec![json!({ "weight": ab.steps[0], "at": now_ms() })];
+        Looker {
+            inner,
+            id,
+            b,
+            env,
+            ab,
+            sticky,
+            route,
+            deployment,
+            step: 0,
+            step_started: Instant::now(),
+            step_b_requests: 0,
+            paused: false,
+            held: false,
+            last_second: now,
+            errors: ErrorRateTest::default(),
+            p50: QuantileTest::new(0.5),
+            p95: QuantileTest::new(0.95),
+            split: SampleRatio::default(),
+            a_latency: LogHistogram::default(),
+            b_latency: LogHistogram::default(),
+            steps,
+        }
+    }
+
+    fn weight(&self) -> f64 {
+        f64::from(self.ab.steps[self.step])
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            min_requests: self.ab.min_requests,
+            min_duration: self.ab.min_duration,
+            max_step: self.ab.max_step,
+            error_rate: self.ab.metrics.contains(&Metric::ErrorRate),
+            latency_p50: self.ab.metrics.contains(&Metric::LatencyP50),
+            latency_p95: self.ab.metrics.contains(&Metric::LatencyP95),
+            ..Policy::default()
+        }
+    }
+
+    async fn watch(&mut self, mut commands: mpsc::UnboundedReceiver<Command>) -> Outcome {
+        loop {
+            tokio::select! {
+                command = commands.recv() => {
+                    if let Some(outcome) = self.obey(command).await {
+                        return outcome;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if let Some(outcome) = self.look().await {
+                        return outcome;
+                    }
+                }
+                _ = self.inner.shutdown.cancelled() => return Outcome::Failed("the server stopped during the experiment".into()),
+            }
+        }
+    }
+
+    async fn obey(&mut self, command: Option<Command>) -> Option<Outcome> {
+        let actor = "a person";
+        match command? {
+            Command::Pause => {
+                self.paused = true;
+                self.record(
+                    "paused",
+                    "experiment.paused",
+                    json!({ "action": "pause", "reason": "paused by a person" }),
+                    "paused by a person",
+                )
+                .await;
+                None
+            }
+            Command::Resume => {
+                self.paused = false;
+                self.held = false;
+                self.step_started = Instant::now();
+                self.record(
+                    "running",
+                    "experiment.resumed",
+                    json!({ "action": "resume", "reason": "resumed by a person" }),
+                    "resumed by a person",
+                )
+                .await;
+                None
+            }
+            Command::Promote => Some(self.promote(&format!("promoted by {actor}")).await),
+            Command::Abort => Some(
+                self.roll_back(
+                    "aborted",
+                    "aborted by a person",
+                    json!({ "action": "abort", "reason": "aborted by a person" }),
+                )
+                .await,
+            ),
+        }
+    }
+
+    /// Feeds the seconds that ended since the last look to the analysis and acts on its decision.
+    async fn look(&mut self) -> Option<Outcome> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let windows: Vec<SecondWindow> = self
+            .inner
+            .windows(&self.b.service, &self.env.name, self.last_second)
+            .into_iter()
+            .filter(|w| w.second < now)
+            .collect();
+        for w in &windows {
+            self.ingest(w);
+        }
+        if self.paused || self.held && self.step_started.elapsed() < self.ab.max_step {
+            return None;
+        }
+        let evidence = Evidence {
+            errors: &self.errors,
+            p50: &self.p50,
+            p95: &self.p95,
+            split: &self.split,
+            step_requests: self.step_b_requests,
+            step_elapsed: self.step_started.elapsed(),
+        };
+        let decision = decide(&evidence, &self.policy());
+        let record = json!({ "action": decision.action, "reason": decision.reason, "numbers": decision.numbers, "weight": self.weight(), "at": now_ms() });
+        match decision.action {
+            Action::Wait => None,
+            Action::Hold => {
+                if !self.held {
+                    self.held = true;
+                    let summary = format!(
+                        "experiment {} held at {}% for a person: {}",
+                        self.id,
+                        self.weight(),
+                        decision.reason
+                    );
+                    self.record("held", "experiment.held", record, &summary)
+                        .await;
+                }
+                None
+            }
+            Action::Rollback => Some(
+                self.roll_back("rolled_back", &decision.reason, record)
+                    .await,
+            ),
+            Action::Broken => Some(self.roll_back("broken", &decision.reason, record).await),
+            Action::Advance if self.step + 1 >= self.ab.steps.len() => {
+                Some(self.promote(&decision.reason).await)
+            }
+            Action::Advance => {
+                let from = self.weight();
+                self.step += 1;
+                self.step_started = Instant::now();
+                self.step_b_requests = 0;
+                let to = self.weight();
+                if let Ok(split) = Split::new(to, self.sticky.clone(), self.ab.allow_force) {
+                    self.route.set_split(Some(split));
+                }
+                self.steps.push(json!({ "weight": to, "at": now_ms() }));
+                let summary = format!(
+                    "experiment {}: B from {from}% to {to}%: {}",
+                    self.id, decision.reason
+                );
+                self.record("running", "experiment.step", record, &summary)
+                    .await;
+                None
+            }
+        }
+    }
+
+    fn ingest(&mut self, w: &SecondWindow) {
+        self.last_second = w.second;
+        self.errors
+            .observe(w.a.requests, w.a.errors, w.b.requests, w.b.errors);
+        // B is compared with A's quantiles as known before this second.
+        if self.a_latency.len() >= 100 && !w.b.latency.is_empty() {
+            if let Some(bound) = self.a_latency.upper_quantile(0.5) {
+                self.p50
+                    .observe(w.b.latency.count_above(bound), w.b.latency.len());
+            }
+            if let Some(bound) = self.a_latency.upper_quantile(0.95) {
+                self.p95
+                    .observe(w.b.latency.count_above(bound), w.b.latency.len());
+            }
+        }
+        self.a_latency.merge(&w.a.latency);
+        self.b_latency.merge(&w.b.latency);
+        self.split
+            .observe_expected(w.a.requests, w.b.requests, w.expected_b);
+        self.step_b_requests += w.b.requests;
+    }
+
+    async fn record(&self, status: &str, kind: &str, decision: serde_json::Value, summary: &str) {
+        let weight_bp = (self.weight() * 100.0) as i64;
+        let started = now_ms() - self.step_started.elapsed().as_millis() as i64;
+        if let Err(e) = self
+            .inner
+            .store
+            .update_experiment(
+                self.id,
+                status,
+                self.step as i64,
+                weight_bp,
+                started,
+                &decision,
+                kind,
+                summary,
+                "sluice",
+            )
+            .await
+        {
+            tracing::error!(experiment = self.id, error = %e, "could not record the experiment's decision");
+        }
+    }
+
+    /// B becomes the environment's release; A drains and stops.
+    async fn promote(&mut self, why: &str) -> Outcome {
+        let inner = self.inner.clone();
+        let (service, env) = (self.b.service.clone(), self.env.name.clone());
+        let decision = json!({ "action": "promote", "reason": why, "weight": 100, "at": now_ms() });
+        self.route.set_split(Some(
+            Split::new(100.0, self.sticky.clone(), false)
+                .unwrap_or_else(|_| unreachable!("100 is a weight")),
+        ));
+        let a_group: Vec<Live> = inner
+            .live_in(&service, &env)
+            .into_iter()
+            .filter(|l| l.backend.release != self.b.name())
+            .collect();
+        for live in &a_group {
+            rollout::drain(&inner, &self.route, live).await;
+        }
+        for live in inner
+            .live_in(&service, &env)
+            .into_iter()
+            .filter(|l| l.backend.release == self.b.name())
+        {
+            live.backend.set_variant(Variant::A);
+        }
+        self.route.set_split(None);
+        for live in &a_group {
+            rollout::stop_instance(&inner, &self.route, live).await;
+        }
+        let _ = inner
+            .store
+            .set_env_release(&service, &env, &self.b, "sluice", "env.release")
+            .await;
+        let summary = format!(
+            "experiment {} promoted {} in {env}: {why}",
+            self.id,
+            self.b.name()
+        );
+        self.record("promoted", "experiment.promoted", decision, &summary)
+            .await;
+        self.report().await;
+        let _ = inner
+            .store
+            .finish_deployment(self.deployment, "succeeded", None)
+            .await;
+        Outcome::Succeeded
+    }
+
+    /// All requests back to A; B drains and stops.
+    async fn roll_back(&mut self, status: &str, why: &str, decision: serde_json::Value) -> Outcome {
+        let inner = self.inner.clone();
+        let (service, env) = (self.b.service.clone(), self.env.name.clone());
+        self.route.set_split(Some(
+            Split::new(0.0, self.sticky.clone(), false)
+                .unwrap_or_else(|_| unreachable!("0 is a weight")),
+        ));
+        let b_group: Vec<Live> = inner
+            .live_in(&service, &env)
+            .into_iter()
+            .filter(|l| l.backend.release == self.b.name())
+            .collect();
+        for live in &b_group {
+            rollout::drain(&inner, &self.route, live).await;
+            rollout::stop_instance(&inner, &self.route, live).await;
+        }
+        self.route.set_split(None);
+        let summary = format!(
+            "experiment {} {} {} in {env} at {}%: {why}",
+            self.id,
+            status.replace('_', " "),
+            self.b.name(),
+            self.weight()
+        );
+        self.record(status, &format!("experiment.{status}"), decision, &summary)
+            .await;
+        self.report().await;
+        let _ = inner
+            .store
+            .finish_deployment(self.deployment, "rolled_back", Some(why))
+            .await;
+        Outcome::RolledBack(format!(
+            "experiment {} {}: {why}",
+            self.id,
+            status.replace('_', " ")
+        ))
+    }
+
+    async fn report(&self) {
+        let side = |requests: u64, errors: u64, latency: &LogHistogram| {
+            json!({
+                "requests": requests,
+                "errors": errors,
+                "error_rate": if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
+                "p50_ms": latency.quantile(0.5).map(|us| us / 1000.0),
+                "p95_ms": latency.quantile(0.95).map(|us| us / 1000.0),
+                "p99_ms": latency.quantile(0.99).map(|us| us / 1000.0),
+            })
+        };
+        let report = json!({
+            "a": side(self.errors.a_requests, self.errors.a_errors, &self.a_latency),
+            "b": side(self.errors.b_requests, self.errors.b_errors, &self.b_latency),
+            "steps": self.steps,
+        });
+        let _ = self
+            .inner
+            .store
+            .set_experiment_report(self.id, &report)
+            .await;
+    }
+}

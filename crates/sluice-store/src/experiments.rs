@@ -1,0 +1,183 @@
+//! A/B experiments as recorded: their state, the decisions taken at each
+//! look that changed something, and the final report.
+
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, FromRow};
+
+use crate::changelog::append_with;
+use crate::{NewChangeEvent, Release, Result, Store, StoreError, now_ms};
+
+#[derive(Clone, Debug, Serialize, FromRow)]
+pub struct Experiment {
+    pub id: i64,
+    pub service: String,
+    pub environment: String,
+    pub release_id: i64,
+    /// B's release number.
+    pub release: i64,
+    pub baseline_release_id: i64,
+    /// `running`, `paused`, `held`, `promoted`, `rolled_back`, `aborted` or `broken`.
+    pub status: String,
+    pub step: i64,
+    pub weight_bp: i64,
+    /// JSON: config values B runs with besides the environment's.
+    pub overrides: String,
+    pub deployment_id: Option<i64>,
+    pub reason: Option<String>,
+    /// JSON array of decisions.
+    pub decisions: String,
+    pub report: Option<String>,
+    pub created_at: i64,
+    pub step_started_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+impl Experiment {
+    pub fn is_open(&self) -> bool {
+        matches!(self.status.as_str(), "running" | "paused" | "held")
+    }
+}
+
+const SELECT: &str = "SELECT x.id, x.service, x.environment, x.release_id, r.number AS release, x.baseline_release_id, x.status,
+        x.step, x.weight_bp, x.overrides, x.deployment_id, x.reason, x.decisions, x.report, x.created_at,
+        x.step_started_at, x.finished_at
+    FROM experiments x JOIN releases r ON r.id = x.release_id";
+
+impl Store {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_experiment(
+        &self,
+        b: &Release,
+        baseline: &Release,
+        env: &str,
+        weight_bp: i64,
+        overrides: &serde_json::Value,
+        deployment: i64,
+        actor: &str,
+    ) -> Result<Experiment> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO experiments (service, environment, release_id, baseline_release_id, status, step, weight_bp, overrides,
+                 deployment_id, decisions, created_at, step_started_at)
+             VALUES ($1, $2, $3, $4, 'running', 0, $5, $6, $7, '[]', $8, $8) RETURNING id",
+        )
+        .bind(&b.service)
+        .bind(env)
+        .bind(b.id)
+        .bind(baseline.id)
+        .bind(weight_bp)
+        .bind(overrides.to_string())
+        .bind(deployment)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let event = NewChangeEvent {
+            actor: actor.to_string(),
+            kind: "experiment.started".into(),
+            service: Some(b.service.clone()),
+            environment: Some(env.to_string()),
+            subject: format!("experiment {id}"),
+            summary: format!(
+                "experiment {id}: {} (B) against {} (A) in {env}, B at {}%",
+                b.name(),
+                baseline.name(),
+                weight_bp as f64 / 100.0
+            ),
+            before: Some(serde_json::json!({ "release": baseline.number })),
+            after: Some(
+                serde_json::json!({ "b": b.number, "weight": weight_bp as f64 / 100.0, "overrides": overrides }),
+            ),
+        };
+        append_with(&mut *tx, event).await?;
+        tx.commit().await?;
+        self.experiment(id).await
+    }
+
+    pub async fn experiment(&self, id: i64) -> Result<Experiment> {
+        sqlx::query_as(AssertSqlSafe(format!("{SELECT} WHERE x.id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "experiment",
+                id: id.to_string(),
+            })
+    }
+
+    pub async fn experiments(&self, service: Option<&str>, limit: i64) -> Result<Vec<Experiment>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "{SELECT} WHERE ($1 IS NULL OR x.service = $1) ORDER BY x.id DESC LIMIT $2"
+        )))
+        .bind(service)
+        .bind(if limit > 0 { limit } else { 50 })
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Moves an experiment on and records why, in its decisions and the change log.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_experiment(
+        &self,
+        id: i64,
+        status: &str,
+        step: i64,
+        weight_bp: i64,
+        step_started_at: i64,
+        decision: &serde_json::Value,
+        kind: &str,
+        summary: &str,
+        actor: &str,
+    ) -> Result<()> {
+        let before = self.experiment(id).await?;
+        let mut decisions: Vec<serde_json::Value> =
+            serde_json::from_str(&before.decisions).unwrap_or_default();
+        decisions.push(decision.clone());
+        let mut tx = self.pool.begin().await?;
+        let finished = if ["promoted", "rolled_back", "aborted", "broken"].contains(&status) {
+            Some(now_ms())
+        } else {
+            None
+        };
+        sqlx::query(
+            "UPDATE experiments SET status = $1, step = $2, weight_bp = $3, step_started_at = $4, decisions = $5,
+                 reason = $6, finished_at = COALESCE($7, finished_at) WHERE id = $8",
+        )
+        .bind(status)
+        .bind(step)
+        .bind(weight_bp)
+        .bind(step_started_at)
+        .bind(serde_json::to_string(&decisions).unwrap_or_default())
+        .bind(decision["reason"].as_str())
+        .bind(finished)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let event = NewChangeEvent {
+            actor: actor.to_string(),
+            kind: kind.to_string(),
+            service: Some(before.service.clone()),
+            environment: Some(before.environment.clone()),
+            subject: format!("experiment {id}"),
+            summary: summary.to_string(),
+            before: Some(
+                serde_json::json!({ "status": before.status, "weight": before.weight_bp as f64 / 100.0 }),
+            ),
+            after: Some(
+                serde_json::json!({ "status": status, "weight": weight_bp as f64 / 100.0, "decision": decision }),
+            ),
+        };
+        append_with(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn set_experiment_report(&self, id: i64, report: &serde_json::Value) -> Result<()> {
+        sqlx::query("UPDATE experiments SET report = $1 WHERE id = $2")
+            .bind(report.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
