@@ -433,7 +433,7 @@ impl Drop for Trace {
             self.telemetry.metrics.in_flight.get_or_create(labels).dec();
         }
         let entry = AccessEntry {
-            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            time: None,
             method: &self.method,
             path: &self.path,
             status: self.status,

@@ -127,7 +127,8 @@ pub struct Telemetry {
 /// One answered request, as recorded.
 #[derive(Serialize)]
 pub struct AccessEntry<'a> {
-    pub time: String,
+    /// Filled in only when the entry is written.
+    pub time: Option<String>,
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
@@ -234,10 +235,15 @@ impl Telemetry {
             }
             side.latency.record(entry.latency_ms * 1000.0);
         }
-        if let Some(access) = &self.access
-            && let Ok(line) = serde_json::to_string(entry)
-        {
-            let _ = access.send(line);
+        if let Some(access) = &self.access {
+            // The clock is read and the line built only for a log that is kept.
+            let entry = AccessEntry {
+                time: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                ..*entry
+            };
+            if let Ok(line) = serde_json::to_string(&entry) {
+                let _ = access.send(line);
+            }
         }
     }
 

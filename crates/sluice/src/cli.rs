@@ -45,6 +45,20 @@ pub struct Global {
 pub enum Command {
     /// Run the server: API, CI engine and change detection.
     Serve(Serve),
+    /// Run the load balancer alone, in front of fixed backends (for benchmarks and trials).
+    Proxy {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// A backend of variant A, HOST:PORT; repeat for more.
+        #[arg(long = "a", required = true)]
+        a: Vec<SocketAddr>,
+        /// A backend of variant B, HOST:PORT; repeat for more.
+        #[arg(long = "b")]
+        b: Vec<SocketAddr>,
+        /// B's share of users, in percent.
+        #[arg(long, default_value_t = 0.0)]
+        weight: f64,
+    },
     /// Check a sluice.yaml and print every error in it.
     Validate {
         /// The file to check.

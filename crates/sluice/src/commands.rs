@@ -1,6 +1,7 @@
 //! One module per group of commands; `run` dispatches to them.
 
 mod deploy;
+mod proxy;
 mod repos;
 mod runs;
 mod serve;
@@ -19,6 +20,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(options) => serve::serve(&cli.global, options).await,
         Command::Validate { file } => validate::validate(&file),
+        Command::Proxy {
+            listen,
+            a,
+            b,
+            weight,
+        } => proxy::run(listen, a, b, weight).await,
         Command::Token(command) => tokens::run(&client(), command).await,
         Command::Repo(command) => repos::repo(&client(), command).await,
         Command::Secret(command) => repos::secret(&client(), command).await,
