@@ -539,6 +539,33 @@ impl Inner {
                 .set_instance_state(&instance.id, "stopped")
                 .await?;
         }
+        // An experiment's state lives in the server; one that was running ends with it.
+        for experiment in self
+            .store
+            .experiments(None, 1000)
+            .await?
+            .into_iter()
+            .filter(|x| x.is_open())
+        {
+            let decision = serde_json::json!({ "action": "abort", "reason": "interrupted: the server stopped during the experiment" });
+            let summary = format!(
+                "experiment {} of v{} in {} aborted: the server stopped during it; the environment stays on its release",
+                experiment.id, experiment.release, experiment.environment
+            );
+            self.store
+                .update_experiment(
+                    experiment.id,
+                    "aborted",
+                    experiment.step,
+                    0,
+                    experiment.step_started_at,
+                    &decision,
+                    "experiment.aborted",
+                    &summary,
+                    "sluice",
+                )
+                .await?;
+        }
         for deployment in self
             .store
             .deployments(None, None, Some("running"), 1000)
