@@ -310,7 +310,14 @@ pub(crate) async fn start_instance(
         .run
         .as_ref()
         .context("sluice.yaml has no `run` section: there is nothing to start")?;
-    let port = free_port()?;
+    let taken: std::collections::HashSet<u16> = inner
+        .live
+        .lock()
+        .unwrap()
+        .values()
+        .map(|l| l.backend.addr.port())
+        .collect();
+    let port = free_port(&taken)?;
     let n = inner.store.count_instances(service, &env.name).await? + 1;
     let id = format!("{}-{}-{n}", env.name, release.name());
     let release_dir = inner.layout.release(service, release.number);
@@ -452,8 +459,30 @@ pub(crate) async fn stop_instance(inner: &Arc<Inner>, route: &Route, live: &Live
         .await;
 }
 
-/// A port that was free a moment ago, for a new instance to bind.
-fn free_port() -> Result<u16> {
+/// The lowest port of the kernel's ephemeral range, from which `bind(0)` and
+/// outgoing connections take theirs.
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// A port for a new instance to bind: free a moment ago, not one this server
+/// gave another instance, and below the ephemeral range when there is room,
+/// so that no socket of any process is handed it by the kernel before the
+/// instance binds it.
+fn free_port(taken: &std::collections::HashSet<u16>) -> Result<u16> {
+    const FLOOR: u16 = 10_000;
+    let ceiling = ephemeral_floor();
+    if ceiling > FLOOR + 1000 {
+        for _ in 0..500 {
+            let port = rand::random_range(FLOOR..ceiling);
+            if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("no free port for an instance")?;
     Ok(listener.local_addr()?.port())
