@@ -140,6 +140,11 @@ pub(crate) async fn run(
     Ok((deployment, outcome))
 }
 
+/// Seconds since the Unix epoch: how the proxy's windows are numbered.
+fn unix_seconds() -> u64 {
+    (now_ms() / 1000) as u64
+}
+
 /// The experiment's running state: its evidence, step and what it has seen.
 struct Looker {
     inner: Arc<Inner>,
@@ -177,9 +182,7 @@ impl Looker {
         route: Route,
         deployment: i64,
     ) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = unix_seconds();
         let steps = vec![json!({ "weight": ab.steps[0], "at": now_ms() })];
         Looker {
             inner,
@@ -281,9 +284,7 @@ impl Looker {
 
     /// Feeds the seconds that ended since the last look to the analysis and acts on its decision.
     async fn look(&mut self) -> Option<Outcome> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = unix_seconds();
         let windows: Vec<SecondWindow> = self
             .inner
             .windows(&self.b.service, &self.env.name, self.last_second)
