@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use std::time::Instant;
 
@@ -30,11 +30,16 @@ use crate::telemetry::{AccessEntry, InstanceLabels, Telemetry};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// A listener serving one environment's route.
+/// A listener serving one environment's route: one thread per core, each
+/// with a single-threaded runtime and its own socket on the same port
+/// (SO_REUSEPORT), so that a request and its upstream call stay on one core.
 pub struct Listener {
     pub addr: SocketAddr,
-    accept: JoinHandle<()>,
+    stop: CancellationToken,
 }
+
+/// How long an instance has to start answering a request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Shared {
     route: Route,
@@ -42,9 +47,6 @@ struct Shared {
     via: HeaderValue,
     telemetry: Telemetry,
 }
-
-/// How long an instance has to start answering a request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Listener {
     /// Binds `addr` (port 0 picks a free port; `self.addr` tells which).
@@ -54,62 +56,115 @@ impl Listener {
         name: &str,
         telemetry: Telemetry,
     ) -> std::io::Result<Listener> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let first = reuse_port_socket(addr)?;
+        let addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(reuse_port_socket(addr)?);
+        }
         let via = HeaderValue::from_str(&format!("1.1 sluice-{name}"))
             .unwrap_or(HeaderValue::from_static("1.1 sluice"));
-        let shared = Arc::new(Shared {
-            route,
-            client,
-            via,
-            telemetry,
-        });
-        let accept = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        forward(shared.clone(), peer, request)
-                    });
-                    let builder =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    if let Err(e) = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
+        let stop = CancellationToken::new();
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let (route, telemetry, via, stop) =
+                (route.clone(), telemetry.clone(), via.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("proxy-{name}-{i}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
                     {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                });
-            }
-        });
-        Ok(Listener { addr, accept })
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            return tracing::error!(error = %e, "no runtime for a proxy worker");
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let shared = Arc::new(Shared {
+                            route,
+                            client: upstream_client(),
+                            via,
+                            telemetry,
+                        });
+                        match TcpListener::from_std(socket) {
+                            Ok(listener) => accept(listener, shared, stop).await,
+                            Err(e) => {
+                                tracing::error!(error = %e, "a proxy worker could not listen")
+                            }
+                        }
+                    });
+                })?;
+        }
+        Ok(Listener { addr, stop })
     }
 
-    /// Stops accepting connections; those open finish what they are doing.
+    /// Stops accepting connections.
     pub fn close(&self) {
-        self.accept.abort();
+        self.stop.cancel();
     }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.accept.abort();
+        self.stop.cancel();
+    }
+}
+
+fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn upstream_client() -> Client<HttpConnector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request| forward(shared.clone(), peer, request));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                served = connection => if let Err(e) = served {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                },
+                // The worker's runtime ends with its listener; so do its connections.
+                _ = stop.cancelled() => {}
+            }
+        });
     }
 }
 
