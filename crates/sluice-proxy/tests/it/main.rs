@@ -363,3 +363,20 @@ async fn every_request_is_counted_windowed_and_logged() {
     assert!(lines[0]["latency_ms"].as_f64().unwrap() > 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served_and_forwarded_as_http1() {
+    let route = Route::default();
+    route.add(healthy("dev-1", backend("one").await, "v1"));
+    let url = proxy(&route).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.headers()["x-sluice-instance"], "dev-1");
+        assert_eq!(response.text().await.unwrap(), "one");
+    }
+}
