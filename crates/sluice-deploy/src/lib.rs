@@ -19,7 +19,6 @@ pub mod runtime;
 mod view;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -171,16 +170,6 @@ impl Cd {
         ReleaseMaker::new(self.inner.clone())
     }
 
-    /// The address an environment's entry point listens on, once it has one.
-    pub fn listen_addr(&self, service: &str, env: &str) -> Option<SocketAddr> {
-        self.inner
-            .entries
-            .lock()
-            .unwrap()
-            .get(&(service.to_string(), env.to_string()))
-            .map(|e| e.listener.addr)
-    }
-
     pub async fn promote(&self, request: PromoteRequest, actor: &Actor) -> CdResult<PromotionView> {
         promote::request(&self.inner, request, actor).await
     }
@@ -264,15 +253,6 @@ impl Cd {
             .map_err(|e| CdError::NotFound(format!("no log for {id}: {e}")))?;
         let start = text.len().saturating_sub(max_bytes as usize);
         Ok(String::from_utf8_lossy(&text[start..]).into_owned())
-    }
-
-    /// What the proxy knows of each backend of an environment.
-    pub fn backends(&self, service: &str, env: &str) -> Vec<sluice_proxy::BackendInfo> {
-        let entries = self.inner.entries.lock().unwrap();
-        entries
-            .get(&(service.to_string(), env.to_string()))
-            .map(|e| e.route.backends().iter().map(|b| b.info()).collect())
-            .unwrap_or_default()
     }
 
     /// Starts an experiment of release `number` against what `env` runs, B

@@ -17,7 +17,6 @@ pub struct Backend {
     healthy: AtomicBool,
     draining: AtomicBool,
     in_flight: AtomicUsize,
-    served: AtomicUsize,
     /// 0 for A, 1 for B.
     variant: AtomicU8,
     /// Failures in a row; at [`EJECT_AFTER`] the backend is taken out for a while.
@@ -49,7 +48,6 @@ impl Backend {
             healthy: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-            served: AtomicUsize::new(0),
             variant: AtomicU8::new(0),
             failures: std::sync::atomic::AtomicU32::new(0),
             ejected_until: std::sync::atomic::AtomicU64::new(0),
@@ -111,22 +109,7 @@ impl Backend {
     /// Counts a request in flight until the guard drops.
     pub(crate) fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.served.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
-    }
-
-    pub fn info(&self) -> BackendInfo {
-        BackendInfo {
-            id: self.id.clone(),
-            addr: self.addr,
-            release: self.release.clone(),
-            healthy: self.is_healthy(),
-            draining: self.is_draining(),
-            in_flight: self.in_flight(),
-            served: self.served.load(Ordering::Relaxed),
-            variant: self.variant(),
-            ejected: self.is_ejected(),
-        }
     }
 }
 
@@ -153,20 +136,6 @@ fn choose(loads: &[usize], turn: usize, random: usize) -> usize {
     } else {
         first
     }
-}
-
-/// What the API shows of a backend.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct BackendInfo {
-    pub id: String,
-    pub addr: SocketAddr,
-    pub release: String,
-    pub healthy: bool,
-    pub draining: bool,
-    pub in_flight: usize,
-    pub served: usize,
-    pub variant: Variant,
-    pub ejected: bool,
 }
 
 /// The backends of one environment. Cheap to clone; all clones are one route.
@@ -252,11 +221,6 @@ impl Route {
     pub fn remove(&self, id: &str) {
         self.backends.write().unwrap().retain(|b| b.id != id);
     }
-
-    /// Whether any backend can take a request now.
-    pub fn has_eligible(&self) -> bool {
-        self.backends.read().unwrap().iter().any(|b| b.eligible())
-    }
 }
 
 #[cfg(test)]
@@ -267,19 +231,27 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    /// A route of healthy backends named `ids`, returned with them.
+    fn healthy_route(ids: &[&str]) -> (Route, Vec<Arc<Backend>>) {
+        let route = Route::default();
+        let backends: Vec<Arc<Backend>> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let backend = Backend::new(*id, addr(i as u16 + 1), "v1");
+                backend.set_healthy(true);
+                route.add(backend.clone());
+                backend
+            })
+            .collect();
+        (route, backends)
+    }
+
     #[test]
     fn picks_only_healthy_non_draining_backends_evenly() {
-        let route = Route::default();
-        let (a, b, c) = (
-            Backend::new("a", addr(1), "v1"),
-            Backend::new("b", addr(2), "v1"),
-            Backend::new("c", addr(3), "v1"),
-        );
-        a.set_healthy(true);
-        b.set_healthy(true);
-        route.add(a.clone());
-        route.add(b.clone());
-        route.add(c);
+        let (route, backends) = healthy_route(&["a", "b", "c"]);
+        backends[2].set_healthy(false);
+        let b = &backends[1];
         let mut counts = std::collections::HashMap::new();
         for _ in 0..100 {
             *counts
@@ -295,15 +267,8 @@ mod tests {
 
     #[test]
     fn prefers_the_backend_with_fewer_requests_in_flight() {
-        let route = Route::default();
-        let (a, b) = (
-            Backend::new("a", addr(1), "v1"),
-            Backend::new("b", addr(2), "v1"),
-        );
-        a.set_healthy(true);
-        b.set_healthy(true);
-        route.add(a.clone());
-        route.add(b);
+        let (route, backends) = healthy_route(&["a", "b"]);
+        let a = &backends[0];
         let _busy = a.start();
         assert!((0..10).all(|_| route.pick(None, None).unwrap().0.id == "b"));
     }
@@ -327,15 +292,8 @@ mod tests {
 
     #[test]
     fn consecutive_failures_eject_a_backend_for_a_while() {
-        let route = Route::default();
-        let (a, b) = (
-            Backend::new("a", addr(1), "v1"),
-            Backend::new("b", addr(2), "v1"),
-        );
-        a.set_healthy(true);
-        b.set_healthy(true);
-        route.add(a.clone());
-        route.add(b);
+        let (route, backends) = healthy_route(&["a", "b"]);
+        let a = &backends[0];
         for _ in 0..EJECT_AFTER - 1 {
             assert!(!a.failed());
         }
@@ -350,11 +308,8 @@ mod tests {
 
     #[tokio::test]
     async fn draining_waits_for_requests_in_flight() {
-        let route = Route::default();
-        let a = Backend::new("a", addr(1), "v1");
-        a.set_healthy(true);
-        route.add(a.clone());
-        let guard = a.start();
+        let (route, backends) = healthy_route(&["a"]);
+        let guard = backends[0].start();
         let drainer = tokio::spawn({
             let route = route.clone();
             async move { route.drain("a", Duration::from_secs(5)).await }

@@ -337,21 +337,6 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_healthy_since(
-        &self,
-        service: &str,
-        env: &str,
-        since: Option<i64>,
-    ) -> Result<()> {
-        sqlx::query("UPDATE environments SET healthy_since = $1 WHERE service = $2 AND name = $3")
-            .bind(since)
-            .bind(service)
-            .bind(env)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     pub async fn mark_seeded(&self, service: &str, env: &str) -> Result<()> {
         sqlx::query("UPDATE environments SET seeded_at = $1 WHERE service = $2 AND name = $3")
             .bind(now_ms())

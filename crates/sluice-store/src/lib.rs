@@ -98,14 +98,6 @@ impl Store {
         format!("sqlite://{}?mode=rwc", data_dir.join("sluice.db").display())
     }
 
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
-
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
     }

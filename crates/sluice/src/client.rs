@@ -69,6 +69,15 @@ impl Client {
             .context("the server's answer is not JSON")
     }
 
+    /// GET with the query parameters that are set (`None`s are left out).
+    pub async fn get_with(&self, path: &str, params: &[(&str, Option<String>)]) -> Result<Value> {
+        let set: Vec<(&str, &String)> = params
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (*k, v)))
+            .collect();
+        self.json(self.request(Method::GET, path).query(&set)).await
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value> {
         self.json(self.request(Method::GET, path)).await
     }

@@ -16,21 +16,8 @@ fn print_json(value: &Value) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn query(pairs: &[(&str, Option<String>)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v)))
-        .collect()
-}
-
 pub async fn status(client: &Client, service: Option<String>, json: bool) -> Result<ExitCode> {
-    let all = client
-        .json(
-            client
-                .request(Method::GET, "/status")
-                .query(&query(&[("service", service)])),
-        )
-        .await?;
+    let all = client.get_with("/status", &[("service", service)]).await?;
     if json {
         return print_json(&all);
     }
@@ -111,11 +98,7 @@ pub async fn status(client: &Client, service: Option<String>, json: bool) -> Res
 
 pub async fn releases(client: &Client, service: Option<String>, json: bool) -> Result<ExitCode> {
     let all = client
-        .json(
-            client
-                .request(Method::GET, "/releases")
-                .query(&query(&[("service", service)])),
-        )
+        .get_with("/releases", &[("service", service)])
         .await?;
     if json {
         return print_json(&all);
@@ -149,11 +132,7 @@ pub async fn deployments(
     json: bool,
 ) -> Result<ExitCode> {
     let all = client
-        .json(
-            client
-                .request(Method::GET, "/deployments")
-                .query(&query(&[("service", service), ("env", env)])),
-        )
+        .get_with("/deployments", &[("service", service), ("env", env)])
         .await?;
     if json {
         return print_json(&all);
@@ -254,12 +233,14 @@ pub async fn promotions(
     all: bool,
     json: bool,
 ) -> Result<ExitCode> {
-    let mut q = query(&[("service", service)]);
-    if all {
-        q.push(("all".into(), "true".into()));
-    }
     let list = client
-        .json(client.request(Method::GET, "/promotions").query(&q))
+        .get_with(
+            "/promotions",
+            &[
+                ("service", service),
+                ("all", all.then(|| "true".to_string())),
+            ],
+        )
         .await?;
     if json {
         return print_json(&list);
@@ -391,11 +372,7 @@ pub async fn ab(client: &Client, command: crate::cli::AbCommand) -> Result<ExitC
 
 async fn ab_status(client: &Client, service: Option<String>, json: bool) -> Result<ExitCode> {
     let all = client
-        .json(
-            client
-                .request(Method::GET, "/experiments")
-                .query(&query(&[("service", service)])),
-        )
+        .get_with("/experiments", &[("service", service)])
         .await?;
     if json {
         return print_json(&all);

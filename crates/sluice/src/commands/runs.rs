@@ -17,11 +17,15 @@ pub async fn list(
     limit: i64,
     json: bool,
 ) -> Result<ExitCode> {
-    let mut query = vec![("limit", limit.to_string())];
-    query.extend(repo.map(|r| ("repo", r)));
-    query.extend(status.map(|s| ("status", s)));
     let runs = client
-        .json(client.request(Method::GET, "/runs").query(&query))
+        .get_with(
+            "/runs",
+            &[
+                ("limit", Some(limit.to_string())),
+                ("repo", repo),
+                ("status", status),
+            ],
+        )
         .await?;
     if json {
         crate::say!("{}", serde_json::to_string_pretty(&runs)?);
@@ -200,14 +204,14 @@ pub async fn changes(
     limit: i64,
     json: bool,
 ) -> Result<ExitCode> {
-    let mut query = vec![("limit", limit.to_string())];
-    query.extend(service.map(|s| ("service", s)));
-    query.extend(env.map(|e| ("env", e)));
-    query.extend(kind.map(|k| ("kind", k)));
-    query.extend(since.map(|s| ("since", s)));
-    let events = client
-        .json(client.request(Method::GET, "/changelog").query(&query))
-        .await?;
+    let params = [
+        ("limit", Some(limit.to_string())),
+        ("service", service),
+        ("env", env),
+        ("kind", kind),
+        ("since", since),
+    ];
+    let events = client.get_with("/changelog", &params).await?;
     if json {
         crate::say!("{}", serde_json::to_string_pretty(&events)?);
         return Ok(ExitCode::SUCCESS);
