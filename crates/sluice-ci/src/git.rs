@@ -56,6 +56,23 @@ pub async fn show_file(dir: &Path, sha: &str, path: &str) -> Result<Option<Strin
     git(dir, &["show", &spec]).await.map(Some)
 }
 
+/// The files a commit changed (all of them for a root commit).
+pub async fn changed_files(dir: &Path, sha: &str) -> Result<Vec<String>> {
+    let out = git(
+        dir,
+        &[
+            "diff-tree",
+            "--no-commit-id",
+            "--name-only",
+            "-r",
+            "--root",
+            sha,
+        ],
+    )
+    .await?;
+    Ok(out.lines().map(str::to_string).collect())
+}
+
 /// `(author, subject)` of a commit.
 pub async fn commit_info(dir: &Path, sha: &str) -> Result<(String, String)> {
     let out = git(dir, &["log", "-1", "--format=%an%x00%s", sha]).await?;

@@ -12,6 +12,7 @@ pub mod executor;
 pub mod git;
 mod logs;
 mod notify;
+mod rules;
 mod run;
 pub mod webhook;
 

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::executor::{StepOutcome, StepRequest};
 use crate::logs::{LogSink, LogWriter};
-use crate::{Cancel, Engine, artifact, git};
+use crate::{Cancel, Engine, artifact, git, rules};
 
 /// How a run ended.
 struct Ending {
@@ -117,6 +117,28 @@ async fn prepare_and_run(
             );
         }
     };
+    let required = match rules::required_jobs(&engine.store, &source, &run.sha, &spec).await {
+        Ok(required) => required,
+        Err(rules::RulesError::Invalid(errors)) => {
+            for line in errors.to_string().lines() {
+                log.line("stderr", line);
+            }
+            return Ending::new(
+                RunStatus::Failure,
+                format!("{} is not valid", sluice_spec::RULES_FILE),
+            );
+        }
+        Err(rules::RulesError::Other(why)) => {
+            log.note(&why);
+            return Ending::new(RunStatus::Error, why);
+        }
+    };
+    if let Some((rule, why)) = rules::missing(&required, &spec) {
+        log.note(&why);
+        log.note("hint: add the job to sluice.yaml's pipeline, or disable the rule with a reason");
+        record_block(engine, run, &spec, &rule, &why).await;
+        return Ending::new(RunStatus::Failure, why);
+    }
     let plan: Vec<_> = spec
         .pipeline
         .jobs
@@ -150,9 +172,15 @@ async fn prepare_and_run(
         started.elapsed().as_millis()
     ));
     let kind = ChangeKind::parse(&run.kind).unwrap_or(ChangeKind::Review);
-    let failed = run_jobs(engine, run, &spec, kind, cancel, sink, &workspace, &secrets).await;
+    let (failed, ended) =
+        run_jobs(engine, run, &spec, kind, cancel, sink, &workspace, &secrets).await;
     if cancel.token.is_cancelled() {
         return Ending::new(RunStatus::Cancelled, "cancelled".to_string());
+    }
+    if let Some((rule, why)) = rules::unmet(&required, &ended) {
+        log.note(&why);
+        record_block(engine, run, &spec, &rule, &why).await;
+        return Ending::new(RunStatus::Failure, why);
     }
     if let Some(reason) = failed {
         return Ending::new(RunStatus::Failure, reason);
@@ -197,7 +225,20 @@ async fn prepare_and_run(
     }
 }
 
-/// Runs the jobs as their `needs` allow; returns why the run failed, if it did.
+/// Remembers that a rule failed this run.
+async fn record_block(engine: &Engine, run: &Run, spec: &Spec, rule: &str, why: &str) {
+    let subject = format!("run {}", run.id);
+    if let Err(e) = engine
+        .store
+        .record_block(rule, &spec.service, &subject, why)
+        .await
+    {
+        tracing::warn!(run = run.id, error = %e, "could not record the rule's block");
+    }
+}
+
+/// Runs the jobs as their `needs` allow; returns why the run failed, if it
+/// did, and how each job ended.
 #[allow(clippy::too_many_arguments)]
 async fn run_jobs(
     engine: &Arc<Engine>,
@@ -208,10 +249,15 @@ async fn run_jobs(
     sink: &LogSink,
     workspace: &std::path::Path,
     secrets: &BTreeMap<String, String>,
-) -> Option<String> {
+) -> (Option<String>, HashMap<String, RunStatus>) {
     let ids: HashMap<String, i64> = match engine.store.jobs(run.id).await {
         Ok(jobs) => jobs.into_iter().map(|j| (j.name.clone(), j.id)).collect(),
-        Err(e) => return Some(format!("could not read the jobs back: {e}")),
+        Err(e) => {
+            return (
+                Some(format!("could not read the jobs back: {e}")),
+                HashMap::new(),
+            );
+        }
     };
     let mut ended: HashMap<String, RunStatus> = HashMap::new();
     let mut started: Vec<String> = Vec::new();
@@ -276,7 +322,7 @@ async fn run_jobs(
         };
         let (name, (status, reason)) = match joined {
             Ok(done) => done,
-            Err(e) => return Some(format!("a job panicked: {e}")),
+            Err(e) => return (Some(format!("a job panicked: {e}")), ended),
         };
         if status != RunStatus::Success && status != RunStatus::Cancelled && first_failure.is_none()
         {
@@ -287,7 +333,7 @@ async fn run_jobs(
         }
         ended.insert(name, status);
     }
-    first_failure
+    (first_failure, ended)
 }
 
 struct JobContext {
@@ -434,7 +480,10 @@ fn step_env(
 /// from the commit besides them (`sluice.yaml`, config templates, data scripts).
 fn deployable_paths(spec: &Spec, workspace: &std::path::Path) -> Vec<String> {
     let mut paths = spec.pipeline.artifact.clone();
-    let mut needed = vec![sluice_spec::SPEC_FILE.to_string()];
+    let mut needed = vec![
+        sluice_spec::SPEC_FILE.to_string(),
+        sluice_spec::RULES_FILE.to_string(),
+    ];
     if let Some(run) = &spec.run {
         needed.extend(run.config_files.iter().map(|f| f.template.clone()));
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Serialize;
-use sluice_spec::Environment;
+use sluice_spec::{Environment, FreezeWindow, Rule, RuleSpec, parse_duration};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GateCheck {
@@ -15,6 +15,9 @@ pub struct GateCheck {
     pub detail: String,
     /// What would clear a closed gate.
     pub clears: Option<String>,
+    /// The rule behind the gate, for those that come from one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 /// What the gates look at.
@@ -32,6 +35,22 @@ pub struct Facts<'a> {
     pub from_healthy_since: Option<DateTime<Utc>>,
     /// The status of each job of the release's run.
     pub jobs: BTreeMap<String, String>,
+    /// The rules in force for the release.
+    pub rules: Vec<Rule>,
+    /// The target's config values as the release it runs now has them
+    /// (`None`: it runs nothing), and as the promoted release has them.
+    pub config_now: Option<BTreeMap<String, String>>,
+    pub config_next: BTreeMap<String, String>,
+    /// The `from` environment's traffic over each metric gate's window (seconds).
+    pub traffic: BTreeMap<u64, Traffic>,
+}
+
+/// An environment's requests over a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Traffic {
+    pub requests: u64,
+    pub errors: u64,
+    pub p95_ms: Option<f64>,
 }
 
 pub fn evaluate(facts: &Facts, now: DateTime<Utc>) -> Vec<GateCheck> {
@@ -161,7 +180,173 @@ pub fn evaluate(facts: &Facts, now: DateTime<Utc>) -> Vec<GateCheck> {
         };
         checks.push(check);
     }
+    for rule in facts.rules.iter().filter(|r| r.spec.applies_to(env)) {
+        if let Some(verdict) = rule_verdict(facts, &rule.spec, now) {
+            checks.push(rule_check(rule, verdict));
+        }
+    }
     checks
+}
+
+/// What a rule says about a promotion: `Ok(why it holds)` or
+/// `Err((why it blocks, what clears it))`; `None` for rules about something else.
+type Verdict = Result<String, (String, String)>;
+
+fn rule_verdict(facts: &Facts, spec: &RuleSpec, now: DateTime<Utc>) -> Option<Verdict> {
+    let v = facts.release;
+    let id = facts.promotion_id;
+    let env = &facts.target.name;
+    let from = facts.target.from.as_deref();
+    Some(match spec {
+        // With paths it is about changes, which CI judges; without, about every release.
+        RuleSpec::RequireJob { job, paths } if paths.is_empty() => {
+            match facts.jobs.get(job).map(String::as_str) {
+                Some("success") => Ok(format!("`{job}` passed in v{v}'s run")),
+                Some(status) => Err((
+                    format!("job `{job}` ended {status} in v{v}'s run"),
+                    "a release whose run passes it".into(),
+                )),
+                None => Err((
+                    format!("v{v}'s pipeline has no job `{job}`"),
+                    format!("add `{job}` to the pipeline and release again"),
+                )),
+            }
+        }
+        RuleSpec::RequireJob { .. } | RuleSpec::HealthCheck { .. } => return None,
+        RuleSpec::Freeze { cron, .. } => {
+            let window = FreezeWindow::parse(cron).ok()?;
+            let frozen = window.contains(
+                now.minute(),
+                now.hour(),
+                now.day(),
+                now.month(),
+                now.weekday().num_days_from_sunday(),
+            );
+            match (&facts.freeze_overridden, frozen) {
+                (_, false) => Ok(format!("`{cron}` does not match now")),
+                (Some((admin, reason)), true) => Ok(format!(
+                    "frozen by `{cron}`, but {admin} overrode it: {reason}"
+                )),
+                (None, true) => Err((
+                    format!("{env} is frozen by `{cron}` (UTC)"),
+                    format!("the window to end, or an admin: `sluice override {id} --reason WHY`"),
+                )),
+            }
+        }
+        RuleSpec::Soak { duration, .. } => {
+            let from = from?;
+            let needed = chrono::Duration::from_std(parse_duration(duration).ok()?).ok()?;
+            match facts
+                .from_healthy_since
+                .filter(|_| facts.from_release == Some(v))
+            {
+                Some(since) if now - since >= needed => Ok(format!(
+                    "v{v} has been healthy in {from} for {}",
+                    human(now - since)
+                )),
+                Some(since) => Err((
+                    format!(
+                        "v{v} has been healthy in {from} for {} of {}",
+                        human(now - since),
+                        human(needed)
+                    ),
+                    format!("wait until {} UTC", (since + needed).format("%H:%M:%S")),
+                )),
+                None => Err((
+                    format!("v{v} is not running healthy in {from}"),
+                    format!("{} healthy in {from}", human(needed)),
+                )),
+            }
+        }
+        RuleSpec::MetricGate {
+            max_error_rate,
+            max_p95,
+            window,
+            min_requests,
+            ..
+        } => {
+            let from = from?;
+            let seconds = parse_duration(window).ok()?.as_secs();
+            let traffic = facts.traffic.get(&seconds).copied().unwrap_or_default();
+            let rate = traffic.errors as f64 / traffic.requests.max(1) as f64;
+            if traffic.requests < *min_requests {
+                Err((
+                    format!(
+                        "{from} had {} requests over the last {window}, fewer than the {min_requests} the rule needs to judge",
+                        traffic.requests
+                    ),
+                    format!("traffic in {from}"),
+                ))
+            } else if let Some(max) = max_error_rate.filter(|max| rate > *max) {
+                Err((
+                    format!(
+                        "{from}'s error rate over the last {window} is {:.2}% ({} of {}), above {:.2}%",
+                        rate * 100.0,
+                        traffic.errors,
+                        traffic.requests,
+                        max * 100.0
+                    ),
+                    format!("{from}'s errors to fall below the limit"),
+                ))
+            } else if let (Some(max), Some(p95)) = (max_p95, traffic.p95_ms)
+                && let Ok(limit) = parse_duration(max)
+                && p95 > limit.as_secs_f64() * 1000.0
+            {
+                Err((
+                    format!("{from}'s p95 over the last {window} is {p95:.0} ms, above {max}"),
+                    format!("{from}'s latency to fall below the limit"),
+                ))
+            } else {
+                Ok(format!(
+                    "{from}: {} requests, {:.2}% errors over the last {window}",
+                    traffic.requests,
+                    rate * 100.0
+                ))
+            }
+        }
+        RuleSpec::ConfigGuard { key, value, .. } => {
+            let next = facts.config_next.get(key);
+            let now_value = facts.config_now.as_ref().and_then(|c| c.get(key));
+            let shown = |v: Option<&String>| v.map_or("unset".to_string(), |v| format!("`{v}`"));
+            match value {
+                Some(kept) if next != Some(kept) => Err((
+                    format!(
+                        "v{v} sets `{key}` to {} in {env}; the rule keeps it `{kept}`",
+                        shown(next)
+                    ),
+                    format!("set `{key}: {kept}` for {env} in sluice.yaml and release again"),
+                )),
+                Some(kept) => Ok(format!("`{key}` stays `{kept}`")),
+                None if facts.config_now.is_none() || now_value == next => {
+                    Ok(format!("`{key}` does not change"))
+                }
+                None if !facts.approvers.is_empty() => Ok(format!(
+                    "`{key}` changes from {} to {}, approved by {}",
+                    shown(now_value),
+                    shown(next),
+                    facts.approvers.join(", ")
+                )),
+                None => Err((
+                    format!(
+                        "v{v} changes `{key}` in {env} from {} to {}",
+                        shown(now_value),
+                        shown(next)
+                    ),
+                    format!("an approval: `sluice approve {id}`"),
+                )),
+            }
+        }
+    })
+}
+
+fn rule_check(rule: &Rule, verdict: Verdict) -> GateCheck {
+    let gate = format!("rule {}", rule.id);
+    let mut check = match verdict {
+        Ok(why) => open(&gate, format!("{} holds: {why}", rule.label())),
+        Err((why, clears)) => closed(&gate, rule.blocks(&why), clears),
+    };
+    check.rule = Some(rule.id.clone());
+    check
 }
 
 fn open(gate: &str, detail: String) -> GateCheck {
@@ -170,6 +355,7 @@ fn open(gate: &str, detail: String) -> GateCheck {
         passed: true,
         detail,
         clears: None,
+        rule: None,
     }
 }
 
@@ -179,6 +365,7 @@ fn closed(gate: &str, detail: String, clears: String) -> GateCheck {
         passed: false,
         detail,
         clears: Some(clears),
+        rule: None,
     }
 }
 
@@ -214,7 +401,137 @@ mod tests {
             from_release: Some(3),
             from_healthy_since: Some(Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 0).unwrap()),
             jobs: BTreeMap::from([("unit".to_string(), "success".to_string())]),
+            rules: vec![],
+            config_now: Some(BTreeMap::from([("MODE".to_string(), "a".to_string())])),
+            config_next: BTreeMap::from([("MODE".to_string(), "b".to_string())]),
+            traffic: BTreeMap::new(),
         }
+    }
+
+    fn rule(id: &str, spec: RuleSpec) -> Rule {
+        Rule {
+            id: id.into(),
+            origin: Some("INC-7 \"checkout fails\"".into()),
+            spec,
+        }
+    }
+
+    #[test]
+    fn a_rule_block_names_the_rule_and_its_incident() {
+        let env = prod("approvals: 0");
+        let mut f = facts(&env);
+        f.rules = vec![rule(
+            "R3",
+            RuleSpec::RequireJob {
+                job: "checkout-regression".into(),
+                paths: vec![],
+            },
+        )];
+        let check = evaluate(&f, friday(11)).pop().unwrap();
+        assert_eq!(
+            (check.passed, check.detail.as_str(), check.rule.as_deref()),
+            (
+                false,
+                "blocked by rule R3 (from INC-7 \"checkout fails\"): v3's pipeline has no job `checkout-regression`",
+                Some("R3")
+            )
+        );
+    }
+
+    #[test]
+    fn a_config_guard_wants_an_approval_for_a_change() {
+        let env = prod("approvals: 0");
+        let mut f = facts(&env);
+        f.rules = vec![rule(
+            "R4",
+            RuleSpec::ConfigGuard {
+                environments: vec!["prod".into()],
+                key: "MODE".into(),
+                value: None,
+            },
+        )];
+        let check = evaluate(&f, friday(11)).pop().unwrap();
+        assert!(!check.passed);
+        assert!(
+            check
+                .detail
+                .ends_with("v3 changes `MODE` in prod from `a` to `b`"),
+            "{check:?}"
+        );
+        f.approvers = vec!["bo".into()];
+        assert!(evaluate(&f, friday(11)).iter().all(|c| c.passed));
+    }
+
+    #[test]
+    fn a_metric_gate_judges_the_previous_environment() {
+        let env = prod("approvals: 0");
+        let mut f = facts(&env);
+        f.rules = vec![rule(
+            "R5",
+            RuleSpec::MetricGate {
+                environments: vec![],
+                max_error_rate: Some(0.01),
+                max_p95: Some("300ms".into()),
+                window: "5m".into(),
+                min_requests: 100,
+            },
+        )];
+        let judged = |f: &Facts| evaluate(f, friday(11)).pop().unwrap();
+        assert!(judged(&f).detail.contains("fewer than the 100"));
+        f.traffic.insert(
+            300,
+            Traffic {
+                requests: 1000,
+                errors: 30,
+                p95_ms: Some(120.0),
+            },
+        );
+        assert!(
+            judged(&f)
+                .detail
+                .contains("error rate over the last 5m is 3.00% (30 of 1000), above 1.00%")
+        );
+        f.traffic.insert(
+            300,
+            Traffic {
+                requests: 1000,
+                errors: 3,
+                p95_ms: Some(420.0),
+            },
+        );
+        assert!(
+            judged(&f)
+                .detail
+                .contains("p95 over the last 5m is 420 ms, above 300ms")
+        );
+        f.traffic.insert(
+            300,
+            Traffic {
+                requests: 1000,
+                errors: 3,
+                p95_ms: Some(120.0),
+            },
+        );
+        assert!(judged(&f).passed);
+    }
+
+    #[test]
+    fn a_rule_for_another_environment_says_nothing() {
+        let env = prod("approvals: 0");
+        let mut f = facts(&env);
+        f.rules = vec![rule(
+            "R6",
+            RuleSpec::Freeze {
+                environments: vec!["dev".into()],
+                cron: "* * * * *".into(),
+            },
+        )];
+        assert!(evaluate(&f, friday(11)).iter().all(|c| c.passed));
+        f.rules[0].spec = RuleSpec::Freeze {
+            environments: vec!["prod".into()],
+            cron: "* * * * *".into(),
+        };
+        assert!(!evaluate(&f, friday(11)).iter().all(|c| c.passed));
     }
 
     fn friday(hour: u32) -> DateTime<Utc> {

@@ -10,11 +10,13 @@ mod data;
 mod experiment;
 mod gates;
 mod health;
+mod incidents;
 mod layout;
 mod promote;
 mod release;
 mod render;
 mod rollout;
+mod rules;
 pub mod runtime;
 mod view;
 
@@ -29,9 +31,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use experiment::Command as ExperimentCommand;
 pub use gates::GateCheck;
+pub use incidents::{IncidentView, OpenRequest, TimelineEntry};
 pub use layout::Layout;
 pub use promote::{PromoteRequest, PromotionView};
 pub use release::ReleaseMaker;
+pub use rules::{NewRuleRequest, Replay, ReplayTarget};
 pub use runtime::{InstanceSpec, LocalRuntime, Runtime};
 pub use view::{EnvDiff, EnvStatus};
 
@@ -131,6 +135,8 @@ struct Live {
     env: String,
     backend: Arc<Backend>,
     checks: CancellationToken,
+    /// Why the instance's last health probe failed.
+    last_failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Cd {
@@ -301,7 +307,7 @@ impl Cd {
         tokio::spawn(async move {
             let lock = inner.env_lock(&release.service, &env);
             let _one_at_a_time = lock.lock().await;
-            if let Err(e) = experiment::run(
+            match experiment::run(
                 &inner,
                 &release,
                 &spec,
@@ -314,7 +320,13 @@ impl Cd {
             )
             .await
             {
-                tracing::error!(error = %format!("{e:#}"), "the experiment could not run");
+                Ok((_, rollout::Outcome::RolledBack(why) | rollout::Outcome::Failed(why))) => {
+                    incidents::deployment_failed(&inner, &release, &env, &why).await
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "the experiment could not run")
+                }
             }
         });
         Ok(())
@@ -350,6 +362,65 @@ impl Cd {
     /// An environment's per-second windows after `after` (seconds since the epoch).
     pub fn windows(&self, service: &str, env: &str, after: u64) -> Vec<sluice_proxy::SecondWindow> {
         self.inner.windows(service, env, after)
+    }
+
+    pub async fn open_incident(
+        &self,
+        request: OpenRequest,
+        actor: &Actor,
+    ) -> CdResult<sluice_store::Incident> {
+        incidents::open(&self.inner, request, actor).await
+    }
+
+    pub async fn incident(&self, id: i64) -> CdResult<IncidentView> {
+        incidents::view(&self.inner, id).await
+    }
+
+    /// Moves an incident to `mitigated` or `resolved`.
+    pub async fn set_incident_status(
+        &self,
+        id: i64,
+        status: &str,
+        note: Option<&str>,
+        actor: &Actor,
+    ) -> CdResult<sluice_store::Incident> {
+        incidents::transition(&self.inner, id, status, note, actor).await
+    }
+
+    /// The postmortem's Markdown: as edited, or the pre-filled template.
+    pub async fn postmortem(&self, id: i64) -> CdResult<String> {
+        incidents::postmortem(&self.inner, id).await
+    }
+
+    pub async fn edit_postmortem(
+        &self,
+        id: i64,
+        text: &str,
+        actor: &Actor,
+    ) -> CdResult<sluice_store::Incident> {
+        incidents::edit_postmortem(&self.inner, id, text, actor).await
+    }
+
+    pub async fn add_rule(
+        &self,
+        request: NewRuleRequest,
+        actor: &Actor,
+    ) -> CdResult<sluice_store::RuleRecord> {
+        rules::add(&self.inner, request, actor).await
+    }
+
+    pub async fn disable_rule(
+        &self,
+        id: i64,
+        reason: &str,
+        actor: &Actor,
+    ) -> CdResult<sluice_store::RuleRecord> {
+        rules::disable(&self.inner, id, reason, actor).await
+    }
+
+    /// Whether rule `id` would have stopped a past change or release.
+    pub async fn replay_rule(&self, id: i64, target: ReplayTarget) -> CdResult<Replay> {
+        rules::replay(&self.inner, id, target).await
     }
 
     /// Stops every instance, for a clean shutdown.

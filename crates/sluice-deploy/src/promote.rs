@@ -134,6 +134,30 @@ async fn gates_of(inner: &Arc<Inner>, promotion: &Promotion) -> CdResult<Vec<Gat
         .into_iter()
         .map(|j| (j.name, j.status.to_string()))
         .collect();
+    let rules = crate::rules::in_force(inner, &release).await?;
+    let mut traffic = BTreeMap::new();
+    if let Some(from) = &target.from {
+        for rule in &rules {
+            if let sluice_spec::RuleSpec::MetricGate { window, .. } = &rule.spec
+                && let Ok(d) = sluice_spec::parse_duration(window)
+            {
+                let seconds = d.as_secs();
+                traffic.insert(
+                    seconds,
+                    crate::rules::traffic(inner, &promotion.service, from, seconds),
+                );
+            }
+        }
+    }
+    let config_now = match state.as_ref().and_then(|s| s.release_id) {
+        Some(id) => {
+            let running = inner.store.release_by_id(id).await?;
+            release_env(&running, &promotion.environment)
+                .ok()
+                .map(|(_, e)| e.config)
+        }
+        None => None,
+    };
     let facts = Facts {
         promotion_id: promotion.id,
         release: release.number,
@@ -154,6 +178,10 @@ async fn gates_of(inner: &Arc<Inner>, promotion: &Promotion) -> CdResult<Vec<Gat
         from_release,
         from_healthy_since,
         jobs,
+        config_next: target.config.clone(),
+        config_now,
+        rules,
+        traffic,
     };
     Ok(gates::evaluate(&facts, Utc::now()))
 }
@@ -166,6 +194,19 @@ pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
         return Ok(());
     }
     let checks = gates_of(inner, &promotion).await?;
+    for blocked in checks.iter().filter(|c| !c.passed) {
+        if let Some(rule) = &blocked.rule {
+            inner
+                .store
+                .record_block(
+                    rule,
+                    &promotion.service,
+                    &format!("promotion {id}"),
+                    &blocked.detail,
+                )
+                .await?;
+        }
+    }
     if let Some(closed) = checks.iter().find(|c| !c.passed) {
         let reason = match &closed.clears {
             Some(clears) => format!("{}; clears with {clears}", closed.detail),
@@ -211,6 +252,10 @@ pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
             .store
             .set_promotion_status(id, status, None, reason.as_deref(), "sluice")
             .await;
+        if let Some(why) = &reason {
+            crate::incidents::deployment_failed(&inner, &release, &promotion.environment, why)
+                .await;
+        }
         if status == "done" {
             auto_deploy(&inner, &release, Some(&promotion.environment)).await;
         }

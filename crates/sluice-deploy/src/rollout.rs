@@ -377,17 +377,44 @@ pub(crate) async fn start_instance(
         .await?;
     let backend = Backend::new(id.clone(), ([127, 0, 0, 1], port).into(), release.name());
     let checks = CancellationToken::new();
-    health::watch(
-        inner.store.clone(),
-        backend.clone(),
-        run.health.clone(),
-        checks.clone(),
-    );
+    let last_failure = Arc::new(std::sync::Mutex::new(None));
+    let check = run.health.clone();
+    let alarm = {
+        let (inner, service, env) = (inner.clone(), service.clone(), env.name.clone());
+        let (instance, name) = (id.clone(), release.name());
+        health::Alarm {
+            after: check
+                .as_ref()
+                .map_or(Duration::from_secs(60), |c| c.incident_after),
+            fire: Arc::new(move |why: String| {
+                let (inner, service, env) = (inner.clone(), service.clone(), env.clone());
+                let title = format!("{service} is unhealthy in {env}");
+                let detail =
+                    format!("instance {instance} of {name} kept failing its health check: {why}");
+                tokio::spawn(async move {
+                    crate::incidents::auto_open(&inner, &service, &env, "health", &title, &detail)
+                        .await
+                });
+            }),
+        }
+    };
+    health::watch(health::Watch {
+        store: inner.store.clone(),
+        service: service.clone(),
+        env: env.name.clone(),
+        backend: backend.clone(),
+        check,
+        rules: crate::rules::health_rules(inner, release, &env.name).await,
+        last_failure: last_failure.clone(),
+        alarm: Some(alarm),
+        stop: checks.clone(),
+    });
     let live = Live {
         service: service.clone(),
         env: env.name.clone(),
         backend,
         checks,
+        last_failure,
     };
     inner.live.lock().unwrap().insert(id, live.clone());
     Ok(live)
@@ -402,12 +429,19 @@ pub(crate) async fn wait_healthy(
     while !backend.is_healthy() {
         if tokio::time::Instant::now() >= deadline {
             let live = inner.live.lock().unwrap().get(&backend.id).cloned();
-            if let Some(live) = live {
+            let why = live
+                .as_ref()
+                .and_then(|l| l.last_failure.lock().unwrap().clone());
+            if let Some(live) = &live {
                 let route = Route::default();
-                stop_instance(inner, &route, &live).await;
+                stop_instance(inner, &route, live).await;
+                if let Some(why) = &why {
+                    record_rule_block(inner, live, why).await;
+                }
             }
+            let why = why.map(|w| format!(": {w}")).unwrap_or_default();
             return Err(anyhow!(
-                "instance {} did not become healthy within {}",
+                "instance {} did not become healthy within {}{why}",
                 backend.id,
                 sluice_spec::format_duration(limit)
             ));
@@ -415,6 +449,21 @@ pub(crate) async fn wait_healthy(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
+}
+
+/// Remembers that a rule's health check kept an instance out.
+async fn record_rule_block(inner: &Arc<Inner>, live: &Live, why: &str) {
+    let Some(rule) = why
+        .strip_prefix("blocked by rule ")
+        .and_then(|rest| rest.split([' ', ':']).next())
+    else {
+        return;
+    };
+    let subject = format!("instance {} ({})", live.backend.id, live.backend.release);
+    let _ = inner
+        .store
+        .record_block(rule, &live.service, &subject, why)
+        .await;
 }
 
 /// Drains an instance (no new requests, those in flight finish), then stops it.
@@ -472,7 +521,7 @@ fn ephemeral_floor() -> u16 {
 /// gave another instance, and below the ephemeral range when there is room,
 /// so that no socket of any process is handed it by the kernel before the
 /// instance binds it.
-fn free_port(taken: &std::collections::HashSet<u16>) -> Result<u16> {
+pub(crate) fn free_port(taken: &std::collections::HashSet<u16>) -> Result<u16> {
     const FLOOR: u16 = 10_000;
     let ceiling = ephemeral_floor();
     if ceiling > FLOOR + 1000 {

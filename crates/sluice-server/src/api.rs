@@ -5,6 +5,7 @@ mod changelog;
 mod deploy;
 mod events;
 mod hooks;
+mod incidents;
 mod repos;
 mod runs;
 mod tokens;
@@ -66,4 +67,15 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/experiments/{id}", get(deploy::experiment))
         .route("/experiments/{id}/{verb}", post(deploy::steer_experiment))
+        .route("/incidents", get(incidents::list).post(incidents::open))
+        .route("/incidents/{id}", get(incidents::show))
+        .route(
+            "/incidents/{id}/postmortem",
+            get(incidents::postmortem).put(incidents::edit_postmortem),
+        )
+        .route("/incidents/{id}/{verb}", post(incidents::transition))
+        .route("/rules", get(incidents::rules).post(incidents::add_rule))
+        .route("/rules/{id}", get(incidents::rule))
+        .route("/rules/{id}/disable", post(incidents::disable_rule))
+        .route("/rules/{id}/test", post(incidents::test_rule))
 }

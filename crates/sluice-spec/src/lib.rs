@@ -11,12 +11,14 @@ mod diagnostic;
 mod duration;
 mod model;
 mod raw;
+mod rules;
 mod validate;
 
 pub use cron::FreezeWindow;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::{format_duration, parse_duration};
 pub use model::*;
+pub use rules::{ExtraCheck, RULES_FILE, Rule, RuleSpec, parse_rules};
 
 /// The file name that a repository keeps its service definition under.
 pub const SPEC_FILE: &str = "sluice.yaml";

@@ -125,6 +125,8 @@ pub struct HealthCheck {
     pub healthy: u32,
     /// Consecutive failures that make it unhealthy.
     pub unhealthy: u32,
+    /// How long an instance may stay unhealthy before Sluice opens an incident.
+    pub incident_after: Duration,
 }
 
 #[derive(Clone, Debug, Serialize)]

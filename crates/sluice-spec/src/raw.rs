@@ -74,6 +74,7 @@ pub struct RawHealth {
     pub timeout: Option<Spanned<String>>,
     pub healthy: Option<Spanned<u32>>,
     pub unhealthy: Option<Spanned<u32>>,
+    pub incident_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,16 +231,35 @@ impl<'de> Deserialize<'de> for Scalar {
 
 /// Reads the text into [`RawSpec`]; a syntax or shape error stops here with one diagnostic.
 pub fn parse(file: &str, text: &str) -> Result<RawSpec, Diagnostics> {
+    from_yaml(
+        file,
+        text,
+        "start with `service: NAME` and a `pipeline:` with at least one job; `sluice init` writes one",
+    )
+}
+
+/// Deserializes a YAML file, an error pointing at where the parser stopped;
+/// `empty_help` says what to write in a file that has nothing in it.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+    empty_help: &str,
+) -> Result<T, Diagnostics> {
     let blank = text
         .lines()
         .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
     if blank {
-        return Err(Diagnostics::one(Diagnostic::at(file, text, 1, 1, 0,
+        return Err(Diagnostics::one(Diagnostic::at(
+            file,
+            text,
+            1,
+            1,
+            0,
             "the file is empty",
-            Some("start with `service: NAME` and a `pipeline:` with at least one job; `sluice init` writes one".into()),
+            Some(empty_help.into()),
         )));
     }
-    serde_saphyr::from_str::<RawSpec>(text).map_err(|error| {
+    serde_saphyr::from_str::<T>(text).map_err(|error| {
         let (line, column, len) = error
             .location()
             .map(|l| {

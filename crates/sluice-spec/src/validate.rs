@@ -372,6 +372,8 @@ fn run_spec(c: &mut Checker, raw: RawRun) -> RunSpec {
         }
         let interval = c.duration(&h.interval, "interval", Duration::from_secs(2));
         let timeout = c.duration(&h.timeout, "timeout", Duration::from_secs(1));
+        let incident_after =
+            c.duration(&h.incident_after, "incident_after", Duration::from_secs(60));
         if let Some(node) = &h.timeout
             && timeout > interval
         {
@@ -397,6 +399,7 @@ fn run_spec(c: &mut Checker, raw: RawRun) -> RunSpec {
             timeout,
             healthy,
             unhealthy,
+            incident_after,
         }
     });
     let mut targets = HashSet::new();

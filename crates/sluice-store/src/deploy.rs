@@ -179,7 +179,7 @@ impl Store {
         artifact: &str,
         spec: &str,
     ) -> Result<Release> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM releases WHERE run_id = $1")
             .bind(run.id)
             .fetch_optional(&mut *tx)
@@ -305,7 +305,7 @@ impl Store {
         actor: &str,
         kind: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let before: Option<Option<i64>> = sqlx::query_scalar(
             "SELECT r.number FROM environments e LEFT JOIN releases r ON r.id = e.release_id WHERE e.service = $1 AND e.name = $2",
         )
@@ -355,7 +355,7 @@ impl Store {
         reason: Option<&str>,
         actor: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE environments SET pinned = $1, pin_reason = $2, updated_at = $3 WHERE service = $4 AND name = $5")
             .bind(i64::from(pinned))
             .bind(reason)
@@ -399,7 +399,7 @@ impl Store {
             cause,
             actor,
         } = new;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO deployments (service, environment, release_id, previous_release_id, strategy, cause, actor, status, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', $8) RETURNING id",
@@ -436,7 +436,7 @@ impl Store {
         status: &str,
         reason: Option<&str>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE deployments SET status = $1, reason = $2, finished_at = $3 WHERE id = $4 AND status = 'running'")
             .bind(status)
             .bind(reason)
@@ -598,7 +598,7 @@ impl Store {
         release: &Release,
         requested_by: &str,
     ) -> Result<Promotion> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO promotions (service, environment, release_id, requested_by, status, created_at)
              VALUES ($1, $2, $3, $4, 'pending', $5) RETURNING id",
@@ -681,7 +681,7 @@ impl Store {
         if before.status == status && before.blocked_by.as_deref() == blocked_by {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let decided = if ["done", "failed", "rejected"].contains(&status) {
             Some(now_ms())
         } else {
@@ -741,7 +741,7 @@ impl Store {
 
     /// Records an approval; false when this approver had approved already.
     pub async fn add_approval(&self, promotion: &Promotion, approver: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let done = sqlx::query("INSERT INTO approvals (promotion_id, approver, at) VALUES ($1, $2, $3) ON CONFLICT (promotion_id, approver) DO NOTHING")
             .bind(promotion.id)
             .bind(approver)
@@ -777,7 +777,7 @@ impl Store {
         admin: &str,
         reason: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE promotions SET override_by = $1, override_reason = $2 WHERE id = $3")
             .bind(admin)
             .bind(reason)

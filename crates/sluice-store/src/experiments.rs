@@ -55,7 +55,7 @@ impl Store {
         deployment: i64,
         actor: &str,
     ) -> Result<Experiment> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let now = now_ms();
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO experiments (service, environment, release_id, baseline_release_id, status, step, weight_bp, overrides,
@@ -133,7 +133,7 @@ impl Store {
         let mut decisions: Vec<serde_json::Value> =
             serde_json::from_str(&before.decisions).unwrap_or_default();
         decisions.push(decision.clone());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let finished = if ["promoted", "rolled_back", "aborted", "broken"].contains(&status) {
             Some(now_ms())
         } else {

@@ -9,10 +9,12 @@ mod artifacts;
 mod changelog;
 mod deploy;
 mod experiments;
+mod incidents;
 mod logs;
 mod migrate;
 mod processes;
 mod repos;
+mod rules;
 mod runs;
 mod tokens;
 
@@ -30,9 +32,11 @@ pub use deploy::{
     Approval, Deployment, EnvState, Flag, Instance, NewDeployment, Promotion, Release,
 };
 pub use experiments::Experiment;
+pub use incidents::{Incident, NewIncident};
 pub use logs::LogLine;
 pub use processes::TrackedProcess;
 pub use repos::{NewRepo, Repo};
+pub use rules::{NewRule, RuleBlock, RuleRecord};
 pub use runs::{Change, Job, NewChange, PlannedJob, Run, RunDetail, RunFilter, RunStatus, Step};
 pub use tokens::{Role, TokenRecord};
 
@@ -64,6 +68,16 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 impl Store {
+    /// A transaction that takes SQLite's write lock at once: a deferred one
+    /// that reads and then writes fails with SQLITE_BUSY when another
+    /// connection wrote in between, instead of waiting its turn.
+    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Connects to `url` (`sqlite://PATH` or `postgres://…`) and runs pending migrations.
     pub async fn connect(url: &str) -> Result<Self> {
         install_default_drivers();

@@ -10,6 +10,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_foundation.sql")),
     (2, include_str!("migrations/0002_deploy.sql")),
     (3, include_str!("migrations/0003_experiments.sql")),
+    (4, include_str!("migrations/0004_incidents.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

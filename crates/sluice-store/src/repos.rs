@@ -43,7 +43,7 @@ const REPO_COLUMNS: &str =
 
 impl Store {
     pub async fn insert_repo(&self, repo: NewRepo, actor: &str) -> Result<Repo> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM repos WHERE name = $1")
             .bind(&repo.name)
             .fetch_optional(&mut *tx)
@@ -168,7 +168,7 @@ impl Store {
         value: &str,
         actor: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO secrets (repo_id, name, value, updated_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (repo_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",

@@ -190,7 +190,7 @@ const RUN_SELECT: &str =
 impl Store {
     /// Records a change and queues its run; `None` when that commit on that ref was seen before.
     pub async fn insert_change(&self, change: NewChange) -> Result<Option<Run>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let change_id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO changes (repo_id, ref_name, branch, sha, kind, source, pull_request, title, author, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -329,7 +329,7 @@ impl Store {
 
     /// Creates the jobs and steps of a run in one transaction.
     pub async fn insert_jobs(&self, run_id: i64, service: &str, jobs: &[PlannedJob]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE runs SET service = $1 WHERE id = $2")
             .bind(service)
             .bind(run_id)
@@ -412,7 +412,7 @@ impl Store {
         reason: Option<&str>,
         artifact: Option<&str>,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE runs SET status = $1, reason = $2, artifact_sha256 = $3, finished_at = $4
              WHERE id = $5 AND status IN ('queued', 'running')",

@@ -95,7 +95,7 @@ impl Store {
         hash: &str,
         created_by: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO tokens (id, name, role, hash, created_at, created_by, groups) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(id)
             .bind(name)
@@ -136,7 +136,7 @@ impl Store {
     }
 
     pub async fn revoke_token(&self, id: &str, actor: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let done =
             sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now_ms())

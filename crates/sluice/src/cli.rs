@@ -186,6 +186,15 @@ pub enum Command {
     /// A/B experiments: B beside A, ramped while the analysis says it is not worse.
     #[command(subcommand)]
     Ab(AbCommand),
+    /// Incidents: what broke, its timeline and suspect changes.
+    #[command(subcommand)]
+    Incident(IncidentCommand),
+    /// An incident's postmortem, in Markdown.
+    #[command(subcommand)]
+    Postmortem(PostmortemCommand),
+    /// Rules: lessons the pipeline enforces on every later change.
+    #[command(subcommand)]
+    Rule(RuleCommand),
     /// What changed: the change log, newest first.
     Changes {
         #[arg(long)]
@@ -260,6 +269,195 @@ pub enum AbCommand {
 }
 
 #[derive(Subcommand)]
+pub enum IncidentCommand {
+    /// Open an incident by hand.
+    Open {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        env: Option<String>,
+        /// What is broken, as users see it.
+        title: String,
+    },
+    /// Open incidents (`--all`: resolved ones too).
+    List {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// An incident with its timeline and ranked suspect changes.
+    Show {
+        #[arg(value_parser = parse_incident)]
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The damage is stopped, the cause may not be fixed yet.
+    Mitigate {
+        #[arg(value_parser = parse_incident)]
+        id: i64,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// It is over.
+    Resolve {
+        #[arg(value_parser = parse_incident)]
+        id: i64,
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PostmortemCommand {
+    /// Print the postmortem (the pre-filled template until someone edits it).
+    Show {
+        #[arg(value_parser = parse_incident)]
+        id: i64,
+    },
+    /// Edit the postmortem in $EDITOR; it is saved when the editor exits with changes.
+    Edit {
+        #[arg(value_parser = parse_incident)]
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RuleCommand {
+    /// Make a rule.
+    #[command(subcommand)]
+    Add(RuleKind),
+    /// Rules in force (`--all`: disabled and expired ones too).
+    List {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A rule, its origin and what it has blocked.
+    Show {
+        #[arg(value_parser = parse_rule)]
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop enforcing a rule; the reason goes to the change log.
+    Disable {
+        #[arg(value_parser = parse_rule)]
+        id: i64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Whether the rule would have stopped a past change or release, and why.
+    Test {
+        #[arg(value_parser = parse_rule)]
+        id: i64,
+        /// A commit sha (at least 4 characters).
+        #[arg(long, conflicts_with = "release", required_unless_present = "release")]
+        change: Option<String>,
+        #[arg(long, value_parser = parse_release)]
+        release: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What every rule carries besides what it demands.
+#[derive(Args, Clone)]
+pub struct RuleCommon {
+    #[arg(long)]
+    pub service: String,
+    /// The incident the rule comes from, INC-N or N.
+    #[arg(long, value_parser = parse_incident)]
+    pub incident: Option<i64>,
+    /// Why the rule exists.
+    #[arg(long, default_value = "")]
+    pub note: String,
+    /// How long the rule lasts, such as 30d; forever by default.
+    #[arg(long)]
+    pub expires_in: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum RuleKind {
+    /// A CI job that must exist in the pipeline and pass.
+    RequireJob {
+        job: String,
+        /// Only for changes touching files under this path; repeat for more.
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        #[command(flatten)]
+        common: RuleCommon,
+    },
+    /// An extra check every instance must pass to be healthy.
+    HealthCheck {
+        #[arg(long)]
+        path: String,
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+        #[arg(long)]
+        body_contains: Option<String>,
+        #[arg(long)]
+        max_latency: Option<String>,
+        /// An environment the rule covers; repeat for more; all by default.
+        #[arg(long = "env")]
+        environments: Vec<String>,
+        #[command(flatten)]
+        common: RuleCommon,
+    },
+    /// Error rate or latency limits in the previous environment before a promotion.
+    MetricGate {
+        #[arg(long)]
+        window: String,
+        /// A share, such as 0.01 for 1%.
+        #[arg(long)]
+        max_error_rate: Option<f64>,
+        #[arg(long)]
+        max_p95: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        min_requests: u64,
+        #[arg(long = "env")]
+        environments: Vec<String>,
+        #[command(flatten)]
+        common: RuleCommon,
+    },
+    /// No promotion while a cron expression matches (UTC).
+    Freeze {
+        #[arg(long)]
+        cron: String,
+        #[arg(long = "env")]
+        environments: Vec<String>,
+        #[command(flatten)]
+        common: RuleCommon,
+    },
+    /// A config key that may not change without an approval, or must keep a value.
+    ConfigGuard {
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        value: Option<String>,
+        #[arg(long = "env")]
+        environments: Vec<String>,
+        #[command(flatten)]
+        common: RuleCommon,
+    },
+    /// A minimum healthy time in the previous environment.
+    Soak {
+        #[arg(long)]
+        duration: String,
+        #[arg(long = "env")]
+        environments: Vec<String>,
+        #[command(flatten)]
+        common: RuleCommon,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum InstanceCommand {
     /// The end of an instance's stdout and stderr.
     Logs { id: String },
@@ -321,6 +519,21 @@ fn parse_release(text: &str) -> Result<i64, String> {
     text.trim_start_matches('v')
         .parse()
         .map_err(|_| format!("`{text}` is not a release; write vN, such as v3"))
+}
+
+/// `INC-7` or `7`.
+fn parse_incident(text: &str) -> Result<i64, String> {
+    text.trim_start_matches("INC-")
+        .trim_start_matches("inc-")
+        .parse()
+        .map_err(|_| format!("`{text}` is not an incident; write INC-N, such as INC-7"))
+}
+
+/// `R3` or `3`.
+fn parse_rule(text: &str) -> Result<i64, String> {
+    text.trim_start_matches(['R', 'r'])
+        .parse()
+        .map_err(|_| format!("`{text}` is not a rule; write RN, such as R3"))
 }
 
 /// `KEY=VALUE`.

@@ -1,6 +1,7 @@
 //! One module per group of commands; `run` dispatches to them.
 
 mod deploy;
+mod incidents;
 mod proxy;
 mod repos;
 mod runs;
@@ -74,6 +75,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Instance(crate::cli::InstanceCommand::Logs { id }) => {
             deploy::instance_logs(&client(), &id).await
         }
+        Command::Incident(command) => incidents::incident(&client(), command).await,
+        Command::Postmortem(command) => incidents::postmortem(&client(), command).await,
+        Command::Rule(command) => incidents::rule(&client(), command).await,
         Command::Changes {
             service,
             env,

@@ -29,6 +29,12 @@ pub fn duration(start: &Value, end: &Value) -> String {
     }
 }
 
+/// Prints a value as indented JSON, for `--json`.
+pub fn print_json(value: &Value) -> anyhow::Result<std::process::ExitCode> {
+    crate::say!("{}", serde_json::to_string_pretty(value)?);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 pub fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),

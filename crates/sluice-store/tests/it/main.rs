@@ -2,6 +2,7 @@
 //! is set) a real PostgreSQL server.
 
 mod changelog;
+mod incidents;
 mod runs;
 
 use sluice_store::Store;

@@ -8,13 +8,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::client::Client;
-use crate::output::{short_sha, table, text, time};
+use crate::output::{print_json, short_sha, table, text, time};
 use crate::say;
-
-fn print_json(value: &Value) -> Result<ExitCode> {
-    say!("{}", serde_json::to_string_pretty(value)?);
-    Ok(ExitCode::SUCCESS)
-}
 
 pub async fn status(client: &Client, service: Option<String>, json: bool) -> Result<ExitCode> {
     let all = client.get_with("/status", &[("service", service)]).await?;

@@ -292,3 +292,44 @@ async fn cancel_stops_a_running_run() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already ended cancelled"));
 }
+
+#[tokio::test]
+async fn the_repository_rules_file_is_validated_and_enforced() {
+    let dir = crate::support::tempdir();
+    let server = Server::start(&dir.path().join("data"), None);
+    let repo = GitRepo::new(dir.path(), "shop");
+    let bad = "rules:\n  tested:\n    kind: require_job\n    jbo: checkout-regression\n";
+    let sha = repo.commit(
+        "rules",
+        &[("sluice.yaml", TWO_JOBS), (".sluice/rules.yaml", bad)],
+    );
+    server.add_repo(&repo);
+    let run = server
+        .wait_run("bad rules", |r| r["sha"] == sha.as_str())
+        .await;
+    assert_eq!(run["status"], "failure");
+    assert_eq!(run["reason"], ".sluice/rules.yaml is not valid", "{run:#}");
+    let logs = server.logs(&run).await.join("\n");
+    // The rule is buffered to read its `kind`, so the error points at the rule.
+    assert!(logs.contains("--> .sluice/rules.yaml:2:3"), "{logs}");
+    assert!(logs.contains("jbo"), "{logs}");
+
+    let good = "rules:\n  tested:\n    kind: require_job\n    job: checkout-regression\n    paths: [app/]\n";
+    let sha = repo.commit("rules fixed", &[(".sluice/rules.yaml", good)]);
+    let run = server
+        .wait_run("rules kept", |r| r["sha"] == sha.as_str())
+        .await;
+    assert_eq!(
+        run["status"], "success",
+        "the change touches no file under app/: {run:#}"
+    );
+    let sha = repo.commit("touch the app", &[("app/cart.py", "total = 0\n")]);
+    let run = server
+        .wait_run("rules enforced", |r| r["sha"] == sha.as_str())
+        .await;
+    assert_eq!(run["status"], "failure");
+    assert_eq!(
+        run["reason"],
+        "blocked by rule rules.yaml:tested: the pipeline has no job `checkout-regression`"
+    );
+}

@@ -8,6 +8,7 @@ mod cd;
 mod ci;
 mod detection;
 mod experiments;
+mod incidents;
 mod metrics;
 mod restart;
 mod validate;

@@ -1,0 +1,557 @@
+//! Incidents: opened by hand or by Sluice (a health check that keeps
+//! failing, a failed deployment, a rolled-back experiment), moved open →
+//! mitigated → resolved, each with a timeline from the change log and the
+//! proxy's windows, ranked suspect changes with their diffs, a postmortem,
+//! and the rules that came from it.
+
+pub mod postmortem;
+pub mod suspects;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sluice_store::{ChangeQuery, Incident, NewIncident, Repo, Role, RuleRecord};
+
+use crate::{Actor, CdError, CdResult, Inner};
+use suspects::{Candidate, Context, Suspect, SuspectDiff};
+
+/// How far before the first symptom the timeline and the suspects look.
+const LOOKBACK_MS: i64 = 6 * 3600 * 1000;
+
+/// One line of an incident's timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimelineEntry {
+    pub at: i64,
+    pub kind: String,
+    pub environment: Option<String>,
+    pub actor: String,
+    pub subject: String,
+    pub summary: String,
+}
+
+/// An incident with everything known around it.
+#[derive(Clone, Debug, Serialize)]
+pub struct IncidentView {
+    #[serde(flatten)]
+    pub incident: Incident,
+    pub name: String,
+    pub timeline: Vec<TimelineEntry>,
+    pub suspects: Vec<Suspect>,
+    pub rules: Vec<RuleRecord>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct OpenRequest {
+    pub service: String,
+    pub environment: Option<String>,
+    pub title: String,
+}
+
+/// Where the server reads a repository's commits.
+pub(crate) fn source_dir(inner: &Inner, repo: &Repo) -> PathBuf {
+    match &repo.local_path {
+        Some(path) => PathBuf::from(path),
+        None => inner
+            .config
+            .data_dir
+            .join("mirrors")
+            .join(format!("{}.git", repo.name)),
+    }
+}
+
+pub(crate) async fn open(
+    inner: &Arc<Inner>,
+    request: OpenRequest,
+    actor: &Actor,
+) -> CdResult<Incident> {
+    if actor.role < Role::Developer {
+        return Err(CdError::Forbidden(format!(
+            "opening an incident needs the developer role; `{}` has {}",
+            actor.name, actor.role
+        )));
+    }
+    if request.title.trim().is_empty() {
+        return Err(CdError::Invalid(
+            "an incident needs a title: what is broken, as users see it".into(),
+        ));
+    }
+    Ok(inner
+        .store
+        .open_incident(NewIncident {
+            service: &request.service,
+            environment: request.environment.as_deref(),
+            title: request.title.trim(),
+            trigger_kind: "manual",
+            trigger_detail: None,
+            actor: &actor.name,
+            first_symptom_at: None,
+        })
+        .await?)
+}
+
+/// Opens an incident for Sluice itself, unless one is open for that
+/// environment already (the first stays the place to look).
+pub(crate) async fn auto_open(
+    inner: &Arc<Inner>,
+    service: &str,
+    env: &str,
+    trigger: &str,
+    title: &str,
+    detail: &str,
+) {
+    let open = inner.store.incidents(Some(service), true, 100).await;
+    if let Ok(open) = &open
+        && let Some(same) = open.iter().find(|i| i.environment.as_deref() == Some(env))
+    {
+        tracing::info!(incident = %same.name(), %title, "an incident is open already for this environment");
+        return;
+    }
+    let failing = failing_paths(inner, service, env);
+    let detail = if failing.is_empty() {
+        detail.to_string()
+    } else {
+        format!("{detail}; the failing requests were {}", failing.join(", "))
+    };
+    match inner
+        .store
+        .open_incident(NewIncident {
+            service,
+            environment: Some(env),
+            title,
+            trigger_kind: trigger,
+            trigger_detail: Some(&detail),
+            actor: "sluice",
+            first_symptom_at: None,
+        })
+        .await
+    {
+        Ok(incident) => {
+            tracing::warn!(incident = %incident.name(), service, env, %title, "incident opened")
+        }
+        Err(e) => tracing::error!(error = %e, "could not open an incident"),
+    }
+}
+
+/// Opens an incident for a deployment or an experiment that failed.
+pub(crate) async fn deployment_failed(
+    inner: &Arc<Inner>,
+    release: &sluice_store::Release,
+    env: &str,
+    why: &str,
+) {
+    let (trigger, title) = if why.starts_with("experiment") {
+        (
+            "experiment",
+            format!(
+                "the experiment of {} in {env} was rolled back",
+                release.name()
+            ),
+        )
+    } else {
+        (
+            "deployment",
+            format!("the deployment of {} to {env} failed", release.name()),
+        )
+    };
+    auto_open(inner, &release.service, env, trigger, &title, why).await;
+}
+
+/// The requests that failed most in the environment's recent access log:
+/// `GET /checkout (57 of 60 failures)`.
+fn failing_paths(inner: &Inner, service: &str, env: &str) -> Vec<String> {
+    let path = inner.layout.env(service, env).join("access.log");
+    let Ok(text) = std::fs::read(&path) else {
+        return Vec::new();
+    };
+    let tail = &text[text.len().saturating_sub(1 << 20)..];
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut total = 0u64;
+    for line in String::from_utf8_lossy(tail).lines().rev().take(5000) {
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if entry["status"].as_u64().is_some_and(|s| s >= 500) {
+            let path = entry["path"].as_str().unwrap_or("?");
+            let path = path.split('?').next().unwrap_or(path);
+            let key = format!("{} {path}", entry["method"].as_str().unwrap_or("?"));
+            *counts.entry(key).or_default() += 1;
+            total += 1;
+        }
+    }
+    let mut ranked: Vec<(String, u64)> = counts.into_iter().collect();
+    ranked.sort_by_key(|r| std::cmp::Reverse(r.1));
+    ranked
+        .into_iter()
+        .take(3)
+        .map(|(key, n)| format!("{key} ({n} of {total} failures)"))
+        .collect()
+}
+
+pub(crate) async fn transition(
+    inner: &Arc<Inner>,
+    id: i64,
+    status: &str,
+    note: Option<&str>,
+    actor: &Actor,
+) -> CdResult<Incident> {
+    if actor.role < Role::Developer {
+        return Err(CdError::Forbidden(format!(
+            "changing an incident needs the developer role; `{}` has {}",
+            actor.name, actor.role
+        )));
+    }
+    if !matches!(status, "mitigated" | "resolved") {
+        return Err(CdError::Invalid(format!(
+            "`{status}` is not a state an incident moves to; use mitigated or resolved"
+        )));
+    }
+    inner
+        .store
+        .set_incident_status(id, status, &actor.name, note)
+        .await
+        .map_err(|e| match e {
+            sluice_store::StoreError::Conflict(m) => CdError::Conflict(m),
+            other => other.into(),
+        })
+}
+
+pub(crate) async fn view(inner: &Arc<Inner>, id: i64) -> CdResult<IncidentView> {
+    let incident = inner.store.incident(id).await?;
+    let timeline = timeline(inner, &incident).await?;
+    let suspects = suspects(inner, &incident).await?;
+    let rules = inner
+        .store
+        .rules(Some(&incident.service), false)
+        .await?
+        .into_iter()
+        .filter(|r| r.incident_id == Some(id))
+        .collect();
+    Ok(IncidentView {
+        name: incident.name(),
+        incident,
+        timeline,
+        suspects,
+        rules,
+    })
+}
+
+/// The stored postmortem, or the template filled with what is known now.
+pub(crate) async fn postmortem(inner: &Arc<Inner>, id: i64) -> CdResult<String> {
+    let view = view(inner, id).await?;
+    Ok(match &view.incident.postmortem {
+        Some(text) => text.clone(),
+        None => postmortem::template(&view.incident, &view.timeline, &view.suspects),
+    })
+}
+
+pub(crate) async fn edit_postmortem(
+    inner: &Arc<Inner>,
+    id: i64,
+    text: &str,
+    actor: &Actor,
+) -> CdResult<Incident> {
+    if actor.role < Role::Developer {
+        return Err(CdError::Forbidden(format!(
+            "editing a postmortem needs the developer role; `{}` has {}",
+            actor.name, actor.role
+        )));
+    }
+    if text.trim().is_empty() {
+        return Err(CdError::Invalid(
+            "the postmortem is empty; nothing was saved".into(),
+        ));
+    }
+    Ok(inner.store.set_postmortem(id, text, &actor.name).await?)
+}
+
+/// The change log of the service around the incident, with the proxy's
+/// error-rate jumps and the first symptom marked.
+async fn timeline(inner: &Arc<Inner>, incident: &Incident) -> CdResult<Vec<TimelineEntry>> {
+    let since = incident.first_symptom_at - LOOKBACK_MS;
+    let until = incident.resolved_at.unwrap_or(i64::MAX);
+    let events = inner
+        .store
+        .changes_log(&ChangeQuery {
+            service: Some(incident.service.clone()),
+            since_ms: Some(since),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await?;
+    let mut entries: Vec<TimelineEntry> = events
+        .into_iter()
+        .rev()
+        .filter(|e| e.at <= until)
+        .filter(|e| !e.kind.starts_with("change.") && !e.kind.starts_with("postmortem."))
+        .map(|e| TimelineEntry {
+            at: e.at,
+            kind: e.kind,
+            environment: e.environment,
+            actor: e.actor,
+            subject: e.subject,
+            summary: e.summary,
+        })
+        .collect();
+    if let Some(env) = &incident.environment {
+        entries.extend(error_rate_jumps(inner, &incident.service, env, since));
+    }
+    entries.sort_by_key(|e| e.at);
+    Ok(entries)
+}
+
+/// Ten-second buckets of the environment's traffic where the error rate
+/// rose past 5% from below it.
+fn error_rate_jumps(inner: &Inner, service: &str, env: &str, since_ms: i64) -> Vec<TimelineEntry> {
+    let windows = inner.windows(service, env, (since_ms / 1000).max(0) as u64);
+    let mut buckets: BTreeMap<u64, [u64; 4]> = BTreeMap::new();
+    for w in windows {
+        let b = buckets.entry(w.second / 10).or_default();
+        b[0] += w.a.requests + w.b.requests;
+        b[1] += w.a.errors + w.b.errors;
+        b[2] += w.b.requests;
+        b[3] += w.b.errors;
+    }
+    let mut out = Vec::new();
+    let mut was_high = false;
+    for (bucket, [requests, errors, b_requests, b_errors]) in buckets {
+        let high = requests >= 10 && errors as f64 / requests as f64 >= 0.05;
+        if high && !was_high {
+            let mut summary = format!(
+                "error rate in {env} rose to {:.1}% ({errors} of {requests} requests in 10 s)",
+                100.0 * errors as f64 / requests as f64
+            );
+            if b_requests > 0 {
+                summary.push_str(&format!("; B: {b_errors} of {b_requests}"));
+            }
+            out.push(TimelineEntry {
+                at: (bucket * 10_000) as i64,
+                kind: "metric.error_rate".into(),
+                environment: Some(env.to_string()),
+                actor: "proxy".into(),
+                subject: env.to_string(),
+                summary,
+            });
+        }
+        was_high = high;
+    }
+    out
+}
+
+/// Deployments and other changes before the first symptom, ranked.
+async fn suspects(inner: &Arc<Inner>, incident: &Incident) -> CdResult<Vec<Suspect>> {
+    let since = incident.first_symptom_at - LOOKBACK_MS;
+    let deployments = inner
+        .store
+        .deployments(Some(&incident.service), None, None, 200)
+        .await?;
+    let mut candidates = Vec::new();
+    for d in deployments
+        .into_iter()
+        .filter(|d| d.created_at >= since && d.cause != "reconcile")
+    {
+        let release = inner.store.release_by_id(d.release_id).await?;
+        let previous = match d.previous_release_id {
+            Some(id) => Some(inner.store.release_by_id(id).await?),
+            None => None,
+        };
+        let diff = release_diff(inner, previous.as_ref(), &release, &d.environment).await;
+        let was = previous
+            .as_ref()
+            .map_or("nothing".to_string(), |p| p.name());
+        candidates.push(Candidate {
+            subject: format!("deployment {}", d.id),
+            kind: "deployment".into(),
+            environment: Some(d.environment.clone()),
+            at: d.created_at,
+            summary: format!(
+                "{} to {} (was {was}; {}, {} by {}; {})",
+                release.name(),
+                d.environment,
+                d.strategy,
+                d.cause,
+                d.actor,
+                d.status
+            ),
+            release: Some(d.release),
+            restores: d.cause == "rollback",
+            diff: Some(diff),
+        });
+    }
+    let events = inner
+        .store
+        .changes_log(&ChangeQuery {
+            service: Some(incident.service.clone()),
+            since_ms: Some(since),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await?;
+    for e in events.into_iter().filter(|e| {
+        matches!(
+            e.kind.as_str(),
+            "secret.set" | "rule.disabled" | "promotion.override" | "env.unpinned"
+        )
+    }) {
+        candidates.push(Candidate {
+            subject: e.subject,
+            kind: e.kind,
+            environment: e.environment,
+            at: e.at,
+            summary: e.summary,
+            release: None,
+            restores: false,
+            diff: None,
+        });
+    }
+    let upstream = upstream(inner, incident).await;
+    // The title and the paths of failing requests name the failing part;
+    // the rest of the detail is numbers and the words of the analysis.
+    let detail = incident.trigger_detail.as_deref().unwrap_or("");
+    let paths: Vec<&str> = detail
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .collect();
+    let mut texts = vec![incident.title.as_str()];
+    texts.extend(paths);
+    let keywords = suspects::keywords(&texts);
+    Ok(suspects::rank(
+        candidates,
+        &Context {
+            environment: incident.environment.as_deref(),
+            upstream: &upstream,
+            first_symptom_at: incident.first_symptom_at,
+            keywords: &keywords,
+        },
+    ))
+}
+
+/// The environments a release passes before the incident's, nearest first,
+/// from the newest release's `sluice.yaml`.
+async fn upstream(inner: &Arc<Inner>, incident: &Incident) -> Vec<String> {
+    let Some(env) = &incident.environment else {
+        return Vec::new();
+    };
+    let Ok(releases) = inner.store.releases(Some(&incident.service), 1).await else {
+        return Vec::new();
+    };
+    let Some(spec) = releases
+        .first()
+        .and_then(|r| sluice_spec::parse(sluice_spec::SPEC_FILE, &r.spec).ok())
+    else {
+        return Vec::new();
+    };
+    let mut chain = Vec::new();
+    let mut at = spec.environment(env).and_then(|e| e.from.clone());
+    while let Some(name) = at {
+        if chain.contains(&name) {
+            break;
+        }
+        at = spec.environment(&name).and_then(|e| e.from.clone());
+        chain.push(name);
+    }
+    chain
+}
+
+/// What a deployment changed: the commits and files since the release the
+/// environment ran before, the patch, and the environment's config values.
+async fn release_diff(
+    inner: &Arc<Inner>,
+    previous: Option<&sluice_store::Release>,
+    release: &sluice_store::Release,
+    env: &str,
+) -> SuspectDiff {
+    let mut diff = SuspectDiff::default();
+    let config = |r: &sluice_store::Release| {
+        crate::rollout::release_env(r, env)
+            .map(|(_, e)| e.config)
+            .unwrap_or_default()
+    };
+    let after = config(release);
+    let before = previous.map(config).unwrap_or_default();
+    for key in before.keys().chain(after.keys()) {
+        let (a, b) = (before.get(key), after.get(key));
+        if a != b
+            && !diff
+                .config
+                .iter()
+                .any(|c| c.starts_with(&format!("{key}:")))
+        {
+            let shown = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
+            diff.config
+                .push(format!("{key}: {} → {}", shown(a), shown(b)));
+        }
+    }
+    let Ok(repo) = inner.store.repo_by_id(release.repo_id).await else {
+        return diff;
+    };
+    let source = source_dir(inner, &repo);
+    let range = match previous {
+        Some(p) if p.sha != release.sha => format!("{}..{}", p.sha, release.sha),
+        Some(_) => return diff,
+        None => release.sha.clone(),
+    };
+    let git = |args: Vec<String>| {
+        let source = source.clone();
+        async move {
+            let out = tokio::process::Command::new("git")
+                .arg("-C")
+                .arg(&source)
+                .args(&args)
+                .output()
+                .await
+                .ok()
+                .filter(|o| o.status.success())?;
+            Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+    };
+    if let Some(log) = git(vec![
+        "log".into(),
+        "--format=%h %s".into(),
+        "-n".into(),
+        "50".into(),
+        range.clone(),
+    ])
+    .await
+    {
+        diff.commits = log.lines().map(str::to_string).collect();
+    }
+    if let Some(p) = previous {
+        let (a, b) = (p.sha.clone(), release.sha.clone());
+        if let Some(files) = git(vec![
+            "diff".into(),
+            "--name-only".into(),
+            a.clone(),
+            b.clone(),
+        ])
+        .await
+        {
+            diff.files = files.lines().map(str::to_string).collect();
+        }
+        if let Some(patch) = git(vec!["diff".into(), a, b]).await {
+            diff.patch = cut(&patch, 16 * 1024);
+        }
+    } else if let Some(files) = git(vec![
+        "ls-tree".into(),
+        "-r".into(),
+        "--name-only".into(),
+        release.sha.clone(),
+    ])
+    .await
+    {
+        diff.files = files.lines().map(str::to_string).collect();
+    }
+    diff
+}
+
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n… (cut at {max} bytes)", &text[..end])
+}

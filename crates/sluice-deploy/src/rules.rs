@@ -1,0 +1,396 @@
+//! Rules in CD: which rules are in force for a release (the server's, and
+//! the repository's `.sluice/rules.yaml` the release carries), making and
+//! disabling them, and replaying one against a past change or release to show
+//! whether it would have stopped it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sluice_spec::{RULES_FILE, Rule, RuleSpec};
+use sluice_store::{NewRule, Release, Role, RuleRecord};
+
+use crate::gates::Traffic;
+use crate::runtime::InstanceSpec;
+use crate::{Actor, CdError, CdResult, Inner, health, render, rollout};
+
+/// A stored rule as the spec crate reads it; `None` when its JSON no longer parses.
+pub(crate) fn from_record(record: &RuleRecord) -> Option<Rule> {
+    Rule::stored(record.name(), record.origin(), &record.spec)
+        .inspect_err(|e| tracing::warn!(error = %e, "a stored rule is not enforced"))
+        .ok()
+}
+
+/// The rules in force for `release`: the server's active ones for its
+/// service, then those in the `.sluice/rules.yaml` it carries.
+pub(crate) async fn in_force(inner: &Arc<Inner>, release: &Release) -> anyhow::Result<Vec<Rule>> {
+    let mut rules: Vec<Rule> = inner
+        .store
+        .rules(Some(&release.service), true)
+        .await?
+        .iter()
+        .filter_map(from_record)
+        .collect();
+    let dir = crate::release::unpack(&inner.layout, release).await?;
+    if let Ok(text) = tokio::fs::read_to_string(dir.join(RULES_FILE)).await {
+        let spec = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec).ok();
+        match sluice_spec::parse_rules(RULES_FILE, &text, spec.as_ref()) {
+            Ok(own) => rules.extend(own),
+            // CI failed such a change; a release made before that check cannot have one.
+            Err(e) => {
+                tracing::warn!(release = %release.name(), error = %e, "the release's rules do not parse")
+            }
+        }
+    }
+    Ok(rules)
+}
+
+/// The `health_check` rules for instances of `release` in `env`.
+pub(crate) async fn health_rules(inner: &Arc<Inner>, release: &Release, env: &str) -> Vec<Rule> {
+    match in_force(inner, release).await {
+        Ok(rules) => rules
+            .into_iter()
+            .filter(|r| r.spec.extra_check().is_some() && r.spec.applies_to(env))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not read the rules in force");
+            Vec::new()
+        }
+    }
+}
+
+/// An environment's traffic over the last `seconds`, from the proxy's windows.
+pub(crate) fn traffic(inner: &Inner, service: &str, env: &str, seconds: u64) -> Traffic {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut latency = sluice_analysis::LogHistogram::default();
+    let mut traffic = Traffic::default();
+    for window in inner.windows(service, env, now.saturating_sub(seconds)) {
+        for side in [&window.a, &window.b] {
+            traffic.requests += side.requests;
+            traffic.errors += side.errors;
+            latency.merge(&side.latency);
+        }
+    }
+    traffic.p95_ms = latency.quantile(0.95).map(|us| us / 1000.0);
+    traffic
+}
+
+/// A rule to make, as the API takes it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewRuleRequest {
+    pub service: String,
+    pub rule: RuleSpec,
+    #[serde(default)]
+    pub note: String,
+    pub incident: Option<i64>,
+    /// How long the rule lasts, e.g. `30d`; forever by default.
+    pub expires_in: Option<String>,
+}
+
+pub(crate) async fn add(
+    inner: &Arc<Inner>,
+    request: NewRuleRequest,
+    actor: &Actor,
+) -> CdResult<RuleRecord> {
+    if actor.role < Role::Approver {
+        return Err(CdError::Forbidden(format!(
+            "making a rule needs the approver role; `{}` has {}",
+            actor.name, actor.role
+        )));
+    }
+    if let Some((message, help)) = request.rule.problems().into_iter().next() {
+        return Err(CdError::Invalid(format!("{message}; {help}")));
+    }
+    if let Some(id) = request.incident {
+        let incident = inner.store.incident(id).await?;
+        if incident.service != request.service {
+            return Err(CdError::Invalid(format!(
+                "INC-{id} is about {}, not {}",
+                incident.service, request.service
+            )));
+        }
+    }
+    let expires_at = match &request.expires_in {
+        Some(text) => {
+            let d = sluice_spec::parse_duration(text)
+                .map_err(|why| CdError::Invalid(format!("bad expires_in `{text}`: {why}")))?;
+            Some(sluice_store::now_ms() + d.as_millis() as i64)
+        }
+        None => None,
+    };
+    let spec = serde_json::to_value(&request.rule).map_err(|e| CdError::Other(e.into()))?;
+    let record = inner
+        .store
+        .insert_rule(NewRule {
+            service: &request.service,
+            spec: &spec,
+            note: &request.note,
+            incident_id: request.incident,
+            actor: &actor.name,
+            expires_at,
+            description: &request.rule.describe(),
+        })
+        .await?;
+    Ok(record)
+}
+
+pub(crate) async fn disable(
+    inner: &Arc<Inner>,
+    id: i64,
+    reason: &str,
+    actor: &Actor,
+) -> CdResult<RuleRecord> {
+    if actor.role < Role::Approver {
+        return Err(CdError::Forbidden(format!(
+            "disabling a rule needs the approver role; `{}` has {}",
+            actor.name, actor.role
+        )));
+    }
+    if reason.trim().is_empty() {
+        return Err(CdError::Invalid(
+            "disabling a rule needs a reason (--reason), which the change log keeps".into(),
+        ));
+    }
+    Ok(inner.store.disable_rule(id, &actor.name, reason).await?)
+}
+
+/// What a replay looks at.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayTarget {
+    Change(String),
+    Release(i64),
+}
+
+/// Whether a rule would have stopped a past change or release, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Replay {
+    pub rule: String,
+    pub describes: String,
+    pub target: String,
+    pub blocked: bool,
+    pub reason: String,
+}
+
+pub(crate) async fn replay(inner: &Arc<Inner>, id: i64, target: ReplayTarget) -> CdResult<Replay> {
+    let record = inner.store.rule(id).await?;
+    let rule = from_record(&record)
+        .ok_or_else(|| CdError::Conflict(format!("R{id}'s stored form no longer parses")))?;
+    let service = &record.service;
+    let (release, run_id, sha, name) = match target {
+        ReplayTarget::Release(number) => {
+            let release =
+                inner.store.release(service, number).await.map_err(|_| {
+                    CdError::NotFound(format!("{service} has no release v{number}"))
+                })?;
+            let (run, sha, name) = (release.run_id, release.sha.clone(), release.name());
+            (Some(release), run, sha, name)
+        }
+        ReplayTarget::Change(prefix) => {
+            let run = inner
+                .store
+                .runs(&Default::default())
+                .await?
+                .into_iter()
+                .find(|r| r.sha.starts_with(&prefix) && prefix.len() >= 4)
+                .ok_or_else(|| {
+                    CdError::NotFound(format!(
+                        "no run of a change `{prefix}` (give at least 4 characters of its sha)"
+                    ))
+                })?;
+            let release = inner
+                .store
+                .releases(Some(service), 1000)
+                .await?
+                .into_iter()
+                .find(|r| r.run_id == run.id);
+            let name = format!("change {}", &run.sha[..12.min(run.sha.len())]);
+            (release, run.id, run.sha, name)
+        }
+    };
+    let verdict = match &rule.spec {
+        RuleSpec::RequireJob { job, paths } => {
+            let touched = if paths.is_empty() {
+                true
+            } else {
+                let files = changed_files(inner, run_id, &sha).await;
+                files
+                    .iter()
+                    .any(|f| paths.iter().any(|p| f.starts_with(p.as_str())))
+            };
+            let jobs = inner.store.jobs(run_id).await?;
+            match jobs.iter().find(|j| &j.name == job) {
+                _ if !touched => Ok(format!("it touched none of {}", paths.join(", "))),
+                None => Err(format!("its pipeline had no job `{job}`")),
+                Some(j) if j.status.to_string() == "success" => {
+                    Ok(format!("job `{job}` ran and passed"))
+                }
+                Some(j) => Err(format!("job `{job}` ended {}", j.status)),
+            }
+        }
+        RuleSpec::HealthCheck { .. } => {
+            let release = release.ok_or_else(|| {
+                CdError::Conflict(format!(
+                    "{name} made no release, so no instance of it can be checked"
+                ))
+            })?;
+            probe_release(inner, &rule, &release).await?
+        }
+        _ => {
+            return Err(CdError::Invalid(format!(
+                "a {} rule judges a promotion at the time it happens; replay works for require_job and health_check rules",
+                rule.spec.kind()
+            )));
+        }
+    };
+    let (blocked, reason) = match verdict {
+        Ok(why) => (
+            false,
+            format!("{} would have let {name} through: {why}", rule.label()),
+        ),
+        Err(why) => (
+            true,
+            format!("{} would have blocked {name}: {why}", rule.label()),
+        ),
+    };
+    Ok(Replay {
+        rule: rule.id.clone(),
+        describes: rule.spec.describe(),
+        target: name,
+        blocked,
+        reason,
+    })
+}
+
+/// The files a change's commit touched.
+async fn changed_files(inner: &Arc<Inner>, run_id: i64, sha: &str) -> Vec<String> {
+    let Ok(run) = inner.store.run(run_id).await else {
+        return Vec::new();
+    };
+    let Ok(repo) = inner.store.repo_by_id(run.repo_id).await else {
+        return Vec::new();
+    };
+    let source = crate::incidents::source_dir(inner, &repo);
+    let out = tokio::process::Command::new("git")
+        .arg("-C")
+        .arg(&source)
+        .args([
+            "diff-tree",
+            "--no-commit-id",
+            "--name-only",
+            "-r",
+            "--root",
+            sha,
+        ])
+        .output()
+        .await;
+    match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Starts a throwaway instance of `release` (config of the first environment
+/// the rule covers), waits until it listens, and runs the rule's check on it.
+async fn probe_release(
+    inner: &Arc<Inner>,
+    rule: &Rule,
+    release: &Release,
+) -> CdResult<Result<String, String>> {
+    let spec = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec).map_err(|e| {
+        CdError::Conflict(format!(
+            "{} has an invalid sluice.yaml: {e}",
+            release.name()
+        ))
+    })?;
+    let env = spec
+        .environments
+        .iter()
+        .find(|e| rule.spec.applies_to(&e.name))
+        .cloned()
+        .ok_or_else(|| {
+            CdError::Conflict(format!(
+                "{} has no environment the rule covers",
+                release.name()
+            ))
+        })?;
+    let run = spec
+        .run
+        .clone()
+        .ok_or_else(|| CdError::Conflict(format!("{} has nothing to run", release.name())))?;
+    let check = rule.spec.extra_check().expect("a health_check rule");
+    let id = format!(
+        "replay-{}-{}-{:08x}",
+        rule.id,
+        release.name(),
+        rand::random::<u32>()
+    );
+    let scratch = inner.config.data_dir.join("replays").join(&id);
+    let (data_dir, config_dir) = (scratch.join("data"), scratch.join("config"));
+    let release_dir = crate::release::unpack(&inner.layout, release).await?;
+    let files = render::render(&spec, &env, &release.name(), &release_dir)?;
+    render::write(&config_dir, &files)?;
+    std::fs::create_dir_all(&data_dir).map_err(anyhow::Error::from)?;
+    let port = rollout::free_port(&Default::default())?;
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| !k.starts_with("SLUICE_"))
+        .collect();
+    vars.extend(env.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    vars.extend([
+        ("PORT".into(), port.to_string()),
+        ("SLUICE_SERVICE".into(), release.service.clone()),
+        ("SLUICE_ENV".into(), env.name.clone()),
+        ("SLUICE_RELEASE".into(), release.name()),
+        ("SLUICE_INSTANCE".into(), id.clone()),
+        (
+            "SLUICE_CONFIG_DIR".into(),
+            config_dir.to_string_lossy().into_owned(),
+        ),
+        ("DATA_DIR".into(), data_dir.to_string_lossy().into_owned()),
+        (
+            "SLUICE_HOME".into(),
+            inner.config.data_dir.to_string_lossy().into_owned(),
+        ),
+    ]);
+    inner
+        .runtime
+        .start(InstanceSpec {
+            id: id.clone(),
+            workdir: release_dir,
+            command: run.command.clone(),
+            env: vars,
+            log: scratch.join("instance.log"),
+            uid: None,
+        })
+        .await?;
+    let backend =
+        sluice_proxy::Backend::new(id.clone(), ([127, 0, 0, 1], port).into(), release.name());
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + run.ready_timeout;
+    let mut verdict = Err(format!(
+        "{} did not start listening within {}",
+        release.name(),
+        sluice_spec::format_duration(run.ready_timeout)
+    ));
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(backend.addr).await.is_ok() {
+            verdict = health::rule_probe(&client, &backend, &check)
+                .await
+                .map(|()| format!("GET {} answered as the rule demands", check.path));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    inner.runtime.stop(&id).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(verdict)
+}

@@ -1,0 +1,207 @@
+//! Incidents and their postmortems, and the rules that enforce their lessons.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_deploy::{NewRuleRequest, OpenRequest, ReplayTarget};
+use sluice_store::Role;
+
+use crate::auth::Caller;
+use crate::{ApiError, ApiResult, AppState};
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    service: Option<String>,
+    /// Resolved incidents, disabled and expired rules too.
+    all: Option<bool>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let open_only = !q.all.unwrap_or(false);
+    Ok(Json(json!(
+        state
+            .store
+            .incidents(q.service.as_deref(), open_only, 200)
+            .await?
+    )))
+}
+
+pub async fn open(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<OpenRequest>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(
+        state.cd.open_incident(body, &caller.actor()).await?
+    )))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(json!(state.cd.incident(id).await?)))
+}
+
+#[derive(Deserialize, Default)]
+pub struct Note {
+    note: Option<String>,
+}
+
+pub async fn transition(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, verb)): Path<(i64, String)>,
+    body: Option<Json<Note>>,
+) -> ApiResult<Json<Value>> {
+    let status = match verb.as_str() {
+        "mitigate" => "mitigated",
+        "resolve" => "resolved",
+        other => {
+            return Err(ApiError::not_found(format!(
+                "an incident takes `mitigate` or `resolve`, not `{other}`"
+            )));
+        }
+    };
+    let note = body.and_then(|b| b.0.note);
+    Ok(Json(json!(
+        state
+            .cd
+            .set_incident_status(id, status, note.as_deref(), &caller.actor())
+            .await?
+    )))
+}
+
+pub async fn postmortem(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Role::Viewer)?;
+    let text = state.cd.postmortem(id).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+        text,
+    ))
+}
+
+pub async fn edit_postmortem(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    text: String,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(
+        state.cd.edit_postmortem(id, &text, &caller.actor()).await?
+    )))
+}
+
+pub async fn rules(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let active_only = !q.all.unwrap_or(false);
+    let mut out = Vec::new();
+    for rule in state.store.rules(q.service.as_deref(), active_only).await? {
+        out.push(rule_json(&state, rule).await?);
+    }
+    Ok(Json(json!(out)))
+}
+
+/// A rule with what it demands in words and what it has blocked.
+async fn rule_json(state: &AppState, rule: sluice_store::RuleRecord) -> ApiResult<Value> {
+    let blocks = state.store.rule_blocks(&rule.name()).await?;
+    let spec: Value = serde_json::from_str(&rule.spec).unwrap_or(Value::Null);
+    let describes = serde_json::from_value::<sluice_spec::RuleSpec>(spec.clone())
+        .map(|s| s.describe())
+        .unwrap_or_default();
+    let active = rule.is_active(sluice_store::now_ms());
+    let mut value = json!(rule);
+    value["spec"] = spec;
+    value["name"] = json!(rule.name());
+    value["origin"] = json!(rule.origin());
+    value["describes"] = json!(describes);
+    value["active"] = json!(active);
+    value["blocks"] = json!(blocks);
+    Ok(value)
+}
+
+pub async fn add_rule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<Value>,
+) -> ApiResult<Json<Value>> {
+    let request: NewRuleRequest = serde_json::from_value(body).map_err(|e| {
+        ApiError::bad_request(format!("not a rule: {e}")).with_hint(
+            "send {\"service\": …, \"rule\": {\"kind\": \"require_job\" | \"health_check\" | \"metric_gate\" | \"freeze\" | \"config_guard\" | \"soak\", …}}; docs/api.md lists the fields",
+        )
+    })?;
+    let rule = state.cd.add_rule(request, &caller.actor()).await?;
+    Ok(Json(rule_json(&state, rule).await?))
+}
+
+pub async fn rule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let rule = state.store.rule(id).await?;
+    Ok(Json(rule_json(&state, rule).await?))
+}
+
+#[derive(Deserialize)]
+pub struct Reason {
+    #[serde(default)]
+    reason: String,
+}
+
+pub async fn disable_rule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Json(body): Json<Reason>,
+) -> ApiResult<Json<Value>> {
+    let rule = state
+        .cd
+        .disable_rule(id, &body.reason, &caller.actor())
+        .await?;
+    Ok(Json(rule_json(&state, rule).await?))
+}
+
+#[derive(Deserialize)]
+pub struct ReplayBody {
+    change: Option<String>,
+    release: Option<i64>,
+}
+
+pub async fn test_rule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Json(body): Json<ReplayBody>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    let target = match (body.change, body.release) {
+        (Some(sha), None) => ReplayTarget::Change(sha),
+        (None, Some(n)) => ReplayTarget::Release(n),
+        _ => {
+            return Err(ApiError::bad_request(
+                "say what to test the rule against: {\"change\": SHA} or {\"release\": N}",
+            ));
+        }
+    };
+    Ok(Json(json!(state.cd.replay_rule(id, target).await?)))
+}
