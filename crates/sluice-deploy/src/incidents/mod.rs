@@ -271,15 +271,7 @@ pub(crate) async fn edit_postmortem(
 async fn timeline(inner: &Arc<Inner>, incident: &Incident) -> CdResult<Vec<TimelineEntry>> {
     let since = incident.first_symptom_at - LOOKBACK_MS;
     let until = incident.resolved_at.unwrap_or(i64::MAX);
-    let events = inner
-        .store
-        .changes_log(&ChangeQuery {
-            service: Some(incident.service.clone()),
-            since_ms: Some(since),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await?;
+    let events = events_since(inner, incident, since).await?;
     let mut entries: Vec<TimelineEntry> = events
         .into_iter()
         .rev()
@@ -339,6 +331,23 @@ fn error_rate_jumps(inner: &Inner, service: &str, env: &str, since_ms: i64) -> V
     out
 }
 
+/// The service's change-log events since `since`, newest first.
+async fn events_since(
+    inner: &Inner,
+    incident: &Incident,
+    since: i64,
+) -> CdResult<Vec<sluice_store::ChangeEvent>> {
+    Ok(inner
+        .store
+        .changes_log(&ChangeQuery {
+            service: Some(incident.service.clone()),
+            since_ms: Some(since),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await?)
+}
+
 /// Deployments and other changes before the first symptom, ranked.
 async fn suspects(inner: &Arc<Inner>, incident: &Incident) -> CdResult<Vec<Suspect>> {
     let since = incident.first_symptom_at - LOOKBACK_MS;
@@ -379,15 +388,7 @@ async fn suspects(inner: &Arc<Inner>, incident: &Incident) -> CdResult<Vec<Suspe
             diff: Some(diff),
         });
     }
-    let events = inner
-        .store
-        .changes_log(&ChangeQuery {
-            service: Some(incident.service.clone()),
-            since_ms: Some(since),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await?;
+    let events = events_since(inner, incident, since).await?;
     for e in events.into_iter().filter(|e| {
         matches!(
             e.kind.as_str(),
