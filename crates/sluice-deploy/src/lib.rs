@@ -37,7 +37,7 @@ pub use promote::{PromoteRequest, PromotionView};
 pub use release::ReleaseMaker;
 pub use rules::{NewRuleRequest, Replay, ReplayTarget};
 pub use runtime::{InstanceSpec, LocalRuntime, Runtime};
-pub use view::{EnvDiff, EnvStatus};
+pub use view::{EnvDetail, EnvDiff, EnvStatus};
 
 /// Who is acting, as the API authenticated them.
 #[derive(Clone, Debug)]
@@ -241,6 +241,11 @@ impl Cd {
 
     pub async fn status(&self, service: Option<&str>) -> CdResult<Vec<EnvStatus>> {
         view::status(&self.inner, service).await
+    }
+
+    /// One environment's facets and rendered config files.
+    pub async fn environment(&self, service: &str, env: &str) -> CdResult<EnvDetail> {
+        view::detail(&self.inner, service, env).await
     }
 
     pub async fn diff(&self, service: &str, a: &str, b: &str) -> CdResult<EnvDiff> {

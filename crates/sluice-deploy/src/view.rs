@@ -197,6 +197,22 @@ pub struct FileDiff {
     pub unified: String,
 }
 
+/// One environment's facets and rendered config files, for a page about it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EnvDetail {
+    pub facets: Vec<(String, String)>,
+    pub files: Vec<(String, String)>,
+}
+
+pub(crate) async fn detail(inner: &Arc<Inner>, service: &str, env: &str) -> CdResult<EnvDetail> {
+    let same = diff(inner, service, env, env).await?;
+    let side = side(inner, service, env).await?;
+    Ok(EnvDetail {
+        facets: same.rows.into_iter().map(|r| (r.facet, r.a)).collect(),
+        files: side.files,
+    })
+}
+
 struct Side {
     release: Option<Release>,
     spec: Spec,

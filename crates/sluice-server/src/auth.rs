@@ -158,10 +158,17 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("this needs a token"))?;
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            // A signed-in browser may read (its pages follow live events),
+            // but changes need a token: a cookie alone could be a forged form.
+            if parts.method == axum::http::Method::GET
+                && let Some((caller, _)) =
+                    crate::ui::session::caller_from_cookie(parts, state).await
+            {
+                return Ok(caller);
+            }
+            return Err(ApiError::unauthorized("this needs a token"));
+        };
         let token = header
             .to_str()
             .ok()

@@ -4,6 +4,7 @@
 mod api;
 pub mod auth;
 mod error;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,12 +29,15 @@ pub struct AppState {
     pub ci: Ci,
     pub cd: Cd,
     pub tokens: Arc<auth::Tokens>,
+    /// The web UI's signed-in browsers.
+    pub sessions: Arc<ui::Sessions>,
 }
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api::routes())
+        .merge(ui::routes())
         .route("/metrics", axum::routing::get(metrics))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -148,6 +152,7 @@ impl Server {
             ci,
             cd,
             tokens: Arc::default(),
+            sessions: Arc::default(),
         };
         let initial_admin_token = auth::ensure_initial_admin(&state, &data_dir)
             .await
@@ -161,13 +166,24 @@ impl Server {
         })
     }
 
+    /// The HTTP surface over this server's state, for tests that call handlers directly.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
     /// Serves until `shutdown` resolves, then stops the CI engine.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (ci, cd) = (self.state.ci.clone(), self.state.cd.clone());
-        axum::serve(self.listener, router(self.state))
+        // The peer's address, so that failed sign-ins are limited per client.
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;
         ci.shutdown();

@@ -1,0 +1,124 @@
+//! The sign-in page: a token in, a session cookie out.
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use std::time::Duration;
+
+use super::session::{self, LOGIN_COOKIE, SESSION_COOKIE};
+use super::{error_page, render};
+use crate::AppState;
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    csrf: String,
+    next: String,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct Next {
+    next: Option<String>,
+}
+
+/// Only a path on this site, so that sign-in never sends anyone elsewhere.
+fn safe_next(next: Option<String>) -> String {
+    next.filter(|n| n.starts_with('/') && !n.starts_with("//"))
+        .unwrap_or_else(|| "/".into())
+}
+
+pub async fn form(Query(q): Query<Next>) -> Response {
+    page(safe_next(q.next), None, StatusCode::OK)
+}
+
+fn page(next: String, error: Option<String>, status: StatusCode) -> Response {
+    let csrf = session::random_token();
+    let cookie = session::set_cookie(LOGIN_COOKIE, &csrf, Duration::from_secs(3600));
+    let mut response = render(LoginPage { csrf, next, error });
+    *response.status_mut() = status;
+    if let Ok(value) = cookie.parse() {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+pub struct SignIn {
+    token: String,
+    csrf: String,
+    next: Option<String>,
+}
+
+pub async fn sign_in(
+    State(state): State<AppState>,
+    session::ClientIp(ip): session::ClientIp,
+    headers: HeaderMap,
+    Form(form): Form<SignIn>,
+) -> Response {
+    let parts = &headers;
+    let expected = session::cookie(parts, LOGIN_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !session::same_secret(&expected, &form.csrf) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "The sign-in form is stale or did not come from Sluice (CSRF check failed).",
+            "Reload the sign-in page and try again.",
+        );
+    }
+    let next = safe_next(form.next);
+    if let Err(wait) = state.sessions.may_try(ip) {
+        return page(
+            next,
+            Some(format!(
+                "Too many failed sign-ins from your address; try again in {wait} s."
+            )),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    match state.tokens.verify(&state.store, form.token.trim()).await {
+        Ok(_) => {
+            state.sessions.succeeded(ip);
+            let id = state.sessions.open(form.token.trim());
+            let mut response = Redirect::to(&next).into_response();
+            if let Ok(value) = session::session_cookie(&id).parse() {
+                response.headers_mut().append(header::SET_COOKIE, value);
+            }
+            response
+        }
+        Err(e) => {
+            state.sessions.failed(ip);
+            page(
+                next,
+                Some(format!("That token does not sign you in: {}.", e.message)),
+                StatusCode::UNAUTHORIZED,
+            )
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct SignOut {
+    csrf: String,
+}
+
+pub async fn sign_out(
+    State(state): State<AppState>,
+    viewer: session::Viewer,
+    headers: HeaderMap,
+    Form(form): Form<SignOut>,
+) -> Response {
+    if let Err(refused) = viewer.check_csrf(&form.csrf) {
+        return refused;
+    }
+    if let Some(id) = session::cookie(&headers, SESSION_COOKIE) {
+        state.sessions.close(&id);
+    }
+    let mut response = Redirect::to("/login").into_response();
+    if let Ok(value) = session::set_cookie(SESSION_COOKIE, "", Duration::ZERO).parse() {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}

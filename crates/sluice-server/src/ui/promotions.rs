@@ -1,0 +1,97 @@
+//! Promotions: the pending ones with every gate's state and why, approve and
+//! reject for those allowed to, and the latest decided ones.
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect};
+use serde::Deserialize;
+use sluice_deploy::PromotionView;
+use sluice_store::Role;
+
+use super::session::{Viewer, encode};
+use super::{Chrome, PageResult, error_page, failed, render};
+use crate::AppState;
+
+#[derive(Template)]
+#[template(path = "promotions.html")]
+struct PromotionsPage {
+    page: Chrome,
+    pending: Vec<PromotionView>,
+    decided: Vec<PromotionView>,
+    approver: Role,
+}
+
+#[derive(Deserialize)]
+pub struct Done {
+    done: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<Done>,
+) -> PageResult {
+    let all = state.cd.promotions(None, false).await.map_err(failed)?;
+    let (pending, decided): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|p| p.promotion.status == "pending" || p.promotion.status == "deploying");
+    let mut page = Chrome::new(&viewer, "Promotions", "promotions");
+    page.flash = q.done;
+    Ok(render(PromotionsPage {
+        page,
+        pending,
+        decided: decided.into_iter().take(20).collect(),
+        approver: Role::Approver,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct Decision {
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+pub async fn decide(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path((id, verb)): Path<(i64, String)>,
+    Form(form): Form<Decision>,
+) -> PageResult {
+    viewer.check_csrf(&form.csrf)?;
+    if viewer.caller.role < Role::Approver {
+        return Err(error_page(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "Deciding a promotion needs the approver role; you ({}) have {}.",
+                viewer.caller.name, viewer.caller.role
+            ),
+            "Ask an admin for an approver token.",
+        ));
+    }
+    let actor = viewer.caller.actor();
+    let done = match verb.as_str() {
+        "approve" => {
+            state.cd.approve(id, &actor).await.map_err(failed)?;
+            format!("You approved promotion {id}.")
+        }
+        "reject" => {
+            state
+                .cd
+                .reject(id, &form.reason, &actor)
+                .await
+                .map_err(failed)?;
+            format!("You rejected promotion {id}.")
+        }
+        other => {
+            return Err(error_page(
+                StatusCode::NOT_FOUND,
+                &format!("A promotion can be approved or rejected, not `{other}`."),
+                "",
+            ));
+        }
+    };
+    Ok(Redirect::to(&format!("/promotions?done={}", encode(&done))).into_response())
+}

@@ -1,0 +1,60 @@
+//! Changes with their run status, and a run's page: jobs, steps, durations
+//! and the log, which follows live while the run goes on.
+
+use askama::Template;
+use axum::extract::{Path, State};
+use sluice_store::{Change, LogLine, RunDetail};
+
+use super::session::Viewer;
+use super::{Chrome, PageResult, ansi, failed, render};
+use crate::AppState;
+
+#[derive(Template)]
+#[template(path = "changes.html")]
+struct ChangesPage {
+    page: Chrome,
+    changes: Vec<Change>,
+}
+
+pub async fn changes(State(state): State<AppState>, viewer: Viewer) -> PageResult {
+    let changes = state.store.changes(None, 200).await.map_err(failed)?;
+    Ok(render(ChangesPage {
+        page: Chrome::new(&viewer, "Changes", "changes"),
+        changes,
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "run.html")]
+struct RunPage {
+    page: Chrome,
+    detail: RunDetail,
+    lines: Vec<LogLine>,
+    finished: bool,
+}
+
+impl RunPage {
+    fn line_html(&self, line: &LogLine) -> String {
+        ansi::to_html(&line.line)
+    }
+}
+
+pub async fn run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<i64>) -> PageResult {
+    let detail = state.store.run_detail(id).await.map_err(failed)?;
+    let lines = state.store.logs(id, -1).await.map_err(failed)?;
+    Ok(render(RunPage {
+        page: Chrome::new(&viewer, format!("Run {id}"), "changes"),
+        finished: detail.run.status.is_finished(),
+        detail,
+        lines,
+    }))
+}
+
+/// `1.2 s` between two times, `running` without an end.
+pub fn took(start: &Option<i64>, end: &Option<i64>) -> String {
+    match (start, end) {
+        (Some(a), Some(b)) => format!("{:.1} s", (b - a).max(0) as f64 / 1000.0),
+        (Some(_), None) => "running".into(),
+        _ => "–".into(),
+    }
+}

@@ -1,0 +1,255 @@
+//! Signing in to the web UI: a token exchanged for an HttpOnly,
+//! SameSite=Strict session cookie; a CSRF token per session checked on every
+//! form; failed sign-ins limited per client address.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::auth::Caller;
+
+pub const SESSION_COOKIE: &str = "sluice_session";
+/// Carries the sign-in form's CSRF token until the form comes back.
+pub const LOGIN_COOKIE: &str = "sluice_login";
+const SESSION_FOR: Duration = Duration::from_secs(12 * 3600);
+/// Failed sign-ins allowed per address within [`FAILURE_WINDOW`].
+const MAX_FAILURES: u32 = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(300);
+
+struct Session {
+    /// Kept in memory only, so that a revoked token ends its sessions too.
+    token: String,
+    csrf: String,
+    since: Instant,
+}
+
+/// Every signed-in browser, and recent failed sign-ins by address.
+#[derive(Default)]
+pub struct Sessions {
+    open: Mutex<HashMap<String, Session>>,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+/// 32 random bytes as hex.
+pub fn random_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+impl Sessions {
+    /// Opens a session for a verified token; returns its id.
+    pub fn open(&self, token: &str) -> String {
+        let id = random_token();
+        let mut open = self.open.lock().unwrap();
+        open.retain(|_, s| s.since.elapsed() < SESSION_FOR);
+        open.insert(
+            id.clone(),
+            Session {
+                token: token.to_string(),
+                csrf: random_token(),
+                since: Instant::now(),
+            },
+        );
+        id
+    }
+
+    pub fn close(&self, id: &str) {
+        self.open.lock().unwrap().remove(id);
+    }
+
+    /// The token and CSRF token of a live session.
+    fn get(&self, id: &str) -> Option<(String, String)> {
+        let open = self.open.lock().unwrap();
+        open.get(id)
+            .filter(|s| s.since.elapsed() < SESSION_FOR)
+            .map(|s| (s.token.clone(), s.csrf.clone()))
+    }
+
+    /// `Err(seconds to wait)` while `ip` has failed too often.
+    pub fn may_try(&self, ip: IpAddr) -> Result<(), u64> {
+        let failures = self.failures.lock().unwrap();
+        match failures.get(&ip) {
+            Some((count, since)) if *count >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW => {
+                Err((FAILURE_WINDOW - since.elapsed()).as_secs() + 1)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn failed(&self, ip: IpAddr) {
+        let mut failures = self.failures.lock().unwrap();
+        let entry = failures.entry(ip).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= FAILURE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    pub fn succeeded(&self, ip: IpAddr) {
+        self.failures.lock().unwrap().remove(&ip);
+    }
+}
+
+/// A cookie's value from the request's `Cookie` headers.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// `Set-Cookie` for a cookie only this site's own pages send back.
+pub fn set_cookie(name: &str, value: &str, max_age: Duration) -> String {
+    format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        max_age.as_secs()
+    )
+}
+
+pub fn session_cookie(id: &str) -> String {
+    set_cookie(SESSION_COOKIE, id, SESSION_FOR)
+}
+
+/// The client's address, or the unspecified one when unknown (tests).
+pub fn client_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
+/// The client's address, as an extractor.
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(parts)))
+    }
+}
+
+/// Equal strings, compared in constant time through their digests.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
+}
+
+/// The caller behind a session cookie, if any.
+pub async fn caller_from_cookie(parts: &Parts, state: &AppState) -> Option<(Caller, String)> {
+    let id = cookie(&parts.headers, SESSION_COOKIE)?;
+    let (token, csrf) = state.sessions.get(&id)?;
+    match state.tokens.verify(&state.store, &token).await {
+        Ok(caller) => Some((caller, csrf)),
+        Err(_) => {
+            state.sessions.close(&id);
+            None
+        }
+    }
+}
+
+/// A signed-in person looking at the UI, with the CSRF token their forms carry.
+pub struct Viewer {
+    pub caller: Caller,
+    pub csrf: String,
+}
+
+impl Viewer {
+    /// Refuses a form whose CSRF token is not the session's. (The error is
+    /// the page the browser gets, returned as handlers return theirs.)
+    #[allow(clippy::result_large_err)]
+    pub fn check_csrf(&self, sent: &str) -> Result<(), Response> {
+        if same_secret(&self.csrf, sent) {
+            Ok(())
+        } else {
+            Err(super::error_page(
+                StatusCode::FORBIDDEN,
+                "The form is stale or did not come from Sluice (CSRF check failed).",
+                "Reload the page and try again.",
+            ))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some((caller, csrf)) = caller_from_cookie(parts, state).await {
+            return Ok(Viewer { caller, csrf });
+        }
+        if parts.method == Method::GET {
+            let next = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let to = format!("/login?next={}", encode(next));
+            return Err(Redirect::to(&to).into_response());
+        }
+        Err(super::error_page(
+            StatusCode::UNAUTHORIZED,
+            "You are not signed in, or your session ended.",
+            "Sign in again at /login.",
+        ))
+    }
+}
+
+/// Percent-encodes what a query value may not carry as is.
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_sign_ins_are_limited_per_address() {
+        let sessions = Sessions::default();
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        for _ in 0..MAX_FAILURES {
+            assert!(sessions.may_try(ip).is_ok());
+            sessions.failed(ip);
+        }
+        assert!(sessions.may_try(ip).is_err());
+        assert!(sessions.may_try([10, 0, 0, 2].into()).is_ok());
+        sessions.succeeded(ip);
+        assert!(sessions.may_try(ip).is_ok());
+    }
+
+    #[test]
+    fn cookies_are_read_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            "a=1; sluice_session=xyz; b=2".parse().unwrap(),
+        );
+        assert_eq!(cookie(&headers, SESSION_COOKIE).as_deref(), Some("xyz"));
+        assert!(same_secret("abc", "abc") && !same_secret("abc", "abd"));
+    }
+}

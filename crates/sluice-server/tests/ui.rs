@@ -1,0 +1,313 @@
+//! The web UI's handlers through the axum `Router`: every page, sign-in
+//! and its limits, roles (401, 403) and CSRF refusals.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use serde_json::json;
+use sluice_server::{ServeOptions, Server};
+use sluice_store::{NewIncident, NewRule, Role};
+use tower::ServiceExt;
+
+struct Ui {
+    router: Router,
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+struct Answer {
+    status: StatusCode,
+    location: String,
+    cookies: Vec<String>,
+    body: String,
+}
+
+impl Ui {
+    async fn start() -> Ui {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(ServeOptions {
+            data_dir: dir.path().join("data"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database: None,
+            poll_interval: std::time::Duration::from_secs(60),
+            parallelism: Some(1),
+            keep_workspaces: false,
+        })
+        .await
+        .unwrap();
+        Ui {
+            router: server.router(),
+            server,
+            _dir: dir,
+        }
+    }
+
+    async fn token(&self, name: &str, role: Role) -> String {
+        let state = self.server.state();
+        let (_, token) = state
+            .tokens
+            .mint(&state.store, name, role, &[], "test")
+            .await
+            .unwrap();
+        token
+    }
+
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let cookies = response
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        Answer {
+            status,
+            location,
+            cookies,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&self, path: &str, cookie: &str) -> Answer {
+        let request = Request::get(path)
+            .header(header::COOKIE, cookie)
+            .body(Body::empty())
+            .unwrap();
+        self.send(request).await
+    }
+
+    async fn post(&self, path: &str, cookie: &str, form: &str) -> Answer {
+        let request = Request::post(path)
+            .header(header::COOKIE, cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form.to_string()))
+            .unwrap();
+        self.send(request).await
+    }
+
+    /// Signs in; returns the session cookie and the CSRF token of its forms.
+    async fn sign_in(&self, token: &str) -> (String, String) {
+        let answer = self.try_sign_in(token).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        let cookie = pair(&answer.cookies, "sluice_session");
+        let page = self.get("/", &cookie).await;
+        (cookie, hidden(&page.body, "csrf"))
+    }
+
+    async fn try_sign_in(&self, token: &str) -> Answer {
+        let form = self.get("/login", "").await;
+        let login = pair(&form.cookies, "sluice_login");
+        let csrf = hidden(&form.body, "csrf");
+        self.post(
+            "/login",
+            &login,
+            &format!("token={}&csrf={csrf}&next=%2F", urlencode(token)),
+        )
+        .await
+    }
+}
+
+/// `name=value` of a `Set-Cookie`.
+fn pair(cookies: &[String], name: &str) -> String {
+    cookies
+        .iter()
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no cookie {name} in {cookies:?}"))
+        .to_string()
+}
+
+/// The value of the first hidden input named `name`.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
+    html[start..start + html[start..].find('"').unwrap()].to_string()
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pages_need_a_session_and_sign_in_is_protected() {
+    let ui = Ui::start().await;
+    let page = ui.get("/promotions", "").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location, "/login?next=/promotions");
+    let post = ui.post("/promotions/1/approve", "", "csrf=x").await;
+    assert_eq!(post.status, StatusCode::UNAUTHORIZED);
+
+    // The sign-in form's CSRF token must come back with its cookie.
+    let form = ui.get("/login", "").await;
+    let csrf = hidden(&form.body, "csrf");
+    assert!(form.cookies[0].contains("HttpOnly") && form.cookies[0].contains("SameSite=Strict"));
+    let forged = ui
+        .post(
+            "/login",
+            "sluice_login=other",
+            &format!("token=x&csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+
+    // Wrong tokens: refused, then limited.
+    for _ in 0..5 {
+        let wrong = ui.try_sign_in("slc_nope_nope").await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+        assert!(
+            wrong.body.contains("does not sign you in"),
+            "{}",
+            wrong.body
+        );
+    }
+    let token = ui.token("vic", Role::Viewer).await;
+    let limited = ui.try_sign_in(&token).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        limited.body.contains("Too many failed sign-ins"),
+        "{}",
+        limited.body
+    );
+}
+
+#[tokio::test]
+async fn every_page_renders_for_a_viewer_who_cannot_act() {
+    let ui = Ui::start().await;
+    let store = &ui.server.state().store;
+    let incident = store
+        .open_incident(NewIncident {
+            service: "shop",
+            environment: Some("prod"),
+            title: "checkout <fails>",
+            trigger_kind: "manual",
+            trigger_detail: None,
+            actor: "ana",
+            first_symptom_at: None,
+        })
+        .await
+        .unwrap();
+    store
+        .insert_rule(NewRule {
+            service: "shop",
+            spec: &json!({ "kind": "require_job", "job": "checkout-regression" }),
+            note: "checkout needs a test",
+            incident_id: Some(incident.id),
+            actor: "ana",
+            expires_at: None,
+            description: "every change must run job `checkout-regression`",
+        })
+        .await
+        .unwrap();
+    let viewer = ui.token("vic", Role::Viewer).await;
+    let (cookie, csrf) = ui.sign_in(&viewer).await;
+    for (path, expect) in [
+        ("/", "Overview"),
+        ("/changes", "Changes"),
+        ("/promotions", "No promotion is waiting"),
+        ("/experiments", "No experiment yet"),
+        ("/incidents", "checkout &#60;fails&#62;"),
+        ("/incidents/1", "Postmortem"),
+        ("/rules", "every change must run job"),
+        ("/changelog?kind=rule.", "rule.added"),
+        ("/changelog?since=yesterday", "is not a duration"),
+        ("/assets/sluice.css", ":root"),
+        ("/assets/sluice.js", "EventSource"),
+    ] {
+        let page = ui.get(path, &cookie).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
+        assert!(
+            page.body.contains(expect),
+            "{path} lacks {expect}: {}",
+            page.body
+        );
+    }
+    let missing = ui.get("/runs/99", &cookie).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let rules = ui.get("/rules", &cookie).await;
+    assert!(
+        !rules.body.contains("Reason to disable"),
+        "a viewer gets no disable form"
+    );
+
+    // The server enforces the roles the pages show.
+    let approve = ui
+        .post("/promotions/1/approve", &cookie, &format!("csrf={csrf}"))
+        .await;
+    assert_eq!(approve.status, StatusCode::FORBIDDEN);
+    assert!(
+        approve.body.contains("needs the approver role"),
+        "{}",
+        approve.body
+    );
+
+    // A signed-in browser may read the API, never change through it.
+    let read = ui.get("/api/v1/status", &cookie).await;
+    assert_eq!(read.status, StatusCode::OK);
+    let write = ui.post("/api/v1/promotions/1/approve", &cookie, "").await;
+    assert_eq!(write.status, StatusCode::UNAUTHORIZED);
+
+    // Signing out ends the session.
+    let out = ui.post("/logout", &cookie, &format!("csrf={csrf}")).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(ui.get("/", &cookie).await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn an_approver_acts_only_with_the_form_s_csrf_token() {
+    let ui = Ui::start().await;
+    let store = &ui.server.state().store;
+    store
+        .insert_rule(NewRule {
+            service: "shop",
+            spec: &json!({ "kind": "freeze", "cron": "* * * * *" }),
+            note: "",
+            incident_id: None,
+            actor: "ana",
+            expires_at: None,
+            description: "no promotion",
+        })
+        .await
+        .unwrap();
+    let approver = ui.token("ana", Role::Approver).await;
+    let (cookie, csrf) = ui.sign_in(&approver).await;
+    let rules = ui.get("/rules", &cookie).await;
+    assert!(rules.body.contains("Reason to disable R1"));
+    let forged = ui
+        .post("/rules/1/disable", &cookie, "csrf=forged&reason=test")
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert!(forged.body.contains("CSRF"), "{}", forged.body);
+    let missing = ui
+        .post("/promotions/42/approve", &cookie, &format!("csrf={csrf}"))
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let disabled = ui
+        .post(
+            "/rules/1/disable",
+            &cookie,
+            &format!("csrf={csrf}&reason=the+launch+is+over"),
+        )
+        .await;
+    assert_eq!(disabled.status, StatusCode::SEE_OTHER, "{}", disabled.body);
+    let rules = ui.get(&disabled.location, &cookie).await;
+    assert!(rules.body.contains("R1 is disabled."), "{}", rules.body);
+    assert!(rules.body.contains("the launch is over"));
+    assert!(store.rules(None, true).await.unwrap().is_empty());
+}
