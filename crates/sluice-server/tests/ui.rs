@@ -238,8 +238,22 @@ async fn every_page_renders_for_a_viewer_who_cannot_act() {
             page.body
         );
     }
-    let missing = ui.get("/runs/99", &cookie).await;
-    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    for path in [
+        "/runs/99",
+        "/experiments/99",
+        "/experiments/99/charts",
+        "/incidents/99",
+        "/services/shop/environments/prod",
+        "/services/shop/diff?a=dev&b=prod",
+    ] {
+        let missing = ui.get(path, &cookie).await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            missing.body.contains("role=\"alert\""),
+            "{path}: {}",
+            missing.body
+        );
+    }
     let rules = ui.get("/rules", &cookie).await;
     assert!(
         !rules.body.contains("Reason to disable"),

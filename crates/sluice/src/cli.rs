@@ -43,6 +43,16 @@ pub struct Global {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Watch a change travel from commit to an A/B experiment in prod, on a sample service.
+    Demo(Demo),
+    /// Write a starting sluice.yaml for an existing repository.
+    Init {
+        /// The repository; the current directory by default.
+        dir: Option<PathBuf>,
+        /// Replace an existing sluice.yaml.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run the server: API, CI engine and change detection.
     Serve(Serve),
     /// Run the load balancer alone, in front of fixed backends (for benchmarks and trials).
@@ -212,6 +222,63 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+pub struct Demo {
+    /// Where the repository and the data go; a temporary directory by default.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// End after the story instead of staying up to explore.
+    #[arg(long)]
+    pub exit: bool,
+    /// How fast the story goes: 1 (about three minutes), 2, 5 … or `max`.
+    #[arg(long, default_value = "1", value_parser = parse_speed)]
+    pub speed: Speed,
+    /// The address of the API and the dashboard.
+    #[arg(long, default_value = "127.0.0.1:7300")]
+    pub listen: SocketAddr,
+}
+
+/// The demo's pace: pauses are divided by it; `max` has none, and tighter
+/// experiment steps with more traffic.
+#[derive(Clone, Copy, Debug)]
+pub struct Speed(pub f64);
+
+impl Speed {
+    pub fn is_max(self) -> bool {
+        self.0.is_infinite()
+    }
+
+    /// A pause of `seconds` at this speed; none at `max`.
+    pub fn scale(self, seconds: f64) -> Option<std::time::Duration> {
+        (!self.is_max()).then(|| std::time::Duration::from_secs_f64(seconds / self.0))
+    }
+
+    /// `min_requests` and `min_duration` of the experiment's steps.
+    pub fn analysis(self) -> (u32, &'static str) {
+        if self.is_max() {
+            (10, "1s")
+        } else {
+            (15, "3s")
+        }
+    }
+
+    pub fn requests_per_second(self) -> f64 {
+        if self.is_max() { 200.0 } else { 100.0 }
+    }
+}
+
+fn parse_speed(text: &str) -> Result<Speed, String> {
+    if text == "max" {
+        return Ok(Speed(f64::INFINITY));
+    }
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(Speed(v)),
+        _ => Err(format!(
+            "`{text}` is not a speed; write a number above 0, such as 2, or `max`"
+        )),
+    }
 }
 
 #[derive(Args)]

@@ -1,7 +1,9 @@
 //! One module per group of commands; `run` dispatches to them.
 
+mod demo;
 mod deploy;
 mod incidents;
+mod init;
 mod proxy;
 mod repos;
 mod runs;
@@ -19,6 +21,8 @@ use crate::client::Client;
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let client = || Client::new(&cli.global);
     match cli.command {
+        Command::Demo(options) => demo::demo(options).await,
+        Command::Init { dir, force } => init::init(dir, force),
         Command::Serve(options) => serve::serve(&cli.global, options).await,
         Command::Validate { file } => validate::validate(&file),
         Command::Proxy {
