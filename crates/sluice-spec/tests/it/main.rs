@@ -1,4 +1,5 @@
 //! Integration tests of `sluice-spec`: whole files in, specs or rendered errors out.
 
+mod docs;
 mod errors;
 mod examples;
