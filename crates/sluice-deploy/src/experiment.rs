@@ -14,7 +14,7 @@ use sluice_analysis::{
 };
 use sluice_proxy::{Route, SecondWindow, Split, Sticky, Variant};
 use sluice_spec::{AbStrategy, Environment, Metric, Spec};
-use sluice_store::{NewDeployment, Release, now_ms};
+use sluice_store::{Experiment, NewDeployment, Release, now_ms};
 use tokio::sync::mpsc;
 
 use crate::rollout::{self, Outcome};
@@ -57,35 +57,12 @@ pub(crate) async fn run(
             actor,
         })
         .await?;
-    let state = inner.store.env_state(service, &env.name).await?;
     let route = inner.route(service, env).await?;
-    let mut b_env = env.clone();
-    b_env.config.extend(overrides.clone());
-    let started = async {
-        rollout::prepare(inner, b, spec, &b_env, state.as_ref(), deployment).await?;
-        let mut group = Vec::new();
-        for _ in 0..env.instances {
-            let live = rollout::start_instance(inner, b, spec, &b_env).await?;
-            live.backend.set_variant(Variant::B);
-            group.push(live);
-        }
-        for live in &group {
-            rollout::wait_healthy(inner, &live.backend, rollout::ready_timeout(spec)).await?;
-        }
-        anyhow::Ok(group)
-    }
-    .await;
-    let group = match started {
+    let group = match start_group(inner, b, spec, env, &overrides, deployment).await {
         Ok(group) => group,
         Err(e) => {
             let why = format!("{e:#}");
-            for live in inner
-                .live_in(service, &env.name)
-                .into_iter()
-                .filter(|l| l.backend.release == b.name())
-            {
-                rollout::stop_instance(inner, &route, &live).await;
-            }
+            stop_group(inner, &route, b, &env.name).await;
             inner
                 .store
                 .finish_deployment(
@@ -97,13 +74,7 @@ pub(crate) async fn run(
             return Ok((deployment, Outcome::RolledBack(why)));
         }
     };
-    let sticky = match &ab.sticky {
-        sluice_spec::Sticky::Cookie => Sticky::Cookie,
-        sluice_spec::Sticky::Header(name) => Sticky::Header(
-            name.parse()
-                .map_err(|_| anyhow!("`{name}` is not a header name"))?,
-        ),
-    };
+    let sticky = sticky_of(ab)?;
     let first = f64::from(ab.steps[0]);
     route.set_split(Some(
         Split::new(first, sticky.clone(), ab.allow_force).map_err(|e| anyhow!(e))?,
@@ -123,9 +94,7 @@ pub(crate) async fn run(
             actor,
         )
         .await?;
-    let (tx, commands) = mpsc::unbounded_channel();
-    inner.experiments.lock().unwrap().insert(experiment.id, tx);
-    let mut looker = Looker::new(
+    let looker = Looker::new(
         inner.clone(),
         experiment.id,
         b.clone(),
@@ -135,9 +104,158 @@ pub(crate) async fn run(
         route,
         deployment,
     );
+    Ok((deployment, follow(inner, looker).await))
+}
+
+/// Watches an experiment until it ends, taking people's commands meanwhile.
+async fn follow(inner: &Arc<Inner>, mut looker: Looker) -> Outcome {
+    let id = looker.id;
+    let (tx, commands) = mpsc::unbounded_channel();
+    inner.experiments.lock().unwrap().insert(id, tx);
     let outcome = looker.watch(commands).await;
-    inner.experiments.lock().unwrap().remove(&experiment.id);
-    Ok((deployment, outcome))
+    inner.experiments.lock().unwrap().remove(&id);
+    outcome
+}
+
+/// B's instance group, healthy and marked as variant B (not yet routed).
+async fn start_group(
+    inner: &Arc<Inner>,
+    b: &Release,
+    spec: &Spec,
+    env: &Environment,
+    overrides: &BTreeMap<String, String>,
+    deployment: i64,
+) -> Result<Vec<Live>> {
+    let state = inner.store.env_state(&b.service, &env.name).await?;
+    let mut b_env = env.clone();
+    b_env.config.extend(overrides.clone());
+    rollout::prepare(inner, b, spec, &b_env, state.as_ref(), deployment).await?;
+    let mut group = Vec::new();
+    for _ in 0..env.instances {
+        let live = rollout::start_instance(inner, b, spec, &b_env).await?;
+        live.backend.set_variant(Variant::B);
+        group.push(live);
+    }
+    for live in &group {
+        rollout::wait_healthy(inner, &live.backend, rollout::ready_timeout(spec)).await?;
+    }
+    Ok(group)
+}
+
+/// Stops every instance of `b` in the environment.
+async fn stop_group(inner: &Arc<Inner>, route: &Route, b: &Release, env: &str) {
+    for live in inner
+        .live_in(&b.service, env)
+        .into_iter()
+        .filter(|l| l.backend.release == b.name())
+    {
+        rollout::stop_instance(inner, route, &live).await;
+    }
+}
+
+fn sticky_of(ab: &AbStrategy) -> Result<Sticky> {
+    Ok(match &ab.sticky {
+        sluice_spec::Sticky::Cookie => Sticky::Cookie,
+        sluice_spec::Sticky::Header(name) => Sticky::Header(
+            name.parse()
+                .map_err(|_| anyhow!("`{name}` is not a header name"))?,
+        ),
+    })
+}
+
+/// Takes an experiment up again after a restart, at the step it was at:
+/// B's group starts again beside A (which the restart brought back), the
+/// split returns to the recorded weight, and the analysis starts afresh
+/// (its evidence lived in the old server). The caller holds the
+/// environment's lock.
+pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome> {
+    let b = inner.store.release_by_id(x.release_id).await?;
+    let (spec, env) = rollout::release_env(&b, &x.environment)?;
+    let ab = match &env.strategy {
+        sluice_spec::Strategy::Ab(ab) => ab.clone(),
+        _ => AbStrategy::default(),
+    };
+    let overrides: BTreeMap<String, String> =
+        serde_json::from_str(&x.overrides).unwrap_or_default();
+    let deployment = x
+        .deployment_id
+        .ok_or_else(|| anyhow!("experiment {} has no deployment", x.id))?;
+    let route = inner.route(&b.service, &env).await?;
+    let step = (x.step.max(0) as usize).min(ab.steps.len() - 1);
+    let started = async {
+        let group = start_group(inner, &b, &spec, &env, &overrides, deployment).await?;
+        let sticky = sticky_of(&ab)?;
+        let weight = f64::from(ab.steps[step]);
+        route.set_split(Some(
+            Split::new(weight, sticky.clone(), ab.allow_force).map_err(|e| anyhow!(e))?,
+        ));
+        for live in &group {
+            route.add(live.backend.clone());
+        }
+        anyhow::Ok(sticky)
+    }
+    .await;
+    let sticky = match started {
+        Ok(sticky) => sticky,
+        Err(e) => {
+            let why = format!("it could not start again after a restart: {e:#}");
+            stop_group(inner, &route, &b, &env.name).await;
+            route.set_split(None);
+            let decision = json!({ "action": "abort", "reason": why, "at": now_ms() });
+            let summary = format!("experiment {} of {} aborted: {why}", x.id, b.name());
+            inner
+                .store
+                .update_experiment(
+                    x.id,
+                    "aborted",
+                    x.step,
+                    0,
+                    now_ms(),
+                    &decision,
+                    "experiment.aborted",
+                    &summary,
+                    "sluice",
+                )
+                .await?;
+            inner
+                .store
+                .finish_deployment(deployment, "failed", Some(&why))
+                .await?;
+            return Ok(Outcome::Failed(why));
+        }
+    };
+    let mut looker = Looker::new(
+        inner.clone(),
+        x.id,
+        b.clone(),
+        env.clone(),
+        ab,
+        sticky,
+        route,
+        deployment,
+    );
+    looker.step = step;
+    looker.paused = x.status == "paused";
+    looker.held = x.status == "held";
+    let status = if looker.paused || looker.held {
+        x.status.as_str()
+    } else {
+        "running"
+    };
+    let reason = format!(
+        "the server restarted; the experiment goes on at {}% with fresh evidence",
+        looker.weight()
+    );
+    let summary = format!("experiment {} of {} resumed: {reason}", x.id, b.name());
+    looker
+        .record(
+            status,
+            "experiment.resumed",
+            json!({ "action": "resume", "reason": reason, "weight": looker.weight(), "at": now_ms() }),
+            &summary,
+        )
+        .await;
+    Ok(follow(inner, looker).await)
 }
 
 /// Seconds since the Unix epoch: how the proxy's windows are numbered.

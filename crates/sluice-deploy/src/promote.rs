@@ -230,37 +230,54 @@ pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
         } else {
             "promotion"
         };
-        let (status, reason) = match rollout::deploy(
+        let result = rollout::deploy(
             &inner,
             &release,
             &promotion.environment,
             cause,
             &promotion.requested_by,
         )
-        .await
-        {
-            Ok((deployment, outcome)) => {
-                let _ = inner.store.set_promotion_deployment(id, deployment).await;
-                match outcome {
-                    Outcome::Succeeded => ("done", None),
-                    Outcome::RolledBack(why) | Outcome::Failed(why) => ("failed", Some(why)),
-                }
-            }
-            Err(e) => ("failed", Some(format!("{e:#}"))),
+        .await;
+        let (deployment, outcome) = match result {
+            Ok((deployment, outcome)) => (Some(deployment), outcome),
+            Err(e) => (None, Outcome::Failed(format!("{e:#}"))),
         };
-        let _ = inner
-            .store
-            .set_promotion_status(id, status, None, reason.as_deref(), "sluice")
-            .await;
-        if let Some(why) = &reason {
-            crate::incidents::deployment_failed(&inner, &release, &promotion.environment, why)
-                .await;
-        }
-        if status == "done" {
-            auto_deploy(&inner, &release, Some(&promotion.environment)).await;
-        }
+        settle(&inner, &promotion, &release, deployment, outcome).await;
     });
     Ok(())
+}
+
+/// Records how a promotion's deployment ended: done, and the automatic
+/// deployments that follow; or failed, and an incident.
+pub(crate) async fn settle(
+    inner: &Arc<Inner>,
+    promotion: &Promotion,
+    release: &Release,
+    deployment: Option<i64>,
+    outcome: Outcome,
+) {
+    // Stopping the server is not an outcome: the next start takes it up.
+    if inner.shutdown.is_cancelled() {
+        return;
+    }
+    let id = promotion.id;
+    if let Some(deployment) = deployment {
+        let _ = inner.store.set_promotion_deployment(id, deployment).await;
+    }
+    let (status, reason) = match outcome {
+        Outcome::Succeeded => ("done", None),
+        Outcome::RolledBack(why) | Outcome::Failed(why) => ("failed", Some(why)),
+    };
+    let _ = inner
+        .store
+        .set_promotion_status(id, status, None, reason.as_deref(), "sluice")
+        .await;
+    if let Some(why) = &reason {
+        crate::incidents::deployment_failed(inner, release, &promotion.environment, why).await;
+    }
+    if status == "done" {
+        auto_deploy(inner, release, Some(&promotion.environment)).await;
+    }
 }
 
 /// Asks for the automatic deployments that follow: environments with

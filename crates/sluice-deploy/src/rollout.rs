@@ -617,37 +617,21 @@ impl Inner {
                 .set_instance_state(&instance.id, "stopped")
                 .await?;
         }
-        // An experiment's state lives in the server; one that was running ends with it.
-        for experiment in self
+        // Experiments that were open go on after the environments are back
+        // (see `restart_environments`): their deployments and promotions stay open.
+        let open: Vec<sluice_store::Experiment> = self
             .store
             .experiments(None, 1000)
             .await?
             .into_iter()
             .filter(|x| x.is_open())
-        {
-            let decision = serde_json::json!({ "action": "abort", "reason": "interrupted: the server stopped during the experiment" });
-            let summary = format!(
-                "experiment {} of v{} in {} aborted: the server stopped during it; the environment stays on its release",
-                experiment.id, experiment.release, experiment.environment
-            );
-            self.store
-                .update_experiment(
-                    experiment.id,
-                    "aborted",
-                    experiment.step,
-                    0,
-                    experiment.step_started_at,
-                    &decision,
-                    "experiment.aborted",
-                    &summary,
-                    "sluice",
-                )
-                .await?;
-        }
+            .collect();
         for deployment in self
             .store
             .deployments(None, None, Some("running"), 1000)
             .await?
+            .into_iter()
+            .filter(|d| !open.iter().any(|x| x.deployment_id == Some(d.id)))
         {
             self.store
                 .finish_deployment(
@@ -658,7 +642,12 @@ impl Inner {
                 .await?;
         }
         for promotion in self.store.promotions(None, true, 1000).await? {
-            if promotion.status == "deploying" {
+            let experimenting = open.iter().any(|x| {
+                x.service == promotion.service
+                    && x.environment == promotion.environment
+                    && x.release_id == promotion.release_id
+            });
+            if promotion.status == "deploying" && !experimenting {
                 self.store
                     .set_promotion_status(
                         promotion.id,
@@ -694,6 +683,49 @@ impl Inner {
                 }
                 Err(e) => {
                     tracing::error!(service = %state.service, env = %state.name, error = %format!("{e:#}"), "could not reconcile")
+                }
+            }
+        }
+        let Ok(experiments) = self.store.experiments(None, 1000).await else {
+            return;
+        };
+        for x in experiments.into_iter().filter(|x| x.is_open()) {
+            let inner = self.clone();
+            tokio::spawn(async move { inner.resume_experiment(x).await });
+        }
+    }
+
+    /// Takes an open experiment up again, then settles what asked for it.
+    async fn resume_experiment(self: Arc<Self>, x: sluice_store::Experiment) {
+        let lock = self.env_lock(&x.service, &x.environment);
+        let _one_at_a_time = lock.lock().await;
+        let outcome = match crate::experiment::resume(&self, &x).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Failed(format!("{e:#}")),
+        };
+        tracing::info!(experiment = x.id, ?outcome, "a resumed experiment ended");
+        let Ok(release) = self.store.release_by_id(x.release_id).await else {
+            return;
+        };
+        let promotion = self
+            .store
+            .promotions(Some(&x.service), true, 1000)
+            .await
+            .ok()
+            .and_then(|all| {
+                all.into_iter().find(|p| {
+                    p.status == "deploying"
+                        && p.environment == x.environment
+                        && p.release_id == x.release_id
+                })
+            });
+        match promotion {
+            Some(promotion) => {
+                crate::promote::settle(&self, &promotion, &release, x.deployment_id, outcome).await
+            }
+            None => {
+                if let Outcome::RolledBack(why) | Outcome::Failed(why) = &outcome {
+                    crate::incidents::deployment_failed(&self, &release, &x.environment, why).await;
                 }
             }
         }

@@ -141,6 +141,12 @@ pub(crate) async fn deployment_failed(
     env: &str,
     why: &str,
 ) {
+    // A person's abort is a decision, and a server stopping is not a
+    // failure of the deployment; neither is an incident.
+    let aborted = why.starts_with("experiment") && why.contains(" aborted:");
+    if aborted || inner.shutdown.is_cancelled() {
+        return;
+    }
     let (trigger, title) = if why.starts_with("experiment") {
         (
             "experiment",

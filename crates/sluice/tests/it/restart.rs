@@ -134,3 +134,123 @@ async fn a_kill_9_during_a_deployment_is_reconciled_with_nothing_orphaned_or_dou
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_experiment_goes_on_after_a_kill_9() {
+    let dir = crate::support::tempdir();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, None);
+    let repo = GitRepo::new(dir.path(), "shop");
+    crate::support::copy_fixture(&repo, "shop");
+    let spec = "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  health: { path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }\nenvironments:\n  prod:\n    deploy: auto\n    instances: 1\n    listen: 127.0.0.1:0\n    strategy:\n      ab: { steps: [20, 100], min_requests: 1000000, max_step: 10m, metrics: [error_rate] }\n";
+    repo.commit("v1", &[("sluice.yaml", spec)]);
+    server.add_repo(&repo);
+    server.wait_env("shop", "prod", 1, 1).await;
+    repo.commit("v2", &[("app/VERSION", "2\n")]);
+    let experiment = wait_experiment(&server, |x| x["status"] == "running").await;
+    let id = experiment["id"].as_i64().unwrap();
+
+    server.kill_hard();
+    let restarted = Server::start(&data, None);
+    // The experiment is taken up again at its step, B beside A.
+    let resumed = wait_experiment(&restarted, |x| {
+        x["status"] == "running" && x["decisions"].to_string().contains("resume")
+    })
+    .await;
+    assert_eq!(
+        (resumed["id"].as_i64(), resumed["weight_bp"].as_i64()),
+        (Some(id), Some(2000))
+    );
+    let prod = wait_both_variants(&restarted).await;
+    let url = format!("http://{}/", prod["listen"].as_str().unwrap());
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let answer = reqwest::get(&url).await.unwrap();
+        assert_eq!(answer.status(), 200);
+        seen.insert(
+            answer.headers()["x-sluice-release"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["v1", "v2"],
+        "both variants answer"
+    );
+    let deployments = restarted.get("/deployments?service=shop&env=prod").await;
+    let ab = deployments
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["release"] == 2)
+        .unwrap();
+    assert_eq!(
+        ab["status"], "running",
+        "the experiment's deployment stays open: {ab:#}"
+    );
+
+    // It ends as it would have: promoted by a person, its promotion done.
+    let out = restarted.cli(&["ab", "promote", &id.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    restarted.wait_env("shop", "prod", 2, 1).await;
+    let promotions = restarted.get("/promotions?service=shop&all=true").await;
+    assert!(
+        promotions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["release"] == 2 && p["status"] == "done"),
+        "{promotions:#}"
+    );
+}
+
+async fn wait_experiment(
+    server: &Server,
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let all = server.get("/experiments?service=shop").await;
+        if let Some(x) = all.as_array().unwrap().iter().find(|x| pick(x)) {
+            return x.clone();
+        }
+        assert!(Instant::now() < deadline, "no such experiment: {all:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_both_variants(server: &Server) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = server.get("/status?service=shop").await;
+        let prod = status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["environment"] == "prod")
+            .cloned();
+        if let Some(prod) = prod {
+            let healthy: Vec<i64> = prod["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i["healthy"] == true)
+                .map(|i| i["release"].as_i64().unwrap())
+                .collect();
+            if healthy.contains(&1) && healthy.contains(&2) {
+                return prod;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A and B never ran again: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
