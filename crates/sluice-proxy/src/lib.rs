@@ -4,6 +4,7 @@
 //! pooled keep-alive connections. It knows nothing of the store: whoever
 //! deploys tells it which backends exist and whether they are healthy.
 
+mod layers;
 mod route;
 mod server;
 mod split;

@@ -1,0 +1,141 @@
+//! Per-backend accounting: requests in flight (the gauge, and the count the
+//! balancer compares) until the answer's body ends; connect errors; passive
+//! ejection after consecutive failures, and the ejections metric.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tower::{Layer, Service};
+
+use super::{Picked, ProxyBody, ProxyFuture, ProxyRequest, ProxyResponse, UpstreamError};
+use crate::telemetry::{InstanceLabels, Telemetry};
+
+#[derive(Clone)]
+pub struct BackendLayer {
+    telemetry: Telemetry,
+}
+
+impl BackendLayer {
+    pub fn new(telemetry: Telemetry) -> Self {
+        BackendLayer { telemetry }
+    }
+}
+
+impl<S> Layer<S> for BackendLayer {
+    type Service = BackendMetrics<S>;
+    fn layer(&self, inner: S) -> BackendMetrics<S> {
+        BackendMetrics {
+            inner,
+            telemetry: self.telemetry.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct BackendMetrics<S> {
+    inner: S,
+    telemetry: Telemetry,
+}
+
+impl<S> Service<ProxyRequest> for BackendMetrics<S>
+where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = ProxyResponse;
+    type Error = std::convert::Infallible;
+    type Future = ProxyFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: ProxyRequest) -> ProxyFuture {
+        let picked = request.extensions().get::<Picked>().cloned();
+        let answered = self.inner.call(request);
+        let Some(picked) = picked else {
+            return Box::pin(answered);
+        };
+        let telemetry = self.telemetry.clone();
+        let labels = telemetry.labels(picked.backend.variant(), &picked.backend.id);
+        telemetry.metrics.in_flight.get_or_create(&labels).inc();
+        let held = Held {
+            picked,
+            labels,
+            telemetry,
+        };
+        Box::pin(async move {
+            let response = answered.await?;
+            match response.extensions().get::<UpstreamError>() {
+                Some(error) => held.failed(error.connect),
+                None => held.picked.backend.succeeded(),
+            }
+            let (head, body) = response.into_parts();
+            let body = HeldBody {
+                inner: body,
+                _held: held,
+            }
+            .boxed();
+            Ok(ProxyResponse::from_parts(head, body))
+        })
+    }
+}
+
+/// A backend's request, in flight until dropped with the answer's body.
+struct Held {
+    picked: Picked,
+    labels: InstanceLabels,
+    telemetry: Telemetry,
+}
+
+impl Held {
+    /// Counts a failure against the backend, ejecting it after several in a row.
+    fn failed(&self, connect: bool) {
+        let metrics = &self.telemetry.metrics;
+        if connect {
+            metrics.connect_errors.get_or_create(&self.labels).inc();
+        }
+        if self.picked.backend.failed() {
+            tracing::warn!(backend = %self.picked.backend.id, "ejected after consecutive failures");
+            metrics.ejections.get_or_create(&self.labels).inc();
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.telemetry
+            .metrics
+            .in_flight
+            .get_or_create(&self.labels)
+            .dec();
+    }
+}
+
+struct HeldBody {
+    inner: ProxyBody,
+    _held: Held,
+}
+
+impl Body for HeldBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
