@@ -258,6 +258,12 @@ pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome
     Ok(follow(inner, looker).await)
 }
 
+/// B's first seconds (after it starts, or starts again after a restart) are
+/// not judged on latency: a fresh process answers slower until it is warm,
+/// and at a 1% weight its few requests would all be cold ones. Its errors
+/// count from the first second.
+const WARM_UP_SECONDS: u64 = 5;
+
 /// Seconds since the Unix epoch: how the proxy's windows are numbered.
 fn unix_seconds() -> u64 {
     (now_ms() / 1000) as u64
@@ -279,6 +285,8 @@ struct Looker {
     paused: bool,
     held: bool,
     last_second: u64,
+    /// Until this second, B's latency is not judged (see [`WARM_UP_SECONDS`]).
+    warm_until: u64,
     errors: ErrorRateTest,
     p50: QuantileTest,
     p95: QuantileTest,
@@ -317,6 +325,7 @@ impl Looker {
             paused: false,
             held: false,
             last_second: now,
+            warm_until: now + WARM_UP_SECONDS,
             errors: ErrorRateTest::default(),
             p50: QuantileTest::new(0.5),
             p95: QuantileTest::new(0.95),
@@ -475,7 +484,8 @@ impl Looker {
         self.errors
             .observe(w.a.requests, w.a.errors, w.b.requests, w.b.errors);
         // B is compared with A's quantiles as known before this second.
-        if self.a_latency.len() >= 100 && !w.b.latency.is_empty() {
+        let warm = w.second >= self.warm_until;
+        if warm && self.a_latency.len() >= 100 && !w.b.latency.is_empty() {
             if let Some(bound) = self.a_latency.upper_quantile(0.5) {
                 self.p50
                     .observe(w.b.latency.count_above(bound), w.b.latency.len());
