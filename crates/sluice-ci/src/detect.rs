@@ -37,16 +37,18 @@ fn default_name(location: &str) -> String {
     last.trim_end_matches(".git").to_string()
 }
 
+/// Where the server reads a repository's commits: the repository itself
+/// when local, else its mirror under the data directory.
+pub fn source_dir(data_dir: &Path, repo: &Repo) -> PathBuf {
+    match &repo.local_path {
+        Some(path) => PathBuf::from(path),
+        None => data_dir.join("mirrors").join(format!("{}.git", repo.name)),
+    }
+}
+
 impl Engine {
     pub(crate) fn source_dir(&self, repo: &Repo) -> PathBuf {
-        match &repo.local_path {
-            Some(path) => PathBuf::from(path),
-            None => self
-                .config
-                .data_dir
-                .join("mirrors")
-                .join(format!("{}.git", repo.name)),
-        }
+        source_dir(&self.config.data_dir, repo)
     }
 
     pub(crate) async fn add_repo(&self, request: AddRepo, actor: &str) -> Result<Repo> {

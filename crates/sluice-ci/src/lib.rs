@@ -25,7 +25,7 @@ use sluice_store::{Repo, Run, RunStatus, Store};
 use tokio::sync::{Notify, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 
-pub use detect::{AddRepo, HOOK_MARKER};
+pub use detect::{AddRepo, HOOK_MARKER, source_dir};
 pub use events::Event;
 pub use executor::{Executor, LocalExecutor, StepOutcome, StepRequest};
 pub use logs::{LogSink, LogWriter, Masker};

@@ -604,11 +604,12 @@ impl Looker {
             .store
             .finish_deployment(self.deployment, "rolled_back", Some(why))
             .await;
-        Outcome::RolledBack(format!(
-            "experiment {} {}: {why}",
-            self.id,
-            status.replace('_', " ")
-        ))
+        let why = format!("experiment {} {}: {why}", self.id, status.replace('_', " "));
+        if status == "aborted" {
+            Outcome::Aborted(why)
+        } else {
+            Outcome::RolledBack(why)
+        }
     }
 
     async fn report(&self) {

@@ -11,6 +11,28 @@ use sluice_spec::{HealthCheck, Rule};
 use sluice_store::{NewChangeEvent, Store};
 use tokio_util::sync::CancellationToken;
 
+/// Why a probe failed: the words, and the rule whose check it was, if any.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub rule: Option<String>,
+    pub message: String,
+}
+
+impl Failure {
+    fn of(message: String) -> Failure {
+        Failure {
+            rule: None,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Called once per unhealthy stretch that lasts `after`, with why.
 #[derive(Clone)]
 pub struct Alarm {
@@ -28,7 +50,7 @@ pub struct Watch {
     /// `health_check` rules that apply to this instance.
     pub rules: Vec<Rule>,
     /// Why the last probe failed, for whoever waits on the instance.
-    pub last_failure: Arc<Mutex<Option<String>>>,
+    pub last_failure: Arc<Mutex<Option<Failure>>>,
     pub alarm: Option<Alarm>,
     pub stop: CancellationToken,
 }
@@ -92,7 +114,7 @@ pub fn watch(watch: Watch) {
             if let (Some(since), Some(alarm), Err(why)) = (unhealthy_since, &watch.alarm, &result)
                 && since.elapsed() >= alarm.after
             {
-                (alarm.fire)(why.clone());
+                (alarm.fire)(why.message.clone());
                 unhealthy_since = None;
             }
             tokio::select! {
@@ -103,7 +125,7 @@ pub fn watch(watch: Watch) {
     });
 }
 
-async fn record_flip(watch: &Watch, healthy: bool, why: Option<&String>) {
+async fn record_flip(watch: &Watch, healthy: bool, why: Option<&Failure>) {
     let id = &watch.backend.id;
     let summary = match why {
         Some(why) => format!("instance {id} turned unhealthy: {why}"),
@@ -133,28 +155,37 @@ async fn probe(
     backend: &Backend,
     check: &HealthCheck,
     rules: &[Rule],
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     if check.path.is_empty() {
         let connected =
             tokio::time::timeout(check.timeout, tokio::net::TcpStream::connect(backend.addr)).await;
         match connected {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("could not connect: {e}")),
-            Err(_) => return Err("connecting timed out".into()),
+            Ok(Err(e)) => return Err(Failure::of(format!("could not connect: {e}"))),
+            Err(_) => return Err(Failure::of("connecting timed out".into())),
         }
     } else {
         let url = format!("http://{}{}", backend.addr, check.path);
         match client.get(url).send().await {
             Ok(r) if r.status().is_success() => {}
-            Ok(r) => return Err(format!("GET {} answered {}", check.path, r.status())),
-            Err(e) => return Err(format!("GET {} failed: {e}", check.path)),
+            Ok(r) => {
+                return Err(Failure::of(format!(
+                    "GET {} answered {}",
+                    check.path,
+                    r.status()
+                )));
+            }
+            Err(e) => return Err(Failure::of(format!("GET {} failed: {e}", check.path))),
         }
     }
     for rule in rules {
         if let Some(extra) = rule.spec.extra_check() {
             rule_probe(client, backend, &extra)
                 .await
-                .map_err(|why| rule.blocks(&why))?;
+                .map_err(|why| Failure {
+                    rule: Some(rule.id.clone()),
+                    message: rule.blocks(&why),
+                })?;
         }
     }
     Ok(())

@@ -136,7 +136,7 @@ struct Live {
     backend: Arc<Backend>,
     checks: CancellationToken,
     /// Why the instance's last health probe failed.
-    last_failure: Arc<Mutex<Option<String>>>,
+    last_failure: Arc<Mutex<Option<health::Failure>>>,
 }
 
 impl Cd {
@@ -325,10 +325,10 @@ impl Cd {
             )
             .await
             {
-                Ok((_, rollout::Outcome::RolledBack(why) | rollout::Outcome::Failed(why))) => {
-                    incidents::deployment_failed(&inner, &release, &env, &why).await
+                Ok((deployment, outcome)) => {
+                    incidents::after_deployment(&inner, &release, &env, Some(deployment), &outcome)
+                        .await
                 }
-                Ok(_) => {}
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "the experiment could not run")
                 }

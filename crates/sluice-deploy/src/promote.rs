@@ -264,17 +264,24 @@ pub(crate) async fn settle(
     if let Some(deployment) = deployment {
         let _ = inner.store.set_promotion_deployment(id, deployment).await;
     }
-    let (status, reason) = match outcome {
+    let (status, reason) = match &outcome {
         Outcome::Succeeded => ("done", None),
-        Outcome::RolledBack(why) | Outcome::Failed(why) => ("failed", Some(why)),
+        Outcome::RolledBack(why) | Outcome::Failed(why) | Outcome::Aborted(why) => {
+            ("failed", Some(why.clone()))
+        }
     };
     let _ = inner
         .store
         .set_promotion_status(id, status, None, reason.as_deref(), "sluice")
         .await;
-    if let Some(why) = &reason {
-        crate::incidents::deployment_failed(inner, release, &promotion.environment, why).await;
-    }
+    crate::incidents::after_deployment(
+        inner,
+        release,
+        &promotion.environment,
+        deployment,
+        &outcome,
+    )
+    .await;
     if status == "done" {
         auto_deploy(inner, release, Some(&promotion.environment)).await;
     }

@@ -22,6 +22,8 @@ pub enum Outcome {
     RolledBack(String),
     /// It failed and there was nothing to go back to.
     Failed(String),
+    /// A person took it back (an experiment's abort): no failure of its own.
+    Aborted(String),
 }
 
 /// The parsed definition a release carries, and its environment `env`.
@@ -324,30 +326,7 @@ pub(crate) async fn start_instance(
     let data_dir = inner.layout.data(service, &env.name);
     let config_dir = inner.layout.config(service, &env.name, release.number);
     let files = render::render(spec, env, &release.name(), &release_dir)?;
-    let mut vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !k.starts_with("SLUICE_"))
-        .collect();
-    vars.extend(env.config.iter().map(|(k, v)| (k.clone(), v.clone())));
-    vars.extend([
-        ("PORT".to_string(), port.to_string()),
-        ("SLUICE_SERVICE".to_string(), service.clone()),
-        ("SLUICE_ENV".to_string(), env.name.clone()),
-        ("SLUICE_RELEASE".to_string(), release.name()),
-        ("SLUICE_INSTANCE".to_string(), id.clone()),
-        (
-            "SLUICE_CONFIG_DIR".to_string(),
-            config_dir.to_string_lossy().into_owned(),
-        ),
-        (
-            "DATA_DIR".to_string(),
-            data_dir.to_string_lossy().into_owned(),
-        ),
-        // Marks the process as this server's, so a restart finds it even unrecorded.
-        (
-            "SLUICE_HOME".to_string(),
-            inner.config.data_dir.to_string_lossy().into_owned(),
-        ),
-    ]);
+    let vars = instance_env(inner, release, env, &id, port, &config_dir, &data_dir);
     let record = Instance {
         id: id.clone(),
         service: service.clone(),
@@ -420,6 +399,36 @@ pub(crate) async fn start_instance(
     Ok(live)
 }
 
+/// What an instance finds in its environment: the server's own variables
+/// (less `SLUICE_*`), the environment's config values, and where it is.
+pub(crate) fn instance_env(
+    inner: &Inner,
+    release: &Release,
+    env: &Environment,
+    id: &str,
+    port: u16,
+    config_dir: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| !k.starts_with("SLUICE_"))
+        .collect();
+    vars.extend(env.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    vars.extend([
+        ("PORT".to_string(), port.to_string()),
+        ("SLUICE_SERVICE".to_string(), release.service.clone()),
+        ("SLUICE_ENV".to_string(), env.name.clone()),
+        ("SLUICE_RELEASE".to_string(), release.name()),
+        ("SLUICE_INSTANCE".to_string(), id.to_string()),
+        ("SLUICE_CONFIG_DIR".to_string(), path(config_dir)),
+        ("DATA_DIR".to_string(), path(data_dir)),
+        // Marks the process as this server's, so a restart finds it even unrecorded.
+        ("SLUICE_HOME".to_string(), path(&inner.config.data_dir)),
+    ]);
+    vars
+}
+
 pub(crate) async fn wait_healthy(
     inner: &Arc<Inner>,
     backend: &Arc<Backend>,
@@ -435,8 +444,8 @@ pub(crate) async fn wait_healthy(
             if let Some(live) = &live {
                 let route = Route::default();
                 stop_instance(inner, &route, live).await;
-                if let Some(why) = &why {
-                    record_rule_block(inner, live, why).await;
+                if let Some(failure) = &why {
+                    record_rule_block(inner, live, failure).await;
                 }
             }
             let why = why.map(|w| format!(": {w}")).unwrap_or_default();
@@ -452,17 +461,14 @@ pub(crate) async fn wait_healthy(
 }
 
 /// Remembers that a rule's health check kept an instance out.
-async fn record_rule_block(inner: &Arc<Inner>, live: &Live, why: &str) {
-    let Some(rule) = why
-        .strip_prefix("blocked by rule ")
-        .and_then(|rest| rest.split([' ', ':']).next())
-    else {
+async fn record_rule_block(inner: &Arc<Inner>, live: &Live, failure: &health::Failure) {
+    let Some(rule) = &failure.rule else {
         return;
     };
     let subject = format!("instance {} ({})", live.backend.id, live.backend.release);
     let _ = inner
         .store
-        .record_block(rule, &live.service, &subject, why)
+        .record_block(rule, &live.service, &subject, &failure.message)
         .await;
 }
 
@@ -596,10 +602,9 @@ pub(crate) async fn rollback(
         .await?;
     match outcome {
         Outcome::Succeeded => Ok(inner.store.deployment(id).await?),
-        Outcome::RolledBack(why) | Outcome::Failed(why) => Err(CdError::Other(anyhow!(
-            "the rollback to {} failed: {why}",
-            target.name()
-        ))),
+        Outcome::RolledBack(why) | Outcome::Failed(why) | Outcome::Aborted(why) => Err(
+            CdError::Other(anyhow!("the rollback to {} failed: {why}", target.name())),
+        ),
     }
 }
 
@@ -724,9 +729,14 @@ impl Inner {
                 crate::promote::settle(&self, &promotion, &release, x.deployment_id, outcome).await
             }
             None => {
-                if let Outcome::RolledBack(why) | Outcome::Failed(why) = &outcome {
-                    crate::incidents::deployment_failed(&self, &release, &x.environment, why).await;
-                }
+                crate::incidents::after_deployment(
+                    &self,
+                    &release,
+                    &x.environment,
+                    x.deployment_id,
+                    &outcome,
+                )
+                .await
             }
         }
     }

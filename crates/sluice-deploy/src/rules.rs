@@ -273,27 +273,10 @@ async fn changed_files(inner: &Arc<Inner>, run_id: i64, sha: &str) -> Vec<String
     let Ok(repo) = inner.store.repo_by_id(run.repo_id).await else {
         return Vec::new();
     };
-    let source = crate::incidents::source_dir(inner, &repo);
-    let out = tokio::process::Command::new("git")
-        .arg("-C")
-        .arg(&source)
-        .args([
-            "diff-tree",
-            "--no-commit-id",
-            "--name-only",
-            "-r",
-            "--root",
-            sha,
-        ])
-        .output()
-        .await;
-    match out {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    }
+    let source = sluice_ci::source_dir(&inner.config.data_dir, &repo);
+    sluice_ci::git::changed_files(&source, sha)
+        .await
+        .unwrap_or_default()
 }
 
 /// Starts a throwaway instance of `release` (config of the first environment
@@ -338,26 +321,7 @@ async fn probe_release(
     render::write(&config_dir, &files)?;
     std::fs::create_dir_all(&data_dir).map_err(anyhow::Error::from)?;
     let port = rollout::free_port(&Default::default())?;
-    let mut vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !k.starts_with("SLUICE_"))
-        .collect();
-    vars.extend(env.config.iter().map(|(k, v)| (k.clone(), v.clone())));
-    vars.extend([
-        ("PORT".into(), port.to_string()),
-        ("SLUICE_SERVICE".into(), release.service.clone()),
-        ("SLUICE_ENV".into(), env.name.clone()),
-        ("SLUICE_RELEASE".into(), release.name()),
-        ("SLUICE_INSTANCE".into(), id.clone()),
-        (
-            "SLUICE_CONFIG_DIR".into(),
-            config_dir.to_string_lossy().into_owned(),
-        ),
-        ("DATA_DIR".into(), data_dir.to_string_lossy().into_owned()),
-        (
-            "SLUICE_HOME".into(),
-            inner.config.data_dir.to_string_lossy().into_owned(),
-        ),
-    ]);
+    let vars = rollout::instance_env(inner, release, &env, &id, port, &config_dir, &data_dir);
     inner
         .runtime
         .start(InstanceSpec {

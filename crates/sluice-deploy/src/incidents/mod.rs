@@ -8,12 +8,12 @@ pub mod postmortem;
 pub mod suspects;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sluice_store::{ChangeQuery, Incident, NewIncident, Repo, Role, RuleRecord};
+use sluice_store::{ChangeEvent, ChangeQuery, Incident, NewIncident, Role, RuleRecord};
 
+use crate::rollout::Outcome;
 use crate::{Actor, CdError, CdResult, Inner};
 use suspects::{Candidate, Context, Suspect, SuspectDiff};
 
@@ -47,18 +47,6 @@ pub struct OpenRequest {
     pub service: String,
     pub environment: Option<String>,
     pub title: String,
-}
-
-/// Where the server reads a repository's commits.
-pub(crate) fn source_dir(inner: &Inner, repo: &Repo) -> PathBuf {
-    match &repo.local_path {
-        Some(path) => PathBuf::from(path),
-        None => inner
-            .config
-            .data_dir
-            .join("mirrors")
-            .join(format!("{}.git", repo.name)),
-    }
 }
 
 pub(crate) async fn open(
@@ -134,20 +122,33 @@ pub(crate) async fn auto_open(
     }
 }
 
-/// Opens an incident for a deployment or an experiment that failed.
-pub(crate) async fn deployment_failed(
+/// Opens an incident when a deployment failed or its experiment was
+/// rolled back. A person's abort is a decision, and a server stopping is no
+/// failure of the deployment: neither is an incident.
+pub(crate) async fn after_deployment(
     inner: &Arc<Inner>,
     release: &sluice_store::Release,
     env: &str,
-    why: &str,
+    deployment: Option<i64>,
+    outcome: &Outcome,
 ) {
-    // A person's abort is a decision, and a server stopping is not a
-    // failure of the deployment; neither is an incident.
-    let aborted = why.starts_with("experiment") && why.contains(" aborted:");
-    if aborted || inner.shutdown.is_cancelled() {
+    let (Outcome::RolledBack(why) | Outcome::Failed(why)) = outcome else {
+        return;
+    };
+    if inner.shutdown.is_cancelled() {
         return;
     }
-    let (trigger, title) = if why.starts_with("experiment") {
+    let judged = match deployment {
+        Some(id) => inner
+            .store
+            .experiments(Some(&release.service), 1000)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|x| x.deployment_id == Some(id) && x.status != "aborted"),
+        None => false,
+    };
+    let (trigger, title) = if judged {
         (
             "experiment",
             format!(
@@ -225,8 +226,10 @@ pub(crate) async fn transition(
 
 pub(crate) async fn view(inner: &Arc<Inner>, id: i64) -> CdResult<IncidentView> {
     let incident = inner.store.incident(id).await?;
-    let timeline = timeline(inner, &incident).await?;
-    let suspects = suspects(inner, &incident).await?;
+    // One read of the change log serves the timeline and the suspects.
+    let events = events_since(inner, &incident, incident.first_symptom_at - LOOKBACK_MS).await?;
+    let timeline = timeline(inner, &incident, &events);
+    let suspects = suspects(inner, &incident, &events).await?;
     let rules = inner
         .store
         .rules(Some(&incident.service), false)
@@ -245,11 +248,15 @@ pub(crate) async fn view(inner: &Arc<Inner>, id: i64) -> CdResult<IncidentView> 
 
 /// The stored postmortem, or the template filled with what is known now.
 pub(crate) async fn postmortem(inner: &Arc<Inner>, id: i64) -> CdResult<String> {
+    if let Some(text) = inner.store.incident(id).await?.postmortem {
+        return Ok(text);
+    }
     let view = view(inner, id).await?;
-    Ok(match &view.incident.postmortem {
-        Some(text) => text.clone(),
-        None => postmortem::template(&view.incident, &view.timeline, &view.suspects),
-    })
+    Ok(postmortem::template(
+        &view.incident,
+        &view.timeline,
+        &view.suspects,
+    ))
 }
 
 pub(crate) async fn edit_postmortem(
@@ -274,29 +281,28 @@ pub(crate) async fn edit_postmortem(
 
 /// The change log of the service around the incident, with the proxy's
 /// error-rate jumps and the first symptom marked.
-async fn timeline(inner: &Arc<Inner>, incident: &Incident) -> CdResult<Vec<TimelineEntry>> {
+fn timeline(inner: &Inner, incident: &Incident, events: &[ChangeEvent]) -> Vec<TimelineEntry> {
     let since = incident.first_symptom_at - LOOKBACK_MS;
     let until = incident.resolved_at.unwrap_or(i64::MAX);
-    let events = events_since(inner, incident, since).await?;
     let mut entries: Vec<TimelineEntry> = events
-        .into_iter()
+        .iter()
         .rev()
         .filter(|e| e.at <= until)
         .filter(|e| !e.kind.starts_with("change.") && !e.kind.starts_with("postmortem."))
         .map(|e| TimelineEntry {
             at: e.at,
-            kind: e.kind,
-            environment: e.environment,
-            actor: e.actor,
-            subject: e.subject,
-            summary: e.summary,
+            kind: e.kind.clone(),
+            environment: e.environment.clone(),
+            actor: e.actor.clone(),
+            subject: e.subject.clone(),
+            summary: e.summary.clone(),
         })
         .collect();
     if let Some(env) = &incident.environment {
         entries.extend(error_rate_jumps(inner, &incident.service, env, since));
     }
     entries.sort_by_key(|e| e.at);
-    Ok(entries)
+    entries
 }
 
 /// Ten-second buckets of the environment's traffic where the error rate
@@ -342,7 +348,7 @@ async fn events_since(
     inner: &Inner,
     incident: &Incident,
     since: i64,
-) -> CdResult<Vec<sluice_store::ChangeEvent>> {
+) -> CdResult<Vec<ChangeEvent>> {
     Ok(inner
         .store
         .changes_log(&ChangeQuery {
@@ -355,7 +361,11 @@ async fn events_since(
 }
 
 /// Deployments and other changes before the first symptom, ranked.
-async fn suspects(inner: &Arc<Inner>, incident: &Incident) -> CdResult<Vec<Suspect>> {
+async fn suspects(
+    inner: &Arc<Inner>,
+    incident: &Incident,
+    events: &[ChangeEvent],
+) -> CdResult<Vec<Suspect>> {
     let since = incident.first_symptom_at - LOOKBACK_MS;
     let deployments = inner
         .store
@@ -394,19 +404,18 @@ async fn suspects(inner: &Arc<Inner>, incident: &Incident) -> CdResult<Vec<Suspe
             diff: Some(diff),
         });
     }
-    let events = events_since(inner, incident, since).await?;
-    for e in events.into_iter().filter(|e| {
+    for e in events.iter().filter(|e| {
         matches!(
             e.kind.as_str(),
             "secret.set" | "rule.disabled" | "promotion.override" | "env.unpinned"
         )
     }) {
         candidates.push(Candidate {
-            subject: e.subject,
-            kind: e.kind,
-            environment: e.environment,
+            subject: e.subject.clone(),
+            kind: e.kind.clone(),
+            environment: e.environment.clone(),
             at: e.at,
-            summary: e.summary,
+            summary: e.summary.clone(),
             release: None,
             restores: false,
             diff: None,
@@ -477,14 +486,10 @@ async fn release_diff(
     };
     let after = config(release);
     let before = previous.map(config).unwrap_or_default();
-    for key in before.keys().chain(after.keys()) {
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for key in keys {
         let (a, b) = (before.get(key), after.get(key));
-        if a != b
-            && !diff
-                .config
-                .iter()
-                .any(|c| c.starts_with(&format!("{key}:")))
-        {
+        if a != b {
             let shown = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
             diff.config
                 .push(format!("{key}: {} → {}", shown(a), shown(b)));
@@ -493,61 +498,31 @@ async fn release_diff(
     let Ok(repo) = inner.store.repo_by_id(release.repo_id).await else {
         return diff;
     };
-    let source = source_dir(inner, &repo);
+    let source = sluice_ci::source_dir(&inner.config.data_dir, &repo);
+    let git = async |args: &[&str]| sluice_ci::git::git(&source, args).await.ok();
+    let lines = |text: String| text.lines().map(str::to_string).collect::<Vec<_>>();
     let range = match previous {
         Some(p) if p.sha != release.sha => format!("{}..{}", p.sha, release.sha),
         Some(_) => return diff,
         None => release.sha.clone(),
     };
-    let git = |args: Vec<String>| {
-        let source = source.clone();
-        async move {
-            let out = tokio::process::Command::new("git")
-                .arg("-C")
-                .arg(&source)
-                .args(&args)
-                .output()
-                .await
-                .ok()
-                .filter(|o| o.status.success())?;
-            Some(String::from_utf8_lossy(&out.stdout).into_owned())
-        }
-    };
-    if let Some(log) = git(vec![
-        "log".into(),
-        "--format=%h %s".into(),
-        "-n".into(),
-        "50".into(),
-        range.clone(),
-    ])
-    .await
-    {
-        diff.commits = log.lines().map(str::to_string).collect();
+    if let Some(log) = git(&["log", "--format=%h %s", "-n", "50", &range]).await {
+        diff.commits = lines(log);
     }
-    if let Some(p) = previous {
-        let (a, b) = (p.sha.clone(), release.sha.clone());
-        if let Some(files) = git(vec![
-            "diff".into(),
-            "--name-only".into(),
-            a.clone(),
-            b.clone(),
-        ])
-        .await
-        {
-            diff.files = files.lines().map(str::to_string).collect();
+    match previous {
+        Some(p) => {
+            if let Some(files) = git(&["diff", "--name-only", &p.sha, &release.sha]).await {
+                diff.files = lines(files);
+            }
+            if let Some(patch) = git(&["diff", &p.sha, &release.sha]).await {
+                diff.patch = cut(&patch, 16 * 1024);
+            }
         }
-        if let Some(patch) = git(vec!["diff".into(), a, b]).await {
-            diff.patch = cut(&patch, 16 * 1024);
+        None => {
+            if let Some(files) = git(&["ls-tree", "-r", "--name-only", &release.sha]).await {
+                diff.files = lines(files);
+            }
         }
-    } else if let Some(files) = git(vec![
-        "ls-tree".into(),
-        "-r".into(),
-        "--name-only".into(),
-        release.sha.clone(),
-    ])
-    .await
-    {
-        diff.files = files.lines().map(str::to_string).collect();
     }
     diff
 }

@@ -11,7 +11,7 @@ use sluice_deploy::{EnvDetail, EnvDiff, EnvStatus};
 use sluice_store::{ChangeEvent, ChangeQuery, Experiment, Release};
 
 use super::session::Viewer;
-use super::{Chrome, PageResult, failed, render, when};
+use super::{Chrome, PageResult, failed, render};
 use crate::AppState;
 
 /// One service's row of the board.
@@ -241,9 +241,4 @@ pub async fn changelog(
         since: since.unwrap_or_default(),
         error,
     }))
-}
-
-/// For templates: a change event's time.
-pub fn at(event: &ChangeEvent) -> String {
-    when(event.at)
 }
