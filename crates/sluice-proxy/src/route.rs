@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::split::{Split, Variant};
+use crate::telemetry::InstanceSlots;
 
 /// One instance the route may send requests to.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct Backend {
     failures: std::sync::atomic::AtomicU32,
     /// Until when (ms since the epoch) it is out.
     ejected_until: std::sync::atomic::AtomicU64,
+    /// Its metric handles, made by its environment's telemetry on first use.
+    pub(crate) metrics: InstanceSlots,
 }
 
 /// Consecutive failures that eject a backend, and for how long.
@@ -51,6 +54,7 @@ impl Backend {
             variant: AtomicU8::new(0),
             failures: std::sync::atomic::AtomicU32::new(0),
             ejected_until: std::sync::atomic::AtomicU64::new(0),
+            metrics: InstanceSlots::default(),
         })
     }
 

@@ -89,7 +89,7 @@ impl Listener {
                         }
                     };
                     runtime.block_on(async move {
-                        let service = stack(route, via, telemetry);
+                        let service = stack(route, via, telemetry.for_worker(i));
                         match TcpListener::from_std(socket) {
                             Ok(listener) => accept(listener, service, stop).await,
                             Err(e) => {
@@ -150,7 +150,7 @@ where
         };
         let _ = stream.set_nodelay(true);
         let stack = service.clone();
-        let stop = stop.clone();
+        // The worker's runtime ends with its listener, and its connections with it.
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let mut request = request.map(|body| body.boxed());
@@ -159,12 +159,8 @@ where
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                served = connection => if let Err(e) = served {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                },
-                // The worker's runtime ends with its listener; so do its connections.
-                _ = stop.cancelled() => {}
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
     }

@@ -3,9 +3,10 @@
 //! 30 minutes (for the analysis and the UI), and an access log of JSON lines.
 
 use std::collections::VecDeque;
+use std::collections::btree_map::Entry;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,6 +19,7 @@ use serde::Serialize;
 use sluice_analysis::LogHistogram;
 use tokio::sync::mpsc;
 
+use crate::route::Backend;
 use crate::split::Variant;
 
 /// How many seconds of windows are kept.
@@ -46,9 +48,9 @@ pub struct RequestLabels {
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<InstanceLabels, Histogram>,
-    pub(crate) in_flight: Family<InstanceLabels, Gauge>,
-    pub(crate) connect_errors: Family<InstanceLabels, Counter>,
-    pub(crate) ejections: Family<InstanceLabels, Counter>,
+    in_flight: Family<InstanceLabels, Gauge>,
+    connect_errors: Family<InstanceLabels, Counter>,
+    ejections: Family<InstanceLabels, Counter>,
 }
 
 impl Metrics {
@@ -114,13 +116,75 @@ pub struct SecondWindow {
     pub b: VariantWindow,
 }
 
-/// An environment's telemetry: metrics, windows, access log.
+/// One instance's metrics as one variant, made once so that a request
+/// touches counters rather than label sets.
+pub(crate) struct InstanceMetrics {
+    family: Family<RequestLabels, Counter>,
+    labels: InstanceLabels,
+    /// Requests by status class (1xx to 5xx), each made when first seen.
+    requests: [OnceLock<Counter>; 5],
+    pub(crate) duration: Histogram,
+    pub(crate) in_flight: Gauge,
+    pub(crate) connect_errors: Counter,
+    pub(crate) ejections: Counter,
+}
+
+impl InstanceMetrics {
+    fn new(metrics: &Metrics, labels: InstanceLabels) -> InstanceMetrics {
+        InstanceMetrics {
+            family: metrics.requests.clone(),
+            requests: Default::default(),
+            duration: metrics.duration.get_or_create(&labels).clone(),
+            in_flight: metrics.in_flight.get_or_create(&labels).clone(),
+            connect_errors: metrics.connect_errors.get_or_create(&labels).clone(),
+            ejections: metrics.ejections.get_or_create(&labels).clone(),
+            labels,
+        }
+    }
+
+    fn requests(&self, status: u16) -> &Counter {
+        let class = usize::from(status / 100).clamp(1, 5);
+        self.requests[class - 1].get_or_init(|| {
+            let labels = &self.labels;
+            self.family
+                .get_or_create(&RequestLabels {
+                    service: labels.service.clone(),
+                    environment: labels.environment.clone(),
+                    variant: labels.variant.clone(),
+                    instance: labels.instance.clone(),
+                    class: format!("{class}xx"),
+                })
+                .clone()
+        })
+    }
+}
+
+/// The metrics of one instance in each variant it may serve as.
+#[derive(Default)]
+pub(crate) struct InstanceSlots([OnceLock<InstanceMetrics>; 2]);
+
+impl std::fmt::Debug for InstanceSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InstanceSlots")
+    }
+}
+
+/// An environment's telemetry: metrics, windows, access log. Cheap to
+/// clone; each proxy worker has its own shard of the windows.
 #[derive(Clone)]
 pub struct Telemetry {
-    pub(crate) service: String,
-    pub(crate) environment: String,
-    pub(crate) metrics: Metrics,
-    windows: Arc<Mutex<VecDeque<SecondWindow>>>,
+    shared: Arc<Shared>,
+    shard: usize,
+}
+
+struct Shared {
+    service: String,
+    environment: String,
+    metrics: Metrics,
+    /// Per-second windows, one deque per worker, merged when read.
+    windows: Vec<Mutex<VecDeque<SecondWindow>>>,
+    /// The metrics of requests no instance answered.
+    unserved: InstanceSlots,
     access: Option<mpsc::UnboundedSender<String>>,
 }
 
@@ -161,12 +225,18 @@ impl Telemetry {
             tokio::spawn(write_access_log(file, rx));
             Some(tx)
         });
-        Telemetry {
+        let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shared = Shared {
             service: service.to_string(),
             environment: environment.to_string(),
             metrics,
-            windows: Arc::default(),
+            windows: (0..shards).map(|_| Mutex::default()).collect(),
+            unserved: InstanceSlots::default(),
             access,
+        };
+        Telemetry {
+            shared: Arc::new(shared),
+            shard: 0,
         }
     }
 
@@ -180,62 +250,56 @@ impl Telemetry {
         )
     }
 
-    pub(crate) fn labels(&self, variant: Variant, instance: &str) -> InstanceLabels {
-        InstanceLabels {
-            service: self.service.clone(),
-            environment: self.environment.clone(),
-            variant: variant.as_str().to_string(),
-            instance: instance.to_string(),
+    /// The same telemetry, recording its windows in worker `worker`'s shard.
+    pub(crate) fn for_worker(&self, worker: usize) -> Telemetry {
+        Telemetry {
+            shared: self.shared.clone(),
+            shard: worker % self.shared.windows.len(),
         }
     }
 
-    /// Records an answered request; `share_b` is B's weight when it was routed.
-    pub(crate) fn record(&self, entry: &AccessEntry, variant: Variant, share_b: f64) {
-        let class = format!("{}xx", entry.status / 100);
-        let labels = self.labels(variant, entry.instance);
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                service: labels.service.clone(),
-                environment: labels.environment.clone(),
-                variant: labels.variant.clone(),
-                instance: labels.instance.clone(),
-                class,
-            })
-            .inc();
-        self.metrics
-            .duration
-            .get_or_create(&labels)
-            .observe(entry.latency_ms / 1000.0);
-        {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO)
-                .as_secs();
-            let mut windows = self.windows.lock().unwrap();
-            if windows.back().is_none_or(|w| w.second != now) {
-                windows.push_back(SecondWindow {
-                    second: now,
-                    ..Default::default()
-                });
-                while windows.len() > WINDOW_SECONDS {
-                    windows.pop_front();
-                }
-            }
-            let window = windows.back_mut().expect("just pushed");
-            window.expected_b += share_b;
-            let side = if variant == Variant::B {
-                &mut window.b
-            } else {
-                &mut window.a
+    /// Whether requests are written to an access log.
+    pub(crate) fn logs_access(&self) -> bool {
+        self.shared.access.is_some()
+    }
+
+    /// The metrics of `backend` as the variant it now serves, or of the
+    /// requests no instance answered. A backend belongs to one environment,
+    /// so its handles are made on first use and kept with it.
+    pub(crate) fn instance<'a>(
+        &'a self,
+        variant: Variant,
+        backend: Option<&'a Backend>,
+    ) -> &'a InstanceMetrics {
+        let (slots, instance) = match backend {
+            Some(backend) => (&backend.metrics, backend.id.as_str()),
+            None => (&self.shared.unserved, "-"),
+        };
+        slots.0[usize::from(variant == Variant::B)].get_or_init(|| {
+            let shared = &self.shared;
+            let labels = InstanceLabels {
+                service: shared.service.clone(),
+                environment: shared.environment.clone(),
+                variant: variant.as_str().to_string(),
+                instance: instance.to_string(),
             };
-            side.requests += 1;
-            if entry.status >= 500 {
-                side.errors += 1;
-            }
-            side.latency.record(entry.latency_ms * 1000.0);
-        }
-        if let Some(access) = &self.access {
+            InstanceMetrics::new(&shared.metrics, labels)
+        })
+    }
+
+    /// Records an answered request; `share_b` is B's weight when it was routed.
+    pub(crate) fn record(
+        &self,
+        entry: &AccessEntry,
+        variant: Variant,
+        backend: Option<&Backend>,
+        share_b: f64,
+    ) {
+        let metrics = self.instance(variant, backend);
+        metrics.requests(entry.status).inc();
+        metrics.duration.observe(entry.latency_ms / 1000.0);
+        self.window(entry, variant, share_b);
+        if let Some(access) = &self.shared.access {
             // The clock is read and the line built only for a log that is kept.
             let entry = AccessEntry {
                 time: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
@@ -247,15 +311,67 @@ impl Telemetry {
         }
     }
 
-    /// The windows of seconds after `after` (seconds since the epoch), oldest first.
+    /// Counts the request in this second's window of its variant.
+    fn window(&self, entry: &AccessEntry, variant: Variant, share_b: f64) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        let mut windows = self.shared.windows[self.shard].lock().unwrap();
+        if windows.back().is_none_or(|w| w.second != now) {
+            windows.push_back(SecondWindow {
+                second: now,
+                ..Default::default()
+            });
+            while windows.len() > WINDOW_SECONDS {
+                windows.pop_front();
+            }
+        }
+        let window = windows.back_mut().expect("just pushed");
+        window.expected_b += share_b;
+        let side = if variant == Variant::B {
+            &mut window.b
+        } else {
+            &mut window.a
+        };
+        side.requests += 1;
+        if entry.status >= 500 {
+            side.errors += 1;
+        }
+        side.latency.record(entry.latency_ms * 1000.0);
+    }
+
+    /// The windows of seconds after `after` (seconds since the epoch), oldest
+    /// first, each the sum of every worker's.
     pub fn windows_after(&self, after: u64) -> Vec<SecondWindow> {
-        self.windows
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|w| w.second > after)
-            .cloned()
-            .collect()
+        let mut seconds = std::collections::BTreeMap::<u64, SecondWindow>::new();
+        for shard in &self.shared.windows {
+            for window in shard.lock().unwrap().iter().filter(|w| w.second > after) {
+                match seconds.entry(window.second) {
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(window.clone());
+                    }
+                    Entry::Occupied(mut sum) => sum.get_mut().merge(window),
+                }
+            }
+        }
+        seconds.into_values().collect()
+    }
+}
+
+impl SecondWindow {
+    fn merge(&mut self, other: &SecondWindow) {
+        self.expected_b += other.expected_b;
+        self.a.merge(&other.a);
+        self.b.merge(&other.b);
+    }
+}
+
+impl VariantWindow {
+    fn merge(&mut self, other: &VariantWindow) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.latency.merge(&other.latency);
     }
 }
 

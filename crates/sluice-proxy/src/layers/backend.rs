@@ -11,7 +11,8 @@ use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
 use super::{Picked, ProxyBody, ProxyFuture, ProxyRequest, ProxyResponse, UpstreamError};
-use crate::telemetry::{InstanceLabels, Telemetry};
+use crate::split::Variant;
+use crate::telemetry::{InstanceMetrics, Telemetry};
 
 #[derive(Clone)]
 pub struct BackendLayer {
@@ -59,19 +60,17 @@ where
         let Some(picked) = picked else {
             return Box::pin(answered);
         };
-        let telemetry = self.telemetry.clone();
-        let labels = telemetry.labels(picked.backend.variant(), &picked.backend.id);
-        telemetry.metrics.in_flight.get_or_create(&labels).inc();
         let held = Held {
+            variant: picked.backend().variant(),
             picked,
-            labels,
-            telemetry,
+            telemetry: self.telemetry.clone(),
         };
+        held.metrics().in_flight.inc();
         Box::pin(async move {
             let response = answered.await?;
             match response.extensions().get::<UpstreamError>() {
                 Some(error) => held.failed(error.connect),
-                None => held.picked.backend.succeeded(),
+                None => held.picked.backend().succeeded(),
             }
             let (head, body) = response.into_parts();
             let body = HeldBody {
@@ -87,31 +86,33 @@ where
 /// A backend's request, in flight until dropped with the answer's body.
 struct Held {
     picked: Picked,
-    labels: InstanceLabels,
+    /// The variant it was counted in, should the backend's change meanwhile.
+    variant: Variant,
     telemetry: Telemetry,
 }
 
 impl Held {
+    fn metrics(&self) -> &InstanceMetrics {
+        self.telemetry
+            .instance(self.variant, Some(self.picked.backend()))
+    }
+
     /// Counts a failure against the backend, ejecting it after several in a row.
     fn failed(&self, connect: bool) {
-        let metrics = &self.telemetry.metrics;
         if connect {
-            metrics.connect_errors.get_or_create(&self.labels).inc();
+            self.metrics().connect_errors.inc();
         }
-        if self.picked.backend.failed() {
-            tracing::warn!(backend = %self.picked.backend.id, "ejected after consecutive failures");
-            metrics.ejections.get_or_create(&self.labels).inc();
+        let backend = self.picked.backend();
+        if backend.failed() {
+            tracing::warn!(backend = %backend.id, "ejected after consecutive failures");
+            self.metrics().ejections.inc();
         }
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.telemetry
-            .metrics
-            .in_flight
-            .get_or_create(&self.labels)
-            .dec();
+        self.metrics().in_flight.dec();
     }
 }
 

@@ -1,21 +1,21 @@
 //! Balancing: a healthy, non-draining, non-ejected backend of the chosen
 //! variant (the other variant's when it has none) by power of two choices;
-//! the request sent again to another backend when the first could not even
-//! be connected to and the request has no body; every answer attributed.
+//! the request sent again to another backend when it never left (the first
+//! could not even be connected to); every answer attributed.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{StatusCode, Uri};
-use http_body::Body;
-use http_body_util::{BodyExt, Empty};
+use http::StatusCode;
+use http::header::{HeaderName, HeaderValue};
 use tower::{Layer, Service};
 
+use super::upstream::Unsent;
 use super::{
     Choice, Picked, ProxyFuture, ProxyRequest, ProxyResponse, Served, UpstreamError,
     error_response, set_header,
 };
-use crate::route::Route;
+use crate::route::{Backend, Route};
 
 #[derive(Clone)]
 pub struct BalanceLayer {
@@ -71,72 +71,36 @@ where
                     variant: None,
                     share_b: 0.0,
                 });
-            let (parts, body) = request.into_parts();
-            // Only a request without a body can be sent twice.
-            let replayable = body.is_end_stream();
-            let mut body = Some(body);
-            let mut tried: Option<String> = None;
+            let mut request = request;
+            let mut tried: Option<Arc<Backend>> = None;
             loop {
+                let except = tried.as_ref().map(|b| b.id.as_str());
                 let picked = match choice.variant {
                     Some(variant) => route
-                        .pick(Some(variant), tried.as_deref())
-                        .or_else(|| route.pick(Some(variant.other()), tried.as_deref())),
-                    None => route.pick(None, tried.as_deref()),
+                        .pick(Some(variant), except)
+                        .or_else(|| route.pick(Some(variant.other()), except)),
+                    None => route.pick(None, except),
                 };
                 let Some(guard) = picked else {
-                    let mut response =
-                        error_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy instance");
-                    response.extensions_mut().insert(UpstreamError {
-                        connect: false,
-                        message: "no healthy instance".into(),
-                    });
-                    response.extensions_mut().insert(Served {
-                        variant: choice.variant.unwrap_or(crate::split::Variant::A),
-                        release: String::new(),
-                        instance: String::new(),
-                        share_b: choice.share_b,
-                    });
-                    return Ok(response);
+                    return Ok(no_instance(choice));
                 };
                 let backend = guard.0.clone();
-                let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                let Ok(uri) = Uri::try_from(format!("http://{}{path}", backend.addr)) else {
-                    return Ok(error_response(
-                        StatusCode::BAD_REQUEST,
-                        "bad request target",
-                    ));
-                };
-                let mut upstream = http::Request::from_parts(
-                    parts.clone(),
-                    match (replayable, body.take()) {
-                        (false, Some(body)) => body,
-                        _ => Empty::new().map_err(|never| match never {}).boxed(),
-                    },
-                );
-                *upstream.uri_mut() = uri;
-                *upstream.version_mut() = http::Version::HTTP_11;
-                upstream.extensions_mut().insert(Picked {
-                    backend: backend.clone(),
-                    _guard: Arc::new(guard),
-                });
-                let mut response = inner.call(upstream).await?;
-                let connect_failed = response
-                    .extensions()
-                    .get::<UpstreamError>()
-                    .is_some_and(|e| e.connect);
-                if connect_failed && replayable && tried.is_none() {
+                request.extensions_mut().insert(Picked::new(guard));
+                let mut response = inner.call(request).await?;
+                // Sent nowhere: the request comes back and goes to another instance, once.
+                let unsent = response.extensions_mut().remove::<Unsent>();
+                if let Some(back) = unsent.and_then(|u| u.take())
+                    && tried.is_none()
+                {
                     tracing::debug!(backend = %backend.id, "connect failed; trying another instance");
-                    tried = Some(backend.id.clone());
+                    request = back;
+                    tried = Some(backend);
                     continue;
                 }
-                let headers = response.headers_mut();
-                set_header(headers, "x-sluice-instance", &backend.id);
-                set_header(headers, "x-sluice-release", &backend.release);
-                set_header(headers, "x-sluice-variant", backend.variant().as_str());
+                attribute(&mut response, &backend);
                 response.extensions_mut().insert(Served {
                     variant: backend.variant(),
-                    release: backend.release.clone(),
-                    instance: backend.id.clone(),
+                    backend: Some(backend),
                     share_b: choice.share_b,
                 });
                 return Ok(response);
@@ -145,10 +109,35 @@ where
     }
 }
 
+/// Names who served the answer, for the client and whoever debugs it.
+fn attribute(response: &mut ProxyResponse, backend: &Backend) {
+    let headers = response.headers_mut();
+    set_header(headers, "x-sluice-instance", &backend.id);
+    set_header(headers, "x-sluice-release", &backend.release);
+    headers.insert(
+        HeaderName::from_static("x-sluice-variant"),
+        HeaderValue::from_static(backend.variant().as_str()),
+    );
+}
+
+fn no_instance(choice: Choice) -> ProxyResponse {
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy instance");
+    response.extensions_mut().insert(UpstreamError {
+        connect: false,
+        message: "no healthy instance".into(),
+    });
+    response.extensions_mut().insert(Served {
+        variant: choice.variant.unwrap_or(crate::split::Variant::A),
+        backend: None,
+        share_b: choice.share_b,
+    });
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::Backend;
+    use http_body_util::{BodyExt, Empty};
     use tower::{ServiceBuilder, ServiceExt, service_fn};
 
     fn empty() -> ProxyRequest {
@@ -167,15 +156,16 @@ mod tests {
             .layer(BalanceLayer::new(route))
             .service(service_fn(|request: ProxyRequest| async move {
                 let picked = request.extensions().get::<Picked>().unwrap();
-                let mut response = error_response(StatusCode::OK, "ok");
-                if picked.backend.addr.port() == 1 {
-                    response = error_response(StatusCode::BAD_GATEWAY, "refused");
+                if picked.backend().addr.port() == 1 {
+                    let mut response = error_response(StatusCode::BAD_GATEWAY, "refused");
                     response.extensions_mut().insert(UpstreamError {
                         connect: true,
                         message: "refused".into(),
                     });
+                    response.extensions_mut().insert(Unsent::new(request));
+                    return Ok(response);
                 }
-                Ok::<_, std::convert::Infallible>(response)
+                Ok::<_, std::convert::Infallible>(error_response(StatusCode::OK, "ok"))
             }));
         for _ in 0..6 {
             let response = service.clone().oneshot(empty()).await.unwrap();
@@ -185,7 +175,8 @@ mod tests {
                 "every request reaches a-2"
             );
             assert_eq!(response.headers()["x-sluice-instance"], "a-2");
-            assert_eq!(response.extensions().get::<Served>().unwrap().release, "v1");
+            let served = response.extensions().get::<Served>().unwrap();
+            assert_eq!(served.backend.as_ref().unwrap().release, "v1");
         }
     }
 

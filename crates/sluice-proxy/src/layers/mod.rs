@@ -51,18 +51,23 @@ pub struct Choice {
 /// The backend the balancer picked, counted in flight while this lives
 /// (request extension, then kept by the answer's body).
 #[derive(Clone)]
-pub struct Picked {
-    pub backend: Arc<Backend>,
-    /// Held for its drop: the request leaves the backend's in-flight count.
-    pub(crate) _guard: Arc<InFlight>,
+pub struct Picked(Arc<InFlight>);
+
+impl Picked {
+    pub(crate) fn new(guard: InFlight) -> Picked {
+        Picked(Arc::new(guard))
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0.0
+    }
 }
 
-/// Who served an answer (answer extension).
+/// Who served an answer (answer extension); no backend when none could.
 #[derive(Clone, Debug)]
 pub struct Served {
     pub variant: Variant,
-    pub release: String,
-    pub instance: String,
+    pub backend: Option<Arc<Backend>>,
     pub share_b: f64,
 }
 

@@ -56,11 +56,13 @@ where
     }
 
     fn call(&mut self, request: ProxyRequest) -> ProxyFuture {
+        // The target is kept only for an access log.
+        let logged = self.telemetry.logs_access();
         let mut trace = Trace {
             telemetry: self.telemetry.clone(),
             start: Instant::now(),
-            method: request.method().to_string(),
-            path: request.uri().path().to_string(),
+            method: request.method().clone(),
+            uri: logged.then(|| request.uri().clone()),
             status: 0,
             served: None,
             error: None,
@@ -86,8 +88,8 @@ where
 struct Trace {
     telemetry: Telemetry,
     start: Instant,
-    method: String,
-    path: String,
+    method: http::Method,
+    uri: Option<http::Uri>,
     status: u16,
     served: Option<Served>,
     error: Option<String>,
@@ -96,28 +98,24 @@ struct Trace {
 
 impl Drop for Trace {
     fn drop(&mut self) {
-        let (variant, release, instance, share_b) = match &self.served {
-            Some(s) => (
-                s.variant,
-                s.release.as_str(),
-                s.instance.as_str(),
-                s.share_b,
-            ),
-            None => (Variant::A, "", "", 0.0),
+        let (variant, backend, share_b) = match &self.served {
+            Some(s) => (s.variant, s.backend.as_deref(), s.share_b),
+            None => (Variant::A, None, 0.0),
         };
+        let (release, instance) = backend.map_or(("", "-"), |b| (&*b.release, &*b.id));
         let entry = AccessEntry {
             time: None,
-            method: &self.method,
-            path: &self.path,
+            method: self.method.as_str(),
+            path: self.uri.as_ref().map_or("", |uri| uri.path()),
             status: self.status,
             latency_ms: self.start.elapsed().as_secs_f64() * 1000.0,
             bytes: self.bytes,
             variant: variant.as_str(),
             release,
-            instance: if instance.is_empty() { "-" } else { instance },
+            instance,
             error: self.error.as_deref(),
         };
-        self.telemetry.record(&entry, variant, share_b);
+        self.telemetry.record(&entry, variant, backend, share_b);
     }
 }
 

@@ -1,37 +1,153 @@
-//! The innermost service: the request to the picked backend over pooled
-//! keep-alive connections; a failure becomes a 502 that says whether the
-//! connection itself failed.
+//! The innermost service: the request to the picked backend over keep-alive
+//! HTTP/1.1 connections, pooled per worker thread. A request that never left
+//! (its connection could not be made) comes back inside its 502 as
+//! [`Unsent`], so that the balancer can send it to another instance.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::header::{HOST, HeaderValue};
+use http::{StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tower::Service;
 
-use super::{
-    Picked, ProxyBody, ProxyFuture, ProxyRequest, ProxyResponse, UpstreamError, error_response,
-};
+use super::{Picked, ProxyFuture, ProxyRequest, ProxyResponse, UpstreamError, error_response};
 
+/// How long a connection may take to be made.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an idle connection is kept, and how many per instance.
+const IDLE_FOR: Duration = Duration::from_secs(60);
+const MAX_IDLE_PER_INSTANCE: usize = 256;
+
+/// The request, taken back because it was never sent (answer extension).
 #[derive(Clone)]
+pub struct Unsent(Arc<Mutex<Option<ProxyRequest>>>);
+
+impl Unsent {
+    pub(crate) fn new(request: ProxyRequest) -> Unsent {
+        Unsent(Arc::new(Mutex::new(Some(request))))
+    }
+
+    pub fn take(&self) -> Option<ProxyRequest> {
+        self.0.lock().unwrap().take()
+    }
+}
+
+/// The client side of the proxy: one per worker, its clones share the pool.
+#[derive(Clone, Default)]
 pub struct Upstream {
-    client: Client<HttpConnector, ProxyBody>,
+    pool: Arc<Pool>,
 }
 
 impl Upstream {
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        Upstream { client }
+        Upstream::default()
     }
+}
+
+/// Idle keep-alive connections by instance address, the latest used last.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+struct Idle {
+    sender: SendRequest<super::ProxyBody>,
+    since: Instant,
+}
+
+impl Pool {
+    /// The most recently used idle connection to `addr` that is still open.
+    fn take(&self, addr: SocketAddr) -> Option<SendRequest<super::ProxyBody>> {
+        let mut idle = self.idle.lock().unwrap();
+        let kept = idle.get_mut(&addr)?;
+        while let Some(connection) = kept.pop() {
+            if !connection.sender.is_closed() && connection.since.elapsed() < IDLE_FOR {
+                return Some(connection.sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, sender: SendRequest<super::ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap();
+        let kept = idle.entry(addr).or_default();
+        if kept.len() < MAX_IDLE_PER_INSTANCE {
+            kept.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("could not connect to {0}: {1}")]
+    Tcp(SocketAddr, std::io::Error),
+    #[error("could not connect to {0} within {CONNECT_TIMEOUT:?}")]
+    TimedOut(SocketAddr),
+    #[error("no HTTP/1.1 connection to {0}: {1}")]
+    Handshake(SocketAddr, hyper::Error),
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<super::ProxyBody>, ConnectError> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(ConnectError::Tcp(addr, e)),
+        Err(_) => return Err(ConnectError::TimedOut(addr)),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ConnectError::Handshake(addr, e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Makes the request one an instance expects: origin-form target, a `Host`
+/// header (an HTTP/2 request carries it in its target), HTTP/1.1.
+fn prepare(request: &mut ProxyRequest, addr: SocketAddr) {
+    if request.uri().authority().is_some() || request.uri().scheme().is_some() {
+        let host = request.uri().authority().map(|a| a.as_str().to_owned());
+        if let Some(host) = host
+            && !request.headers().contains_key(HOST)
+            && let Ok(value) = HeaderValue::from_str(&host)
+        {
+            request.headers_mut().insert(HOST, value);
+        }
+        let target = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| Uri::from_static("/"), Uri::from);
+        *request.uri_mut() = target;
+    }
+    if !request.headers().contains_key(HOST)
+        && let Ok(value) = HeaderValue::from_str(&addr.to_string())
+    {
+        request.headers_mut().insert(HOST, value);
+    }
+    *request.version_mut() = http::Version::HTTP_11;
 }
 
 impl Service<ProxyRequest> for Upstream {
@@ -44,28 +160,170 @@ impl Service<ProxyRequest> for Upstream {
     }
 
     fn call(&mut self, request: ProxyRequest) -> ProxyFuture {
-        let backend = request
-            .extensions()
-            .get::<Picked>()
-            .map(|p| p.backend.id.clone())
-            .unwrap_or_default();
-        let answered = self.client.request(request);
-        Box::pin(async move {
-            match answered.await {
-                Ok(response) => Ok(response.map(|body| body.boxed())),
-                Err(e) => {
-                    if !e.is_connect() {
-                        tracing::warn!(%backend, error = %e, "upstream request failed");
-                    }
-                    let mut response =
-                        error_response(StatusCode::BAD_GATEWAY, "the instance failed to answer");
-                    response.extensions_mut().insert(UpstreamError {
-                        connect: e.is_connect(),
-                        message: e.to_string(),
-                    });
-                    Ok(response)
-                }
+        let pool = self.pool.clone();
+        Box::pin(async move { Ok(send(pool, request).await) })
+    }
+}
+
+async fn send(pool: Arc<Pool>, mut request: ProxyRequest) -> ProxyResponse {
+    let Some(addr) = request
+        .extensions()
+        .get::<Picked>()
+        .map(|p| p.backend().addr)
+    else {
+        return error_response(StatusCode::BAD_GATEWAY, "no instance was picked");
+    };
+    prepare(&mut request, addr);
+    loop {
+        let (mut sender, fresh) = match pool.take(addr) {
+            Some(kept) => (kept, false),
+            None => match connect(addr).await {
+                Ok(sender) => (sender, true),
+                Err(e) => return unsent(request, e.to_string()),
+            },
+        };
+        if let Err(e) = sender.ready().await {
+            if fresh {
+                return unsent(request, format!("connection to {addr} closed: {e}"));
             }
-        })
+            continue;
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                let (head, body) = response.into_parts();
+                let body = Pooled {
+                    inner: body,
+                    back: Some((sender, pool, addr)),
+                };
+                return ProxyResponse::from_parts(head, body.boxed());
+            }
+            Err(mut e) => match e.take_message() {
+                // A kept connection the instance closed meanwhile: try a new one.
+                Some(back) if !fresh => request = back,
+                Some(back) => return unsent(back, e.into_error().to_string()),
+                None => {
+                    let e = e.into_error();
+                    tracing::warn!(%addr, error = %e, "upstream request failed");
+                    return failed(false, e.to_string());
+                }
+            },
+        }
+    }
+}
+
+fn failed(connect: bool, message: String) -> ProxyResponse {
+    let mut response = error_response(StatusCode::BAD_GATEWAY, "the instance failed to answer");
+    response
+        .extensions_mut()
+        .insert(UpstreamError { connect, message });
+    response
+}
+
+/// A 502 for a request that never left, with the request inside.
+fn unsent(request: ProxyRequest, message: String) -> ProxyResponse {
+    let mut response = failed(true, message);
+    response.extensions_mut().insert(Unsent::new(request));
+    response
+}
+
+/// An answer's body; its connection goes back to the pool once it was read
+/// to the end (a body dropped half-read closes the connection with it).
+struct Pooled {
+    inner: Incoming,
+    back: Option<(SendRequest<super::ProxyBody>, Arc<Pool>, SocketAddr)>,
+}
+
+impl Body for Pooled {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some((sender, pool, addr)) = self.back.take()
+        {
+            pool.put(addr, sender);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Empty, Full};
+
+    fn request(uri: &str) -> ProxyRequest {
+        let mut request = http::Request::new(Empty::new().map_err(|n| match n {}).boxed());
+        *request.uri_mut() = uri.parse().unwrap();
+        request
+    }
+
+    #[test]
+    fn an_absolute_target_becomes_origin_form_with_its_host() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 9).into();
+        let mut h2 = request("http://shop.example/cart?id=3");
+        *h2.version_mut() = http::Version::HTTP_2;
+        prepare(&mut h2, addr);
+        assert_eq!(h2.uri(), "/cart?id=3");
+        assert_eq!(h2.headers()[HOST], "shop.example");
+        assert_eq!(h2.version(), http::Version::HTTP_11);
+
+        let mut bare = request("/");
+        prepare(&mut bare, addr);
+        assert_eq!(
+            bare.headers()[HOST],
+            "127.0.0.1:9",
+            "no host at all: the instance's"
+        );
+
+        let mut kept = request("/x");
+        kept.headers_mut()
+            .insert(HOST, HeaderValue::from_static("shop"));
+        prepare(&mut kept, addr);
+        assert_eq!(kept.headers()[HOST], "shop");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_gives_the_request_back() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let mut request = http::Request::new(
+            Full::new(Bytes::from("order"))
+                .map_err(|n| match n {})
+                .boxed(),
+        );
+        let backend = crate::route::Backend::new("a-1", addr, "v1");
+        request
+            .extensions_mut()
+            .insert(Picked::new(backend.start()));
+        let response = send(Arc::default(), request).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let error = response.extensions().get::<UpstreamError>().unwrap();
+        assert!(error.connect, "{}", error.message);
+        let back = response
+            .extensions()
+            .get::<Unsent>()
+            .unwrap()
+            .take()
+            .unwrap();
+        let body = back.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "order", "the body was never read");
     }
 }
