@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use http::HeaderValue;
+
 use crate::split::{Split, Variant};
 use crate::telemetry::InstanceSlots;
 
@@ -26,6 +28,9 @@ pub struct Backend {
     ejected_until: std::sync::atomic::AtomicU64,
     /// Its metric handles, made by its environment's telemetry on first use.
     pub(crate) metrics: InstanceSlots,
+    /// Its id and release as header values, for attributing each answer.
+    pub(crate) id_header: Option<HeaderValue>,
+    pub(crate) release_header: Option<HeaderValue>,
 }
 
 /// Consecutive failures that eject a backend, and for how long.
@@ -44,10 +49,13 @@ impl Backend {
         addr: SocketAddr,
         release: impl Into<String>,
     ) -> Arc<Backend> {
+        let (id, release) = (id.into(), release.into());
         Arc::new(Backend {
-            id: id.into(),
+            id_header: HeaderValue::from_str(&id).ok(),
+            release_header: HeaderValue::from_str(&release).ok(),
+            id,
             addr,
-            release: release.into(),
+            release,
             healthy: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -125,21 +133,14 @@ impl Drop for InFlight {
     }
 }
 
-/// The power of two choices over `loads` (not empty): two distinct entries,
-/// one by `turn` (so an idle route still rotates) and one by `random`; the
-/// less loaded wins, the first on a tie.
-fn choose(loads: &[usize], turn: usize, random: usize) -> usize {
-    let n = loads.len();
+/// The two candidates of the power of two choices among `n` (not zero):
+/// one by `turn` (so an idle route still rotates) and another by `random`.
+fn candidates(n: usize, turn: usize, random: usize) -> (usize, Option<usize>) {
     let first = turn % n;
     if n == 1 {
-        return first;
+        return (first, None);
     }
-    let second = (first + 1 + random % (n - 1)) % n;
-    if loads[second] < loads[first] {
-        second
-    } else {
-        first
-    }
+    (first, Some((first + 1 + random % (n - 1)) % n))
 }
 
 /// The backends of one environment. Cheap to clone; all clones are one route.
@@ -184,21 +185,25 @@ impl Route {
     /// flight. It is counted in flight at once, so that a drain cannot miss it.
     pub(crate) fn pick(&self, variant: Option<Variant>, except: Option<&str>) -> Option<InFlight> {
         let backends = self.backends.read().unwrap();
-        let eligible: Vec<&Arc<Backend>> = backends
-            .iter()
-            .filter(|b| {
-                b.eligible()
-                    && Some(b.id.as_str()) != except
-                    && variant.is_none_or(|v| b.variant() == v)
-            })
-            .collect();
-        if eligible.is_empty() {
+        let eligible = |b: &&Arc<Backend>| {
+            b.eligible()
+                && Some(b.id.as_str()) != except
+                && variant.is_none_or(|v| b.variant() == v)
+        };
+        let n = backends.iter().filter(eligible).count();
+        if n == 0 {
             return None;
         }
-        // Each count is read once: other requests change them while we choose.
-        let loads: Vec<usize> = eligible.iter().map(|b| b.in_flight()).collect();
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(eligible[choose(&loads, turn, rand::random::<u32>() as usize)].start())
+        let (first, second) = candidates(n, turn, rand::random::<u32>() as usize);
+        // Health may change while we choose: then the first still eligible one.
+        let nth = |k: usize| backends.iter().filter(eligible).nth(k);
+        let first = nth(first).or_else(|| backends.iter().find(eligible))?;
+        let chosen = match second.and_then(nth) {
+            Some(second) if second.in_flight() < first.in_flight() => second,
+            _ => first,
+        };
+        Some(chosen.start())
     }
 
     /// Stops sending new requests to a backend, waits (up to `limit`) for its
@@ -278,18 +283,16 @@ mod tests {
     }
 
     #[test]
-    fn of_two_choices_the_less_loaded_wins() {
-        assert_eq!(choose(&[2, 0, 1, 0], 0, 0), 1, "0 vs 1: 1 is idle");
-        assert_eq!(choose(&[2, 0, 1, 0], 1, 0), 1, "1 vs 2: 1 has fewer");
-        assert_eq!(choose(&[0, 0, 0], 2, 1), 2, "a tie keeps the one in turn");
-        assert_eq!(choose(&[5], 7, 3), 0);
-        for turn in 0..10 {
-            for random in 0..10 {
-                assert_ne!(
-                    choose(&[1, 9], turn, random),
-                    1,
-                    "the busy one never wins against the idle one"
-                );
+    fn the_two_candidates_are_distinct_and_the_first_rotates() {
+        assert_eq!(candidates(1, 7, 3), (0, None));
+        for n in 2..6 {
+            for turn in 0..10 {
+                for random in 0..10 {
+                    let (first, second) = candidates(n, turn, random);
+                    assert_eq!(first, turn % n);
+                    let second = second.unwrap();
+                    assert!(second < n && second != first, "{n} {turn} {random}");
+                }
             }
         }
     }

@@ -150,11 +150,12 @@ where
         };
         let _ = stream.set_nodelay(true);
         let stack = service.clone();
+        let client = Peer::new(peer);
         // The worker's runtime ends with its listener, and its connections with it.
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let mut request = request.map(|body| body.boxed());
-                request.extensions_mut().insert(Peer(peer));
+                request.extensions_mut().insert(client.clone());
                 stack.clone().oneshot(request)
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

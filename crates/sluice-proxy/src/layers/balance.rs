@@ -12,8 +12,7 @@ use tower::{Layer, Service};
 
 use super::upstream::Unsent;
 use super::{
-    Choice, Picked, ProxyFuture, ProxyRequest, ProxyResponse, Served, UpstreamError,
-    error_response, set_header,
+    Choice, Picked, ProxyFuture, ProxyRequest, ProxyResponse, Served, UpstreamError, error_response,
 };
 use crate::route::{Backend, Route};
 
@@ -112,8 +111,12 @@ where
 /// Names who served the answer, for the client and whoever debugs it.
 fn attribute(response: &mut ProxyResponse, backend: &Backend) {
     let headers = response.headers_mut();
-    set_header(headers, "x-sluice-instance", &backend.id);
-    set_header(headers, "x-sluice-release", &backend.release);
+    if let Some(id) = &backend.id_header {
+        headers.insert(HeaderName::from_static("x-sluice-instance"), id.clone());
+    }
+    if let Some(release) = &backend.release_header {
+        headers.insert(HeaderName::from_static("x-sluice-release"), release.clone());
+    }
     headers.insert(
         HeaderName::from_static("x-sluice-variant"),
         HeaderValue::from_static(backend.variant().as_str()),

@@ -3,21 +3,55 @@
 
 use std::task::{Context, Poll};
 
-use http::header::HeaderValue;
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{self, HeaderName, HeaderValue};
 use tower::{Layer, Service};
 
 use super::{Peer, ProxyFuture, ProxyRequest};
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Drops the hop-by-hop headers: the standard ones and those `Connection` names.
+fn drop_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
+    }
+}
+
+impl Peer {
+    /// The client at `addr`, with the forms the forwarding headers name it by.
+    pub fn new(addr: SocketAddr) -> Peer {
+        let node = match addr.ip() {
+            IpAddr::V4(ip) => ip.to_string(),
+            // `Forwarded`'s node syntax: IPv6 addresses quoted and bracketed.
+            IpAddr::V6(ip) => format!("\"[{ip}]\""),
+        };
+        let value = |text: &str| HeaderValue::from_str(text).expect("an address is a header value");
+        Peer {
+            addr,
+            ip: value(&addr.ip().to_string()),
+            forwarded: value(&format!("for={node};proto=http")),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct ForwardedLayer {
@@ -59,48 +93,34 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: ProxyRequest) -> ProxyFuture {
-        let headers = request.headers_mut();
-        for name in HOP_BY_HOP {
-            headers.remove(name);
+    fn call(&mut self, request: ProxyRequest) -> ProxyFuture {
+        let (mut head, body) = request.into_parts();
+        drop_hop_by_hop(&mut head.headers);
+        if let Some(peer) = head.extensions.get::<Peer>() {
+            name_the_client(&mut head.headers, peer);
         }
-        if let Some(Peer(peer)) = request.extensions().get::<Peer>().copied() {
-            let headers = request.headers_mut();
-            let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(before) => format!("{before}, {}", peer.ip()),
-                None => peer.ip().to_string(),
-            };
-            if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-                headers.insert("x-forwarded-for", value);
-            }
-            let forwarded = format!("for={};proto=http", node(peer));
-            if let Ok(value) = HeaderValue::from_str(&forwarded) {
-                headers.append(http::header::FORWARDED, value);
-            }
-        }
-        request
-            .headers_mut()
-            .append(http::header::VIA, self.via.clone());
+        head.headers.append(header::VIA, self.via.clone());
+        let request = ProxyRequest::from_parts(head, body);
         let via = self.via.clone();
         let answered = self.inner.call(request);
         Box::pin(async move {
             let mut response = answered.await?;
             let headers = response.headers_mut();
-            for name in HOP_BY_HOP {
-                headers.remove(name);
-            }
-            headers.append(http::header::VIA, via);
+            drop_hop_by_hop(headers);
+            headers.append(header::VIA, via);
             Ok(response)
         })
     }
 }
 
-/// `Forwarded`'s node syntax: IPv6 addresses quoted and bracketed.
-fn node(peer: std::net::SocketAddr) -> String {
-    match peer.ip() {
-        std::net::IpAddr::V4(ip) => ip.to_string(),
-        std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
-    }
+/// Adds the client to `X-Forwarded-For` (after the proxies before us) and `Forwarded`.
+fn name_the_client(headers: &mut http::HeaderMap, peer: &Peer) {
+    let before = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|before| HeaderValue::from_str(&format!("{before}, {}", peer.addr.ip())).ok());
+    headers.insert(X_FORWARDED_FOR, before.unwrap_or_else(|| peer.ip.clone()));
+    headers.append(header::FORWARDED, peer.forwarded.clone());
 }
 
 #[cfg(test)]
@@ -121,6 +141,7 @@ mod tests {
                 assert_eq!(headers["forwarded"], "for=127.0.0.2;proto=http");
                 assert_eq!(headers["via"], "1.1 sluice-prod");
                 assert!(headers.get("connection").is_none());
+                assert!(headers.get("x-hop").is_none(), "named by Connection");
                 let mut response =
                     http::Response::new(Empty::new().map_err(|n| match n {}).boxed());
                 response
@@ -134,10 +155,13 @@ mod tests {
             .insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         request
             .headers_mut()
-            .insert("connection", HeaderValue::from_static("close"));
+            .insert("connection", HeaderValue::from_static("close, x-hop"));
+        request
+            .headers_mut()
+            .insert("x-hop", HeaderValue::from_static("1"));
         request
             .extensions_mut()
-            .insert(Peer(([127, 0, 0, 2], 9).into()));
+            .insert(Peer::new(([127, 0, 0, 2], 9).into()));
         let response = service.oneshot(request).await.unwrap();
         assert!(response.headers().get("keep-alive").is_none());
         assert_eq!(response.headers()["via"], "1.1 sluice-prod");

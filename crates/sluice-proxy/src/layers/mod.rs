@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -36,9 +36,14 @@ pub type ProxyRequest = Request<ProxyBody>;
 pub type ProxyResponse = Response<ProxyBody>;
 pub type ProxyFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, Infallible>> + Send>>;
 
-/// The client's address (request extension, set when the connection is accepted).
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
+/// The client (request extension, made once per connection): its address
+/// and how the forwarding headers name it (see [`forwarded`]).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    ip: HeaderValue,
+    forwarded: HeaderValue,
+}
 
 /// The variant the split chose (request extension); `None` outside an experiment.
 #[derive(Clone, Copy, Debug)]
@@ -93,10 +98,4 @@ pub fn error_response(status: StatusCode, message: &str) -> ProxyResponse {
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-pub fn set_header(headers: &mut http::HeaderMap, name: &'static str, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), value);
-    }
 }

@@ -55,7 +55,7 @@ where
         let peer = request
             .extensions()
             .get::<Peer>()
-            .map_or(([0, 0, 0, 0], 0).into(), |p| p.0);
+            .map_or(([0, 0, 0, 0], 0).into(), |p| p.addr);
         let (choice, new_cookie) = choose(&self.route, request.headers(), peer);
         request.extensions_mut().insert(choice);
         let answered = self.inner.call(request);
