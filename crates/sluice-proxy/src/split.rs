@@ -101,7 +101,11 @@ pub fn bucket(key: &str) -> u32 {
 
 /// A fresh key for a user seen for the first time.
 pub fn new_key() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    let bits = rand::random::<u64>();
+    (0..16)
+        .rev()
+        .map(|digit| char::from(b"0123456789abcdef"[(bits >> (digit * 4)) as usize & 15]))
+        .collect()
 }
 
 #[cfg(test)]

@@ -111,6 +111,9 @@ where
 /// Names who served the answer, for the client and whoever debugs it.
 fn attribute(response: &mut ProxyResponse, backend: &Backend) {
     let headers = response.headers_mut();
+    // Room for these three and the `Via` and `Set-Cookie` the outer layers
+    // add, so that the map grows once rather than on each of them.
+    headers.reserve(5);
     if let Some(id) = &backend.id_header {
         headers.insert(HeaderName::from_static("x-sluice-instance"), id.clone());
     }

@@ -62,9 +62,7 @@ where
         Box::pin(async move {
             let mut response = answered.await?;
             if let Some(key) = new_cookie
-                && let Ok(cookie) = HeaderValue::from_str(&format!(
-                    "{COOKIE}={key}; Path=/; HttpOnly; SameSite=Lax; Max-Age=31536000"
-                ))
+                && let Ok(cookie) = HeaderValue::from_str(&set_cookie(&key))
             {
                 response
                     .headers_mut()
@@ -126,6 +124,17 @@ fn choose(
         share_b: split.percent() / 100.0,
     };
     (choice, new_cookie)
+}
+
+/// The `Set-Cookie` value that gives a new user its key for a year.
+fn set_cookie(key: &str) -> String {
+    const ATTRIBUTES: &str = "; Path=/; HttpOnly; SameSite=Lax; Max-Age=31536000";
+    let mut cookie = String::with_capacity(COOKIE.len() + 1 + key.len() + ATTRIBUTES.len());
+    cookie.push_str(COOKIE);
+    cookie.push('=');
+    cookie.push_str(key);
+    cookie.push_str(ATTRIBUTES);
+    cookie
 }
 
 /// A cookie's value from the request's `Cookie` headers.
