@@ -109,6 +109,60 @@ async fn a_refused_connection_is_retried_on_another_instance() {
         assert_eq!(response.status(), 200);
         assert_eq!(response.text().await.unwrap(), "alive");
     }
+    // A request with a body never left either: it goes to the other one whole.
+    let client = reqwest::Client::new();
+    for i in 0..10 {
+        let order = format!("order {i}");
+        let response = client
+            .post(format!("{url}/echo"))
+            .body(order.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), order);
+    }
+}
+
+/// An instance that answers one request per connection and then closes it,
+/// without saying so (as one whose keep-alive timeout ran out would).
+async fn one_shot_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce";
+                let _ = socket.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn connections_the_instance_closed_are_not_used_again() {
+    let route = Route::default();
+    route.add(healthy("dev-1", one_shot_backend().await, "v1"));
+    let url = proxy(&route).await;
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "once");
+        // Time for the instance's close to reach the proxy.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
