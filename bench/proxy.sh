@@ -6,7 +6,8 @@
 # The same two backends (nginx serving a small response on two ports), the
 # same weights (B 10%), the same wrk load: 2 threads, 64 keep-alive
 # connections. Reports requests per second and p50/p99 latency for each
-# proxy, the ratios of Sluice to each peer, and Sluice's memory with 10,000
+# proxy, the CPU time each spends on a request (user and system, from
+# /proc), the ratios of Sluice to each peer, and Sluice's memory with 10,000
 # idle keep-alive connections.
 set -euo pipefail
 seconds=${1:-10}
@@ -69,24 +70,37 @@ backend bk
   server a 127.0.0.1:$a weight 90
   server b 127.0.0.1:$b weight 10
 CONF
-haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & haproxy_pid=$!; pids+=($haproxy_pid)
 ulimit -n 65536 2>/dev/null || true
 "$sluice" proxy --listen "127.0.0.1:$s_port" --a "127.0.0.1:$a" --b "127.0.0.1:$b" --weight 10 >/dev/null 2>&1 & sluice_pid=$!; pids+=($sluice_pid)
 for p in $a $b $s_port $n_port $h_port; do wait_port $p; done
 
-measure() { # $1 name, $2 port → "rps p50_ms p99_ms"
-  wrk -t2 -c64 -d2s "http://127.0.0.1:$2/" >/dev/null 2>&1
-  wrk -t2 -c64 -d"${seconds}s" --latency "http://127.0.0.1:$2/" >"$work/$1.txt"
-  local rps p50 p99
-  rps=$(sed -n 's/^Requests\/sec: *\([0-9.]*\)/\1/p' "$work/$1.txt")
-  p50=$(awk '/ 50%/ {print $2}' "$work/$1.txt")
-  p99=$(awk '/ 99%/ {print $2}' "$work/$1.txt")
-  echo "$rps $(ms "$p50") $(ms "$p99")"
+cpu() { # utime and stime (clock ticks) summed over pids
+  local u=0 t=0 pid a b
+  for pid in "$@"; do read -r a b < <(awk '{print $14, $15}' "/proc/$pid/stat"); u=$((u + a)); t=$((t + b)); done
+  echo "$u $t"
 }
+measure() { # $1 name, $2 port, $3... the proxy's pids → "rps p50_ms p99_ms user_us sys_us" (CPU a request)
+  local name=$1 port=$2; shift 2
+  wrk -t2 -c64 -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1
+  local u0 s0 u1 s1
+  read -r u0 s0 <<<"$(cpu "$@")"
+  wrk -t2 -c64 -d"${seconds}s" --latency "http://127.0.0.1:$port/" >"$work/$name.txt"
+  read -r u1 s1 <<<"$(cpu "$@")"
+  local rps p50 p99 requests
+  rps=$(sed -n 's/^Requests\/sec: *\([0-9.]*\)/\1/p' "$work/$name.txt")
+  requests=$(awk '/requests in/ {print $1}' "$work/$name.txt")
+  p50=$(awk '/ 50%/ {print $2}' "$work/$name.txt")
+  p99=$(awk '/ 99%/ {print $2}' "$work/$name.txt")
+  echo "$rps $(ms "$p50") $(ms "$p99") $(per_request $((u1 - u0)) "$requests") $(per_request $((s1 - s0)) "$requests")"
+}
+tick=$(getconf CLK_TCK)
+per_request() { python3 -c "print(round($1 * 1e6 / $tick / $2, 2))"; }
 ms() { python3 -c "v='$1'; print(round(float(v[:-2])/1000,3) if v.endswith('us') else round(float(v[:-2]),3) if v.endswith('ms') else round(float(v[:-1])*1000,3))"; }
-read -r s_rps s_p50 s_p99 <<<"$(measure sluice $s_port)"
-read -r n_rps n_p50 n_p99 <<<"$(measure nginx $n_port)"
-read -r h_rps h_p50 h_p99 <<<"$(measure haproxy $h_port)"
+nginx_workers=$(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')
+read -r s_rps s_p50 s_p99 s_user s_sys <<<"$(measure sluice $s_port $sluice_pid)"
+read -r n_rps n_p50 n_p99 n_user n_sys <<<"$(measure nginx $n_port $nginx_workers)"
+read -r h_rps h_p50 h_p99 h_user h_sys <<<"$(measure haproxy $h_port $haproxy_pid)"
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 before=$(rss $sluice_pid)
@@ -106,20 +120,20 @@ sleep 3
 during=$(rss $sluice_pid)
 wait $holder || true
 
-ratio() { python3 -c "print(round($1/$2, 2))"; }
+ratio() { python3 -c "print(round(($1)/($2), 2))"; }
 cat <<MD
 Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); wrk -t2 -c64 -d${seconds}s, keep-alive, a 13-byte answer, B at 10%.
 
-| proxy | requests/s | p50 | p99 |
-| --- | --- | --- | --- |
-| Sluice | $s_rps | ${s_p50} ms | ${s_p99} ms |
-| nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') | $n_rps | ${n_p50} ms | ${n_p99} ms |
-| HAProxy $(haproxy -v | head -1 | awk '{print $3}') | $h_rps | ${h_p50} ms | ${h_p99} ms |
+| proxy | requests/s | p50 | p99 | CPU a request (user + system) |
+| --- | --- | --- | --- | --- |
+| Sluice | $s_rps | ${s_p50} ms | ${s_p99} ms | $s_user + $s_sys µs |
+| nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') | $n_rps | ${n_p50} ms | ${n_p99} ms | $n_user + $n_sys µs |
+| HAProxy $(haproxy -v | head -1 | awk '{print $3}') | $h_rps | ${h_p50} ms | ${h_p99} ms | $h_user + $h_sys µs |
 
-| ratio | requests/s | p99 |
-| --- | --- | --- |
-| Sluice / nginx | $(ratio $s_rps $n_rps) | $(ratio $s_p99 $n_p99) |
-| Sluice / HAProxy | $(ratio $s_rps $h_rps) | $(ratio $s_p99 $h_p99) |
+| ratio | requests/s | p99 | CPU a request |
+| --- | --- | --- | --- |
+| Sluice / nginx | $(ratio $s_rps $n_rps) | $(ratio $s_p99 $n_p99) | $(ratio "$s_user + $s_sys" "$n_user + $n_sys") |
+| Sluice / HAProxy | $(ratio $s_rps $h_rps) | $(ratio $s_p99 $h_p99) | $(ratio "$s_user + $s_sys" "$h_user + $h_sys") |
 
 Sluice's memory: $((before / 1024)) MiB resident before, $((during / 1024)) MiB with 10,000 idle keep-alive connections ($(( (during - before) * 1024 / 10000 )) bytes a connection).
 MD
