@@ -2,8 +2,10 @@
 //! flag and in-flight count; selection among them; draining one.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -115,7 +117,11 @@ impl Backend {
     }
 
     pub(crate) fn succeeded(&self) {
-        self.failures.store(0, Ordering::SeqCst);
+        // Read first: most requests succeed, and a write would take the
+        // backend's cache line from the other cores every time.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::SeqCst);
+        }
     }
 
     /// Counts a request in flight until the guard drops.
@@ -143,29 +149,60 @@ fn candidates(n: usize, turn: usize, random: usize) -> (usize, Option<usize>) {
     (first, Some((first + 1 + random % (n - 1)) % n))
 }
 
-/// The backends of one environment. Cheap to clone; all clones are one route.
+/// The backends of one environment and its split. Cheap to clone; all
+/// clones are one route. Each proxy worker takes its own handle
+/// ([`Route::for_worker`]), so that a request touches no reference count,
+/// lock or turn counter that another core writes: the backends and the
+/// split are read through `ArcSwap`, whose readers write nothing shared.
 #[derive(Clone, Default)]
-pub struct Route {
-    backends: Arc<RwLock<Vec<Arc<Backend>>>>,
-    next: Arc<AtomicUsize>,
-    split: Arc<RwLock<Option<Split>>>,
+pub struct Route(Arc<Handle>);
+
+#[derive(Default)]
+struct Handle {
+    shared: Arc<Shared>,
+    /// Whose turn it is to be the first of the two choices, per handle.
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Shared {
+    backends: ArcSwap<Vec<Arc<Backend>>>,
+    split: ArcSwapOption<Split>,
 }
 
 impl Route {
+    /// A handle on the same route for one worker thread.
+    pub(crate) fn for_worker(&self) -> Route {
+        Route(Arc::new(Handle {
+            shared: self.0.shared.clone(),
+            next: AtomicUsize::new(0),
+        }))
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.0.shared
+    }
+
     pub fn add(&self, backend: Arc<Backend>) {
-        let mut backends = self.backends.write().unwrap();
-        backends.retain(|b| b.id != backend.id);
-        backends.push(backend);
+        self.shared().backends.rcu(|backends| {
+            let mut backends: Vec<Arc<Backend>> = backends
+                .iter()
+                .filter(|b| b.id != backend.id)
+                .cloned()
+                .collect();
+            backends.push(backend.clone());
+            backends
+        });
     }
 
     pub fn backends(&self) -> Vec<Arc<Backend>> {
-        self.backends.read().unwrap().clone()
+        self.shared().backends.load().to_vec()
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Backend>> {
-        self.backends
-            .read()
-            .unwrap()
+        self.shared()
+            .backends
+            .load()
             .iter()
             .find(|b| b.id == id)
             .cloned()
@@ -173,18 +210,23 @@ impl Route {
 
     /// Sets (or, with `None`, ends) the split between A and B.
     pub fn set_split(&self, split: Option<Split>) {
-        *self.split.write().unwrap() = split;
+        self.shared().split.store(split.map(Arc::new));
     }
 
     pub fn split(&self) -> Option<Split> {
-        self.split.read().unwrap().clone()
+        self.shared().split.load().as_deref().cloned()
+    }
+
+    /// The split as it is now, read without copying it.
+    pub(crate) fn current_split(&self) -> arc_swap::Guard<Option<Arc<Split>>> {
+        self.shared().split.load()
     }
 
     /// Picks an eligible backend of `variant` (any, with `None`) by the power
     /// of two choices: of two taken at random, the one with fewer requests in
     /// flight. It is counted in flight at once, so that a drain cannot miss it.
     pub(crate) fn pick(&self, variant: Option<Variant>, except: Option<&str>) -> Option<InFlight> {
-        let backends = self.backends.read().unwrap();
+        let backends = self.shared().backends.load();
         let eligible = |b: &&Arc<Backend>| {
             b.eligible()
                 && Some(b.id.as_str()) != except
@@ -194,7 +236,7 @@ impl Route {
         if n == 0 {
             return None;
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let turn = self.0.next.fetch_add(1, Ordering::Relaxed);
         let (first, second) = candidates(n, turn, rand::random::<u32>() as usize);
         // Health may change while we choose: then the first still eligible one.
         let nth = |k: usize| backends.iter().filter(eligible).nth(k);
@@ -228,7 +270,13 @@ impl Route {
     }
 
     pub fn remove(&self, id: &str) {
-        self.backends.write().unwrap().retain(|b| b.id != id);
+        self.shared().backends.rcu(|backends| {
+            backends
+                .iter()
+                .filter(|b| b.id != id)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
     }
 }
 

@@ -89,7 +89,9 @@ impl Listener {
                         }
                     };
                     runtime.block_on(async move {
-                        let service = stack(route, via, telemetry.for_worker(i));
+                        // Handles of the worker's own, see Route::for_worker.
+                        let via = HeaderValue::from_bytes(via.as_bytes()).unwrap_or(via);
+                        let service = stack(route.for_worker(), via, telemetry.for_worker(i));
                         match TcpListener::from_std(socket) {
                             Ok(listener) => accept(listener, service, stop).await,
                             Err(e) => {

@@ -170,9 +170,13 @@ impl std::fmt::Debug for InstanceSlots {
 }
 
 /// An environment's telemetry: metrics, windows, access log. Cheap to
-/// clone; each proxy worker has its own shard of the windows.
+/// clone; each proxy worker has its own handle ([`Telemetry::for_worker`])
+/// and its own shard of the windows, so that a request writes nothing
+/// another core reads but the metrics themselves.
 #[derive(Clone)]
-pub struct Telemetry {
+pub struct Telemetry(Arc<Handle>);
+
+struct Handle {
     shared: Arc<Shared>,
     shard: usize,
 }
@@ -234,10 +238,10 @@ impl Telemetry {
             unserved: InstanceSlots::default(),
             access,
         };
-        Telemetry {
+        Telemetry(Arc::new(Handle {
             shared: Arc::new(shared),
             shard: 0,
-        }
+        }))
     }
 
     /// A telemetry that only counts, for tests and tools.
@@ -252,15 +256,18 @@ impl Telemetry {
 
     /// The same telemetry, recording its windows in worker `worker`'s shard.
     pub(crate) fn for_worker(&self, worker: usize) -> Telemetry {
-        Telemetry {
-            shared: self.shared.clone(),
-            shard: worker % self.shared.windows.len(),
-        }
+        let shared = self.shared().clone();
+        let shard = worker % shared.windows.len();
+        Telemetry(Arc::new(Handle { shared, shard }))
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.0.shared
     }
 
     /// Whether requests are written to an access log.
     pub(crate) fn logs_access(&self) -> bool {
-        self.shared.access.is_some()
+        self.shared().access.is_some()
     }
 
     /// The metrics of `backend` as the variant it now serves, or of the
@@ -273,10 +280,10 @@ impl Telemetry {
     ) -> &'a InstanceMetrics {
         let (slots, instance) = match backend {
             Some(backend) => (&backend.metrics, backend.id.as_str()),
-            None => (&self.shared.unserved, "-"),
+            None => (&self.shared().unserved, "-"),
         };
         slots.0[usize::from(variant == Variant::B)].get_or_init(|| {
-            let shared = &self.shared;
+            let shared = self.shared();
             let labels = InstanceLabels {
                 service: shared.service.clone(),
                 environment: shared.environment.clone(),
@@ -299,7 +306,7 @@ impl Telemetry {
         metrics.requests(entry.status).inc();
         metrics.duration.observe(entry.latency_ms / 1000.0);
         self.window(entry, variant, share_b);
-        if let Some(access) = &self.shared.access {
+        if let Some(access) = &self.shared().access {
             // The clock is read and the line built only for a log that is kept.
             let entry = AccessEntry {
                 time: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
@@ -317,7 +324,7 @@ impl Telemetry {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs();
-        let mut windows = self.shared.windows[self.shard].lock().unwrap();
+        let mut windows = self.shared().windows[self.0.shard].lock().unwrap();
         if windows.back().is_none_or(|w| w.second != now) {
             windows.push_back(SecondWindow {
                 second: now,
@@ -345,7 +352,7 @@ impl Telemetry {
     /// first, each the sum of every worker's.
     pub fn windows_after(&self, after: u64) -> Vec<SecondWindow> {
         let mut seconds = std::collections::BTreeMap::<u64, SecondWindow>::new();
-        for shard in &self.shared.windows {
+        for shard in &self.shared().windows {
             for window in shard.lock().unwrap().iter().filter(|w| w.second > after) {
                 match seconds.entry(window.second) {
                     Entry::Vacant(vacant) => {

@@ -79,7 +79,8 @@ fn choose(
     headers: &http::HeaderMap,
     peer: std::net::SocketAddr,
 ) -> (Choice, Option<String>) {
-    let Some(split) = route.split() else {
+    let current = route.current_split();
+    let Some(split) = current.as_deref() else {
         return (
             Choice {
                 variant: None,
