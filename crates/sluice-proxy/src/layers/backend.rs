@@ -2,15 +2,12 @@
 //! balancer compares) until the answer's body ends; connect errors; passive
 //! ejection after consecutive failures, and the ejections metric.
 
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
-use super::{Picked, ProxyBody, ProxyFuture, ProxyRequest, ProxyResponse, UpstreamError};
+use super::{Keep, Kept, Picked, ProxyFuture, ProxyRequest, ProxyResponse, UpstreamError};
 use crate::split::Variant;
 use crate::telemetry::{InstanceMetrics, Telemetry};
 
@@ -73,11 +70,7 @@ where
                 None => held.picked.backend().succeeded(),
             }
             let (head, body) = response.into_parts();
-            let body = HeldBody {
-                inner: body,
-                _held: held,
-            }
-            .boxed();
+            let body = Kept::new(body, held).boxed();
             Ok(ProxyResponse::from_parts(head, body))
         })
     }
@@ -116,27 +109,5 @@ impl Drop for Held {
     }
 }
 
-struct HeldBody {
-    inner: ProxyBody,
-    _held: Held,
-}
-
-impl Body for HeldBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+/// In flight until the answer's body is dropped.
+impl Keep for Held {}

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
+use http_body::Body;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
@@ -98,4 +99,78 @@ pub fn error_response(status: StatusCode, message: &str) -> ProxyResponse {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// What an answer's body keeps until the body is dropped; told then whether
+/// the body was read to its end.
+pub trait Keep: Send + 'static {
+    fn release(&mut self, _ended: bool) {}
+}
+
+/// An answer's body, streamed through untouched, keeping `K` as long as it lives.
+pub struct Kept<B: Body, K: Keep> {
+    inner: B,
+    kept: K,
+}
+
+impl<B: Body, K: Keep> Kept<B, K> {
+    pub fn new(inner: B, kept: K) -> Self {
+        Kept { inner, kept }
+    }
+}
+
+impl<B, K> Body for Kept<B, K>
+where
+    B: Body + Unpin,
+    K: Keep + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Body, K: Keep> Drop for Kept<B, K> {
+    fn drop(&mut self) {
+        self.kept.release(self.inner.is_end_stream());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Told(Arc<Mutex<Option<bool>>>);
+
+    impl Keep for Told {
+        fn release(&mut self, ended: bool) {
+            *self.0.lock().unwrap() = Some(ended);
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_body_keeps_is_told_whether_the_body_was_read_to_the_end() {
+        let told = Arc::new(Mutex::new(None));
+        let read = Kept::new(Full::new(Bytes::from("all")), Told(told.clone()));
+        assert_eq!(read.collect().await.unwrap().to_bytes(), "all");
+        assert_eq!(*told.lock().unwrap(), Some(true));
+
+        let dropped = Kept::new(Full::new(Bytes::from("some")), Told(told.clone()));
+        drop(dropped);
+        assert_eq!(*told.lock().unwrap(), Some(false), "dropped unread");
+    }
 }

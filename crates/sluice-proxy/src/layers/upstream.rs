@@ -5,23 +5,21 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::{StatusCode, Uri};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower::Service;
 
-use super::{Picked, ProxyFuture, ProxyRequest, ProxyResponse, UpstreamError, error_response};
+use super::{
+    Keep, Kept, Picked, ProxyFuture, ProxyRequest, ProxyResponse, UpstreamError, error_response,
+};
 
 /// How long a connection may take to be made.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -191,11 +189,12 @@ async fn send(pool: Arc<Pool>, mut request: ProxyRequest) -> ProxyResponse {
         match sender.try_send_request(request).await {
             Ok(response) => {
                 let (head, body) = response.into_parts();
-                let body = Pooled {
-                    inner: body,
-                    back: Some((sender, pool, addr)),
+                let back = GoesBack {
+                    sender: Some(sender),
+                    pool,
+                    addr,
                 };
-                return ProxyResponse::from_parts(head, body.boxed());
+                return ProxyResponse::from_parts(head, Kept::new(body, back).boxed());
             }
             Err(mut e) => match e.take_message() {
                 // A kept connection the instance closed meanwhile: try a new one.
@@ -226,39 +225,18 @@ fn unsent(request: ProxyRequest, message: String) -> ProxyResponse {
     response
 }
 
-/// An answer's body; its connection goes back to the pool once it was read
+/// An answer's connection, back to the pool once the answer's body was read
 /// to the end (a body dropped half-read closes the connection with it).
-struct Pooled {
-    inner: Incoming,
-    back: Option<(SendRequest<super::ProxyBody>, Arc<Pool>, SocketAddr)>,
+struct GoesBack {
+    sender: Option<SendRequest<super::ProxyBody>>,
+    pool: Arc<Pool>,
+    addr: SocketAddr,
 }
 
-impl Body for Pooled {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some((sender, pool, addr)) = self.back.take()
-        {
-            pool.put(addr, sender);
+impl Keep for GoesBack {
+    fn release(&mut self, ended: bool) {
+        if ended && let Some(sender) = self.sender.take() {
+            self.pool.put(self.addr, sender);
         }
     }
 }
@@ -266,6 +244,7 @@ impl Drop for Pooled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use http_body_util::{Empty, Full};
 
     fn request(uri: &str) -> ProxyRequest {
