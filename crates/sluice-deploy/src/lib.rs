@@ -18,6 +18,7 @@ mod render;
 mod rollout;
 mod rules;
 pub mod runtime;
+mod traffic;
 mod view;
 
 use std::collections::HashMap;
@@ -127,6 +128,8 @@ struct Entry {
     route: Route,
     listener: Listener,
     telemetry: Telemetry,
+    /// The windows of seconds before this are in the store (see [`traffic`]).
+    stored_until: u64,
 }
 
 #[derive(Clone)]
@@ -164,6 +167,7 @@ impl Cd {
             started.restart_environments().await;
             promote::gatekeeper(started).await;
         });
+        tokio::spawn(traffic::keep(inner.clone()));
         Ok(Cd { inner })
     }
 
@@ -431,6 +435,7 @@ impl Cd {
     /// Stops every instance, for a clean shutdown.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        traffic::flush(&self.inner, true).await;
         self.inner.runtime.stop_all().await;
     }
 }
@@ -470,6 +475,7 @@ impl Inner {
                 route: route.clone(),
                 listener,
                 telemetry,
+                stored_until: 0,
             },
         );
         Ok(route)
@@ -481,6 +487,29 @@ impl Inner {
             .get(&(service.to_string(), env.to_string()))
             .map(|e| e.telemetry.windows_after(after))
             .unwrap_or_default()
+    }
+
+    /// Each environment with its telemetry and the second from which its
+    /// windows are not in the store yet.
+    fn unstored(&self) -> Vec<(EnvKey, Telemetry, u64)> {
+        let entries = self.entries.lock().unwrap();
+        entries
+            .iter()
+            .map(|(key, e)| (key.clone(), e.telemetry.clone(), e.stored_until))
+            .collect()
+    }
+
+    fn stored_until(&self, key: &EnvKey, until: u64) {
+        if let Some(entry) = self.entries.lock().unwrap().get_mut(key) {
+            entry.stored_until = until;
+        }
+    }
+
+    fn stored_through(&self, service: &str, env: &str) -> u64 {
+        let entries = self.entries.lock().unwrap();
+        entries
+            .get(&(service.to_string(), env.to_string()))
+            .map_or(0, |e| e.stored_until)
     }
 
     fn live_in(&self, service: &str, env: &str) -> Vec<Live> {

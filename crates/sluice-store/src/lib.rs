@@ -17,6 +17,7 @@ mod repos;
 mod rules;
 mod runs;
 mod tokens;
+mod traffic;
 
 pub mod testing;
 
@@ -39,6 +40,7 @@ pub use repos::{NewRepo, Repo};
 pub use rules::{NewRule, RuleBlock, RuleRecord};
 pub use runs::{Change, Job, NewChange, PlannedJob, Run, RunDetail, RunFilter, RunStatus, Step};
 pub use tokens::{Role, TokenRecord};
+pub use traffic::{TRAFFIC_BUCKET_MS, TrafficBucket};
 
 /// The database sluice keeps its state in.
 #[derive(Clone)]

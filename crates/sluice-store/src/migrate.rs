@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_deploy.sql")),
     (3, include_str!("migrations/0003_experiments.sql")),
     (4, include_str!("migrations/0004_incidents.sql")),
+    (5, include_str!("migrations/0005_traffic.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

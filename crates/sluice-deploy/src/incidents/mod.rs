@@ -228,7 +228,18 @@ pub(crate) async fn view(inner: &Arc<Inner>, id: i64) -> CdResult<IncidentView> 
     let incident = inner.store.incident(id).await?;
     // One read of the change log serves the timeline and the suspects.
     let events = events_since(inner, &incident, incident.first_symptom_at - LOOKBACK_MS).await?;
-    let timeline = timeline(inner, &incident, &events);
+    let mut timeline = timeline(&incident, &events);
+    if let Some(env) = &incident.environment {
+        let since = incident.first_symptom_at - LOOKBACK_MS;
+        let traffic = crate::traffic::since(inner, &incident.service, env, since).await;
+        let until = incident.resolved_at.unwrap_or(i64::MAX);
+        timeline.extend(
+            error_rate_jumps(env, &traffic)
+                .into_iter()
+                .filter(|e| e.at <= until),
+        );
+        timeline.sort_by_key(|e| e.at);
+    }
     let suspects = suspects(inner, &incident, &events).await?;
     let rules = inner
         .store
@@ -279,10 +290,8 @@ pub(crate) async fn edit_postmortem(
     Ok(inner.store.set_postmortem(id, text, &actor.name).await?)
 }
 
-/// The change log of the service around the incident, with the proxy's
-/// error-rate jumps and the first symptom marked.
-fn timeline(inner: &Inner, incident: &Incident, events: &[ChangeEvent]) -> Vec<TimelineEntry> {
-    let since = incident.first_symptom_at - LOOKBACK_MS;
+/// The change log of the service around the incident.
+fn timeline(incident: &Incident, events: &[ChangeEvent]) -> Vec<TimelineEntry> {
     let until = incident.resolved_at.unwrap_or(i64::MAX);
     let mut entries: Vec<TimelineEntry> = events
         .iter()
@@ -298,28 +307,18 @@ fn timeline(inner: &Inner, incident: &Incident, events: &[ChangeEvent]) -> Vec<T
             summary: e.summary.clone(),
         })
         .collect();
-    if let Some(env) = &incident.environment {
-        entries.extend(error_rate_jumps(inner, &incident.service, env, since));
-    }
     entries.sort_by_key(|e| e.at);
     entries
 }
 
-/// Ten-second buckets of the environment's traffic where the error rate
-/// rose past 5% from below it.
-fn error_rate_jumps(inner: &Inner, service: &str, env: &str, since_ms: i64) -> Vec<TimelineEntry> {
-    let windows = inner.windows(service, env, (since_ms / 1000).max(0) as u64);
-    let mut buckets: BTreeMap<u64, [u64; 4]> = BTreeMap::new();
-    for w in windows {
-        let b = buckets.entry(w.second / 10).or_default();
-        b[0] += w.a.requests + w.b.requests;
-        b[1] += w.a.errors + w.b.errors;
-        b[2] += w.b.requests;
-        b[3] += w.b.errors;
-    }
+/// The ten-second buckets of the environment's traffic (stored or still in
+/// the proxy's windows) where the error rate rose past 5% from below it.
+fn error_rate_jumps(env: &str, traffic: &[sluice_store::TrafficBucket]) -> Vec<TimelineEntry> {
     let mut out = Vec::new();
     let mut was_high = false;
-    for (bucket, [requests, errors, b_requests, b_errors]) in buckets {
+    for t in traffic {
+        let (requests, errors) = (t.a_requests + t.b_requests, t.a_errors + t.b_errors);
+        let (b_requests, b_errors) = (t.b_requests, t.b_errors);
         let high = requests >= 10 && errors as f64 / requests as f64 >= 0.05;
         if high && !was_high {
             let mut summary = format!(
@@ -330,7 +329,7 @@ fn error_rate_jumps(inner: &Inner, service: &str, env: &str, since_ms: i64) -> V
                 summary.push_str(&format!("; B: {b_errors} of {b_requests}"));
             }
             out.push(TimelineEntry {
-                at: (bucket * 10_000) as i64,
+                at: t.bucket,
                 kind: "metric.error_rate".into(),
                 environment: Some(env.to_string()),
                 actor: "proxy".into(),

@@ -4,6 +4,7 @@
 mod changelog;
 mod incidents;
 mod runs;
+mod traffic;
 
 use sluice_store::Store;
 

@@ -78,6 +78,14 @@ async fn wait_for(server: &Server, path: &str, what: &str, pick: impl Fn(&Value)
     }
 }
 
+fn has_error_rate_jump(incident: &Value) -> bool {
+    incident["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "metric.error_rate")
+}
+
 fn cli_ok(server: &Server, args: &[&str]) -> String {
     let out = server.cli(args);
     assert!(
@@ -116,7 +124,7 @@ fn stable(text: &str) -> String {
 #[tokio::test]
 async fn an_incident_becomes_rules_that_stop_the_bug_coming_back() {
     let dir = tempdir();
-    let server = Server::start(&dir.path().join("data"), None);
+    let mut server = Server::start(&dir.path().join("data"), None);
     let repo = GitRepo::new(dir.path(), "shop");
     copy_fixture(&repo, "shop");
     repo.commit("shop v1", &[("sluice.yaml", SPEC)]);
@@ -163,11 +171,7 @@ async fn an_incident_becomes_rules_that_stop_the_bug_coming_back() {
         "{top:#}"
     );
     assert!(
-        view["timeline"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "metric.error_rate"),
+        has_error_rate_jump(&view),
         "the proxy's error-rate jump is on the timeline"
     );
     let timeline: Vec<String> = view["timeline"]
@@ -377,6 +381,16 @@ async fn an_incident_becomes_rules_that_stop_the_bug_coming_back() {
     assert_eq!(
         kinds,
         ["incident.resolved", "incident.mitigated", "incident.opened"]
+    );
+
+    // After a restart the proxy's windows are gone, the kept traffic is not.
+    server.stop();
+    let server = Server::start(&dir.path().join("data"), None);
+    let view = server.get("/incidents/1").await;
+    assert!(
+        has_error_rate_jump(&view),
+        "the error-rate jump outlives the restart: {:#}",
+        view["timeline"]
     );
 }
 

@@ -76,6 +76,13 @@ impl Server {
         }
     }
 
+    /// Stops the process as an operator would (SIGTERM), and waits for it.
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+
     /// Ends the process at once, as a crash would.
     pub fn kill_hard(&mut self) {
         let _ = self.child.kill();

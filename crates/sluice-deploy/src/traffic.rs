@@ -1,0 +1,161 @@
+//! The proxy's traffic kept in the store: every ten seconds, each
+//! environment's finished ten-second buckets go from the in-memory windows
+//! to the `traffic` table (the unfinished one too at shutdown), so that an
+//! incident's timeline outlives a restart and the windows' 30 minutes. A
+//! kill loses at most the last twenty seconds. Buckets are kept 30 days.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proxy::SecondWindow;
+use sluice_store::{TRAFFIC_BUCKET_MS, TrafficBucket};
+
+use crate::Inner;
+
+const FLUSH_EVERY: Duration = Duration::from_secs(10);
+const BUCKET_SECONDS: u64 = (TRAFFIC_BUCKET_MS / 1000) as u64;
+const KEEP_FOR_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// Flushes every ten seconds until shutdown; forgets old buckets hourly.
+pub(crate) async fn keep(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut forgot_at = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = inner.shutdown.cancelled() => return,
+        }
+        flush(&inner, false).await;
+        let now = sluice_store::now_ms();
+        if now - forgot_at > 3600 * 1000 {
+            forgot_at = now;
+            if let Err(e) = inner.store.forget_traffic_before(now - KEEP_FOR_MS).await {
+                tracing::warn!(error = %e, "could not forget old traffic");
+            }
+        }
+    }
+}
+
+/// Stores each environment's windows not stored yet: the finished buckets,
+/// or with `everything` (at shutdown) all of them.
+pub(crate) async fn flush(inner: &Inner, everything: bool) {
+    let now = sluice_store::now_ms().max(0) as u64 / 1000;
+    // A second's window is final once the clock has left it; a bucket once
+    // all its seconds are.
+    let until = if everything {
+        now + 1
+    } else {
+        now.saturating_sub(1) / BUCKET_SECONDS * BUCKET_SECONDS
+    };
+    for (key, telemetry, from) in inner.unstored() {
+        let windows = telemetry.windows_after(from.saturating_sub(1));
+        let buckets = buckets(&key.0, &key.1, &windows, from, until);
+        match inner.store.add_traffic(&buckets).await {
+            Ok(()) => inner.stored_until(&key, until),
+            Err(e) => {
+                tracing::warn!(service = %key.0, env = %key.1, error = %e, "could not keep traffic")
+            }
+        }
+    }
+}
+
+/// The windows of seconds in `from..until` summed into ten-second buckets.
+pub(crate) fn buckets(
+    service: &str,
+    environment: &str,
+    windows: &[SecondWindow],
+    from: u64,
+    until: u64,
+) -> Vec<TrafficBucket> {
+    let mut sums: BTreeMap<u64, TrafficBucket> = BTreeMap::new();
+    for w in windows.iter().filter(|w| (from..until).contains(&w.second)) {
+        let start = w.second / BUCKET_SECONDS * BUCKET_SECONDS;
+        let bucket = sums.entry(start).or_insert_with(|| TrafficBucket {
+            service: service.to_string(),
+            environment: environment.to_string(),
+            bucket: (start * 1000) as i64,
+            ..Default::default()
+        });
+        bucket.a_requests += w.a.requests as i64;
+        bucket.a_errors += w.a.errors as i64;
+        bucket.b_requests += w.b.requests as i64;
+        bucket.b_errors += w.b.errors as i64;
+    }
+    sums.into_values()
+        .filter(|b| b.a_requests + b.b_requests > 0)
+        .collect()
+}
+
+/// An environment's traffic since `since_ms`: the stored buckets, and the
+/// ones still only in memory.
+pub(crate) async fn since(
+    inner: &Inner,
+    service: &str,
+    environment: &str,
+    since_ms: i64,
+) -> Vec<TrafficBucket> {
+    let mut all = match inner
+        .store
+        .traffic(service, environment, since_ms, i64::MAX)
+        .await
+    {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read kept traffic; the proxy's windows only");
+            Vec::new()
+        }
+    };
+    let from = inner.stored_through(service, environment);
+    let windows = inner.windows(service, environment, (since_ms / 1000).max(0) as u64);
+    for fresh in buckets(service, environment, &windows, from, u64::MAX) {
+        match all.iter_mut().find(|b| b.bucket == fresh.bucket) {
+            // A bucket stored in part (before a restart, say) and now growing.
+            Some(kept) => {
+                kept.a_requests += fresh.a_requests;
+                kept.a_errors += fresh.a_errors;
+                kept.b_requests += fresh.b_requests;
+                kept.b_errors += fresh.b_errors;
+            }
+            None => all.push(fresh),
+        }
+    }
+    all.sort_by_key(|b| b.bucket);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn second(at: u64, a: (u64, u64), b: (u64, u64)) -> SecondWindow {
+        let mut w = SecondWindow {
+            second: at,
+            ..Default::default()
+        };
+        (w.a.requests, w.a.errors, w.b.requests, w.b.errors) = (a.0, a.1, b.0, b.1);
+        w
+    }
+
+    #[test]
+    fn seconds_are_summed_into_ten_second_buckets_within_the_range() {
+        let windows = [
+            second(1_000, (5, 1), (0, 0)),
+            second(1_009, (5, 0), (2, 2)),
+            second(1_010, (3, 0), (0, 0)),
+            second(1_020, (4, 0), (0, 0)),
+            second(1_031, (0, 0), (0, 0)),
+        ];
+        let sums: Vec<(i64, i64, i64, i64, i64)> = buckets("shop", "prod", &windows, 1_000, 1_020)
+            .iter()
+            .map(|b| (b.bucket, b.a_requests, b.a_errors, b.b_requests, b.b_errors))
+            .collect();
+        assert_eq!(
+            sums,
+            vec![(1_000_000, 10, 1, 2, 2), (1_010_000, 3, 0, 0, 0)],
+            "1020 is not before the end; an empty second makes no bucket"
+        );
+        assert!(buckets("shop", "prod", &windows, 1_040, 2_000).is_empty());
+    }
+}
