@@ -150,6 +150,59 @@ async fn one_shot_backend() -> SocketAddr {
     addr
 }
 
+/// An instance that keeps its connections alive and counts how many it accepted.
+async fn counting_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buffer = [0u8; 1024];
+                loop {
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buffer[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_and_used_again() {
+    let route = Route::default();
+    let (addr, accepted) = counting_backend().await;
+    route.add(healthy("dev-1", addr, "v1"));
+    let url = proxy(&route).await;
+    let client = reqwest::Client::new();
+    for _ in 0..50 {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        opened <= workers,
+        "50 requests one after the other opened {opened} connections to the instance"
+    );
+}
+
 #[tokio::test]
 async fn connections_the_instance_closed_are_not_used_again() {
     let route = Route::default();
