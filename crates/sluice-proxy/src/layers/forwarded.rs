@@ -57,6 +57,29 @@ fn drop_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
+/// The protocol a message asks to switch to (`Upgrade`, with `Connection: upgrade`).
+fn asked_upgrade(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let protocol = headers.get(header::UPGRADE)?;
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asked
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// An upgrade is hop-by-hop too, but the proxy takes part in it: it is
+/// asked of the instance, and its acceptance told to the client.
+fn pass_on(headers: &mut http::HeaderMap, upgrade: Option<HeaderValue>) {
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+}
+
 impl Peer {
     /// The client at `addr`, with the forms the forwarding headers name it by.
     pub fn new(addr: SocketAddr) -> Peer {
@@ -116,7 +139,9 @@ where
 
     fn call(&mut self, request: ProxyRequest) -> ProxyFuture {
         let (mut head, body) = request.into_parts();
+        let upgrade = asked_upgrade(&head.headers);
         drop_hop_by_hop(&mut head.headers);
+        pass_on(&mut head.headers, upgrade);
         if let Some(peer) = head.extensions.get::<Peer>() {
             name_the_client(&mut head.headers, peer);
         }
@@ -126,8 +151,13 @@ where
         let answered = self.inner.call(request);
         Box::pin(async move {
             let mut response = answered.await?;
+            let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+            let upgrade = switching
+                .then(|| asked_upgrade(response.headers()))
+                .flatten();
             let headers = response.headers_mut();
             drop_hop_by_hop(headers);
+            pass_on(headers, upgrade);
             headers.append(header::VIA, via);
             Ok(response)
         })
@@ -186,5 +216,37 @@ mod tests {
         let response = service.oneshot(request).await.unwrap();
         assert!(response.headers().get("keep-alive").is_none());
         assert_eq!(response.headers()["via"], "1.1 sluice-prod");
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_is_passed_on_and_its_acceptance_told() {
+        for status in [101, 200] {
+            let service = ForwardedLayer::new(HeaderValue::from_static("1.1 sluice")).layer(
+                service_fn(move |request: ProxyRequest| async move {
+                    let headers = request.headers();
+                    assert_eq!(headers["connection"], "upgrade");
+                    assert_eq!(headers["upgrade"], "websocket");
+                    assert!(headers.get("keep-alive").is_none());
+                    let mut response =
+                        http::Response::new(Empty::new().map_err(|n| match n {}).boxed());
+                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    let headers = response.headers_mut();
+                    headers.insert("connection", HeaderValue::from_static("Upgrade"));
+                    headers.insert("upgrade", HeaderValue::from_static("websocket"));
+                    Ok::<_, std::convert::Infallible>(response)
+                }),
+            );
+            let mut request = http::Request::new(Empty::new().map_err(|n| match n {}).boxed());
+            let headers = request.headers_mut();
+            headers.insert(
+                "connection",
+                HeaderValue::from_static("keep-alive, Upgrade"),
+            );
+            headers.insert("upgrade", HeaderValue::from_static("websocket"));
+            headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+            let response = service.oneshot(request).await.unwrap();
+            let told = response.headers().get("upgrade").is_some();
+            assert_eq!(told, status == 101, "only a 101 tells of an upgrade");
+        }
     }
 }

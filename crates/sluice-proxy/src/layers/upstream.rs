@@ -1,7 +1,9 @@
 //! The innermost service: the request to the picked backend over keep-alive
 //! HTTP/1.1 connections, pooled per worker thread. A request that never left
 //! (its connection could not be made) comes back inside its 502 as
-//! [`Unsent`], so that the balancer can send it to another instance.
+//! [`Unsent`], so that the balancer can send it to another instance. An
+//! upgrade the instance accepts (101) becomes a tunnel between the client's
+//! connection and the instance's.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::header::{HOST, HeaderValue};
+use http::header::{HOST, HeaderValue, UPGRADE};
 use http::{StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower::Service;
@@ -115,7 +118,7 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<super::ProxyBody>, Conn
         .await
         .map_err(|e| ConnectError::Handshake(addr, e))?;
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        if let Err(e) = connection.with_upgrades().await {
             tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
         }
     });
@@ -172,6 +175,12 @@ async fn send(pool: Arc<Pool>, mut request: ProxyRequest) -> ProxyResponse {
         return error_response(StatusCode::BAD_GATEWAY, "no instance was picked");
     };
     prepare(&mut request, addr);
+    // The client's side of an upgrade (a WebSocket, say), should it be one.
+    let client_side = request
+        .headers()
+        .contains_key(UPGRADE)
+        .then(|| request.extensions().get::<OnUpgrade>().cloned())
+        .flatten();
     loop {
         let (mut sender, fresh) = match pool.take(addr) {
             Some(kept) => (kept, false),
@@ -187,7 +196,14 @@ async fn send(pool: Arc<Pool>, mut request: ProxyRequest) -> ProxyResponse {
             continue;
         }
         match sender.try_send_request(request).await {
-            Ok(response) => {
+            Ok(mut response) => {
+                if let Some(client_side) = client_side
+                    && response.status() == StatusCode::SWITCHING_PROTOCOLS
+                {
+                    // The connection is the tunnel's now, never the pool's.
+                    tunnel(client_side, hyper::upgrade::on(&mut response), addr);
+                    return response.map(|body| body.boxed());
+                }
                 let (head, body) = response.into_parts();
                 let back = GoesBack {
                     sender: Some(sender),
@@ -208,6 +224,21 @@ async fn send(pool: Arc<Pool>, mut request: ProxyRequest) -> ProxyResponse {
             },
         }
     }
+}
+
+/// Once both sides have switched protocols, copies bytes both ways until
+/// either closes.
+fn tunnel(client_side: OnUpgrade, instance_side: OnUpgrade, addr: SocketAddr) {
+    tokio::spawn(async move {
+        let (client, instance) = match tokio::try_join!(client_side, instance_side) {
+            Ok(both) => both,
+            Err(e) => return tracing::debug!(%addr, error = %e, "an upgrade did not happen"),
+        };
+        let (mut client, mut instance) = (TokioIo::new(client), TokioIo::new(instance));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut instance).await {
+            tracing::debug!(%addr, error = %e, "an upgraded connection ended with an error");
+        }
+    });
 }
 
 fn failed(connect: bool, message: String) -> ProxyResponse {

@@ -487,3 +487,67 @@ async fn http2_with_prior_knowledge_is_served_and_forwarded_as_http1() {
         assert_eq!(response.text().await.unwrap(), "one");
     }
 }
+
+/// An instance that switches any connection asking for `Upgrade: echo` to
+/// echoing the bytes it is sent, as a WebSocket server would switch.
+async fn echo_upgrade_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                assert!(head.contains("upgrade: echo"), "{head}");
+                assert!(head.contains("connection: upgrade"), "{head}");
+                let switched = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n";
+                socket.write_all(switched).await.unwrap();
+                let (mut reader, mut writer) = socket.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upgrade_becomes_a_tunnel_to_the_instance() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let route = Route::default();
+    route.add(healthy("dev-1", echo_upgrade_backend().await, "v1"));
+    let url = proxy(&route).await;
+    let mut client = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    client
+        .write_all(
+            b"GET /socket HTTP/1.1\r\nhost: shop\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(client.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("x-sluice-instance: dev-1"), "{head}");
+    for message in ["ping", "and again"] {
+        client.write_all(message.as_bytes()).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, message.as_bytes(), "through the tunnel and back");
+    }
+}
