@@ -9,7 +9,7 @@ use http::Request;
 use http::header::HeaderValue;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -35,6 +35,24 @@ pub struct Listener {
 
 /// How long an instance has to start answering a request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a client connection may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a client may take to send a request's head, counted from
+    /// when its connection is ready for one: so also how long a kept-alive
+    /// connection may stay idle, and what a client sending its head a byte
+    /// at a time (slowloris) gets before it is closed.
+    pub client_header: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            client_header: Duration::from_secs(60),
+        }
+    }
+}
 
 /// The request path, outermost layer first (see [`crate::layers`]).
 fn stack(
@@ -62,6 +80,17 @@ impl Listener {
         route: Route,
         name: &str,
         telemetry: Telemetry,
+    ) -> std::io::Result<Listener> {
+        Listener::bind_with(addr, route, name, telemetry, Limits::default()).await
+    }
+
+    /// [`Listener::bind`] with other limits on client connections.
+    pub async fn bind_with(
+        addr: SocketAddr,
+        route: Route,
+        name: &str,
+        telemetry: Telemetry,
+        limits: Limits,
     ) -> std::io::Result<Listener> {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let first = reuse_port_socket(addr)?;
@@ -93,7 +122,7 @@ impl Listener {
                         let via = HeaderValue::from_bytes(via.as_bytes()).unwrap_or(via);
                         let service = stack(route.for_worker(), via, telemetry.for_worker(i));
                         match TcpListener::from_std(socket) {
-                            Ok(listener) => accept(listener, service, stop).await,
+                            Ok(listener) => accept(listener, service, limits, stop).await,
                             Err(e) => {
                                 tracing::error!(error = %e, "a proxy worker could not listen")
                             }
@@ -130,7 +159,7 @@ fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener>
     Ok(socket.into())
 }
 
-async fn accept<S>(listener: TcpListener, service: S, stop: CancellationToken)
+async fn accept<S>(listener: TcpListener, service: S, limits: Limits, stop: CancellationToken)
 where
     S: Service<ProxyRequest, Response = ProxyResponse, Error = std::convert::Infallible>
         + Clone
@@ -155,12 +184,23 @@ where
         let client = Peer::new(peer);
         // The worker's runtime ends with its listener, and its connections with it.
         tokio::spawn(async move {
+            // hyper's header timeout starts once it knows the protocol, which
+            // takes a first byte: a client that never sends one is closed here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(limits.client_header, stream.peek(&mut first)).await {
+                Ok(Ok(1..)) => {}
+                _ => return,
+            }
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let mut request = request.map(|body| body.boxed());
                 request.extensions_mut().insert(client.clone());
                 stack.clone().oneshot(request)
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.client_header);
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");

@@ -66,9 +66,7 @@ fn asked_upgrade(headers: &http::HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asked
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+    asked.then(|| protocol.clone())
 }
 
 /// An upgrade is hop-by-hop too, but the proxy takes part in it: it is

@@ -551,3 +551,61 @@ async fn an_upgrade_becomes_a_tunnel_to_the_instance() {
         assert_eq!(echoed, message.as_bytes(), "through the tunnel and back");
     }
 }
+
+#[tokio::test]
+async fn idle_and_slow_clients_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let route = Route::default();
+    route.add(healthy("dev-1", backend("one").await, "v1"));
+    let limits = sluice_proxy::Limits {
+        client_header: Duration::from_millis(300),
+    };
+    let listener = Listener::bind_with(
+        "127.0.0.1:0".parse().unwrap(),
+        route.clone(),
+        "test",
+        Telemetry::detached("test"),
+        limits,
+    )
+    .await
+    .unwrap();
+    let closed = |mut socket: tokio::net::TcpStream| async move {
+        let mut rest = Vec::new();
+        // Generous: the point is that it ends, not when.
+        tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut rest))
+            .await
+            .is_ok()
+    };
+    // A connection that never sends a request.
+    let idle = tokio::net::TcpStream::connect(listener.addr).await.unwrap();
+    assert!(closed(idle).await, "an idle connection is closed");
+    // A head sent a byte at a time, slower than the limit allows.
+    let mut slow = tokio::net::TcpStream::connect(listener.addr).await.unwrap();
+    for byte in b"GET / HTTP/1.1\r\n".iter().take(4) {
+        // The proxy may have closed it already.
+        let _ = slow.write_all(&[*byte]).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(closed(slow).await, "a slow head is not waited for");
+    // A kept-alive connection, once served, then idle.
+    let mut kept = tokio::net::TcpStream::connect(listener.addr).await.unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nhost: shop\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !answer.ends_with(b"one") {
+        let n = kept.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    assert!(
+        closed(kept).await,
+        "an idle kept-alive connection is closed"
+    );
+    // A client that asks in time is served.
+    let answer = reqwest::get(format!("http://{}/", listener.addr))
+        .await
+        .unwrap();
+    assert_eq!(answer.text().await.unwrap(), "one");
+}
