@@ -315,6 +315,49 @@ struct RawRulesFile {
     rules: Entries<Spanned<RuleSpec>>,
 }
 
+/// A rule's fields are read after its `kind`, by which time the parser only
+/// knows where the rule starts: an unknown field is looked for from there,
+/// so that the error points at it rather than at the rule's name.
+fn pinpoint(diagnostic: Diagnostic, text: &str) -> Diagnostic {
+    let field = diagnostic
+        .message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(field, _)| field.to_string());
+    match field {
+        Some(field) => point_at_key(diagnostic, text, &field),
+        None => diagnostic,
+    }
+}
+
+/// The diagnostic moved to the first `field:` key at or after where it points.
+fn point_at_key(diagnostic: Diagnostic, text: &str, field: &str) -> Diagnostic {
+    let key = format!("{field}:");
+    let found = text
+        .lines()
+        .enumerate()
+        .skip(diagnostic.line.saturating_sub(1))
+        .find_map(|(i, line)| {
+            let column = line.find(&key)?;
+            // A key: at the start of the line's content, or after `{` or `,`.
+            let before = line[..column].trim_end();
+            (before.is_empty() || before.ends_with('{') || before.ends_with(','))
+                .then_some((i + 1, column + 1))
+        });
+    match found {
+        Some((line, column)) => Diagnostic::at(
+            &diagnostic.file,
+            text,
+            line,
+            column,
+            field.len(),
+            &diagnostic.message,
+            diagnostic.help.clone(),
+        ),
+        None => diagnostic,
+    }
+}
+
 /// Parses and validates `.sluice/rules.yaml`; with the service's `spec`,
 /// environment names are checked against it too.
 pub fn parse_rules(file: &str, text: &str, spec: Option<&Spec>) -> Result<Vec<Rule>, Diagnostics> {
@@ -322,7 +365,8 @@ pub fn parse_rules(file: &str, text: &str, spec: Option<&Spec>) -> Result<Vec<Ru
         file,
         text,
         "write `rules:` and under it one named rule per key, e.g. `checkout-tested: { kind: require_job, job: checkout-regression }`",
-    )?;
+    )
+    .map_err(|errors| Diagnostics(errors.0.into_iter().map(|d| pinpoint(d, text)).collect()))?;
     let mut found = Vec::new();
     let mut rules = Vec::new();
     for (name, rule) in raw.rules.0 {
@@ -334,13 +378,17 @@ pub fn parse_rules(file: &str, text: &str, spec: Option<&Spec>) -> Result<Vec<Ru
                 if spec.environment(env).is_none() {
                     let known: Vec<&str> =
                         spec.environments.iter().map(|e| e.name.as_str()).collect();
-                    found.push(Diagnostic::spanned(
+                    let unknown = Diagnostic::spanned(
                         file,
                         text,
                         &rule,
-                        &format!("rule `{}` names environment `{env}`, which sluice.yaml does not define", name.value),
+                        &format!(
+                            "rule `{}` names environment `{env}`, which sluice.yaml does not define",
+                            name.value
+                        ),
                         Some(format!("the environments are: {}", known.join(", "))),
-                    ));
+                    );
+                    found.push(point_at_key(unknown, text, "environments"));
                 }
             }
         }
@@ -360,6 +408,17 @@ pub fn parse_rules(file: &str, text: &str, spec: Option<&Spec>) -> Result<Vec<Ru
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_field_is_pointed_at_not_its_rule() {
+        let block = "rules:\n  tested:\n    kind: require_job\n    jbo: checkout\n";
+        let error = &parse_rules(RULES_FILE, block, None).unwrap_err().0[0];
+        assert_eq!((error.line, error.column), (4, 5), "{error}");
+        let flow = "rules:\n  up: { kind: health_check, path: /, stauts: 503 }\n";
+        let error = &parse_rules(RULES_FILE, flow, None).unwrap_err().0[0];
+        assert_eq!((error.line, error.column), (2, 38), "{error}");
+        assert!(error.message.contains("unknown field `stauts`"), "{error}");
+    }
 
     #[test]
     fn a_rules_file_parses_in_order() {

@@ -310,8 +310,7 @@ async fn the_repository_rules_file_is_validated_and_enforced() {
     assert_eq!(run["status"], "failure");
     assert_eq!(run["reason"], ".sluice/rules.yaml is not valid", "{run:#}");
     let logs = server.logs(&run).await.join("\n");
-    // The rule is buffered to read its `kind`, so the error points at the rule.
-    assert!(logs.contains("--> .sluice/rules.yaml:2:3"), "{logs}");
+    assert!(logs.contains("--> .sluice/rules.yaml:4:5"), "{logs}");
     assert!(logs.contains("jbo"), "{logs}");
 
     let good = "rules:\n  tested:\n    kind: require_job\n    job: checkout-regression\n    paths: [app/]\n";

@@ -69,3 +69,50 @@ fn a_missing_file_says_what_to_do() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_repository_rules_are_checked_with_the_sluice_yaml() {
+    let dir = crate::support::tempdir();
+    let spec = "service: shop\npipeline:\n  jobs:\n    unit:\n      steps: [{ run: make test }]\nenvironments:\n  dev: { listen: 127.0.0.1:8101, deploy: auto }\n";
+    std::fs::write(dir.path().join("sluice.yaml"), spec).unwrap();
+    std::fs::create_dir(dir.path().join(".sluice")).unwrap();
+    let rules = dir.path().join(".sluice/rules.yaml");
+    let run = |args: &[&str]| {
+        let out = Command::new(SLUICE)
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    std::fs::write(
+        &rules,
+        "rules:\n  tested:\n    kind: require_job\n    job: unit\n",
+    )
+    .unwrap();
+    let (ok, text) = run(&["validate"]);
+    assert!(ok, "{text}");
+    insta::assert_snapshot!(text, @r"
+    sluice.yaml: ok: service `shop`, 1 job, environments dev
+    .sluice/rules.yaml: ok: 1 rule: tested
+    ");
+    std::fs::write(
+        &rules,
+        "rules:\n  up:\n    kind: health_check\n    environments: [prod]\n    path: /\n",
+    )
+    .unwrap();
+    let (ok, text) = run(&["validate", ".sluice/rules.yaml"]);
+    assert!(!ok);
+    insta::assert_snapshot!(text, @r"
+    error: rule `up` names environment `prod`, which sluice.yaml does not define
+     --> .sluice/rules.yaml:4:5
+      |
+    4 |     environments: [prod]
+      |     ^^^^^^^^^^^^
+      = help: the environments are: dev
+
+    .sluice/rules.yaml: 1 error
+    ");
+}
