@@ -132,6 +132,25 @@ try {
   step(`the charts grew from ${before} to ${await points()} points without a reload`);
   await shot(ana, "experiment");
 
+  // prod's page says what each instance answered, A's and B's alike.
+  await ana.goto(`${SLUICE_URL}/services/shop/environments/prod`);
+  const variants = async () =>
+    ana.evaluate(() => {
+      const table = [...document.querySelectorAll("table")].find((t) =>
+        t.caption?.textContent.includes("What each instance answered"));
+      return table ? [...table.tBodies[0].rows].map((r) => r.cells[1].textContent) : [];
+    });
+  await until("prod's page to show instances of both variants", async () => {
+    await ana.reload();
+    const seen = await variants();
+    return seen.includes("a") && seen.includes("b");
+  }, 60);
+  step(`prod's traffic table has rows for variants ${(await variants()).join(", ")}`);
+  if (await ana.getByRole("heading", { name: "Drift" }).count()) {
+    throw new Error("an experiment's B instances are shown as drift");
+  }
+  await shot(ana, "environment-traffic");
+
   // Every other page, and the overview on a phone.
   for (const [name, path] of [
     ["overview", "/"],

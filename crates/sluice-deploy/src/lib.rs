@@ -38,7 +38,8 @@ pub use promote::{PromoteRequest, PromotionView};
 pub use release::ReleaseMaker;
 pub use rules::{NewRuleRequest, Replay, ReplayTarget};
 pub use runtime::{InstanceSpec, LocalRuntime, Runtime};
-pub use view::{EnvDetail, EnvDiff, EnvStatus};
+pub use traffic::InstanceTraffic;
+pub use view::{EnvDetail, EnvDiff, EnvStatus, TRAFFIC_SECONDS};
 
 /// Who is acting, as the API authenticated them.
 #[derive(Clone, Debug)]

@@ -1,14 +1,17 @@
-//! The proxy's traffic kept in the store: every ten seconds, each
-//! environment's finished ten-second buckets go from the in-memory windows
-//! to the `traffic` table (the unfinished one too at shutdown), so that an
-//! incident's timeline outlives a restart and the windows' 30 minutes. A
-//! kill loses at most the last twenty seconds. Buckets are kept 30 days.
+//! The proxy's traffic beyond its in-memory windows: kept in the store
+//! (every ten seconds, each environment's finished ten-second buckets go to
+//! the `traffic` table, the unfinished one too at shutdown, so that an
+//! incident's timeline outlives a restart and the windows' 30 minutes; a
+//! kill loses at most the last twenty seconds; buckets are kept 30 days),
+//! and summed per instance for an environment's page.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_proxy::SecondWindow;
+use serde::Serialize;
+use sluice_analysis::LogHistogram;
+use sluice_proxy::{SecondWindow, Variant};
 use sluice_store::{TRAFFIC_BUCKET_MS, TrafficBucket};
 
 use crate::Inner;
@@ -125,6 +128,85 @@ pub(crate) async fn since(
     all
 }
 
+/// What one instance answered, as one variant, over the last seconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceTraffic {
+    pub instance: String,
+    pub variant: Variant,
+    pub requests: u64,
+    pub per_second: f64,
+    /// 5xx answers.
+    pub errors: u64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+}
+
+impl InstanceTraffic {
+    /// `0.4%`, for a page.
+    pub fn error_share(&self) -> String {
+        let share = self.errors as f64 / self.requests.max(1) as f64;
+        format!("{:.1}%", 100.0 * share)
+    }
+
+    /// `12.3 ms`, or `-` without requests.
+    pub fn p50(&self) -> String {
+        millis(self.p50_ms)
+    }
+
+    pub fn p95(&self) -> String {
+        millis(self.p95_ms)
+    }
+}
+
+fn millis(value: Option<f64>) -> String {
+    value.map_or("-".into(), |ms| format!("{ms:.1} ms"))
+}
+
+/// Each instance's requests over the `seconds` the windows cover, busiest first.
+pub(crate) fn per_instance(windows: &[SecondWindow], seconds: u64) -> Vec<InstanceTraffic> {
+    let mut sums: Vec<(String, Variant, u64, u64, LogHistogram)> = Vec::new();
+    for instance in windows.iter().flat_map(|w| &w.instances) {
+        let at = sums
+            .iter()
+            .position(|s| s.0 == instance.instance && s.1 == instance.variant)
+            .unwrap_or_else(|| {
+                let fresh = (
+                    instance.instance.clone(),
+                    instance.variant,
+                    0,
+                    0,
+                    LogHistogram::default(),
+                );
+                sums.push(fresh);
+                sums.len() - 1
+            });
+        let sum = &mut sums[at];
+        sum.2 += instance.window.requests;
+        sum.3 += instance.window.errors;
+        sum.4.merge(&instance.window.latency);
+    }
+    let mut traffic: Vec<InstanceTraffic> = sums
+        .into_iter()
+        .map(
+            |(instance, variant, requests, errors, latency)| InstanceTraffic {
+                instance,
+                variant,
+                requests,
+                per_second: requests as f64 / seconds.max(1) as f64,
+                errors,
+                p50_ms: latency.quantile(0.5).map(|us| us / 1000.0),
+                p95_ms: latency.quantile(0.95).map(|us| us / 1000.0),
+            },
+        )
+        .collect();
+    traffic.sort_by(|a, b| {
+        b.requests
+            .cmp(&a.requests)
+            .then(a.instance.cmp(&b.instance))
+    });
+    traffic
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +218,49 @@ mod tests {
         };
         (w.a.requests, w.a.errors, w.b.requests, w.b.errors) = (a.0, a.1, b.0, b.1);
         w
+    }
+
+    #[test]
+    fn each_instance_gets_its_rate_errors_and_latency() {
+        let mut windows = Vec::new();
+        for at in 0..10 {
+            let mut w = second(at, (3, 0), (1, 1));
+            for (instance, variant, n, errors) in
+                [("a-1", Variant::A, 3, 0), ("b-1", Variant::B, 1, 1)]
+            {
+                let mut window = sluice_proxy::VariantWindow {
+                    requests: n,
+                    errors,
+                    ..Default::default()
+                };
+                for _ in 0..n {
+                    window.latency.record(if variant == Variant::B {
+                        40_000.0
+                    } else {
+                        10_000.0
+                    });
+                }
+                w.instances.push(sluice_proxy::InstanceWindow {
+                    instance: instance.into(),
+                    variant,
+                    window,
+                });
+            }
+            windows.push(w);
+        }
+        let traffic = per_instance(&windows, 10);
+        let rows: Vec<(&str, u64, f64, u64)> = traffic
+            .iter()
+            .map(|t| (t.instance.as_str(), t.requests, t.per_second, t.errors))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![("a-1", 30, 3.0, 0), ("b-1", 10, 1.0, 10)],
+            "busiest first"
+        );
+        assert_eq!(traffic[1].error_share(), "100.0%");
+        let p50 = traffic[1].p50_ms.unwrap();
+        assert!((38.0..42.0).contains(&p50), "{p50}");
     }
 
     #[test]

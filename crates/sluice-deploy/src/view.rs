@@ -9,6 +9,7 @@ use sluice_spec::{Environment, Spec, Strategy};
 use sluice_store::Release;
 
 use crate::rollout::release_env;
+use crate::traffic::InstanceTraffic;
 use crate::{CdError, CdResult, Inner, render};
 
 #[derive(Clone, Debug, Serialize)]
@@ -126,7 +127,8 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
     Ok(out)
 }
 
-/// Running instances whose release, configuration or number differ from what the environment declares.
+/// Running instances whose release, configuration or number differ from
+/// what the environment declares (but for an experiment's B instances).
 async fn drift(
     inner: &Arc<Inner>,
     release: &Release,
@@ -142,10 +144,22 @@ async fn drift(
     )
     .unwrap_or_default();
     let hash = render::config_hash(&env.config, &files);
-    let live = inner
+    // An experiment's B instances are its candidate, not drift.
+    let candidates: Vec<String> = inner
+        .live
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, l)| l.backend.variant() == sluice_proxy::Variant::B)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let live: Vec<_> = inner
         .store
         .live_instances(Some(&release.service), Some(&env.name))
-        .await?;
+        .await?
+        .into_iter()
+        .filter(|i| !candidates.contains(&i.id))
+        .collect();
     for instance in &live {
         if instance.release != release.number {
             found.push(format!(
@@ -202,14 +216,22 @@ pub struct FileDiff {
 pub struct EnvDetail {
     pub facets: Vec<(String, String)>,
     pub files: Vec<(String, String)>,
+    /// What each instance answered over the last [`TRAFFIC_SECONDS`].
+    pub traffic: Vec<InstanceTraffic>,
 }
+
+/// How far back an environment's page looks at each instance's traffic.
+pub const TRAFFIC_SECONDS: u64 = 60;
 
 pub(crate) async fn detail(inner: &Arc<Inner>, service: &str, env: &str) -> CdResult<EnvDetail> {
     let same = diff(inner, service, env, env).await?;
     let side = side(inner, service, env).await?;
+    let now = sluice_store::now_ms().max(0) as u64 / 1000;
+    let windows = inner.windows(service, env, now.saturating_sub(TRAFFIC_SECONDS));
     Ok(EnvDetail {
         facets: same.rows.into_iter().map(|r| (r.facet, r.a)).collect(),
         files: side.files,
+        traffic: crate::traffic::per_instance(&windows, TRAFFIC_SECONDS),
     })
 }
 

@@ -13,4 +13,6 @@ mod telemetry;
 pub use route::{Backend, EJECT_AFTER, EJECT_FOR, Route};
 pub use server::{Limits, Listener};
 pub use split::{COOKIE, FORCE_HEADER, Split, Sticky, Variant, bucket};
-pub use telemetry::{AccessEntry, Metrics, SecondWindow, Telemetry, VariantWindow, WINDOW_SECONDS};
+pub use telemetry::{
+    AccessEntry, InstanceWindow, Metrics, SecondWindow, Telemetry, VariantWindow, WINDOW_SECONDS,
+};

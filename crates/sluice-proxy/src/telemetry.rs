@@ -114,6 +114,19 @@ pub struct SecondWindow {
     pub expected_b: f64,
     pub a: VariantWindow,
     pub b: VariantWindow,
+    /// The same requests by the instance that answered them (none for the
+    /// proxy's own answers when no instance could).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceWindow>,
+}
+
+/// One instance's requests in one second.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceWindow {
+    pub instance: String,
+    pub variant: Variant,
+    #[serde(flatten)]
+    pub window: VariantWindow,
 }
 
 /// One instance's metrics as one variant, made once so that a request
@@ -305,7 +318,7 @@ impl Telemetry {
         let metrics = self.instance(variant, backend);
         metrics.requests(entry.status).inc();
         metrics.duration.observe(entry.latency_ms / 1000.0);
-        self.window(entry, variant, share_b);
+        self.window(entry, variant, backend, share_b);
         if let Some(access) = &self.shared().access {
             // The clock is read and the line built only for a log that is kept.
             let entry = AccessEntry {
@@ -318,8 +331,14 @@ impl Telemetry {
         }
     }
 
-    /// Counts the request in this second's window of its variant.
-    fn window(&self, entry: &AccessEntry, variant: Variant, share_b: f64) {
+    /// Counts the request in this second's window of its variant and instance.
+    fn window(
+        &self,
+        entry: &AccessEntry,
+        variant: Variant,
+        backend: Option<&Backend>,
+        share_b: f64,
+    ) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
@@ -341,11 +360,26 @@ impl Telemetry {
         } else {
             &mut window.a
         };
-        side.requests += 1;
-        if entry.status >= 500 {
-            side.errors += 1;
+        side.count(entry);
+        if let Some(backend) = backend {
+            // A handful of instances: a scan beats a map.
+            let at = match window
+                .instances
+                .iter()
+                .position(|i| i.instance == backend.id && i.variant == variant)
+            {
+                Some(at) => at,
+                None => {
+                    window.instances.push(InstanceWindow {
+                        instance: backend.id.clone(),
+                        variant,
+                        window: VariantWindow::default(),
+                    });
+                    window.instances.len() - 1
+                }
+            };
+            window.instances[at].window.count(entry);
         }
-        side.latency.record(entry.latency_ms * 1000.0);
     }
 
     /// The windows of seconds after `after` (seconds since the epoch), oldest
@@ -371,10 +405,28 @@ impl SecondWindow {
         self.expected_b += other.expected_b;
         self.a.merge(&other.a);
         self.b.merge(&other.b);
+        for theirs in &other.instances {
+            let mine = self
+                .instances
+                .iter_mut()
+                .find(|i| i.instance == theirs.instance && i.variant == theirs.variant);
+            match mine {
+                Some(mine) => mine.window.merge(&theirs.window),
+                None => self.instances.push(theirs.clone()),
+            }
+        }
     }
 }
 
 impl VariantWindow {
+    fn count(&mut self, entry: &AccessEntry) {
+        self.requests += 1;
+        if entry.status >= 500 {
+            self.errors += 1;
+        }
+        self.latency.record(entry.latency_ms * 1000.0);
+    }
+
     fn merge(&mut self, other: &VariantWindow) {
         self.requests += other.requests;
         self.errors += other.errors;

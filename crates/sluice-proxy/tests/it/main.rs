@@ -448,6 +448,16 @@ async fn every_request_is_counted_windowed_and_logged() {
     let served: u64 = windows.iter().map(|w| w.a.requests).sum();
     assert_eq!(served, 5);
     assert_eq!(windows.iter().map(|w| w.b.requests).sum::<u64>(), 0);
+    let by_instance: u64 = windows
+        .iter()
+        .flat_map(|w| &w.instances)
+        .filter(|i| i.instance == "prod-v1-1" && i.variant == Variant::A)
+        .map(|i| i.window.requests)
+        .sum();
+    assert_eq!(
+        by_instance, 5,
+        "each request is counted for its instance too"
+    );
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(text.contains(r#"sluice_proxy_requests_total{service="shop",environment="prod",variant="a",instance="prod-v1-1",class="2xx"} 5"#), "{text}");
