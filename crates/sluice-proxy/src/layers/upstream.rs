@@ -175,6 +175,7 @@ async fn send(pool: Arc<Pool>, mut request: ProxyRequest) -> ProxyResponse {
         return error_response(StatusCode::BAD_GATEWAY, "no instance was picked");
     };
     prepare(&mut request, addr);
+    let picked = request.extensions().get::<Picked>().cloned();
     // The client's side of an upgrade (a WebSocket, say), should it be one.
     let client_side = request
         .headers()
@@ -201,7 +202,7 @@ async fn send(pool: Arc<Pool>, mut request: ProxyRequest) -> ProxyResponse {
                     && response.status() == StatusCode::SWITCHING_PROTOCOLS
                 {
                     // The connection is the tunnel's now, never the pool's.
-                    tunnel(client_side, hyper::upgrade::on(&mut response), addr);
+                    tunnel(client_side, hyper::upgrade::on(&mut response), picked, addr);
                     return response.map(|body| body.boxed());
                 }
                 let (head, body) = response.into_parts();
@@ -227,9 +228,16 @@ async fn send(pool: Arc<Pool>, mut request: ProxyRequest) -> ProxyResponse {
 }
 
 /// Once both sides have switched protocols, copies bytes both ways until
-/// either closes.
-fn tunnel(client_side: OnUpgrade, instance_side: OnUpgrade, addr: SocketAddr) {
+/// either closes. The tunnel counts as a request in flight on its backend,
+/// for balancing and for draining, as long as it is open.
+fn tunnel(
+    client_side: OnUpgrade,
+    instance_side: OnUpgrade,
+    picked: Option<Picked>,
+    addr: SocketAddr,
+) {
     tokio::spawn(async move {
+        let _in_flight = picked;
         let (client, instance) = match tokio::try_join!(client_side, instance_side) {
             Ok(both) => both,
             Err(e) => return tracing::debug!(%addr, error = %e, "an upgrade did not happen"),

@@ -560,6 +560,15 @@ async fn an_upgrade_becomes_a_tunnel_to_the_instance() {
         client.read_exact(&mut echoed).await.unwrap();
         assert_eq!(echoed, message.as_bytes(), "through the tunnel and back");
     }
+    // An open tunnel is in flight: draining its instance waits for it.
+    let drainer = tokio::spawn({
+        let route = route.clone();
+        async move { route.drain("dev-1", Duration::from_secs(10)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!drainer.is_finished(), "the tunnel is still open");
+    drop(client);
+    assert!(drainer.await.unwrap(), "drained once the tunnel closed");
 }
 
 #[tokio::test]
