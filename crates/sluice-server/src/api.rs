@@ -49,6 +49,10 @@ pub fn routes() -> Router<AppState> {
         .route("/instances/{id}/logs", get(deploy::instance_log))
         .route("/services/{service}/diff", get(deploy::diff))
         .route(
+            "/services/{service}/environments/{env}",
+            get(deploy::environment),
+        )
+        .route(
             "/services/{service}/environments/{env}/rollback",
             post(deploy::rollback),
         )

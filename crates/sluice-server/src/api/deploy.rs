@@ -103,6 +103,17 @@ pub async fn diff(
     Ok(Json(json!(state.cd.diff(&service, &q.a, &q.b).await?)))
 }
 
+/// One environment: its facets, rendered config files and what each
+/// instance answered in the last minute.
+pub async fn environment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((service, env)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(json!(state.cd.environment(&service, &env).await?)))
+}
+
 pub async fn promote(
     State(state): State<AppState>,
     caller: Caller,

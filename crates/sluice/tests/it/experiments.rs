@@ -157,6 +157,21 @@ async fn a_healthy_b_is_promoted_and_a_failing_b_rolled_back_by_itself() {
         "B's instances are gone"
     );
 
+    // Per backend, the last minute shows v3's instance and its 5xx beside A's.
+    let prod = server.get("/services/shop/environments/prod").await;
+    let traffic = prod["traffic"].as_array().unwrap();
+    let b = traffic
+        .iter()
+        .find(|t| t["variant"] == "b" && t["instance"].as_str().unwrap().contains("v3"))
+        .unwrap_or_else(|| panic!("no row for v3's instance: {traffic:#?}"));
+    assert!(b["errors"].as_u64().unwrap() > 0, "{b:#}");
+    assert!(
+        traffic
+            .iter()
+            .any(|t| t["variant"] == "a" && t["errors"] == 0),
+        "{traffic:#?}"
+    );
+
     stop.store(true, Ordering::Relaxed);
     let mut sent = 0;
     for worker in workers {
