@@ -175,13 +175,16 @@ async fn send(pool: Arc<Pool>, mut request: ProxyRequest) -> ProxyResponse {
         return error_response(StatusCode::BAD_GATEWAY, "no instance was picked");
     };
     prepare(&mut request, addr);
-    let picked = request.extensions().get::<Picked>().cloned();
-    // The client's side of an upgrade (a WebSocket, say), should it be one.
+    // The client's side of an upgrade (a WebSocket, say), should it be one,
+    // and what keeps its tunnel in flight on the backend.
     let client_side = request
         .headers()
         .contains_key(UPGRADE)
         .then(|| request.extensions().get::<OnUpgrade>().cloned())
         .flatten();
+    let picked = client_side
+        .as_ref()
+        .and_then(|_| request.extensions().get::<Picked>().cloned());
     loop {
         let (mut sender, fresh) = match pool.take(addr) {
             Some(kept) => (kept, false),
