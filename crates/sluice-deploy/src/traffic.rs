@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use sluice_analysis::LogHistogram;
-use sluice_proxy::{SecondWindow, Variant};
+use sluice_proxy::{SecondWindow, Variant, VariantWindow};
 use sluice_store::{TRAFFIC_BUCKET_MS, TrafficBucket};
 
 use crate::Inner;
@@ -164,40 +163,25 @@ fn millis(value: Option<f64>) -> String {
 
 /// Each instance's requests over the `seconds` the windows cover, busiest first.
 pub(crate) fn per_instance(windows: &[SecondWindow], seconds: u64) -> Vec<InstanceTraffic> {
-    let mut sums: Vec<(String, Variant, u64, u64, LogHistogram)> = Vec::new();
+    let mut sums: Vec<(&str, Variant, VariantWindow)> = Vec::new();
     for instance in windows.iter().flat_map(|w| &w.instances) {
-        let at = sums
-            .iter()
-            .position(|s| s.0 == instance.instance && s.1 == instance.variant)
-            .unwrap_or_else(|| {
-                let fresh = (
-                    instance.instance.clone(),
-                    instance.variant,
-                    0,
-                    0,
-                    LogHistogram::default(),
-                );
-                sums.push(fresh);
-                sums.len() - 1
-            });
-        let sum = &mut sums[at];
-        sum.2 += instance.window.requests;
-        sum.3 += instance.window.errors;
-        sum.4.merge(&instance.window.latency);
+        let key = (instance.instance.as_str(), instance.variant);
+        match sums.iter_mut().find(|s| (s.0, s.1) == key) {
+            Some(sum) => sum.2.merge(&instance.window),
+            None => sums.push((key.0, key.1, instance.window.clone())),
+        }
     }
     let mut traffic: Vec<InstanceTraffic> = sums
         .into_iter()
-        .map(
-            |(instance, variant, requests, errors, latency)| InstanceTraffic {
-                instance,
-                variant,
-                requests,
-                per_second: requests as f64 / seconds.max(1) as f64,
-                errors,
-                p50_ms: latency.quantile(0.5).map(|us| us / 1000.0),
-                p95_ms: latency.quantile(0.95).map(|us| us / 1000.0),
-            },
-        )
+        .map(|(instance, variant, sum)| InstanceTraffic {
+            instance: instance.to_string(),
+            variant,
+            requests: sum.requests,
+            per_second: sum.requests as f64 / seconds.max(1) as f64,
+            errors: sum.errors,
+            p50_ms: sum.latency.quantile(0.5).map(|us| us / 1000.0),
+            p95_ms: sum.latency.quantile(0.95).map(|us| us / 1000.0),
+        })
         .collect();
     traffic.sort_by(|a, b| {
         b.requests

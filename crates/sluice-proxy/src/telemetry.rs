@@ -362,23 +362,7 @@ impl Telemetry {
         };
         side.count(entry);
         if let Some(backend) = backend {
-            // A handful of instances: a scan beats a map.
-            let at = match window
-                .instances
-                .iter()
-                .position(|i| i.instance == backend.id && i.variant == variant)
-            {
-                Some(at) => at,
-                None => {
-                    window.instances.push(InstanceWindow {
-                        instance: backend.id.clone(),
-                        variant,
-                        window: VariantWindow::default(),
-                    });
-                    window.instances.len() - 1
-                }
-            };
-            window.instances[at].window.count(entry);
+            window.instance(&backend.id, variant).count(entry);
         }
     }
 
@@ -406,15 +390,30 @@ impl SecondWindow {
         self.a.merge(&other.a);
         self.b.merge(&other.b);
         for theirs in &other.instances {
-            let mine = self
-                .instances
-                .iter_mut()
-                .find(|i| i.instance == theirs.instance && i.variant == theirs.variant);
-            match mine {
-                Some(mine) => mine.window.merge(&theirs.window),
-                None => self.instances.push(theirs.clone()),
-            }
+            self.instance(&theirs.instance, theirs.variant)
+                .merge(&theirs.window);
         }
+    }
+
+    /// The window of `instance` as `variant` in this second, made when first
+    /// needed (a handful of instances: a scan beats a map).
+    fn instance(&mut self, instance: &str, variant: Variant) -> &mut VariantWindow {
+        let at = match self
+            .instances
+            .iter()
+            .position(|i| i.instance == instance && i.variant == variant)
+        {
+            Some(at) => at,
+            None => {
+                self.instances.push(InstanceWindow {
+                    instance: instance.to_string(),
+                    variant,
+                    window: VariantWindow::default(),
+                });
+                self.instances.len() - 1
+            }
+        };
+        &mut self.instances[at].window
     }
 }
 
@@ -427,7 +426,8 @@ impl VariantWindow {
         self.latency.record(entry.latency_ms * 1000.0);
     }
 
-    fn merge(&mut self, other: &VariantWindow) {
+    /// Adds `other`'s requests, errors and latencies to these.
+    pub fn merge(&mut self, other: &VariantWindow) {
         self.requests += other.requests;
         self.errors += other.errors;
         self.latency.merge(&other.latency);

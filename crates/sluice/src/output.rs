@@ -50,6 +50,11 @@ pub fn short_sha(value: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// One table row per element of a JSON array (none for anything else).
+pub fn rows_of(list: &Value, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    list.as_array().into_iter().flatten().map(row).collect()
+}
+
 /// Prints rows under a header, each column as wide as its widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::client::Client;
-use crate::output::{print_json, short_sha, table, text, time};
+use crate::output::{print_json, rows_of, short_sha, table, text, time};
 use crate::say;
 
 pub async fn status(client: &Client, service: Option<String>, json: bool) -> Result<ExitCode> {
@@ -98,21 +98,16 @@ pub async fn releases(client: &Client, service: Option<String>, json: bool) -> R
     if json {
         return print_json(&all);
     }
-    let rows: Vec<Vec<String>> = all
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            vec![
-                text(&r["service"]),
-                format!("v{}", r["number"]),
-                short_sha(&r["sha"]),
-                text(&r["run_id"]),
-                time(&r["created_at"]),
-                text(&r["title"]),
-            ]
-        })
-        .collect();
+    let rows = rows_of(&all, |r| {
+        vec![
+            text(&r["service"]),
+            format!("v{}", r["number"]),
+            short_sha(&r["sha"]),
+            text(&r["run_id"]),
+            time(&r["created_at"]),
+            text(&r["title"]),
+        ]
+    });
     table(
         &["SERVICE", "RELEASE", "SHA", "RUN", "MADE", "TITLE"],
         &rows,
@@ -132,24 +127,19 @@ pub async fn deployments(
     if json {
         return print_json(&all);
     }
-    let rows: Vec<Vec<String>> = all
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|d| {
-            vec![
-                text(&d["id"]),
-                text(&d["service"]),
-                text(&d["environment"]),
-                format!("v{}", d["release"]),
-                text(&d["strategy"]),
-                text(&d["cause"]),
-                text(&d["status"]),
-                time(&d["created_at"]),
-                text(&d["reason"]),
-            ]
-        })
-        .collect();
+    let rows = rows_of(&all, |d| {
+        vec![
+            text(&d["id"]),
+            text(&d["service"]),
+            text(&d["environment"]),
+            format!("v{}", d["release"]),
+            text(&d["strategy"]),
+            text(&d["cause"]),
+            text(&d["status"]),
+            time(&d["created_at"]),
+            text(&d["reason"]),
+        ]
+    });
     table(
         &[
             "ID", "SERVICE", "ENV", "RELEASE", "STRATEGY", "CAUSE", "STATUS", "WHEN", "WHY",

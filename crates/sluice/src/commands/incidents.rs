@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::cli::{IncidentCommand, PostmortemCommand, RuleCommand, RuleCommon, RuleKind};
 use crate::client::Client;
-use crate::output::{print_json, table, text, time};
+use crate::output::{print_json, rows_of, table, text, time};
 use crate::say;
 
 pub async fn incident(client: &Client, command: IncidentCommand) -> Result<ExitCode> {
@@ -39,21 +39,16 @@ pub async fn incident(client: &Client, command: IncidentCommand) -> Result<ExitC
             if json {
                 return print_json(&all);
             }
-            let rows: Vec<Vec<String>> = all
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|i| {
-                    vec![
-                        format!("INC-{}", i["id"]),
-                        text(&i["status"]),
-                        text(&i["service"]),
-                        text(&i["environment"]),
-                        time(&i["opened_at"]),
-                        text(&i["title"]),
-                    ]
-                })
-                .collect();
+            let rows = rows_of(&all, |i| {
+                vec![
+                    format!("INC-{}", i["id"]),
+                    text(&i["status"]),
+                    text(&i["service"]),
+                    text(&i["environment"]),
+                    time(&i["opened_at"]),
+                    text(&i["title"]),
+                ]
+            });
             if rows.is_empty() {
                 say!("no open incidents");
             } else {
@@ -129,19 +124,14 @@ fn show(view: &Value) {
     }
     say!();
     say!("Timeline:");
-    let rows: Vec<Vec<String>> = view["timeline"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            vec![
-                time(&e["at"]),
-                text(&e["environment"]),
-                text(&e["kind"]),
-                text(&e["summary"]),
-            ]
-        })
-        .collect();
+    let rows = rows_of(&view["timeline"], |e| {
+        vec![
+            time(&e["at"]),
+            text(&e["environment"]),
+            text(&e["kind"]),
+            text(&e["summary"]),
+        ]
+    });
     table(&["WHEN", "ENV", "KIND", "WHAT"], &rows);
     let rules = view["rules"].as_array().cloned().unwrap_or_default();
     if !rules.is_empty() {
@@ -238,22 +228,17 @@ pub async fn rule(client: &Client, command: RuleCommand) -> Result<ExitCode> {
             if json {
                 return print_json(&rules);
             }
-            let rows: Vec<Vec<String>> = rules
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
-                    vec![
-                        text(&r["name"]),
-                        text(&r["service"]),
-                        text(&r["spec"]["kind"]),
-                        text(&r["origin"]),
-                        if r["active"] == true { "yes" } else { "no" }.into(),
-                        r["blocks"].as_array().map_or(0, Vec::len).to_string(),
-                        text(&r["describes"]),
-                    ]
-                })
-                .collect();
+            let rows = rows_of(&rules, |r| {
+                vec![
+                    text(&r["name"]),
+                    text(&r["service"]),
+                    text(&r["spec"]["kind"]),
+                    text(&r["origin"]),
+                    if r["active"] == true { "yes" } else { "no" }.into(),
+                    r["blocks"].as_array().map_or(0, Vec::len).to_string(),
+                    text(&r["describes"]),
+                ]
+            });
             if rows.is_empty() {
                 say!("no rules yet; a postmortem's action item becomes one with `sluice rule add`");
             } else {

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::cli::{RepoCommand, SecretCommand};
 use crate::client::Client;
-use crate::output::{table, text};
+use crate::output::{rows_of, table, text};
 
 pub async fn repo(client: &Client, command: RepoCommand) -> Result<ExitCode> {
     match command {
@@ -52,12 +52,9 @@ pub async fn repo(client: &Client, command: RepoCommand) -> Result<ExitCode> {
         }
         RepoCommand::List => {
             let repos = client.get("/repos").await?;
-            let rows: Vec<Vec<String>> = repos
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| vec![text(&r["name"]), text(&r["hook"]), text(&r["url"])])
-                .collect();
+            let rows = rows_of(&repos, |r| {
+                vec![text(&r["name"]), text(&r["hook"]), text(&r["url"])]
+            });
             table(&["NAME", "NOTICED BY", "LOCATION"], &rows);
         }
     }

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::client::Client;
-use crate::output::{duration, short_sha, table, text, time};
+use crate::output::{duration, rows_of, short_sha, table, text, time};
 
 pub async fn list(
     client: &Client,
@@ -31,23 +31,18 @@ pub async fn list(
         crate::say!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = runs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            vec![
-                text(&r["id"]),
-                text(&r["status"]),
-                text(&r["repo"]),
-                text(&r["branch"]),
-                short_sha(&r["sha"]),
-                text(&r["kind"]),
-                duration(&r["started_at"], &r["finished_at"]),
-                text(&r["title"]),
-            ]
-        })
-        .collect();
+    let rows = rows_of(&runs, |r| {
+        vec![
+            text(&r["id"]),
+            text(&r["status"]),
+            text(&r["repo"]),
+            text(&r["branch"]),
+            short_sha(&r["sha"]),
+            text(&r["kind"]),
+            duration(&r["started_at"], &r["finished_at"]),
+            text(&r["title"]),
+        ]
+    });
     if rows.is_empty() {
         crate::say!("no runs yet; add a repository with `sluice repo add PATH` and commit to it");
     } else {
@@ -216,20 +211,15 @@ pub async fn changes(
         crate::say!("{}", serde_json::to_string_pretty(&events)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = events
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            vec![
-                time(&e["at"]),
-                text(&e["kind"]),
-                text(&e["actor"]),
-                text(&e["environment"]),
-                text(&e["summary"]),
-            ]
-        })
-        .collect();
+    let rows = rows_of(&events, |e| {
+        vec![
+            time(&e["at"]),
+            text(&e["kind"]),
+            text(&e["actor"]),
+            text(&e["environment"]),
+            text(&e["summary"]),
+        ]
+    });
     table(&["WHEN", "KIND", "WHO", "ENV", "WHAT"], &rows);
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::cli::TokenCommand;
 use crate::client::Client;
-use crate::output::{table, text, time};
+use crate::output::{rows_of, table, text, time};
 
 pub async fn run(client: &Client, command: TokenCommand) -> Result<ExitCode> {
     match command {
@@ -29,24 +29,19 @@ pub async fn run(client: &Client, command: TokenCommand) -> Result<ExitCode> {
         }
         TokenCommand::List => {
             let tokens = client.get("/tokens").await?;
-            let rows: Vec<Vec<String>> = tokens
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| {
-                    vec![
-                        text(&t["id"]),
-                        text(&t["name"]),
-                        text(&t["role"]),
-                        time(&t["created_at"]),
-                        if t["revoked_at"].is_null() {
-                            "active".into()
-                        } else {
-                            format!("revoked {}", time(&t["revoked_at"]))
-                        },
-                    ]
-                })
-                .collect();
+            let rows = rows_of(&tokens, |t| {
+                vec![
+                    text(&t["id"]),
+                    text(&t["name"]),
+                    text(&t["role"]),
+                    time(&t["created_at"]),
+                    if t["revoked_at"].is_null() {
+                        "active".into()
+                    } else {
+                        format!("revoked {}", time(&t["revoked_at"]))
+                    },
+                ]
+            });
             table(&["ID", "NAME", "ROLE", "CREATED", "STATE"], &rows);
         }
         TokenCommand::Revoke { id } => {
