@@ -319,6 +319,11 @@ impl Telemetry {
         metrics.requests(entry.status).inc();
         metrics.duration.observe(entry.latency_ms / 1000.0);
         self.window(entry, variant, backend, share_b);
+        self.log_access(entry);
+    }
+
+    /// Writes the request to the access log, if one is kept.
+    pub(crate) fn log_access(&self, entry: &AccessEntry) {
         if let Some(access) = &self.shared().access {
             // The clock is read and the line built only for a log that is kept.
             let entry = AccessEntry {

@@ -7,7 +7,9 @@ use std::task::{Context, Poll};
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
-use super::{Keep, Kept, Picked, ProxyFuture, ProxyRequest, ProxyResponse, UpstreamError};
+use super::{
+    ClientFault, Keep, Kept, Picked, ProxyFuture, ProxyRequest, ProxyResponse, UpstreamError,
+};
 use crate::split::Variant;
 use crate::telemetry::{InstanceMetrics, Telemetry};
 
@@ -65,8 +67,11 @@ where
         held.metrics().in_flight.inc();
         Box::pin(async move {
             let response = answered.await?;
-            match response.extensions().get::<UpstreamError>() {
+            let extensions = response.extensions();
+            match extensions.get::<UpstreamError>() {
                 Some(error) => held.failed(error.connect),
+                // A client's own error says nothing of the backend either way.
+                None if extensions.get::<ClientFault>().is_some() => {}
                 None => held.picked.backend().succeeded(),
             }
             let (head, body) = response.into_parts();

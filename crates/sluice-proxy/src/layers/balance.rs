@@ -12,7 +12,8 @@ use tower::{Layer, Service};
 
 use super::upstream::Unsent;
 use super::{
-    Choice, Picked, ProxyFuture, ProxyRequest, ProxyResponse, Served, UpstreamError, error_response,
+    Choice, ClientFault, Picked, ProxyFuture, ProxyRequest, ProxyResponse, Served, UpstreamError,
+    error_response,
 };
 use crate::route::{Backend, Route};
 
@@ -95,6 +96,10 @@ where
                     request = back;
                     tried = Some(backend);
                     continue;
+                }
+                if response.extensions().get::<ClientFault>().is_some() {
+                    // The client's own error: served by nobody, counted for nobody.
+                    return Ok(response);
                 }
                 attribute(&mut response, &backend);
                 response.extensions_mut().insert(Served {

@@ -85,6 +85,12 @@ pub struct UpstreamError {
     pub message: String,
 }
 
+/// The client broke its own request (a malformed body, a body cut short):
+/// it gets a 400, and the request counts against no instance and no variant
+/// (answer extension).
+#[derive(Clone, Debug)]
+pub struct ClientFault(pub String);
+
 /// A proxy's own answer: JSON naming what went wrong.
 pub fn error_response(status: StatusCode, message: &str) -> ProxyResponse {
     let body = format!("{{\"error\":{{\"code\":\"proxy\",\"message\":\"{message}\"}}}}\n");

@@ -11,7 +11,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
-use super::{ProxyBody, ProxyFuture, ProxyRequest, ProxyResponse, Served, UpstreamError};
+use super::{
+    ClientFault, ProxyBody, ProxyFuture, ProxyRequest, ProxyResponse, Served, UpstreamError,
+};
 use crate::split::Variant;
 use crate::telemetry::{AccessEntry, Telemetry};
 
@@ -66,6 +68,7 @@ where
             status: 0,
             served: None,
             error: None,
+            client_fault: false,
             bytes: 0,
         };
         let answered = self.inner.call(request);
@@ -73,10 +76,16 @@ where
             let response = answered.await?;
             trace.status = response.status().as_u16();
             trace.served = response.extensions().get::<Served>().cloned();
-            trace.error = response
-                .extensions()
-                .get::<UpstreamError>()
-                .map(|e| e.message.clone());
+            let extensions = response.extensions();
+            trace.client_fault = extensions.get::<ClientFault>().is_some();
+            trace.error = match (
+                extensions.get::<UpstreamError>(),
+                extensions.get::<ClientFault>(),
+            ) {
+                (Some(upstream), _) => Some(upstream.message.clone()),
+                (None, Some(ClientFault(why))) => Some(format!("client: {why}")),
+                (None, None) => None,
+            };
             let (head, body) = response.into_parts();
             let body = Recorded { inner: body, trace }.boxed();
             Ok(ProxyResponse::from_parts(head, body))
@@ -93,6 +102,8 @@ struct Trace {
     status: u16,
     served: Option<Served>,
     error: Option<String>,
+    /// The client's own error: logged, counted for no variant or instance.
+    client_fault: bool,
     bytes: u64,
 }
 
@@ -115,7 +126,11 @@ impl Drop for Trace {
             instance,
             error: self.error.as_deref(),
         };
-        self.telemetry.record(&entry, variant, backend, share_b);
+        if self.client_fault {
+            self.telemetry.log_access(&entry);
+        } else {
+            self.telemetry.record(&entry, variant, backend, share_b);
+        }
     }
 }
 

@@ -21,7 +21,8 @@ use tokio::net::TcpStream;
 use tower::Service;
 
 use super::{
-    Keep, Kept, Picked, ProxyFuture, ProxyRequest, ProxyResponse, UpstreamError, error_response,
+    ClientFault, Keep, Kept, Picked, ProxyFuture, ProxyRequest, ProxyResponse, UpstreamError,
+    error_response,
 };
 
 /// How long a connection may take to be made.
@@ -222,6 +223,9 @@ async fn send(pool: Arc<Pool>, mut request: ProxyRequest) -> ProxyResponse {
                 Some(back) => return unsent(back, e.into_error().to_string()),
                 None => {
                     let e = e.into_error();
+                    if client_broke_it(&e) {
+                        return client_fault(e);
+                    }
                     tracing::warn!(%addr, error = %e, "upstream request failed");
                     return failed(false, e.to_string());
                 }
@@ -257,6 +261,25 @@ fn failed(connect: bool, message: String) -> ProxyResponse {
     response
         .extensions_mut()
         .insert(UpstreamError { connect, message });
+    response
+}
+
+/// Whether sending failed on the client's side: reading its request's body
+/// (malformed, or cut short) is what failed, not the instance.
+fn client_broke_it(error: &hyper::Error) -> bool {
+    error.is_user()
+}
+
+/// The client's own protocol error: a 400 for that client, and no failure
+/// of the instance's.
+fn client_fault(error: hyper::Error) -> ProxyResponse {
+    let message = std::error::Error::source(&error)
+        .map_or_else(|| error.to_string(), |cause| cause.to_string());
+    let mut response = error_response(
+        StatusCode::BAD_REQUEST,
+        "the request's body could not be read",
+    );
+    response.extensions_mut().insert(ClientFault(message));
     response
 }
 

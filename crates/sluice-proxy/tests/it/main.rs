@@ -628,3 +628,73 @@ async fn idle_and_slow_clients_are_closed() {
         .unwrap();
     assert_eq!(answer.text().await.unwrap(), "one");
 }
+
+/// Sends a request whose chunked body has an invalid chunk size and returns
+/// the status line of the answer, if one came before the proxy closed.
+async fn malformed_chunked(addr: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.lines().next().map(str::to_string)
+}
+
+#[tokio::test]
+async fn a_client_s_malformed_body_is_its_own_400_and_never_ejects_an_instance() {
+    let telemetry = Telemetry::detached("prod");
+    let route = Route::default();
+    route.add(variant_backend(
+        "prod-v1-1",
+        backend("a").await,
+        "v1",
+        Variant::A,
+    ));
+    route.add(variant_backend(
+        "prod-v1-2",
+        backend("a").await,
+        "v1",
+        Variant::A,
+    ));
+    let listener = Listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        route.clone(),
+        "prod",
+        telemetry.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = listener.addr.to_string();
+    for _ in 0..100 {
+        let status = malformed_chunked(&addr).await;
+        assert!(
+            status
+                .as_deref()
+                .is_none_or(|s| s.starts_with("HTTP/1.1 400")),
+            "the client's own error: {status:?}"
+        );
+    }
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        let response = client.get(format!("http://{addr}/")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "no instance was ejected");
+    }
+    let windows = telemetry.windows_after(0);
+    let errors: u64 = windows.iter().map(|w| w.a.errors + w.b.errors).sum();
+    assert_eq!(errors, 0, "never in the A/B error rate");
+    let by_instance: u64 = windows
+        .iter()
+        .flat_map(|w| &w.instances)
+        .map(|i| i.window.requests)
+        .sum();
+    assert_eq!(
+        by_instance, 100,
+        "only the good requests count for instances"
+    );
+}
