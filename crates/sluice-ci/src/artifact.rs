@@ -3,9 +3,10 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use sluice_spec::paths::{PathEscape, inside};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -27,11 +28,19 @@ pub struct Packed {
     pub path: PathBuf,
 }
 
-/// Where the artifact with this digest lives under `store_dir`.
-pub fn stored_path(store_dir: &Path, sha256: &str) -> PathBuf {
-    store_dir
+/// Where the artifact with this digest lives under `store_dir`; only a
+/// digest of 64 hex digits names one.
+pub fn stored_path(store_dir: &Path, sha256: &str) -> Result<PathBuf, PathEscape> {
+    if !crate::git::is_digest(sha256, 64) {
+        return Err(PathEscape {
+            parent: store_dir.display().to_string(),
+            part: sha256.chars().take(80).collect(),
+            why: "an artifact is named by its sha256, 64 hex digits",
+        });
+    }
+    Ok(store_dir
         .join(&sha256[..2])
-        .join(format!("{sha256}.tar.gz"))
+        .join(format!("{sha256}.tar.gz")))
 }
 
 /// Packs `paths` (files or directories) from `workspace`; identical content
@@ -40,16 +49,9 @@ pub fn pack(workspace: &Path, paths: &[String], store_dir: &Path) -> Result<Pack
     let root = workspace.canonicalize()?;
     let mut files = Vec::new();
     for declared in paths {
-        let relative = Path::new(declared.trim_end_matches('/'));
-        if declared.is_empty()
-            || relative.is_absolute()
-            || relative
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
+        let Ok(full) = inside(&root, declared) else {
             return Err(ArtifactError::Escapes(declared.clone()));
-        }
-        let full = root.join(relative);
+        };
         if full.symlink_metadata().is_err() {
             return Err(ArtifactError::Missing(declared.clone()));
         }
@@ -81,7 +83,7 @@ pub fn pack(workspace: &Path, paths: &[String], store_dir: &Path) -> Result<Pack
     let hashing = tar.into_inner()?.finish()?;
     hashing.inner.sync_all()?;
     let sha256 = hex::encode(hashing.hasher.finalize());
-    let path = stored_path(store_dir, &sha256);
+    let path = stored_path(store_dir, &sha256).expect("a digest we computed is 64 hex digits");
     std::fs::create_dir_all(path.parent().unwrap_or(store_dir))?;
     if path.exists() {
         std::fs::remove_file(&temp)?;

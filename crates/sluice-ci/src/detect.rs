@@ -215,6 +215,7 @@ impl Engine {
         source: &str,
         announced: Option<Announced>,
     ) -> Result<Option<Run>> {
+        git::check_sha(sha)?;
         let dir = self.source_dir(repo);
         let kind = if self.is_mainline(&dir, ref_name, sha).await {
             "mainline"

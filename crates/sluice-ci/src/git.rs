@@ -1,4 +1,6 @@
-//! The `git` command, for everything sluice reads from or does to a repository.
+//! The `git` command, for everything sluice reads from or does to a
+//! repository. A sha or ref from outside is checked first ([`check_sha`])
+//! and always comes after `--end-of-options`, so it can never be an option.
 
 use std::path::Path;
 
@@ -27,6 +29,23 @@ pub async fn git(dir: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Whether `text` is exactly `len` lowercase or uppercase hex digits.
+pub fn is_digest(text: &str, len: usize) -> bool {
+    text.len() == len && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A commit id as git writes it: 40 hex digits (SHA-1) or 64 (SHA-256).
+pub fn check_sha(sha: &str) -> Result<()> {
+    if is_digest(sha, 40) || is_digest(sha, 64) {
+        return Ok(());
+    }
+    let shown: String = sha.chars().take(80).collect();
+    bail!(
+        "`{}` is not a commit id: expected 40 or 64 hex digits",
+        shown.escape_debug()
+    )
+}
+
 /// Branch heads and pull-request heads, as `(ref, sha)`.
 pub async fn list_refs(dir: &Path) -> Result<Vec<(String, String)>> {
     let out = git(
@@ -49,15 +68,22 @@ pub async fn list_refs(dir: &Path) -> Result<Vec<(String, String)>> {
 
 /// A file's text at a commit, or `None` when the commit has no such file.
 pub async fn show_file(dir: &Path, sha: &str, path: &str) -> Result<Option<String>> {
+    check_sha(sha)?;
     let spec = format!("{sha}:{path}");
-    if git(dir, &["cat-file", "-e", &spec]).await.is_err() {
+    if git(dir, &["cat-file", "-e", "--end-of-options", &spec])
+        .await
+        .is_err()
+    {
         return Ok(None);
     }
-    git(dir, &["show", &spec]).await.map(Some)
+    git(dir, &["show", "--end-of-options", &spec])
+        .await
+        .map(Some)
 }
 
 /// The files a commit changed (all of them for a root commit).
 pub async fn changed_files(dir: &Path, sha: &str) -> Result<Vec<String>> {
+    check_sha(sha)?;
     let out = git(
         dir,
         &[
@@ -66,6 +92,7 @@ pub async fn changed_files(dir: &Path, sha: &str) -> Result<Vec<String>> {
             "--name-only",
             "-r",
             "--root",
+            "--end-of-options",
             sha,
         ],
     )
@@ -75,15 +102,22 @@ pub async fn changed_files(dir: &Path, sha: &str) -> Result<Vec<String>> {
 
 /// `(author, subject)` of a commit.
 pub async fn commit_info(dir: &Path, sha: &str) -> Result<(String, String)> {
-    let out = git(dir, &["log", "-1", "--format=%an%x00%s", sha]).await?;
+    check_sha(sha)?;
+    let out = git(
+        dir,
+        &["log", "-1", "--format=%an%x00%s", "--end-of-options", sha],
+    )
+    .await?;
     let (author, title) = out.trim_end().split_once('\0').unwrap_or(("", ""));
     Ok((author.to_string(), title.to_string()))
 }
 
 pub async fn has_commit(dir: &Path, sha: &str) -> bool {
-    git(dir, &["cat-file", "-e", &format!("{sha}^{{commit}}")])
-        .await
-        .is_ok()
+    let commit = format!("{sha}^{{commit}}");
+    check_sha(sha).is_ok()
+        && git(dir, &["cat-file", "-e", "--end-of-options", &commit])
+            .await
+            .is_ok()
 }
 
 /// Whether `path` is inside a git repository (a work tree or a bare one).
@@ -103,6 +137,7 @@ pub async fn hooks_dir(path: &Path) -> Result<std::path::PathBuf> {
 
 /// A fresh work tree of `sha`, sharing objects with `source` instead of copying them.
 pub async fn checkout(source: &Path, dest: &Path, sha: &str) -> Result<()> {
+    check_sha(sha)?;
     let parent = dest.parent().unwrap_or(Path::new("."));
     tokio::fs::create_dir_all(parent).await?;
     let dest_text = dest.to_string_lossy();
@@ -114,6 +149,7 @@ pub async fn checkout(source: &Path, dest: &Path, sha: &str) -> Result<()> {
             "--quiet",
             "--shared",
             "--no-checkout",
+            "--",
             &source_text,
             &dest_text,
         ],
@@ -127,6 +163,7 @@ pub async fn checkout(source: &Path, dest: &Path, sha: &str) -> Result<()> {
             "checkout",
             "--quiet",
             "--detach",
+            "--end-of-options",
             sha,
         ],
     )
@@ -147,6 +184,7 @@ pub async fn update_mirror(url: &str, mirror: &Path) -> Result<()> {
                 "clone",
                 "--quiet",
                 "--mirror",
+                "--",
                 url,
                 &mirror.to_string_lossy(),
             ],
@@ -154,4 +192,65 @@ pub async fn update_mirror(url: &str, mirror: &Path) -> Result<()> {
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn repository() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path();
+        let run = |args: &[&str]| {
+            let status = std::process::Command::new("git")
+                .arg("-C")
+                .arg(path)
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "git {args:?}");
+        };
+        run(&["init", "-q", "-b", "main"]);
+        std::fs::write(path.join("sluice.yaml"), "service: shop\n").unwrap();
+        run(&["add", "."]);
+        run(&["commit", "-q", "-m", "first"]);
+        let sha = git(path, &["rev-parse", "HEAD"]).await.unwrap();
+        (dir, sha.trim().to_string())
+    }
+
+    #[tokio::test]
+    async fn every_call_with_an_outside_sha_reads_a_real_one() {
+        let (dir, sha) = repository().await;
+        let path = dir.path();
+        assert_eq!(
+            show_file(path, &sha, "sluice.yaml")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("service: shop\n")
+        );
+        assert_eq!(changed_files(path, &sha).await.unwrap(), ["sluice.yaml"]);
+        assert_eq!(commit_info(path, &sha).await.unwrap().1, "first");
+        assert!(has_commit(path, &sha).await);
+        let work = dir.path().join("work");
+        checkout(path, &work, &sha).await.unwrap();
+        assert!(work.join("sluice.yaml").exists());
+    }
+
+    #[tokio::test]
+    async fn an_option_for_a_sha_never_reaches_git() {
+        let (dir, _) = repository().await;
+        let path = dir.path();
+        let written = dir.path().join("written");
+        let evil = format!("--output={}", written.display());
+        assert!(show_file(path, &evil, "x").await.is_err());
+        assert!(changed_files(path, &evil).await.is_err());
+        assert!(commit_info(path, &evil).await.is_err());
+        assert!(!has_commit(path, &evil).await);
+        assert!(checkout(path, &dir.path().join("w"), &evil).await.is_err());
+        assert!(!written.exists(), "git was never handed the option");
+        let error = commit_info(path, "HEAD").await.unwrap_err();
+        assert!(error.to_string().contains("not a commit id"), "{error}");
+    }
 }

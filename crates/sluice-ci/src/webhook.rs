@@ -92,12 +92,28 @@ struct Head {
     ref_name: String,
 }
 
+/// A line of text from a payload, printable and at most 200 characters.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+/// A ref or branch name from a payload: printable, at most 255 bytes.
+fn ref_text(text: String, field: &str) -> Result<String, String> {
+    if text.len() > 255 || text.chars().any(char::is_control) {
+        return Err(format!(
+            "`{field}` is not a ref name: longer than 255 bytes or with control characters"
+        ));
+    }
+    Ok(text)
+}
+
 /// Reads an event body; `event` is the `X-GitHub-Event` or `X-Gitea-Event` header.
 pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, String> {
     match event {
         "push" => {
-            let push: Push =
+            let mut push: Push =
                 serde_json::from_slice(body).map_err(|e| format!("bad push payload: {e}"))?;
+            push.ref_name = ref_text(push.ref_name, "ref")?;
             if push.deleted || push.after.chars().all(|c| c == '0') {
                 return Ok(Parsed::Ignored(format!("{} was deleted", push.ref_name)));
             }
@@ -107,6 +123,8 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, String> {
                     push.ref_name
                 )));
             };
+            crate::git::check_sha(&push.after)
+                .map_err(|e| format!("bad push payload: `after`: {e}"))?;
             Ok(Parsed::Change(Announced {
                 branch: branch.to_string(),
                 ref_name: push.ref_name.clone(),
@@ -114,9 +132,9 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, String> {
                 pull_request: None,
                 title: push
                     .head_commit
-                    .map(|c| c.message.lines().next().unwrap_or("").to_string())
+                    .map(|c| printable(c.message.lines().next().unwrap_or("")))
                     .unwrap_or_default(),
-                author: push.pusher.map(|p| p.name).unwrap_or_default(),
+                author: push.pusher.map(|p| printable(&p.name)).unwrap_or_default(),
             }))
         }
         "pull_request" => {
@@ -131,13 +149,19 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, String> {
                     event.action
                 )));
             }
+            crate::git::check_sha(&event.pull_request.head.sha)
+                .map_err(|e| format!("bad pull_request payload: `pull_request.head.sha`: {e}"))?;
             Ok(Parsed::Change(Announced {
                 ref_name: format!("refs/pull/{}/head", event.number),
-                branch: event.pull_request.head.ref_name,
+                branch: ref_text(event.pull_request.head.ref_name, "pull_request.head.ref")?,
                 sha: event.pull_request.head.sha,
                 pull_request: Some(event.number),
-                title: event.pull_request.title,
-                author: event.pull_request.user.map(|u| u.name).unwrap_or_default(),
+                title: printable(&event.pull_request.title),
+                author: event
+                    .pull_request
+                    .user
+                    .map(|u| printable(&u.name))
+                    .unwrap_or_default(),
             }))
         }
         "ping" => Ok(Parsed::Ignored("ping".into())),
@@ -174,7 +198,7 @@ mod tests {
 
     #[test]
     fn push_and_pull_request_become_changes() {
-        let push = br#"{"ref":"refs/heads/main","after":"abc123","head_commit":{"message":"fix checkout\n\nlong"},"pusher":{"name":"ana"}}"#;
+        let push = br#"{"ref":"refs/heads/main","after":"abc1230000000000000000000000000000000000","head_commit":{"message":"fix checkout\n\nlong"},"pusher":{"name":"ana"}}"#;
         let Parsed::Change(c) = parse("push", push).unwrap() else {
             panic!()
         };
@@ -185,9 +209,14 @@ mod tests {
                 c.title.as_str(),
                 c.author.as_str()
             ),
-            ("main", "abc123", "fix checkout", "ana")
+            (
+                "main",
+                "abc1230000000000000000000000000000000000",
+                "fix checkout",
+                "ana"
+            )
         );
-        let pr = br#"{"action":"synchronize","number":7,"pull_request":{"title":"new cart","head":{"sha":"def","ref":"feature/cart"},"user":{"login":"bo"}}}"#;
+        let pr = br#"{"action":"synchronize","number":7,"pull_request":{"title":"new cart","head":{"sha":"def0000000000000000000000000000000000000","ref":"feature/cart"},"user":{"login":"bo"}}}"#;
         let Parsed::Change(c) = parse("pull_request", pr).unwrap() else {
             panic!()
         };
@@ -206,5 +235,37 @@ mod tests {
             Parsed::Ignored(_)
         ));
         assert!(parse("push", b"not json").is_err());
+    }
+
+    #[test]
+    fn a_sha_that_is_not_hex_is_refused_before_it_reaches_git() {
+        for after in ["--output=/tmp/x", "abc123", "é", &"a".repeat(41)] {
+            let push = serde_json::json!({"ref": "refs/heads/main", "after": after});
+            let error = parse("push", push.to_string().as_bytes()).unwrap_err();
+            assert!(error.contains("not a commit id"), "{after}: {error}");
+        }
+        let pr = br#"{"action":"opened","number":1,"pull_request":{"head":{"sha":"--upload-pack=x","ref":"x"}}}"#;
+        assert!(
+            parse("pull_request", pr)
+                .unwrap_err()
+                .contains("not a commit id")
+        );
+    }
+
+    #[test]
+    fn names_and_titles_from_a_payload_are_bounded_and_printable() {
+        let push = serde_json::json!({
+            "ref": "refs/heads/main",
+            "after": "a".repeat(40),
+            "head_commit": {"message": format!("\u{1b}[31mred{}", "x".repeat(5000))},
+            "pusher": {"name": "ana\r\nX-Evil: 1"},
+        });
+        let Parsed::Change(c) = parse("push", push.to_string().as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert!(c.title.chars().count() <= 200 && !c.title.contains('\u{1b}'));
+        assert_eq!(c.author, "anaX-Evil: 1");
+        let long_ref = serde_json::json!({"ref": format!("refs/heads/{}", "b".repeat(300)), "after": "a".repeat(40)});
+        assert!(parse("push", long_ref.to_string().as_bytes()).is_err());
     }
 }

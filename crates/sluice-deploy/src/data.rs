@@ -15,12 +15,21 @@ pub enum Filled {
     Copied(String),
 }
 
+/// Who a seed or scrub script runs as: the environment's user (when the
+/// server is root), with the environment's variables only, for a bounded time.
+#[derive(Clone, Debug, Default)]
+pub struct RunAs {
+    pub uid: Option<u32>,
+    pub vars: Vec<(String, String)>,
+}
+
 /// Prepares the data directory of an environment's first deployment.
 pub async fn fill(
     spec: &DataSpec,
     data_dir: &Path,
     release_dir: &Path,
     source_data: Option<&Path>,
+    run_as: &RunAs,
 ) -> Result<Filled> {
     create_private(data_dir)?;
     if let Some(from) = &spec.copy_from {
@@ -31,8 +40,9 @@ pub async fn fill(
         let staging = data_dir.with_extension("incoming");
         let _ = std::fs::remove_dir_all(&staging);
         copy_dir(source, &staging)?;
+        hand_over(&staging, run_as.uid)?;
         if let Some(scrub) = &spec.scrub {
-            run_script(release_dir, scrub, &staging)
+            run_script(release_dir, scrub, &staging, run_as, spec.seed_timeout)
                 .await
                 .with_context(|| format!("scrubbing the copy of {from}'s data"))?;
         }
@@ -42,11 +52,12 @@ pub async fn fill(
         return Ok(Filled::Copied(from.clone()));
     }
     if let Some(seed) = &spec.seed {
-        let path = release_dir.join(seed);
-        let meta = std::fs::metadata(&path)
+        let path = sluice_spec::paths::existing_inside(release_dir, seed)
             .with_context(|| format!("seed {seed} is not in the release"))?;
+        let meta = std::fs::metadata(&path)?;
         if meta.permissions().mode() & 0o111 != 0 {
-            run_script(release_dir, seed, data_dir).await?;
+            hand_over(data_dir, run_as.uid)?;
+            run_script(release_dir, seed, data_dir, run_as, spec.seed_timeout).await?;
         } else {
             let name = path.file_name().context("seed has no file name")?;
             std::fs::copy(&path, data_dir.join(name))?;
@@ -56,16 +67,38 @@ pub async fn fill(
     Ok(Filled::Nothing)
 }
 
-/// Runs a script of the release with `DATA_DIR` pointing at `data_dir`.
-async fn run_script(release_dir: &Path, script: &str, data_dir: &Path) -> Result<()> {
-    let output = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("./{script}"))
+/// Runs a script of the release with `DATA_DIR` pointing at `data_dir`:
+/// the file itself (never through a shell), as `run_as`, killed with all it
+/// started once `timeout` passes.
+async fn run_script(
+    release_dir: &Path,
+    script: &str,
+    data_dir: &Path,
+    run_as: &RunAs,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let program = sluice_spec::paths::existing_inside(release_dir, script)
+        .with_context(|| format!("{script} is not in the release"))?;
+    let mut command = tokio::process::Command::new(&program);
+    command
         .current_dir(release_dir)
+        .env_clear()
+        .envs(run_as.vars.iter().map(|(k, v)| (k, v)))
         .env("DATA_DIR", data_dir)
-        .output()
-        .await
-        .with_context(|| format!("could not run {script}"))?;
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(uid) = run_as.uid {
+        command.uid(uid).gid(uid);
+    }
+    let child = command.output();
+    let output = match tokio::time::timeout(timeout, child).await {
+        Ok(output) => output.with_context(|| format!("could not run {script}"))?,
+        Err(_) => bail!(
+            "{script} did not finish within {} and was stopped; make it faster or raise `data.seed_timeout`",
+            sluice_spec::format_duration(timeout)
+        ),
+    };
     if !output.status.success() {
         bail!(
             "{script} failed ({}): {}",
@@ -92,6 +125,9 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
             copy_dir(&entry.path(), &target)?;
         } else if kind.is_file() {
             std::fs::copy(entry.path(), &target)?;
+        } else if kind.is_symlink() {
+            // Copied as the link it is, never as what it points at.
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
         }
     }
     Ok(())
@@ -114,6 +150,8 @@ pub fn snapshot(
         file,
         flate2::Compression::fast(),
     ));
+    // Links are kept as links: what one points at is not the environment's data.
+    tar.follow_symlinks(false);
     tar.append_dir_all(".", data_dir)?;
     tar.into_inner()?.finish()?;
     let mut all: Vec<_> = std::fs::read_dir(snapshots)?
@@ -147,14 +185,9 @@ pub fn env_uid(service: &str, env: &str) -> Option<u32> {
 /// Gives the data directory (and everything in it) to the environment's user.
 pub fn hand_over(data_dir: &Path, uid: Option<u32>) -> Result<()> {
     let Some(uid) = uid else { return Ok(()) };
-    let owner = Some(nix::unistd::Uid::from_raw(uid));
-    let group = Some(nix::unistd::Gid::from_raw(uid));
-    fn walk(
-        path: &Path,
-        owner: Option<nix::unistd::Uid>,
-        group: Option<nix::unistd::Gid>,
-    ) -> Result<()> {
-        nix::unistd::chown(path, owner, group).with_context(|| {
+    fn walk(path: &Path, uid: u32) -> Result<()> {
+        // Never through a link: one an instance made must not hand over its target.
+        std::os::unix::fs::lchown(path, Some(uid), Some(uid)).with_context(|| {
             format!(
                 "could not give {} to its environment's user",
                 path.display()
@@ -162,12 +195,12 @@ pub fn hand_over(data_dir: &Path, uid: Option<u32>) -> Result<()> {
         })?;
         if path.is_dir() && !path.is_symlink() {
             for entry in std::fs::read_dir(path)? {
-                walk(&entry?.path(), owner, group)?;
+                walk(&entry?.path(), uid)?;
             }
         }
         Ok(())
     }
-    walk(data_dir, owner, group)
+    walk(data_dir, uid)
 }
 
 #[cfg(test)]
@@ -180,7 +213,117 @@ mod tests {
             copy_from: copy_from.map(String::from),
             scrub: scrub.map(String::from),
             snapshots: 2,
+            seed_timeout: std::time::Duration::from_secs(30),
         }
+    }
+
+    fn script(release: &Path, name: &str, text: &str) {
+        std::fs::create_dir_all(release).unwrap();
+        std::fs::write(release.join(name), text).unwrap();
+        std::fs::set_permissions(release.join(name), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_seed_script_sees_only_the_environment_s_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = dir.path().join("release");
+        script(
+            &release,
+            "seed.sh",
+            "#!/bin/sh
+env > \"$DATA_DIR/env\"\n",
+        );
+        let run_as = RunAs {
+            uid: None,
+            vars: vec![("LOG_LEVEL".into(), "debug".into())],
+        };
+        let data = dir.path().join("data");
+        fill(
+            &spec(Some("seed.sh"), None, None),
+            &data,
+            &release,
+            None,
+            &run_as,
+        )
+        .await
+        .unwrap();
+        let seen = std::fs::read_to_string(data.join("env")).unwrap();
+        assert!(seen.contains("LOG_LEVEL=debug"), "{seen}");
+        assert!(seen.contains("DATA_DIR="), "{seen}");
+        assert!(
+            !seen.contains("CARGO"),
+            "nothing of the server's environment: {seen}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_seed_script_that_hangs_is_stopped_at_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = dir.path().join("release");
+        script(
+            &release,
+            "seed.sh",
+            "#!/bin/sh
+exec sleep 600\n",
+        );
+        let mut spec = spec(Some("seed.sh"), None, None);
+        spec.seed_timeout = std::time::Duration::from_millis(200);
+        let data = dir.path().join("data");
+        let error = fill(&spec, &data, &release, None, &RunAs::default())
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("did not finish within 200ms"),
+            "{error:#}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_seed_name_is_never_a_shell_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = dir.path().join("release");
+        std::fs::create_dir_all(&release).unwrap();
+        let marker = dir.path().join("pwned");
+        let seed = format!("x; touch {}", marker.display());
+        let data = dir.path().join("data");
+        assert!(
+            fill(
+                &spec(Some(&seed), None, None),
+                &data,
+                &release,
+                None,
+                &RunAs::default()
+            )
+            .await
+            .is_err()
+        );
+        assert!(!marker.exists());
+    }
+
+    #[test]
+    fn handing_over_never_follows_a_link() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // Only root can give files away.
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let outside = dir.path().join("server-secret");
+        std::fs::write(&outside, "token").unwrap();
+        std::os::unix::fs::symlink(&outside, data.join("link")).unwrap();
+        hand_over(&data, Some(23_456)).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&data).unwrap().uid(), 23_456);
+        assert_eq!(
+            std::fs::symlink_metadata(data.join("link")).unwrap().uid(),
+            23_456
+        );
+        assert_eq!(
+            std::fs::metadata(&outside).unwrap().uid(),
+            0,
+            "the target stays root's"
+        );
     }
 
     #[tokio::test]
@@ -205,7 +348,8 @@ mod tests {
                 &spec(Some("fixtures/seed.sql"), None, None),
                 &copied,
                 &release,
-                None
+                None,
+                &RunAs::default()
             )
             .await
             .unwrap(),
@@ -213,9 +357,15 @@ mod tests {
         );
         assert!(copied.join("seed.sql").exists());
         let ran = dir.path().join("b");
-        fill(&spec(Some("seed.sh"), None, None), &ran, &release, None)
-            .await
-            .unwrap();
+        fill(
+            &spec(Some("seed.sh"), None, None),
+            &ran,
+            &release,
+            None,
+            &RunAs::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(std::fs::read_to_string(ran.join("db")).unwrap(), "seeded\n");
         assert_eq!(
             std::fs::metadata(&ran).unwrap().permissions().mode() & 0o777,
@@ -247,6 +397,7 @@ mod tests {
             &pre,
             &release,
             Some(&prod),
+            &RunAs::default(),
         )
         .await
         .unwrap();

@@ -1,11 +1,17 @@
-//! Where continuous deployment keeps things under the data directory.
+//! Where continuous deployment keeps things under the data directory. Every
+//! path made from a name goes through [`inside`], so a name can never point
+//! outside the directory it belongs in.
 
 use std::path::{Path, PathBuf};
+
+use sluice_spec::paths::{PathEscape, inside};
 
 #[derive(Clone, Debug)]
 pub struct Layout {
     root: PathBuf,
 }
+
+type Checked = Result<PathBuf, PathEscape>;
 
 impl Layout {
     pub fn new(data_dir: &Path) -> Self {
@@ -14,41 +20,66 @@ impl Layout {
         }
     }
 
-    pub fn artifact(&self, sha256: &str) -> PathBuf {
+    pub fn artifact(&self, sha256: &str) -> Checked {
         sluice_ci::artifact::stored_path(&self.root.join("artifacts").join("sha256"), sha256)
     }
 
     /// A release's files, unpacked once: `releases/SERVICE/vN`.
-    pub fn release(&self, service: &str, number: i64) -> PathBuf {
-        self.root
-            .join("releases")
-            .join(service)
-            .join(format!("v{number}"))
+    pub fn release(&self, service: &str, number: i64) -> Checked {
+        inside(&self.root.join("releases"), service).map(|dir| dir.join(format!("v{number}")))
     }
 
-    pub fn env(&self, service: &str, env: &str) -> PathBuf {
-        self.root.join("envs").join(service).join(env)
+    pub fn env(&self, service: &str, env: &str) -> Checked {
+        inside(&inside(&self.root.join("envs"), service)?, env)
     }
 
     /// The environment's data: its instances' `DATA_DIR`, and nobody else's.
-    pub fn data(&self, service: &str, env: &str) -> PathBuf {
-        self.env(service, env).join("data")
+    pub fn data(&self, service: &str, env: &str) -> Checked {
+        Ok(self.env(service, env)?.join("data"))
     }
 
-    pub fn snapshots(&self, service: &str, env: &str) -> PathBuf {
-        self.env(service, env).join("snapshots")
+    pub fn snapshots(&self, service: &str, env: &str) -> Checked {
+        Ok(self.env(service, env)?.join("snapshots"))
     }
 
     /// Config files rendered for one release in one environment.
-    pub fn config(&self, service: &str, env: &str, number: i64) -> PathBuf {
-        self.env(service, env)
+    pub fn config(&self, service: &str, env: &str, number: i64) -> Checked {
+        Ok(self
+            .env(service, env)?
             .join("config")
-            .join(format!("v{number}"))
+            .join(format!("v{number}")))
     }
 
-    pub fn instance_log(&self, service: &str, env: &str, instance: &str) -> PathBuf {
-        self.env(service, env)
-            .join("logs")
-            .join(format!("{instance}.log"))
+    pub fn access_log(&self, service: &str, env: &str) -> Checked {
+        Ok(self.env(service, env)?.join("access.log"))
+    }
+
+    pub fn instance_log(&self, service: &str, env: &str, instance: &str) -> Checked {
+        inside(
+            &self.env(service, env)?.join("logs"),
+            &format!("{instance}.log"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_that_is_a_path_is_refused() {
+        let layout = Layout::new(Path::new("/srv/sluice"));
+        assert_eq!(
+            layout.data("shop", "prod").unwrap(),
+            Path::new("/srv/sluice/envs/shop/prod/data")
+        );
+        assert!(
+            layout.data("..", "..").is_err(),
+            "the data directory itself"
+        );
+        assert!(layout.env("shop", "../../x").is_err());
+        assert!(layout.release("../etc", 1).is_err());
+        assert!(layout.instance_log("shop", "prod", "../../../x").is_err());
+        assert!(layout.artifact("../../../../etc/passwd").is_err());
     }
 }

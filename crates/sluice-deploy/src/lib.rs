@@ -76,6 +76,12 @@ pub enum CdError {
     Other(#[from] anyhow::Error),
 }
 
+impl From<sluice_spec::paths::PathEscape> for CdError {
+    fn from(escape: sluice_spec::paths::PathEscape) -> Self {
+        CdError::Invalid(escape.to_string())
+    }
+}
+
 pub type CdResult<T> = Result<T, CdError>;
 
 #[derive(Clone, Debug)]
@@ -263,7 +269,7 @@ impl Cd {
         let path = self
             .inner
             .layout
-            .instance_log(&instance.service, &instance.environment, id);
+            .instance_log(&instance.service, &instance.environment, id)?;
         let text = tokio::fs::read(&path)
             .await
             .map_err(|e| CdError::NotFound(format!("no log for {id}: {e}")))?;
@@ -458,7 +464,7 @@ impl Inner {
             return Ok(entry.route.clone());
         }
         let route = Route::default();
-        let access_log = self.layout.env(service, &env.name).join("access.log");
+        let access_log = self.layout.access_log(service, &env.name)?;
         let telemetry = Telemetry::new(service, &env.name, self.metrics.clone(), Some(access_log));
         let listener = Listener::bind(env.listen, route.clone(), &env.name, telemetry.clone())
             .await

@@ -53,7 +53,7 @@ impl Notifier for ReleaseMaker {
 }
 
 async fn make(inner: &Arc<Inner>, run: &Run, artifact: &str) -> Result<Release> {
-    let path = inner.layout.artifact(artifact);
+    let path = inner.layout.artifact(artifact)?;
     let spec_text =
         tokio::task::spawn_blocking(move || read_member(&path, sluice_spec::SPEC_FILE)).await??;
     let spec = sluice_spec::parse(sluice_spec::SPEC_FILE, &spec_text)
@@ -85,11 +85,11 @@ fn read_member(archive: &std::path::Path, name: &str) -> Result<String> {
 
 /// Unpacks a release's artifact once; later calls find it there.
 pub(crate) async fn unpack(layout: &Layout, release: &Release) -> Result<PathBuf> {
-    let dir = layout.release(&release.service, release.number);
+    let dir = layout.release(&release.service, release.number)?;
     if dir.exists() {
         return Ok(dir);
     }
-    let archive = layout.artifact(&release.artifact_sha256);
+    let archive = layout.artifact(&release.artifact_sha256)?;
     let target = dir.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         let staging = target.with_extension("incoming");

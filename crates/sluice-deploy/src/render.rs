@@ -35,8 +35,8 @@ pub fn render(
     };
     let mut out = Vec::new();
     for file in &run.config_files {
-        let path = release_dir.join(&file.template);
-        let source = std::fs::read_to_string(&path).with_context(|| {
+        let path = sluice_spec::paths::existing_inside(release_dir, &file.template);
+        let source = path.and_then(std::fs::read_to_string).with_context(|| {
             format!(
                 "template {} is not in the release; add it to the repository",
                 file.template
@@ -55,7 +55,7 @@ pub fn render(
 pub fn write(dir: &Path, files: &[(String, String)]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     for (to, text) in files {
-        let path = dir.join(to);
+        let path = sluice_spec::paths::inside(dir, to)?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }

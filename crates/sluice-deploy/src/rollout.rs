@@ -151,10 +151,10 @@ pub(crate) async fn prepare(
 ) -> Result<()> {
     let service = &release.service;
     let release_dir = crate::release::unpack(&inner.layout, release).await?;
-    let data_dir = inner.layout.data(service, &env.name);
+    let data_dir = inner.layout.data(service, &env.name)?;
     let snapshot = data::snapshot(
         &data_dir,
-        &inner.layout.snapshots(service, &env.name),
+        &inner.layout.snapshots(service, &env.name)?,
         &format!("deployment-{deployment}"),
         env.data.snapshots,
     )?;
@@ -166,15 +166,24 @@ pub(crate) async fn prepare(
             .data
             .copy_from
             .as_ref()
-            .map(|from| inner.layout.data(service, from));
-        let filled = data::fill(&env.data, &data_dir, &release_dir, source.as_deref()).await?;
+            .map(|from| inner.layout.data(service, from))
+            .transpose()?;
+        let run_as = seed_run_as(service, env);
+        let filled = data::fill(
+            &env.data,
+            &data_dir,
+            &release_dir,
+            source.as_deref(),
+            &run_as,
+        )
+        .await?;
         tracing::info!(service, env = %env.name, ?filled, "data prepared for the first deployment");
         inner.store.mark_seeded(service, &env.name).await?;
     }
     data::hand_over(&data_dir, data::env_uid(service, &env.name))?;
     let files = render::render(spec, env, &release.name(), &release_dir)?;
     render::write(
-        &inner.layout.config(service, &env.name, release.number),
+        &inner.layout.config(service, &env.name, release.number)?,
         &files,
     )?;
     Ok(())
@@ -322,9 +331,9 @@ pub(crate) async fn start_instance(
     let port = free_port(&taken)?;
     let n = inner.store.count_instances(service, &env.name).await? + 1;
     let id = format!("{}-{}-{n}", env.name, release.name());
-    let release_dir = inner.layout.release(service, release.number);
-    let data_dir = inner.layout.data(service, &env.name);
-    let config_dir = inner.layout.config(service, &env.name, release.number);
+    let release_dir = inner.layout.release(service, release.number)?;
+    let data_dir = inner.layout.data(service, &env.name)?;
+    let config_dir = inner.layout.config(service, &env.name, release.number)?;
     let files = render::render(spec, env, &release.name(), &release_dir)?;
     let vars = instance_env(inner, release, env, &id, port, &config_dir, &data_dir);
     let record = Instance {
@@ -350,7 +359,7 @@ pub(crate) async fn start_instance(
             workdir: release_dir,
             command: run.command.clone(),
             env: vars,
-            log: inner.layout.instance_log(service, &env.name, &id),
+            log: inner.layout.instance_log(service, &env.name, &id)?,
             uid: data::env_uid(service, &env.name),
         })
         .await?;
@@ -401,6 +410,23 @@ pub(crate) async fn start_instance(
 
 /// What an instance finds in its environment: the server's own variables
 /// (less `SLUICE_*`), the environment's config values, and where it is.
+/// A seed or scrub script runs as the environment's user with the
+/// environment's config values, a `PATH` to find its tools, and nothing of
+/// the server's own environment (its token, say).
+fn seed_run_as(service: &str, env: &Environment) -> data::RunAs {
+    let mut vars: Vec<(String, String)> = ["PATH", "LANG", "TZ"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect();
+    vars.extend(env.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    vars.push(("SLUICE_SERVICE".into(), service.to_string()));
+    vars.push(("SLUICE_ENV".into(), env.name.clone()));
+    data::RunAs {
+        uid: data::env_uid(service, &env.name),
+        vars,
+    }
+}
+
 pub(crate) fn instance_env(
     inner: &Inner,
     release: &Release,

@@ -140,7 +140,7 @@ async fn drift(
         spec,
         env,
         &release.name(),
-        &inner.layout.release(&release.service, release.number),
+        &inner.layout.release(&release.service, release.number)?,
     )
     .unwrap_or_default();
     let hash = render::config_hash(&env.config, &files);
@@ -267,7 +267,7 @@ async fn side(inner: &Arc<Inner>, service: &str, name: &str) -> CdResult<Side> {
         &spec,
         &env,
         &release.name(),
-        &inner.layout.release(service, release.number),
+        &inner.layout.release(service, release.number)?,
     )
     .unwrap_or_default();
     Ok(Side {

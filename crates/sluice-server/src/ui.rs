@@ -25,6 +25,14 @@ use session::Viewer;
 
 pub use session::Sessions;
 
+/// The first `n` characters of a commit id, for display: never a byte
+/// slice, which a stored string that is not hex would make panic.
+pub fn short(sha: &str, n: usize) -> &str {
+    sha.char_indices()
+        .nth(n)
+        .map_or(sha, |(end, _)| &sha[..end])
+}
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(board::overview))
@@ -153,4 +161,15 @@ async fn js() -> Response {
         include_str!("../assets/sluice.js"),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_short_sha_never_panics_on_what_is_stored() {
+        assert_eq!(super::short("0123456789abcdef", 10), "0123456789");
+        assert_eq!(super::short("abc", 10), "abc");
+        assert_eq!(super::short("ééééééééééé", 10), "éééééééééé");
+        assert_eq!(super::short("", 10), "");
+    }
 }

@@ -10,6 +10,7 @@ mod cron;
 mod diagnostic;
 mod duration;
 mod model;
+pub mod paths;
 mod raw;
 mod rules;
 mod validate;

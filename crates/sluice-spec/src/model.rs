@@ -177,9 +177,12 @@ pub struct DataSpec {
     pub scrub: Option<String>,
     /// How many snapshots of the data directory are kept.
     pub snapshots: u32,
+    /// How long a seed or scrub script may run before it is killed.
+    pub seed_timeout: Duration,
 }
 
 pub const DEFAULT_SNAPSHOTS: u32 = 5;
+pub const DEFAULT_SEED_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -104,6 +104,7 @@ pub struct RawData {
     pub copy_from: Option<Spanned<String>>,
     pub scrub: Option<Spanned<String>>,
     pub snapshots: Option<Spanned<u32>>,
+    pub seed_timeout: Option<Spanned<String>>,
 }
 
 /// `deploy: auto`, `deploy: manual`, or a mapping of gates.

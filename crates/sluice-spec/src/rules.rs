@@ -370,6 +370,17 @@ pub fn parse_rules(file: &str, text: &str, spec: Option<&Spec>) -> Result<Vec<Ru
     let mut found = Vec::new();
     let mut rules = Vec::new();
     for (name, rule) in raw.rules.0 {
+        if let Some(why) = crate::paths::name_problem(&name.value) {
+            let message = format!("`{}` is not a valid rule name: {why}", name.value);
+            let help = "use lowercase letters, digits and `-`, e.g. `checkout-tested`";
+            found.push(Diagnostic::spanned(
+                file,
+                text,
+                &name,
+                &message,
+                Some(help.into()),
+            ));
+        }
         for (message, help) in rule.value.problems() {
             found.push(Diagnostic::spanned(file, text, &rule, &message, Some(help)));
         }

@@ -54,34 +54,28 @@ impl Checker<'_> {
         }
     }
 
+    /// A name that becomes a directory, a label or a URL segment.
     fn name(&mut self, node: &Spanned<String>, what: &str) {
-        let ok = !node.value.is_empty()
-            && node
-                .value
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !ok {
+        if let Some(why) = crate::paths::name_problem(&node.value) {
             self.error(
                 node,
-                format!("`{}` is not a valid {what} name", node.value),
-                Some("use letters, digits, `-`, `_` and `.`".into()),
+                format!("`{}` is not a valid {what} name: {why}", node.value),
+                Some(
+                    "use lowercase letters, digits and `-`, starting with a letter or a digit, \
+                     at most 63 characters (e.g. `pre-prod`)"
+                        .into(),
+                ),
             );
         }
     }
 
     fn relative_path(&mut self, node: &Spanned<String>, what: &str) {
-        let path = std::path::Path::new(&node.value);
-        let escapes = path.is_absolute()
-            || path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-            || node.value.is_empty();
-        if escapes {
+        if let Err(escape) = crate::paths::inside(std::path::Path::new("."), &node.value) {
             self.error(
                 node,
                 format!(
-                    "{what} `{}` must be a path inside the repository",
-                    node.value
+                    "{what} `{}` must be a path inside the repository: {}",
+                    node.value, escape.why
                 ),
                 Some("write it relative to the repository root, without `..`".into()),
             );
@@ -550,6 +544,7 @@ fn data_spec(
             copy_from: None,
             scrub: None,
             snapshots: DEFAULT_SNAPSHOTS,
+            seed_timeout: DEFAULT_SEED_TIMEOUT,
         };
     };
     if let Some(seed) = &raw.seed {
@@ -598,6 +593,7 @@ fn data_spec(
             .snapshots
             .as_ref()
             .map_or(DEFAULT_SNAPSHOTS, |s| s.value),
+        seed_timeout: c.duration(&raw.seed_timeout, "seed_timeout", DEFAULT_SEED_TIMEOUT),
     }
 }
 

@@ -168,7 +168,9 @@ pub(crate) async fn after_deployment(
 /// The requests that failed most in the environment's recent access log:
 /// `GET /checkout (57 of 60 failures)`.
 fn failing_paths(inner: &Inner, service: &str, env: &str) -> Vec<String> {
-    let path = inner.layout.env(service, env).join("access.log");
+    let Ok(path) = inner.layout.access_log(service, env) else {
+        return Vec::new();
+    };
     let Ok(text) = std::fs::read(&path) else {
         return Vec::new();
     };
@@ -505,20 +507,53 @@ async fn release_diff(
         Some(_) => return diff,
         None => release.sha.clone(),
     };
-    if let Some(log) = git(&["log", "--format=%h %s", "-n", "50", &range]).await {
+    // Stored shas were checked on the way in; checked again, as they meet git.
+    let checked = [Some(&release.sha), previous.map(|p| &p.sha)];
+    if checked
+        .iter()
+        .flatten()
+        .any(|sha| sluice_ci::git::check_sha(sha).is_err())
+    {
+        return diff;
+    }
+    let log = [
+        "log",
+        "--format=%h %s",
+        "-n",
+        "50",
+        "--end-of-options",
+        &range,
+    ];
+    if let Some(log) = git(&log).await {
         diff.commits = lines(log);
     }
     match previous {
         Some(p) => {
-            if let Some(files) = git(&["diff", "--name-only", &p.sha, &release.sha]).await {
+            if let Some(files) = git(&[
+                "diff",
+                "--name-only",
+                "--end-of-options",
+                &p.sha,
+                &release.sha,
+            ])
+            .await
+            {
                 diff.files = lines(files);
             }
-            if let Some(patch) = git(&["diff", &p.sha, &release.sha]).await {
+            if let Some(patch) = git(&["diff", "--end-of-options", &p.sha, &release.sha]).await {
                 diff.patch = cut(&patch, 16 * 1024);
             }
         }
         None => {
-            if let Some(files) = git(&["ls-tree", "-r", "--name-only", &release.sha]).await {
+            if let Some(files) = git(&[
+                "ls-tree",
+                "-r",
+                "--name-only",
+                "--end-of-options",
+                &release.sha,
+            ])
+            .await
+            {
                 diff.files = lines(files);
             }
         }

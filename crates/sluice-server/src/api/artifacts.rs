@@ -16,18 +16,16 @@ pub async fn download(
     Path(sha256): Path<String>,
 ) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
-    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(
-            ApiError::bad_request(format!("`{sha256}` is not a sha256 digest"))
-                .with_hint("give the 64 hex digits a run's `artifact_sha256` shows"),
-        );
-    }
+    let path =
+        sluice_ci::artifact::stored_path(&state.ci.artifacts_dir(), &sha256).map_err(|e| {
+            ApiError::bad_request(e.to_string())
+                .with_hint("give the 64 hex digits a run's `artifact_sha256` shows")
+        })?;
     let artifact = state
         .store
         .artifact(&sha256)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no artifact sha256:{sha256}")))?;
-    let path = sluice_ci::artifact::stored_path(&state.ci.artifacts_dir(), &sha256);
     let file = tokio::fs::File::open(&path).await.map_err(|e| {
         ApiError::internal(format!(
             "artifact {} is recorded but unreadable: {e}",
