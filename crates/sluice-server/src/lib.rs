@@ -3,6 +3,7 @@
 
 mod api;
 pub mod auth;
+mod data_dir;
 mod error;
 pub mod ui;
 
@@ -39,8 +40,29 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api::routes())
         .merge(ui::routes())
         .route("/metrics", axum::routing::get(metrics))
+        .layer(axum::middleware::map_response(security_headers))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// What every answer tells the browser: run only our own scripts and
+/// styles (no inline script), never sniff a type, never be framed, and
+/// send no address of ours elsewhere.
+async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// The Prometheus text format of every metric. Read without a token, as
@@ -114,13 +136,7 @@ pub struct Server {
 impl Server {
     /// Opens the store (running migrations), binds, recovers and starts the CI engine.
     pub async fn start(options: ServeOptions) -> anyhow::Result<Server> {
-        std::fs::create_dir_all(&options.data_dir).with_context(|| {
-            format!(
-                "could not create the data directory {}",
-                options.data_dir.display()
-            )
-        })?;
-        let data_dir = options.data_dir.canonicalize()?;
+        let data_dir = data_dir::prepare(&options.data_dir, options.database.is_none())?;
         let database = options
             .database
             .clone()

@@ -325,3 +325,22 @@ async fn an_approver_acts_only_with_the_form_s_csrf_token() {
     assert!(rules.body.contains("the launch is over"));
     assert!(store.rules(None, true).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn every_answer_tells_the_browser_to_run_only_our_own_scripts() {
+    let ui = Ui::start().await;
+    for path in ["/login", "/", "/api/v1/runs", "/assets/sluice.js"] {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let response = ui.router.clone().oneshot(request).await.unwrap();
+        let headers = response.headers();
+        let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(policy.contains("default-src 'self'"), "{path}: {policy}");
+        assert!(
+            policy.contains("frame-ancestors 'none'"),
+            "{path}: {policy}"
+        );
+        assert!(!policy.contains("unsafe-inline"), "{path}: {policy}");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+        assert!(headers.contains_key(header::REFERRER_POLICY), "{path}");
+    }
+}

@@ -7,7 +7,7 @@ use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
-use pulldown_cmark::{Event, Options, Parser};
+use pulldown_cmark::{CowStr, Event, Options, Parser, Tag};
 use serde::Deserialize;
 use sluice_deploy::IncidentView;
 use sluice_store::{Incident, Role, RuleBlock, RuleRecord};
@@ -57,18 +57,65 @@ pub async fn show(
     }))
 }
 
-/// Markdown as HTML, with any raw HTML in it shown as text.
+/// Markdown as HTML, with any raw HTML in it shown as text and links or
+/// images to anything but http, https, mailto or a relative address
+/// (`javascript:`, `data:`…) pointing nowhere.
 pub fn markdown(text: &str) -> String {
     let events =
         Parser::new_ext(text, Options::ENABLE_TABLES | Options::ENABLE_TASKLISTS).map(|event| {
             match event {
                 Event::Html(raw) | Event::InlineHtml(raw) => Event::Text(raw),
+                Event::Start(Tag::Link {
+                    link_type,
+                    dest_url,
+                    title,
+                    id,
+                }) => Event::Start(Tag::Link {
+                    link_type,
+                    dest_url: safe_url(dest_url),
+                    title,
+                    id,
+                }),
+                Event::Start(Tag::Image {
+                    link_type,
+                    dest_url,
+                    title,
+                    id,
+                }) => Event::Start(Tag::Image {
+                    link_type,
+                    dest_url: safe_url(dest_url),
+                    title,
+                    id,
+                }),
                 other => other,
             }
         });
     let mut html = String::new();
     pulldown_cmark::html::push_html(&mut html, events);
     html
+}
+
+/// `url` when it is relative or http, https or mailto; `#` otherwise.
+/// Browsers drop tabs, newlines and leading spaces from a scheme, so the
+/// check does too.
+fn safe_url(url: CowStr<'_>) -> CowStr<'_> {
+    let seen: String = url
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace() && !c.is_control())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let scheme_end = seen.find(':');
+    let before_path = seen.find(['/', '?', '#']).unwrap_or(seen.len());
+    match scheme_end {
+        Some(end) if end < before_path => {
+            if matches!(&seen[..end], "http" | "https" | "mailto") {
+                url
+            } else {
+                CowStr::Borrowed("#")
+            }
+        }
+        _ => url,
+    }
 }
 
 /// A rule as the rules page shows it.
@@ -155,4 +202,46 @@ pub async fn disable_rule(
         .map_err(failed)?;
     let done = format!("R{id} is disabled.");
     Ok(Redirect::to(&format!("/rules?done={}", encode(&done))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::markdown;
+
+    #[test]
+    fn only_safe_links_survive_a_postmortem() {
+        for evil in [
+            "[x](javascript:alert(1))",
+            "[x](JavaScript:alert(1))",
+            "[x](java\tscript:alert(1))",
+            "[x]( javascript:alert(1))",
+            "[x](data:text/html,<script>alert(1)</script>)",
+            "[x](vbscript:msgbox)",
+            "![x](data:image/svg+xml,<svg onload=alert(1)>)",
+            "<javascript:alert(1)>",
+        ] {
+            let html = markdown(evil);
+            for attribute in ["href=\"", "src=\""] {
+                for (at, _) in html.match_indices(attribute) {
+                    let value = &html[at + attribute.len()..];
+                    assert!(value.starts_with("#\""), "{evil}: {html}");
+                }
+            }
+        }
+        for good in [
+            (
+                "[a](https://example.com/x)",
+                "href=\"https://example.com/x\"",
+            ),
+            ("[a](http://example.com)", "href=\"http://example.com\""),
+            (
+                "[a](mailto:ops@example.com)",
+                "href=\"mailto:ops@example.com\"",
+            ),
+            ("[a](/incidents/1)", "href=\"/incidents/1\""),
+            ("[a](runs/3?x=a:b)", "href=\"runs/3?x=a:b\""),
+        ] {
+            assert!(markdown(good.0).contains(good.1), "{}", markdown(good.0));
+        }
+    }
 }

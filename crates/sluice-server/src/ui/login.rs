@@ -26,9 +26,20 @@ pub struct Next {
 }
 
 /// Only a path on this site, so that sign-in never sends anyone elsewhere.
+/// Browsers read `/\host` as `//host` and drop tabs and newlines, so the
+/// second character is checked after those are gone, and `\` never passes.
 fn safe_next(next: Option<String>) -> String {
-    next.filter(|n| n.starts_with('/') && !n.starts_with("//"))
-        .unwrap_or_else(|| "/".into())
+    next.filter(|n| {
+        let seen: String = n
+            .chars()
+            .filter(|c| !c.is_ascii_whitespace() && !c.is_control())
+            .collect();
+        seen.starts_with('/')
+            && !seen[1..].starts_with(['/', '\\'])
+            && !n.contains('\\')
+            && !n.chars().any(|c| c.is_control())
+    })
+    .unwrap_or_else(|| "/".into())
 }
 
 pub async fn form(Query(q): Query<Next>) -> Response {
@@ -121,4 +132,28 @@ pub async fn sign_out(
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn sign_in_only_goes_on_to_a_path_of_this_site() {
+        for evil in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\tevil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "https://evil.example",
+            "evil.example",
+            "/x\\y",
+        ] {
+            assert_eq!(safe_next(Some(evil.into())), "/", "{evil:?}");
+        }
+        for good in ["/", "/runs/3", "/incidents?open=1"] {
+            assert_eq!(safe_next(Some(good.into())), good);
+        }
+    }
 }

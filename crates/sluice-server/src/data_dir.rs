@@ -1,0 +1,111 @@
+//! The server's data directory: made private, and refused when others could
+//! read it, since it holds the database (secrets, token hashes) and the
+//! initial admin token.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// Files no one but the server may read.
+const PRIVATE_FILES: [&str; 4] = [
+    "sluice.db",
+    "sluice.db-wal",
+    "sluice.db-shm",
+    crate::auth::INITIAL_TOKEN_FILE,
+];
+
+/// The directory's mode: as root, the instances' users (see
+/// `sluice_deploy::data::env_uid`) must pass through it to their release
+/// and data, without listing or reading anything else: 0711. Otherwise
+/// instances run as the server's own user: 0700.
+fn directory_mode() -> u32 {
+    if nix::unistd::geteuid().is_root() {
+        0o711
+    } else {
+        0o700
+    }
+}
+
+/// Creates the data directory (private) and, for SQLite, the database file
+/// (0600) before SQLite would make it world-readable; refuses a directory
+/// or file that others can read, saying how to fix it.
+pub fn prepare(dir: &Path, sqlite: bool) -> Result<PathBuf> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(directory_mode())
+        .create(dir)
+        .with_context(|| format!("could not create the data directory {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    refuse_if_open(&dir, 0o066, "700")?;
+    if sqlite {
+        let database = dir.join("sluice.db");
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&database)
+            .with_context(|| format!("could not create the database {}", database.display()))?;
+    }
+    for name in PRIVATE_FILES {
+        let path = dir.join(name);
+        if path.exists() {
+            refuse_if_open(&path, 0o077, "600")?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Fails when `path` has any of `open_bits` (group or others may read or write).
+fn refuse_if_open(path: &Path, open_bits: u32, fix: &str) -> Result<()> {
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    if mode & open_bits != 0 {
+        bail!(
+            "{} is readable or writable by other users (mode {mode:o}); it holds the server's secrets. \
+             Run `chmod {fix} {}` and start again",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_data_directory_is_private_and_its_database_too() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = prepare(&parent.path().join("data"), true).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), directory_mode());
+        assert_eq!(mode(&dir.join("sluice.db")), 0o600);
+    }
+
+    #[test]
+    fn a_data_directory_others_can_read_is_refused_with_the_fix() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let error = prepare(&dir, true).unwrap_err().to_string();
+        assert!(
+            error.contains("readable or writable by other users (mode 755)"),
+            "{error}"
+        );
+        assert!(error.contains("chmod 700"), "{error}");
+
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(dir.join("sluice.db"), "").unwrap();
+        std::fs::set_permissions(
+            dir.join("sluice.db"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let error = prepare(&dir, true).unwrap_err().to_string();
+        assert!(error.contains("sluice.db is readable"), "{error}");
+        assert!(error.contains("chmod 600"), "{error}");
+    }
+}
