@@ -84,6 +84,32 @@ impl From<sluice_spec::paths::PathEscape> for CdError {
 
 pub type CdResult<T> = Result<T, CdError>;
 
+/// The environment other than `key` whose entry point `addr` would take.
+fn owner_of(
+    entries: &HashMap<EnvKey, Entry>,
+    key: &EnvKey,
+    addr: std::net::SocketAddr,
+) -> Option<EnvKey> {
+    entries
+        .iter()
+        .find(|(owner, e)| *owner != key && e.owns(addr))
+        .map(|(owner, _)| owner.clone())
+}
+
+impl Entry {
+    /// Whether a claim on `addr` would take this entry point's address
+    /// (`0.0.0.0:P` takes `127.0.0.1:P` too).
+    fn owns(&self, addr: std::net::SocketAddr) -> bool {
+        let overlaps = |mine: std::net::SocketAddr| {
+            mine.port() == addr.port()
+                && (mine.ip() == addr.ip()
+                    || mine.ip().is_unspecified()
+                    || addr.ip().is_unspecified())
+        };
+        addr.port() != 0 && (overlaps(self.listen) || overlaps(self.listener.addr))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct CdConfig {
     pub data_dir: std::path::PathBuf,
@@ -133,6 +159,8 @@ pub(crate) struct Inner {
 
 struct Entry {
     route: Route,
+    /// The address `listen:` asked for (port 0: any), as bound by `listener`.
+    listen: std::net::SocketAddr,
     listener: Listener,
     telemetry: Telemetry,
     /// The windows of seconds before this are in the store (see [`traffic`]).
@@ -457,15 +485,37 @@ impl Inner {
             .clone()
     }
 
-    /// The route of an environment, binding its listener the first time.
+    /// The route of an environment, binding its listener the first time,
+    /// and again at the new address when a release moves it (the new one
+    /// is bound before the old is released). An address belongs to one
+    /// environment of one service: another's claim is refused.
     async fn route(&self, service: &str, env: &sluice_spec::Environment) -> anyhow::Result<Route> {
         let key = (service.to_string(), env.name.clone());
-        if let Some(entry) = self.entries.lock().unwrap().get(&key) {
-            return Ok(entry.route.clone());
-        }
-        let route = Route::default();
-        let access_log = self.layout.access_log(service, &env.name)?;
-        let telemetry = Telemetry::new(service, &env.name, self.metrics.clone(), Some(access_log));
+        let existing = {
+            let entries = self.entries.lock().unwrap();
+            if let Some(owner) = owner_of(&entries, &key, env.listen) {
+                anyhow::bail!(
+                    "{} is already the entry point of {} {}; give {service} {} an address of its own in `listen:`",
+                    env.listen,
+                    owner.0,
+                    owner.1,
+                    env.name
+                );
+            }
+            entries
+                .get(&key)
+                .map(|e| (e.route.clone(), e.telemetry.clone(), e.listen))
+        };
+        let (route, telemetry) = match existing {
+            Some((route, _, listen)) if listen == env.listen => return Ok(route),
+            Some((route, telemetry, _)) => (route, telemetry),
+            None => {
+                let access_log = self.layout.access_log(service, &env.name)?;
+                let telemetry =
+                    Telemetry::new(service, &env.name, self.metrics.clone(), Some(access_log));
+                (Route::default(), telemetry)
+            }
+        };
         let listener = Listener::bind(env.listen, route.clone(), &env.name, telemetry.clone())
             .await
             .map_err(|e| {
@@ -476,15 +526,35 @@ impl Inner {
                 )
             })?;
         tracing::info!(service, env = %env.name, addr = %listener.addr, "environment entry point listening");
-        self.entries.lock().unwrap().insert(
-            key,
-            Entry {
-                route: route.clone(),
-                listener,
-                telemetry,
-                stored_until: 0,
-            },
-        );
+        let mut entries = self.entries.lock().unwrap();
+        // Claimed meanwhile by another environment: its claim came first.
+        if let Some(owner) = owner_of(&entries, &key, env.listen) {
+            anyhow::bail!(
+                "{} was claimed meanwhile by {} {}",
+                env.listen,
+                owner.0,
+                owner.1
+            );
+        }
+        match entries.get_mut(&key) {
+            // The old listener is dropped here, after the new one listens.
+            Some(entry) => {
+                entry.listen = env.listen;
+                entry.listener = listener;
+            }
+            None => {
+                entries.insert(
+                    key,
+                    Entry {
+                        route: route.clone(),
+                        listen: env.listen,
+                        listener,
+                        telemetry,
+                        stored_until: 0,
+                    },
+                );
+            }
+        }
         Ok(route)
     }
 

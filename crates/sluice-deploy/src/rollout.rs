@@ -330,7 +330,7 @@ pub(crate) async fn start_instance(
         .collect();
     let port = free_port(&taken)?;
     let n = inner.store.count_instances(service, &env.name).await? + 1;
-    let id = format!("{}-{}-{n}", env.name, release.name());
+    let id = instance_id(service, &env.name, &release.name(), n);
     let release_dir = inner.layout.release(service, release.number)?;
     let data_dir = inner.layout.data(service, &env.name)?;
     let config_dir = inner.layout.config(service, &env.name, release.number)?;
@@ -410,6 +410,13 @@ pub(crate) async fn start_instance(
 
 /// What an instance finds in its environment: the server's own variables
 /// (less `SLUICE_*`), the environment's config values, and where it is.
+/// An instance's id, unique across services: `SERVICE.ENV-vN-K`, K counting
+/// the instances the environment has had. Names have no `.`, and a release
+/// is `vN`, so the id reads back one way only.
+fn instance_id(service: &str, env: &str, release: &str, n: i64) -> String {
+    format!("{service}.{env}-{release}-{n}")
+}
+
 /// A seed or scrub script runs as the environment's user with the
 /// environment's config values, a `PATH` to find its tools, and nothing of
 /// the server's own environment (its token, say).
@@ -765,5 +772,23 @@ impl Inner {
                 .await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_id;
+
+    #[test]
+    fn two_services_with_the_same_environment_never_share_an_instance_id() {
+        let shop = instance_id("shop", "dev", "v1", 1);
+        let blog = instance_id("blog", "dev", "v1", 1);
+        assert_ne!(shop, blog);
+        assert_eq!(shop, "shop.dev-v1-1");
+        assert_ne!(
+            instance_id("a", "b-c", "v1", 1),
+            instance_id("a-b", "c", "v1", 1),
+            "a `-` in a name cannot make two ids one"
+        );
     }
 }

@@ -10,6 +10,7 @@ mod ci;
 mod demo;
 mod detection;
 mod experiments;
+mod hostile;
 mod incidents;
 mod init;
 mod metrics;

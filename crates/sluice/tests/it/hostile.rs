@@ -1,0 +1,115 @@
+//! What a commit or a second service must not be able to do to another,
+//! end to end: take its entry point, or collide with its instances.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{GitRepo, Server, copy_fixture};
+
+fn spec(service: &str, listen: &str) -> String {
+    format!(
+        r#"service: {service}
+pipeline:
+  jobs:
+    unit:
+      steps:
+        - run: "true"
+  artifact:
+    paths: [app/]
+run:
+  command: exec python3 app/server.py
+  ready_timeout: 10s
+  health: {{ path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }}
+  config_files:
+    - template: config/app.toml.tmpl
+      to: app.toml
+environments:
+  dev:
+    deploy: auto
+    instances: 1
+    listen: {listen}
+    config: {{ GREETING: hello }}
+"#
+    )
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Waits for the deployment of `service`'s release `number` to finish.
+async fn finished_deployment(server: &Server, service: &str, number: i64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let all = server.get(&format!("/deployments?service={service}")).await;
+        if let Some(done) = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["release"] == number && d["status"] != "running")
+        {
+            return done.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no deployment of v{number}: {all:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_entry_point_belongs_to_one_service_and_moves_with_its_release() {
+    let dir = crate::support::tempdir();
+    let dir = dir.path();
+    let server = Server::start(&dir.join("data"), None);
+    let taken = format!("127.0.0.1:{}", free_port());
+
+    let shop = GitRepo::new(dir, "shop");
+    copy_fixture(&shop, "shop");
+    shop.commit("shop v1", &[("sluice.yaml", &spec("shop", &taken))]);
+    server.add_repo(&shop);
+    server.wait_env("shop", "dev", 1, 1).await;
+
+    // A second service with an environment of the same name: its own ids.
+    let blog = GitRepo::new(dir, "blog");
+    copy_fixture(&blog, "shop");
+    blog.commit("blog v1", &[("sluice.yaml", &spec("blog", "127.0.0.1:0"))]);
+    server.add_repo(&blog);
+    let blog_dev = server.wait_env("blog", "dev", 1, 1).await;
+    let shop_dev = server.wait_env("shop", "dev", 1, 1).await;
+    assert_ne!(
+        blog_dev["instances"][0]["id"], shop_dev["instances"][0]["id"],
+        "instance ids are unique across services"
+    );
+
+    // Its next release claims shop's address: refused, naming the owner.
+    blog.commit("blog v2", &[("sluice.yaml", &spec("blog", &taken))]);
+    let refused = finished_deployment(&server, "blog", 2).await;
+    assert_eq!(refused["status"], "rolled_back", "{refused:#}");
+    let reason = refused["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("{taken} is already the entry point of shop dev")),
+        "{refused:#}"
+    );
+    for _ in 0..20 {
+        let answer = reqwest::get(format!("http://{taken}/")).await.unwrap();
+        assert_eq!(answer.headers()["x-sluice-release"], "v1");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["service"].as_str().unwrap_or("shop"), "shop");
+        assert!(
+            body["instance"].as_str().unwrap().starts_with("shop."),
+            "only shop answers on its address: {body:#}"
+        );
+    }
+
+    // A release that moves its own entry point gets the new address.
+    let moved = format!("127.0.0.1:{}", free_port());
+    blog.commit("blog v3", &[("sluice.yaml", &spec("blog", &moved))]);
+    let blog_dev = server.wait_env("blog", "dev", 3, 1).await;
+    assert_eq!(blog_dev["listen"], moved.as_str(), "{blog_dev:#}");
+    let answer = reqwest::get(format!("http://{moved}/")).await.unwrap();
+    assert_eq!(answer.headers()["x-sluice-release"], "v3");
+}
