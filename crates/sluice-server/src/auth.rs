@@ -1,5 +1,6 @@
-//! Tokens and roles: minting tokens (only their argon2 hash is stored),
-//! checking the bearer token of each request, and the first admin token.
+//! Tokens and roles: minting tokens (only a keyed digest of each is
+//! stored), checking the bearer token of each request with failures limited
+//! per address, and the first admin token.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -8,9 +9,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use sluice_store::{Role, Store};
 
@@ -54,10 +56,52 @@ impl Caller {
     }
 }
 
-/// Verifies tokens, with a short cache so each request does not pay for argon2.
-#[derive(Default)]
+/// Verifies tokens, with a short cache so that a busy client's requests
+/// are checked once a minute; failed attempts are limited per address.
 pub struct Tokens {
     cache: Mutex<HashMap<[u8; 32], (Caller, Instant)>>,
+    pub failures: crate::limit::Attempts,
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens {
+            cache: Mutex::default(),
+            failures: crate::limit::Attempts::new(API_FAILURES, Duration::from_secs(300)),
+        }
+    }
+}
+
+/// Failed API authentications allowed per address in five minutes.
+const API_FAILURES: u32 = 30;
+/// How a token's digest is stored: `hmac-sha256:HEX`.
+const DIGEST_PREFIX: &str = "hmac-sha256:";
+
+/// The stored digest of `token`: HMAC-SHA256 keyed by its id. A token's
+/// secret is 256 random bits, so a fast keyed hash is as safe as argon2 is
+/// for a password, and costs microseconds instead of milliseconds of CPU
+/// and megabytes of memory per guess.
+fn digest(id: &str, token: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(id.as_bytes()).expect("HMAC takes any key");
+    mac.update(token.as_bytes());
+    format!(
+        "{DIGEST_PREFIX}{}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+/// Whether `token` matches the stored `hash`, in time that does not depend
+/// on where they differ. Tokens minted before digests were argon2 hashes:
+/// those are still checked, and replaced by a digest once they match.
+fn matches(hash: &str, id: &str, token: &str) -> bool {
+    if hash.starts_with(DIGEST_PREFIX) {
+        return crate::ui::session::same_secret(hash, &digest(id, token));
+    }
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(token.as_bytes(), &parsed)
+            .is_ok()
+    })
 }
 
 impl Tokens {
@@ -70,27 +114,10 @@ impl Tokens {
         groups: &[String],
         actor: &str,
     ) -> Result<(String, String), ApiError> {
-        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let secret = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let token = format!("slc_{id}_{secret}");
-        let hash = tokio::task::spawn_blocking({
-            let token = token.clone();
-            move || {
-                let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())?;
-                Argon2::default()
-                    .hash_password(token.as_bytes(), &salt)
-                    .map(|h| h.to_string())
-            }
-        })
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+        let id = hex::encode(rand::random::<[u8; 6]>());
+        let token = format!("slc_{id}_{}", hex::encode(rand::random::<[u8; 32]>()));
         store
-            .insert_token(&id, name, role, groups, &hash, actor)
+            .insert_token(&id, name, role, groups, &digest(&id, &token), actor)
             .await?;
         Ok((id, token))
     }
@@ -107,27 +134,33 @@ impl Tokens {
             .strip_prefix("slc_")
             .and_then(|rest| rest.split_once('_'))
             .map(|(id, _)| id)
+            .filter(|id| id.len() <= 32)
             .ok_or_else(invalid)?;
-        let record = store.token(id).await.map_err(|_| invalid())?;
+        // An unknown id takes the same path, against a digest nothing matches.
+        let record = store.token(id).await.ok();
+        let hash = record
+            .as_ref()
+            .map_or_else(|| digest("unknown", ""), |r| r.hash.clone());
+        let argon2 = !hash.starts_with(DIGEST_PREFIX);
+        let matched = if argon2 {
+            let (hash, id, token) = (hash.clone(), id.to_string(), token.to_string());
+            tokio::task::spawn_blocking(move || matches(&hash, &id, &token))
+                .await
+                .unwrap_or(false)
+        } else {
+            matches(&hash, id, token)
+        };
+        let Some(record) = record.filter(|_| matched) else {
+            return Err(invalid());
+        };
         if record.revoked_at.is_some() {
             return Err(ApiError::unauthorized(format!(
                 "token `{}` was revoked",
                 record.name
             )));
         }
-        let hash = record.hash.clone();
-        let candidate = token.to_string();
-        let matches = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|parsed| {
-                Argon2::default()
-                    .verify_password(candidate.as_bytes(), &parsed)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false);
-        if !matches {
-            return Err(invalid());
+        if argon2 {
+            let _ = store.set_token_hash(&record.id, &digest(id, token)).await;
         }
         let caller = Caller {
             groups: record.groups(),
@@ -176,7 +209,18 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header is not `Bearer TOKEN`")
             })?;
-        state.tokens.verify(&state.store, token.trim()).await
+        let ip = crate::ui::session::client_ip(parts);
+        if let Err(wait) = state.tokens.failures.begin(ip) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!("too many failed authentications from {ip}; try again in {wait} s"),
+            )
+            .with_hint("check the token: `sluice whoami` says whether it is valid"));
+        }
+        let caller = state.tokens.verify(&state.store, token.trim()).await?;
+        state.tokens.failures.succeeded(ip);
+        Ok(caller)
     }
 }
 

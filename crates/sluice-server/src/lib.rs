@@ -5,6 +5,7 @@ mod api;
 pub mod auth;
 mod data_dir;
 mod error;
+mod limit;
 pub mod ui;
 
 use std::net::SocketAddr;

@@ -344,3 +344,50 @@ async fn every_answer_tells_the_browser_to_run_only_our_own_scripts() {
         assert!(headers.contains_key(header::REFERRER_POLICY), "{path}");
     }
 }
+
+#[tokio::test]
+async fn bogus_tokens_cost_a_digest_and_are_limited_per_address() {
+    let ui = Ui::start().await;
+    let token = ui.token("ci-bot", Role::Developer).await;
+    let id = token.split('_').nth(1).unwrap().to_string();
+    let whoami = |token: String| {
+        let router = ui.router.clone();
+        async move {
+            let request = Request::get("/api/v1/whoami")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap();
+            let response = router.oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (ok, _) = whoami(token.clone()).await;
+    assert_eq!(ok, StatusCode::OK);
+    // A wrong secret for a real id and an unknown id say the same thing.
+    let (wrong, wrong_body) = whoami(format!("slc_{id}_{}", "0".repeat(64))).await;
+    let (unknown, unknown_body) = whoami(format!("slc_ffffffffffff_{}", "0".repeat(64))).await;
+    assert_eq!(
+        (wrong, unknown),
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(wrong_body, unknown_body);
+    // Thirty at once from one address: the limit holds, then refuses.
+    let bogus: Vec<_> = (0..40)
+        .map(|i| whoami(format!("slc_{id}_{i:064}")))
+        .collect();
+    let answers = futures::future::join_all(bogus).await;
+    let refused = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(
+        refused,
+        40 - (30 - 2),
+        "30 failures an address, 2 already spent"
+    );
+    assert!(answers.iter().all(|(status, _)| *status != StatusCode::OK));
+}

@@ -1,4 +1,4 @@
-//! API tokens: a name, a role, and only the argon2 hash of the secret.
+//! API tokens: a name, a role, and only a digest of the secret.
 
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
@@ -127,6 +127,16 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::NotFound { what: "token", id: id.to_string() })
+    }
+
+    /// Replaces a token's stored hash (an argon2 hash by its digest).
+    pub async fn set_token_hash(&self, id: &str, hash: &str) -> Result<()> {
+        sqlx::query("UPDATE tokens SET hash = $1 WHERE id = $2")
+            .bind(hash)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>> {

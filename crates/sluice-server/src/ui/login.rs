@@ -80,7 +80,7 @@ pub async fn sign_in(
         );
     }
     let next = safe_next(form.next);
-    if let Err(wait) = state.sessions.may_try(ip) {
+    if let Err(wait) = state.sessions.sign_ins.begin(ip) {
         return page(
             next,
             Some(format!(
@@ -91,7 +91,7 @@ pub async fn sign_in(
     }
     match state.tokens.verify(&state.store, form.token.trim()).await {
         Ok(_) => {
-            state.sessions.succeeded(ip);
+            state.sessions.sign_ins.succeeded(ip);
             let id = state.sessions.open(form.token.trim());
             let mut response = Redirect::to(&next).into_response();
             if let Ok(value) = session::session_cookie(&id).parse() {
@@ -99,14 +99,11 @@ pub async fn sign_in(
             }
             response
         }
-        Err(e) => {
-            state.sessions.failed(ip);
-            page(
-                next,
-                Some(format!("That token does not sign you in: {}.", e.message)),
-                StatusCode::UNAUTHORIZED,
-            )
-        }
+        Err(e) => page(
+            next,
+            Some(format!("That token does not sign you in: {}.", e.message)),
+            StatusCode::UNAUTHORIZED,
+        ),
     }
 }
 

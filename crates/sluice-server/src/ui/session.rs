@@ -32,10 +32,18 @@ struct Session {
 }
 
 /// Every signed-in browser, and recent failed sign-ins by address.
-#[derive(Default)]
 pub struct Sessions {
     open: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    pub sign_ins: crate::limit::Attempts,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            open: Mutex::default(),
+            sign_ins: crate::limit::Attempts::new(MAX_FAILURES, FAILURE_WINDOW),
+        }
+    }
 }
 
 /// 32 random bytes as hex.
@@ -70,30 +78,6 @@ impl Sessions {
         open.get(id)
             .filter(|s| s.since.elapsed() < SESSION_FOR)
             .map(|s| (s.token.clone(), s.csrf.clone()))
-    }
-
-    /// `Err(seconds to wait)` while `ip` has failed too often.
-    pub fn may_try(&self, ip: IpAddr) -> Result<(), u64> {
-        let failures = self.failures.lock().unwrap();
-        match failures.get(&ip) {
-            Some((count, since)) if *count >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW => {
-                Err((FAILURE_WINDOW - since.elapsed()).as_secs() + 1)
-            }
-            _ => Ok(()),
-        }
-    }
-
-    pub fn failed(&self, ip: IpAddr) {
-        let mut failures = self.failures.lock().unwrap();
-        let entry = failures.entry(ip).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= FAILURE_WINDOW {
-            *entry = (0, Instant::now());
-        }
-        entry.0 += 1;
-    }
-
-    pub fn succeeded(&self, ip: IpAddr) {
-        self.failures.lock().unwrap().remove(&ip);
     }
 }
 
@@ -233,13 +217,12 @@ mod tests {
         let sessions = Sessions::default();
         let ip: IpAddr = [10, 0, 0, 1].into();
         for _ in 0..MAX_FAILURES {
-            assert!(sessions.may_try(ip).is_ok());
-            sessions.failed(ip);
+            assert!(sessions.sign_ins.begin(ip).is_ok());
         }
-        assert!(sessions.may_try(ip).is_err());
-        assert!(sessions.may_try([10, 0, 0, 2].into()).is_ok());
-        sessions.succeeded(ip);
-        assert!(sessions.may_try(ip).is_ok());
+        assert!(sessions.sign_ins.begin(ip).is_err());
+        assert!(sessions.sign_ins.begin([10, 0, 0, 2].into()).is_ok());
+        sessions.sign_ins.succeeded(ip);
+        assert!(sessions.sign_ins.begin(ip).is_ok());
     }
 
     #[test]
