@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_spec::{ChangeKind, Job, Spec};
-use sluice_store::{PlannedJob, Run, RunStatus};
+use sluice_store::{PlannedJob, Run, RunStatus, Secret};
 use tokio::task::JoinSet;
 
 use crate::executor::{StepOutcome, StepRequest};
@@ -32,13 +32,15 @@ impl Ending {
 
 pub(crate) async fn execute(engine: Arc<Engine>, run: Run, cancel: Cancel) {
     engine.notify(run.id).await;
-    let secrets = engine.store.secrets(run.repo_id).await.unwrap_or_default();
+    let all = engine.store.secrets(run.repo_id).await.unwrap_or_default();
     let sink = LogSink::start(
         engine.store.clone(),
         run.id,
-        secrets.values().cloned().collect(),
+        masked_values(&engine.config.data_dir, &all),
         engine.events.clone(),
     );
+    let kind = ChangeKind::parse(&run.kind).unwrap_or(ChangeKind::Review);
+    let secrets = given_secrets(kind, all);
     let workspace = engine.workspace(run.id);
     let mut ending = prepare_and_run(&engine, &run, &cancel, &sink, secrets).await;
     if ending.status == RunStatus::Cancelled {
@@ -223,6 +225,30 @@ async fn prepare_and_run(
             format!("packing the artifact panicked: {e}"),
         ),
     }
+}
+
+/// The values a run's log never shows: every secret of the repository
+/// (those too short to mask without garbling the log are refused when set)
+/// and the server's initial admin token.
+fn masked_values(data_dir: &std::path::Path, secrets: &BTreeMap<String, Secret>) -> Vec<String> {
+    let admin = std::fs::read_to_string(data_dir.join("initial-admin-token")).ok();
+    secrets
+        .values()
+        .map(|s| s.value.clone())
+        .chain(admin.map(|t| t.trim().to_string()))
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The secrets a run's steps get: all of them on the mainline; on a review
+/// change (which anyone who can push a branch or open a pull request
+/// proposes) only those marked `review`, as GitHub Actions does for forks.
+fn given_secrets(kind: ChangeKind, secrets: BTreeMap<String, Secret>) -> BTreeMap<String, String> {
+    secrets
+        .into_iter()
+        .filter(|(_, s)| kind == ChangeKind::Mainline || s.review)
+        .map(|(name, s)| (name, s.value))
+        .collect()
 }
 
 /// Remembers that a rule failed this run.

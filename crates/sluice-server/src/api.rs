@@ -32,7 +32,10 @@ pub fn routes() -> Router<AppState> {
         .route("/repos/{name}", get(repos::show))
         .route("/repos/{name}/notify", post(repos::notify))
         .route("/repos/{name}/secrets", get(repos::secret_names))
-        .route("/repos/{name}/secrets/{secret}", put(repos::set_secret))
+        .route(
+            "/repos/{name}/secrets/{secret}",
+            put(repos::set_secret).delete(repos::delete_secret),
+        )
         .route("/hooks/{repo}", post(hooks::receive))
         .route("/changes", get(runs::changes))
         .route("/runs", get(runs::list))

@@ -36,7 +36,7 @@ pub use experiments::Experiment;
 pub use incidents::{Incident, NewIncident};
 pub use logs::LogLine;
 pub use processes::TrackedProcess;
-pub use repos::{NewRepo, Repo};
+pub use repos::{NewRepo, Repo, Secret};
 pub use rules::{NewRule, RuleBlock, RuleRecord};
 pub use runs::{Change, Job, NewChange, PlannedJob, Run, RunDetail, RunFilter, RunStatus, Step};
 pub use tokens::{Role, TokenRecord};

@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_experiments.sql")),
     (4, include_str!("migrations/0004_incidents.sql")),
     (5, include_str!("migrations/0005_traffic.sql")),
+    (6, include_str!("migrations/0006_review_secrets.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

@@ -9,6 +9,14 @@ use sqlx::{AssertSqlSafe, FromRow};
 use crate::changelog::append_with;
 use crate::{NewChangeEvent, Result, Store, StoreError, now_ms};
 
+/// A repository's secret: given to every run on the mainline, and to
+/// review runs (changes anyone can propose) only when marked `review`.
+#[derive(Clone, Debug)]
+pub struct Secret {
+    pub value: String,
+    pub review: bool,
+}
+
 #[derive(Clone, Debug, Serialize, FromRow)]
 pub struct Repo {
     pub id: i64,
@@ -160,23 +168,26 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a secret; the change log records that it changed, never its value.
+    /// Stores a secret, given to review runs too when `review`; the change
+    /// log records that it changed, never its value.
     pub async fn set_secret(
         &self,
         repo: &Repo,
         name: &str,
         value: &str,
+        review: bool,
         actor: &str,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO secrets (repo_id, name, value, updated_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (repo_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            "INSERT INTO secrets (repo_id, name, value, updated_at, review) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (repo_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at, review = excluded.review",
         )
         .bind(repo.id)
         .bind(name)
         .bind(value)
         .bind(now_ms())
+        .bind(i64::from(review))
         .execute(&mut *tx)
         .await?;
         let event = NewChangeEvent {
@@ -191,13 +202,43 @@ impl Store {
         Ok(())
     }
 
-    pub async fn secrets(&self, repo_id: i64) -> Result<BTreeMap<String, String>> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT name, value FROM secrets WHERE repo_id = $1")
+    /// A repository's secrets by name.
+    pub async fn secrets(&self, repo_id: i64) -> Result<BTreeMap<String, Secret>> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT name, value, review FROM secrets WHERE repo_id = $1")
                 .bind(repo_id)
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows.into_iter().collect())
+        Ok(rows
+            .into_iter()
+            .map(|(name, value, review)| {
+                let review = review != 0;
+                (name, Secret { value, review })
+            })
+            .collect())
+    }
+
+    /// Deletes a secret; false when there was none by that name.
+    pub async fn delete_secret(&self, repo: &Repo, name: &str, actor: &str) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query("DELETE FROM secrets WHERE repo_id = $1 AND name = $2")
+            .bind(repo.id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let event = NewChangeEvent {
+            actor: actor.to_string(),
+            kind: "secret.deleted".into(),
+            subject: format!("repo {}", repo.name),
+            summary: format!("secret `{name}` of `{}` deleted", repo.name),
+            ..Default::default()
+        };
+        append_with(&mut *tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn delivery_seen(&self, repo_id: i64, delivery_id: &str) -> Result<bool> {

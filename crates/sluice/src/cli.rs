@@ -571,10 +571,20 @@ pub enum RepoCommand {
 
 #[derive(Subcommand)]
 pub enum SecretCommand {
-    /// Set a secret; the value is read from standard input.
-    Set { repo: String, name: String },
+    /// Set a secret; the value is read from standard input. Runs on the
+    /// mainline get every secret; review runs only those set with --review.
+    Set {
+        repo: String,
+        name: String,
+        /// Give it to review runs too (changes on other branches and pull
+        /// requests, which anyone who can push proposes).
+        #[arg(long)]
+        review: bool,
+    },
     /// List the names of a repository's secrets.
     List { repo: String },
+    /// Delete a secret.
+    Delete { repo: String, name: String },
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

@@ -66,6 +66,41 @@ pub async fn notify(
 #[derive(Deserialize)]
 pub struct SecretValue {
     value: String,
+    /// Given to review runs too (changes not on the mainline).
+    #[serde(default)]
+    review: bool,
+}
+
+/// The shortest value that is masked in logs: a shorter one would turn
+/// every `a` or `1` of a log into `***`.
+pub const MIN_MASKED: usize = 4;
+
+/// Why `name` cannot be a secret's name, if it cannot: secrets become
+/// environment variables, and some would change how every step runs.
+fn secret_name_problem(name: &str) -> Option<String> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if !valid {
+        return Some(format!(
+            "`{}` is not a valid variable name: use letters, digits and `_`",
+            name.chars().take(128).collect::<String>()
+        ));
+    }
+    let upper = name.to_ascii_uppercase();
+    let reserved = [
+        "PATH", "HOME", "SHELL", "USER", "IFS", "ENV", "BASH_ENV", "CI",
+    ];
+    if reserved.contains(&upper.as_str())
+        || upper.starts_with("LD_")
+        || upper.starts_with("SLUICE_")
+    {
+        return Some(format!(
+            "`{name}` would change how every step runs (PATH, HOME, LD_*, SLUICE_* and the like are reserved)"
+        ));
+    }
+    None
 }
 
 pub async fn set_secret(
@@ -73,18 +108,12 @@ pub async fn set_secret(
     caller: Caller,
     Path((name, secret)): Path<(String, String)>,
     Json(body): Json<SecretValue>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
-    let valid = !secret.is_empty()
-        && secret
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !secret.starts_with(|c: char| c.is_ascii_digit());
-    if !valid {
-        return Err(
-            ApiError::bad_request(format!("`{secret}` is not a valid variable name"))
-                .with_hint("secrets become environment variables: use letters, digits and `_`"),
-        );
+    if let Some(problem) = secret_name_problem(&secret) {
+        return Err(ApiError::bad_request(problem).with_hint(
+            "choose another name, e.g. `DEPLOY_KEY`; the step can copy it where it is needed",
+        ));
     }
     if body.value.is_empty() {
         return Err(
@@ -93,11 +122,46 @@ pub async fn set_secret(
             ),
         );
     }
+    if body.value.len() > 64 * 1024 {
+        return Err(
+            ApiError::bad_request("the secret's value is longer than 64 KiB").with_hint(
+                "keep large files in the repository, encrypted, and their key in a secret",
+            ),
+        );
+    }
     let repo = state.store.repo(&name).await?;
     state
         .store
-        .set_secret(&repo, &secret, &body.value, &caller.name)
+        .set_secret(&repo, &secret, &body.value, body.review, &caller.name)
         .await?;
+    let masked = body.value.chars().count() >= MIN_MASKED;
+    Ok(Json(json!({
+        "name": secret,
+        "review": body.review,
+        "masked": masked,
+        "warning": (!masked).then(|| format!(
+            "the value is shorter than {MIN_MASKED} characters, so logs will not mask it"
+        )),
+    })))
+}
+
+pub async fn delete_secret(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, secret)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    let repo = state.store.repo(&name).await?;
+    if !state
+        .store
+        .delete_secret(&repo, &secret, &caller.name)
+        .await?
+    {
+        return Err(
+            ApiError::not_found(format!("`{name}` has no secret `{secret}`"))
+                .with_hint(format!("`sluice secret list {name}` names its secrets")),
+        );
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -108,6 +172,10 @@ pub async fn secret_names(
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
     let repo = state.store.repo(&name).await?;
-    let names: Vec<String> = state.store.secrets(repo.id).await?.into_keys().collect();
-    Ok(Json(json!(names)))
+    let secrets = state.store.secrets(repo.id).await?;
+    let listed: Vec<Value> = secrets
+        .into_iter()
+        .map(|(name, s)| json!({ "name": name, "review": s.review }))
+        .collect();
+    Ok(Json(json!(listed)))
 }

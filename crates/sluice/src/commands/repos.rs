@@ -71,7 +71,7 @@ fn client_base(client: &Client) -> String {
 
 pub async fn secret(client: &Client, command: SecretCommand) -> Result<ExitCode> {
     match command {
-        SecretCommand::Set { repo, name } => {
+        SecretCommand::Set { repo, name, review } => {
             let mut value = String::new();
             std::io::stdin()
                 .read_to_string(&mut value)
@@ -83,20 +83,34 @@ pub async fn secret(client: &Client, command: SecretCommand) -> Result<ExitCode>
                 );
             }
             let path = format!("/repos/{repo}/secrets/{name}");
-            client
-                .send(
+            let answer = client
+                .json(
                     client
                         .request(Method::PUT, &path)
-                        .json(&json!({ "value": value })),
+                        .json(&json!({ "value": value, "review": review })),
                 )
                 .await?;
-            crate::say!("secret {name} of {repo} set");
+            let runs = if review { "every run" } else { "mainline runs" };
+            crate::say!("secret {name} of {repo} set, given to {runs}");
+            if let Some(warning) = answer["warning"].as_str() {
+                eprintln!("warning: {warning}");
+            }
         }
         SecretCommand::List { repo } => {
-            let names = client.get(&format!("/repos/{repo}/secrets")).await?;
-            for name in names.as_array().into_iter().flatten() {
-                crate::say!("{}", text(name));
+            let secrets = client.get(&format!("/repos/{repo}/secrets")).await?;
+            for secret in secrets.as_array().into_iter().flatten() {
+                let runs = if secret["review"] == true {
+                    "every run"
+                } else {
+                    "mainline runs"
+                };
+                crate::say!("{}  {runs}", text(&secret["name"]));
             }
+        }
+        SecretCommand::Delete { repo, name } => {
+            let path = format!("/repos/{repo}/secrets/{name}");
+            client.json(client.request(Method::DELETE, &path)).await?;
+            crate::say!("secret {name} of {repo} deleted");
         }
     }
     Ok(ExitCode::SUCCESS)

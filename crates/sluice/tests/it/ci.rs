@@ -225,6 +225,45 @@ async fn secrets_are_given_to_steps_and_never_stored_in_logs() {
 }
 
 #[tokio::test]
+async fn review_runs_get_only_review_secrets_and_the_admin_token_is_masked() {
+    each_database(|dir, db| async move {
+        let server = Server::start(&dir.join("data"), db.as_deref());
+        let repo = GitRepo::new(&dir, "shop");
+        repo.commit("readme", &[("README", "x\n")]);
+        server.add_repo(&repo);
+        for (name, value, review) in [("DEPLOY_KEY", "prod-only-key-1", false), ("LINT_KEY", "shared-key-22", true)] {
+            let mut args = vec!["secret", "set", "shop", name];
+            if review {
+                args.push("--review");
+            }
+            let out = server.cli_with_input(&args, value);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let refused = server.cli_with_input(&["secret", "set", "shop", "LD_PRELOAD"], "/tmp/evil.so");
+        assert!(!refused.status.success());
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("reserved"));
+        let listed = String::from_utf8_lossy(&server.cli(&["secret", "list", "shop"]).stdout).into_owned();
+        assert!(listed.contains("LINT_KEY  every run") && listed.contains("DEPLOY_KEY  mainline runs"), "{listed}");
+
+        repo.git(&["checkout", "-q", "-b", "feature/x"]);
+        let spec = format!(
+            "service: shop\npipeline:\n  jobs:\n    look:\n      steps:\n        - run: echo \"deploy=${{DEPLOY_KEY:-none}} lint=$LINT_KEY admin={}\"\n",
+            server.token
+        );
+        let sha = repo.commit("a proposal", &[("sluice.yaml", &spec)]);
+        let run = server.wait_run("the review run", |r| r["sha"] == sha.as_str()).await;
+        assert_eq!(run["kind"], "review");
+        assert_eq!(run["status"], "success", "{run:#}");
+        let logs = server.logs(&run).await;
+        assert!(
+            logs.contains(&"deploy=none lint=*** admin=***".to_string()),
+            "a review run gets review secrets only, and no log shows the admin token: {logs:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_newer_commit_on_a_review_branch_cancels_the_older_run() {
     each_database(|dir, db| async move {
         let server = Server::start(&dir.join("data"), db.as_deref());
