@@ -1,6 +1,8 @@
 //! The `Executor`: runs one step's command and reports how it ended. The local
-//! executor runs it as a process group on this machine, so that a timeout or a
-//! cancel kills the step with every child it started.
+//! executor runs it as a process group on this machine, as the repository's
+//! own user when the server is root, and marks every process it starts, so
+//! that a timeout, a cancel or the step's end kills everything it started,
+//! even what left the group (a `setsid` daemon).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -26,7 +28,16 @@ pub struct StepRequest {
     pub deadline: Instant,
     pub cancel: CancellationToken,
     pub log: LogWriter,
+    /// The user the step runs as, or `None` for the server's own.
+    pub uid: Option<u32>,
 }
+
+/// The variable every step process of this server carries (its value is the
+/// data directory), so that a restart kills what an older server's steps
+/// left running.
+pub const STEPS_OF: &str = "SLUICE_STEPS_OF";
+/// The variable that tells one step's processes from every other's.
+const STEP_MARK: &str = "SLUICE_STEP_MARK";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StepOutcome {
@@ -53,24 +64,37 @@ const MAX_LINE: u64 = 64 * 1024;
 pub struct LocalExecutor {
     store: Store,
     host: String,
+    /// The data directory: [`STEPS_OF`]'s value.
+    steps_of: String,
 }
 
 impl LocalExecutor {
-    pub fn new(store: Store, host: String) -> Self {
-        LocalExecutor { store, host }
+    pub fn new(store: Store, host: String, data_dir: &std::path::Path) -> Self {
+        LocalExecutor {
+            store,
+            host,
+            steps_of: data_dir.display().to_string(),
+        }
     }
 
     async fn run(&self, request: StepRequest) -> StepOutcome {
+        let mark = uuid::Uuid::new_v4().simple().to_string();
         let mut command = Command::new("sh");
         command
             .arg("-c")
             .arg(&request.command)
             .current_dir(&request.workdir)
+            .env_clear()
             .envs(request.env.iter().map(|(k, v)| (k, v)))
+            .env(STEPS_OF, &self.steps_of)
+            .env(STEP_MARK, &mark)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        if let Some(uid) = request.uid {
+            command.uid(uid).gid(uid);
+        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => return StepOutcome::FailedToStart(e.to_string()),
@@ -114,8 +138,20 @@ impl LocalExecutor {
                 StepOutcome::Cancelled
             }
         };
-        // Whatever the step left running in its group goes with it.
+        // Whatever the step left running goes with it: its group, and what
+        // left the group but still carries the step's mark.
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let marker = format!("{STEP_MARK}={mark}");
+        let left = tokio::task::spawn_blocking(move || crate::sandbox::kill_marked(&marker))
+            .await
+            .unwrap_or_default();
+        if !left.is_empty() {
+            request.log.note(format!(
+                "killed {} process{} the step left running ({left:?})",
+                left.len(),
+                if left.len() == 1 { "" } else { "es" }
+            ));
+        }
         for reader in readers.into_iter().flatten() {
             // A process that left the group may still hold the pipe; stop waiting for it.
             let _ = tokio::time::timeout(GRACE * 2, reader).await;
@@ -174,12 +210,16 @@ pub fn start_ticks(pid: i32) -> Option<i64> {
     after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Kills the process groups that a previous server left running, when they are still ours.
-pub async fn kill_leftovers(store: &Store, host: &str) -> usize {
+/// Kills the process groups that a previous server left running, when they
+/// are still ours, and every process its steps started (by their mark).
+pub async fn kill_leftovers(store: &Store, host: &str, data_dir: &std::path::Path) -> usize {
+    let marker = format!("{STEPS_OF}={}", data_dir.display());
+    let mut killed = tokio::task::spawn_blocking(move || crate::sandbox::kill_marked(&marker))
+        .await
+        .map_or(0, |pids| pids.len());
     let Ok(processes) = store.tracked_processes(host).await else {
-        return 0;
+        return killed;
     };
-    let mut killed = 0;
     for process in processes {
         let pid = process.pid as i32;
         if start_ticks(pid) == Some(process.start_ticks) {

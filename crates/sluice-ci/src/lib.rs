@@ -14,6 +14,7 @@ mod logs;
 mod notify;
 mod rules;
 mod run;
+pub mod sandbox;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -45,6 +46,10 @@ pub struct CiConfig {
     pub server_url: String,
     /// The `sluice` binary that installed hooks call.
     pub sluice_bin: PathBuf,
+    /// Whether steps run as a user of their own (when the server is root).
+    pub isolation: sandbox::Isolation,
+    /// The most of a run's log that is kept, in bytes: its end.
+    pub log_cap: u64,
 }
 
 impl CiConfig {
@@ -56,6 +61,8 @@ impl CiConfig {
             keep_workspaces: false,
             server_url: server_url.to_string(),
             sluice_bin: std::env::current_exe().unwrap_or_else(|_| "sluice".into()),
+            isolation: sandbox::Isolation::User,
+            log_cap: logs::DEFAULT_CAP,
         }
     }
 }
@@ -97,12 +104,16 @@ impl Ci {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "localhost".into());
-        let killed = executor::kill_leftovers(&store, &host).await;
+        let killed = executor::kill_leftovers(&store, &host, &config.data_dir).await;
         let interrupted = store.interrupt_running_runs().await?;
         if killed > 0 || !interrupted.is_empty() {
             tracing::warn!(?interrupted, killed, "recovered from an interrupted server");
         }
-        let executor = Arc::new(LocalExecutor::new(store.clone(), host.clone()));
+        let executor = Arc::new(LocalExecutor::new(
+            store.clone(),
+            host.clone(),
+            &config.data_dir,
+        ));
         let forge: Arc<dyn Notifier> = Arc::new(ForgeStatus::new(config.server_url.clone()));
         let (events, _) = broadcast::channel(4096);
         let engine = Arc::new(Engine {
@@ -118,7 +129,9 @@ impl Ci {
             shutdown: CancellationToken::new(),
         });
         for id in &interrupted {
-            let _ = tokio::fs::remove_dir_all(engine.workspace(*id)).await;
+            let workspace = engine.workspace(*id);
+            let _ = tokio::fs::remove_dir_all(run::step_home(&workspace)).await;
+            let _ = tokio::fs::remove_dir_all(workspace).await;
         }
         engine.refresh_hooks().await;
         tokio::spawn(dispatch(engine.clone()));

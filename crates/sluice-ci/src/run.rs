@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::executor::{StepOutcome, StepRequest};
 use crate::logs::{LogSink, LogWriter};
-use crate::{Cancel, Engine, artifact, git, rules};
+use crate::{Cancel, Engine, artifact, git, rules, sandbox};
 
 /// How a run ended.
 struct Ending {
@@ -38,6 +38,7 @@ pub(crate) async fn execute(engine: Arc<Engine>, run: Run, cancel: Cancel) {
         run.id,
         masked_values(&engine.config.data_dir, &all),
         engine.events.clone(),
+        engine.config.log_cap,
     );
     let kind = ChangeKind::parse(&run.kind).unwrap_or(ChangeKind::Review);
     let secrets = given_secrets(kind, all);
@@ -67,6 +68,7 @@ pub(crate) async fn execute(engine: Arc<Engine>, run: Run, cancel: Cancel) {
     }
     if !engine.config.keep_workspaces {
         let _ = tokio::fs::remove_dir_all(&workspace).await;
+        let _ = tokio::fs::remove_dir_all(step_home(&workspace)).await;
     }
     engine.notify(run.id).await;
 }
@@ -173,9 +175,26 @@ async fn prepare_and_run(
         run.branch,
         started.elapsed().as_millis()
     ));
+    let uid = sandbox::step_uid(&run.repo, engine.config.isolation);
+    if let Some(uid) = uid {
+        if let Err(e) = hand_workspace_over(&workspace, uid) {
+            log.note(format!("could not give the workspace to uid {uid}: {e}"));
+            return Ending::new(
+                RunStatus::Error,
+                "could not prepare the workspace".to_string(),
+            );
+        }
+        log.note(format!(
+            "steps run as uid {uid}, which owns the workspace and nothing else of the server's"
+        ));
+    }
     let kind = ChangeKind::parse(&run.kind).unwrap_or(ChangeKind::Review);
-    let (failed, ended) =
-        run_jobs(engine, run, &spec, kind, cancel, sink, &workspace, &secrets).await;
+    let steps = Steps {
+        workspace: &workspace,
+        uid,
+        secrets: &secrets,
+    };
+    let (failed, ended) = run_jobs(engine, run, &spec, kind, cancel, sink, &steps).await;
     if cancel.token.is_cancelled() {
         return Ending::new(RunStatus::Cancelled, "cancelled".to_string());
     }
@@ -263,9 +282,36 @@ async fn record_block(engine: &Engine, run: &Run, spec: &Spec, rule: &str, why: 
     }
 }
 
+/// Where and as whom a run's steps run, and the secrets they get.
+struct Steps<'a> {
+    workspace: &'a std::path::Path,
+    uid: Option<u32>,
+    secrets: &'a BTreeMap<String, String>,
+}
+
+/// The `HOME` of a run's steps when they run as a user of their own: beside
+/// the workspace, not in it, so that it is never part of the artifact.
+pub(crate) fn step_home(workspace: &std::path::Path) -> std::path::PathBuf {
+    workspace.with_extension("home")
+}
+
+/// Gives the checked-out workspace and a fresh home to the steps' user,
+/// each `0700`; the workspaces directory lets that user through to its own
+/// and list nothing.
+fn hand_workspace_over(workspace: &std::path::Path, uid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(all) = workspace.parent() {
+        std::fs::set_permissions(all, std::fs::Permissions::from_mode(0o711))?;
+    }
+    let home = step_home(workspace);
+    sandbox::private_dir(&home)?;
+    sandbox::private_dir(workspace)?;
+    sandbox::give(workspace, uid)?;
+    sandbox::give(&home, uid)
+}
+
 /// Runs the jobs as their `needs` allow; returns why the run failed, if it
 /// did, and how each job ended.
-#[allow(clippy::too_many_arguments)]
 async fn run_jobs(
     engine: &Arc<Engine>,
     run: &Run,
@@ -273,8 +319,7 @@ async fn run_jobs(
     kind: ChangeKind,
     cancel: &Cancel,
     sink: &LogSink,
-    workspace: &std::path::Path,
-    secrets: &BTreeMap<String, String>,
+    steps: &Steps<'_>,
 ) -> (Option<String>, HashMap<String, RunStatus>) {
     let ids: HashMap<String, i64> = match engine.store.jobs(run.id).await {
         Ok(jobs) => jobs.into_iter().map(|j| (j.name.clone(), j.id)).collect(),
@@ -326,8 +371,9 @@ async fn run_jobs(
                 job: job.clone(),
                 job_id,
                 log: sink.writer(&job.name, -1),
-                workspace: workspace.to_path_buf(),
-                env: step_env(run, job, kind, workspace, secrets),
+                workspace: steps.workspace.to_path_buf(),
+                env: step_env(run, job, kind, steps),
+                uid: steps.uid,
                 cancel: cancel.clone(),
             };
             tasks.spawn(async move {
@@ -370,6 +416,7 @@ struct JobContext {
     log: LogWriter,
     workspace: std::path::PathBuf,
     env: Vec<(String, String)>,
+    uid: Option<u32>,
     cancel: Cancel,
 }
 
@@ -423,8 +470,12 @@ async fn run_job(cx: JobContext) -> (RunStatus, Option<String>) {
                 deadline,
                 cancel: cx.cancel.token.clone(),
                 log: writer.clone(),
+                uid: cx.uid,
             })
             .await;
+        if let (Some(uid), StepOutcome::Exited(126 | 127)) = (cx.uid, &outcome) {
+            explain_unreachable_tools(&writer, uid, &cx.env);
+        }
         let took = began.elapsed().as_millis();
         let (status, code, reason) = match outcome {
             StepOutcome::Exited(0) => (RunStatus::Success, Some(0), None),
@@ -471,20 +522,48 @@ async fn run_job(cx: JobContext) -> (RunStatus, Option<String>) {
     result
 }
 
+/// A step that could not run its command (126, 127) as the steps' user may
+/// have met a tool it cannot reach: name each directory of `PATH` it cannot
+/// search, what stops it, and the ways out.
+fn explain_unreachable_tools(log: &LogWriter, uid: u32, env: &[(String, String)]) {
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or("", |(_, v)| v.as_str());
+    let blocked = sandbox::unreachable_dirs(path);
+    if blocked.is_empty() {
+        return;
+    }
+    for (dir, blocker) in &blocked {
+        log.note(format!(
+            "steps run as uid {uid}, which cannot reach {} on PATH: {} lets no other user in",
+            dir.display(),
+            blocker.display()
+        ));
+    }
+    log.note(
+        "hint: install the tool where every user can run it (/usr/local/bin, say), or start the \
+         server with `--isolation none` to run steps as its own user (see docs/security.md)",
+    );
+}
+
 /// The environment of every step of a job: the server's own (less its
-/// token), the job's `env`, the repository's secrets, and `SLUICE_*`.
-fn step_env(
-    run: &Run,
-    job: &Job,
-    kind: ChangeKind,
-    workspace: &std::path::Path,
-    secrets: &BTreeMap<String, String>,
-) -> Vec<(String, String)> {
+/// `SLUICE_*` settings: its token, its database's address), the job's
+/// `env`, the secrets the run gets, `HOME` when the steps have a user of
+/// their own, and `SLUICE_*` about the run.
+fn step_env(run: &Run, job: &Job, kind: ChangeKind, steps: &Steps<'_>) -> Vec<(String, String)> {
+    let workspace = steps.workspace;
     let mut env: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| k != "SLUICE_TOKEN")
+        .filter(|(k, _)| !k.starts_with("SLUICE_"))
         .collect();
+    if steps.uid.is_some() {
+        let home = step_home(workspace).to_string_lossy().into_owned();
+        env.insert("HOME".into(), home);
+        env.remove("USER");
+        env.remove("LOGNAME");
+    }
     env.extend(job.env.clone());
-    env.extend(secrets.clone());
+    env.extend(steps.secrets.clone());
     env.extend([
         ("CI".to_string(), "true".to_string()),
         ("SLUICE_RUN_ID".to_string(), run.id.to_string()),

@@ -166,41 +166,16 @@ pub fn snapshot(
     Ok(Some(path))
 }
 
-/// The user id an environment's instances run as when the server runs as
-/// root: one per environment, so that no environment's instances can write
-/// another's data directory (each is that user's, mode 0700).
-pub fn env_uid(service: &str, env: &str) -> Option<u32> {
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    // FNV-1a: stable across releases of Rust, unlike the standard hasher.
-    let hash = format!("{service}/{env}")
-        .bytes()
-        .fold(0x811c9dc5u32, |h, b| {
-            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-        });
-    Some(20_000 + hash % 40_000)
-}
-
-/// Gives the data directory (and everything in it) to the environment's user.
+/// Gives the data directory (and everything in it) to the environment's
+/// user, when instances run as one (see [`sluice_ci::sandbox`]).
 pub fn hand_over(data_dir: &Path, uid: Option<u32>) -> Result<()> {
     let Some(uid) = uid else { return Ok(()) };
-    fn walk(path: &Path, uid: u32) -> Result<()> {
-        // Never through a link: one an instance made must not hand over its target.
-        std::os::unix::fs::lchown(path, Some(uid), Some(uid)).with_context(|| {
-            format!(
-                "could not give {} to its environment's user",
-                path.display()
-            )
-        })?;
-        if path.is_dir() && !path.is_symlink() {
-            for entry in std::fs::read_dir(path)? {
-                walk(&entry?.path(), uid)?;
-            }
-        }
-        Ok(())
-    }
-    walk(data_dir, uid)
+    sluice_ci::sandbox::give(data_dir, uid).with_context(|| {
+        format!(
+            "could not give {} to its environment's user",
+            data_dir.display()
+        )
+    })
 }
 
 #[cfg(test)]

@@ -180,7 +180,7 @@ pub(crate) async fn prepare(
         tracing::info!(service, env = %env.name, ?filled, "data prepared for the first deployment");
         inner.store.mark_seeded(service, &env.name).await?;
     }
-    data::hand_over(&data_dir, data::env_uid(service, &env.name))?;
+    data::hand_over(&data_dir, sluice_ci::sandbox::env_uid(service, &env.name))?;
     let files = render::render(spec, env, &release.name(), &release_dir)?;
     render::write(
         &inner.layout.config(service, &env.name, release.number)?,
@@ -360,7 +360,7 @@ pub(crate) async fn start_instance(
             command: run.command.clone(),
             env: vars,
             log: inner.layout.instance_log(service, &env.name, &id)?,
-            uid: data::env_uid(service, &env.name),
+            uid: sluice_ci::sandbox::env_uid(service, &env.name),
         })
         .await?;
     let backend = Backend::new(id.clone(), ([127, 0, 0, 1], port).into(), release.name());
@@ -429,7 +429,7 @@ fn seed_run_as(service: &str, env: &Environment) -> data::RunAs {
     vars.push(("SLUICE_SERVICE".into(), service.to_string()));
     vars.push(("SLUICE_ENV".into(), env.name.clone()));
     data::RunAs {
-        uid: data::env_uid(service, &env.name),
+        uid: sluice_ci::sandbox::env_uid(service, &env.name),
         vars,
     }
 }

@@ -17,7 +17,7 @@ const PRIVATE_FILES: [&str; 4] = [
 ];
 
 /// The directory's mode: as root, the instances' users (see
-/// `sluice_deploy::data::env_uid`) must pass through it to their release
+/// `sluice_ci::sandbox`) must pass through it to their release
 /// and data, without listing or reading anything else: 0711. Otherwise
 /// instances run as the server's own user: 0700.
 fn directory_mode() -> u32 {

@@ -122,6 +122,8 @@ pub struct ServeOptions {
     pub poll_interval: Duration,
     pub parallelism: Option<usize>,
     pub keep_workspaces: bool,
+    /// Whether steps run as a user of their own (when the server is root).
+    pub isolation: sluice_ci::sandbox::Isolation,
 }
 
 /// A server bound to its address, ready to serve.
@@ -155,6 +157,7 @@ impl Server {
         let mut config = CiConfig::new(&data_dir, &format!("http://{addr}"));
         config.poll_interval = options.poll_interval;
         config.keep_workspaces = options.keep_workspaces;
+        config.isolation = options.isolation;
         if let Some(parallelism) = options.parallelism {
             config.parallelism = parallelism;
         }

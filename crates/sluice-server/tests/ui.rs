@@ -32,6 +32,7 @@ impl Ui {
             poll_interval: std::time::Duration::from_secs(60),
             parallelism: Some(1),
             keep_workspaces: false,
+            isolation: Default::default(),
         })
         .await
         .unwrap();

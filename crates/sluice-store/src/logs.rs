@@ -34,6 +34,75 @@ impl Store {
         Ok(())
     }
 
+    /// At most `limit` lines of a run with `seq` greater than `after`, read
+    /// a few chunks at a time so that a page never loads the whole log.
+    pub async fn logs_page(&self, run_id: i64, after: i64, limit: usize) -> Result<Vec<LogLine>> {
+        let mut lines = Vec::new();
+        let mut after = after;
+        while lines.len() < limit {
+            let chunks: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT last_seq, lines FROM log_chunks WHERE run_id = $1 AND last_seq > $2 ORDER BY first_seq LIMIT 16",
+            )
+            .bind(run_id)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some((last, _)) = chunks.last() else {
+                break;
+            };
+            let seen = after;
+            after = *last;
+            lines.extend(
+                chunks
+                    .iter()
+                    .flat_map(|(_, c)| serde_json::from_str::<Vec<LogLine>>(c).unwrap_or_default())
+                    .filter(|l| l.seq > seen),
+            );
+        }
+        lines.truncate(limit);
+        Ok(lines)
+    }
+
+    /// The last `limit` lines of a run.
+    pub async fn log_tail(&self, run_id: i64, limit: usize) -> Result<Vec<LogLine>> {
+        let mut chunks: Vec<String> = Vec::new();
+        let mut count = 0;
+        let mut before = i64::MAX;
+        while count < limit {
+            let page: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT first_seq, lines FROM log_chunks WHERE run_id = $1 AND first_seq < $2 ORDER BY first_seq DESC LIMIT 16",
+            )
+            .bind(run_id)
+            .bind(before)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some((first, _)) = page.last() else { break };
+            before = *first;
+            for (_, chunk) in page {
+                count += chunk.matches("\"seq\":").count();
+                chunks.push(chunk);
+            }
+        }
+        let mut lines: Vec<LogLine> = chunks
+            .iter()
+            .rev()
+            .flat_map(|c| serde_json::from_str::<Vec<LogLine>>(c).unwrap_or_default())
+            .collect();
+        let cut = lines.len().saturating_sub(limit);
+        lines.drain(..cut);
+        Ok(lines)
+    }
+
+    /// Deletes a run's stored chunks whose lines all come at or before `seq`.
+    pub async fn drop_log_chunks(&self, run_id: i64, through_seq: i64) -> Result<()> {
+        sqlx::query("DELETE FROM log_chunks WHERE run_id = $1 AND last_seq <= $2")
+            .bind(run_id)
+            .bind(through_seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Lines of a run with `seq` greater than `after` (pass -1 for all).
     pub async fn logs(&self, run_id: i64, after: i64) -> Result<Vec<LogLine>> {
         let chunks: Vec<String> = sqlx::query_scalar(

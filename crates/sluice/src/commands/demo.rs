@@ -80,6 +80,7 @@ pub async fn demo(options: Demo) -> Result<ExitCode> {
         poll_interval: Duration::from_secs(10),
         parallelism: None,
         keep_workspaces: false,
+        isolation: Default::default(),
     })
     .await
     .context("the demo's server did not start (is the port taken? try --listen 127.0.0.1:0)")?;

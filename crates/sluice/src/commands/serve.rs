@@ -16,6 +16,11 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
         poll_interval: options.poll_interval,
         parallelism: options.parallelism,
         keep_workspaces: options.keep_workspaces,
+        isolation: if options.isolation == "none" {
+            sluice_ci::sandbox::Isolation::None
+        } else {
+            sluice_ci::sandbox::Isolation::User
+        },
     })
     .await?;
     let data_dir = global

@@ -5,7 +5,7 @@ use std::io::Read;
 
 use serde_json::Value;
 
-use crate::support::{GitRepo, Server, each_database, process_alive};
+use crate::support::{GitRepo, Server, each_database, process_alive, writable_by_steps};
 
 const TWO_JOBS: &str = r#"service: shop
 pipeline:
@@ -161,6 +161,7 @@ async fn a_timeout_kills_the_step_and_the_child_it_spawned() {
         let server = Server::start(&dir.join("data"), db.as_deref());
         let repo = GitRepo::new(&dir, "shop");
         let pidfile = dir.join("child.pid");
+        writable_by_steps(&pidfile);
         let spec = format!(
             "service: shop\npipeline:\n  jobs:\n    hang:\n      timeout: 2s\n      steps:\n        - run: sleep 300 & echo $! > {}; echo waiting; wait\n",
             pidfile.display()
@@ -175,6 +176,57 @@ async fn a_timeout_kills_the_step_and_the_child_it_spawned() {
         assert!(took < 4_000, "killed within timeout + 2 s, took {took} ms");
         let child: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
         assert!(!process_alive(child), "the step's child {child} was killed with it");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_daemon_a_step_started_ends_with_the_step_and_cancel_ends_the_run() {
+    each_database(|dir, db| async move {
+        let server = Server::start(&dir.join("data"), db.as_deref());
+        let repo = GitRepo::new(&dir, "shop");
+        let (quick, slow) = (dir.join("quick.pid"), dir.join("slow.pid"));
+        writable_by_steps(&quick);
+        writable_by_steps(&slow);
+        // A step that leaves a daemon in a session of its own, and exits
+        // once the daemon has written its pid (so it has left the group).
+        let spec = format!(
+            "service: shop\npipeline:\n  jobs:\n    leave:\n      steps:\n        - run: \"setsid sh -c 'echo $$ > {0}; exec sleep 300' </dev/null >/dev/null 2>&1 & while [ ! -s {0} ]; do sleep 0.05; done\"\n",
+            quick.display()
+        );
+        let sha = repo.commit("leaves a daemon", &[("sluice.yaml", &spec)]);
+        server.add_repo(&repo);
+        let run = server.wait_run("the daemon's run", |r| r["sha"] == sha.as_str()).await;
+        assert_eq!(run["status"], "success", "{run:#}");
+        let daemon: i32 = std::fs::read_to_string(&quick).unwrap().trim().parse().unwrap();
+        assert!(!process_alive(daemon), "the daemon {daemon} ended with its step");
+        let logs = server.logs(&run).await;
+        assert!(logs.iter().any(|l| l.contains("the step left running")), "{logs:?}");
+
+        // A daemon beside a step that goes on: cancel ends both.
+        let spec = format!(
+            "service: shop\npipeline:\n  jobs:\n    hang:\n      steps:\n        - run: \"setsid sh -c 'echo $$ > {0}; exec sleep 300' </dev/null >/dev/null 2>&1 & while [ ! -s {0} ]; do sleep 0.05; done; echo up; sleep 300\"\n",
+            slow.display()
+        );
+        let sha = repo.commit("hangs with a daemon", &[("sluice.yaml", &spec)]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let id = loop {
+            let runs = server.get("/runs").await;
+            let running = runs.as_array().unwrap().iter().find(|r| r["sha"] == sha.as_str() && r["status"] == "running").cloned();
+            if let Some(run) = running
+                && server.logs(&run).await.iter().any(|l| l == "up")
+            {
+                break run["id"].as_i64().unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "never started: {runs:#}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let out = server.cli(&["cancel", &id.to_string()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let run = server.wait_run("the cancelled run", |r| r["id"] == id && r["status"] != "running").await;
+        assert_eq!(run["status"], "cancelled", "{run:#}");
+        let daemon: i32 = std::fs::read_to_string(&slow).unwrap().trim().parse().unwrap();
+        assert!(!process_alive(daemon), "the daemon {daemon} ended with the cancelled run");
     })
     .await;
 }

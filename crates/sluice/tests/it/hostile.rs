@@ -1,5 +1,6 @@
 //! What a commit or a second service must not be able to do to another,
-//! end to end: take its entry point, or collide with its instances.
+//! end to end: read the server's secrets, take another's entry point, or
+//! collide with its instances.
 
 use std::time::{Duration, Instant};
 
@@ -112,4 +113,61 @@ async fn an_entry_point_belongs_to_one_service_and_moves_with_its_release() {
     assert_eq!(blog_dev["listen"], moved.as_str(), "{blog_dev:#}");
     let answer = reqwest::get(format!("http://{moved}/")).await.unwrap();
     assert_eq!(answer.headers()["x-sluice-release"], "v3");
+}
+
+#[tokio::test]
+async fn a_step_reads_nothing_of_the_server_s_and_is_told_which_tool_it_cannot_reach() {
+    if !nix::unistd::geteuid().is_root() {
+        // Steps run as the server's own user: nothing to isolate them from.
+        return;
+    }
+    let dir = crate::support::tempdir();
+    let dir = dir.path();
+    let data = dir.join("data");
+    let server = Server::start(&data, None);
+    let private = dir.join("private");
+    std::fs::create_dir_all(private.join("bin")).unwrap();
+    std::fs::write(private.join("bin/mytool"), "#!/bin/sh\necho tool\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        private.join("bin/mytool"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let probes: String = ["initial-admin-token", "sluice.db", "."]
+        .iter()
+        .map(|f| {
+            let path = data.join(f);
+            let read = if *f == "." { "ls" } else { "cat" };
+            format!(
+                "if {read} {0} >/dev/null 2>&1; then echo leaked {f}; else echo refused {f}; fi; ",
+                path.display()
+            )
+        })
+        .collect();
+    let spec = format!(
+        "service: shop\npipeline:\n  jobs:\n    probe:\n      steps:\n        - run: '{probes}'\n    tool:\n      env: {{ PATH: '{}:/usr/bin:/bin' }}\n      steps:\n        - run: mytool\n",
+        private.join("bin").display()
+    );
+    let repo = GitRepo::new(dir, "shop");
+    let sha = repo.commit("probes", &[("sluice.yaml", &spec)]);
+    server.add_repo(&repo);
+    let run = server
+        .wait_run("the probing run", |r| r["sha"] == sha.as_str())
+        .await;
+    let logs = server.logs(&run).await;
+    for file in ["initial-admin-token", "sluice.db", "."] {
+        assert!(logs.contains(&format!("refused {file}")), "{logs:#?}");
+    }
+    let told = format!(
+        "cannot reach {} on PATH: {} lets no other user in",
+        private.join("bin").display(),
+        private.display()
+    );
+    assert!(logs.iter().any(|l| l.contains(&told)), "{logs:#?}");
+    assert!(
+        logs.iter().any(|l| l.contains("--isolation none")),
+        "{logs:#?}"
+    );
 }

@@ -13,6 +13,7 @@ async fn a_run_interrupted_by_kill_9_ends_as_error_with_its_logs_and_no_leftover
         let mut server = Server::start(&data, db.as_deref());
         let repo = GitRepo::new(&dir, "shop");
         let pidfile = dir.join("step.pid");
+        crate::support::writable_by_steps(&pidfile);
         let spec = format!(
             "service: shop\npipeline:\n  jobs:\n    long:\n      steps:\n        - run: echo $$ > {}; echo before the crash; sleep 300\n",
             pidfile.display()
