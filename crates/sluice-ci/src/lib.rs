@@ -10,7 +10,7 @@ mod detect;
 mod events;
 pub mod executor;
 pub mod git;
-mod logs;
+pub mod logs;
 mod notify;
 mod rules;
 mod run;

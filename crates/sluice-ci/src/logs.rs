@@ -215,7 +215,8 @@ pub struct Masker {
 impl Masker {
     pub fn new(secrets: Vec<String>) -> Self {
         // A multi-line secret is masked line by line; longer ones first so a
-        // secret that contains another is masked whole.
+        // secret that contains another is masked whole. Under four
+        // characters a value is not masked: every `a` of a log would go.
         let mut secrets: Vec<String> = secrets
             .iter()
             .flat_map(|s| {
@@ -224,7 +225,7 @@ impl Masker {
                     .map(String::from)
                     .collect::<Vec<_>>()
             })
-            .filter(|s| !s.is_empty())
+            .filter(|s| s.chars().count() >= 4)
             .collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
@@ -299,7 +300,8 @@ mod tests {
 
     #[test]
     fn longer_secrets_win() {
-        let m = Masker::new(vec!["abc".into(), "abcdef".into()]);
+        let m = Masker::new(vec!["abcd".into(), "abcdef".into(), "ab".into()]);
         assert_eq!(m.mask("xabcdefx"), "x***x");
+        assert_eq!(m.mask("ab abcd"), "ab ***", "too short to mask");
     }
 }

@@ -42,6 +42,7 @@ pub fn routes() -> Router<AppState> {
         .route("/runs/{id}", get(runs::show))
         .route("/runs/{id}/cancel", post(runs::cancel))
         .route("/runs/{id}/logs", get(runs::logs))
+        .route("/runs/{id}/logs/raw", get(runs::raw_log))
         .route("/runs/{id}/logs/stream", get(events::run_logs))
         .route("/events", get(events::all))
         .route("/artifacts/{sha256}", get(artifacts::download))

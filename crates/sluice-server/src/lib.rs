@@ -124,6 +124,8 @@ pub struct ServeOptions {
     pub keep_workspaces: bool,
     /// Whether steps run as a user of their own (when the server is root).
     pub isolation: sluice_ci::sandbox::Isolation,
+    /// The most of each run's log that is kept, in bytes.
+    pub log_cap: u64,
 }
 
 /// A server bound to its address, ready to serve.
@@ -158,6 +160,7 @@ impl Server {
         config.poll_interval = options.poll_interval;
         config.keep_workspaces = options.keep_workspaces;
         config.isolation = options.isolation;
+        config.log_cap = options.log_cap;
         if let Some(parallelism) = options.parallelism {
             config.parallelism = parallelism;
         }

@@ -33,6 +33,7 @@ impl Ui {
             parallelism: Some(1),
             keep_workspaces: false,
             isolation: Default::default(),
+            log_cap: 16 << 20,
         })
         .await
         .unwrap();

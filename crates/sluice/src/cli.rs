@@ -304,6 +304,9 @@ pub struct Serve {
     /// tokens (only for repositories whose every committer you trust).
     #[arg(long, env = "SLUICE_ISOLATION", default_value = "user", value_parser = ["user", "none"])]
     pub isolation: String,
+    /// The most of each run's log that is kept (its end): `16MiB`, `512KiB`.
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    pub log_cap: u64,
 }
 
 #[derive(Subcommand)]
@@ -591,6 +594,28 @@ pub enum SecretCommand {
     List { repo: String },
     /// Delete a secret.
     Delete { repo: String, name: String },
+}
+
+/// `16MiB`, `512KiB` or a number of bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let scale = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("`{other}` is not a unit: use KiB, MiB or GiB")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: write e.g. `16MiB`"))?;
+    number
+        .checked_mul(scale)
+        .filter(|n| *n >= 4096)
+        .ok_or_else(|| format!("`{text}` is out of range: at least 4KiB"))
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

@@ -64,8 +64,14 @@ pub async fn show(
 #[derive(Deserialize)]
 pub struct LogQuery {
     after: Option<i64>,
+    limit: Option<usize>,
 }
 
+/// Lines a page of `GET /runs/{id}/logs` holds unless `limit` says fewer.
+const LOG_PAGE: usize = 10_000;
+
+/// A page of a run's log: the lines after `after`, at most `limit` (1 to
+/// 10000); `next_after` is where the next page starts, when there is one.
 pub async fn logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -73,11 +79,63 @@ pub async fn logs(
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
+    let limit = q.limit.unwrap_or(LOG_PAGE);
+    if !(1..=LOG_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!("`limit` is {limit}"))
+            .with_hint(format!("ask for 1 to {LOG_PAGE} lines a page")));
+    }
     let run = state.store.run(id).await?;
-    let lines = state.store.logs(id, q.after.unwrap_or(-1)).await?;
+    let mut lines = state
+        .store
+        .logs_page(id, q.after.unwrap_or(-1), limit + 1)
+        .await?;
+    let more = lines.len() > limit;
+    lines.truncate(limit);
+    let next_after = more.then(|| lines.last().map(|l| l.seq)).flatten();
     Ok(Json(
-        json!({ "run_id": id, "status": run.status, "lines": lines }),
+        json!({ "run_id": id, "status": run.status, "lines": lines, "next_after": next_after }),
     ))
+}
+
+/// The whole stored log as text, one line per line, streamed a page at a
+/// time: `JOB STREAM LINE`.
+pub async fn raw_log(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<axum::response::Response> {
+    caller.require(Role::Viewer)?;
+    state.store.run(id).await?;
+    let store = state.store.clone();
+    let pages = futures::stream::unfold(Some(-1i64), move |after| {
+        let store = store.clone();
+        async move {
+            let after = after?;
+            let lines = match store.logs_page(id, after, 1_000).await {
+                Ok(lines) if !lines.is_empty() => lines,
+                Ok(_) => return None,
+                Err(e) => return Some((Err(std::io::Error::other(e)), None)),
+            };
+            let next = lines.last().map(|l| l.seq);
+            let mut text = String::new();
+            for l in &lines {
+                let job = if l.job.is_empty() { "-" } else { &l.job };
+                text.push_str(&format!("{job} {} {}\n", l.stream, l.line));
+            }
+            Some((Ok(bytes::Bytes::from(text)), next))
+        }
+    });
+    axum::response::Response::builder()
+        .header(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )
+        .header(
+            axum::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"run-{id}.log\""),
+        )
+        .body(axum::body::Body::from_stream(pages))
+        .map_err(ApiError::internal)
 }
 
 pub async fn cancel(

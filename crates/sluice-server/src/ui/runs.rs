@@ -39,9 +39,13 @@ impl RunPage {
     }
 }
 
+/// The lines of a run's log its page shows: its end.
+pub const LOG_TAIL: usize = 5_000;
+
 pub async fn run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<i64>) -> PageResult {
     let detail = state.store.run_detail(id).await.map_err(failed)?;
-    let lines = state.store.logs(id, -1).await.map_err(failed)?;
+    // A page shows the end of a long log; the whole is a download.
+    let lines = state.store.log_tail(id, LOG_TAIL).await.map_err(failed)?;
     Ok(render(RunPage {
         page: Chrome::new(&viewer, format!("Run {id}"), "changes"),
         finished: detail.run.status.is_finished(),

@@ -81,6 +81,7 @@ pub async fn demo(options: Demo) -> Result<ExitCode> {
         parallelism: None,
         keep_workspaces: false,
         isolation: Default::default(),
+        log_cap: sluice_ci::logs::DEFAULT_CAP,
     })
     .await
     .context("the demo's server did not start (is the port taken? try --listen 127.0.0.1:0)")?;

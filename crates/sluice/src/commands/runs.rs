@@ -139,11 +139,20 @@ fn print_line(line: &Value) {
 
 pub async fn logs(client: &Client, run: i64, follow: bool) -> Result<ExitCode> {
     if !follow {
-        let logs = client.get(&format!("/runs/{run}/logs")).await?;
-        for line in logs["lines"].as_array().into_iter().flatten() {
-            print_line(line);
+        // Page by page: a long log is never one answer.
+        let mut after = -1;
+        loop {
+            let logs = client
+                .get(&format!("/runs/{run}/logs?after={after}"))
+                .await?;
+            for line in logs["lines"].as_array().into_iter().flatten() {
+                print_line(line);
+            }
+            match logs["next_after"].as_i64() {
+                Some(next) => after = next,
+                None => return Ok(ExitCode::SUCCESS),
+            }
         }
-        return Ok(ExitCode::SUCCESS);
     }
     let response = client
         .send(client.request(Method::GET, &format!("/runs/{run}/logs/stream")))

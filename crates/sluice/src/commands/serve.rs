@@ -16,6 +16,7 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
         poll_interval: options.poll_interval,
         parallelism: options.parallelism,
         keep_workspaces: options.keep_workspaces,
+        log_cap: options.log_cap,
         isolation: if options.isolation == "none" {
             sluice_ci::sandbox::Isolation::None
         } else {

@@ -232,6 +232,47 @@ async fn a_daemon_a_step_started_ends_with_the_step_and_cancel_ends_the_run() {
 }
 
 #[tokio::test]
+async fn a_flood_of_output_keeps_the_log_s_end_and_pages_and_downloads_it() {
+    each_database(|dir, db| async move {
+        let server = Server::start_with(&dir.join("data"), db.as_deref(), &["--log-cap", "256KiB"]);
+        let repo = GitRepo::new(&dir, "shop");
+        // About 1 MiB of output: four times the cap.
+        let spec = "service: shop\npipeline:\n  jobs:\n    flood:\n      steps:\n        - run: seq -f 'line %06g of the flood, padded to be a little longer than most' 1 16000\n";
+        let sha = repo.commit("floods", &[("sluice.yaml", spec)]);
+        server.add_repo(&repo);
+        let run = server.wait_run("the flood", |r| r["sha"] == sha.as_str()).await;
+        assert_eq!(run["status"], "success", "{run:#}");
+        let id = run["id"].as_i64().unwrap();
+        let first = server.get(&format!("/runs/{id}/logs?limit=1000")).await;
+        assert_eq!(first["lines"].as_array().unwrap().len(), 1000);
+        let next = first["next_after"].as_i64().expect("more pages");
+        let second = server.get(&format!("/runs/{id}/logs?after={next}&limit=1000")).await;
+        assert!(second["lines"][0]["seq"].as_i64().unwrap() > next);
+        let too_many = server
+            .request(reqwest::Method::GET, &format!("/runs/{id}/logs?limit=100000"), Some(&server.token))
+            .await
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(too_many.status(), 400, "a page is bounded");
+
+        let raw = reqwest::Client::new()
+            .get(format!("{}/api/v1/runs/{id}/logs/raw", server.url))
+            .bearer_auth(&server.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(raw.headers()["content-disposition"].to_str().unwrap().contains("run-"));
+        let text = raw.text().await.unwrap();
+        assert!(text.len() < 400 << 10, "the stored log is capped: {} bytes", text.len());
+        assert!(text.contains("line 016000 of the flood"), "its end is kept");
+        assert!(!text.contains("line 000001 of the flood"), "its beginning is cut");
+        assert!(text.contains("lines were cut, its end is kept"));
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_bad_sluice_yaml_fails_the_run_with_its_line_and_column() {
     each_database(|dir, db| async move {
         let server = Server::start(&dir.join("data"), db.as_deref());

@@ -30,6 +30,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(data_dir: &Path, database: Option<&str>) -> Server {
+        Server::start_with(data_dir, database, &[])
+    }
+
+    /// A server with more `sluice serve` options.
+    pub fn start_with(data_dir: &Path, database: Option<&str>, options: &[&str]) -> Server {
         let mut command = Command::new(SLUICE);
         command
             .args([
@@ -41,6 +46,7 @@ impl Server {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(options)
             .env("SLUICE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
