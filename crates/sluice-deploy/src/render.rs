@@ -25,6 +25,9 @@ pub fn render(
     let mut templates = Templates::new();
     templates.set_undefined_behavior(UndefinedBehavior::Strict);
     templates.set_keep_trailing_newline(true);
+    // A template comes from a commit: its work and its size are bounded.
+    templates.set_fuel(Some(FUEL));
+    templates.set_recursion_limit(64);
     let context = minijinja::context! {
         service => spec.service,
         environment => env.name,
@@ -42,13 +45,55 @@ pub fn render(
                 file.template
             )
         })?;
-        let rendered = templates
-            .render_str(&source, &context)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", file.template))
+        let mut rendered = Bounded::default();
+        templates
+            .template_from_str(&source)
+            .and_then(|template| {
+                template
+                    .render_captured_to(&context, &mut rendered)
+                    .map(drop)
+            })
+            .map_err(|e| match rendered.over {
+                true => anyhow::anyhow!(
+                    "{}: the rendered file is larger than {} KiB",
+                    file.template,
+                    MAX_RENDERED >> 10
+                ),
+                false => anyhow::anyhow!("{}: {e}", file.template),
+            })
             .with_context(|| format!("could not render {} for {}", file.template, env.name))?;
+        let rendered = String::from_utf8_lossy(&rendered.bytes).into_owned();
         out.push((file.to.clone(), rendered));
     }
     Ok(out)
+}
+
+/// The work a template may do (minijinja's instructions): far more than a
+/// config file needs, far less than a loop that renders gigabytes.
+const FUEL: u64 = 2_000_000;
+/// The largest rendered config file.
+pub const MAX_RENDERED: usize = 1 << 20;
+
+/// What a template writes, refused past [`MAX_RENDERED`].
+#[derive(Default)]
+struct Bounded {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED {
+            self.over = true;
+            return Err(std::io::Error::other("the rendered file is too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes rendered files under `dir`.
@@ -117,5 +162,50 @@ mod tests {
             text.contains("app.toml.tmpl") && text.contains("dev"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_template_that_renders_without_end_is_stopped() {
+        let spec = sluice_spec::parse("s", SPEC).unwrap();
+        let dev = spec.environment("dev").unwrap();
+        let table = [
+            (
+                "{% for a in range(10000) %}{% for b in range(10000) %}x{% endfor %}{% endfor %}",
+                "fuel",
+            ),
+            (
+                "{% for a in range(100) %}{{ 'y' * 100000 }}{% endfor %}",
+                "larger than 1024 KiB",
+            ),
+            (
+                "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+                "recursion",
+            ),
+        ];
+        for (template, why) in table {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("app.toml.tmpl"), template).unwrap();
+            let error = render(&spec, dev, "v1", dir.path()).unwrap_err();
+            let text = format!("{error:#}");
+            assert!(
+                text.contains(why) && text.contains("app.toml.tmpl"),
+                "{template}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_template_that_is_a_link_out_of_the_release_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("token"), "slc_secret").unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("token"),
+            dir.path().join("app.toml.tmpl"),
+        )
+        .unwrap();
+        let spec = sluice_spec::parse("s", SPEC).unwrap();
+        let error = render(&spec, spec.environment("dev").unwrap(), "v1", dir.path()).unwrap_err();
+        assert!(format!("{error:#}").contains("leads outside"), "{error:#}");
     }
 }

@@ -220,6 +220,23 @@ pub struct EnvDetail {
     pub traffic: Vec<InstanceTraffic>,
 }
 
+/// The largest config file an environment's page shows inline.
+pub const MAX_INLINE: usize = 64 << 10;
+
+/// A rendered file as a page shows it: whole, or a line saying how large
+/// it is when it is larger than [`MAX_INLINE`].
+fn inline((to, text): (String, String)) -> (String, String) {
+    if text.len() <= MAX_INLINE {
+        return (to, text);
+    }
+    let said = format!(
+        "({} bytes: larger than the {} KiB a page shows; it is in SLUICE_CONFIG_DIR on the instances)",
+        text.len(),
+        MAX_INLINE >> 10
+    );
+    (to, said)
+}
+
 /// How far back an environment's page looks at each instance's traffic.
 pub const TRAFFIC_SECONDS: u64 = 60;
 
@@ -230,7 +247,7 @@ pub(crate) async fn detail(inner: &Arc<Inner>, service: &str, env: &str) -> CdRe
     let windows = inner.windows(service, env, now.saturating_sub(TRAFFIC_SECONDS));
     Ok(EnvDetail {
         facets: same.rows.into_iter().map(|r| (r.facet, r.a)).collect(),
-        files: side.files,
+        files: side.files.into_iter().map(inline).collect(),
         traffic: crate::traffic::per_instance(&windows, TRAFFIC_SECONDS),
     })
 }
@@ -506,4 +523,22 @@ fn as_text(
         .collect::<Vec<_>>()
         .join("\n")
         + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_config_file_is_not_shown_inline() {
+        let small = inline(("app.toml".into(), "level = 1\n".into()));
+        assert_eq!(small.1, "level = 1\n");
+        let large = inline(("big.json".into(), "x".repeat(MAX_INLINE + 1)));
+        assert_eq!(large.0, "big.json");
+        assert!(
+            large.1.starts_with("(65537 bytes: larger than the 64 KiB"),
+            "{}",
+            large.1
+        );
+    }
 }

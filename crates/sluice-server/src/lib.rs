@@ -6,6 +6,7 @@ pub mod auth;
 mod data_dir;
 mod error;
 mod limit;
+mod listen;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -204,11 +205,8 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (ci, cd) = (self.state.ci.clone(), self.state.cd.clone());
-        // The peer's address, so that failed sign-ins are limited per client.
-        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let limits = listen::Limits::default();
+        listen::serve(self.listener, router(self.state), limits, shutdown).await;
         ci.shutdown();
         cd.shutdown().await;
         Ok(())
