@@ -10,6 +10,9 @@ use sluice_store::{NewChange, NewRepo, Repo, Run};
 
 use crate::{Engine, git, webhook::Announced};
 
+/// The most commits one move of a ref becomes: the newest of them.
+pub const MAX_GAINED: usize = 100;
+
 /// The line that marks a hook as sluice's own, so it is replaced but never a user's.
 pub const HOOK_MARKER: &str = "# installed by sluice: notifies the sluice server when refs move";
 
@@ -168,15 +171,45 @@ impl Engine {
         let known = self.store.known_refs(repo.id).await?;
         let mut queued = Vec::new();
         for (ref_name, sha) in &refs {
-            if known.get(ref_name) != Some(sha) {
-                queued.extend(self.queue(repo, ref_name, sha, source, None).await?);
-                self.store.set_ref(repo.id, ref_name, Some(sha)).await?;
+            let old = known.get(ref_name);
+            if old == Some(sha) {
+                continue;
             }
+            // Every commit the ref gained since it was last seen, so that
+            // neither a burst of commits nor a missed hook loses one.
+            let commits = match old {
+                Some(old) => self.gained(&dir, old, sha).await,
+                None => vec![sha.clone()],
+            };
+            for commit in &commits {
+                queued.extend(self.queue(repo, ref_name, commit, source, None).await?);
+            }
+            self.store.set_ref(repo.id, ref_name, Some(sha)).await?;
         }
         for gone in known.keys().filter(|k| !refs.iter().any(|(r, _)| r == *k)) {
             self.store.set_ref(repo.id, gone, None).await?;
         }
         Ok(queued)
+    }
+
+    /// The commits that become changes when a ref moves from `old` to
+    /// `new`, oldest first: each one its first-parent history gained (at
+    /// most [`MAX_GAINED`], the newest), or only `new` when its
+    /// `sluice.yaml` says `changes: tips`.
+    async fn gained(&self, dir: &Path, old: &str, new: &str) -> Vec<String> {
+        let tips_only = match git::show_file(dir, new, sluice_spec::SPEC_FILE).await {
+            Ok(Some(text)) => sluice_spec::parse(sluice_spec::SPEC_FILE, &text)
+                .is_ok_and(|s| s.pipeline.changes == sluice_spec::Changes::Tips),
+            _ => false,
+        };
+        if tips_only {
+            return vec![new.to_string()];
+        }
+        match git::first_parents(dir, old, new, MAX_GAINED).await {
+            Ok(commits) if !commits.is_empty() => commits,
+            // A ref moved back, or history was rewritten: the tip alone.
+            _ => vec![new.to_string()],
+        }
     }
 
     pub(crate) async fn accept(&self, repo: &Repo, announced: Announced) -> Result<Option<Run>> {

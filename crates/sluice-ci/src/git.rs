@@ -100,6 +100,27 @@ pub async fn changed_files(dir: &Path, sha: &str) -> Result<Vec<String>> {
     Ok(out.lines().map(str::to_string).collect())
 }
 
+/// The commits of `new`'s first-parent history that `old` lacks, oldest
+/// first; the newest `max` when there are more.
+pub async fn first_parents(dir: &Path, old: &str, new: &str, max: usize) -> Result<Vec<String>> {
+    check_sha(old)?;
+    check_sha(new)?;
+    let range = format!("{old}..{new}");
+    let max = format!("--max-count={max}");
+    let out = git(
+        dir,
+        &[
+            "rev-list",
+            "--first-parent",
+            &max,
+            "--end-of-options",
+            &range,
+        ],
+    )
+    .await?;
+    Ok(out.lines().rev().map(str::to_string).collect())
+}
+
 /// `(author, subject)` of a commit.
 pub async fn commit_info(dir: &Path, sha: &str) -> Result<(String, String)> {
     check_sha(sha)?;

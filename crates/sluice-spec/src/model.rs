@@ -36,6 +36,20 @@ pub struct Pipeline {
     pub jobs: Vec<Job>,
     /// Workspace-relative paths packed into the artifact of a green mainline run.
     pub artifact: Vec<String>,
+    /// Which commits of a ref that moved become changes.
+    pub changes: Changes,
+}
+
+/// Which commits become changes when a ref moves by several at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Changes {
+    /// Each commit the ref's own history gained (first parents), oldest
+    /// first, up to 100 a move.
+    #[default]
+    Every,
+    /// Only the new tip.
+    Tips,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -26,6 +26,7 @@ pub struct RawSpec {
 pub struct RawPipeline {
     pub jobs: Spanned<Entries<RawJob>>,
     pub artifact: Option<RawArtifact>,
+    pub changes: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -145,9 +145,26 @@ fn pipeline(c: &mut Checker, raw: RawPipeline) -> Pipeline {
     for path in &artifact {
         c.relative_path(path, "artifact path");
     }
+    let changes = match raw.changes.as_ref().map(|c| c.value.as_str()) {
+        None | Some("every") => Changes::Every,
+        Some("tips") => Changes::Tips,
+        Some(other) => {
+            let node = raw.changes.as_ref().expect("matched Some");
+            c.error(
+                node,
+                format!("`{other}` is not a way to pick changes"),
+                Some(
+                    "write `every` (each new commit, the default) or `tips` (only the newest)"
+                        .into(),
+                ),
+            );
+            Changes::Every
+        }
+    };
     Pipeline {
         jobs,
         artifact: artifact.into_iter().map(|p| p.value).collect(),
+        changes,
     }
 }
 

@@ -244,3 +244,64 @@ async fn each_run_posts_its_commit_status_to_the_forge() {
             .starts_with(&server.url)
     );
 }
+
+#[tokio::test]
+async fn every_commit_of_a_burst_becomes_a_change_and_a_rescan_finds_what_a_hook_missed() {
+    each_database(|dir, db| async move {
+        let server = Server::start(&dir.join("data"), db.as_deref());
+        let repo = GitRepo::new(&dir, "shop");
+        repo.commit("pipeline", &[("sluice.yaml", PIPELINE)]);
+        server.add_repo(&repo);
+        server.wait_run("main", |r| r["branch"] == "main").await;
+        // A burst, each commit poking the server through the hook.
+        let mut shas: Vec<String> = (0..30)
+            .map(|i| repo.commit(&format!("burst {i}"), &[("n", &i.to_string())]))
+            .collect();
+        // The hook gone: these are noticed by the next scan only.
+        std::fs::remove_file(repo.path.join(".git/hooks/reference-transaction")).unwrap();
+        shas.extend(
+            (0..5).map(|i| repo.commit(&format!("unhooked {i}"), &[("m", &i.to_string())])),
+        );
+        let out = server.cli(&["notify", "--repo", "shop"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for sha in &shas {
+            let run = server
+                .wait_run("each commit", |r| r["sha"] == sha.as_str())
+                .await;
+            assert_eq!(run["kind"], "mainline");
+        }
+        let runs = server.get("/runs?limit=100").await;
+        assert_eq!(
+            runs.as_array().unwrap().len(),
+            36,
+            "one run a commit, none twice"
+        );
+
+        // With `changes: tips`, a burst is one change: its tip.
+        let tips = format!("{PIPELINE}  changes: tips\n");
+        repo.commit("tips only", &[("sluice.yaml", &tips)]);
+        server.wait_run("tips", |r| r["title"] == "tips only").await;
+        // Three commits made apart from any branch, then main moved once.
+        repo.git(&["checkout", "-q", "--detach"]);
+        let burst: Vec<String> = (0..3)
+            .map(|i| repo.commit(&format!("quiet {i}"), &[("q", &i.to_string())]))
+            .collect();
+        repo.git(&["checkout", "-q", "-B", "main"]);
+        server.cli(&["notify", "--repo", "shop"]);
+        server
+            .wait_run("the tip", |r| r["sha"] == burst[2].as_str())
+            .await;
+        let runs = server.get("/runs?limit=100").await;
+        let quiet = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["title"].as_str().is_some_and(|t| t.starts_with("quiet")));
+        assert_eq!(quiet.count(), 1, "{runs:#}");
+    })
+    .await;
+}

@@ -267,8 +267,6 @@ impl GitRepo {
     }
 }
 
-/// A temporary directory that other users may enter, as the instances of
-/// each environment run as a user of their own when the tests run as root.
 /// A file a step may write though it runs as a user of its own (as root,
 /// steps cannot write the test's directories): created empty, mode 0666.
 pub fn writable_by_steps(path: &Path) -> &Path {
@@ -278,6 +276,8 @@ pub fn writable_by_steps(path: &Path) -> &Path {
     path
 }
 
+/// A temporary directory that other users may enter, as the instances of
+/// each environment run as a user of their own when the tests run as root.
 pub fn tempdir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
