@@ -13,7 +13,7 @@ mod tokens;
 use axum::Router;
 use axum::routing::{get, post, put};
 
-use crate::AppState;
+use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -86,4 +86,57 @@ pub fn routes() -> Router<AppState> {
         .route("/rules/{id}", get(incidents::rule))
         .route("/rules/{id}/disable", post(incidents::disable_rule))
         .route("/rules/{id}/test", post(incidents::test_rule))
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint")
+                .with_hint("the endpoints are listed in docs/api.md")
+        })
+        .layer(axum::middleware::map_response(json_errors))
+}
+
+/// The most rows a list answers with.
+pub const MAX_LIMIT: i64 = 1000;
+
+/// A list's `limit`: `default` when not given, refused outside 1..=1000.
+pub fn limit(asked: Option<i64>, default: i64) -> Result<i64, ApiError> {
+    match asked {
+        None => Ok(default),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!("`limit` is {n}"))
+            .with_hint(format!("ask for 1 to {MAX_LIMIT} rows"))),
+    }
+}
+
+/// Errors axum answers by itself (a path or query that does not parse, a
+/// body that is not JSON, a method not allowed) in the documented shape:
+/// `{"error": {"code", "message", "hint"}}`.
+async fn json_errors(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 16 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let code = match status {
+        axum::http::StatusCode::NOT_FOUND => "not_found",
+        axum::http::StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text.trim().to_string()
+    };
+    ApiError::new(status, code, message)
+        .with_hint("docs/api.md describes each endpoint's path, query and body")
+        .into_response()
 }

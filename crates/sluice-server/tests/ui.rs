@@ -393,3 +393,94 @@ async fn bogus_tokens_cost_a_digest_and_are_limited_per_address() {
     );
     assert!(answers.iter().all(|(status, _)| *status != StatusCode::OK));
 }
+
+#[tokio::test]
+async fn the_api_answers_every_error_in_its_shape_and_tells_anonymous_callers_nothing() {
+    let ui = Ui::start().await;
+    let admin = ui.token("ops", Role::Admin).await;
+    let call = |method: &str, path: &str, body: Option<serde_json::Value>| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {admin}"));
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+        ui.send(request.body(body).unwrap())
+    };
+    for (method, path, status) in [
+        ("GET", "/api/v1/no-such-thing", 404),
+        ("GET", "/api/v1/runs/abc", 400),
+        ("GET", "/api/v1/runs?limit=abc", 400),
+        ("GET", "/api/v1/runs?limit=5000", 400),
+        ("GET", "/api/v1/runs?limit=0", 400),
+        ("DELETE", "/api/v1/runs", 405),
+    ] {
+        let answer = call(method, path, None).await;
+        assert_eq!(
+            answer.status.as_u16(),
+            status,
+            "{method} {path}: {}",
+            answer.body
+        );
+        let error: serde_json::Value = serde_json::from_str(&answer.body)
+            .unwrap_or_else(|_| panic!("{method} {path} is not JSON: {}", answer.body));
+        assert!(error["error"]["code"].is_string(), "{path}: {error}");
+        assert!(error["error"]["message"].is_string(), "{path}: {error}");
+    }
+    let bad_json = ui
+        .send(
+            Request::post("/api/v1/tokens")
+                .header(header::AUTHORIZATION, format!("Bearer {admin}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{not json"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(bad_json.status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad_json.body.contains("\"code\":\"bad_request\""),
+        "{}",
+        bad_json.body
+    );
+
+    // Token names are unique.
+    let first = call(
+        "POST",
+        "/api/v1/tokens",
+        Some(json!({"name": "ci-bot", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let again = call(
+        "POST",
+        "/api/v1/tokens",
+        Some(json!({"name": "ci-bot", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+
+    // An incident only for a service Sluice knows, with a one-line title.
+    let unknown = call(
+        "POST",
+        "/api/v1/incidents",
+        Some(json!({"service": "nope", "title": "down"})),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.body);
+
+    // The hook's poke: the same answer for a repository that is not there.
+    let poke = |name: &str| {
+        ui.send(
+            Request::post(format!("/api/v1/repos/{name}/notify"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+    };
+    let (none, other) = (poke("does-not-exist").await, poke("nor-this").await);
+    assert_eq!(
+        (none.status, &none.body),
+        (StatusCode::ACCEPTED, &other.body)
+    );
+}

@@ -63,6 +63,10 @@ pub enum StoreError {
     NotFound { what: &'static str, id: String },
     #[error("{0}")]
     Conflict(String),
+    #[error(
+        "the database cannot be written ({0}); check its file's and directory's permissions, or that it is not a read-only replica"
+    )]
+    ReadOnly(String),
     #[error("unsupported database URL `{0}`: expected sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
 }
@@ -106,7 +110,22 @@ impl Store {
         let pool = options.connect(url).await?;
         let store = Store { pool, dialect };
         migrate::run(&store).await?;
+        store.check_writable().await?;
         Ok(store)
+    }
+
+    /// Fails when the database can be read but not written (a read-only
+    /// file or file system, a replica): better at start than at the first
+    /// change, after answering as healthy.
+    async fn check_writable(&self) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO write_probe (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::ReadOnly(e.to_string()))?;
+        Ok(())
     }
 
     /// The SQLite database file under a data directory, created if missing.

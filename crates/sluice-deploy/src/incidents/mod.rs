@@ -60,10 +60,25 @@ pub(crate) async fn open(
             actor.name, actor.role
         )));
     }
-    if request.title.trim().is_empty() {
-        return Err(CdError::Invalid(
-            "an incident needs a title: what is broken, as users see it".into(),
-        ));
+    if let Some(problem) = title_problem(&request.title) {
+        return Err(CdError::Invalid(problem.into()));
+    }
+    // Only a service Sluice knows (it has a release), in one of its environments.
+    let Some(release) = inner
+        .store
+        .releases(Some(&request.service), 1)
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Err(CdError::NotFound(format!(
+            "there is no service `{}`: it has no release yet",
+            request.service.chars().take(63).collect::<String>()
+        )));
+    };
+    if let Some(env) = &request.environment {
+        crate::rollout::release_env(&release, env)
+            .map_err(|e| CdError::NotFound(format!("{e:#}")))?;
     }
     Ok(inner
         .store
@@ -77,6 +92,20 @@ pub(crate) async fn open(
             first_symptom_at: None,
         })
         .await?)
+}
+
+/// Why `title` cannot be an incident's title, if it cannot.
+fn title_problem(title: &str) -> Option<&'static str> {
+    let title = title.trim();
+    if title.is_empty() {
+        Some("an incident needs a title: what is broken, as users see it")
+    } else if title.chars().count() > 200 {
+        Some("an incident's title is at most 200 characters; the details go in its postmortem")
+    } else if title.chars().any(char::is_control) {
+        Some("an incident's title is one line of text, without control characters")
+    } else {
+        None
+    }
 }
 
 /// Opens an incident for Sluice itself, unless one is open for that
@@ -570,4 +599,17 @@ fn cut(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}\n… (cut at {max} bytes)", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::title_problem;
+
+    #[test]
+    fn a_title_is_one_short_printable_line() {
+        assert_eq!(title_problem("checkout fails for everyone"), None);
+        for bad in ["", "   ", "red\u{1b}[31m", "two\nlines", &"x".repeat(201)] {
+            assert!(title_problem(bad).is_some(), "{bad:?}");
+        }
+    }
 }

@@ -40,7 +40,7 @@ pub async fn list(
         environment: q.env,
         kind_prefix: q.kind,
         since_ms,
-        limit: q.limit.unwrap_or(200),
+        limit: super::limit(q.limit, 200)?,
     };
     Ok(Json(json!(state.store.changes_log(&query).await?)))
 }

@@ -44,7 +44,7 @@ pub async fn releases(
     Ok(Json(json!(
         state
             .store
-            .releases(q.service.as_deref(), q.limit.unwrap_or(50))
+            .releases(q.service.as_deref(), super::limit(q.limit, 50)?)
             .await?
     )))
 }
@@ -71,7 +71,7 @@ pub async fn deployments(
                 q.service.as_deref(),
                 q.env.as_deref(),
                 None,
-                q.limit.unwrap_or(50)
+                super::limit(q.limit, 50)?
             )
             .await?
     )))
@@ -244,7 +244,7 @@ pub async fn experiments(
     caller.require(Role::Viewer)?;
     let all = state
         .store
-        .experiments(q.service.as_deref(), q.limit.unwrap_or(50))
+        .experiments(q.service.as_deref(), super::limit(q.limit, 50)?)
         .await?;
     Ok(Json(Value::Array(
         all.into_iter().map(experiment_json).collect(),

@@ -49,18 +49,18 @@ pub async fn show(
 
 /// The git hook's poke. It carries no data, only "look again", so it needs no
 /// token: the server reads the repository itself, and a scan is idempotent.
+/// It answers the same whether or not the repository exists, and before the
+/// scan, so that it tells an anonymous caller nothing.
 pub async fn notify(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let queued = state.ci.scan(&name, "hook").await.map_err(|e| match e
-        .downcast::<sluice_store::StoreError>()
-    {
-        Ok(store) => ApiError::from(store),
-        Err(other) => ApiError::internal(format!("{other:#}")),
-    })?;
-    let ids: Vec<i64> = queued.iter().map(|r| r.id).collect();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "queued": ids }))))
+) -> (StatusCode, Json<Value>) {
+    tokio::spawn(async move {
+        if let Err(e) = state.ci.scan(&name, "hook").await {
+            tracing::debug!(repo = %name.chars().take(100).collect::<String>(), error = %format!("{e:#}"), "a notify found nothing to scan");
+        }
+    });
+    (StatusCode::ACCEPTED, Json(json!({ "accepted": true })))
 }
 
 #[derive(Deserialize)]

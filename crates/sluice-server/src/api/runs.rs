@@ -26,7 +26,7 @@ pub async fn changes(
     Ok(Json(json!(
         state
             .store
-            .changes(q.repo.as_deref(), q.limit.unwrap_or(100))
+            .changes(q.repo.as_deref(), super::limit(q.limit, 100)?)
             .await?
     )))
 }
@@ -47,7 +47,7 @@ pub async fn list(
     let filter = RunFilter {
         repo: q.repo,
         status,
-        limit: q.limit.unwrap_or(100),
+        limit: super::limit(q.limit, 100)?,
     };
     Ok(Json(json!(state.store.runs(&filter).await?)))
 }

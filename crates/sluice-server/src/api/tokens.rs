@@ -34,9 +34,24 @@ pub async fn create(
         ApiError::bad_request(format!("unknown role `{}`", body.role))
             .with_hint("expected viewer, developer, approver or admin")
     })?;
-    if body.name.trim().is_empty() {
-        return Err(ApiError::bad_request("a token needs a name")
-            .with_hint("--name NAME says whose or what it is for"));
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "a token needs a name: one line, at most 100 characters",
+        )
+        .with_hint("--name NAME says whose or what it is for"));
+    }
+    let taken = state.store.tokens().await?;
+    if taken
+        .iter()
+        .any(|t| t.revoked_at.is_none() && t.name == name)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("a token named `{name}` exists already"),
+        )
+        .with_hint("give each token its own name, or revoke the old one first"));
     }
     let (id, token) = state
         .tokens

@@ -24,3 +24,16 @@ where
         store.close().await;
     }
 }
+
+#[tokio::test]
+async fn a_database_that_cannot_be_written_is_refused_at_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Store::sqlite_url(dir.path());
+    Store::connect(&url).await.unwrap().close().await;
+    let read_only = url.replace("mode=rwc", "mode=ro");
+    let error = match Store::connect(&read_only).await {
+        Ok(_) => panic!("a read-only database was taken as healthy"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("the database cannot be written"), "{error}");
+}

@@ -117,11 +117,9 @@ pub async fn secret(client: &Client, command: SecretCommand) -> Result<ExitCode>
 }
 
 pub async fn notify(client: &Client, repo: &str) -> Result<ExitCode> {
-    let answer = client
+    client
         .json(client.request(Method::POST, &format!("/repos/{repo}/notify")))
         .await?;
-    for id in answer["queued"].as_array().into_iter().flatten() {
-        crate::say!("queued run {id}");
-    }
+    crate::say!("the server looks at {repo} again; `sluice runs` shows what it queued");
     Ok(ExitCode::SUCCESS)
 }
