@@ -302,7 +302,12 @@ impl Cd {
             .await
             .map_err(|e| CdError::NotFound(format!("no log for {id}: {e}")))?;
         let start = text.len().saturating_sub(max_bytes as usize);
-        Ok(String::from_utf8_lossy(&text[start..]).into_owned())
+        let text = String::from_utf8_lossy(&text[start..]).into_owned();
+        // An instance that prints a secret it was given shows `***` instead.
+        let release = self.inner.store.release_by_id(instance.release_id).await?;
+        let secrets = self.inner.store.secrets(release.repo_id).await?;
+        let masker = sluice_ci::logs::Masker::new(secrets.into_values().map(|s| s.value).collect());
+        Ok(text.lines().map(|l| masker.mask(l) + "\n").collect())
     }
 
     /// Starts an experiment of release `number` against what `env` runs, B

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use sluice_proxy::{Backend, Route};
 use sluice_spec::{Environment, Spec, Strategy};
 use sluice_store::{Deployment, Instance, NewDeployment, Release};
@@ -335,7 +335,8 @@ pub(crate) async fn start_instance(
     let data_dir = inner.layout.data(service, &env.name)?;
     let config_dir = inner.layout.config(service, &env.name, release.number)?;
     let files = render::render(spec, env, &release.name(), &release_dir)?;
-    let vars = instance_env(inner, release, env, &id, port, &config_dir, &data_dir);
+    let mut vars = instance_env(inner, release, env, &id, port, &config_dir, &data_dir);
+    vars.extend(instance_secrets(inner, release, &run.secrets).await?);
     let record = Instance {
         id: id.clone(),
         service: service.clone(),
@@ -410,6 +411,31 @@ pub(crate) async fn start_instance(
 
 /// What an instance finds in its environment: the server's own variables
 /// (less `SLUICE_*`), the environment's config values, and where it is.
+/// The secrets `run.secrets` names, from the release's repository: each
+/// must be set, or the deployment fails saying which and how to set it.
+pub(crate) async fn instance_secrets(
+    inner: &Inner,
+    release: &Release,
+    names: &[String],
+) -> Result<Vec<(String, String)>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut all = inner.store.secrets(release.repo_id).await?;
+    let mut given = Vec::new();
+    for name in names {
+        let Some(secret) = all.remove(name) else {
+            let repo = inner.store.repo_by_id(release.repo_id).await;
+            let repo = repo.map_or_else(|_| "REPO".to_string(), |r| r.name);
+            bail!(
+                "`run.secrets` names `{name}`, which is not set; set it with `sluice secret set {repo} {name}`"
+            );
+        };
+        given.push((name.clone(), secret.value));
+    }
+    Ok(given)
+}
+
 /// An instance's id, unique across services: `SERVICE.ENV-vN-K`, K counting
 /// the instances the environment has had. Names have no `.`, and a release
 /// is `vN`, so the id reads back one way only.

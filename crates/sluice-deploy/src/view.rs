@@ -364,6 +364,28 @@ pub(crate) async fn diff(inner: &Arc<Inner>, service: &str, a: &str, b: &str) ->
             "declared",
         );
     }
+    // Secrets by name only: their values are never shown.
+    let secrets = |s: &Spec| {
+        let names = s
+            .run
+            .as_ref()
+            .map(|r| r.secrets.as_slice())
+            .unwrap_or_default();
+        match names {
+            [] => "none".to_string(),
+            names => names
+                .iter()
+                .map(|n| format!("{n}=***"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    };
+    row(
+        "secrets",
+        secrets(&left.spec),
+        secrets(&right.spec),
+        "release",
+    );
     row("data", data(&left.env), data(&right.env), "declared");
     row(
         "run: command",

@@ -128,6 +128,8 @@ pub struct RunSpec {
     pub ready_timeout: Duration,
     pub health: Option<HealthCheck>,
     pub config_files: Vec<ConfigFile>,
+    /// The repository's secrets each instance gets as environment variables.
+    pub secrets: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -1,6 +1,7 @@
 //! Names and paths from outside: the identifier rule for names that become
-//! paths (services, environments, jobs, rules), and [`inside`], the one
-//! helper every path built from such a string goes through.
+//! paths (services, environments, jobs, rules), the rule for secrets' names
+//! (they become environment variables), and [`inside`], the one helper
+//! every path built from such a string goes through.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -22,6 +23,34 @@ pub fn name_problem(text: &str) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// Why `name` cannot be a secret's name, if it cannot: secrets become
+/// environment variables, and some would change how every step runs.
+pub fn secret_name_problem(name: &str) -> Option<String> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if !valid {
+        return Some(format!(
+            "`{}` is not a valid variable name: use letters, digits and `_`",
+            name.chars().take(128).collect::<String>()
+        ));
+    }
+    let upper = name.to_ascii_uppercase();
+    let reserved = [
+        "PATH", "HOME", "SHELL", "USER", "IFS", "ENV", "BASH_ENV", "CI",
+    ];
+    if reserved.contains(&upper.as_str())
+        || upper.starts_with("LD_")
+        || upper.starts_with("SLUICE_")
+    {
+        return Some(format!(
+            "`{name}` would change how every step runs (PATH, HOME, LD_*, SLUICE_* and the like are reserved)"
+        ));
+    }
+    None
 }
 
 /// A path that would leave the directory it was meant for.

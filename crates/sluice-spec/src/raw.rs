@@ -65,6 +65,8 @@ pub struct RawRun {
     pub health: Option<RawHealth>,
     #[serde(default)]
     pub config_files: Vec<RawConfigFile>,
+    #[serde(default)]
+    pub secrets: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -425,7 +425,25 @@ fn run_spec(c: &mut Checker, raw: RawRun) -> RunSpec {
             );
         }
     }
+    let mut secrets = Vec::new();
+    for name in &raw.secrets {
+        if let Some(problem) = crate::paths::secret_name_problem(&name.value) {
+            c.error(
+                name,
+                problem,
+                Some("name a secret set with `sluice secret set REPO NAME`".into()),
+            );
+        } else if secrets.contains(&name.value) {
+            c.error(
+                name,
+                format!("`{}` is listed twice in `secrets`", name.value),
+                None,
+            );
+        }
+        secrets.push(name.value.clone());
+    }
     RunSpec {
+        secrets,
         ready_timeout: c.duration(&raw.ready_timeout, "ready_timeout", Duration::from_secs(60)),
         command: raw.command.value,
         health,

@@ -75,34 +75,6 @@ pub struct SecretValue {
 /// every `a` or `1` of a log into `***`.
 pub const MIN_MASKED: usize = 4;
 
-/// Why `name` cannot be a secret's name, if it cannot: secrets become
-/// environment variables, and some would change how every step runs.
-fn secret_name_problem(name: &str) -> Option<String> {
-    let valid = !name.is_empty()
-        && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !name.starts_with(|c: char| c.is_ascii_digit());
-    if !valid {
-        return Some(format!(
-            "`{}` is not a valid variable name: use letters, digits and `_`",
-            name.chars().take(128).collect::<String>()
-        ));
-    }
-    let upper = name.to_ascii_uppercase();
-    let reserved = [
-        "PATH", "HOME", "SHELL", "USER", "IFS", "ENV", "BASH_ENV", "CI",
-    ];
-    if reserved.contains(&upper.as_str())
-        || upper.starts_with("LD_")
-        || upper.starts_with("SLUICE_")
-    {
-        return Some(format!(
-            "`{name}` would change how every step runs (PATH, HOME, LD_*, SLUICE_* and the like are reserved)"
-        ));
-    }
-    None
-}
-
 pub async fn set_secret(
     State(state): State<AppState>,
     caller: Caller,
@@ -110,7 +82,7 @@ pub async fn set_secret(
     Json(body): Json<SecretValue>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
-    if let Some(problem) = secret_name_problem(&secret) {
+    if let Some(problem) = sluice_spec::paths::secret_name_problem(&secret) {
         return Err(ApiError::bad_request(problem).with_hint(
             "choose another name, e.g. `DEPLOY_KEY`; the step can copy it where it is needed",
         ));

@@ -171,3 +171,63 @@ async fn a_step_reads_nothing_of_the_server_s_and_is_told_which_tool_it_cannot_r
         "{logs:#?}"
     );
 }
+
+#[tokio::test]
+async fn instances_get_their_secrets_and_nobody_sees_them() {
+    let dir = crate::support::tempdir();
+    let dir = dir.path();
+    let server = Server::start(&dir.join("data"), None);
+    let shop = GitRepo::new(dir, "shop");
+    copy_fixture(&shop, "shop");
+    let with_secret = spec("shop", "127.0.0.1:0")
+        .replace("  config_files:", "  secrets: [API_KEY]\n  config_files:");
+    shop.commit("shop v1", &[("sluice.yaml", &with_secret)]);
+    server.add_repo(&shop);
+    // Not set yet: the deployment says which secret and how to set it.
+    let failed = finished_deployment(&server, "shop", 1).await;
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("`run.secrets` names `API_KEY`, which is not set; set it with `sluice secret set shop API_KEY`"),
+        "{failed:#}"
+    );
+    let out = server.cli_with_input(&["secret", "set", "shop", "API_KEY"], "k3y-for-the-api");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    shop.commit("shop v2", &[("README", "again\n")]);
+    let dev = server.wait_env("shop", "dev", 2, 1).await;
+    let url = format!("http://{}/", dev["listen"].as_str().unwrap());
+    let body: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!(body["api_key_length"], "k3y-for-the-api".len(), "{body:#}");
+
+    let viewer = server.token_for("vic", "viewer", &[]).await;
+    let instance = dev["instances"][0]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let answer = server
+            .request(
+                reqwest::Method::GET,
+                &format!("/instances/{instance}/logs"),
+                Some(&viewer),
+            )
+            .await
+            .send()
+            .await
+            .unwrap();
+        let text = answer.text().await.unwrap();
+        if text.contains("starting with") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(log.contains("starting with API_KEY=***"), "{log}");
+    assert!(!log.contains("k3y-for-the-api"), "{log}");
+    let diff = server.cli(&["diff", "shop", "dev", "dev"]);
+    let diff = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        diff.contains("API_KEY=***") && !diff.contains("k3y"),
+        "{diff}"
+    );
+}
