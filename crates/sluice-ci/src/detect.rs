@@ -17,7 +17,7 @@ pub const MAX_GAINED: usize = 100;
 pub const HOOK_MARKER: &str = "# installed by sluice: notifies the sluice server when refs move";
 
 /// What `sluice repo add` asks for.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 pub struct AddRepo {
     pub name: Option<String>,
     /// An absolute path of a local repository, or a URL to fetch from.

@@ -13,7 +13,7 @@ use crate::gates::{self, Facts, GateCheck};
 use crate::rollout::{self, Outcome, release_env};
 use crate::{Actor, CdError, CdResult, Inner};
 
-#[derive(Clone, Debug, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Deserialize, utoipa::ToSchema)]
 pub struct PromoteRequest {
     pub service: String,
     pub to: String,

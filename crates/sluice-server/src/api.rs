@@ -6,6 +6,7 @@ mod deploy;
 mod events;
 mod hooks;
 mod incidents;
+pub mod openapi;
 mod repos;
 mod runs;
 mod tokens;
@@ -25,6 +26,7 @@ pub fn routes() -> Router<AppState> {
                 )
             }),
         )
+        .route("/openapi.json", get(openapi::serve))
         .route("/whoami", get(tokens::whoami))
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))

@@ -484,3 +484,40 @@ async fn the_api_answers_every_error_in_its_shape_and_tells_anonymous_callers_no
         (StatusCode::ACCEPTED, &other.body)
     );
 }
+
+#[tokio::test]
+async fn the_openapi_description_covers_every_endpoint_once() {
+    let ui = Ui::start().await;
+    let answer = ui.get("/api/v1/openapi.json", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "served without a token");
+    let doc: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap().to_string();
+            assert!(ids.insert(id.clone()), "{id} twice");
+            let responses = operation["responses"].as_object().unwrap();
+            assert!(
+                responses.contains_key("404") && responses.contains_key("400"),
+                "{method} {path}"
+            );
+            let anonymous = path.ends_with("/notify") || path.starts_with("/hooks/");
+            assert_eq!(
+                operation.get("security").is_none(),
+                anonymous,
+                "{method} {path}"
+            );
+        }
+    }
+    // Every route of api.rs but the description itself, each method once.
+    assert_eq!(ids.len(), 51, "{ids:?}");
+    for path in [
+        "/runs/{id}/logs/raw",
+        "/repos/{name}/secrets/{secret}",
+        "/experiments/{id}/{verb}",
+    ] {
+        assert!(paths.contains_key(path), "{path}");
+    }
+}

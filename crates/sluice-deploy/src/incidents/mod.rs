@@ -42,7 +42,7 @@ pub struct IncidentView {
     pub rules: Vec<RuleRecord>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 pub struct OpenRequest {
     pub service: String,
     pub environment: Option<String>,

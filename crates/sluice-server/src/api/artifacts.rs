@@ -10,6 +10,13 @@ use tokio_util::io::ReaderStream;
 use crate::auth::Caller;
 use crate::{ApiError, ApiResult, AppState};
 
+#[utoipa::path(
+    get,
+    path = "/artifacts/{sha256}",
+    tag = "artifacts",
+    params(("sha256" = String, Path, description = "the artifact digest, 64 hex digits")),
+    responses((status = 200, description = "the archive", body = Vec<u8>, content_type = "application/gzip"))
+)]
 pub async fn download(
     State(state): State<AppState>,
     caller: Caller,

@@ -9,7 +9,8 @@ use sluice_store::{ChangeQuery, Role};
 use crate::auth::Caller;
 use crate::{ApiError, ApiResult, AppState};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     service: Option<String>,
     env: Option<String>,
@@ -19,6 +20,13 @@ pub struct LogQuery {
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/changelog",
+    tag = "changelog",
+    params(LogQuery),
+    responses((status = 200, description = "change-log events, newest first", body = serde_json::Value))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

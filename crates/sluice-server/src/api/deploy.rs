@@ -27,7 +27,8 @@ impl From<CdError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ServiceQuery {
     service: Option<String>,
     env: Option<String>,
@@ -35,6 +36,13 @@ pub struct ServiceQuery {
     all: Option<bool>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/releases",
+    tag = "deploy",
+    params(ServiceQuery),
+    responses((status = 200, description = "releases, newest first", body = serde_json::Value))
+)]
 pub async fn releases(
     State(state): State<AppState>,
     caller: Caller,
@@ -49,6 +57,13 @@ pub async fn releases(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "deploy",
+    params(ServiceQuery),
+    responses((status = 200, description = "every service and environment", body = serde_json::Value))
+)]
 pub async fn status(
     State(state): State<AppState>,
     caller: Caller,
@@ -58,6 +73,13 @@ pub async fn status(
     Ok(Json(json!(state.cd.status(q.service.as_deref()).await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/deployments",
+    tag = "deploy",
+    params(ServiceQuery),
+    responses((status = 200, description = "deployments, newest first", body = serde_json::Value))
+)]
 pub async fn deployments(
     State(state): State<AppState>,
     caller: Caller,
@@ -77,6 +99,13 @@ pub async fn deployments(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/instances/{id}/logs",
+    tag = "deploy",
+    params(("id" = String, Path, description = "the instance id")),
+    responses((status = 200, description = "the end of its log, secrets masked", body = serde_json::Value))
+)]
 pub async fn instance_log(
     State(state): State<AppState>,
     caller: Caller,
@@ -87,12 +116,20 @@ pub async fn instance_log(
     Ok(Json(json!({ "instance": id, "log": text })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DiffQuery {
     a: String,
     b: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/services/{service}/diff",
+    tag = "deploy",
+    params(("service" = String, Path, description = "the service name"), DiffQuery),
+    responses((status = 200, description = "two environments side by side", body = serde_json::Value))
+)]
 pub async fn diff(
     State(state): State<AppState>,
     caller: Caller,
@@ -105,6 +142,13 @@ pub async fn diff(
 
 /// One environment: its facets, rendered config files and what each
 /// instance answered in the last minute.
+#[utoipa::path(
+    get,
+    path = "/services/{service}/environments/{env}",
+    tag = "deploy",
+    params(("service" = String, Path, description = "the service name"), ("env" = String, Path, description = "the environment name")),
+    responses((status = 200, description = "its facets, files and traffic", body = serde_json::Value))
+)]
 pub async fn environment(
     State(state): State<AppState>,
     caller: Caller,
@@ -114,6 +158,13 @@ pub async fn environment(
     Ok(Json(json!(state.cd.environment(&service, &env).await?)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/promotions",
+    tag = "deploy",
+    request_body = sluice_deploy::PromoteRequest,
+    responses((status = 201, description = "the promotion and its gates", body = serde_json::Value))
+)]
 pub async fn promote(
     State(state): State<AppState>,
     caller: Caller,
@@ -124,6 +175,13 @@ pub async fn promote(
     Ok((StatusCode::CREATED, Json(json!(promotion))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/promotions",
+    tag = "deploy",
+    params(ServiceQuery),
+    responses((status = 200, description = "promotions with their gates", body = serde_json::Value))
+)]
 pub async fn promotions(
     State(state): State<AppState>,
     caller: Caller,
@@ -138,6 +196,13 @@ pub async fn promotions(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/promotions/{id}",
+    tag = "deploy",
+    params(("id" = i64, Path, description = "the promotion id")),
+    responses((status = 200, description = "the promotion and its gates", body = serde_json::Value))
+)]
 pub async fn promotion(
     State(state): State<AppState>,
     caller: Caller,
@@ -147,6 +212,13 @@ pub async fn promotion(
     Ok(Json(json!(state.cd.promotion(id).await?)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/promotions/{id}/approve",
+    tag = "deploy",
+    params(("id" = i64, Path, description = "the promotion id")),
+    responses((status = 200, description = "approved", body = serde_json::Value))
+)]
 pub async fn approve(
     State(state): State<AppState>,
     caller: Caller,
@@ -156,12 +228,20 @@ pub async fn approve(
     Ok(Json(json!(state.cd.approve(id, &caller.actor()).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Reason {
     #[serde(default)]
     reason: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/promotions/{id}/reject",
+    tag = "deploy",
+    params(("id" = i64, Path, description = "the promotion id")),
+    request_body = Reason,
+    responses((status = 200, description = "rejected", body = serde_json::Value))
+)]
 pub async fn reject(
     State(state): State<AppState>,
     caller: Caller,
@@ -174,6 +254,14 @@ pub async fn reject(
     )))
 }
 
+#[utoipa::path(
+    post,
+    path = "/promotions/{id}/override",
+    tag = "deploy",
+    params(("id" = i64, Path, description = "the promotion id")),
+    request_body = Reason,
+    responses((status = 200, description = "the freeze overridden", body = serde_json::Value))
+)]
 pub async fn override_freeze(
     State(state): State<AppState>,
     caller: Caller,
@@ -189,11 +277,19 @@ pub async fn override_freeze(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RollbackTo {
     to: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/services/{service}/environments/{env}/rollback",
+    tag = "deploy",
+    params(("service" = String, Path, description = "the service name"), ("env" = String, Path, description = "the environment name")),
+    request_body = RollbackTo,
+    responses((status = 200, description = "the rollback deployment", body = serde_json::Value))
+)]
 pub async fn rollback(
     State(state): State<AppState>,
     caller: Caller,
@@ -209,6 +305,13 @@ pub async fn rollback(
     )))
 }
 
+#[utoipa::path(
+    post,
+    path = "/services/{service}/environments/{env}/unpin",
+    tag = "deploy",
+    params(("service" = String, Path, description = "the service name"), ("env" = String, Path, description = "the environment name")),
+    responses((status = 204, description = "unpinned"))
+)]
 pub async fn unpin(
     State(state): State<AppState>,
     caller: Caller,
@@ -236,6 +339,13 @@ fn experiment_json(x: sluice_store::Experiment) -> Value {
     value
 }
 
+#[utoipa::path(
+    get,
+    path = "/experiments",
+    tag = "deploy",
+    params(ServiceQuery),
+    responses((status = 200, description = "experiments, newest first", body = serde_json::Value))
+)]
 pub async fn experiments(
     State(state): State<AppState>,
     caller: Caller,
@@ -251,6 +361,13 @@ pub async fn experiments(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/experiments/{id}",
+    tag = "deploy",
+    params(("id" = i64, Path, description = "the experiment id")),
+    responses((status = 200, description = "the experiment, its decisions and report", body = serde_json::Value))
+)]
 pub async fn experiment(
     State(state): State<AppState>,
     caller: Caller,
@@ -260,7 +377,7 @@ pub async fn experiment(
     Ok(Json(experiment_json(state.store.experiment(id).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewExperiment {
     service: String,
     env: String,
@@ -269,6 +386,13 @@ pub struct NewExperiment {
     set: std::collections::BTreeMap<String, String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/experiments",
+    tag = "deploy",
+    request_body = NewExperiment,
+    responses((status = 201, description = "the experiment", body = serde_json::Value))
+)]
 pub async fn start_experiment(
     State(state): State<AppState>,
     caller: Caller,
@@ -293,6 +417,13 @@ pub async fn start_experiment(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/experiments/{id}/{verb}",
+    tag = "deploy",
+    params(("id" = i64, Path, description = "the experiment id"), ("verb" = String, Path, description = "pause, resume, promote or rollback")),
+    responses((status = 200, description = "the experiment", body = serde_json::Value))
+)]
 pub async fn steer_experiment(
     State(state): State<AppState>,
     caller: Caller,

@@ -27,6 +27,12 @@ fn json_event(name: &str, value: &impl serde::Serialize) -> SseEvent {
         .data(serde_json::to_string(value).unwrap_or_default())
 }
 
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    responses((status = 200, description = "server-sent events: runs, deployments, promotions, experiments", body = String, content_type = "text/event-stream"))
+)]
 pub async fn all(State(state): State<AppState>, caller: Caller) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
     let mut events = state.ci.subscribe();
@@ -42,6 +48,13 @@ pub async fn all(State(state): State<AppState>, caller: Caller) -> ApiResult<Res
     Ok(live(stream))
 }
 
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/logs/stream",
+    tag = "events",
+    params(("id" = i64, Path, description = "the run id")),
+    responses((status = 200, description = "server-sent events: each line, then the end", body = String, content_type = "text/event-stream"))
+)]
 pub async fn run_logs(
     State(state): State<AppState>,
     caller: Caller,

@@ -16,6 +16,14 @@ fn header<'h>(headers: &'h HeaderMap, names: &[&str]) -> Option<&'h str> {
         .find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/hooks/{repo}",
+    tag = "hooks",
+    params(("repo" = String, Path, description = "the repository name")),
+    request_body = Value,
+    responses((status = 202, description = "accepted, ignored, or a duplicate delivery", body = serde_json::Value))
+)]
 pub async fn receive(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -12,13 +12,21 @@ use sluice_store::Role;
 use crate::auth::Caller;
 use crate::{ApiError, ApiResult, AppState};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     service: Option<String>,
     /// Resolved incidents, disabled and expired rules too.
     all: Option<bool>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/incidents",
+    tag = "incidents",
+    params(ListQuery),
+    responses((status = 200, description = "incidents, newest first", body = serde_json::Value))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -34,6 +42,13 @@ pub async fn list(
     )))
 }
 
+#[utoipa::path(
+    post,
+    path = "/incidents",
+    tag = "incidents",
+    request_body = sluice_deploy::OpenRequest,
+    responses((status = 200, description = "the incident", body = serde_json::Value))
+)]
 pub async fn open(
     State(state): State<AppState>,
     caller: Caller,
@@ -44,6 +59,13 @@ pub async fn open(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/incidents/{id}",
+    tag = "incidents",
+    params(("id" = i64, Path, description = "the incident id")),
+    responses((status = 200, description = "its timeline and suspects", body = serde_json::Value))
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -53,11 +75,19 @@ pub async fn show(
     Ok(Json(json!(state.cd.incident(id).await?)))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 pub struct Note {
     note: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/incidents/{id}/{verb}",
+    tag = "incidents",
+    params(("id" = i64, Path, description = "the incident id"), ("verb" = String, Path, description = "acknowledge, mitigate, resolve or reopen")),
+    request_body = Note,
+    responses((status = 200, description = "the incident", body = serde_json::Value))
+)]
 pub async fn transition(
     State(state): State<AppState>,
     caller: Caller,
@@ -82,6 +112,13 @@ pub async fn transition(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/incidents/{id}/postmortem",
+    tag = "incidents",
+    params(("id" = i64, Path, description = "the incident id")),
+    responses((status = 200, description = "the postmortem as Markdown", body = serde_json::Value))
+)]
 pub async fn postmortem(
     State(state): State<AppState>,
     caller: Caller,
@@ -95,6 +132,14 @@ pub async fn postmortem(
     ))
 }
 
+#[utoipa::path(
+    put,
+    path = "/incidents/{id}/postmortem",
+    tag = "incidents",
+    params(("id" = i64, Path, description = "the incident id")),
+    request_body = Value,
+    responses((status = 200, description = "saved", body = serde_json::Value))
+)]
 pub async fn edit_postmortem(
     State(state): State<AppState>,
     caller: Caller,
@@ -106,6 +151,13 @@ pub async fn edit_postmortem(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/rules",
+    tag = "incidents",
+    params(ListQuery),
+    responses((status = 200, description = "rules with what each blocked", body = serde_json::Value))
+)]
 pub async fn rules(
     State(state): State<AppState>,
     caller: Caller,
@@ -138,6 +190,13 @@ async fn rule_json(state: &AppState, rule: sluice_store::RuleRecord) -> ApiResul
     Ok(value)
 }
 
+#[utoipa::path(
+    post,
+    path = "/rules",
+    tag = "incidents",
+    request_body = Value,
+    responses((status = 200, description = "the rule", body = serde_json::Value))
+)]
 pub async fn add_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -152,6 +211,13 @@ pub async fn add_rule(
     Ok(Json(rule_json(&state, rule).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/rules/{id}",
+    tag = "incidents",
+    params(("id" = i64, Path, description = "the rule id")),
+    responses((status = 200, description = "the rule", body = serde_json::Value))
+)]
 pub async fn rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -162,12 +228,20 @@ pub async fn rule(
     Ok(Json(rule_json(&state, rule).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Reason {
     #[serde(default)]
     reason: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/rules/{id}/disable",
+    tag = "incidents",
+    params(("id" = i64, Path, description = "the rule id")),
+    request_body = Reason,
+    responses((status = 200, description = "disabled", body = serde_json::Value))
+)]
 pub async fn disable_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -181,12 +255,20 @@ pub async fn disable_rule(
     Ok(Json(rule_json(&state, rule).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ReplayBody {
     change: Option<String>,
     release: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/rules/{id}/test",
+    tag = "incidents",
+    params(("id" = i64, Path, description = "the rule id")),
+    request_body = ReplayBody,
+    responses((status = 200, description = "whether it would have stopped the change or release", body = serde_json::Value))
+)]
 pub async fn test_rule(
     State(state): State<AppState>,
     caller: Caller,

@@ -11,6 +11,13 @@ use sluice_store::Role;
 use crate::auth::Caller;
 use crate::{ApiError, ApiResult, AppState};
 
+#[utoipa::path(
+    post,
+    path = "/repos",
+    tag = "repos",
+    request_body = sluice_ci::AddRepo,
+    responses((status = 201, description = "the repository, with its webhook secret shown once", body = serde_json::Value))
+)]
 pub async fn add(
     State(state): State<AppState>,
     caller: Caller,
@@ -33,11 +40,24 @@ pub async fn add(
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/repos",
+    tag = "repos",
+    responses((status = 200, description = "watched repositories", body = serde_json::Value))
+)]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     Ok(Json(json!(state.store.repos().await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/repos/{name}",
+    tag = "repos",
+    params(("name" = String, Path, description = "the repository name")),
+    responses((status = 200, description = "the repository", body = serde_json::Value))
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -51,6 +71,13 @@ pub async fn show(
 /// token: the server reads the repository itself, and a scan is idempotent.
 /// It answers the same whether or not the repository exists, and before the
 /// scan, so that it tells an anonymous caller nothing.
+#[utoipa::path(
+    post,
+    path = "/repos/{name}/notify",
+    tag = "repos",
+    params(("name" = String, Path, description = "the repository name")),
+    responses((status = 202, description = "the server looks again; the same answer for any name", body = serde_json::Value))
+)]
 pub async fn notify(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -63,7 +90,7 @@ pub async fn notify(
     (StatusCode::ACCEPTED, Json(json!({ "accepted": true })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SecretValue {
     value: String,
     /// Given to review runs too (changes not on the mainline).
@@ -75,6 +102,14 @@ pub struct SecretValue {
 /// every `a` or `1` of a log into `***`.
 pub const MIN_MASKED: usize = 4;
 
+#[utoipa::path(
+    put,
+    path = "/repos/{name}/secrets/{secret}",
+    tag = "repos",
+    params(("name" = String, Path, description = "the repository name"), ("secret" = String, Path, description = "the secret name")),
+    request_body = SecretValue,
+    responses((status = 200, description = "set", body = serde_json::Value))
+)]
 pub async fn set_secret(
     State(state): State<AppState>,
     caller: Caller,
@@ -117,6 +152,13 @@ pub async fn set_secret(
     })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/repos/{name}/secrets/{secret}",
+    tag = "repos",
+    params(("name" = String, Path, description = "the repository name"), ("secret" = String, Path, description = "the secret name")),
+    responses((status = 204, description = "deleted"))
+)]
 pub async fn delete_secret(
     State(state): State<AppState>,
     caller: Caller,
@@ -137,6 +179,13 @@ pub async fn delete_secret(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/repos/{name}/secrets",
+    tag = "repos",
+    params(("name" = String, Path, description = "the repository name")),
+    responses((status = 200, description = "names and whether review runs get each, never values", body = serde_json::Value))
+)]
 pub async fn secret_names(
     State(state): State<AppState>,
     caller: Caller,

@@ -10,13 +10,21 @@ use sluice_store::{Role, RunFilter, RunStatus};
 use crate::auth::Caller;
 use crate::{ApiError, ApiResult, AppState};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     repo: Option<String>,
     status: Option<String>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/changes",
+    tag = "runs",
+    params(ListQuery),
+    responses((status = 200, description = "changes, newest first", body = serde_json::Value))
+)]
 pub async fn changes(
     State(state): State<AppState>,
     caller: Caller,
@@ -31,6 +39,13 @@ pub async fn changes(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/runs",
+    tag = "runs",
+    params(ListQuery),
+    responses((status = 200, description = "runs, newest first", body = serde_json::Value))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -52,6 +67,13 @@ pub async fn list(
     Ok(Json(json!(state.store.runs(&filter).await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/runs/{id}",
+    tag = "runs",
+    params(("id" = i64, Path, description = "the run id")),
+    responses((status = 200, description = "the run with its jobs and steps", body = serde_json::Value))
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -61,7 +83,8 @@ pub async fn show(
     Ok(Json(json!(state.store.run_detail(id).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     after: Option<i64>,
     limit: Option<usize>,
@@ -72,6 +95,13 @@ const LOG_PAGE: usize = 10_000;
 
 /// A page of a run's log: the lines after `after`, at most `limit` (1 to
 /// 10000); `next_after` is where the next page starts, when there is one.
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/logs",
+    tag = "runs",
+    params(("id" = i64, Path, description = "the run id"), LogQuery),
+    responses((status = 200, description = "a page of the log", body = serde_json::Value))
+)]
 pub async fn logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -99,6 +129,13 @@ pub async fn logs(
 
 /// The whole stored log as text, one line per line, streamed a page at a
 /// time: `JOB STREAM LINE`.
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/logs/raw",
+    tag = "runs",
+    params(("id" = i64, Path, description = "the run id")),
+    responses((status = 200, description = "the stored log as text", body = String, content_type = "text/plain"))
+)]
 pub async fn raw_log(
     State(state): State<AppState>,
     caller: Caller,
@@ -138,6 +175,13 @@ pub async fn raw_log(
         .map_err(ApiError::internal)
 }
 
+#[utoipa::path(
+    post,
+    path = "/runs/{id}/cancel",
+    tag = "runs",
+    params(("id" = i64, Path, description = "the run id")),
+    responses((status = 200, description = "cancelled, or why not", body = serde_json::Value))
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,

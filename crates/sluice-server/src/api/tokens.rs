@@ -10,13 +10,19 @@ use sluice_store::Role;
 use crate::auth::Caller;
 use crate::{ApiError, ApiResult, AppState};
 
+#[utoipa::path(
+    get,
+    path = "/whoami",
+    tag = "tokens",
+    responses((status = 200, description = "who the token is", body = serde_json::Value))
+)]
 pub async fn whoami(caller: Caller) -> Json<Value> {
     Json(
         json!({ "id": caller.token_id, "name": caller.name, "role": caller.role, "groups": caller.groups }),
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewToken {
     name: String,
     role: String,
@@ -24,6 +30,13 @@ pub struct NewToken {
     groups: Vec<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    tag = "tokens",
+    request_body = NewToken,
+    responses((status = 201, description = "the token, shown once", body = serde_json::Value))
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -71,11 +84,24 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/tokens",
+    tag = "tokens",
+    responses((status = 200, description = "every token, without its secret", body = serde_json::Value))
+)]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin)?;
     Ok(Json(json!(state.store.tokens().await?)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/tokens/{id}",
+    tag = "tokens",
+    params(("id" = String, Path, description = "the token id")),
+    responses((status = 204, description = "revoked"))
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
