@@ -16,8 +16,17 @@ rm -rf "$dir"
 mkdir -p "$dir"
 chown postgres "$dir"
 runuser -u postgres -- "$bin/initdb" -D "$dir" -A trust -U postgres >/dev/null
+# A port nobody listens on may still be taken by a connection's own end:
+# try the next one when the server cannot bind.
 port=55432
-while (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-runuser -u postgres -- "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
-  -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=300 -c fsync=off" start >&2
-echo "export SLUICE_TEST_POSTGRES=postgres://postgres@127.0.0.1:$port/postgres"
+for _ in $(seq 20); do
+  if ! (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
+    runuser -u postgres -- "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
+      -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=300 -c fsync=off" start >&2; then
+    echo "export SLUICE_TEST_POSTGRES=postgres://postgres@127.0.0.1:$port/postgres"
+    exit 0
+  fi
+  port=$((port + 1))
+done
+echo "could not start PostgreSQL on any port from 55432; see $dir/server.log" >&2
+exit 1

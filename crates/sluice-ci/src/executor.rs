@@ -66,6 +66,8 @@ pub struct LocalExecutor {
     host: String,
     /// The data directory: [`STEPS_OF`]'s value.
     steps_of: String,
+    /// Where each step gets a cgroup of its own, when cgroup v2 allows.
+    cgroups: Option<std::path::PathBuf>,
 }
 
 impl LocalExecutor {
@@ -74,15 +76,28 @@ impl LocalExecutor {
             store,
             host,
             steps_of: data_dir.display().to_string(),
+            cgroups: crate::sandbox::steps_cgroup_root(data_dir),
         }
     }
 
     async fn run(&self, request: StepRequest) -> StepOutcome {
         let mark = uuid::Uuid::new_v4().simple().to_string();
+        let cgroup = self
+            .cgroups
+            .as_deref()
+            .and_then(|root| crate::sandbox::StepCgroup::create(root, &mark));
         let mut command = Command::new("sh");
+        match &cgroup {
+            // It stops itself before anything else, to be moved into its
+            // cgroup before it can start a thing; then it runs the step.
+            Some(_) => command
+                .arg("-c")
+                .arg("kill -STOP $$; exec sh -c \"$1\"")
+                .arg("sluice-step")
+                .arg(&request.command),
+            None => command.arg("-c").arg(&request.command),
+        };
         command
-            .arg("-c")
-            .arg(&request.command)
             .current_dir(&request.workdir)
             .env_clear()
             .envs(request.env.iter().map(|(k, v)| (k, v)))
@@ -100,6 +115,9 @@ impl LocalExecutor {
             Err(e) => return StepOutcome::FailedToStart(e.to_string()),
         };
         let pid = child.id().unwrap_or_default() as i32;
+        if let Some(cgroup) = &cgroup {
+            contain(cgroup, pid).await;
+        }
         let tracked = TrackedProcess {
             pid: pid.into(),
             start_ticks: start_ticks(pid).unwrap_or(0),
@@ -142,14 +160,18 @@ impl LocalExecutor {
         // left the group but still carries the step's mark.
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         let marker = format!("{STEP_MARK}={mark}");
-        let left = tokio::task::spawn_blocking(move || crate::sandbox::kill_marked(&marker))
-            .await
-            .unwrap_or_default();
-        if !left.is_empty() {
+        let left = tokio::task::spawn_blocking(move || {
+            let in_cgroup = cgroup.as_ref().map_or(0, |c| c.kill_all());
+            let marked = crate::sandbox::kill_marked(&marker).len();
+            drop(cgroup);
+            in_cgroup.max(marked)
+        })
+        .await
+        .unwrap_or_default();
+        if left > 0 {
             request.log.note(format!(
-                "killed {} process{} the step left running ({left:?})",
-                left.len(),
-                if left.len() == 1 { "" } else { "es" }
+                "killed {left} process{} the step left running",
+                if left == 1 { "" } else { "es" }
             ));
         }
         for reader in readers.into_iter().flatten() {
@@ -170,6 +192,19 @@ impl Executor for LocalExecutor {
     ) -> Pin<Box<dyn Future<Output = StepOutcome> + Send + '_>> {
         Box::pin(self.run(request))
     }
+}
+
+/// Moves a step that stopped itself into its cgroup, then lets it go on. A
+/// step that never stops (it failed to start) is let go as it is.
+async fn contain(cgroup: &crate::sandbox::StepCgroup, pid: i32) {
+    let deadline = Instant::now() + GRACE * 2;
+    while !crate::sandbox::is_stopped(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if let Err(e) = cgroup.adopt(pid) {
+        tracing::warn!(pid, error = %e, "could not move a step into its cgroup");
+    }
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGCONT);
 }
 
 /// SIGTERM to the group, SIGKILL after the grace period.
@@ -214,9 +249,13 @@ pub fn start_ticks(pid: i32) -> Option<i64> {
 /// are still ours, and every process its steps started (by their mark).
 pub async fn kill_leftovers(store: &Store, host: &str, data_dir: &std::path::Path) -> usize {
     let marker = format!("{STEPS_OF}={}", data_dir.display());
-    let mut killed = tokio::task::spawn_blocking(move || crate::sandbox::kill_marked(&marker))
-        .await
-        .map_or(0, |pids| pids.len());
+    let cgroups = crate::sandbox::steps_cgroup_root(data_dir);
+    let mut killed = tokio::task::spawn_blocking(move || {
+        let in_cgroups = cgroups.map_or(0, |root| crate::sandbox::kill_leftover_cgroups(&root));
+        in_cgroups + crate::sandbox::kill_marked(&marker).len()
+    })
+    .await
+    .unwrap_or(0);
     let Ok(processes) = store.tracked_processes(host).await else {
         return killed;
     };

@@ -2,8 +2,10 @@
 //! server runs as root, each repository's steps and each environment's
 //! instances run as an unprivileged user of their own, which owns its
 //! workspace or data directory and can reach nothing else of the server's.
-//! Every process a step starts carries a mark in its environment, so that
-//! whatever it left running (a `setsid` daemon, say) is found and killed.
+//! Each step runs in a cgroup of its own where cgroup v2 can be written (as
+//! root), which nothing it starts can leave; and every process it starts
+//! carries a mark in its environment besides, so that whatever it left
+//! running (a `setsid` daemon, say) is found and killed either way.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -83,6 +85,117 @@ pub fn unreachable_dirs(path: &str) -> Vec<(PathBuf, PathBuf)> {
         }
     }
     found
+}
+
+/// The cgroup v2 directory this server's steps get theirs under, when
+/// cgroup v2 is mounted and this server may write it: beside the server's
+/// own cgroup, named for its data directory so two servers never meet.
+pub fn steps_cgroup_root(data_dir: &Path) -> Option<PathBuf> {
+    if !is_root() {
+        return None;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        after
+            .starts_with("cgroup2 ")
+            .then(|| before.split(' ').nth(4).map(PathBuf::from))
+            .flatten()
+    })?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let name = format!(
+        "sluice-steps-{:08x}",
+        uid_in(&data_dir.display().to_string(), 0, u32::MAX)
+    );
+    let root = mount.join(own.trim_start_matches('/')).join(name);
+    std::fs::create_dir_all(&root).ok()?;
+    Some(root)
+}
+
+/// One step's cgroup: whatever the step starts stays in it, and all of it
+/// is killed at once when the step ends.
+pub struct StepCgroup {
+    dir: PathBuf,
+}
+
+impl StepCgroup {
+    /// A cgroup for the step marked `mark`, under `root`.
+    pub fn create(root: &Path, mark: &str) -> Option<StepCgroup> {
+        let dir = root.join(mark);
+        std::fs::create_dir(&dir).ok()?;
+        Some(StepCgroup { dir })
+    }
+
+    /// Moves `pid` (stopped before it could start anything) into the cgroup.
+    pub fn adopt(&self, pid: i32) -> std::io::Result<()> {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+    }
+
+    /// Kills every process in the cgroup; returns how many there were.
+    pub fn kill_all(&self) -> usize {
+        kill_cgroup(&self.dir)
+    }
+}
+
+/// Dropping a step's cgroup kills what is left in it and removes it, which
+/// may wait a moment for the kernel: drop it where blocking is fine.
+impl Drop for StepCgroup {
+    fn drop(&mut self) {
+        kill_cgroup(&self.dir);
+        remove_when_empty(&self.dir);
+    }
+}
+
+/// The pids in a cgroup, killed all at once (`cgroup.kill`, Linux 5.14),
+/// or one by one where that file is missing.
+fn kill_cgroup(dir: &Path) -> usize {
+    let pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if !pids.is_empty() && std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+    }
+    pids.len()
+}
+
+/// Removes a cgroup once its killed processes are gone (they go at once,
+/// but not in the same instant as the kill).
+fn remove_when_empty(dir: &Path) {
+    for _ in 0..500 {
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(2))
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Kills and removes the step cgroups a previous server left under `root`.
+pub fn kill_leftover_cgroups(root: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+        killed += kill_cgroup(&entry.path());
+        remove_when_empty(&entry.path());
+    }
+    killed
+}
+
+/// Whether process `pid` is stopped (state `T` in `/proc/PID/stat`).
+pub fn is_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "T")
+    })
 }
 
 /// Processes whose environment holds `marker` (`NAME=VALUE`) exactly.

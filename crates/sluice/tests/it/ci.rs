@@ -227,6 +227,23 @@ async fn a_daemon_a_step_started_ends_with_the_step_and_cancel_ends_the_run() {
         assert_eq!(run["status"], "cancelled", "{run:#}");
         let daemon: i32 = std::fs::read_to_string(&slow).unwrap().trim().parse().unwrap();
         assert!(!process_alive(daemon), "the daemon {daemon} ended with the cancelled run");
+
+        // A daemon that also drops its environment (and so its mark) is
+        // still in the step's cgroup, where cgroup v2 can be had (as root).
+        if sluice_ci::sandbox::steps_cgroup_root(&server.data_dir).is_none() {
+            return;
+        }
+        let hidden = dir.join("hidden.pid");
+        writable_by_steps(&hidden);
+        let spec = format!(
+            "service: shop\npipeline:\n  jobs:\n    hide:\n      steps:\n        - run: \"setsid env -i sh -c 'echo $$ > {0}; exec sleep 300' </dev/null >/dev/null 2>&1 & while [ ! -s {0} ]; do sleep 0.05; done\"\n",
+            hidden.display()
+        );
+        let sha = repo.commit("hides a daemon", &[("sluice.yaml", &spec)]);
+        let run = server.wait_run("the hidden daemon's run", |r| r["sha"] == sha.as_str()).await;
+        assert_eq!(run["status"], "success", "{run:#}");
+        let daemon: i32 = std::fs::read_to_string(&hidden).unwrap().trim().parse().unwrap();
+        assert!(!process_alive(daemon), "the markless daemon {daemon} ended with its step");
     })
     .await;
 }
