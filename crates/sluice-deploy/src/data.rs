@@ -307,16 +307,11 @@ exec sleep 600\n",
         let release = dir.path().join("release");
         std::fs::create_dir_all(release.join("fixtures")).unwrap();
         std::fs::write(release.join("fixtures/seed.sql"), "insert;\n").unwrap();
-        std::fs::write(
-            release.join("seed.sh"),
+        script(
+            &release,
+            "seed.sh",
             "#!/bin/sh\necho seeded > \"$DATA_DIR/db\"\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(
-            release.join("seed.sh"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
+        );
         let copied = dir.path().join("a");
         assert_eq!(
             fill(
@@ -352,17 +347,11 @@ exec sleep 600\n",
     async fn copies_through_the_scrub_script() {
         let dir = tempfile::tempdir().unwrap();
         let release = dir.path().join("release");
-        std::fs::create_dir_all(&release).unwrap();
-        std::fs::write(
-            release.join("scrub.sh"),
+        script(
+            &release,
+            "scrub.sh",
             "#!/bin/sh\nsed -i 's/ana@example.com/***/' \"$DATA_DIR/users\"\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(
-            release.join("scrub.sh"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
+        );
         let prod = dir.path().join("prod");
         std::fs::create_dir_all(&prod).unwrap();
         std::fs::write(prod.join("users"), "ana@example.com\n").unwrap();

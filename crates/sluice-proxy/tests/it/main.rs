@@ -48,6 +48,18 @@ async fn proxy(route: &Route) -> String {
     url
 }
 
+/// The entry point of `prod` over `route`, recording into `telemetry`.
+async fn prod_listener(route: &Route, telemetry: &Telemetry) -> Listener {
+    Listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        route.clone(),
+        "prod",
+        telemetry.clone(),
+    )
+    .await
+    .unwrap()
+}
+
 fn healthy(id: &str, addr: SocketAddr, release: &str) -> std::sync::Arc<Backend> {
     let backend = Backend::new(id, addr, release);
     backend.set_healthy(true);
@@ -432,14 +444,7 @@ async fn every_request_is_counted_windowed_and_logged() {
         "v1",
         Variant::A,
     ));
-    let listener = Listener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        route.clone(),
-        "prod",
-        telemetry.clone(),
-    )
-    .await
-    .unwrap();
+    let listener = prod_listener(&route, &telemetry).await;
     let url = format!("http://{}", listener.addr);
     for _ in 0..5 {
         assert_eq!(reqwest::get(&url).await.unwrap().text().await.unwrap(), "a");
@@ -650,26 +655,10 @@ async fn malformed_chunked(addr: &str) -> Option<String> {
 async fn a_client_s_malformed_body_is_its_own_400_and_never_ejects_an_instance() {
     let telemetry = Telemetry::detached("prod");
     let route = Route::default();
-    route.add(variant_backend(
-        "prod-v1-1",
-        backend("a").await,
-        "v1",
-        Variant::A,
-    ));
-    route.add(variant_backend(
-        "prod-v1-2",
-        backend("a").await,
-        "v1",
-        Variant::A,
-    ));
-    let listener = Listener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        route.clone(),
-        "prod",
-        telemetry.clone(),
-    )
-    .await
-    .unwrap();
+    for id in ["prod-v1-1", "prod-v1-2"] {
+        route.add(variant_backend(id, backend("a").await, "v1", Variant::A));
+    }
+    let listener = prod_listener(&route, &telemetry).await;
     let addr = listener.addr.to_string();
     for _ in 0..100 {
         let status = malformed_chunked(&addr).await;
