@@ -203,12 +203,7 @@ mod tests {
     async fn a_seed_script_sees_only_the_environment_s_variables() {
         let dir = tempfile::tempdir().unwrap();
         let release = dir.path().join("release");
-        script(
-            &release,
-            "seed.sh",
-            "#!/bin/sh
-env > \"$DATA_DIR/env\"\n",
-        );
+        script(&release, "seed.sh", "#!/bin/sh\nenv > \"$DATA_DIR/env\"\n");
         let run_as = RunAs {
             uid: None,
             vars: vec![("LOG_LEVEL".into(), "debug".into())],
@@ -236,12 +231,7 @@ env > \"$DATA_DIR/env\"\n",
     async fn a_seed_script_that_hangs_is_stopped_at_its_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let release = dir.path().join("release");
-        script(
-            &release,
-            "seed.sh",
-            "#!/bin/sh
-exec sleep 600\n",
-        );
+        script(&release, "seed.sh", "#!/bin/sh\nexec sleep 600\n");
         let mut spec = spec(Some("seed.sh"), None, None);
         spec.seed_timeout = std::time::Duration::from_millis(200);
         let data = dir.path().join("data");
