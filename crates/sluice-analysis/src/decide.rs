@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::{ErrorRateTest, QuantileTest, SampleRatio};
+use crate::{ErrorRateTest, LatencyJudge, SampleRatio};
 
 /// What the analysis says to do now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -64,8 +64,7 @@ impl Default for Policy {
 /// What was seen since the experiment began, and at the current step.
 pub struct Evidence<'a> {
     pub errors: &'a ErrorRateTest,
-    pub p50: &'a QuantileTest,
-    pub p95: &'a QuantileTest,
+    pub latency: &'a LatencyJudge,
     pub split: &'a SampleRatio,
     /// B's requests at the current step, and how long the step has run.
     pub step_requests: u64,
@@ -79,14 +78,20 @@ pub fn decide(e: &Evidence, policy: &Policy) -> Decision {
         ("a_error_rate".to_string(), e.errors.a_rate()),
         ("b_error_rate".to_string(), e.errors.b_rate()),
         ("error_rate_lr".to_string(), e.errors.likelihood_ratio()),
-        ("p50_share_above".to_string(), e.p50.share_above()),
-        ("p50_lr".to_string(), e.p50.likelihood_ratio()),
-        ("p95_share_above".to_string(), e.p95.share_above()),
-        ("p95_lr".to_string(), e.p95.likelihood_ratio()),
+        ("p50_share_above".to_string(), e.latency.p50.share_above()),
+        ("p50_lr".to_string(), e.latency.p50.likelihood_ratio()),
+        ("p95_share_above".to_string(), e.latency.p95.share_above()),
+        ("p95_lr".to_string(), e.latency.p95.likelihood_ratio()),
         ("split_p_value".to_string(), e.split.p_value()),
         ("observed_b_share".to_string(), e.split.observed_share()),
         ("expected_b_share".to_string(), e.split.expected_share()),
     ]);
+    for (q, name) in [(0.5, "p50"), (0.95, "p95")] {
+        if let Some(effect) = e.latency.effect(q) {
+            numbers.insert(format!("{name}_b_ms"), effect.b_micros / 1000.0);
+            numbers.insert(format!("{name}_a_ms"), effect.a_micros / 1000.0);
+        }
+    }
     numbers.insert("step_requests".to_string(), e.step_requests as f64);
     let decision = |action, reason: String| Decision {
         action,
@@ -116,15 +121,21 @@ pub fn decide(e: &Evidence, policy: &Policy) -> Decision {
             ),
         );
     }
-    for (on, test, name) in [
-        (policy.latency_p50, e.p50, "p50"),
-        (policy.latency_p95, e.p95, "p95"),
+    for (on, q, name) in [
+        (policy.latency_p50, 0.5, "p50"),
+        (policy.latency_p95, 0.95, "p95"),
     ] {
-        if on && test.rejects(policy.alpha) {
+        let test = e.latency.test(q);
+        if let Some(effect) = e.latency.slower(q, policy.alpha).filter(|_| on) {
+            let min = e.latency.config().min_effect;
             return decision(
                 Action::Rollback,
                 format!(
-                    "B is slower at {name}: {:.1}% of its requests took longer than A's {name}, where {:.0}% would be equal (likelihood ratio {:.0} ≥ {threshold:.0})",
+                    "B is slower at {name}: {:.1} ms against {:.1} ms on A's slowest instance over the same seconds (at least {:.0}% and {:.0} ms matter); {:.1}% of its requests took longer than A's {name}, where {:.0}% would be equal (likelihood ratio {:.0} ≥ {threshold:.0})",
+                    effect.b_micros / 1000.0,
+                    effect.a_micros / 1000.0,
+                    100.0 * min.ratio,
+                    min.micros / 1000.0,
                     100.0 * test.share_above(),
                     100.0 * (1.0 - test.quantile),
                     test.likelihood_ratio()
@@ -148,8 +159,8 @@ pub fn decide(e: &Evidence, policy: &Policy) -> Decision {
     let leaning = threshold.sqrt();
     let worst = [
         (policy.error_rate, e.errors.likelihood_ratio()),
-        (policy.latency_p50, e.p50.likelihood_ratio()),
-        (policy.latency_p95, e.p95.likelihood_ratio()),
+        (policy.latency_p50, e.latency.weighing(0.5)),
+        (policy.latency_p95, e.latency.weighing(0.95)),
     ]
     .into_iter()
     .filter(|(on, _)| *on)
@@ -183,16 +194,14 @@ mod tests {
 
     fn evidence<'a>(
         errors: &'a ErrorRateTest,
-        p50: &'a QuantileTest,
-        p95: &'a QuantileTest,
+        latency: &'a LatencyJudge,
         split: &'a SampleRatio,
         requests: u64,
         secs: u64,
     ) -> Evidence<'a> {
         Evidence {
             errors,
-            p50,
-            p95,
+            latency,
             split,
             step_requests: requests,
             step_elapsed: Duration::from_secs(secs),
@@ -201,38 +210,36 @@ mod tests {
 
     #[test]
     fn waits_then_advances_a_good_b() {
-        let (mut errors, mut p50, p95, mut split) = (
+        let (mut errors, mut latency, mut split) = (
             ErrorRateTest::default(),
-            QuantileTest::new(0.5),
-            QuantileTest::new(0.95),
+            LatencyJudge::new(Default::default()),
             SampleRatio::default(),
         );
         errors.observe(99_000, 99, 1_000, 1);
-        p50.observe(480, 1000);
+        latency.p50.observe(480, 1000);
         split.observe(99_000, 1_000, 0.01);
         let policy = Policy::default();
         assert_eq!(
-            decide(&evidence(&errors, &p50, &p95, &split, 500, 120), &policy).action,
+            decide(&evidence(&errors, &latency, &split, 500, 120), &policy).action,
             Action::Wait
         );
         assert_eq!(
-            decide(&evidence(&errors, &p50, &p95, &split, 1000, 120), &policy).action,
+            decide(&evidence(&errors, &latency, &split, 1000, 120), &policy).action,
             Action::Advance
         );
     }
 
     #[test]
     fn rolls_back_a_failing_b_and_says_why() {
-        let (mut errors, p50, p95, mut split) = (
+        let (mut errors, latency, mut split) = (
             ErrorRateTest::default(),
-            QuantileTest::new(0.5),
-            QuantileTest::new(0.95),
+            LatencyJudge::new(Default::default()),
             SampleRatio::default(),
         );
         errors.observe(99_000, 99, 1_000, 30);
         split.observe(99_000, 1_000, 0.01);
         let decision = decide(
-            &evidence(&errors, &p50, &p95, &split, 10, 1),
+            &evidence(&errors, &latency, &split, 10, 1),
             &Policy::default(),
         );
         assert_eq!(decision.action, Action::Rollback);
@@ -246,16 +253,15 @@ mod tests {
 
     #[test]
     fn stops_a_broken_split() {
-        let (errors, p50, p95, mut split) = (
+        let (errors, latency, mut split) = (
             ErrorRateTest::default(),
-            QuantileTest::new(0.5),
-            QuantileTest::new(0.95),
+            LatencyJudge::new(Default::default()),
             SampleRatio::default(),
         );
         split.observe(9_000, 1_000, 0.01);
         assert_eq!(
             decide(
-                &evidence(&errors, &p50, &p95, &split, 1000, 600),
+                &evidence(&errors, &latency, &split, 1000, 600),
                 &Policy::default()
             )
             .action,

@@ -44,6 +44,14 @@ impl LogHistogram {
         self.total += other.total;
     }
 
+    /// Takes out what `other` added by [`LogHistogram::merge`] (a sliding sum).
+    pub fn subtract(&mut self, other: &LogHistogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine = mine.saturating_sub(*theirs);
+        }
+        self.total = self.total.saturating_sub(other.total);
+    }
+
     pub fn len(&self) -> u64 {
         self.total
     }
@@ -56,11 +64,15 @@ impl LogHistogram {
     /// rank `n q + 2 sqrt(n q (1 - q))`, two standard errors above the
     /// estimate, so that the true quantile is rarely above it.
     pub fn upper_quantile(&self, q: f64) -> Option<f64> {
+        self.upper_bound(q, 2.0)
+    }
+
+    fn upper_bound(&self, q: f64, z: f64) -> Option<f64> {
         if self.total == 0 {
             return None;
         }
         let n = self.total as f64;
-        let rank = (n * q + 2.0 * (n * q * (1.0 - q)).sqrt()).ceil().min(n) as u64;
+        let rank = (n * q + z * (n * q * (1.0 - q)).sqrt()).ceil().min(n) as u64;
         let mut seen = 0;
         for (i, count) in self.counts.iter().enumerate() {
             seen += count;
@@ -69,6 +81,28 @@ impl LogHistogram {
             }
         }
         self.counts.len().checked_sub(1).map(upper_edge)
+    }
+
+    /// A bound of the `q` quantile `z` standard errors away from the
+    /// estimate: below it for a negative `z` (the bottom of its bucket),
+    /// above it for a positive one (the top).
+    pub fn quantile_bound(&self, q: f64, z: f64) -> Option<f64> {
+        if z > 0.0 {
+            return self.upper_bound(q, z);
+        }
+        if self.total == 0 {
+            return None;
+        }
+        let n = self.total as f64;
+        let rank = (n * q + z * (n * q * (1.0 - q)).sqrt()).floor().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(if i == 0 { 0.0 } else { GROWTH.powi(i as i32) });
+            }
+        }
+        None
     }
 
     /// A plain quantile estimate (the middle of its bucket), for reports.
@@ -109,6 +143,8 @@ mod tests {
         let upper = h.upper_quantile(0.5).unwrap();
         assert!((5000.0..5200.0).contains(&upper), "{upper}");
         assert!(h.count_above(upper) <= 5000);
+        let lower = h.quantile_bound(0.5, -2.0).unwrap();
+        assert!((4800.0..5000.0).contains(&lower), "{lower}");
     }
 
     #[test]

@@ -8,12 +8,14 @@
 mod decide;
 mod errors;
 mod histogram;
+mod latency;
 mod quantile;
 mod srm;
 
 pub use decide::{Action, Decision, Evidence, Policy, decide};
 pub use errors::ErrorRateTest;
 pub use histogram::LogHistogram;
+pub use latency::{Effect, InstanceSecond, LatencyConfig, LatencyJudge, MinEffect, Side};
 pub use quantile::QuantileTest;
 pub use srm::SampleRatio;
 

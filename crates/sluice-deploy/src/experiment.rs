@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use serde_json::json;
 use sluice_analysis::{
-    Action, ErrorRateTest, Evidence, LogHistogram, Policy, QuantileTest, SampleRatio, decide,
+    Action, ErrorRateTest, Evidence, InstanceSecond, LatencyConfig, LatencyJudge, LogHistogram,
+    MinEffect, Policy, SampleRatio, Side, decide,
 };
 use sluice_proxy::{Route, SecondWindow, Split, Sticky, Variant};
 use sluice_spec::{AbStrategy, Environment, Metric, Spec};
@@ -153,6 +154,17 @@ async fn stop_group(inner: &Arc<Inner>, route: &Route, b: &Release, env: &str) {
     }
 }
 
+fn latency_config(ab: &AbStrategy) -> LatencyConfig {
+    LatencyConfig {
+        warm_up_requests: ab.warm_up_requests,
+        min_effect: MinEffect {
+            ratio: ab.min_effect.percent / 100.0,
+            micros: ab.min_effect.ms * 1000.0,
+        },
+        ..LatencyConfig::default()
+    }
+}
+
 fn sticky_of(ab: &AbStrategy) -> Result<Sticky> {
     Ok(match &ab.sticky {
         sluice_spec::Sticky::Cookie => Sticky::Cookie,
@@ -258,12 +270,6 @@ pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome
     Ok(follow(inner, looker).await)
 }
 
-/// B's first seconds (after it starts, or starts again after a restart) are
-/// not judged on latency: a fresh process answers slower until it is warm,
-/// and at a 1% weight its few requests would all be cold ones. Its errors
-/// count from the first second.
-const WARM_UP_SECONDS: u64 = 5;
-
 /// Seconds since the Unix epoch: how the proxy's windows are numbered.
 fn unix_seconds() -> u64 {
     (now_ms() / 1000) as u64
@@ -285,11 +291,9 @@ struct Looker {
     paused: bool,
     held: bool,
     last_second: u64,
-    /// Until this second, B's latency is not judged (see [`WARM_UP_SECONDS`]).
-    warm_until: u64,
     errors: ErrorRateTest,
-    p50: QuantileTest,
-    p95: QuantileTest,
+    /// B's latency against A's over the same seconds, warm instances only.
+    latency: LatencyJudge,
     split: SampleRatio,
     a_latency: LogHistogram,
     b_latency: LogHistogram,
@@ -310,6 +314,7 @@ impl Looker {
     ) -> Self {
         let now = unix_seconds();
         let steps = vec![json!({ "weight": ab.steps[0], "at": now_ms() })];
+        let ab_config = ab.clone();
         Looker {
             inner,
             id,
@@ -325,10 +330,8 @@ impl Looker {
             paused: false,
             held: false,
             last_second: now,
-            warm_until: now + WARM_UP_SECONDS,
             errors: ErrorRateTest::default(),
-            p50: QuantileTest::new(0.5),
-            p95: QuantileTest::new(0.95),
+            latency: LatencyJudge::new(latency_config(&ab_config)),
             split: SampleRatio::default(),
             a_latency: LogHistogram::default(),
             b_latency: LogHistogram::default(),
@@ -426,8 +429,7 @@ impl Looker {
         }
         let evidence = Evidence {
             errors: &self.errors,
-            p50: &self.p50,
-            p95: &self.p95,
+            latency: &self.latency,
             split: &self.split,
             step_requests: self.step_b_requests,
             step_elapsed: self.step_started.elapsed(),
@@ -483,18 +485,19 @@ impl Looker {
         self.last_second = w.second;
         self.errors
             .observe(w.a.requests, w.a.errors, w.b.requests, w.b.errors);
-        // B is compared with A's quantiles as known before this second.
-        let warm = w.second >= self.warm_until;
-        if warm && self.a_latency.len() >= 100 && !w.b.latency.is_empty() {
-            if let Some(bound) = self.a_latency.upper_quantile(0.5) {
-                self.p50
-                    .observe(w.b.latency.count_above(bound), w.b.latency.len());
-            }
-            if let Some(bound) = self.a_latency.upper_quantile(0.95) {
-                self.p95
-                    .observe(w.b.latency.count_above(bound), w.b.latency.len());
-            }
-        }
+        let instances: Vec<InstanceSecond> = w
+            .instances
+            .iter()
+            .map(|i| InstanceSecond {
+                instance: &i.instance,
+                side: match i.variant {
+                    Variant::A => Side::A,
+                    Variant::B => Side::B,
+                },
+                latency: &i.window.latency,
+            })
+            .collect();
+        self.latency.observe(w.second, &instances);
         self.a_latency.merge(&w.a.latency);
         self.b_latency.merge(&w.b.latency);
         self.split

@@ -219,6 +219,26 @@ pub struct AbStrategy {
     pub metrics: Vec<Metric>,
     /// Whether `X-Sluice-Variant` may force a variant.
     pub allow_force: bool,
+    /// The smallest slowdown that rolls B back (the error rate has none).
+    pub min_effect: MinEffect,
+    /// Requests each instance serves before its latency is judged.
+    pub warm_up_requests: u64,
+}
+
+/// B slower by at least `percent` and `ms` at p50 or p95.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct MinEffect {
+    pub percent: f64,
+    pub ms: f64,
+}
+
+impl Default for MinEffect {
+    fn default() -> Self {
+        MinEffect {
+            percent: 10.0,
+            ms: 2.0,
+        }
+    }
 }
 
 pub const DEFAULT_AB_STEPS: [u8; 5] = [1, 5, 25, 50, 100];
@@ -234,6 +254,8 @@ impl Default for AbStrategy {
             sticky: Sticky::Cookie,
             metrics: Metric::ALL.to_vec(),
             allow_force: false,
+            min_effect: MinEffect::default(),
+            warm_up_requests: 200,
         }
     }
 }

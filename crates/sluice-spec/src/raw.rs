@@ -169,6 +169,15 @@ pub struct RawAb {
     pub sticky: Option<Spanned<String>>,
     pub metrics: Option<Vec<Spanned<String>>>,
     pub allow_force: Option<bool>,
+    pub min_effect: Option<Spanned<RawMinEffect>>,
+    pub warm_up_requests: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMinEffect {
+    pub percent: Option<f64>,
+    pub ms: Option<f64>,
 }
 
 /// A mapping kept in file order with the location of each key.

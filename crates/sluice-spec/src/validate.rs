@@ -771,7 +771,25 @@ fn ab_strategy(c: &mut Checker, raw: &RawAb) -> AbStrategy {
             })
             .collect(),
     };
+    let defaults = AbStrategy::default();
+    let min_effect = match &raw.min_effect {
+        None => defaults.min_effect,
+        Some(m) => {
+            let percent = m.value.percent.unwrap_or(defaults.min_effect.percent);
+            let ms = m.value.ms.unwrap_or(defaults.min_effect.ms);
+            if !(0.0..=1000.0).contains(&percent) || !(0.0..=60_000.0).contains(&ms) {
+                c.error(
+                    m,
+                    format!("min_effect {percent}% and {ms} ms is out of range"),
+                    Some("give `percent` from 0 to 1000 and `ms` from 0 to 60000, e.g. { percent: 10, ms: 2 }".to_string()),
+                );
+            }
+            crate::model::MinEffect { percent, ms }
+        }
+    };
     AbStrategy {
+        min_effect,
+        warm_up_requests: raw.warm_up_requests.unwrap_or(defaults.warm_up_requests),
         steps,
         min_requests: raw.min_requests.unwrap_or(1000),
         min_duration: c.duration(&raw.min_duration, "min_duration", Duration::from_secs(60)),

@@ -6,7 +6,9 @@
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Binomial, Distribution, LogNormal};
-use sluice_analysis::{ErrorRateTest, LogHistogram, QuantileTest};
+use sluice_analysis::{
+    ErrorRateTest, InstanceSecond, LatencyConfig, LatencyJudge, LogHistogram, Side,
+};
 
 const ALPHA: f64 = 0.05;
 
@@ -94,65 +96,135 @@ fn a_five_times_higher_error_rate_is_caught_within_2000_b_requests() {
     assert!(rate >= 0.80, "caught only {:.1}%", 100.0 * rate);
 }
 
-/// One latency experiment at a fixed weight: A gets `a_per_window`
-/// requests, B `b_per_window`; B's latencies are A's times `slowdown`.
-/// Returns B's requests when rolled back.
+/// How the world behaves during one simulated latency experiment.
+#[derive(Clone, Copy)]
+struct World {
+    /// B's latencies are A's times this.
+    slowdown: f64,
+    /// A's median in microseconds (log-normal, sigma 0.5).
+    median: f64,
+    /// Both variants slow down by this share over the experiment (0.5: +50%).
+    trend: f64,
+    /// Both variants slow down by this factor from the middle on.
+    step: f64,
+    /// Each instance's first 200 requests take this many times as long.
+    cold: f64,
+    /// Instances differ by up to ± this share (drawn per instance).
+    spread: f64,
+    a_instances: usize,
+}
+
+const CALM: World = World {
+    slowdown: 1.0,
+    median: 20_000.0,
+    trend: 0.0,
+    step: 1.0,
+    cold: 1.0,
+    spread: 0.0,
+    a_instances: 4,
+};
+
+/// One latency experiment at a fixed weight, one B instance: A gets
+/// `a_per_second` requests, B `b_per_second`, for `seconds`. Returns B's
+/// judged requests when rolled back at one of `quantiles`.
 fn latency_experiment(
     rng: &mut StdRng,
-    q: f64,
-    slowdown: f64,
+    world: World,
+    quantiles: &[f64],
+    seconds: u64,
+    (a_per_second, b_per_second): (usize, usize),
     max_b: u64,
-    a_per_window: usize,
-    b_per_window: usize,
 ) -> Option<u64> {
-    let sigma = 0.5;
-    let a_dist = LogNormal::new(10_000f64.ln(), sigma).unwrap();
-    let b_dist = LogNormal::new((10_000f64 * slowdown).ln(), sigma).unwrap();
-    let mut a_hist = LogHistogram::default();
-    let mut test = QuantileTest::new(q);
-    loop {
-        // B is compared with A's quantile as known before this window, as the engine does.
-        let mut b_window = LogHistogram::default();
-        for _ in 0..b_per_window {
-            b_window.record(b_dist.sample(rng));
+    use rand::Rng;
+    let unit = LogNormal::new(0.0, 0.5).unwrap();
+    let mut factor = || 1.0 + world.spread * (2.0 * rng.random::<f64>() - 1.0);
+    let a_speed: Vec<f64> = (0..world.a_instances).map(|_| factor()).collect();
+    let b_speed = factor();
+    let names: Vec<String> = (0..world.a_instances).map(|i| format!("a{i}")).collect();
+    let mut served = vec![0u64; world.a_instances + 1];
+    let mut judge = LatencyJudge::new(LatencyConfig::default());
+    for second in 0..seconds {
+        let t = second as f64 / seconds as f64;
+        let common =
+            world.median * (1.0 + world.trend * t) * if t >= 0.5 { world.step } else { 1.0 };
+        let mut hists = vec![LogHistogram::default(); world.a_instances + 1];
+        for k in 0..a_per_second + b_per_second {
+            let (i, speed) = if k < a_per_second {
+                let i = k % world.a_instances;
+                (i, a_speed[i])
+            } else {
+                (world.a_instances, b_speed * world.slowdown)
+            };
+            let cold = if served[i] < 200 { world.cold } else { 1.0 };
+            served[i] += 1;
+            hists[i].record(common * speed * cold * unit.sample(rng));
         }
-        if a_hist.len() >= 200 {
-            let bound = a_hist.upper_quantile(q).unwrap();
-            test.observe(b_window.count_above(bound), b_window.len());
-            if test.rejects(ALPHA) {
-                return Some(test.total);
-            }
-            if test.total >= max_b {
-                return None;
-            }
+        let mut instances: Vec<InstanceSecond> = names
+            .iter()
+            .zip(&hists)
+            .map(|(name, latency)| InstanceSecond {
+                instance: name,
+                side: Side::A,
+                latency,
+            })
+            .collect();
+        instances.push(InstanceSecond {
+            instance: "b",
+            side: Side::B,
+            latency: &hists[world.a_instances],
+        });
+        judge.observe(second, &instances);
+        if quantiles.iter().any(|q| judge.slower(*q, ALPHA).is_some()) {
+            return Some(judge.p50.total);
         }
-        for _ in 0..a_per_window {
-            a_hist.record(a_dist.sample(rng));
+        if judge.p50.total >= max_b {
+            return None;
         }
     }
+    None
+}
+
+/// Runs A/A experiments in `world`, judged at p50 and p95; returns the share rolled back.
+fn aa_rollbacks(name: &str, world: World, seed: u64) -> f64 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let runs = 400;
+    let rolled_back = (0..runs)
+        .filter(|_| {
+            // Ten minutes at a 10% weight: 100 A and 10 B requests a second.
+            latency_experiment(&mut rng, world, &[0.5, 0.95], 600, (100, 10), u64::MAX).is_some()
+        })
+        .count();
+    let rate = rolled_back as f64 / runs as f64;
+    eprintln!(
+        "A/A latency, {name}: {rolled_back} of {runs} rolled back ({:.2}%)",
+        100.0 * rate
+    );
+    rate
 }
 
 #[test]
 fn aa_experiments_are_rarely_rolled_back_for_latency() {
-    let mut rng = StdRng::seed_from_u64(13);
-    let runs = 1000;
-    for q in [0.5, 0.95] {
-        // A gets ten requests for each of B's (at a 1% weight it gets 99: this is harder).
-        let rolled_back = (0..runs)
-            .filter(|_| latency_experiment(&mut rng, q, 1.0, 5000, 100, 10).is_some())
-            .count();
-        let rate = rolled_back as f64 / runs as f64;
-        eprintln!(
-            "A/A latency p{:.0}: {rolled_back} of {runs} rolled back ({:.2}%)",
-            q * 100.0,
-            100.0 * rate
-        );
-        assert!(
-            rate <= 0.05,
-            "{:.2}% rolled back at p{}",
-            100.0 * rate,
-            q * 100.0
-        );
+    let worlds = [
+        ("calm", CALM, 13),
+        ("a common trend of +50%", World { trend: 0.5, ..CALM }, 19),
+        ("a step of +50% halfway", World { step: 1.5, ..CALM }, 23),
+        (
+            "each instance's first 200 requests twice as slow",
+            World { cold: 2.0, ..CALM },
+            29,
+        ),
+        (
+            "instances ±20% apart, A on 4 and B on 1",
+            World {
+                spread: 0.2,
+                ..CALM
+            },
+            31,
+        ),
+    ];
+    for (name, world, seed) in worlds {
+        let rate = aa_rollbacks(name, world, seed);
+        assert!(rate <= 0.05, "{name}: {:.2}% rolled back", 100.0 * rate);
     }
 }
 
@@ -160,8 +232,12 @@ fn aa_experiments_are_rarely_rolled_back_for_latency() {
 fn a_20_percent_slower_median_is_caught_within_1000_b_requests() {
     let mut rng = StdRng::seed_from_u64(17);
     let runs = 1000;
+    let slower = World {
+        slowdown: 1.2,
+        ..CALM
+    };
     let mut caught: Vec<u64> = (0..runs)
-        .filter_map(|_| latency_experiment(&mut rng, 0.5, 1.2, 1000, 100, 10))
+        .filter_map(|_| latency_experiment(&mut rng, slower, &[0.5], 10_000, (100, 10), 1000))
         .collect();
     caught.sort();
     let rate = caught.len() as f64 / runs as f64;
