@@ -133,6 +133,39 @@ pub async fn commit_info(dir: &Path, sha: &str) -> Result<(String, String)> {
     Ok((author.to_string(), title.to_string()))
 }
 
+/// Whether commit `sha` is reachable from `reference` (a branch's ref) now.
+pub async fn is_ancestor(dir: &Path, sha: &str, reference: &str) -> Result<bool> {
+    check_sha(sha)?;
+    if !reference.starts_with("refs/") || reference.contains("..") {
+        bail!("`{}` is not a branch's ref", reference.escape_debug());
+    }
+    let status = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "merge-base",
+            "--is-ancestor",
+            "--end-of-options",
+            sha,
+            reference,
+        ])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .context("could not run `git`; is it installed and on PATH?")?;
+    match status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => bail!(
+            "`git merge-base --is-ancestor {sha} {reference}` in {} failed ({status})",
+            dir.display()
+        ),
+    }
+}
+
 pub async fn has_commit(dir: &Path, sha: &str) -> bool {
     let commit = format!("{sha}^{{commit}}");
     check_sha(sha).is_ok()

@@ -63,7 +63,7 @@ pub(crate) async fn run(
         Ok(group) => group,
         Err(e) => {
             let why = format!("{e:#}");
-            stop_group(inner, &route, b, &env.name).await;
+            rollout::stop_deployment(inner, service, &env.name, deployment).await;
             inner
                 .store
                 .finish_deployment(
@@ -133,7 +133,7 @@ async fn start_group(
     rollout::prepare(inner, b, spec, &b_env, state.as_ref(), deployment).await?;
     let mut group = Vec::new();
     for _ in 0..env.instances {
-        let live = rollout::start_instance(inner, b, spec, &b_env).await?;
+        let live = rollout::start_instance(inner, b, spec, &b_env, deployment).await?;
         live.backend.set_variant(Variant::B);
         group.push(live);
     }
@@ -141,17 +141,6 @@ async fn start_group(
         rollout::wait_healthy(inner, &live.backend, rollout::ready_timeout(spec)).await?;
     }
     Ok(group)
-}
-
-/// Stops every instance of `b` in the environment.
-async fn stop_group(inner: &Arc<Inner>, route: &Route, b: &Release, env: &str) {
-    for live in inner
-        .live_in(&b.service, env)
-        .into_iter()
-        .filter(|l| l.backend.release == b.name())
-    {
-        rollout::stop_instance(inner, route, &live).await;
-    }
 }
 
 fn latency_config(ab: &AbStrategy) -> LatencyConfig {
@@ -211,7 +200,7 @@ pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome
         Ok(sticky) => sticky,
         Err(e) => {
             let why = format!("it could not start again after a restart: {e:#}");
-            stop_group(inner, &route, &b, &env.name).await;
+            rollout::stop_deployment(inner, &b.service, &env.name, deployment).await;
             route.set_split(None);
             let decision = json!({ "action": "abort", "reason": why, "at": now_ms() });
             let summary = format!("experiment {} of {} aborted: {why}", x.id, b.name());
@@ -540,7 +529,7 @@ impl Looker {
         let a_group: Vec<Live> = inner
             .live_in(&service, &env)
             .into_iter()
-            .filter(|l| l.backend.release != self.b.name())
+            .filter(|l| l.deployment != self.deployment)
             .collect();
         for live in &a_group {
             rollout::drain(&inner, &self.route, live).await;
@@ -548,7 +537,7 @@ impl Looker {
         for live in inner
             .live_in(&service, &env)
             .into_iter()
-            .filter(|l| l.backend.release == self.b.name())
+            .filter(|l| l.deployment == self.deployment)
         {
             live.backend.set_variant(Variant::A);
         }
@@ -583,10 +572,11 @@ impl Looker {
             Split::new(0.0, self.sticky.clone(), false)
                 .unwrap_or_else(|_| unreachable!("0 is a weight")),
         ));
+        // B is the experiment's own instances, even when A runs the same release.
         let b_group: Vec<Live> = inner
             .live_in(&service, &env)
             .into_iter()
-            .filter(|l| l.backend.release == self.b.name())
+            .filter(|l| l.deployment == self.deployment)
             .collect();
         for live in &b_group {
             rollout::drain(&inner, &self.route, live).await;

@@ -8,7 +8,9 @@
 
 mod data;
 mod experiment;
+mod exposure;
 mod gates;
+mod heal;
 mod health;
 mod incidents;
 mod layout;
@@ -117,6 +119,8 @@ pub struct CdConfig {
     pub gate_interval: Duration,
     /// How long draining an instance may take before it is stopped anyway.
     pub drain_timeout: Duration,
+    /// How often environments are checked for missing instances.
+    pub heal_interval: Duration,
 }
 
 impl CdConfig {
@@ -125,6 +129,7 @@ impl CdConfig {
             data_dir: data_dir.to_path_buf(),
             gate_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(30),
+            heal_interval: Duration::from_secs(2),
         }
     }
 }
@@ -171,6 +176,9 @@ struct Entry {
 struct Live {
     service: String,
     env: String,
+    /// The deployment (or experiment's deployment) that started it: an
+    /// instance belongs to it, never to its release, which A and B may share.
+    deployment: i64,
     backend: Arc<Backend>,
     checks: CancellationToken,
     /// Why the instance's last health probe failed.
@@ -200,6 +208,7 @@ impl Cd {
         let started = inner.clone();
         tokio::spawn(async move {
             started.restart_environments().await;
+            tokio::spawn(heal::keep(started.clone()));
             promote::gatekeeper(started).await;
         });
         tokio::spawn(traffic::keep(inner.clone()));
@@ -293,21 +302,7 @@ impl Cd {
 
     /// The end of an instance's log file.
     pub async fn instance_log(&self, id: &str, max_bytes: u64) -> CdResult<String> {
-        let instance = self.inner.store.instance(id).await?;
-        let path = self
-            .inner
-            .layout
-            .instance_log(&instance.service, &instance.environment, id)?;
-        let text = tokio::fs::read(&path)
-            .await
-            .map_err(|e| CdError::NotFound(format!("no log for {id}: {e}")))?;
-        let start = text.len().saturating_sub(max_bytes as usize);
-        let text = String::from_utf8_lossy(&text[start..]).into_owned();
-        // An instance that prints a secret it was given shows `***` instead.
-        let release = self.inner.store.release_by_id(instance.release_id).await?;
-        let secrets = self.inner.store.secrets(release.repo_id).await?;
-        let masker = sluice_ci::logs::Masker::new(secrets.into_values().map(|s| s.value).collect());
-        Ok(text.lines().map(|l| masker.mask(l) + "\n").collect())
+        self.inner.instance_log(id, max_bytes).await
     }
 
     /// Starts an experiment of release `number` against what `env` runs, B
@@ -481,6 +476,23 @@ impl Cd {
 }
 
 impl Inner {
+    /// The end of an instance's log file, with the secrets it was given shown as `***`.
+    async fn instance_log(&self, id: &str, max_bytes: u64) -> CdResult<String> {
+        let instance = self.store.instance(id).await?;
+        let path = self
+            .layout
+            .instance_log(&instance.service, &instance.environment, id)?;
+        let text = tokio::fs::read(&path)
+            .await
+            .map_err(|e| CdError::NotFound(format!("no log for {id}: {e}")))?;
+        let start = text.len().saturating_sub(max_bytes as usize);
+        let text = String::from_utf8_lossy(&text[start..]).into_owned();
+        let release = self.store.release_by_id(instance.release_id).await?;
+        let secrets = self.store.secrets(release.repo_id).await?;
+        let masker = sluice_ci::logs::Masker::new(secrets.into_values().map(|s| s.value).collect());
+        Ok(text.lines().map(|l| masker.mask(l) + "\n").collect())
+    }
+
     fn env_lock(&self, service: &str, env: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()

@@ -28,7 +28,7 @@ impl ReleaseMaker {
 impl Notifier for ReleaseMaker {
     fn run_changed<'a>(
         &'a self,
-        _repo: &'a Repo,
+        repo: &'a Repo,
         run: &'a Run,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
@@ -39,8 +39,11 @@ impl Notifier for ReleaseMaker {
                 return;
             }
             let inner = self.inner.clone();
-            let run = run.clone();
+            let (repo, run) = (repo.clone(), run.clone());
             tokio::spawn(async move {
+                if !still_on_mainline(&inner, &repo, &run).await {
+                    return;
+                }
                 match make(&inner, &run, &artifact).await {
                     Ok(release) => promote::auto_deploy(&inner, &release, None).await,
                     Err(e) => {
@@ -49,6 +52,41 @@ impl Notifier for ReleaseMaker {
                 }
             });
         })
+    }
+}
+
+/// Whether the run's commit is still reachable from its branch: a commit
+/// amended or force-pushed away while it ran is not released.
+async fn still_on_mainline(inner: &Inner, repo: &Repo, run: &Run) -> bool {
+    let source = sluice_ci::source_dir(&inner.config.data_dir, repo);
+    match sluice_ci::git::is_ancestor(&source, &run.sha, &run.ref_name).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(run = run.id, sha = %run.sha, branch = %run.branch, "no release: the commit is no longer on its branch");
+            let _ = inner
+                .store
+                .append_change(sluice_store::NewChangeEvent {
+                    actor: "sluice".into(),
+                    kind: "release.skipped".into(),
+                    service: None,
+                    environment: None,
+                    subject: format!("run {}", run.id),
+                    summary: format!(
+                        "no release from run {}: commit {} is no longer on {} (amended or force-pushed away)",
+                        run.id,
+                        &run.sha[..run.sha.len().min(12)],
+                        run.branch
+                    ),
+                    before: None,
+                    after: None,
+                })
+                .await;
+            false
+        }
+        Err(e) => {
+            tracing::error!(run = run.id, error = %format!("{e:#}"), "could not tell whether the commit is still on its branch; no release");
+            false
+        }
     }
 }
 

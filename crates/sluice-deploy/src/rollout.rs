@@ -91,9 +91,11 @@ pub(crate) async fn deploy(
         prepare(inner, release, &spec, &environment, state.as_ref(), id).await?;
         let route = inner.route(&release.service, &environment).await?;
         match environment.strategy {
-            Strategy::BlueGreen => blue_green(inner, release, &spec, &environment, &route).await,
+            Strategy::BlueGreen => {
+                blue_green(inner, release, &spec, &environment, &route, id).await
+            }
             Strategy::Rolling | Strategy::Ab(_) => {
-                rolling(inner, release, &spec, &environment, &route).await
+                rolling(inner, release, &spec, &environment, &route, id).await
             }
         }
     }
@@ -113,7 +115,7 @@ pub(crate) async fn deploy(
             match previous {
                 Some(previous_id) => {
                     let previous = inner.store.release_by_id(previous_id).await?;
-                    let restored = restore(inner, &previous, env).await;
+                    let restored = restore(inner, &previous, env, id).await;
                     let reason = match &restored {
                         Ok(()) => format!("{why}; back on {}", previous.name()),
                         Err(e) => {
@@ -127,7 +129,7 @@ pub(crate) async fn deploy(
                     Outcome::RolledBack(reason)
                 }
                 None => {
-                    stop_release(inner, &release.service, env, release.id).await;
+                    stop_deployment(inner, &release.service, env, id).await;
                     inner
                         .store
                         .finish_deployment(id, "failed", Some(&why))
@@ -168,7 +170,7 @@ pub(crate) async fn prepare(
             .as_ref()
             .map(|from| inner.layout.data(service, from))
             .transpose()?;
-        let run_as = seed_run_as(service, env);
+        let run_as = seed_run_as(service, env, &data_dir);
         let filled = data::fill(
             &env.data,
             &data_dir,
@@ -189,30 +191,29 @@ pub(crate) async fn prepare(
     Ok(())
 }
 
-/// One instance at a time: a new one healthy, then an old one drained and stopped.
+/// One instance at a time: a new one healthy, then an old one drained and
+/// stopped. Every instance running before is replaced, even one of the
+/// same release (a redeploy), since instances belong to the deployment
+/// that started them.
 async fn rolling(
     inner: &Arc<Inner>,
     release: &Release,
     spec: &Spec,
     env: &Environment,
     route: &Route,
+    deployment: i64,
 ) -> Result<()> {
     let mut old: Vec<Live> = inner
         .live_in(&release.service, &env.name)
         .into_iter()
-        .filter(|l| l.backend.release != release.name())
+        .filter(|l| l.deployment != deployment)
         .collect();
-    let keep = inner
-        .live_in(&release.service, &env.name)
-        .into_iter()
-        .filter(|l| l.backend.release == release.name())
-        .count();
     // A drained instance takes no requests, so it stops while the next one
     // starts; every stop is awaited before the deployment ends, failed or not.
     let mut stopping = Vec::new();
     let started = async {
-        for _ in keep..env.instances as usize {
-            let new = start_instance(inner, release, spec, env).await?;
+        for _ in 0..env.instances {
+            let new = start_instance(inner, release, spec, env, deployment).await?;
             wait_healthy(inner, &new.backend, ready_timeout(spec)).await?;
             route.add(new.backend.clone());
             if let Some(retired) = old.pop() {
@@ -238,11 +239,12 @@ async fn blue_green(
     spec: &Spec,
     env: &Environment,
     route: &Route,
+    deployment: i64,
 ) -> Result<()> {
     let old: Vec<Live> = inner.live_in(&release.service, &env.name);
     let mut green = Vec::new();
     for _ in 0..env.instances {
-        green.push(start_instance(inner, release, spec, env).await?);
+        green.push(start_instance(inner, release, spec, env, deployment).await?);
     }
     for new in &green {
         if let Err(e) = wait_healthy(inner, &new.backend, ready_timeout(spec)).await {
@@ -265,34 +267,51 @@ pub(crate) fn ready_timeout(spec: &Spec) -> Duration {
         .map_or(Duration::from_secs(60), |r| r.ready_timeout)
 }
 
-/// Brings an environment back to `release` after a failed deployment: tops
-/// it up to its instance count, then stops every instance of other releases.
-async fn restore(inner: &Arc<Inner>, release: &Release, env: &str) -> Result<()> {
+/// Brings an environment back to `release` after deployment `failed`:
+/// tops what runs outside that deployment up to the instance count with
+/// `release`, then stops the failed deployment's own instances.
+async fn restore(inner: &Arc<Inner>, release: &Release, env: &str, failed: i64) -> Result<()> {
     let (spec, environment) = release_env(release, env)?;
     let route = inner.route(&release.service, &environment).await?;
     let current: Vec<Live> = inner.live_in(&release.service, env);
-    let have = current
-        .iter()
-        .filter(|l| l.backend.release == release.name())
-        .count();
-    for _ in have..environment.instances as usize {
-        let new = start_instance(inner, release, &spec, &environment).await?;
-        wait_healthy(inner, &new.backend, ready_timeout(&spec)).await?;
-        route.add(new.backend.clone());
-    }
-    for other in current
-        .iter()
-        .filter(|l| l.backend.release != release.name())
-    {
+    let (theirs, kept): (Vec<Live>, Vec<Live>) =
+        current.into_iter().partition(|l| l.deployment == failed);
+    top_up(
+        inner,
+        release,
+        &spec,
+        &environment,
+        &route,
+        kept.len(),
+        failed,
+    )
+    .await?;
+    for other in &theirs {
         retire(inner, &route, other).await;
     }
     Ok(())
 }
 
-async fn stop_release(inner: &Arc<Inner>, service: &str, env: &str, release_id: i64) {
-    let Ok(release) = inner.store.release_by_id(release_id).await else {
-        return;
-    };
+/// Starts instances of `release` until `have` reaches the environment's count.
+pub(crate) async fn top_up(
+    inner: &Arc<Inner>,
+    release: &Release,
+    spec: &Spec,
+    env: &Environment,
+    route: &Route,
+    have: usize,
+    deployment: i64,
+) -> Result<()> {
+    for _ in have..env.instances as usize {
+        let new = start_instance(inner, release, spec, env, deployment).await?;
+        wait_healthy(inner, &new.backend, ready_timeout(spec)).await?;
+        route.add(new.backend.clone());
+    }
+    Ok(())
+}
+
+/// Stops every instance deployment `deployment` started in the environment.
+pub(crate) async fn stop_deployment(inner: &Arc<Inner>, service: &str, env: &str, deployment: i64) {
     let route = inner
         .entries
         .lock()
@@ -303,18 +322,20 @@ async fn stop_release(inner: &Arc<Inner>, service: &str, env: &str, release_id: 
     for live in inner
         .live_in(service, env)
         .into_iter()
-        .filter(|l| l.backend.release == release.name())
+        .filter(|l| l.deployment == deployment)
     {
         stop_instance(inner, &route, &live).await;
     }
 }
 
-/// Starts one instance of `release` in `env`, with its port, environment and health checks.
+/// Starts one instance of `release` in `env` for `deployment`, with its
+/// port, environment and health checks.
 pub(crate) async fn start_instance(
     inner: &Arc<Inner>,
     release: &Release,
     spec: &Spec,
     env: &Environment,
+    deployment: i64,
 ) -> Result<Live> {
     let service = &release.service;
     let run = spec
@@ -335,7 +356,16 @@ pub(crate) async fn start_instance(
     let data_dir = inner.layout.data(service, &env.name)?;
     let config_dir = inner.layout.config(service, &env.name, release.number)?;
     let files = render::render(spec, env, &release.name(), &release_dir)?;
-    let mut vars = instance_env(inner, release, env, &id, port, &config_dir, &data_dir);
+    let mut vars = instance_env(
+        inner,
+        release,
+        env,
+        &id,
+        port,
+        &release_dir,
+        &config_dir,
+        &data_dir,
+    );
     vars.extend(instance_secrets(inner, release, &run.secrets).await?);
     let record = Instance {
         id: id.clone(),
@@ -401,6 +431,7 @@ pub(crate) async fn start_instance(
     let live = Live {
         service: service.clone(),
         env: env.name.clone(),
+        deployment,
         backend,
         checks,
         last_failure,
@@ -443,15 +474,29 @@ fn instance_id(service: &str, env: &str, release: &str, n: i64) -> String {
     format!("{service}.{env}-{release}-{n}")
 }
 
-/// A seed or scrub script runs as the environment's user with the
-/// environment's config values, a `PATH` to find its tools, and nothing of
-/// the server's own environment (its token, say).
-fn seed_run_as(service: &str, env: &Environment) -> data::RunAs {
-    let mut vars: Vec<(String, String)> = ["PATH", "LANG", "TZ"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-        .collect();
+/// The `PATH` instances, seeds and scrubs get unless the environment's
+/// config sets one: the system's directories, nothing of the server's.
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The base every process Sluice starts for an environment gets, and nothing
+/// of the server's own environment (its token, its `HOME`): `PATH`, `LANG`,
+/// `HOME` (`home`), then the environment's config values, which may
+/// override any of them.
+fn clean_env(env: &Environment, home: &std::path::Path) -> Vec<(String, String)> {
+    let mut vars = vec![
+        ("PATH".to_string(), DEFAULT_PATH.to_string()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+        ("HOME".to_string(), home.to_string_lossy().into_owned()),
+    ];
     vars.extend(env.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    vars
+}
+
+/// A seed or scrub script runs as the environment's user with the clean
+/// environment (its `HOME` the data directory) and where it is.
+fn seed_run_as(service: &str, env: &Environment, data_dir: &std::path::Path) -> data::RunAs {
+    let mut vars = clean_env(env, data_dir);
     vars.push(("SLUICE_SERVICE".into(), service.to_string()));
     vars.push(("SLUICE_ENV".into(), env.name.clone()));
     data::RunAs {
@@ -460,21 +505,25 @@ fn seed_run_as(service: &str, env: &Environment) -> data::RunAs {
     }
 }
 
+/// What an instance finds in its environment: the clean base with `HOME`
+/// its working directory, the environment's config values, and where it is
+/// (`HOST` and `PORT` to listen on, loopback only: the entry point is the
+/// way in).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn instance_env(
     inner: &Inner,
     release: &Release,
     env: &Environment,
     id: &str,
     port: u16,
+    workdir: &std::path::Path,
     config_dir: &std::path::Path,
     data_dir: &std::path::Path,
 ) -> Vec<(String, String)> {
-    let mut vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !k.starts_with("SLUICE_"))
-        .collect();
-    vars.extend(env.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut vars = clean_env(env, workdir);
     let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
     vars.extend([
+        ("HOST".to_string(), "127.0.0.1".to_string()),
         ("PORT".to_string(), port.to_string()),
         ("SLUICE_SERVICE".to_string(), release.service.clone()),
         ("SLUICE_ENV".to_string(), env.name.clone()),
@@ -488,6 +537,11 @@ pub(crate) fn instance_env(
     vars
 }
 
+/// Exits before the first health check passes that fail a deployment at once.
+const CRASH_LOOP_EXITS: u32 = 3;
+
+/// Waits until the instance passes its health check; fails (and stops it)
+/// when it does not within `limit`, or at once when its process keeps exiting.
 pub(crate) async fn wait_healthy(
     inner: &Arc<Inner>,
     backend: &Arc<Backend>,
@@ -495,7 +549,9 @@ pub(crate) async fn wait_healthy(
 ) -> Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     while !backend.is_healthy() {
-        if tokio::time::Instant::now() >= deadline {
+        let exits = inner.runtime.exits(&backend.id);
+        let crash_looping = exits >= CRASH_LOOP_EXITS;
+        if crash_looping || tokio::time::Instant::now() >= deadline {
             let live = inner.live.lock().unwrap().get(&backend.id).cloned();
             let why = live
                 .as_ref()
@@ -507,6 +563,13 @@ pub(crate) async fn wait_healthy(
                     record_rule_block(inner, live, failure).await;
                 }
             }
+            if crash_looping {
+                let tail = log_tail(inner, &backend.id).await;
+                return Err(anyhow!(
+                    "instance {} exited {exits} times before it became healthy; the end of its log:\n{tail}",
+                    backend.id
+                ));
+            }
             let why = why.map(|w| format!(": {w}")).unwrap_or_default();
             return Err(anyhow!(
                 "instance {} did not become healthy within {}{why}",
@@ -516,7 +579,50 @@ pub(crate) async fn wait_healthy(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    warn_if_exposed(inner, backend).await;
     Ok(())
+}
+
+/// Tells (in the change log and the instance's log) when a healthy instance
+/// also listens beyond loopback: it answers past the entry point.
+async fn warn_if_exposed(inner: &Arc<Inner>, backend: &Backend) {
+    let exposed = crate::exposure::exposed(backend.addr.port());
+    let Some(live) = inner.live.lock().unwrap().get(&backend.id).cloned() else {
+        return;
+    };
+    if exposed.is_empty() {
+        return;
+    }
+    let addresses: Vec<String> = exposed.iter().map(|ip| ip.to_string()).collect();
+    let summary = format!(
+        "instance {} listens on {} port {} beyond loopback: it answers past the entry point; listen on $HOST ({}) instead",
+        backend.id,
+        addresses.join(", "),
+        backend.addr.port(),
+        backend.addr.ip()
+    );
+    tracing::warn!(instance = %backend.id, %summary, "instance exposed");
+    let _ = inner
+        .store
+        .append_change(sluice_store::NewChangeEvent {
+            actor: "sluice".into(),
+            kind: "instance.exposed".into(),
+            service: Some(live.service.clone()),
+            environment: Some(live.env.clone()),
+            subject: format!("instance {}", backend.id),
+            summary,
+            before: None,
+            after: None,
+        })
+        .await;
+}
+
+/// The last lines of an instance's log (secrets masked), for a deployment's failure.
+async fn log_tail(inner: &Inner, id: &str) -> String {
+    const LINES: usize = 20;
+    let text = inner.instance_log(id, 16 * 1024).await.unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LINES)..].join("\n")
 }
 
 /// Remembers that a rule's health check kept an instance out.
@@ -641,9 +747,7 @@ pub(crate) async fn rollback(
             inner.store.release_by_id(previous.release_id).await?
         }
     };
-    if target.number == current {
-        return Err(CdError::Conflict(format!("{env} already runs v{current}")));
-    }
+    // Rolling back to the release that runs redeploys it: fresh instances.
     let (id, outcome) = deploy(inner, &target, env, "rollback", &actor.name).await?;
     inner
         .store

@@ -321,7 +321,16 @@ async fn probe_release(
     render::write(&config_dir, &files)?;
     std::fs::create_dir_all(&data_dir).map_err(anyhow::Error::from)?;
     let port = rollout::free_port(&Default::default())?;
-    let vars = rollout::instance_env(inner, release, &env, &id, port, &config_dir, &data_dir);
+    let vars = rollout::instance_env(
+        inner,
+        release,
+        &env,
+        &id,
+        port,
+        &release_dir,
+        &config_dir,
+        &data_dir,
+    );
     inner
         .runtime
         .start(InstanceSpec {

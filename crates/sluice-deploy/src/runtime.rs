@@ -7,7 +7,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -37,6 +38,8 @@ pub trait Runtime: Send + Sync {
     fn stop<'a>(&'a self, id: &'a str) -> Boxed<'a, ()>;
     /// Stops everything, for shutdown.
     fn stop_all(&self) -> Boxed<'_, ()>;
+    /// How many times the instance's process has exited (or failed to start) so far.
+    fn exits(&self, id: &str) -> u32;
 }
 
 /// How long an instance gets to exit after SIGTERM.
@@ -45,7 +48,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct LocalRuntime {
     store: Store,
-    running: Mutex<HashMap<String, (CancellationToken, JoinHandle<()>)>>,
+    running: Mutex<HashMap<String, Supervised>>,
+}
+
+/// One instance's supervising task, how to stop it, and how often its process exited.
+struct Supervised {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    exits: Arc<AtomicU32>,
 }
 
 impl LocalRuntime {
@@ -64,9 +74,18 @@ impl Runtime for LocalRuntime {
                 tokio::fs::create_dir_all(parent).await?;
             }
             let stop = CancellationToken::new();
+            let exits = Arc::new(AtomicU32::new(0));
             let id = spec.id.clone();
-            let task = tokio::spawn(supervise(self.store.clone(), spec, stop.clone()));
-            self.running.lock().unwrap().insert(id, (stop, task));
+            let task = tokio::spawn(supervise(
+                self.store.clone(),
+                spec,
+                stop.clone(),
+                exits.clone(),
+            ));
+            self.running
+                .lock()
+                .unwrap()
+                .insert(id, Supervised { stop, task, exits });
             Ok(())
         })
     }
@@ -74,9 +93,9 @@ impl Runtime for LocalRuntime {
     fn stop<'a>(&'a self, id: &'a str) -> Boxed<'a, ()> {
         Box::pin(async move {
             let entry = self.running.lock().unwrap().remove(id);
-            if let Some((stop, task)) = entry {
-                stop.cancel();
-                let _ = task.await;
+            if let Some(supervised) = entry {
+                supervised.stop.cancel();
+                let _ = supervised.task.await;
             }
         })
     }
@@ -84,17 +103,30 @@ impl Runtime for LocalRuntime {
     fn stop_all(&self) -> Boxed<'_, ()> {
         Box::pin(async move {
             let all: Vec<_> = self.running.lock().unwrap().drain().collect();
-            for (_, (stop, _)) in &all {
-                stop.cancel();
+            for (_, supervised) in &all {
+                supervised.stop.cancel();
             }
-            for (_, (_, task)) in all {
-                let _ = task.await;
+            for (_, supervised) in all {
+                let _ = supervised.task.await;
             }
         })
     }
+
+    fn exits(&self, id: &str) -> u32 {
+        self.running
+            .lock()
+            .unwrap()
+            .get(id)
+            .map_or(0, |s| s.exits.load(Ordering::Relaxed))
+    }
 }
 
-async fn supervise(store: Store, spec: InstanceSpec, stop: CancellationToken) {
+async fn supervise(
+    store: Store,
+    spec: InstanceSpec,
+    stop: CancellationToken,
+    exits: Arc<AtomicU32>,
+) {
     let mut backoff = Duration::from_secs(1);
     let mut restarts = 0i64;
     loop {
@@ -102,6 +134,7 @@ async fn supervise(store: Store, spec: InstanceSpec, stop: CancellationToken) {
         let mut child = match spawn(&spec) {
             Ok(child) => child,
             Err(e) => {
+                exits.fetch_add(1, Ordering::Relaxed);
                 note(&spec, &format!("could not start: {e}"));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -127,6 +160,7 @@ async fn supervise(store: Store, spec: InstanceSpec, stop: CancellationToken) {
                 return;
             }
         };
+        exits.fetch_add(1, Ordering::Relaxed);
         // Whatever it left in its group goes with it before it starts again.
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         if started.elapsed() > MAX_BACKOFF {

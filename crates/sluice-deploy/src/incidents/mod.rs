@@ -108,8 +108,10 @@ fn title_problem(title: &str) -> Option<&'static str> {
     }
 }
 
-/// Opens an incident for Sluice itself, unless one is open for that
-/// environment already (the first stays the place to look).
+/// Opens an incident for Sluice itself, unless one is open for the same
+/// environment and cause (its title names what failed and which release):
+/// a second rollback of the same release is the same incident, another
+/// release's is its own.
 pub(crate) async fn auto_open(
     inner: &Arc<Inner>,
     service: &str,
@@ -120,9 +122,11 @@ pub(crate) async fn auto_open(
 ) {
     let open = inner.store.incidents(Some(service), true, 100).await;
     if let Ok(open) = &open
-        && let Some(same) = open.iter().find(|i| i.environment.as_deref() == Some(env))
+        && let Some(same) = open
+            .iter()
+            .find(|i| i.environment.as_deref() == Some(env) && i.title == title)
     {
-        tracing::info!(incident = %same.name(), %title, "an incident is open already for this environment");
+        tracing::info!(incident = %same.name(), %title, "an incident is open already for this cause");
         return;
     }
     let failing = failing_paths(inner, service, env);
@@ -329,6 +333,8 @@ fn timeline(incident: &Incident, events: &[ChangeEvent]) -> Vec<TimelineEntry> {
         .rev()
         .filter(|e| e.at <= until)
         .filter(|e| !e.kind.starts_with("change.") && !e.kind.starts_with("postmortem."))
+        // Another incident's own events belong to its timeline, not this one's.
+        .filter(|e| !e.kind.starts_with("incident.") || e.subject == incident.name())
         .map(|e| TimelineEntry {
             at: e.at,
             kind: e.kind.clone(),
@@ -404,7 +410,7 @@ async fn suspects(
     let mut candidates = Vec::new();
     for d in deployments
         .into_iter()
-        .filter(|d| d.created_at >= since && d.cause != "reconcile")
+        .filter(|d| d.created_at >= since && !matches!(d.cause.as_str(), "reconcile" | "heal"))
     {
         let release = inner.store.release_by_id(d.release_id).await?;
         let previous = match d.previous_release_id {

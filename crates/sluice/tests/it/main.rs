@@ -16,4 +16,5 @@ mod init;
 mod metrics;
 mod restart;
 mod validate;
+mod wrong_answers;
 mod zero_downtime;
