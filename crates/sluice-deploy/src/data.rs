@@ -67,6 +67,81 @@ pub async fn fill(
     Ok(Filled::Nothing)
 }
 
+/// What a replay's throwaway instance found in its data directory.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplayData {
+    /// A copy of the environment's latest snapshot, scrubbed when it has a scrub script.
+    Snapshot { name: String, scrubbed: bool },
+    /// No snapshot yet: filled as a new environment's first deployment is.
+    New(Filled),
+}
+
+impl std::fmt::Display for ReplayData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplayData::Snapshot { name, scrubbed } => write!(
+                f,
+                "a copy of the environment's latest data snapshot ({name}{})",
+                if *scrubbed { ", scrubbed" } else { "" }
+            ),
+            ReplayData::New(Filled::Seeded(seed)) => {
+                write!(f, "no snapshot yet: new data seeded by {seed}")
+            }
+            ReplayData::New(Filled::Copied(from)) => {
+                write!(f, "no snapshot yet: a scrubbed copy of {from}'s data")
+            }
+            ReplayData::New(Filled::Nothing) => write!(f, "no snapshot and no seed: empty data"),
+        }
+    }
+}
+
+/// Fills a replay's data directory as the environment's data is now: its
+/// latest snapshot unpacked (and scrubbed), or as a first deployment would.
+pub async fn for_replay(
+    spec: &DataSpec,
+    snapshots: &Path,
+    data_dir: &Path,
+    release_dir: &Path,
+    source_data: Option<&Path>,
+    run_as: &RunAs,
+) -> Result<ReplayData> {
+    let Some(latest) = latest_snapshot(snapshots) else {
+        return Ok(ReplayData::New(
+            fill(spec, data_dir, release_dir, source_data, run_as).await?,
+        ));
+    };
+    create_private(data_dir)?;
+    let file = std::fs::File::open(&latest)?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    tar.set_preserve_permissions(true);
+    tar.unpack(data_dir)
+        .with_context(|| format!("unpacking snapshot {}", latest.display()))?;
+    hand_over(data_dir, run_as.uid)?;
+    if let Some(scrub) = &spec.scrub {
+        run_script(release_dir, scrub, data_dir, run_as, spec.seed_timeout)
+            .await
+            .context("scrubbing the copy of the snapshot")?;
+    }
+    let name = latest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(ReplayData::Snapshot {
+        name,
+        scrubbed: spec.scrub.is_some(),
+    })
+}
+
+/// The newest `*.tar.gz` in the snapshots directory.
+fn latest_snapshot(snapshots: &Path) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(snapshots)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+}
+
 /// Runs a script of the release with `DATA_DIR` pointing at `data_dir`:
 /// the file itself (never through a shell), as `run_as`, killed with all it
 /// started once `timeout` passes.

@@ -349,7 +349,7 @@ pub(crate) async fn start_instance(
         .values()
         .map(|l| l.backend.addr.port())
         .collect();
-    let port = free_port(&taken)?;
+    let port = free_port(&taken, run.ports)?;
     let n = inner.store.count_instances(service, &env.name).await? + 1;
     let id = instance_id(service, &env.name, &release.name(), n);
     let release_dir = inner.layout.release(service, release.number)?;
@@ -495,7 +495,11 @@ fn clean_env(env: &Environment, home: &std::path::Path) -> Vec<(String, String)>
 
 /// A seed or scrub script runs as the environment's user with the clean
 /// environment (its `HOME` the data directory) and where it is.
-fn seed_run_as(service: &str, env: &Environment, data_dir: &std::path::Path) -> data::RunAs {
+pub(crate) fn seed_run_as(
+    service: &str,
+    env: &Environment,
+    data_dir: &std::path::Path,
+) -> data::RunAs {
     let mut vars = clean_env(env, data_dir);
     vars.push(("SLUICE_SERVICE".into(), service.to_string()));
     vars.push(("SLUICE_ENV".into(), env.name.clone()));
@@ -689,16 +693,30 @@ fn ephemeral_floor() -> u16 {
 }
 
 /// A port for a new instance to bind: free a moment ago, not one this server
-/// gave another instance, and below the ephemeral range when there is room,
-/// so that no socket of any process is handed it by the kernel before the
-/// instance binds it.
-pub(crate) fn free_port(taken: &std::collections::HashSet<u16>) -> Result<u16> {
+/// gave another instance, and within `run.ports` when the release sets it;
+/// otherwise below the ephemeral range when there is room, so that no socket
+/// of any process is handed it by the kernel before the instance binds it.
+pub(crate) fn free_port(
+    taken: &std::collections::HashSet<u16>,
+    range: Option<(u16, u16)>,
+) -> Result<u16> {
     const FLOOR: u16 = 10_000;
+    let free = |port: u16| {
+        !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    };
+    if let Some((first, last)) = range {
+        // Random first (instances starting together rarely collide), then every port.
+        let random = (0..200).map(|_| rand::random_range(first..=last));
+        return random
+            .chain(first..=last)
+            .find(|p| free(*p))
+            .ok_or_else(|| anyhow!("no free port in `run.ports` {first}-{last}: widen the range"));
+    }
     let ceiling = ephemeral_floor();
     if ceiling > FLOOR + 1000 {
         for _ in 0..500 {
             let port = rand::random_range(FLOOR..ceiling);
-            if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if free(port) {
                 return Ok(port);
             }
         }
@@ -907,7 +925,24 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use super::instance_id;
+    use super::{free_port, instance_id};
+
+    #[test]
+    fn ports_come_from_run_ports_and_never_twice() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = listener.local_addr().unwrap().port();
+        let mut taken = std::collections::HashSet::from([busy.wrapping_add(1)]);
+        let range = Some((busy, busy.saturating_add(2)));
+        let port = free_port(&taken, range).unwrap();
+        assert_eq!(
+            port,
+            busy.saturating_add(2),
+            "the busy port and the one given out are skipped"
+        );
+        taken.insert(port);
+        let error = free_port(&taken, range).unwrap_err().to_string();
+        assert!(error.contains("no free port in `run.ports`"), "{error}");
+    }
 
     #[test]
     fn two_services_with_the_same_environment_never_share_an_instance_id() {

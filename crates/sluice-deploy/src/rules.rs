@@ -171,8 +171,21 @@ pub struct Replay {
     pub rule: String,
     pub describes: String,
     pub target: String,
+    /// `passed`, `blocked`, or `could_not_run` (the replay itself failed).
+    pub outcome: &'static str,
     pub blocked: bool,
     pub reason: String,
+    /// For a replay that started an instance: which data it ran against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+/// What a replay found.
+enum Verdict {
+    Passed(String),
+    Blocked(String),
+    /// The check could not be made (the instance never listened, say).
+    CouldNotRun(String),
 }
 
 pub(crate) async fn replay(inner: &Arc<Inner>, id: i64, target: ReplayTarget) -> CdResult<Replay> {
@@ -211,6 +224,7 @@ pub(crate) async fn replay(inner: &Arc<Inner>, id: i64, target: ReplayTarget) ->
             (release, run.id, run.sha, name)
         }
     };
+    let mut data = None;
     let verdict = match &rule.spec {
         RuleSpec::RequireJob { job, paths } => {
             let touched = if paths.is_empty() {
@@ -223,12 +237,14 @@ pub(crate) async fn replay(inner: &Arc<Inner>, id: i64, target: ReplayTarget) ->
             };
             let jobs = inner.store.jobs(run_id).await?;
             match jobs.iter().find(|j| &j.name == job) {
-                _ if !touched => Ok(format!("it touched none of {}", paths.join(", "))),
-                None => Err(format!("its pipeline had no job `{job}`")),
-                Some(j) if j.status.to_string() == "success" => {
-                    Ok(format!("job `{job}` ran and passed"))
+                _ if !touched => {
+                    Verdict::Passed(format!("it touched none of {}", paths.join(", ")))
                 }
-                Some(j) => Err(format!("job `{job}` ended {}", j.status)),
+                None => Verdict::Blocked(format!("its pipeline had no job `{job}`")),
+                Some(j) if j.status.to_string() == "success" => {
+                    Verdict::Passed(format!("job `{job}` ran and passed"))
+                }
+                Some(j) => Verdict::Blocked(format!("job `{job}` ended {}", j.status)),
             }
         }
         RuleSpec::HealthCheck { .. } => {
@@ -237,7 +253,9 @@ pub(crate) async fn replay(inner: &Arc<Inner>, id: i64, target: ReplayTarget) ->
                     "{name} made no release, so no instance of it can be checked"
                 ))
             })?;
-            probe_release(inner, &rule, &release).await?
+            let (verdict, replayed_on) = probe_release(inner, &rule, &release).await?;
+            data = replayed_on;
+            verdict
         }
         _ => {
             return Err(CdError::Invalid(format!(
@@ -246,22 +264,35 @@ pub(crate) async fn replay(inner: &Arc<Inner>, id: i64, target: ReplayTarget) ->
             )));
         }
     };
-    let (blocked, reason) = match verdict {
-        Ok(why) => (
-            false,
-            format!("{} would have let {name} through: {why}", rule.label()),
+    let on = data
+        .as_ref()
+        .map(|d| format!(" (against {d})"))
+        .unwrap_or_default();
+    let (outcome, reason) = match verdict {
+        Verdict::Passed(why) => (
+            "passed",
+            format!("{} would have let {name} through: {why}{on}", rule.label()),
         ),
-        Err(why) => (
-            true,
-            format!("{} would have blocked {name}: {why}", rule.label()),
+        Verdict::Blocked(why) => (
+            "blocked",
+            format!("{} would have blocked {name}: {why}{on}", rule.label()),
+        ),
+        Verdict::CouldNotRun(why) => (
+            "could_not_run",
+            format!(
+                "{} could not be replayed on {name}: {why}{on}",
+                rule.label()
+            ),
         ),
     };
     Ok(Replay {
         rule: rule.id.clone(),
         describes: rule.spec.describe(),
         target: name,
-        blocked,
+        outcome,
+        blocked: outcome == "blocked",
         reason,
+        data,
     })
 }
 
@@ -279,13 +310,14 @@ async fn changed_files(inner: &Arc<Inner>, run_id: i64, sha: &str) -> Vec<String
         .unwrap_or_default()
 }
 
-/// Starts a throwaway instance of `release` (config of the first environment
-/// the rule covers), waits until it listens, and runs the rule's check on it.
+/// Starts a throwaway instance of `release` (config and data of the first
+/// environment the rule covers, as that environment's user), waits until it
+/// listens, and runs the rule's check on it; says which data it ran against.
 async fn probe_release(
     inner: &Arc<Inner>,
     rule: &Rule,
     release: &Release,
-) -> CdResult<Result<String, String>> {
+) -> CdResult<(Verdict, Option<String>)> {
     let spec = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec).map_err(|e| {
         CdError::Conflict(format!(
             "{} has an invalid sluice.yaml: {e}",
@@ -319,8 +351,35 @@ async fn probe_release(
     let release_dir = crate::release::unpack(&inner.layout, release).await?;
     let files = render::render(&spec, &env, &release.name(), &release_dir)?;
     render::write(&config_dir, &files)?;
-    std::fs::create_dir_all(&data_dir).map_err(anyhow::Error::from)?;
-    let port = rollout::free_port(&Default::default())?;
+    let uid = sluice_ci::sandbox::env_uid(&release.service, &env.name);
+    let run_as = rollout::seed_run_as(&release.service, &env, &data_dir);
+    let source = env
+        .data
+        .copy_from
+        .as_ref()
+        .map(|from| inner.layout.data(&release.service, from))
+        .transpose()?;
+    let filled = crate::data::for_replay(
+        &env.data,
+        &inner.layout.snapshots(&release.service, &env.name)?,
+        &data_dir,
+        &release_dir,
+        source.as_deref(),
+        &run_as,
+    )
+    .await;
+    let replayed_on = match filled {
+        Ok(data) => data.to_string(),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Ok((
+                Verdict::CouldNotRun(format!("its data could not be prepared: {e:#}")),
+                None,
+            ));
+        }
+    };
+    crate::data::hand_over(&data_dir, uid)?;
+    let port = rollout::free_port(&Default::default(), run.ports)?;
     let vars = rollout::instance_env(
         inner,
         release,
@@ -339,7 +398,7 @@ async fn probe_release(
             command: run.command.clone(),
             env: vars,
             log: scratch.join("instance.log"),
-            uid: None,
+            uid,
         })
         .await?;
     let backend =
@@ -349,21 +408,24 @@ async fn probe_release(
         .build()
         .unwrap_or_default();
     let deadline = tokio::time::Instant::now() + run.ready_timeout;
-    let mut verdict = Err(format!(
+    let mut verdict = Verdict::CouldNotRun(format!(
         "{} did not start listening within {}",
         release.name(),
         sluice_spec::format_duration(run.ready_timeout)
     ));
     while tokio::time::Instant::now() < deadline {
         if tokio::net::TcpStream::connect(backend.addr).await.is_ok() {
-            verdict = health::rule_probe(&client, &backend, &check)
-                .await
-                .map(|()| format!("GET {} answered as the rule demands", check.path));
+            verdict = match health::rule_probe(&client, &backend, &check).await {
+                Ok(()) => {
+                    Verdict::Passed(format!("GET {} answered as the rule demands", check.path))
+                }
+                Err(why) => Verdict::Blocked(why),
+            };
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     inner.runtime.stop(&id).await;
     let _ = std::fs::remove_dir_all(&scratch);
-    Ok(verdict)
+    Ok((verdict, Some(replayed_on)))
 }

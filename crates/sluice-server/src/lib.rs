@@ -5,6 +5,7 @@ mod api;
 pub mod auth;
 mod data_dir;
 mod error;
+mod ids;
 mod limit;
 mod listen;
 pub mod ui;

@@ -130,6 +130,9 @@ pub struct RunSpec {
     pub config_files: Vec<ConfigFile>,
     /// The repository's secrets each instance gets as environment variables.
     pub secrets: Vec<String>,
+    /// The loopback ports instances are given (`run.ports: 20000-20999`);
+    /// none: any free port from 10000 up to the kernel's ephemeral range.
+    pub ports: Option<(u16, u16)>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -67,6 +67,7 @@ pub struct RawRun {
     pub config_files: Vec<RawConfigFile>,
     #[serde(default)]
     pub secrets: Vec<Spanned<String>>,
+    pub ports: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -442,7 +442,19 @@ fn run_spec(c: &mut Checker, raw: RawRun) -> RunSpec {
         }
         secrets.push(name.value.clone());
     }
+    let ports = raw.ports.as_ref().and_then(|range| {
+        let parsed = parse_port_range(&range.value);
+        if parsed.is_none() {
+            c.error(
+                range,
+                format!("`{}` is not a range of ports", range.value),
+                Some("write FIRST-LAST with 1024 ≤ FIRST ≤ LAST ≤ 65535, e.g. 20000-20999".into()),
+            );
+        }
+        parsed
+    });
     RunSpec {
+        ports,
         secrets,
         ready_timeout: c.duration(&raw.ready_timeout, "ready_timeout", Duration::from_secs(60)),
         command: raw.command.value,
@@ -702,6 +714,13 @@ fn strategy(c: &mut Checker, raw: &Option<Spanned<RawStrategy>>) -> Strategy {
         RawStrategy::BlueGreen => Strategy::BlueGreen,
         RawStrategy::Ab(ab) => Strategy::Ab(ab_strategy(c, ab)),
     }
+}
+
+/// `20000-20999`: unprivileged ports, first not above last.
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let (first, last) = text.split_once('-')?;
+    let (first, last): (u16, u16) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    (1024 <= first && first <= last).then_some((first, last))
 }
 
 fn ab_strategy(c: &mut Checker, raw: &RawAb) -> AbStrategy {

@@ -33,11 +33,11 @@ pub use deploy::{
     Approval, Deployment, EnvState, Flag, Instance, NewDeployment, Promotion, Release,
 };
 pub use experiments::Experiment;
-pub use incidents::{Incident, NewIncident};
+pub use incidents::{Incident, NewIncident, parse_incident_id};
 pub use logs::LogLine;
 pub use processes::TrackedProcess;
 pub use repos::{NewRepo, Repo, Secret};
-pub use rules::{NewRule, RuleBlock, RuleRecord};
+pub use rules::{NewRule, RuleBlock, RuleRecord, parse_rule_id};
 pub use runs::{Change, Job, NewChange, PlannedJob, Run, RunDetail, RunFilter, RunStatus, Step};
 pub use tokens::{Role, TokenRecord};
 pub use traffic::{TRAFFIC_BUCKET_MS, TrafficBucket};

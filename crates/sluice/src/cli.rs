@@ -631,17 +631,12 @@ fn parse_release(text: &str) -> Result<i64, String> {
 
 /// `INC-7` or `7`.
 fn parse_incident(text: &str) -> Result<i64, String> {
-    text.trim_start_matches("INC-")
-        .trim_start_matches("inc-")
-        .parse()
-        .map_err(|_| format!("`{text}` is not an incident; write INC-N, such as INC-7"))
+    sluice_store::parse_incident_id(text)
 }
 
 /// `R3` or `3`.
 fn parse_rule(text: &str) -> Result<i64, String> {
-    text.trim_start_matches(['R', 'r'])
-        .parse()
-        .map_err(|_| format!("`{text}` is not a rule; write RN, such as R3"))
+    sluice_store::parse_rule_id(text)
 }
 
 /// `KEY=VALUE`.

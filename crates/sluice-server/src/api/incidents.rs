@@ -10,6 +10,7 @@ use sluice_deploy::{NewRuleRequest, OpenRequest, ReplayTarget};
 use sluice_store::Role;
 
 use crate::auth::Caller;
+use crate::ids::{IncidentId, RuleId};
 use crate::{ApiError, ApiResult, AppState};
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -63,13 +64,13 @@ pub async fn open(
     get,
     path = "/incidents/{id}",
     tag = "incidents",
-    params(("id" = i64, Path, description = "the incident id")),
+    params(("id" = String, Path, description = "the incident: INC-N or N")),
     responses((status = 200, description = "its timeline and suspects", body = serde_json::Value))
 )]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Path(IncidentId(id)): Path<IncidentId>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     Ok(Json(json!(state.cd.incident(id).await?)))
@@ -84,14 +85,14 @@ pub struct Note {
     post,
     path = "/incidents/{id}/{verb}",
     tag = "incidents",
-    params(("id" = i64, Path, description = "the incident id"), ("verb" = String, Path, description = "acknowledge, mitigate, resolve or reopen")),
+    params(("id" = String, Path, description = "the incident: INC-N or N"), ("verb" = String, Path, description = "acknowledge, mitigate, resolve or reopen")),
     request_body = Note,
     responses((status = 200, description = "the incident", body = serde_json::Value))
 )]
 pub async fn transition(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, verb)): Path<(i64, String)>,
+    Path((IncidentId(id), verb)): Path<(IncidentId, String)>,
     body: Option<Json<Note>>,
 ) -> ApiResult<Json<Value>> {
     let status = match verb.as_str() {
@@ -116,13 +117,13 @@ pub async fn transition(
     get,
     path = "/incidents/{id}/postmortem",
     tag = "incidents",
-    params(("id" = i64, Path, description = "the incident id")),
+    params(("id" = String, Path, description = "the incident: INC-N or N")),
     responses((status = 200, description = "the postmortem as Markdown", body = serde_json::Value))
 )]
 pub async fn postmortem(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Path(IncidentId(id)): Path<IncidentId>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Role::Viewer)?;
     let text = state.cd.postmortem(id).await?;
@@ -136,14 +137,14 @@ pub async fn postmortem(
     put,
     path = "/incidents/{id}/postmortem",
     tag = "incidents",
-    params(("id" = i64, Path, description = "the incident id")),
+    params(("id" = String, Path, description = "the incident: INC-N or N")),
     request_body = Value,
     responses((status = 200, description = "saved", body = serde_json::Value))
 )]
 pub async fn edit_postmortem(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Path(IncidentId(id)): Path<IncidentId>,
     text: String,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(json!(
@@ -215,13 +216,13 @@ pub async fn add_rule(
     get,
     path = "/rules/{id}",
     tag = "incidents",
-    params(("id" = i64, Path, description = "the rule id")),
+    params(("id" = String, Path, description = "the rule: RN or N")),
     responses((status = 200, description = "the rule", body = serde_json::Value))
 )]
 pub async fn rule(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Path(RuleId(id)): Path<RuleId>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
     let rule = state.store.rule(id).await?;
@@ -238,14 +239,14 @@ pub struct Reason {
     post,
     path = "/rules/{id}/disable",
     tag = "incidents",
-    params(("id" = i64, Path, description = "the rule id")),
+    params(("id" = String, Path, description = "the rule: RN or N")),
     request_body = Reason,
     responses((status = 200, description = "disabled", body = serde_json::Value))
 )]
 pub async fn disable_rule(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Path(RuleId(id)): Path<RuleId>,
     Json(body): Json<Reason>,
 ) -> ApiResult<Json<Value>> {
     let rule = state
@@ -265,14 +266,14 @@ pub struct ReplayBody {
     post,
     path = "/rules/{id}/test",
     tag = "incidents",
-    params(("id" = i64, Path, description = "the rule id")),
+    params(("id" = String, Path, description = "the rule: RN or N")),
     request_body = ReplayBody,
     responses((status = 200, description = "whether it would have stopped the change or release", body = serde_json::Value))
 )]
 pub async fn test_rule(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Path(RuleId(id)): Path<RuleId>,
     Json(body): Json<ReplayBody>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;

@@ -15,6 +15,7 @@ use sluice_store::{Incident, Role, RuleBlock, RuleRecord};
 use super::session::{Viewer, encode};
 use super::{Chrome, PageResult, error_page, failed, render};
 use crate::AppState;
+use crate::ids::{IncidentId, RuleId};
 
 #[derive(Template)]
 #[template(path = "incidents.html")]
@@ -46,7 +47,7 @@ struct ShowPage {
 pub async fn show(
     State(state): State<AppState>,
     viewer: Viewer,
-    Path(id): Path<i64>,
+    Path(IncidentId(id)): Path<IncidentId>,
 ) -> PageResult {
     let view = state.cd.incident(id).await.map_err(failed)?;
     let text = state.cd.postmortem(id).await.map_err(failed)?;
@@ -181,7 +182,7 @@ pub struct Disable {
 pub async fn disable_rule(
     State(state): State<AppState>,
     viewer: Viewer,
-    Path(id): Path<i64>,
+    Path(RuleId(id)): Path<RuleId>,
     Form(form): Form<Disable>,
 ) -> PageResult {
     viewer.check_csrf(&form.csrf)?;

@@ -293,17 +293,31 @@ pub async fn rule(client: &Client, command: RuleCommand) -> Result<ExitCode> {
             json,
         } => {
             let body = json!({ "change": change, "release": release });
-            let verdict = client
+            let answer = client
                 .json(
                     client
                         .request(Method::POST, &format!("/rules/{id}/test"))
                         .json(&body),
                 )
-                .await?;
+                .await;
+            // 0: it would have passed; 1: it would have been blocked; 2: no answer.
+            let verdict = match answer {
+                Ok(verdict) => verdict,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
             if json {
-                return print_json(&verdict);
+                print_json(&verdict)?;
+            } else {
+                say!("{}", text(&verdict["reason"]));
             }
-            say!("{}", text(&verdict["reason"]));
+            return Ok(match verdict["outcome"].as_str() {
+                Some("passed") => ExitCode::SUCCESS,
+                Some("blocked") => ExitCode::from(1),
+                _ => ExitCode::from(2),
+            });
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -97,6 +97,19 @@ fn cli_ok(server: &Server, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs the CLI and checks its exit code; returns its output.
+fn cli_exits(server: &Server, args: &[&str], code: i32) -> String {
+    let out = server.cli(args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "sluice {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Digits become `#` (release, rule and incident numbers stay), so times,
 /// counts and scores do not make a snapshot differ between runs.
 fn stable(text: &str) -> String {
@@ -255,18 +268,31 @@ async fn an_incident_becomes_rules_that_stop_the_bug_coming_back() {
     );
 
     // Replayed against the release that caused the incident, both would have stopped it.
-    let replay = cli_ok(&server, &["rule", "test", "R2", "--release", "v2"]);
+    let replay = cli_exits(&server, &["rule", "test", "R2", "--release", "v2"], 1);
     assert!(
         replay.contains("would have blocked v2: its pipeline had no job `checkout-regression`"),
         "{replay}"
     );
-    let replay = cli_ok(&server, &["rule", "test", "R1", "--release", "v2"]);
+    let replay = cli_exits(&server, &["rule", "test", "R1", "--release", "v2"], 1);
     assert!(
         replay.contains("would have blocked v2: GET /checkout answered 500, expected 200"),
         "{replay}"
     );
-    let replay = cli_ok(&server, &["rule", "test", "R1", "--release", "v1"]);
+    let replay = cli_exits(&server, &["rule", "test", "R1", "--release", "v1"], 0);
     assert!(replay.contains("would have let v1 through"), "{replay}");
+    assert!(replay.contains("(against no snapshot and no seed: empty data)"), "{replay}");
+    // Ids as people write them, in the API's paths too.
+    let (status, body) = server
+        .post("/rules/R1/test", serde_json::json!({ "release": 1 }))
+        .await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("passed")),
+        "{body:#}"
+    );
+    assert_eq!(server.get("/incidents/INC-1").await["name"], "INC-1");
+    // A replay that cannot run says so, apart from a verdict.
+    cli_exits(&server, &["rule", "test", "R1", "--release", "v99"], 2);
 
     // A fix without the required job fails CI, naming the rule.
     repo.git(&["rm", "-q", "app/CHECKOUT_BUG"]);
