@@ -314,6 +314,30 @@ mod tests {
     }
 
     #[test]
+    fn seconds_since_the_epoch_are_judged_too() {
+        let mut judge = LatencyJudge::new(LatencyConfig::default());
+        let (ha, hb) = (hist([20_000.0; 100]), hist([20_000.0; 20]));
+        for s in 1_795_975_936..1_795_975_966 {
+            judge.observe(
+                s,
+                &[
+                    InstanceSecond {
+                        instance: "a1",
+                        side: Side::A,
+                        latency: &ha,
+                    },
+                    InstanceSecond {
+                        instance: "b1",
+                        side: Side::B,
+                        latency: &hb,
+                    },
+                ],
+            );
+        }
+        assert!(judge.p50.total > 0);
+    }
+
+    #[test]
     fn a_slower_b_by_a_practical_effect_is_slower() {
         let mut judge = LatencyJudge::new(LatencyConfig::default());
         run(&mut judge, 60, 20_000.0, 30_000.0);

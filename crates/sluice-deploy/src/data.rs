@@ -11,7 +11,8 @@ use sluice_spec::DataSpec;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Filled {
     Nothing,
-    Seeded(String),
+    /// Seeded by this file of the release, with what it printed (the end of it).
+    Seeded(String, String),
     Copied(String),
 }
 
@@ -56,13 +57,23 @@ pub async fn fill(
             .with_context(|| format!("seed {seed} is not in the release"))?;
         let meta = std::fs::metadata(&path)?;
         if meta.permissions().mode() & 0o111 != 0 {
-            hand_over(data_dir, run_as.uid)?;
-            run_script(release_dir, seed, data_dir, run_as, spec.seed_timeout).await?;
+            // Seeded in a sibling, then swapped in: a seed that fails leaves
+            // nothing half-made, and runs again on the next deployment.
+            let staging = data_dir.with_extension("seeding");
+            let _ = std::fs::remove_dir_all(&staging);
+            create_private(&staging)?;
+            hand_over(&staging, run_as.uid)?;
+            let output = run_script(release_dir, seed, &staging, run_as, spec.seed_timeout)
+                .await
+                .with_context(|| format!("seeding with {seed}"))?;
+            std::fs::remove_dir_all(data_dir)?;
+            std::fs::rename(&staging, data_dir)?;
+            return Ok(Filled::Seeded(seed.clone(), output));
         } else {
             let name = path.file_name().context("seed has no file name")?;
             std::fs::copy(&path, data_dir.join(name))?;
         }
-        return Ok(Filled::Seeded(seed.clone()));
+        return Ok(Filled::Seeded(seed.clone(), String::new()));
     }
     Ok(Filled::Nothing)
 }
@@ -84,7 +95,7 @@ impl std::fmt::Display for ReplayData {
                 "a copy of the environment's latest data snapshot ({name}{})",
                 if *scrubbed { ", scrubbed" } else { "" }
             ),
-            ReplayData::New(Filled::Seeded(seed)) => {
+            ReplayData::New(Filled::Seeded(seed, _)) => {
                 write!(f, "no snapshot yet: new data seeded by {seed}")
             }
             ReplayData::New(Filled::Copied(from)) => {
@@ -151,7 +162,7 @@ async fn run_script(
     data_dir: &Path,
     run_as: &RunAs,
     timeout: std::time::Duration,
-) -> Result<()> {
+) -> Result<String> {
     let program = sluice_spec::paths::existing_inside(release_dir, script)
         .with_context(|| format!("{script} is not in the release"))?;
     let mut command = tokio::process::Command::new(&program);
@@ -174,14 +185,26 @@ async fn run_script(
             sluice_spec::format_duration(timeout)
         ),
     };
+    let printed = tail(&output.stdout, &output.stderr);
     if !output.status.success() {
         bail!(
-            "{script} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            "{script} failed ({}); it printed:\n{printed}",
+            output.status
         );
     }
-    Ok(())
+    Ok(printed)
+}
+
+/// The last lines a script printed, standard output then error, for a person to read.
+fn tail(stdout: &[u8], stderr: &[u8]) -> String {
+    const LINES: usize = 20;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(stdout),
+        String::from_utf8_lossy(stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LINES)..].join("\n")
 }
 
 fn create_private(dir: &Path) -> Result<()> {
@@ -225,9 +248,7 @@ pub fn snapshot(
         file,
         flate2::Compression::fast(),
     ));
-    // Links are kept as links: what one points at is not the environment's data.
-    tar.follow_symlinks(false);
-    tar.append_dir_all(".", data_dir)?;
+    append_tree(&mut tar, data_dir, Path::new("."))?;
     tar.into_inner()?.finish()?;
     let mut all: Vec<_> = std::fs::read_dir(snapshots)?
         .filter_map(|e| e.ok())
@@ -239,6 +260,40 @@ pub fn snapshot(
         let _ = std::fs::remove_file(old);
     }
     Ok(Some(path))
+}
+
+/// Adds a directory that running instances may be writing to: each file
+/// exactly as long as its header says (cut, or padded with zeros, when it
+/// changed while read), so the archive stays whole. Links are kept as
+/// links: what one points at is not the environment's data.
+fn append_tree<W: std::io::Write>(tar: &mut tar::Builder<W>, dir: &Path, at: &Path) -> Result<()> {
+    use std::io::Read;
+    let meta = std::fs::symlink_metadata(dir)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata(&meta);
+    tar.append_data(&mut header, at, std::io::empty())?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let (path, name) = (entry.path(), at.join(entry.file_name()));
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            append_tree(tar, &path, &name)?;
+        } else if meta.file_type().is_symlink() {
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata(&meta);
+            tar.append_link(&mut header, &name, std::fs::read_link(&path)?)?;
+        } else if meta.is_file() {
+            let Ok(file) = std::fs::File::open(&path) else {
+                continue;
+            };
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata(&meta);
+            let len = meta.len();
+            let exact = file.take(len).chain(std::io::repeat(0)).take(len);
+            tar.append_data(&mut header, &name, exact)?;
+        }
+    }
+    Ok(())
 }
 
 /// Gives the data directory (and everything in it) to the environment's
@@ -303,6 +358,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_seed_that_fails_leaves_nothing_and_says_what_it_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = dir.path().join("release");
+        script(
+            &release,
+            "seed.sh",
+            "#!/bin/sh\necho half > \"$DATA_DIR/half\"\necho creating tables\necho no space left >&2\nexit 1\n",
+        );
+        let spec = spec(Some("seed.sh"), None, None);
+        let data = dir.path().join("data");
+        let error = fill(&spec, &data, &release, None, &RunAs::default())
+            .await
+            .unwrap_err();
+        let error = format!("{error:#}");
+        assert!(error.contains("creating tables\nno space left"), "{error}");
+        assert!(!data.join("half").exists(), "nothing half-made is left");
+        // Fixed, it runs again and its output is kept.
+        script(
+            &release,
+            "seed.sh",
+            "#!/bin/sh\necho done > \"$DATA_DIR/db\"\necho seeded 3 rows\n",
+        );
+        let filled = fill(&spec, &data, &release, None, &RunAs::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            filled,
+            Filled::Seeded("seed.sh".into(), "seeded 3 rows".into())
+        );
+        assert!(data.join("db").exists());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_a_file_that_grows_while_read_is_a_whole_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let path = data.join("blog.db");
+        std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
+        let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let writer = {
+            let (path, writing) = (path.clone(), writing.clone());
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+                while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                    f.write_all(&[2u8; 4096]).unwrap();
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+            })
+        };
+        let snapshots = dir.path().join("snapshots");
+        for n in 0..5 {
+            let archive = snapshot(&data, &snapshots, &format!("s{n}"), 10)
+                .unwrap()
+                .unwrap();
+            let out = dir.path().join(format!("out{n}"));
+            let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(
+                std::fs::File::open(&archive).unwrap(),
+            ));
+            tar.unpack(&out).expect("a whole archive");
+            assert!(std::fs::metadata(out.join("blog.db")).unwrap().len() >= 1 << 20);
+        }
+        writing.store(false, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+    }
+
+    #[tokio::test]
     async fn a_seed_script_that_hangs_is_stopped_at_its_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let release = dir.path().join("release");
@@ -314,7 +437,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            error.to_string().contains("did not finish within 200ms"),
+            format!("{error:#}").contains("did not finish within 200ms"),
             "{error:#}"
         );
     }
@@ -388,7 +511,7 @@ mod tests {
             )
             .await
             .unwrap(),
-            Filled::Seeded("fixtures/seed.sql".into())
+            Filled::Seeded("fixtures/seed.sql".into(), String::new())
         );
         assert!(copied.join("seed.sql").exists());
         let ran = dir.path().join("b");

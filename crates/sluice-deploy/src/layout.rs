@@ -54,6 +54,11 @@ impl Layout {
         Ok(self.env(service, env)?.join("access.log"))
     }
 
+    /// An instance's working directory: its release laid out where it may write.
+    pub fn instance_workdir(&self, service: &str, env: &str, instance: &str) -> Checked {
+        inside(&self.env(service, env)?.join("instances"), instance)
+    }
+
     pub fn instance_log(&self, service: &str, env: &str, instance: &str) -> Checked {
         inside(
             &self.env(service, env)?.join("logs"),
@@ -80,6 +85,7 @@ mod tests {
         assert!(layout.env("shop", "../../x").is_err());
         assert!(layout.release("../etc", 1).is_err());
         assert!(layout.instance_log("shop", "prod", "../../../x").is_err());
+        assert!(layout.instance_workdir("shop", "prod", "../data").is_err());
         assert!(layout.artifact("../../../../etc/passwd").is_err());
     }
 }

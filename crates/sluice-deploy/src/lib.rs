@@ -22,6 +22,7 @@ mod rules;
 pub mod runtime;
 mod traffic;
 mod view;
+mod workdir;
 
 use std::collections::HashMap;
 use std::path::Path;

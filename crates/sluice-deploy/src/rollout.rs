@@ -180,6 +180,32 @@ pub(crate) async fn prepare(
         )
         .await?;
         tracing::info!(service, env = %env.name, ?filled, "data prepared for the first deployment");
+        let summary = match &filled {
+            data::Filled::Seeded(seed, printed) if printed.is_empty() => {
+                format!("{}'s data seeded with {seed}", env.name)
+            }
+            data::Filled::Seeded(seed, printed) => {
+                format!(
+                    "{}'s data seeded with {seed}, which printed:\n{printed}",
+                    env.name
+                )
+            }
+            data::Filled::Copied(from) => format!("{}'s data copied from {from}", env.name),
+            data::Filled::Nothing => format!("{} starts with empty data", env.name),
+        };
+        inner
+            .store
+            .append_change(sluice_store::NewChangeEvent {
+                actor: "sluice".into(),
+                kind: "data.prepared".into(),
+                service: Some(service.clone()),
+                environment: Some(env.name.clone()),
+                subject: format!("deployment {deployment}"),
+                summary,
+                before: None,
+                after: None,
+            })
+            .await?;
         inner.store.mark_seeded(service, &env.name).await?;
     }
     data::hand_over(&data_dir, sluice_ci::sandbox::env_uid(service, &env.name))?;
@@ -356,13 +382,20 @@ pub(crate) async fn start_instance(
     let data_dir = inner.layout.data(service, &env.name)?;
     let config_dir = inner.layout.config(service, &env.name, release.number)?;
     let files = render::render(spec, env, &release.name(), &release_dir)?;
+    let uid = sluice_ci::sandbox::env_uid(service, &env.name);
+    let workdir = inner.layout.instance_workdir(service, &env.name, &id)?;
+    {
+        let (release_dir, workdir) = (release_dir.clone(), workdir.clone());
+        tokio::task::spawn_blocking(move || crate::workdir::prepare(&release_dir, &workdir, uid))
+            .await??;
+    }
     let mut vars = instance_env(
         inner,
         release,
         env,
         &id,
         port,
-        &release_dir,
+        &workdir,
         &config_dir,
         &data_dir,
     );
@@ -387,11 +420,11 @@ pub(crate) async fn start_instance(
         .runtime
         .start(InstanceSpec {
             id: id.clone(),
-            workdir: release_dir,
+            workdir,
             command: run.command.clone(),
             env: vars,
             log: inner.layout.instance_log(service, &env.name, &id)?,
-            uid: sluice_ci::sandbox::env_uid(service, &env.name),
+            uid,
         })
         .await?;
     let backend = Backend::new(id.clone(), ([127, 0, 0, 1], port).into(), release.name());
@@ -677,10 +710,18 @@ pub(crate) async fn stop_instance(inner: &Arc<Inner>, route: &Route, live: &Live
     live.checks.cancel();
     inner.runtime.stop(&live.backend.id).await;
     inner.live.lock().unwrap().remove(&live.backend.id);
+    remove_workdir(inner, &live.service, &live.env, &live.backend.id).await;
     let _ = inner
         .store
         .set_instance_state(&live.backend.id, "stopped")
         .await;
+}
+
+/// Removes a stopped instance's working directory (see [`crate::workdir`]).
+async fn remove_workdir(inner: &Inner, service: &str, env: &str, id: &str) {
+    if let Ok(dir) = inner.layout.instance_workdir(service, env, id) {
+        let _ = tokio::task::spawn_blocking(move || crate::workdir::remove(&dir)).await;
+    }
 }
 
 /// The lowest port of the kernel's ephemeral range, from which `bind(0)` and
@@ -802,6 +843,7 @@ impl Inner {
             self.store
                 .set_instance_state(&instance.id, "stopped")
                 .await?;
+            remove_workdir(self, &instance.service, &instance.environment, &instance.id).await;
         }
         // Experiments that were open go on after the environments are back
         // (see `restart_environments`): their deployments and promotions stay open.

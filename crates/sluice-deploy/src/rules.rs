@@ -379,6 +379,13 @@ async fn probe_release(
         }
     };
     crate::data::hand_over(&data_dir, uid)?;
+    let workdir = scratch.join("work");
+    {
+        let (release_dir, workdir) = (release_dir.clone(), workdir.clone());
+        tokio::task::spawn_blocking(move || crate::workdir::prepare(&release_dir, &workdir, uid))
+            .await
+            .map_err(anyhow::Error::from)??;
+    }
     let port = rollout::free_port(&Default::default(), run.ports)?;
     let vars = rollout::instance_env(
         inner,
@@ -386,7 +393,7 @@ async fn probe_release(
         &env,
         &id,
         port,
-        &release_dir,
+        &workdir,
         &config_dir,
         &data_dir,
     );
@@ -394,7 +401,7 @@ async fn probe_release(
         .runtime
         .start(InstanceSpec {
             id: id.clone(),
-            workdir: release_dir,
+            workdir,
             command: run.command.clone(),
             env: vars,
             log: scratch.join("instance.log"),

@@ -280,7 +280,10 @@ async fn an_incident_becomes_rules_that_stop_the_bug_coming_back() {
     );
     let replay = cli_exits(&server, &["rule", "test", "R1", "--release", "v1"], 0);
     assert!(replay.contains("would have let v1 through"), "{replay}");
-    assert!(replay.contains("(against no snapshot and no seed: empty data)"), "{replay}");
+    assert!(
+        replay.contains("(against no snapshot and no seed: empty data)"),
+        "{replay}"
+    );
     // Ids as people write them, in the API's paths too.
     let (status, body) = server
         .post("/rules/R1/test", serde_json::json!({ "release": 1 }))

@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod blog;
 mod browser;
 mod cd;
 mod ci;

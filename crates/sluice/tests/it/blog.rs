@@ -1,0 +1,268 @@
+//! A blog that behaves like a real application (SQLite in `DATA_DIR` made
+//! by a seed script, writes next to its code, pages slowing as posts
+//! accumulate, slow first requests) through Sluice under load: a good
+//! release and an A/A check ramp to 100% with every latency test on and no
+//! failed request; a broken release is rolled back; a killed instance comes
+//! back by itself; a rule replayed on the environment's data blocks the
+//! broken release and passes the good one.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{GitRepo, Server, copy_fixture};
+
+const SPEC: &str = r#"service: blog
+pipeline:
+  jobs:
+    unit:
+      steps:
+        - run: python3 -m unittest discover -s tests -q
+  artifact:
+    paths: [app/, scripts/]
+run:
+  command: exec python3 app/blog.py
+  ready_timeout: 30s
+  health: { path: /healthz, interval: 300ms, timeout: 300ms, healthy: 1, unhealthy: 2 }
+environments:
+  prod:
+    deploy: auto
+    instances: 2
+    listen: 127.0.0.1:0
+    data: { seed: scripts/seed.py }
+    strategy:
+      ab: { steps: [20, 60, 100], min_requests: 300, min_duration: 8s, max_step: 120s, warm_up_requests: 100 }
+"#;
+
+/// Readers and writers until stopped; every failed answer with the release that gave it.
+struct Readers {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<(u16, String)>>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Readers {
+    fn start(base: String) -> Readers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let failures: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
+        let workers = (0..4)
+            .map(|worker| {
+                let (base, stop, sent, failures) =
+                    (base.clone(), stop.clone(), sent.clone(), failures.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        // A new client each request: each is a new user of the sticky split.
+                        let client = reqwest::Client::new();
+                        let request = match (worker + n) % 10 {
+                            0 => client.post(format!("{base}/posts")).body("{}"),
+                            1 => client.get(format!("{base}/posts/1")),
+                            _ => client.get(format!("{base}/")),
+                        };
+                        match request.send().await {
+                            Ok(r) if r.status().is_success() => {}
+                            Ok(r) => {
+                                let release = r
+                                    .headers()
+                                    .get("x-sluice-release")
+                                    .map(|v| v.to_str().unwrap_or("").to_string())
+                                    .unwrap_or_default();
+                                failures
+                                    .lock()
+                                    .unwrap()
+                                    .push((r.status().as_u16(), release));
+                            }
+                            Err(e) => failures.lock().unwrap().push((0, e.to_string())),
+                        }
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+            })
+            .collect();
+        Readers {
+            stop,
+            sent,
+            failures,
+            workers,
+        }
+    }
+
+    fn failures(&self) -> Vec<(u16, String)> {
+        self.failures.lock().unwrap().clone()
+    }
+
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.unwrap();
+        }
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+async fn experiment_ends(server: &Server, release: i64, nth: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let all = server.get("/experiments?service=blog").await;
+        let ended: Vec<&Value> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["release"] == release)
+            .filter(|x| {
+                ["promoted", "rolled_back", "broken", "held", "aborted"]
+                    .contains(&x["status"].as_str().unwrap())
+            })
+            .collect();
+        if ended.len() >= nth {
+            return ended[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "experiment {nth} of v{release} never ended: {all:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The experiment compared B's latency with A's (warm instances, same
+/// seconds) before it promoted B: not promoted for lack of looking.
+fn assert_latency_judged(x: &Value) {
+    let judged = x["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["numbers"]["p50_share_above"].as_f64() > Some(0.0));
+    assert!(judged, "B's latency was never judged: {x:#}");
+}
+
+fn cli_exit(server: &Server, args: &[&str]) -> (Option<i32>, String) {
+    let out = server.cli(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[tokio::test]
+async fn a_blog_with_a_database_goes_through_sluice_under_load() {
+    let dir = crate::support::tempdir();
+    let server = Server::start(&dir.path().join("data"), None);
+    let repo = GitRepo::new(dir.path(), "blog");
+    copy_fixture(&repo, "blog");
+    repo.commit("v1", &[("sluice.yaml", SPEC)]);
+    server.add_repo(&repo);
+    let prod = server.wait_env("blog", "prod", 1, 2).await;
+    let base = format!("http://{}", prod["listen"].as_str().unwrap());
+    let seeded = server.get("/changelog?service=blog&kind=data.").await;
+    assert!(
+        seeded.as_array().unwrap().iter().any(|e| e["summary"]
+            .as_str()
+            .unwrap()
+            .contains("printed:\nseeded 20 posts")),
+        "the seed's output is in the change log: {seeded:#}"
+    );
+    let readers = Readers::start(base.clone());
+
+    // A good release ramps to 100% with its latency judged, while data grows.
+    repo.commit("v2", &[("app/VERSION", "2\n")]);
+    let good = experiment_ends(&server, 2, 1).await;
+    assert_eq!(good["status"], "promoted", "{good:#}");
+    assert_latency_judged(&good);
+    server.wait_env("blog", "prod", 2, 2).await;
+
+    // An A/A check of what runs ends the same way.
+    let (status, body) = server
+        .post(
+            "/experiments",
+            json!({ "service": "blog", "env": "prod", "release": 2 }),
+        )
+        .await;
+    assert_eq!(status, 202, "{body:#}");
+    let aa = experiment_ends(&server, 2, 2).await;
+    assert_eq!(aa["status"], "promoted", "{aa:#}");
+    assert_latency_judged(&aa);
+    server.wait_env("blog", "prod", 2, 2).await;
+    assert!(readers.failures().is_empty(), "{:?}", readers.failures());
+
+    // A release that breaks reading a post is rolled back by itself.
+    repo.commit("v3 renames a column", &[("app/BROKEN_POSTS", "")]);
+    let broken = experiment_ends(&server, 3, 1).await;
+    assert_eq!(broken["status"], "rolled_back", "{broken:#}");
+    assert!(
+        broken["reason"].as_str().unwrap().contains("error rate"),
+        "{broken:#}"
+    );
+    server.wait_env("blog", "prod", 2, 2).await;
+    let failures = readers.failures();
+    assert!(
+        failures
+            .iter()
+            .all(|(status, release)| *status == 500 && release == "v3"),
+        "only v3's own 500s: {failures:?}"
+    );
+
+    // A killed instance comes back by itself.
+    let status = server.get("/status?service=blog").await;
+    let instance = status[0]["instances"][0].clone();
+    let pid = instance["pid"].as_i64().expect("a pid") as i32;
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = server.get("/status?service=blog").await;
+        let back = status[0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == instance["id"])
+            .is_some_and(|i| i["restarts"].as_i64() > Some(0) && i["healthy"] == true);
+        if back {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never came back: {status:#}",
+            instance["id"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = readers.finish().await;
+    assert!(sent > 1000, "only {sent} requests");
+
+    // The lesson as a rule, replayed on prod's data as it is.
+    let (code, text) = cli_exit(
+        &server,
+        &[
+            "rule",
+            "add",
+            "health-check",
+            "--service",
+            "blog",
+            "--path",
+            "/posts/1",
+            "--status",
+            "200",
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = cli_exit(&server, &["rule", "test", "R1", "--release", "v3"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("against a copy of the environment's latest data snapshot"),
+        "{text}"
+    );
+    let (code, text) = cli_exit(&server, &["rule", "test", "R1", "--release", "v2"]);
+    assert_eq!(code, Some(0), "{text}");
+}
