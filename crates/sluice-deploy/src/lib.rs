@@ -404,6 +404,42 @@ impl Cd {
         }
     }
 
+    /// What an open experiment has seen at its current step, before any
+    /// decision: requests, errors and latency per variant, against the
+    /// step's `min_requests`.
+    pub async fn experiment_progress(
+        &self,
+        x: &sluice_store::Experiment,
+    ) -> Option<serde_json::Value> {
+        if !x.is_open() {
+            return None;
+        }
+        let release = self.inner.store.release_by_id(x.release_id).await.ok()?;
+        let (_, env) = rollout::release_env(&release, &x.environment).ok()?;
+        let min_requests = match &env.strategy {
+            sluice_spec::Strategy::Ab(ab) => ab.min_requests,
+            _ => sluice_spec::AbStrategy::default().min_requests,
+        };
+        let since = (x.step_started_at / 1000).max(0) as u64;
+        let windows = self.windows(&x.service, &x.environment, since.saturating_sub(1));
+        let side = |pick: fn(&sluice_proxy::SecondWindow) -> &sluice_proxy::VariantWindow| {
+            let mut total = sluice_proxy::VariantWindow::default();
+            windows.iter().for_each(|w| total.merge(pick(w)));
+            let ms = |q| total.latency.quantile(q).map(|us| us / 1000.0);
+            serde_json::json!({
+                "requests": total.requests,
+                "errors": total.errors,
+                "p50_ms": ms(0.5),
+                "p95_ms": ms(0.95),
+            })
+        };
+        Some(serde_json::json!({
+            "min_requests": min_requests,
+            "a": side(|w| &w.a),
+            "b": side(|w| &w.b),
+        }))
+    }
+
     /// An environment's per-second windows after `after` (seconds since the epoch).
     pub fn windows(&self, service: &str, env: &str, after: u64) -> Vec<sluice_proxy::SecondWindow> {
         self.inner.windows(service, env, after)
@@ -574,6 +610,18 @@ impl Inner {
             }
         }
         Ok(route)
+    }
+
+    /// The address an environment's entry point was asked for and the one it is bound to.
+    fn entry_point(
+        &self,
+        service: &str,
+        env: &str,
+    ) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+        let entries = self.entries.lock().unwrap();
+        entries
+            .get(&(service.to_string(), env.to_string()))
+            .map(|e| (e.listen, e.listener.addr))
     }
 
     fn windows(&self, service: &str, env: &str, after: u64) -> Vec<sluice_proxy::SecondWindow> {

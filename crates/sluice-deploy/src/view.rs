@@ -124,6 +124,64 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
             drift,
         });
     }
+    out.extend(undeployed(inner, service, &out, &promotions).await?);
+    Ok(out)
+}
+
+/// The environments the newest release of each service declares that run
+/// nothing yet: listed too, so that `status` shows where a release can go.
+async fn undeployed(
+    inner: &Arc<Inner>,
+    service: Option<&str>,
+    listed: &[EnvStatus],
+    promotions: &[sluice_store::Promotion],
+) -> CdResult<Vec<EnvStatus>> {
+    let mut newest: std::collections::BTreeMap<String, Release> = Default::default();
+    for release in inner.store.releases(service, 1000).await? {
+        let known = newest
+            .get(&release.service)
+            .is_some_and(|r| r.number >= release.number);
+        if !known {
+            newest.insert(release.service.clone(), release);
+        }
+    }
+    let mut out = Vec::new();
+    for (name, release) in newest {
+        let Ok(spec) = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec) else {
+            continue;
+        };
+        for env in &spec.environments {
+            if listed
+                .iter()
+                .any(|e| e.service == name && e.environment == env.name)
+            {
+                continue;
+            }
+            out.push(EnvStatus {
+                service: name.clone(),
+                environment: env.name.clone(),
+                release: None,
+                health: "empty".into(),
+                instances: Vec::new(),
+                desired_instances: env.instances,
+                listen: None,
+                pinned: false,
+                pin_reason: None,
+                pending_promotions: promotions
+                    .iter()
+                    .filter(|p| p.service == name && p.environment == env.name)
+                    .map(|p| PendingPromotion {
+                        id: p.id,
+                        release: p.release,
+                        status: p.status.clone(),
+                        blocked_by: p.blocked_by.clone(),
+                        reason: p.reason.clone(),
+                    })
+                    .collect(),
+                drift: Vec::new(),
+            });
+        }
+    }
     Ok(out)
 }
 
@@ -172,6 +230,15 @@ async fn drift(
                 instance.id
             ));
         }
+    }
+    // What is bound is what users reach: a `listen:` not yet applied is drift.
+    if let Some((asked, bound)) = inner.entry_point(&release.service, &env.name)
+        && asked != env.listen
+    {
+        found.push(format!(
+            "the entry point listens on {bound}, not on {} as declared",
+            env.listen
+        ));
     }
     if live.len() != env.instances as usize {
         found.push(format!(
@@ -331,11 +398,15 @@ pub(crate) async fn diff(inner: &Arc<Inner>, service: &str, a: &str, b: &str) ->
         right.env.instances.to_string(),
         "declared",
     );
+    let listening = |side: &Side| match inner.entry_point(service, &side.env.name) {
+        Some((_, bound)) => bound.to_string(),
+        None => format!("{} (not bound)", side.env.listen),
+    };
     row(
         "network: listen",
-        left.env.listen.to_string(),
-        right.env.listen.to_string(),
-        "declared",
+        listening(&left),
+        listening(&right),
+        "bound",
     );
     row(
         "strategy",

@@ -273,7 +273,18 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(
             Some(empty_help.into()),
         )));
     }
-    serde_saphyr::from_str::<T>(text).map_err(|error| {
+    // The parser stops at the first unknown field or wrong type: each one is
+    // recorded, its line (and the block under it) blanked, and the text read
+    // again, so that one `validate` shows every such error at once.
+    let mut current: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut found: Vec<Diagnostic> = Vec::new();
+    let mut blanked = std::collections::HashSet::new();
+    loop {
+        let error = match serde_saphyr::from_str::<T>(&current.join("\n")) {
+            Ok(value) if found.is_empty() => return Ok(value),
+            Ok(_) => return Err(Diagnostics(found)),
+            Err(error) => error,
+        };
         let (line, column, len) = error
             .location()
             .map(|l| {
@@ -288,11 +299,46 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(
         let message = bare
             .rsplit_once(" at line ")
             .map_or(bare.as_str(), |(message, _)| message);
+        // A field missing, or a mapping left empty, only because an error's
+        // block was blanked is no error of the file.
+        let emptied = message.starts_with("expected") && blanked.iter().any(|b| *b > line);
+        let consequence = !found.is_empty() && (message.starts_with("missing field") || emptied);
+        if consequence || !blanked.insert(line) || found.len() >= MAX_SHAPE_ERRORS {
+            return Err(Diagnostics(found));
+        }
         let (message, help) = explain(message);
-        Diagnostics::one(Diagnostic::at(
+        found.push(Diagnostic::at(
             file, text, line, column, len, &message, help,
-        ))
-    })
+        ));
+        if syntax_error(&message) || !blank_block(&mut current, line) {
+            return Err(Diagnostics(found));
+        }
+    }
+}
+
+/// How many shape errors one reading reports.
+const MAX_SHAPE_ERRORS: usize = 50;
+
+/// Blanks line `line` (1-based) and the lines indented deeper after it;
+/// false when there is no such line.
+fn blank_block(lines: &mut [String], line: usize) -> bool {
+    let Some(first) = line.checked_sub(1).filter(|i| *i < lines.len()) else {
+        return false;
+    };
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let depth = indent(&lines[first]);
+    lines[first].clear();
+    for next in lines.iter_mut().skip(first + 1) {
+        if !next.trim().is_empty() && indent(next) <= depth {
+            break;
+        }
+        next.clear();
+    }
+    true
+}
+
+fn syntax_error(message: &str) -> bool {
+    message.starts_with("YAML syntax:") || message.contains("defined twice")
 }
 
 /// Turns the parser's words into ours where they name YAML internals.
@@ -317,6 +363,18 @@ fn explain(message: &str) -> (String, Option<String>) {
     for (theirs, ours, help) in replaced {
         if message.starts_with(theirs) {
             return (ours.to_string(), Some(help.to_string()));
+        }
+    }
+    for kind in ["u8", "u16", "u32", "u64", "i32", "i64", "usize"] {
+        if message.starts_with(&format!("invalid {kind}")) {
+            let unsigned = kind.starts_with('u');
+            return (
+                format!(
+                    "expected a whole number{}",
+                    if unsigned { " of 0 or more" } else { "" }
+                ),
+                Some("write digits only, such as 2".into()),
+            );
         }
     }
     if message.starts_with("missing field") {

@@ -356,9 +356,16 @@ pub async fn experiments(
         .store
         .experiments(q.service.as_deref(), super::limit(q.limit, 50)?)
         .await?;
-    Ok(Json(Value::Array(
-        all.into_iter().map(experiment_json).collect(),
-    )))
+    let mut out = Vec::new();
+    for x in all {
+        let progress = state.cd.experiment_progress(&x).await;
+        let mut json = experiment_json(x);
+        if let Some(progress) = progress {
+            json["step_progress"] = progress;
+        }
+        out.push(json);
+    }
+    Ok(Json(Value::Array(out)))
 }
 
 #[utoipa::path(
@@ -374,7 +381,13 @@ pub async fn experiment(
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
-    Ok(Json(experiment_json(state.store.experiment(id).await?)))
+    let x = state.store.experiment(id).await?;
+    let progress = state.cd.experiment_progress(&x).await;
+    let mut json = experiment_json(x);
+    if let Some(progress) = progress {
+        json["step_progress"] = progress;
+    }
+    Ok(Json(json))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

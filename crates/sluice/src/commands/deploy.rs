@@ -164,9 +164,9 @@ fn print_promotion(p: &Value) {
     );
     for gate in p["gates"].as_array().into_iter().flatten() {
         let mark = if gate["passed"] == true {
-            "open  "
+            "passed "
         } else {
-            "closed"
+            "blocked"
         };
         let clears = gate["clears"]
             .as_str()
@@ -378,6 +378,29 @@ async fn ab_status(client: &Client, service: Option<String>, json: bool) -> Resu
             text(&x["environment"]),
             text(&x["status"])
         );
+        let progress = &x["step_progress"];
+        if progress.is_object() {
+            let side = |v: &Value| {
+                let ms = |k: &str| {
+                    v[k].as_f64()
+                        .map_or("-".to_string(), |ms| format!("{ms:.1} ms"))
+                };
+                format!(
+                    "{} requests, {} errors, p50 {}, p95 {}",
+                    v["requests"],
+                    v["errors"],
+                    ms("p50_ms"),
+                    ms("p95_ms")
+                )
+            };
+            say!(
+                "  this step: B {} of {} requests needed",
+                progress["b"]["requests"],
+                progress["min_requests"]
+            );
+            say!("    A: {}", side(&progress["a"]));
+            say!("    B: {}", side(&progress["b"]));
+        }
         if let Some(last) = x["decisions"].as_array().and_then(|d| d.last()) {
             let n = &last["numbers"];
             say!(

@@ -187,6 +187,20 @@ async fn a_blog_with_a_database_goes_through_sluice_under_load() {
         )
         .await;
     assert_eq!(status, 202, "{body:#}");
+    // Before its first decision, `ab status` shows where the step stands.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = cli_exit(&server, &["ab", "status", "blog"]);
+        if text.contains("requests needed") {
+            assert!(
+                text.contains("this step: B") && text.contains("p95"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let aa = experiment_ends(&server, 2, 2).await;
     assert_eq!(aa["status"], "promoted", "{aa:#}");
     assert_latency_judged(&aa);

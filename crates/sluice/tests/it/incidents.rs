@@ -438,10 +438,12 @@ async fn an_instance_that_stays_unhealthy_opens_an_incident() {
         .to_string();
     repo.commit("shop v1", &[("sluice.yaml", &spec)]);
     server.add_repo(&repo);
-    server.wait_env("shop", "dev", 1, 1).await;
+    let dev = server.wait_env("shop", "dev", 1, 1).await;
 
-    // The service's own check starts failing (the fixture reads app/BROKEN at each check).
-    let broken = data.join("releases/shop/v1/app/BROKEN");
+    // The service's own check starts failing (the fixture reads app/BROKEN
+    // at each check, in the instance's working directory).
+    let instance = dev["instances"][0]["id"].as_str().unwrap();
+    let broken = data.join(format!("envs/shop/dev/instances/{instance}/app/BROKEN"));
     std::fs::write(&broken, "disk full\n").unwrap();
     let incident = wait_for(
         &server,
