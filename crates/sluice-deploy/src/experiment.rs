@@ -138,7 +138,7 @@ async fn start_group(
         group.push(live);
     }
     for live in &group {
-        rollout::wait_healthy(inner, &live.backend, rollout::ready_timeout(spec)).await?;
+        rollout::wait_healthy(inner, &live.backend, rollout::ready_timeout(spec), false).await?;
     }
     Ok(group)
 }

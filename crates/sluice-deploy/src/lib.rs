@@ -158,6 +158,9 @@ pub(crate) struct Inner {
     locks: Mutex<HashMap<EnvKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Running experiments, and how to tell them what a person decided.
     experiments: Mutex<HashMap<i64, tokio::sync::mpsc::UnboundedSender<experiment::Command>>>,
+    /// The newest release asked for per environment by automation or a
+    /// promotion: a deployment still waiting for an older one gives way.
+    wanted: Mutex<HashMap<EnvKey, i64>>,
     /// Promotions are advanced one at a time, so none deploys twice.
     advancing: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
@@ -200,6 +203,7 @@ impl Cd {
             entries: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            wanted: Mutex::new(HashMap::new()),
             advancing: tokio::sync::Mutex::new(()),
             experiments: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
@@ -528,6 +532,33 @@ impl Inner {
         let secrets = self.store.secrets(release.repo_id).await?;
         let masker = sluice_ci::logs::Masker::new(secrets.into_values().map(|s| s.value).collect());
         Ok(text.lines().map(|l| masker.mask(l) + "\n").collect())
+    }
+
+    /// Notes that `number` is the release last asked for in the environment.
+    fn want(&self, service: &str, env: &str, number: i64) {
+        self.wanted
+            .lock()
+            .unwrap()
+            .insert((service.to_string(), env.to_string()), number);
+    }
+
+    /// Forgets the request for `number` once its deployment has ended.
+    fn wanted_done(&self, service: &str, env: &str, number: i64) {
+        let mut wanted = self.wanted.lock().unwrap();
+        let key = (service.to_string(), env.to_string());
+        if wanted.get(&key) == Some(&number) {
+            wanted.remove(&key);
+        }
+    }
+
+    /// A release newer than `number`, asked for in the environment last.
+    fn superseded_by(&self, service: &str, env: &str, number: i64) -> Option<i64> {
+        self.wanted
+            .lock()
+            .unwrap()
+            .get(&(service.to_string(), env.to_string()))
+            .copied()
+            .filter(|newest| *newest > number)
     }
 
     fn env_lock(&self, service: &str, env: &str) -> Arc<tokio::sync::Mutex<()>> {

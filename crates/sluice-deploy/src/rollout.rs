@@ -47,8 +47,29 @@ pub(crate) async fn deploy(
     cause: &str,
     actor: &str,
 ) -> Result<(i64, Outcome)> {
+    // What automation asked for gives way to a newer release asked for the
+    // same way; a rollback, a restart or healing does not.
+    let give_way = matches!(cause, "auto" | "promotion");
+    if give_way {
+        inner.want(&release.service, env, release.number);
+    }
     let lock = inner.env_lock(&release.service, env);
     let _one_at_a_time = lock.lock().await;
+    let result = deploy_locked(inner, release, env, cause, actor, give_way).await;
+    if give_way {
+        inner.wanted_done(&release.service, env, release.number);
+    }
+    result
+}
+
+async fn deploy_locked(
+    inner: &Arc<Inner>,
+    release: &Release,
+    env: &str,
+    cause: &str,
+    actor: &str,
+    give_way: bool,
+) -> Result<(i64, Outcome)> {
     let (spec, environment) = release_env(release, env)?;
     inner.store.ensure_env(&release.service, env).await?;
     let state = inner.store.env_state(&release.service, env).await?;
@@ -92,10 +113,10 @@ pub(crate) async fn deploy(
         let route = inner.route(&release.service, &environment).await?;
         match environment.strategy {
             Strategy::BlueGreen => {
-                blue_green(inner, release, &spec, &environment, &route, id).await
+                blue_green(inner, release, &spec, &environment, &route, id, give_way).await
             }
             Strategy::Rolling | Strategy::Ab(_) => {
-                rolling(inner, release, &spec, &environment, &route, id).await
+                rolling(inner, release, &spec, &environment, &route, id, give_way).await
             }
         }
     }
@@ -228,6 +249,7 @@ async fn rolling(
     env: &Environment,
     route: &Route,
     deployment: i64,
+    give_way: bool,
 ) -> Result<()> {
     let mut old: Vec<Live> = inner
         .live_in(&release.service, &env.name)
@@ -240,7 +262,7 @@ async fn rolling(
     let started = async {
         for _ in 0..env.instances {
             let new = start_instance(inner, release, spec, env, deployment).await?;
-            wait_healthy(inner, &new.backend, ready_timeout(spec)).await?;
+            wait_healthy(inner, &new.backend, ready_timeout(spec), give_way).await?;
             route.add(new.backend.clone());
             if let Some(retired) = old.pop() {
                 stopping.push(drain_then_stop(inner, route, retired).await);
@@ -266,6 +288,7 @@ async fn blue_green(
     env: &Environment,
     route: &Route,
     deployment: i64,
+    give_way: bool,
 ) -> Result<()> {
     let old: Vec<Live> = inner.live_in(&release.service, &env.name);
     let mut green = Vec::new();
@@ -273,7 +296,7 @@ async fn blue_green(
         green.push(start_instance(inner, release, spec, env, deployment).await?);
     }
     for new in &green {
-        if let Err(e) = wait_healthy(inner, &new.backend, ready_timeout(spec)).await {
+        if let Err(e) = wait_healthy(inner, &new.backend, ready_timeout(spec), give_way).await {
             for new in &green {
                 stop_instance(inner, route, new).await;
             }
@@ -330,7 +353,7 @@ pub(crate) async fn top_up(
 ) -> Result<()> {
     for _ in have..env.instances as usize {
         let new = start_instance(inner, release, spec, env, deployment).await?;
-        wait_healthy(inner, &new.backend, ready_timeout(spec)).await?;
+        wait_healthy(inner, &new.backend, ready_timeout(spec), false).await?;
         route.add(new.backend.clone());
     }
     Ok(())
@@ -578,17 +601,29 @@ pub(crate) fn instance_env(
 const CRASH_LOOP_EXITS: u32 = 3;
 
 /// Waits until the instance passes its health check; fails (and stops it)
-/// when it does not within `limit`, or at once when its process keeps exiting.
+/// when it does not within `limit`, at once when its process keeps exiting,
+/// and, when it may `give_way`, when a newer release is asked for meanwhile.
 pub(crate) async fn wait_healthy(
     inner: &Arc<Inner>,
     backend: &Arc<Backend>,
     limit: Duration,
+    give_way: bool,
 ) -> Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
+    let (service, env) = {
+        let live = inner.live.lock().unwrap();
+        live.get(&backend.id)
+            .map(|l| (l.service.clone(), l.env.clone()))
+            .unwrap_or_default()
+    };
+    let number: i64 = backend.release.trim_start_matches('v').parse().unwrap_or(0);
     while !backend.is_healthy() {
         let exits = inner.runtime.exits(&backend.id);
         let crash_looping = exits >= CRASH_LOOP_EXITS;
-        if crash_looping || tokio::time::Instant::now() >= deadline {
+        let newer = give_way
+            .then(|| inner.superseded_by(&service, &env, number))
+            .flatten();
+        if crash_looping || newer.is_some() || tokio::time::Instant::now() >= deadline {
             let live = inner.live.lock().unwrap().get(&backend.id).cloned();
             let why = live
                 .as_ref()
@@ -599,6 +634,12 @@ pub(crate) async fn wait_healthy(
                 if let Some(failure) = &why {
                     record_rule_block(inner, live, failure).await;
                 }
+            }
+            if let Some(newer) = newer {
+                return Err(anyhow!(
+                    "superseded: v{newer} was asked for while instance {} of v{number} was not yet healthy",
+                    backend.id
+                ));
             }
             if crash_looping {
                 let tail = log_tail(inner, &backend.id).await;

@@ -409,3 +409,33 @@ async fn an_instance_gets_a_clean_environment_and_listens_on_host() {
         "{summary}"
     );
 }
+
+#[tokio::test]
+async fn a_newer_release_supersedes_a_deployment_still_waiting() {
+    let dir = crate::support::tempdir();
+    let server = Server::start(&dir.path().join("data"), None);
+    let repo = GitRepo::new(dir.path(), "shop");
+    copy_fixture(&repo, "shop");
+    repo.commit("v1", &[("sluice.yaml", &spec("rolling", SERVE))]);
+    server.add_repo(&repo);
+    server.wait_env("shop", "prod", 1, 2).await;
+
+    // v2 never passes its health check; its ready_timeout is a minute.
+    repo.commit("v2 breaks health", &[("app/BROKEN", "")]);
+    wait_for(
+        &server,
+        "/deployments?service=shop",
+        "v2's deployment",
+        |d| d["release"] == 2 && d["status"] == "running",
+    )
+    .await;
+    repo.git(&["rm", "-q", "app/BROKEN"]);
+    repo.commit("v3 fixes it", &[]);
+    let superseded = wait_for(&server, "/deployments?service=shop", "v2 giving way", |d| {
+        d["release"] == 2 && d["status"] != "running"
+    })
+    .await;
+    let reason = superseded["reason"].as_str().unwrap();
+    assert!(reason.contains("superseded: v3 was asked for"), "{reason}");
+    server.wait_env("shop", "prod", 3, 2).await;
+}
