@@ -396,6 +396,18 @@ async fn events_since(
         .await?)
 }
 
+/// Requests served in `[from, until)` when at least 50 were and under 0.5%
+/// failed: a release that ran like that was not what broke.
+fn clean_requests(traffic: &[sluice_store::TrafficBucket], from: i64, until: i64) -> Option<i64> {
+    let (requests, errors) = traffic
+        .iter()
+        .filter(|b| b.bucket >= from && b.bucket < until)
+        .fold((0, 0), |(r, e), b| {
+            (r + b.a_requests + b.b_requests, e + b.a_errors + b.b_errors)
+        });
+    (requests >= 50 && errors * 200 < requests).then_some(requests)
+}
+
 /// Deployments and other changes before the first symptom, ranked.
 async fn suspects(
     inner: &Arc<Inner>,
@@ -407,11 +419,39 @@ async fn suspects(
         .store
         .deployments(Some(&incident.service), None, None, 200)
         .await?;
+    // The deployment whose failure (or rolled-back experiment) opened it.
+    let opened_by = matches!(incident.trigger_kind.as_str(), "experiment" | "deployment")
+        .then(|| {
+            deployments
+                .iter()
+                .filter(|d| incident.environment.as_deref() == Some(d.environment.as_str()))
+                .filter(|d| matches!(d.status.as_str(), "rolled_back" | "failed"))
+                .filter(|d| d.created_at <= incident.opened_at)
+                .max_by_key(|d| d.created_at)
+                .map(|d| d.id)
+        })
+        .flatten();
+    let traffic = match &incident.environment {
+        Some(env) => crate::traffic::since(inner, &incident.service, env, since).await,
+        None => Vec::new(),
+    };
     let mut candidates = Vec::new();
     for d in deployments
-        .into_iter()
+        .iter()
         .filter(|d| d.created_at >= since && !matches!(d.cause.as_str(), "reconcile" | "heal"))
     {
+        // Until the next deployment to the same environment, or the first symptom.
+        let until = deployments
+            .iter()
+            .filter(|n| n.environment == d.environment && n.created_at > d.created_at)
+            .map(|n| n.created_at)
+            .min()
+            .unwrap_or(i64::MAX)
+            .min(incident.first_symptom_at);
+        let served_cleanly = (d.status == "succeeded"
+            && incident.environment.as_deref() == Some(d.environment.as_str()))
+        .then(|| clean_requests(&traffic, d.created_at, until))
+        .flatten();
         let release = inner.store.release_by_id(d.release_id).await?;
         let previous = match d.previous_release_id {
             Some(id) => Some(inner.store.release_by_id(id).await?),
@@ -437,7 +477,10 @@ async fn suspects(
             ),
             release: Some(d.release),
             restores: d.cause == "rollback",
+            first_release: previous.is_none(),
             diff: Some(diff),
+            served_cleanly,
+            opened_it: opened_by == Some(d.id),
         });
     }
     for e in events.iter().filter(|e| {
@@ -455,6 +498,9 @@ async fn suspects(
             release: None,
             restores: false,
             diff: None,
+            first_release: false,
+            served_cleanly: None,
+            opened_it: false,
         });
     }
     let upstream = upstream(inner, incident).await;

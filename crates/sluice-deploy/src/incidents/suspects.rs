@@ -30,6 +30,13 @@ pub struct Candidate {
     /// `rollback` and `reconcile` go back to what ran before.
     pub restores: bool,
     pub diff: Option<SuspectDiff>,
+    /// A release's first: its diff is all of its code, which touches nothing in particular.
+    pub first_release: bool,
+    /// Requests it served, with no more than a trace of errors, between its
+    /// deployment and the next change or the first symptom.
+    pub served_cleanly: Option<i64>,
+    /// The deployment whose failure or rolled-back experiment opened the incident.
+    pub opened_it: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -97,13 +104,25 @@ fn score(c: Candidate, cx: &Context) -> Suspect {
         "{} before the first symptom",
         human_minutes(minutes)
     ));
-    if let Some(hit) = c.diff.as_ref().and_then(|d| touched(d, cx.keywords)) {
+    if c.first_release {
+        why.push("its diff is all of its code (a first release): not counted as touching".into());
+    } else if let Some(hit) = c.diff.as_ref().and_then(|d| touched(d, cx.keywords)) {
         score += 3.0;
         why.push(hit);
+    }
+    if c.opened_it {
+        score += 5.0;
+        why.push("its failure (or its experiment's rollback) opened the incident".into());
     }
     if c.restores {
         score *= 0.3;
         why.push("it went back to a release that ran before".into());
+    }
+    if let Some(requests) = c.served_cleanly {
+        score *= 0.3;
+        why.push(format!(
+            "it served {requests} requests cleanly before the first symptom"
+        ));
     }
     Suspect {
         rank: 0,
@@ -226,7 +245,47 @@ mod tests {
                 files: files.iter().map(|f| f.to_string()).collect(),
                 ..Default::default()
             }),
+            first_release: false,
+            served_cleanly: None,
+            opened_it: false,
         }
+    }
+
+    #[test]
+    fn the_rolled_back_b_leads_the_a_that_served_cleanly_by_a_clear_margin() {
+        let keywords = keywords(&["the experiment of v2 in prod was rolled back", "/checkout"]);
+        let cx = Context {
+            environment: Some("prod"),
+            upstream: &[],
+            first_symptom_at: 1_000_000_000,
+            keywords: &keywords,
+        };
+        // A: the first release, its diff every file, and clean traffic before B came.
+        let mut a = candidate(
+            "deployment 1",
+            "prod",
+            12,
+            &["app/checkout.py", "app/server.py"],
+        );
+        a.first_release = true;
+        a.served_cleanly = Some(5000);
+        let mut b = candidate("deployment 2", "prod", 10, &["app/checkout.py"]);
+        b.opened_it = true;
+        let ranked = rank(vec![a, b], &cx);
+        assert_eq!(ranked[0].subject, "deployment 2");
+        assert!(
+            ranked[0].score > 3.0 * ranked[1].score,
+            "{} against {}",
+            ranked[0].score,
+            ranked[1].score
+        );
+        assert!(
+            ranked[1]
+                .why
+                .iter()
+                .any(|w| w.contains("5000 requests cleanly"))
+        );
+        assert!(ranked[1].why.iter().any(|w| w.contains("first release")));
     }
 
     #[test]
