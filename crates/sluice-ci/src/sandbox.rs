@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-/// How steps are run: as a user of their own (when the server is root), or
-/// as the server's own user, which can read everything the server can.
+/// How steps and instances are run: as users of their own (when the server
+/// is root), or as the server's own user, which can read everything the
+/// server can.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Isolation {
     #[default]
@@ -38,8 +39,66 @@ fn uid_in(name: &str, base: u32, span: u32) -> u32 {
 
 /// The user an environment's instances run as: one per environment, so no
 /// environment's instances can write another's data (20000..60000).
-pub fn env_uid(service: &str, env: &str) -> Option<u32> {
-    is_root().then(|| uid_in(&format!("{service}/{env}"), 20_000, 40_000))
+pub fn env_uid(service: &str, env: &str, isolation: Isolation) -> Option<u32> {
+    (is_root() && isolation == Isolation::User)
+        .then(|| uid_in(&format!("{service}/{env}"), 20_000, 40_000))
+}
+
+/// What a user needs of a path: to enter directories on the way and read it,
+/// or also to run it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Execute,
+}
+
+/// Why `uid` (whose group is `uid` too) cannot reach `path`: the first
+/// directory on the way it may not enter, or the path itself it may not
+/// read (or run); `None` when it can.
+pub fn unreachable_by(uid: u32, path: &Path, need: Access) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let allowed = |meta: &std::fs::Metadata, bits: u32| {
+        let (user, group, other) = (bits << 6, bits << 3, bits);
+        if meta.uid() == uid {
+            meta.mode() & user == user
+        } else if meta.gid() == uid {
+            meta.mode() & group == group
+        } else {
+            meta.mode() & other == other
+        }
+    };
+    let describe = |p: &Path, meta: &std::fs::Metadata| {
+        format!(
+            "{} (mode {:o}, owner uid {})",
+            p.display(),
+            meta.mode() & 0o7777,
+            meta.uid()
+        )
+    };
+    let ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
+    for dir in ancestors.into_iter().rev() {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            return Some(format!("{} does not exist", dir.display()));
+        };
+        if !allowed(&meta, 0o1) {
+            return Some(format!("it cannot enter {}", describe(dir, &meta)));
+        }
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Some(format!("{} does not exist", path.display()));
+    };
+    // A directory is only passed through: what is inside is checked on its own.
+    let bits = match (need, meta.is_dir()) {
+        (_, true) => 0o1,
+        (Access::Read, false) => 0o4,
+        (Access::Execute, false) => 0o5,
+    };
+    let verb = match (need, meta.is_dir()) {
+        (_, true) => "enter",
+        (Access::Read, false) => "read",
+        (Access::Execute, false) => "run",
+    };
+    (!allowed(&meta, bits)).then(|| format!("it cannot {verb} {}", describe(path, &meta)))
 }
 
 /// The user a repository's steps run as (100000..150000, apart from every
@@ -227,6 +286,42 @@ pub fn kill_marked(marker: &str) -> Vec<i32> {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
     }
     pids
+}
+
+#[cfg(test)]
+mod reach_tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_directory_on_the_way_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let closed = dir.path().join("home");
+        let app = closed.join("venv/bin");
+        std::fs::create_dir_all(&app).unwrap();
+        let python = app.join("python");
+        std::fs::write(&python, "").unwrap();
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for d in [dir.path(), app.as_path(), app.parent().unwrap()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let stranger = 54_321;
+        let why = unreachable_by(stranger, &python, Access::Execute).unwrap();
+        assert!(
+            why.contains("cannot enter") && why.contains("home (mode 700"),
+            "{why}"
+        );
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
+        assert_eq!(unreachable_by(stranger, &python, Access::Execute), None);
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let why = unreachable_by(stranger, &python, Access::Execute).unwrap();
+        assert!(why.contains("cannot run"), "{why}");
+        assert!(
+            unreachable_by(stranger, &dir.path().join("nope"), Access::Read)
+                .unwrap()
+                .contains("does not exist")
+        );
+    }
 }
 
 #[cfg(test)]

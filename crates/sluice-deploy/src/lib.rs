@@ -122,6 +122,8 @@ pub struct CdConfig {
     pub drain_timeout: Duration,
     /// How often environments are checked for missing instances.
     pub heal_interval: Duration,
+    /// Whether each environment's instances run as a user of their own (as root).
+    pub isolation: sluice_ci::sandbox::Isolation,
 }
 
 impl CdConfig {
@@ -131,6 +133,7 @@ impl CdConfig {
             gate_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(30),
             heal_interval: Duration::from_secs(2),
+            isolation: sluice_ci::sandbox::Isolation::User,
         }
     }
 }
@@ -559,6 +562,11 @@ impl Inner {
             .get(&(service.to_string(), env.to_string()))
             .copied()
             .filter(|newest| *newest > number)
+    }
+
+    /// The user an environment's instances, seeds and replays run as, if any.
+    fn env_uid(&self, service: &str, env: &str) -> Option<u32> {
+        sluice_ci::sandbox::env_uid(service, env, self.config.isolation)
     }
 
     fn env_lock(&self, service: &str, env: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -191,7 +191,7 @@ pub(crate) async fn prepare(
             .as_ref()
             .map(|from| inner.layout.data(service, from))
             .transpose()?;
-        let run_as = seed_run_as(service, env, &data_dir);
+        let run_as = seed_run_as(service, env, &data_dir, inner.env_uid(service, &env.name));
         let filled = data::fill(
             &env.data,
             &data_dir,
@@ -229,13 +229,84 @@ pub(crate) async fn prepare(
             .await?;
         inner.store.mark_seeded(service, &env.name).await?;
     }
-    data::hand_over(&data_dir, sluice_ci::sandbox::env_uid(service, &env.name))?;
+    data::hand_over(&data_dir, inner.env_uid(service, &env.name))?;
     let files = render::render(spec, env, &release.name(), &release_dir)?;
-    render::write(
-        &inner.layout.config(service, &env.name, release.number)?,
-        &files,
-    )?;
+    let config_dir = inner.layout.config(service, &env.name, release.number)?;
+    render::write(&config_dir, &files)?;
+    if let Some(uid) = inner.env_uid(service, &env.name) {
+        check_reachable(uid, env, spec, &[&data_dir, &config_dir])?;
+    }
     Ok(())
+}
+
+/// Refuses a deployment whose instances could not start as the
+/// environment's user: a directory of theirs, or the command's program,
+/// behind a directory that user may not enter (root's home, a `mktemp -d`).
+fn check_reachable(
+    uid: u32,
+    env: &Environment,
+    spec: &Spec,
+    dirs: &[&std::path::Path],
+) -> Result<()> {
+    use sluice_ci::sandbox::{Access, unreachable_by};
+    let ways_out = "make it reachable (`chmod o+x` on the directory named, or install the program where every user can run it), or start the server with `--isolation none` (instances and steps then run as the server's own user and can read all of its data)";
+    for dir in dirs {
+        if let Some(why) = unreachable_by(uid, dir, Access::Read) {
+            bail!(
+                "{}'s instances run as uid {uid}, which cannot reach {}: {why}; {ways_out}",
+                env.name,
+                dir.display()
+            );
+        }
+    }
+    let Some(command) = spec.run.as_ref().map(|r| r.command.as_str()) else {
+        return Ok(());
+    };
+    let Some(program) = program_of(command) else {
+        return Ok(());
+    };
+    // A program of the release itself is checked by running it.
+    if !program.starts_with('/') && program.contains('/') {
+        return Ok(());
+    }
+    let path = env
+        .config
+        .get("PATH")
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_PATH.to_string());
+    let found = if program.starts_with('/') {
+        Some(std::path::PathBuf::from(&program))
+    } else {
+        path.split(':')
+            .map(|dir| std::path::Path::new(dir).join(&program))
+            .find(|p| p.exists())
+    };
+    let Some(found) = found else {
+        bail!(
+            "`{program}`, which `run.command` starts, is on none of the instances' PATH ({path}); install it there, give its full path, or set PATH in the environment's `config`"
+        );
+    };
+    if let Some(why) = unreachable_by(uid, &found, Access::Execute) {
+        bail!(
+            "{}'s instances run as uid {uid}, which cannot run {} (from `run.command`): {why}; {ways_out}",
+            env.name,
+            found.display()
+        );
+    }
+    Ok(())
+}
+
+/// The program a shell command line starts: past `exec` and `NAME=value`
+/// words; none when the line is more than a simple command.
+fn program_of(command: &str) -> Option<String> {
+    if command.contains(['|', ';', '&', '(', '`', '$', '<', '>', '\n']) {
+        return None;
+    }
+    command
+        .split_whitespace()
+        .find(|word| *word != "exec" && !word.contains('='))
+        .filter(|word| !word.contains(['"', '\'']))
+        .map(str::to_string)
 }
 
 /// One instance at a time: a new one healthy, then an old one drained and
@@ -405,7 +476,7 @@ pub(crate) async fn start_instance(
     let data_dir = inner.layout.data(service, &env.name)?;
     let config_dir = inner.layout.config(service, &env.name, release.number)?;
     let files = render::render(spec, env, &release.name(), &release_dir)?;
-    let uid = sluice_ci::sandbox::env_uid(service, &env.name);
+    let uid = inner.env_uid(service, &env.name);
     let workdir = inner.layout.instance_workdir(service, &env.name, &id)?;
     {
         let (release_dir, workdir) = (release_dir.clone(), workdir.clone());
@@ -555,14 +626,12 @@ pub(crate) fn seed_run_as(
     service: &str,
     env: &Environment,
     data_dir: &std::path::Path,
+    uid: Option<u32>,
 ) -> data::RunAs {
     let mut vars = clean_env(env, data_dir);
     vars.push(("SLUICE_SERVICE".into(), service.to_string()));
     vars.push(("SLUICE_ENV".into(), env.name.clone()));
-    data::RunAs {
-        uid: sluice_ci::sandbox::env_uid(service, &env.name),
-        vars,
-    }
+    data::RunAs { uid, vars }
 }
 
 /// What an instance finds in its environment: the clean base with `HOME`
@@ -1008,7 +1077,24 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use super::{free_port, instance_id};
+    use super::{free_port, instance_id, program_of};
+
+    #[test]
+    fn the_program_of_a_simple_command_is_found() {
+        for (command, program) in [
+            ("exec python3 app/server.py", Some("python3")),
+            (
+                "PORT2=1 exec /root/venv/bin/gunicorn app:app",
+                Some("/root/venv/bin/gunicorn"),
+            ),
+            ("node index.js", Some("node")),
+            ("./run.sh", Some("./run.sh")),
+            ("test -e x || exit 1; exec python3 a.py", None),
+            ("exec \"$HOME/bin/app\"", None),
+        ] {
+            assert_eq!(program_of(command).as_deref(), program, "{command}");
+        }
+    }
 
     #[test]
     fn ports_come_from_run_ports_and_never_twice() {

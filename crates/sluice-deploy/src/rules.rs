@@ -351,8 +351,8 @@ async fn probe_release(
     let release_dir = crate::release::unpack(&inner.layout, release).await?;
     let files = render::render(&spec, &env, &release.name(), &release_dir)?;
     render::write(&config_dir, &files)?;
-    let uid = sluice_ci::sandbox::env_uid(&release.service, &env.name);
-    let run_as = rollout::seed_run_as(&release.service, &env, &data_dir);
+    let uid = inner.env_uid(&release.service, &env.name);
+    let run_as = rollout::seed_run_as(&release.service, &env, &data_dir, uid);
     let source = env
         .data
         .copy_from

@@ -57,6 +57,24 @@ pub fn prepare(dir: &Path, sqlite: bool) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// As root with isolation on, instances and steps run as users of their
+/// own, who must pass through every directory above the data directory:
+/// one they cannot (root's home, a `mktemp -d`) is refused here, at start,
+/// rather than as "Permission denied" in every instance's log.
+pub fn check_reachable(dir: &Path, isolation: sluice_ci::sandbox::Isolation) -> Result<()> {
+    use sluice_ci::sandbox::{Access, env_uid, unreachable_by};
+    let Some(uid) = env_uid("reachability", "probe", isolation) else {
+        return Ok(());
+    };
+    if let Some(why) = unreachable_by(uid, dir, Access::Read) {
+        bail!(
+            "environments' users could not reach the data directory {}: {why}; make every directory above it enterable (`chmod o+x`), choose a data directory elsewhere (--data-dir), or start with `--isolation none` (instances and steps then run as the server's own user and can read all of its data)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Fails when `path` has any of `open_bits` (group or others may read or write).
 fn refuse_if_open(path: &Path, open_bits: u32, fix: &str) -> Result<()> {
     let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;

@@ -124,7 +124,7 @@ pub struct ServeOptions {
     pub poll_interval: Duration,
     pub parallelism: Option<usize>,
     pub keep_workspaces: bool,
-    /// Whether steps run as a user of their own (when the server is root).
+    /// Whether steps and instances run as users of their own (when the server is root).
     pub isolation: sluice_ci::sandbox::Isolation,
     /// The most of each run's log that is kept, in bytes.
     pub log_cap: u64,
@@ -144,6 +144,7 @@ impl Server {
     /// Opens the store (running migrations), binds, recovers and starts the CI engine.
     pub async fn start(options: ServeOptions) -> anyhow::Result<Server> {
         let data_dir = data_dir::prepare(&options.data_dir, options.database.is_none())?;
+        data_dir::check_reachable(&data_dir, options.isolation)?;
         let database = options
             .database
             .clone()
@@ -169,7 +170,9 @@ impl Server {
         // CD first: its release maker hears of every green mainline run.
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = sluice_proxy::Metrics::register(&mut registry);
-        let cd = Cd::start(store.clone(), CdConfig::new(&data_dir), metrics).await?;
+        let mut cd_config = CdConfig::new(&data_dir);
+        cd_config.isolation = options.isolation;
+        let cd = Cd::start(store.clone(), cd_config, metrics).await?;
         let ci = Ci::start(store.clone(), config, vec![Arc::new(cd.release_maker())]).await?;
         let state = AppState {
             store,

@@ -298,10 +298,11 @@ pub struct Serve {
     /// Keep each run's workspace after it ends, for debugging.
     #[arg(long)]
     pub keep_workspaces: bool,
-    /// `user`: when the server runs as root, each repository's steps run as
-    /// a user of their own that can read nothing of the server's. `none`:
-    /// steps run as the server's own user and can read its database and
-    /// tokens (only for repositories whose every committer you trust).
+    /// `user`: when the server runs as root, each repository's steps and
+    /// each environment's instances run as a user of their own that can read
+    /// nothing of the server's. `none`: they run as the server's own user and
+    /// can read its database and tokens (only for repositories whose every
+    /// committer you trust).
     #[arg(long, env = "SLUICE_ISOLATION", default_value = "user", value_parser = ["user", "none"])]
     pub isolation: String,
     /// The most of each run's log that is kept (its end): `16MiB`, `512KiB`.

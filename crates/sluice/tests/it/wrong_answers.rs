@@ -439,3 +439,97 @@ async fn a_newer_release_supersedes_a_deployment_still_waiting() {
     assert!(reason.contains("superseded: v3 was asked for"), "{reason}");
     server.wait_env("shop", "prod", 3, 2).await;
 }
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn as_root_a_data_directory_environments_cannot_reach_is_refused_at_start() {
+    if !is_root() {
+        eprintln!("skipped: only root runs instances as users of their own");
+        return;
+    }
+    let dir = crate::support::tempdir();
+    let closed = dir.path().join("home");
+    std::fs::create_dir(&closed).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = std::process::Command::new(crate::support::SLUICE)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(closed.join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("could not reach the data directory")
+            && stderr.contains("cannot enter")
+            && stderr.contains("home (mode 700")
+            && stderr.contains("--isolation none"),
+        "{stderr}"
+    );
+    // The documented way out starts it.
+    let mut child = std::process::Command::new(crate::support::SLUICE)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--isolation",
+            "none",
+            "--data-dir",
+        ])
+        .arg(closed.join("data"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!first.is_empty(), "it started with --isolation none");
+}
+
+#[tokio::test]
+async fn as_root_a_program_the_environment_cannot_run_fails_the_deployment_saying_why() {
+    if !is_root() {
+        eprintln!("skipped: only root runs instances as users of their own");
+        return;
+    }
+    let dir = crate::support::tempdir();
+    let server = Server::start(&dir.path().join("data"), None);
+    let repo = GitRepo::new(dir.path(), "shop");
+    copy_fixture(&repo, "shop");
+    // An interpreter installed under root's home, as a virtualenv is.
+    let venv = dir.path().join("root-home/venv/bin");
+    std::fs::create_dir_all(&venv).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/python3", venv.join("python3")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.path().join("root-home"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    let command = format!("exec {}/python3 app/server.py", venv.display());
+    repo.commit("v1", &[("sluice.yaml", &spec("rolling", &command))]);
+    server.add_repo(&repo);
+    let failed = wait_for(
+        &server,
+        "/deployments?service=shop",
+        "the deployment",
+        |d| d["status"] != "running",
+    )
+    .await;
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert_eq!(failed["status"], "failed", "{failed:#}");
+    assert!(
+        reason.contains("which cannot run")
+            && reason.contains("root-home (mode 700")
+            && reason.contains("--isolation none"),
+        "{reason}"
+    );
+}
