@@ -33,6 +33,9 @@ pub struct Facts<'a> {
     /// instance of it has been healthy there (`None`: not healthy now).
     pub from_release: Option<i64>,
     pub from_healthy_since: Option<DateTime<Utc>>,
+    /// Why the release's own deployment to `from` failed, when it did (a rule
+    /// that kept its instance out, say).
+    pub from_failure: Option<String>,
     /// The status of each job of the release's run.
     pub jobs: BTreeMap<String, String>,
     /// The rules in force for the release.
@@ -72,6 +75,14 @@ pub fn evaluate(facts: &Facts, now: DateTime<Utc>) -> Vec<GateCheck> {
                 "from",
                 format!("v{v} runs in {from} but not every instance is healthy"),
                 format!("{from} healthy again"),
+            ),
+            (_, _) if facts.from_release != Some(v) && facts.from_failure.is_some() => closed(
+                "from",
+                format!(
+                    "v{v} failed in {from}: {}",
+                    facts.from_failure.as_deref().unwrap_or_default()
+                ),
+                format!("a release that passes in {from}"),
             ),
             (Some(r), _) => closed(
                 "from",
@@ -400,6 +411,7 @@ mod tests {
             freeze_overridden: None,
             from_release: Some(3),
             from_healthy_since: Some(Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 0).unwrap()),
+            from_failure: None,
             jobs: BTreeMap::from([("unit".to_string(), "success".to_string())]),
             rules: vec![],
             config_now: Some(BTreeMap::from([("MODE".to_string(), "a".to_string())])),
@@ -578,6 +590,27 @@ mod tests {
             (from.passed, from.detail.as_str()),
             (false, "pre-prod runs v2, not v3")
         );
+        // A release a rule kept out of pre-prod says so, not only what runs there.
+        f.from_failure = Some(
+            "instance x did not become healthy: rule R1 (from INC-1): GET /checkout answered 500"
+                .into(),
+        );
+        let from = evaluate(&f, friday(11))
+            .into_iter()
+            .find(|c| c.gate == "from")
+            .unwrap();
+        assert!(
+            !from.passed
+                && from.detail.starts_with("v3 failed in pre-prod: ")
+                && from.detail.contains("rule R1"),
+            "{}",
+            from.detail
+        );
+        assert_eq!(
+            from.clears.as_deref(),
+            Some("a release that passes in pre-prod")
+        );
+        f.from_failure = None;
         f.from_release = Some(3);
         f.from_healthy_since = None;
         assert!(

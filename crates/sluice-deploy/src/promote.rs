@@ -127,6 +127,19 @@ async fn gates_of(inner: &Arc<Inner>, promotion: &Promotion) -> CdResult<Vec<Gat
         }
         None => (None, None),
     };
+    // How the release's own deployment to `from` ended, when it did not succeed.
+    let from_failure = match &target.from {
+        Some(from) => inner
+            .store
+            .deployments(Some(&promotion.service), Some(from), None, 50)
+            .await?
+            .into_iter()
+            .filter(|d| d.release == release.number)
+            .max_by_key(|d| d.created_at)
+            .filter(|d| matches!(d.status.as_str(), "rolled_back" | "failed"))
+            .map(|d| d.reason.unwrap_or_else(|| d.status.clone())),
+        None => None,
+    };
     let jobs: BTreeMap<String, String> = inner
         .store
         .jobs(release.run_id)
@@ -177,6 +190,7 @@ async fn gates_of(inner: &Arc<Inner>, promotion: &Promotion) -> CdResult<Vec<Gat
             .zip(promotion.override_reason.clone()),
         from_release,
         from_healthy_since,
+        from_failure,
         jobs,
         config_next: target.config.clone(),
         config_now,

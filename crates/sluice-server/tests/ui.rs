@@ -217,15 +217,23 @@ async fn every_page_renders_for_a_viewer_who_cannot_act() {
         })
         .await
         .unwrap();
+    store
+        .record_block("R1", "shop", "promotion 4 (v4)", "v4 failed R1 in pre-prod")
+        .await
+        .unwrap();
     let viewer = ui.token("vic", Role::Viewer).await;
     let (cookie, csrf) = ui.sign_in(&viewer).await;
     for (path, expect) in [
         ("/", "Overview"),
+        ("/", "Open incidents"),
+        ("/", "Stopped by rules"),
+        ("/", "checkout &#60;fails&#62;"),
         ("/changes", "Changes"),
         ("/promotions", "No promotion is waiting"),
         ("/experiments", "No experiment yet"),
         ("/incidents", "checkout &#60;fails&#62;"),
         ("/incidents/1", "Postmortem"),
+        ("/incidents/INC-1", "Postmortem"),
         ("/rules", "every change must run job"),
         ("/changelog?kind=rule.", "rule.added"),
         ("/changelog?since=yesterday", "is not a duration"),

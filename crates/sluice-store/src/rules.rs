@@ -212,6 +212,18 @@ impl Store {
         Ok(())
     }
 
+    /// What rules stopped in a service lately, newest first.
+    pub async fn service_blocks(&self, service: &str, limit: i64) -> Result<Vec<RuleBlock>> {
+        let rows = sqlx::query_as(
+            "SELECT rule_id, service, subject, detail, at FROM rule_blocks WHERE service = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(service)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     pub async fn rule_blocks(&self, rule_id: &str) -> Result<Vec<RuleBlock>> {
         let rows = sqlx::query_as(
             "SELECT rule_id, service, subject, detail, at FROM rule_blocks WHERE rule_id = $1 ORDER BY id DESC",

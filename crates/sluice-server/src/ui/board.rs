@@ -18,6 +18,10 @@ use crate::AppState;
 pub struct ServiceRow {
     pub service: String,
     pub cells: Vec<Cell>,
+    /// Incidents not yet resolved.
+    pub incidents: Vec<sluice_store::Incident>,
+    /// What rules stopped lately (a change, a promotion, an instance).
+    pub blocks: Vec<sluice_store::RuleBlock>,
     pub stream: Vec<StreamRow>,
     pub environments: Vec<String>,
 }
@@ -47,6 +51,15 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> PageResu
     let statuses = state.cd.status(None).await.map_err(failed)?;
     let experiments = state.store.experiments(None, 200).await.map_err(failed)?;
     let mut by_service: BTreeMap<String, Vec<EnvStatus>> = BTreeMap::new();
+    // A service with an open incident is on the board even before it runs anywhere.
+    for incident in state
+        .store
+        .incidents(None, true, 200)
+        .await
+        .map_err(failed)?
+    {
+        by_service.entry(incident.service).or_default();
+    }
     for status in statuses {
         by_service
             .entry(status.service.clone())
@@ -85,7 +98,19 @@ pub async fn overview(State(state): State<AppState>, viewer: Viewer) -> PageResu
                 release,
             })
             .collect();
+        let incidents = state
+            .store
+            .incidents(Some(&service), true, 20)
+            .await
+            .map_err(failed)?;
+        let blocks = state
+            .store
+            .service_blocks(&service, 5)
+            .await
+            .map_err(failed)?;
         services.push(ServiceRow {
+            incidents,
+            blocks,
             environments: envs.iter().map(|e| e.environment.clone()).collect(),
             service,
             cells,

@@ -47,8 +47,44 @@ struct ShowPage {
     x: Experiment,
     charts: String,
     decisions: Vec<DecisionRow>,
-    report: Option<String>,
+    report: Vec<ReportRow>,
     approver: Role,
+}
+
+/// One variant's line of the final report.
+struct ReportRow {
+    variant: &'static str,
+    requests: String,
+    errors: String,
+    error_rate: String,
+    p50: String,
+    p95: String,
+    p99: String,
+}
+
+/// The report's per-variant figures as table rows (none before it ends).
+fn report_rows(report: Option<&str>) -> Vec<ReportRow> {
+    let Some(report) = report.and_then(|r| serde_json::from_str::<Value>(r).ok()) else {
+        return Vec::new();
+    };
+    let ms = |v: &Value| {
+        v.as_f64()
+            .map_or("-".to_string(), |ms| format!("{ms:.1} ms"))
+    };
+    [("A", &report["a"]), ("B", &report["b"])]
+        .into_iter()
+        .map(|(variant, side)| ReportRow {
+            variant,
+            requests: side["requests"].to_string(),
+            errors: side["errors"].to_string(),
+            error_rate: side["error_rate"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{:.3}%", 100.0 * r)),
+            p50: ms(&side["p50_ms"]),
+            p95: ms(&side["p95_ms"]),
+            p99: ms(&side["p99_ms"]),
+        })
+        .collect()
 }
 
 pub async fn show(
@@ -70,11 +106,7 @@ pub async fn show(
             reason: d["reason"].as_str().unwrap_or("").to_string(),
         })
         .collect();
-    let report = x
-        .report
-        .as_deref()
-        .and_then(|r| serde_json::from_str::<Value>(r).ok())
-        .map(|r| serde_json::to_string_pretty(&r).unwrap_or_default());
+    let report = report_rows(x.report.as_deref());
     Ok(render(ShowPage {
         page: Chrome::new(&viewer, format!("Experiment {id}"), "experiments"),
         charts: charts_html(&state, &x),
@@ -213,4 +245,29 @@ pub async fn steer(
         .map_err(failed)?;
     let to = format!("/experiments/{id}?sent={}", encode(&verb));
     Ok(Redirect::to(&to).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_report_reads_as_a_table() {
+        let rows = super::report_rows(Some(
+            r#"{"a":{"requests":990,"errors":1,"error_rate":0.00101,"p50_ms":2.04,"p95_ms":4.5,"p99_ms":null},"b":{"requests":10,"errors":0,"error_rate":0.0,"p50_ms":2.1,"p95_ms":4.9,"p99_ms":7.25}}"#,
+        ));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (
+                rows[0].variant,
+                rows[0].error_rate.as_str(),
+                rows[0].p50.as_str(),
+                rows[0].p99.as_str()
+            ),
+            ("A", "0.101%", "2.0 ms", "-")
+        );
+        assert_eq!(
+            (rows[1].requests.as_str(), rows[1].p99.as_str()),
+            ("10", "7.2 ms")
+        );
+        assert!(super::report_rows(None).is_empty());
+    }
 }
