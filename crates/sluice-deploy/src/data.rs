@@ -231,6 +231,19 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Copies the environment's data for an experiment's B (which then owns
+/// the copy); what was there before is replaced.
+pub fn copy_for_experiment(data_dir: &Path, copy: &Path, uid: Option<u32>) -> Result<()> {
+    if copy.exists() {
+        std::fs::remove_dir_all(copy)?;
+    }
+    create_private(copy)?;
+    if data_dir.exists() {
+        copy_dir(data_dir, copy)?;
+    }
+    hand_over(copy, uid)
+}
+
 /// Packs the data directory into `snapshots/NAME.tar.gz` and keeps the newest `keep`.
 pub fn snapshot(
     data_dir: &Path,

@@ -14,7 +14,7 @@ use sluice_analysis::{
     MinEffect, Policy, SampleRatio, Side, decide,
 };
 use sluice_proxy::{Route, SecondWindow, Split, Sticky, Variant};
-use sluice_spec::{AbStrategy, Environment, Metric, Spec};
+use sluice_spec::{AbData, AbStrategy, Environment, Metric, Spec};
 use sluice_store::{Experiment, NewDeployment, Release, now_ms};
 use tokio::sync::mpsc;
 
@@ -131,9 +131,28 @@ async fn start_group(
     let mut b_env = env.clone();
     b_env.config.extend(overrides.clone());
     rollout::prepare(inner, b, spec, &b_env, state.as_ref(), deployment).await?;
+    let copy = match &env.strategy {
+        sluice_spec::Strategy::Ab(ab) if ab.data == AbData::Copy => {
+            let copy = inner
+                .layout
+                .experiment_data(&b.service, &env.name, deployment)?;
+            let (data, uid) = (
+                inner.layout.data(&b.service, &env.name)?,
+                inner.env_uid(&b.service, &env.name),
+            );
+            let target = copy.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::data::copy_for_experiment(&data, &target, uid)
+            })
+            .await??;
+            Some(copy)
+        }
+        _ => None,
+    };
     let mut group = Vec::new();
     for _ in 0..env.instances {
-        let live = rollout::start_instance(inner, b, spec, &b_env, deployment).await?;
+        let live =
+            rollout::start_instance(inner, b, spec, &b_env, deployment, copy.as_deref()).await?;
         live.backend.set_variant(Variant::B);
         group.push(live);
     }
@@ -517,8 +536,81 @@ impl Looker {
         }
     }
 
+    /// B worked on a copy: its copy goes, and its release is deployed on
+    /// the environment's data by a rolling deployment (A serves meanwhile;
+    /// a failure there goes back to A as any deployment does).
+    async fn promote_onto_data(&mut self, why: &str) -> Outcome {
+        let inner = self.inner.clone();
+        let decision = json!({ "action": "promote", "reason": why, "weight": 100, "at": now_ms() });
+        self.stop_b().await;
+        let summary = format!(
+            "experiment {} promoted {} in {}: {why}; B's copy of the data is dropped and the release deployed on the environment's data",
+            self.id,
+            self.b.name(),
+            self.env.name
+        );
+        self.record("promoted", "experiment.promoted", decision, &summary)
+            .await;
+        self.report().await;
+        let deployed =
+            rollout::deploy_locked_boxed(&inner, &self.b, &self.env.name, "experiment", "sluice")
+                .await;
+        let (status, reason, outcome) = match deployed {
+            Ok((id, Outcome::Succeeded)) => (
+                "succeeded",
+                format!("promoted; deployed on the environment's data by deployment {id}"),
+                Outcome::Succeeded,
+            ),
+            Ok((id, other)) => (
+                "rolled_back",
+                format!("promoted, but deployment {id} on the environment's data did not succeed"),
+                other,
+            ),
+            Err(e) => (
+                "failed",
+                format!("promoted, but it could not be deployed: {e:#}"),
+                Outcome::Failed(format!("{e:#}")),
+            ),
+        };
+        let _ = inner
+            .store
+            .finish_deployment(self.deployment, status, Some(&reason))
+            .await;
+        outcome
+    }
+
+    /// All requests back to A; B's instances drain and stop, and its copy of the data goes.
+    async fn stop_b(&mut self) {
+        let inner = self.inner.clone();
+        let (service, env) = (self.b.service.clone(), self.env.name.clone());
+        self.route.set_split(Some(
+            Split::new(0.0, self.sticky.clone(), false)
+                .unwrap_or_else(|_| unreachable!("0 is a weight")),
+        ));
+        // B is the experiment's own instances, even when A runs the same release.
+        let b_group: Vec<Live> = inner
+            .live_in(&service, &env)
+            .into_iter()
+            .filter(|l| l.deployment == self.deployment)
+            .collect();
+        for live in &b_group {
+            rollout::drain(&inner, &self.route, live).await;
+            rollout::stop_instance(&inner, &self.route, live).await;
+        }
+        self.route.set_split(None);
+        if let Ok(copy) = inner
+            .layout
+            .experiment_data(&service, &env, self.deployment)
+        {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(copy)).await;
+        }
+    }
+
     /// B becomes the environment's release; A drains and stops.
     async fn promote(&mut self, why: &str) -> Outcome {
+        if self.ab.data == AbData::Copy {
+            return self.promote_onto_data(why).await;
+        }
         let inner = self.inner.clone();
         let (service, env) = (self.b.service.clone(), self.env.name.clone());
         let decision = json!({ "action": "promote", "reason": why, "weight": 100, "at": now_ms() });
@@ -567,22 +659,8 @@ impl Looker {
     /// All requests back to A; B drains and stops.
     async fn roll_back(&mut self, status: &str, why: &str, decision: serde_json::Value) -> Outcome {
         let inner = self.inner.clone();
-        let (service, env) = (self.b.service.clone(), self.env.name.clone());
-        self.route.set_split(Some(
-            Split::new(0.0, self.sticky.clone(), false)
-                .unwrap_or_else(|_| unreachable!("0 is a weight")),
-        ));
-        // B is the experiment's own instances, even when A runs the same release.
-        let b_group: Vec<Live> = inner
-            .live_in(&service, &env)
-            .into_iter()
-            .filter(|l| l.deployment == self.deployment)
-            .collect();
-        for live in &b_group {
-            rollout::drain(&inner, &self.route, live).await;
-            rollout::stop_instance(&inner, &self.route, live).await;
-        }
-        self.route.set_split(None);
+        let env = self.env.name.clone();
+        self.stop_b().await;
         let summary = format!(
             "experiment {} {} {} in {env} at {}%: {why}",
             self.id,

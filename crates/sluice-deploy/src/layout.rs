@@ -42,6 +42,14 @@ impl Layout {
         Ok(self.env(service, env)?.join("snapshots"))
     }
 
+    /// B's copy of the environment's data during experiment deployment `deployment`.
+    pub fn experiment_data(&self, service: &str, env: &str, deployment: i64) -> Checked {
+        Ok(self
+            .env(service, env)?
+            .join("experiments")
+            .join(format!("deployment-{deployment}")))
+    }
+
     /// Config files rendered for one release in one environment.
     pub fn config(&self, service: &str, env: &str, number: i64) -> Checked {
         Ok(self

@@ -62,6 +62,18 @@ pub(crate) async fn deploy(
     result
 }
 
+/// [`deploy_locked`] behind a named future type: an experiment that ends
+/// in a deployment calls back here, and the compiler needs the cycle cut.
+pub(crate) fn deploy_locked_boxed<'a>(
+    inner: &'a Arc<Inner>,
+    release: &'a Release,
+    env: &'a str,
+    cause: &'a str,
+    actor: &'a str,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(i64, Outcome)>> + Send + 'a>> {
+    Box::pin(deploy_locked(inner, release, env, cause, actor, false))
+}
+
 async fn deploy_locked(
     inner: &Arc<Inner>,
     release: &Release,
@@ -332,7 +344,7 @@ async fn rolling(
     let mut stopping = Vec::new();
     let started = async {
         for _ in 0..env.instances {
-            let new = start_instance(inner, release, spec, env, deployment).await?;
+            let new = start_instance(inner, release, spec, env, deployment, None).await?;
             wait_healthy(inner, &new.backend, ready_timeout(spec), give_way).await?;
             route.add(new.backend.clone());
             if let Some(retired) = old.pop() {
@@ -364,7 +376,7 @@ async fn blue_green(
     let old: Vec<Live> = inner.live_in(&release.service, &env.name);
     let mut green = Vec::new();
     for _ in 0..env.instances {
-        green.push(start_instance(inner, release, spec, env, deployment).await?);
+        green.push(start_instance(inner, release, spec, env, deployment, None).await?);
     }
     for new in &green {
         if let Err(e) = wait_healthy(inner, &new.backend, ready_timeout(spec), give_way).await {
@@ -423,7 +435,7 @@ pub(crate) async fn top_up(
     deployment: i64,
 ) -> Result<()> {
     for _ in have..env.instances as usize {
-        let new = start_instance(inner, release, spec, env, deployment).await?;
+        let new = start_instance(inner, release, spec, env, deployment, None).await?;
         wait_healthy(inner, &new.backend, ready_timeout(spec), false).await?;
         route.add(new.backend.clone());
     }
@@ -449,13 +461,15 @@ pub(crate) async fn stop_deployment(inner: &Arc<Inner>, service: &str, env: &str
 }
 
 /// Starts one instance of `release` in `env` for `deployment`, with its
-/// port, environment and health checks.
+/// port, environment and health checks; its `DATA_DIR` is the
+/// environment's unless `data_dir` gives another (an experiment's copy).
 pub(crate) async fn start_instance(
     inner: &Arc<Inner>,
     release: &Release,
     spec: &Spec,
     env: &Environment,
     deployment: i64,
+    data_dir: Option<&std::path::Path>,
 ) -> Result<Live> {
     let service = &release.service;
     let run = spec
@@ -473,7 +487,10 @@ pub(crate) async fn start_instance(
     let n = inner.store.count_instances(service, &env.name).await? + 1;
     let id = instance_id(service, &env.name, &release.name(), n);
     let release_dir = inner.layout.release(service, release.number)?;
-    let data_dir = inner.layout.data(service, &env.name)?;
+    let data_dir = match data_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => inner.layout.data(service, &env.name)?,
+    };
     let config_dir = inner.layout.config(service, &env.name, release.number)?;
     let files = render::render(spec, env, &release.name(), &release_dir)?;
     let uid = inner.env_uid(service, &env.name);

@@ -226,6 +226,20 @@ pub struct AbStrategy {
     pub min_effect: MinEffect,
     /// Requests each instance serves before its latency is judged.
     pub warm_up_requests: u64,
+    /// Whether B works on the environment's data or on a copy of it.
+    pub data: AbData,
+}
+
+/// What B's `DATA_DIR` is during an experiment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbData {
+    /// The environment's own, shared with A: B's writes (and migrations) are A's too.
+    #[default]
+    Shared,
+    /// A copy made when the experiment starts, thrown away when it ends;
+    /// promoted, B's release is then deployed on the environment's data.
+    Copy,
 }
 
 /// B slower by at least `percent` and `ms` at p50 or p95.
@@ -259,6 +273,7 @@ impl Default for AbStrategy {
             allow_force: false,
             min_effect: MinEffect::default(),
             warm_up_requests: 200,
+            data: AbData::Shared,
         }
     }
 }

@@ -172,6 +172,7 @@ pub struct RawAb {
     pub allow_force: Option<bool>,
     pub min_effect: Option<Spanned<RawMinEffect>>,
     pub warm_up_requests: Option<u64>,
+    pub data: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

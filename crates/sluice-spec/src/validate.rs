@@ -806,7 +806,23 @@ fn ab_strategy(c: &mut Checker, raw: &RawAb) -> AbStrategy {
             crate::model::MinEffect { percent, ms }
         }
     };
+    let data = match raw.data.as_ref().map(|d| (d, d.value.as_str())) {
+        None | Some((_, "shared")) => crate::model::AbData::Shared,
+        Some((_, "copy")) => crate::model::AbData::Copy,
+        Some((node, other)) => {
+            c.error(
+                node,
+                format!("unknown data mode `{other}`"),
+                Some(
+                    "expected `shared` (B uses the environment's data) or `copy` (B gets a copy)"
+                        .into(),
+                ),
+            );
+            crate::model::AbData::Shared
+        }
+    };
     AbStrategy {
+        data,
         min_effect,
         warm_up_requests: raw.warm_up_requests.unwrap_or(defaults.warm_up_requests),
         steps,

@@ -280,3 +280,113 @@ async fn a_blog_with_a_database_goes_through_sluice_under_load() {
     let (code, text) = cli_exit(&server, &["rule", "test", "R1", "--release", "v2"]);
     assert_eq!(code, Some(0), "{text}");
 }
+
+/// The posts the blog counts, as variant `variant` answers.
+async fn posts_seen_by(base: &str, variant: &str) -> (i64, String) {
+    let answer = reqwest::Client::new()
+        .get(format!("{base}/"))
+        .header("x-sluice-variant", variant)
+        .send()
+        .await
+        .unwrap();
+    let release = answer.headers()["x-sluice-release"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = answer.json().await.unwrap();
+    (body["posts"].as_i64().unwrap(), release)
+}
+
+#[tokio::test]
+async fn b_can_work_on_a_copy_of_the_data_that_goes_when_the_experiment_ends() {
+    let dir = crate::support::tempdir();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, None);
+    let repo = GitRepo::new(dir.path(), "blog");
+    copy_fixture(&repo, "blog");
+    let spec = SPEC.replace(
+        "ab: { steps: [20, 60, 100], min_requests: 300, min_duration: 8s, max_step: 120s, warm_up_requests: 100 }",
+        "ab: { steps: [50, 100], min_requests: 100000, min_duration: 1h, max_step: 2h, allow_force: true, data: copy }",
+    );
+    repo.commit("v1", &[("sluice.yaml", &spec)]);
+    server.add_repo(&repo);
+    let prod = server.wait_env("blog", "prod", 1, 2).await;
+    let base = format!("http://{}", prod["listen"].as_str().unwrap());
+
+    for round in ["abort", "promote"] {
+        let (status, body) = server
+            .post(
+                "/experiments",
+                json!({ "service": "blog", "env": "prod", "release": 1 }),
+            )
+            .await;
+        assert_eq!(status, 202, "{body:#}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let x = loop {
+            let all = server.get("/experiments?service=blog").await;
+            if let Some(x) = all
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["status"] == "running")
+            {
+                break x.clone();
+            }
+            assert!(Instant::now() < deadline, "{all:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // B writes three posts into its copy; A does not see them.
+        for _ in 0..3 {
+            let written = reqwest::Client::new()
+                .post(format!("{base}/posts"))
+                .header("x-sluice-variant", "b")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(written.status(), 201);
+        }
+        assert_eq!(posts_seen_by(&base, "b").await.0, 23, "{round}");
+        assert_eq!(posts_seen_by(&base, "a").await.0, 20, "{round}");
+        let copies = data.join("envs/blog/prod/experiments");
+        assert_eq!(
+            std::fs::read_dir(&copies).unwrap().count(),
+            1,
+            "B's copy is there"
+        );
+
+        let (status, body) = server
+            .post(&format!("/experiments/{}/{round}", x["id"]), json!({}))
+            .await;
+        assert!(status < 300, "{status} {body:#}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let x = server.get(&format!("/experiments/{}", x["id"])).await;
+            if !["running", "paused", "held"].contains(&x["status"].as_str().unwrap()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{x:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server.wait_env("blog", "prod", 1, 2).await;
+        assert_eq!(
+            std::fs::read_dir(&copies).unwrap().count(),
+            0,
+            "{round}: B's copy is gone"
+        );
+        assert_eq!(
+            posts_seen_by(&base, "a").await.0,
+            20,
+            "{round}: the environment's data is A's"
+        );
+    }
+    let deployments = server.get("/deployments?service=blog").await;
+    assert!(
+        deployments
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["cause"] == "experiment" && d["status"] == "succeeded"),
+        "promoted, the release was deployed on the environment's data: {deployments:#}"
+    );
+}
