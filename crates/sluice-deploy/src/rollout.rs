@@ -62,6 +62,10 @@ pub(crate) async fn deploy(
     result
 }
 
+/// A deployment under way, as a named future type.
+pub(crate) type Deploying<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(i64, Outcome)>> + Send + 'a>>;
+
 /// [`deploy_locked`] behind a named future type: an experiment that ends
 /// in a deployment calls back here, and the compiler needs the cycle cut.
 pub(crate) fn deploy_locked_boxed<'a>(
@@ -70,7 +74,7 @@ pub(crate) fn deploy_locked_boxed<'a>(
     env: &'a str,
     cause: &'a str,
     actor: &'a str,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(i64, Outcome)>> + Send + 'a>> {
+) -> Deploying<'a> {
     Box::pin(deploy_locked(inner, release, env, cause, actor, false))
 }
 
