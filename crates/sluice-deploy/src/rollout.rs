@@ -228,21 +228,24 @@ pub(crate) async fn prepare(
                 )
             }
             data::Filled::Copied(from) => format!("{}'s data copied from {from}", env.name),
-            data::Filled::Nothing => format!("{} starts with empty data", env.name),
+            data::Filled::Nothing => String::new(),
         };
-        inner
-            .store
-            .append_change(sluice_store::NewChangeEvent {
-                actor: "sluice".into(),
-                kind: "data.prepared".into(),
-                service: Some(service.clone()),
-                environment: Some(env.name.clone()),
-                subject: format!("deployment {deployment}"),
-                summary,
-                before: None,
-                after: None,
-            })
-            .await?;
+        // Empty data is nothing to tell.
+        if !summary.is_empty() {
+            inner
+                .store
+                .append_change(sluice_store::NewChangeEvent {
+                    actor: "sluice".into(),
+                    kind: "data.prepared".into(),
+                    service: Some(service.clone()),
+                    environment: Some(env.name.clone()),
+                    subject: format!("deployment {deployment}"),
+                    summary,
+                    before: None,
+                    after: None,
+                })
+                .await?;
+        }
         inner.store.mark_seeded(service, &env.name).await?;
     }
     data::hand_over(&data_dir, inner.env_uid(service, &env.name))?;
