@@ -1,7 +1,8 @@
 //! `sluice init [DIR]`: a starting `sluice.yaml` for an existing repository,
-//! with build and test commands guessed from what is there (Cargo.toml,
-//! package.json, pyproject.toml or setup.py, go.mod, Makefile), comments on
-//! what to fill in, and validated before it is written.
+//! named after the project, with build, test and start commands guessed
+//! from what is there (Cargo.toml, package.json, pyproject.toml, setup.py or
+//! requirements.txt, go.mod, Makefile), comments on what to fill in, and
+//! validated before it is written.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +14,8 @@ use crate::say;
 /// What a repository's files say about building, testing and running it.
 struct Guess {
     kind: &'static str,
+    /// The project's own name, when its manifest gives one.
+    name: Option<String>,
     /// `(job, needs, command)`.
     jobs: Vec<(&'static str, Option<&'static str>, String)>,
     artifact: Vec<String>,
@@ -32,8 +35,8 @@ pub fn init(dir: Option<PathBuf>, force: bool) -> Result<ExitCode> {
             target.display()
         );
     }
-    let service = service_name(&dir);
     let guess = guess(&dir);
+    let service = service_name(guess.name.as_deref(), &dir);
     let text = render(&service, &guess);
     if let Err(errors) = sluice_spec::parse(sluice_spec::SPEC_FILE, &text) {
         bail!("the written sluice.yaml would not be valid (a bug in `sluice init`):\n{errors}");
@@ -48,18 +51,26 @@ pub fn init(dir: Option<PathBuf>, force: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The directory's name as a service name: lowercase letters, digits and dashes.
-fn service_name(dir: &Path) -> String {
-    let name = dir
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_lowercase()))
-        .unwrap_or_default();
+/// The project's name (or else the directory's) as a service name:
+/// lowercase letters, digits and dashes.
+fn service_name(project: Option<&str>, dir: &Path) -> String {
+    let from_dir = || {
+        dir.canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default()
+    };
+    // An npm scope (`@acme/shop`) is not part of the name.
+    let name = project
+        .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
+        .filter(|p| !p.trim().is_empty())
+        .unwrap_or_else(from_dir)
+        .to_lowercase();
     let clean: String = name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    let clean = clean.trim_matches('-').to_string();
+    let clean: String = clean.trim_matches('-').chars().take(63).collect();
     if clean.is_empty() || !clean.starts_with(|c: char| c.is_ascii_alphabetic()) {
         "service".into()
     } else {
@@ -93,6 +104,7 @@ fn guess(dir: &Path) -> Guess {
         let name = toml_name(&cargo).unwrap_or_else(|| "app".into());
         return Guess {
             kind: "Rust (Cargo)",
+            name: Some(name.clone()),
             jobs: vec![
                 ("test", None, "cargo test --locked".into()),
                 (
@@ -106,43 +118,13 @@ fn guess(dir: &Path) -> Guess {
         };
     }
     if let Some(package) = read(dir, "package.json") {
-        let scripts: serde_json::Value = serde_json::from_str::<serde_json::Value>(&package)
-            .map(|p| p["scripts"].clone())
-            .unwrap_or_default();
-        let install = if dir.join("package-lock.json").exists() {
-            "npm ci"
-        } else {
-            "npm install"
-        };
-        let mut jobs = vec![("test", None, format!("{install} && npm test"))];
-        if scripts["build"].is_string() {
-            jobs.push(("build", Some("test"), format!("{install} && npm run build")));
-        }
-        let mut artifact = existing(dir, &["dist/", "build/", "src/", "lib/"]);
-        artifact.extend(existing(dir, &["package.json", "package-lock.json"]));
-        return Guess {
-            kind: "Node.js (npm)",
-            jobs,
-            artifact,
-            run: scripts["start"]
-                .is_string()
-                .then(|| "exec npm start".to_string()),
-        };
+        return node(dir, &package);
     }
-    if dir.join("pyproject.toml").exists() || dir.join("setup.py").exists() {
-        let test = if dir.join("tests").is_dir() || dir.join("test").is_dir() {
-            "python3 -m pytest -q"
-        } else {
-            "python3 -m unittest discover -q"
-        };
-        let mut artifact = existing(dir, &["src/", "app/"]);
-        artifact.extend(existing(dir, &["pyproject.toml", "setup.py"]));
-        return Guess {
-            kind: "Python",
-            jobs: vec![("test", None, test.into())],
-            artifact,
-            run: None,
-        };
+    if dir.join("pyproject.toml").exists()
+        || dir.join("setup.py").exists()
+        || dir.join("requirements.txt").exists()
+    {
+        return python(dir);
     }
     if let Some(gomod) = read(dir, "go.mod") {
         let module = gomod
@@ -152,6 +134,7 @@ fn guess(dir: &Path) -> Guess {
             .unwrap_or_else(|| "app".into());
         return Guess {
             kind: "Go",
+            name: Some(module.clone()),
             jobs: vec![
                 ("test", None, "go vet ./... && go test ./...".into()),
                 ("build", Some("test"), format!("go build -o bin/{module} .")),
@@ -172,6 +155,7 @@ fn guess(dir: &Path) -> Guess {
         }
         return Guess {
             kind: "Makefile",
+            name: None,
             jobs,
             artifact: Vec::new(),
             run: None,
@@ -179,6 +163,7 @@ fn guess(dir: &Path) -> Guess {
     }
     Guess {
         kind: "unrecognised",
+        name: None,
         jobs: vec![(
             "test",
             None,
@@ -187,6 +172,155 @@ fn guess(dir: &Path) -> Guess {
         )],
         artifact: Vec::new(),
         run: None,
+    }
+}
+
+/// A Node.js project: dependencies installed from its lock, its tests, its
+/// build if it has one; the artifact carries what `node` needs to start it
+/// (its code, `package.json` and `node_modules`), started with `node`
+/// itself (not `npm start`, whose wrapper checks for updates and hides
+/// signals).
+fn node(dir: &Path, package: &str) -> Guess {
+    let manifest: serde_json::Value = serde_json::from_str(package).unwrap_or_default();
+    let scripts = &manifest["scripts"];
+    let install = if dir.join("package-lock.json").exists() {
+        "npm ci --no-audit --no-fund"
+    } else {
+        "npm install --no-audit --no-fund"
+    };
+    let test = if scripts["test"].is_string() {
+        " && npm test"
+    } else {
+        ""
+    };
+    let mut jobs = vec![("test", None, format!("{install}{test}"))];
+    if scripts["build"].is_string() {
+        jobs.push(("build", Some("test"), format!("{install} && npm run build")));
+    }
+    // What starts it: `node FILE` in the start script, else `main`, else index.js.
+    let entry = scripts["start"]
+        .as_str()
+        .and_then(|start| start.strip_prefix("node "))
+        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+        .or_else(|| manifest["main"].as_str().map(str::to_string))
+        .or_else(|| {
+            dir.join("index.js")
+                .exists()
+                .then(|| "index.js".to_string())
+        })
+        .filter(|e| !e.is_empty() && !e.starts_with(['-', '/']) && !e.contains(".."));
+    let mut artifact = existing(
+        dir,
+        &["dist/", "build/", "src/", "lib/", "public/", "views/"],
+    );
+    if let Some(entry) = &entry {
+        let top = entry.split('/').next().unwrap_or(entry);
+        let top = if entry.contains('/') {
+            format!("{top}/")
+        } else {
+            top.to_string()
+        };
+        if !artifact.contains(&top) {
+            artifact.push(top);
+        }
+    }
+    artifact.extend(existing(dir, &["package.json", "package-lock.json"]));
+    // What it needs at run time, installed by the test job.
+    if manifest["dependencies"]
+        .as_object()
+        .is_some_and(|deps| !deps.is_empty())
+    {
+        artifact.push("node_modules/".into());
+    }
+    Guess {
+        kind: "Node.js (npm)",
+        name: manifest["name"].as_str().map(str::to_string),
+        jobs,
+        artifact,
+        run: entry.map(|e| format!("exec node {e}")),
+    }
+}
+
+/// A Python project: its requirements installed into `.deps` (beside the
+/// code, carried in the artifact), its tests run with them; the artifact
+/// carries its packages and modules, started with `python3` when it has an
+/// obvious entry point.
+fn python(dir: &Path) -> Guess {
+    let name = read(dir, "pyproject.toml").and_then(|t| toml_name(&t));
+    let requirements = dir.join("requirements.txt").exists();
+    let with_deps = if requirements {
+        "PYTHONPATH=.deps "
+    } else {
+        ""
+    };
+    let tests = if dir.join("tests").is_dir() {
+        Some("tests")
+    } else if dir.join("test").is_dir() {
+        Some("test")
+    } else {
+        None
+    };
+    let pytest = read(dir, "requirements.txt")
+        .into_iter()
+        .chain(read(dir, "requirements-dev.txt"))
+        .chain(read(dir, "pyproject.toml"))
+        .any(|t| t.contains("pytest"));
+    let test = match (tests, pytest) {
+        (_, true) => format!("{with_deps}python3 -m pytest -q"),
+        (Some(t), false) => format!("{with_deps}python3 -m unittest discover -s {t} -q"),
+        (None, false) => format!("{with_deps}python3 -m unittest discover -q"),
+    };
+    let mut steps = Vec::new();
+    if requirements {
+        steps.push("python3 -m pip install --quiet --target .deps -r requirements.txt".to_string());
+    }
+    steps.push(test);
+    let mut artifact = Vec::new();
+    let mut entry = None;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut names: Vec<(String, bool)> = entries
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.path().is_dir(),
+                )
+            })
+            .collect();
+        names.sort();
+        for (file, is_dir) in names {
+            let package = is_dir && dir.join(&file).join("__init__.py").exists();
+            let code = package
+                || (is_dir && ["src", "app", "templates", "static"].contains(&file.as_str()));
+            if code {
+                artifact.push(format!("{file}/"));
+            } else if !is_dir
+                && file.ends_with(".py")
+                && !file.starts_with("test")
+                && file != "setup.py"
+            {
+                artifact.push(file.clone());
+                if entry.is_none()
+                    && ["app.py", "main.py", "server.py", "wsgi.py"].contains(&file.as_str())
+                {
+                    entry = Some(file);
+                }
+            }
+        }
+    }
+    artifact.extend(existing(
+        dir,
+        &["pyproject.toml", "setup.py", "requirements.txt"],
+    ));
+    if requirements {
+        artifact.push(".deps/".into());
+    }
+    Guess {
+        kind: "Python",
+        name,
+        jobs: vec![("test", None, steps.join(" && "))],
+        artifact,
+        run: entry.map(|e| format!("{with_deps}exec python3 {e}")),
     }
 }
 
@@ -224,7 +358,7 @@ fn render(service: &str, guess: &Guess) -> String {
     match &guess.run {
         Some(command) => {
             out.push_str(&format!(
-                "# How one instance starts; it gets PORT and should answer on it.\nrun:\n  command: {}\n  # health: {{ path: /healthz }}   # add the path your service answers when it is ready\n{environments}",
+                "# How one instance starts; it gets HOST and PORT and should listen there.\nrun:\n  command: {}\n  health: {{ path: / }}   # a path your service answers 200 on once it is ready\n{environments}",
                 yaml_string(command)
             ));
         }

@@ -59,7 +59,10 @@ fn each_kind_of_repository_gets_a_valid_starting_point() {
         "[package]\nname = \"billing\"\nversion = \"0.1.0\"\n",
     )]);
     assert!(said.contains("Rust (Cargo)"), "{said}");
-    assert!(rust.contains("service: my-service"), "{rust}");
+    assert!(
+        rust.contains("service: billing"),
+        "the project's name: {rust}"
+    );
     assert!(
         rust.contains("cargo test --locked") && rust.contains("target/release/billing"),
         "{rust}"
@@ -68,25 +71,34 @@ fn each_kind_of_repository_gets_a_valid_starting_point() {
     let (node, _) = init(&[
         (
             "package.json",
-            r#"{"scripts": {"test": "jest", "build": "tsc", "start": "node dist/index.js"}}"#,
+            r#"{"scripts": {"test": "jest", "build": "tsc", "start": "node dist/index.js"}, "dependencies": {"express": "^4"}}"#,
         ),
         ("package-lock.json", "{}"),
         ("dist/index.js", ""),
     ]);
     assert!(
-        node.contains("npm ci && npm test") && node.contains("npm run build"),
+        node.contains("npm ci --no-audit --no-fund && npm test") && node.contains("npm run build"),
         "{node}"
     );
     assert!(
-        node.contains("exec npm start") && node.contains("dist/"),
+        node.contains("exec node dist/index.js")
+            && node.contains("dist/")
+            && node.contains("node_modules/"),
         "{node}"
     );
 
     let (python, _) = init(&[
-        ("pyproject.toml", "[project]\nname = \"shop\"\n"),
+        (
+            "pyproject.toml",
+            "[project]\nname = \"shop\"\n[project.optional-dependencies]\ntest = [\"pytest\"]\n",
+        ),
         ("tests/test_x.py", ""),
     ]);
     assert!(python.contains("python3 -m pytest -q"), "{python}");
+    assert!(
+        python.contains("service: shop\n"),
+        "the project's name: {python}"
+    );
     assert!(
         python.contains("# run:"),
         "no start command to guess: {python}"
@@ -94,6 +106,18 @@ fn each_kind_of_repository_gets_a_valid_starting_point() {
 
     let (setup, _) = init(&[("setup.py", "from setuptools import setup\n")]);
     assert!(setup.contains("python3 -m unittest discover -q"), "{setup}");
+
+    let (requirements, _) = init(&[
+        ("requirements.txt", "flask\n"),
+        ("app.py", ""),
+        ("tests/test_app.py", ""),
+    ]);
+    assert!(
+        requirements.contains("pip install --quiet --target .deps -r requirements.txt")
+            && requirements.contains("PYTHONPATH=.deps exec python3 app.py")
+            && requirements.contains(".deps/"),
+        "{requirements}"
+    );
 
     let (go, _) = init(&[("go.mod", "module example.com/acme/api\n\ngo 1.22\n")]);
     assert!(
@@ -110,4 +134,99 @@ fn each_kind_of_repository_gets_a_valid_starting_point() {
     let (nothing, said) = init(&[("README.md", "# hi\n")]);
     assert!(said.contains("unrecognised"), "{said}");
     assert!(nothing.contains("found no build system"), "{nothing}");
+}
+
+/// Runs `sluice init` on a sample project, then the file it wrote for real:
+/// CI builds and tests it, dev deploys it, and its health check passes.
+async fn init_runs_end_to_end(name: &str, files: &[(&str, &str)]) {
+    use crate::support::{GitRepo, Server};
+    let dir = tempdir();
+    let server = Server::start(&dir.path().join("data"), None);
+    let repo = GitRepo::new(dir.path(), name);
+    for (file, text) in files {
+        repo.write(file, text);
+    }
+    let out = Command::new(SLUICE)
+        .arg("init")
+        .arg(&repo.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Tests run side by side: the entry point on a port the kernel chooses.
+    let spec = std::fs::read_to_string(repo.path.join("sluice.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:8081", "127.0.0.1:0")
+        .replace("127.0.0.1:8082", "127.0.0.1:0");
+    repo.write("sluice.yaml", &spec);
+    repo.write(".gitignore", "node_modules/\n.deps/\n");
+    repo.git(&["add", "-A"]);
+    repo.git(&["commit", "-q", "-m", "as sluice init wrote it"]);
+    server.add_repo(&repo);
+    let run = server.wait_run("the first run", |_| true).await;
+    assert_eq!(
+        run["status"],
+        "success",
+        "{run:#}\n{spec}\n{:?}",
+        server.logs(&run).await
+    );
+    let service = spec
+        .lines()
+        .find_map(|l| l.strip_prefix("service: "))
+        .unwrap()
+        .to_string();
+    let dev = server.wait_env(&service, "dev", 1, 1).await;
+    let answer = reqwest::get(format!("http://{}/", dev["listen"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{spec}");
+}
+
+#[tokio::test]
+async fn what_init_writes_for_python_builds_tests_deploys_and_answers() {
+    init_runs_end_to_end(
+        "blog-repo",
+        &[
+            ("pyproject.toml", "[project]\nname = \"tiny-blog\"\nversion = \"0.1.0\"\n"),
+            ("requirements.txt", "# no third-party packages\n"),
+            (
+                "app.py",
+                "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\ndef greeting():\n    return b'hello'\n\nclass H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200)\n        self.end_headers()\n        self.wfile.write(greeting())\n\nif __name__ == '__main__':\n    HTTPServer((os.environ.get('HOST', '127.0.0.1'), int(os.environ['PORT'])), H).serve_forever()\n",
+            ),
+            (
+                "tests/test_app.py",
+                "import unittest\nimport app\n\nclass T(unittest.TestCase):\n    def test_greets(self):\n        self.assertEqual(app.greeting(), b'hello')\n",
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn what_init_writes_for_node_builds_tests_deploys_and_answers() {
+    init_runs_end_to_end(
+        "shop-repo",
+        &[
+            (
+                "package.json",
+                r#"{"name": "@acme/tiny-shop", "version": "1.0.0", "main": "index.js", "scripts": {"test": "node --test", "start": "node index.js"}}"#,
+            ),
+            (
+                "package-lock.json",
+                r#"{"name": "@acme/tiny-shop", "version": "1.0.0", "lockfileVersion": 3, "requires": true, "packages": {"": {"name": "@acme/tiny-shop", "version": "1.0.0"}}}"#,
+            ),
+            (
+                "index.js",
+                "const http = require('http');\nconst greet = () => 'hello';\nmodule.exports = { greet };\nif (require.main === module) {\n  http.createServer((req, res) => res.end(greet())).listen(Number(process.env.PORT), process.env.HOST);\n}\n",
+            ),
+            (
+                "test/greet.test.js",
+                "const test = require('node:test');\nconst assert = require('node:assert');\nconst { greet } = require('../index.js');\ntest('greets', () => assert.strictEqual(greet(), 'hello'));\n",
+            ),
+        ],
+    )
+    .await;
 }
