@@ -183,6 +183,18 @@ async fn init_runs_end_to_end(name: &str, files: &[(&str, &str)]) {
         .await
         .unwrap();
     assert_eq!(answer.status(), 200, "{spec}");
+    // prod waits for an approval: `status` lists it all the same.
+    let status = server.get(&format!("/status?service={service}")).await;
+    let prod = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["environment"] == "prod")
+        .unwrap_or_else(|| panic!("prod is not listed: {status:#}"));
+    assert_eq!(
+        (prod["release"].clone(), prod["health"].as_str()),
+        (serde_json::Value::Null, Some("empty"))
+    );
 }
 
 #[tokio::test]
