@@ -32,21 +32,11 @@ pub struct Incident {
 
 /// An incident's id as people write it: `INC-7`, `inc-7` or `7`.
 pub fn parse_incident_id(text: &str) -> Result<i64, String> {
-    let digits = text
-        .strip_prefix("INC-")
-        .or_else(|| text.strip_prefix("inc-"))
-        .unwrap_or(text);
-    digits
-        .parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| {
-            let shown: String = text.chars().take(40).collect();
-            format!(
-                "`{}` is not an incident; write INC-N, such as INC-7",
-                shown.escape_debug()
-            )
-        })
+    crate::parse_named_id(
+        text,
+        &["INC-", "inc-"],
+        "an incident; write INC-N, such as INC-7",
+    )
 }
 
 impl Incident {

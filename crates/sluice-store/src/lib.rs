@@ -139,6 +139,23 @@ impl Store {
 }
 
 /// Milliseconds since the Unix epoch: how every time is stored.
+/// A positive id, bare or after one of `prefixes` (`INC-7`, `R3`); `what`
+/// ends the error: "`x` is not WHAT".
+fn parse_named_id(text: &str, prefixes: &[&str], what: &str) -> Result<i64, String> {
+    let digits = prefixes
+        .iter()
+        .find_map(|p| text.strip_prefix(p))
+        .unwrap_or(text);
+    digits
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            let shown: String = text.chars().take(40).collect();
+            format!("`{}` is not {what}", shown.escape_debug())
+        })
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

@@ -28,18 +28,7 @@ pub struct RuleRecord {
 
 /// A rule's id as people write it: `R3`, `r3` or `3`.
 pub fn parse_rule_id(text: &str) -> Result<i64, String> {
-    let digits = text.strip_prefix(['R', 'r']).unwrap_or(text);
-    digits
-        .parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| {
-            let shown: String = text.chars().take(40).collect();
-            format!(
-                "`{}` is not a rule; write RN, such as R3",
-                shown.escape_debug()
-            )
-        })
+    crate::parse_named_id(text, &["R", "r"], "a rule; write RN, such as R3")
 }
 
 impl RuleRecord {

@@ -106,6 +106,18 @@ async fn wait_for(server: &Server, path: &str, what: &str, pick: impl Fn(&Value)
     }
 }
 
+/// A server whose prod runs the shop fixture's v1 (rolling, two instances).
+async fn shop_on_v1() -> (tempfile::TempDir, Server, GitRepo, Value) {
+    let dir = crate::support::tempdir();
+    let server = Server::start(&dir.path().join("data"), None);
+    let repo = GitRepo::new(dir.path(), "shop");
+    copy_fixture(&repo, "shop");
+    repo.commit("v1", &[("sluice.yaml", &spec("rolling", SERVE))]);
+    server.add_repo(&repo);
+    let prod = server.wait_env("shop", "prod", 1, 2).await;
+    (dir, server, repo, prod)
+}
+
 fn instance_ids(status: &Value) -> Vec<String> {
     let mut ids: Vec<String> = status["instances"]
         .as_array()
@@ -245,13 +257,7 @@ async fn an_environment_short_of_instances_is_brought_back_by_itself_with_an_inc
 
 #[tokio::test]
 async fn a_crash_looping_instance_fails_its_deployment_at_once_with_its_log() {
-    let dir = crate::support::tempdir();
-    let server = Server::start(&dir.path().join("data"), None);
-    let repo = GitRepo::new(dir.path(), "shop");
-    copy_fixture(&repo, "shop");
-    repo.commit("v1", &[("sluice.yaml", &spec("rolling", SERVE))]);
-    server.add_repo(&repo);
-    server.wait_env("shop", "prod", 1, 2).await;
+    let (_dir, server, repo, _) = shop_on_v1().await;
 
     // v2 exits at once, every time; its ready_timeout is a minute.
     let crashing = "echo KeyError DATABASE_URL is not set; exit 3";
@@ -343,13 +349,7 @@ async fn a_commit_amended_away_while_its_run_ran_is_not_released() {
 
 #[tokio::test]
 async fn an_instance_gets_a_clean_environment_and_listens_on_host() {
-    let dir = crate::support::tempdir();
-    let server = Server::start(&dir.path().join("data"), None);
-    let repo = GitRepo::new(dir.path(), "shop");
-    copy_fixture(&repo, "shop");
-    repo.commit("v1", &[("sluice.yaml", &spec("rolling", SERVE))]);
-    server.add_repo(&repo);
-    let prod = server.wait_env("shop", "prod", 1, 2).await;
+    let (_dir, server, repo, prod) = shop_on_v1().await;
     let url = format!("http://{}/environ", prod["listen"].as_str().unwrap());
     let seen: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
     let keys: Vec<&str> = seen["keys"]
@@ -412,13 +412,7 @@ async fn an_instance_gets_a_clean_environment_and_listens_on_host() {
 
 #[tokio::test]
 async fn a_newer_release_supersedes_a_deployment_still_waiting() {
-    let dir = crate::support::tempdir();
-    let server = Server::start(&dir.path().join("data"), None);
-    let repo = GitRepo::new(dir.path(), "shop");
-    copy_fixture(&repo, "shop");
-    repo.commit("v1", &[("sluice.yaml", &spec("rolling", SERVE))]);
-    server.add_repo(&repo);
-    server.wait_env("shop", "prod", 1, 2).await;
+    let (_dir, server, repo, _) = shop_on_v1().await;
 
     // v2 never passes its health check; its ready_timeout is a minute.
     repo.commit("v2 breaks health", &[("app/BROKEN", "")]);
