@@ -99,6 +99,28 @@ fn existing(dir: &Path, candidates: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// Every file and directory at the top of the repository but git's and Sluice's own.
+fn top_level(dir: &Path) -> Vec<String> {
+    let mut all: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let skip = name.starts_with(".git") || name == ".sluice" || name == "sluice.yaml";
+            (!skip).then(|| {
+                if e.path().is_dir() {
+                    format!("{name}/")
+                } else {
+                    name
+                }
+            })
+        })
+        .collect();
+    all.sort();
+    all
+}
+
 fn guess(dir: &Path) -> Guess {
     if let Some(cargo) = read(dir, "Cargo.toml") {
         let name = toml_name(&cargo).unwrap_or_else(|| "app".into());
@@ -153,12 +175,18 @@ fn guess(dir: &Path) -> Guess {
         if has("test") {
             jobs.push(("test", Some("build"), "make test".into()));
         }
+        // `make run` starts it from the release, which then carries the whole tree.
+        let (artifact, run) = if has("run") {
+            (top_level(dir), Some("exec make run".to_string()))
+        } else {
+            (Vec::new(), None)
+        };
         return Guess {
             kind: "Makefile",
             name: None,
             jobs,
-            artifact: Vec::new(),
-            run: None,
+            artifact,
+            run,
         };
     }
     Guess {

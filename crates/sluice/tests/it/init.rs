@@ -139,9 +139,13 @@ fn each_kind_of_repository_gets_a_valid_starting_point() {
 /// Runs `sluice init` on a sample project, then the file it wrote for real:
 /// CI builds and tests it, dev deploys it, and its health check passes.
 async fn init_runs_end_to_end(name: &str, files: &[(&str, &str)]) {
+    init_runs_end_to_end_with(name, files, &[]).await
+}
+
+async fn init_runs_end_to_end_with(name: &str, files: &[(&str, &str)], options: &[&str]) {
     use crate::support::{GitRepo, Server};
     let dir = tempdir();
-    let server = Server::start(&dir.path().join("data"), None);
+    let server = Server::start_with(&dir.path().join("data"), None, options);
     let repo = GitRepo::new(dir.path(), name);
     for (file, text) in files {
         repo.write(file, text);
@@ -162,7 +166,7 @@ async fn init_runs_end_to_end(name: &str, files: &[(&str, &str)]) {
         .replace("127.0.0.1:8081", "127.0.0.1:0")
         .replace("127.0.0.1:8082", "127.0.0.1:0");
     repo.write("sluice.yaml", &spec);
-    repo.write(".gitignore", "node_modules/\n.deps/\n");
+    repo.write(".gitignore", "node_modules/\n.deps/\ntarget/\nbin/\n");
     repo.git(&["add", "-A"]);
     repo.git(&["commit", "-q", "-m", "as sluice init wrote it"]);
     server.add_repo(&repo);
@@ -238,6 +242,63 @@ async fn what_init_writes_for_node_builds_tests_deploys_and_answers() {
                 "test/greet.test.js",
                 "const test = require('node:test');\nconst assert = require('node:assert');\nconst { greet } = require('../index.js');\ntest('greets', () => assert.strictEqual(greet(), 'hello'));\n",
             ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn what_init_writes_for_rust_builds_tests_deploys_and_answers() {
+    // Steps find the toolchain where this test's cargo found it: the
+    // server's own user's (`--isolation none`), as a single-user machine has.
+    init_runs_end_to_end_with(
+        "api-repo",
+        &[
+            ("Cargo.toml", "[package]\nname = \"tiny-api\"\nversion = \"0.1.0\"\nedition = \"2021\"\n"),
+            ("Cargo.lock", "version = 4\n\n[[package]]\nname = \"tiny-api\"\nversion = \"0.1.0\"\n"),
+            (
+                "src/main.rs",
+                "use std::io::{Read, Write};\n\nfn greet() -> &'static str {\n    \"hello\"\n}\n\nfn main() {\n    let host = std::env::var(\"HOST\").unwrap_or_else(|_| \"127.0.0.1\".into());\n    let port = std::env::var(\"PORT\").unwrap();\n    let listener = std::net::TcpListener::bind(format!(\"{host}:{port}\")).unwrap();\n    for stream in listener.incoming() {\n        let mut stream = stream.unwrap();\n        let mut buf = [0u8; 4096];\n        let _ = stream.read(&mut buf);\n        let body = greet();\n        let _ = write!(stream, \"HTTP/1.1 200 OK\\r\\nContent-Length: {}\\r\\nConnection: close\\r\\n\\r\\n{body}\", body.len());\n    }\n}\n\n#[test]\nfn greets() {\n    assert_eq!(greet(), \"hello\");\n}\n",
+            ),
+        ],
+        &["--isolation", "none"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn what_init_writes_for_go_builds_tests_deploys_and_answers() {
+    if Command::new("go").arg("version").output().is_err() {
+        panic!("go is needed for this test: .ci/run installs Debian's golang-go");
+    }
+    init_runs_end_to_end(
+        "go-repo",
+        &[
+            ("go.mod", "module example.com/acme/tiny-go\n\ngo 1.19\n"),
+            (
+                "main.go",
+                "package main\n\nimport (\n\t\"net/http\"\n\t\"os\"\n)\n\nfunc greet() string { return \"hello\" }\n\nfunc main() {\n\thttp.HandleFunc(\"/\", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(greet())) })\n\thttp.ListenAndServe(os.Getenv(\"HOST\")+\":\"+os.Getenv(\"PORT\"), nil)\n}\n",
+            ),
+            (
+                "main_test.go",
+                "package main\n\nimport \"testing\"\n\nfunc TestGreet(t *testing.T) {\n\tif greet() != \"hello\" {\n\t\tt.Fatal(greet())\n\t}\n}\n",
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn what_init_writes_for_a_makefile_builds_tests_deploys_and_answers() {
+    init_runs_end_to_end(
+        "make-repo",
+        &[
+            ("Makefile", "all:\n\t@echo nothing to build\n\ntest:\n\tpython3 -m unittest -q\n\nrun:\n\texec python3 server.py\n"),
+            (
+                "server.py",
+                "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\ndef greeting():\n    return b'hello'\n\nclass H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200)\n        self.end_headers()\n        self.wfile.write(greeting())\n\nif __name__ == '__main__':\n    HTTPServer((os.environ['HOST'], int(os.environ['PORT'])), H).serve_forever()\n",
+            ),
+            ("test_server.py", "import unittest\nimport server\n\nclass T(unittest.TestCase):\n    def test_greets(self):\n        self.assertEqual(server.greeting(), b'hello')\n"),
         ],
     )
     .await;
