@@ -252,6 +252,43 @@ async fn a_blog_with_a_database_goes_through_sluice_under_load() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Another release broken another way is an incident of its own, and
+    // each incident's timeline holds its own events only.
+    repo.commit("v4 breaks posts again", &[("app/VERSION", "4\n")]);
+    let again = experiment_ends(&server, 4, 1).await;
+    assert_eq!(again["status"], "rolled_back", "{again:#}");
+    let incidents = server.get("/incidents?service=blog").await;
+    let titles: Vec<&str> = incidents
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap())
+        .collect();
+    assert!(
+        titles.contains(&"the experiment of v3 in prod was rolled back")
+            && titles.contains(&"the experiment of v4 in prod was rolled back"),
+        "{incidents:#}"
+    );
+    let v4 = incidents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["title"] == "the experiment of v4 in prod was rolled back")
+        .unwrap();
+    let view = server.get(&format!("/incidents/{}", v4["id"])).await;
+    let foreign: Vec<&Value> = view["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["kind"].as_str().unwrap().starts_with("incident.") && e["subject"] != view["name"]
+        })
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "another incident's events: {foreign:#?}"
+    );
+    assert_eq!(view["suspects"][0]["release"], 4, "{:#}", view["suspects"]);
     let sent = readers.finish().await;
     assert!(sent > 1000, "only {sent} requests");
 
