@@ -33,7 +33,7 @@ environments:
     listen: 127.0.0.1:0
     data: { seed: scripts/seed.py }
     strategy:
-      ab: { steps: [20, 60, 100], min_requests: 300, min_duration: 8s, max_step: 120s, warm_up_requests: 100 }
+      ab: { steps: [20, 50, 100], min_requests: 300, min_duration: 8s, max_step: 120s, warm_up_requests: 100 }
 "#;
 
 /// Readers and writers until stopped; every failed answer with the release that gave it.
@@ -59,7 +59,7 @@ impl Readers {
                         n += 1;
                         // A new client each request: each is a new user of the sticky split.
                         let client = reqwest::Client::new();
-                        let request = match (worker + n) % 10 {
+                        let request = match (worker + n) % 20 {
                             0 => client.post(format!("{base}/posts")).body("{}"),
                             1 => client.get(format!("{base}/posts/1")),
                             _ => client.get(format!("{base}/")),
@@ -342,7 +342,7 @@ async fn b_can_work_on_a_copy_of_the_data_that_goes_when_the_experiment_ends() {
     let repo = GitRepo::new(dir.path(), "blog");
     copy_fixture(&repo, "blog");
     let spec = SPEC.replace(
-        "ab: { steps: [20, 60, 100], min_requests: 300, min_duration: 8s, max_step: 120s, warm_up_requests: 100 }",
+        "ab: { steps: [20, 50, 100], min_requests: 300, min_duration: 8s, max_step: 120s, warm_up_requests: 100 }",
         "ab: { steps: [50, 100], min_requests: 100000, min_duration: 1h, max_step: 2h, allow_force: true, data: copy }",
     );
     repo.commit("v1", &[("sluice.yaml", &spec)]);
