@@ -103,7 +103,11 @@ pub async fn demo(options: Demo) -> Result<ExitCode> {
     say!("  CLI:       export SLUICE_SERVER={url} SLUICE_TOKEN={admin}");
     say!();
     let story = Story::new(&url, &admin, &repo, options.speed, &root).await?;
-    let told = story.tell().await;
+    // Ctrl-C or SIGTERM ends the demo as it ends a server: instances stopped.
+    let told = tokio::select! {
+        told = story.tell() => told,
+        _ = super::serve::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+    };
     story.traffic.store(false, Ordering::Relaxed);
     match &told {
         Ok(()) => {
@@ -117,7 +121,7 @@ pub async fn demo(options: Demo) -> Result<ExitCode> {
     }
     if !options.exit && told.is_ok() {
         say!("The server stays up for you to explore; Ctrl-C ends it.");
-        let _ = tokio::signal::ctrl_c().await;
+        super::serve::shutdown_signal().await;
     }
     let _ = stop.send(());
     let _ = serving.await;
