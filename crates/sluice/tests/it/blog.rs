@@ -33,7 +33,7 @@ environments:
     listen: 127.0.0.1:0
     data: { seed: scripts/seed.py }
     strategy:
-      ab: { steps: [20, 50, 100], min_requests: 300, min_duration: 8s, max_step: 120s, warm_up_requests: 100 }
+      ab: { steps: [20, 50, 100], min_requests: 300, min_duration: 8s, max_step: 120s }
 "#;
 
 /// Readers and writers until stopped; every failed answer with the release that gave it.
@@ -140,6 +140,18 @@ fn assert_latency_judged(x: &Value) {
         .iter()
         .any(|d| d["numbers"]["p50_share_above"].as_f64() > Some(0.0));
     assert!(judged, "B's latency was never judged: {x:#}");
+}
+
+async fn wait_for_incident(server: &Server, title: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = server.get("/incidents?service=blog").await;
+        if all.as_array().unwrap().iter().any(|i| i["title"] == title) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no incident `{title}`: {all:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn cli_exit(server: &Server, args: &[&str]) -> (Option<i32>, String) {
@@ -257,6 +269,8 @@ async fn a_blog_with_a_database_goes_through_sluice_under_load() {
     repo.commit("v4 breaks posts again", &[("app/VERSION", "4\n")]);
     let again = experiment_ends(&server, 4, 1).await;
     assert_eq!(again["status"], "rolled_back", "{again:#}");
+    // The incident is opened just after the experiment ends.
+    wait_for_incident(&server, "the experiment of v4 in prod was rolled back").await;
     let incidents = server.get("/incidents?service=blog").await;
     let titles: Vec<&str> = incidents
         .as_array()
@@ -342,7 +356,7 @@ async fn b_can_work_on_a_copy_of_the_data_that_goes_when_the_experiment_ends() {
     let repo = GitRepo::new(dir.path(), "blog");
     copy_fixture(&repo, "blog");
     let spec = SPEC.replace(
-        "ab: { steps: [20, 50, 100], min_requests: 300, min_duration: 8s, max_step: 120s, warm_up_requests: 100 }",
+        "ab: { steps: [20, 50, 100], min_requests: 300, min_duration: 8s, max_step: 120s }",
         "ab: { steps: [50, 100], min_requests: 100000, min_duration: 1h, max_step: 2h, allow_force: true, data: copy }",
     );
     repo.commit("v1", &[("sluice.yaml", &spec)]);
