@@ -296,7 +296,13 @@ fn append_tree<W: std::io::Write>(tar: &mut tar::Builder<W>, dir: &Path, at: &Pa
             header.set_metadata(&meta);
             tar.append_link(&mut header, &name, std::fs::read_link(&path)?)?;
         } else if meta.is_file() {
-            let Ok(file) = std::fs::File::open(&path) else {
+            // Never through a link an instance swapped in since it was listed.
+            use std::os::unix::fs::OpenOptionsExt;
+            let Ok(file) = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                .open(&path)
+            else {
                 continue;
             };
             let mut header = tar::Header::new_gnu();
