@@ -222,7 +222,7 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         if kind.is_dir() {
             copy_dir(&entry.path(), &target)?;
         } else if kind.is_file() {
-            std::fs::copy(entry.path(), &target)?;
+            copy_file_nofollow(&entry.path(), &target)?;
         } else if kind.is_symlink() {
             // Copied as the link it is, never as what it points at.
             std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
@@ -242,6 +242,25 @@ pub fn copy_for_experiment(data_dir: &Path, copy: &Path, uid: Option<u32>) -> Re
         copy_dir(data_dir, copy)?;
     }
     hand_over(copy, uid)
+}
+
+/// Copies one file with its mode, never through a link: the directory is
+/// an instance's, which could swap the file for a link after it was listed.
+fn copy_file_nofollow(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut source = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(from)
+        .with_context(|| format!("{} changed while it was copied", from.display()))?;
+    let mode = source.metadata()?.permissions().mode() & 0o777;
+    let mut target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(to)?;
+    std::io::copy(&mut source, &mut target)?;
+    Ok(())
 }
 
 /// Packs the data directory into `snapshots/NAME.tar.gz` and keeps the newest `keep`.
@@ -407,6 +426,29 @@ mod tests {
             Filled::Seeded("seed.sh".into(), "seeded 3 rows".into())
         );
         assert!(data.join("db").exists());
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_link_is_never_copied_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("only-root-reads-this");
+        std::fs::write(&secret, "secret").unwrap();
+        let swapped = dir.path().join("blog.db");
+        std::os::unix::fs::symlink(&secret, &swapped).unwrap();
+        let error = copy_file_nofollow(&swapped, &dir.path().join("copy")).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("changed while it was copied"),
+            "{error:#}"
+        );
+        assert!(!dir.path().join("copy").exists());
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "rows").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o640)).unwrap();
+        copy_file_nofollow(&plain, &dir.path().join("copied")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("copied")).unwrap(),
+            "rows"
+        );
     }
 
     #[tokio::test]
