@@ -102,17 +102,7 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
             .map(|e| e.listener.addr.to_string());
         out.push(EnvStatus {
             desired_instances: desired.as_ref().map_or(0, |(_, e)| e.instances),
-            pending_promotions: promotions
-                .iter()
-                .filter(|p| p.service == state.service && p.environment == state.name)
-                .map(|p| PendingPromotion {
-                    id: p.id,
-                    release: p.release,
-                    status: p.status.clone(),
-                    blocked_by: p.blocked_by.clone(),
-                    reason: p.reason.clone(),
-                })
-                .collect(),
+            pending_promotions: pending(&promotions, &state.service, &state.name),
             service: state.service,
             environment: state.name,
             release: state.release,
@@ -126,6 +116,25 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
     }
     out.extend(undeployed(inner, service, &out, &promotions).await?);
     Ok(out)
+}
+
+/// The open promotions into one environment.
+fn pending(
+    promotions: &[sluice_store::Promotion],
+    service: &str,
+    env: &str,
+) -> Vec<PendingPromotion> {
+    promotions
+        .iter()
+        .filter(|p| p.service == service && p.environment == env)
+        .map(|p| PendingPromotion {
+            id: p.id,
+            release: p.release,
+            status: p.status.clone(),
+            blocked_by: p.blocked_by.clone(),
+            reason: p.reason.clone(),
+        })
+        .collect()
 }
 
 /// The environments the newest release of each service declares that run
@@ -167,17 +176,7 @@ async fn undeployed(
                 listen: None,
                 pinned: false,
                 pin_reason: None,
-                pending_promotions: promotions
-                    .iter()
-                    .filter(|p| p.service == name && p.environment == env.name)
-                    .map(|p| PendingPromotion {
-                        id: p.id,
-                        release: p.release,
-                        status: p.status.clone(),
-                        blocked_by: p.blocked_by.clone(),
-                        reason: p.reason.clone(),
-                    })
-                    .collect(),
+                pending_promotions: pending(promotions, &name, &env.name),
                 drift: Vec::new(),
             });
         }

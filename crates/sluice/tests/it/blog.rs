@@ -145,18 +145,6 @@ fn assert_latency_judged(x: &Value) {
     assert!(judged, "B's latency was never judged: {x:#}");
 }
 
-async fn wait_for_incident(server: &Server, title: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let all = server.get("/incidents?service=blog").await;
-        if all.as_array().unwrap().iter().any(|i| i["title"] == title) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no incident `{title}`: {all:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn cli_exit(server: &Server, args: &[&str]) -> (Option<i32>, String) {
     let out = server.cli(args);
     let text = format!(
@@ -273,7 +261,11 @@ async fn a_blog_with_a_database_goes_through_sluice_under_load() {
     let again = experiment_ends(&server, 4, 1).await;
     assert_eq!(again["status"], "rolled_back", "{again:#}");
     // The incident is opened just after the experiment ends.
-    wait_for_incident(&server, "the experiment of v4 in prod was rolled back").await;
+    server
+        .wait_for("/incidents?service=blog", "the v4 incident", |i| {
+            i["title"] == "the experiment of v4 in prod was rolled back"
+        })
+        .await;
     let incidents = server.get("/incidents?service=blog").await;
     let titles: Vec<&str> = incidents
         .as_array()

@@ -66,18 +66,6 @@ fn shoppers(url: String, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(
         .collect()
 }
 
-async fn wait_for(server: &Server, path: &str, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let all = server.get(path).await;
-        if let Some(found) = all.as_array().unwrap().iter().find(|v| pick(v)) {
-            return found.clone();
-        }
-        assert!(Instant::now() < deadline, "never saw {what}: {all:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn has_error_rate_jump(incident: &Value) -> bool {
     incident["timeline"]
         .as_array()
@@ -153,10 +141,11 @@ async fn an_incident_becomes_rules_that_stop_the_bug_coming_back() {
         "express checkout",
         &[("app/CHECKOUT_BUG", "the cart total is undefined\n")],
     );
-    let incident = wait_for(&server, "/incidents?service=shop", "an incident", |i| {
-        i["environment"] == "prod"
-    })
-    .await;
+    let incident = server
+        .wait_for("/incidents?service=shop", "an incident", |i| {
+            i["environment"] == "prod"
+        })
+        .await;
     stop.store(true, Ordering::Relaxed);
     for task in load {
         let _ = task.await;
@@ -332,13 +321,13 @@ async fn an_incident_becomes_rules_that_stop_the_bug_coming_back() {
         .await;
     assert_eq!(run["status"], "success", "{run:#}");
     server.wait_env("shop", "dev", 3, 1).await;
-    let blocked = wait_for(
-        &server,
-        "/promotions?service=shop",
-        "prod's promotion blocked",
-        |p| p["environment"] == "prod" && p["release"] == 3 && p["blocked_by"] == "rule R3",
-    )
-    .await;
+    let blocked = server
+        .wait_for(
+            "/promotions?service=shop",
+            "prod's promotion blocked",
+            |p| p["environment"] == "prod" && p["release"] == 3 && p["blocked_by"] == "rule R3",
+        )
+        .await;
     let cd_block = blocked["reason"].as_str().unwrap().to_string();
     insta::assert_snapshot!("block_messages", format!("CI: {ci_block}\nCD: {cd_block}"));
 
@@ -354,13 +343,13 @@ async fn an_incident_becomes_rules_that_stop_the_bug_coming_back() {
         run["status"], "success",
         "no test covers checkout, so CI passes"
     );
-    let failed = wait_for(
-        &server,
-        "/deployments?service=shop&env=dev",
-        "v4's dev deployment end",
-        |d| d["release"] == 4 && d["status"] != "running",
-    )
-    .await;
+    let failed = server
+        .wait_for(
+            "/deployments?service=shop&env=dev",
+            "v4's dev deployment end",
+            |d| d["release"] == 4 && d["status"] != "running",
+        )
+        .await;
     assert_eq!(failed["status"], "rolled_back", "{failed:#}");
     assert!(
         failed["reason"]
@@ -445,13 +434,11 @@ async fn an_instance_that_stays_unhealthy_opens_an_incident() {
     let instance = dev["instances"][0]["id"].as_str().unwrap();
     let broken = data.join(format!("envs/shop/dev/instances/{instance}/app/BROKEN"));
     std::fs::write(&broken, "disk full\n").unwrap();
-    let incident = wait_for(
-        &server,
-        "/incidents?service=shop",
-        "a health incident",
-        |i| i["environment"] == "dev",
-    )
-    .await;
+    let incident = server
+        .wait_for("/incidents?service=shop", "a health incident", |i| {
+            i["environment"] == "dev"
+        })
+        .await;
     assert_eq!(incident["trigger_kind"], "health", "{incident:#}");
     assert_eq!(incident["title"], "shop is unhealthy in dev");
     assert!(
@@ -462,13 +449,11 @@ async fn an_instance_that_stays_unhealthy_opens_an_incident() {
         "{incident:#}"
     );
     std::fs::remove_file(&broken).unwrap();
-    let recovered = wait_for(
-        &server,
-        "/changelog?service=shop&kind=health.",
-        "recovery",
-        |e| e["kind"] == "health.recovered",
-    )
-    .await;
+    let recovered = server
+        .wait_for("/changelog?service=shop&kind=health.", "recovery", |e| {
+            e["kind"] == "health.recovered"
+        })
+        .await;
     assert_eq!(recovered["environment"], "dev");
     let view = server.get(&format!("/incidents/{}", incident["id"])).await;
     assert!(

@@ -385,6 +385,19 @@ impl Server {
         }
     }
 
+    /// Waits until the list at `path` has an item `pick` accepts; returns it.
+    pub async fn wait_for(&self, path: &str, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let all = self.get(path).await;
+            if let Some(found) = all.as_array().and_then(|a| a.iter().find(|v| pick(v))) {
+                return found.clone();
+            }
+            assert!(Instant::now() < deadline, "never saw {what}: {all:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn wait_promotion(&self, id: i64, pick: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -88,24 +88,6 @@ impl Load {
     }
 }
 
-async fn wait_for(server: &Server, path: &str, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let found = server.get(path).await;
-        if let Some(hit) = found
-            .as_array()
-            .and_then(|all| all.iter().find(|v| pick(v)))
-        {
-            return hit.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} never happened: {found:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A server whose prod runs the shop fixture's v1 (rolling, two instances).
 async fn shop_on_v1() -> (tempfile::TempDir, Server, GitRepo, Value) {
     let dir = crate::support::tempdir();
@@ -151,13 +133,11 @@ async fn rolling_back_an_aa_experiment_leaves_a_serving_and_rollback_to_the_runn
         )
         .await;
     assert_eq!(status, 202, "{body:#}");
-    let x = wait_for(
-        &server,
-        "/experiments?service=shop",
-        "the A/A experiment",
-        |x| x["release"] == 1 && x["status"] == "running",
-    )
-    .await;
+    let x = server
+        .wait_for("/experiments?service=shop", "the A/A experiment", |x| {
+            x["release"] == 1 && x["status"] == "running"
+        })
+        .await;
     // B serves half the users for a while, then is aborted.
     let before = load.sent.load(Ordering::Relaxed);
     while load.sent.load(Ordering::Relaxed) < before + 200 {
@@ -167,10 +147,11 @@ async fn rolling_back_an_aa_experiment_leaves_a_serving_and_rollback_to_the_runn
         .post(&format!("/experiments/{}/abort", x["id"]), json!({}))
         .await;
     assert!(status < 300, "{status} {body:#}");
-    wait_for(&server, "/experiments?service=shop", "the abort", |x| {
-        x["release"] == 1 && x["status"] == "aborted"
-    })
-    .await;
+    server
+        .wait_for("/experiments?service=shop", "the abort", |x| {
+            x["release"] == 1 && x["status"] == "aborted"
+        })
+        .await;
     let after = server.wait_env("shop", "prod", 1, 2).await;
     assert_eq!(instance_ids(&after), a_ids, "A's own instances serve on");
 
@@ -218,20 +199,19 @@ async fn an_environment_short_of_instances_is_brought_back_by_itself_with_an_inc
     std::fs::write(&hold, "").unwrap();
     server.stop();
     let server = Server::start(&data, None);
-    wait_for(
-        &server,
-        "/deployments?service=shop",
-        "the failed restart",
-        |d| d["cause"] == "reconcile" && d["status"] != "running",
-    )
-    .await;
+    server
+        .wait_for("/deployments?service=shop", "the failed restart", |d| {
+            d["cause"] == "reconcile" && d["status"] != "running"
+        })
+        .await;
     // The dependency is back: Sluice brings prod back without being asked.
     std::fs::remove_file(&hold).unwrap();
     server.wait_env("shop", "prod", 1, 2).await;
-    let healed = wait_for(&server, "/deployments?service=shop", "the healing", |d| {
-        d["cause"] == "heal" && d["status"] == "succeeded"
-    })
-    .await;
+    let healed = server
+        .wait_for("/deployments?service=shop", "the healing", |d| {
+            d["cause"] == "heal" && d["status"] == "succeeded"
+        })
+        .await;
     assert!(
         healed["reason"]
             .as_str()
@@ -239,20 +219,19 @@ async fn an_environment_short_of_instances_is_brought_back_by_itself_with_an_inc
             .contains("of 2 instances of v1 ran"),
         "{healed:#}"
     );
-    wait_for(&server, "/incidents?service=shop", "the incident", |i| {
-        i["title"]
-            .as_str()
-            .unwrap()
-            .contains("ran fewer instances than declared in prod")
-    })
-    .await;
-    wait_for(
-        &server,
-        "/changelog?service=shop",
-        "the change-log event",
-        |e| e["kind"] == "deploy.succeeded" && e["summary"].as_str().unwrap().contains("healed"),
-    )
-    .await;
+    server
+        .wait_for("/incidents?service=shop", "the incident", |i| {
+            i["title"]
+                .as_str()
+                .unwrap()
+                .contains("ran fewer instances than declared in prod")
+        })
+        .await;
+    server
+        .wait_for("/changelog?service=shop", "the change-log event", |e| {
+            e["kind"] == "deploy.succeeded" && e["summary"].as_str().unwrap().contains("healed")
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -262,13 +241,11 @@ async fn a_crash_looping_instance_fails_its_deployment_at_once_with_its_log() {
     // v2 exits at once, every time; its ready_timeout is a minute.
     let crashing = "echo KeyError DATABASE_URL is not set; exit 3";
     repo.commit("v2", &[("sluice.yaml", &spec("rolling", crashing))]);
-    let failed = wait_for(
-        &server,
-        "/deployments?service=shop",
-        "v2's deployment",
-        |d| d["release"] == 2 && d["status"] != "running",
-    )
-    .await;
+    let failed = server
+        .wait_for("/deployments?service=shop", "v2's deployment", |d| {
+            d["release"] == 2 && d["status"] != "running"
+        })
+        .await;
     let reason = failed["reason"].as_str().unwrap();
     assert_eq!(failed["status"], "rolled_back", "{failed:#}");
     assert!(
@@ -308,10 +285,11 @@ async fn a_commit_amended_away_while_its_run_ran_is_not_released() {
 
     std::fs::remove_file(&gate).unwrap();
     let typo = repo.commit("v2 with a typo", &[("app/VERSION", "2 typo\n")]);
-    wait_for(&server, "/runs", "the run of the typo", |r| {
-        r["sha"] == typo.as_str() && r["status"] == "running"
-    })
-    .await;
+    server
+        .wait_for("/runs", "the run of the typo", |r| {
+            r["sha"] == typo.as_str() && r["status"] == "running"
+        })
+        .await;
     repo.write("app/VERSION", "2\n");
     repo.git(&["add", "-A"]);
     repo.git(&["commit", "-q", "--amend", "-m", "v2"]);
@@ -341,10 +319,11 @@ async fn a_commit_amended_away_while_its_run_ran_is_not_released() {
         "the amended-away commit was released: {releases:#}"
     );
     assert_eq!(shas.len(), 2, "{releases:#} {v2:#}");
-    wait_for(&server, "/changelog", "the skipped release", |e| {
-        e["kind"] == "release.skipped" && e["subject"] == format!("run {}", typo_run["id"])
-    })
-    .await;
+    server
+        .wait_for("/changelog", "the skipped release", |e| {
+            e["kind"] == "release.skipped" && e["subject"] == format!("run {}", typo_run["id"])
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -399,10 +378,11 @@ async fn an_instance_gets_a_clean_environment_and_listens_on_host() {
     let anywhere = spec("rolling", "LISTEN_ANYWHERE=1 exec python3 app/server.py");
     repo.commit("v2 listens everywhere", &[("sluice.yaml", &anywhere)]);
     server.wait_env("shop", "prod", 2, 2).await;
-    let warned = wait_for(&server, "/changelog?service=shop", "the warning", |e| {
-        e["kind"] == "instance.exposed"
-    })
-    .await;
+    let warned = server
+        .wait_for("/changelog?service=shop", "the warning", |e| {
+            e["kind"] == "instance.exposed"
+        })
+        .await;
     let summary = warned["summary"].as_str().unwrap();
     assert!(
         summary.contains("0.0.0.0") && summary.contains("$HOST"),
@@ -416,19 +396,18 @@ async fn a_newer_release_supersedes_a_deployment_still_waiting() {
 
     // v2 never passes its health check; its ready_timeout is a minute.
     repo.commit("v2 breaks health", &[("app/BROKEN", "")]);
-    wait_for(
-        &server,
-        "/deployments?service=shop",
-        "v2's deployment",
-        |d| d["release"] == 2 && d["status"] == "running",
-    )
-    .await;
+    server
+        .wait_for("/deployments?service=shop", "v2's deployment", |d| {
+            d["release"] == 2 && d["status"] == "running"
+        })
+        .await;
     repo.git(&["rm", "-q", "app/BROKEN"]);
     repo.commit("v3 fixes it", &[]);
-    let superseded = wait_for(&server, "/deployments?service=shop", "v2 giving way", |d| {
-        d["release"] == 2 && d["status"] != "running"
-    })
-    .await;
+    let superseded = server
+        .wait_for("/deployments?service=shop", "v2 giving way", |d| {
+            d["release"] == 2 && d["status"] != "running"
+        })
+        .await;
     let reason = superseded["reason"].as_str().unwrap();
     assert!(reason.contains("superseded: v3 was asked for"), "{reason}");
     server.wait_env("shop", "prod", 3, 2).await;
@@ -511,13 +490,11 @@ async fn as_root_a_program_the_environment_cannot_run_fails_the_deployment_sayin
     let command = format!("exec {}/python3 app/server.py", venv.display());
     repo.commit("v1", &[("sluice.yaml", &spec("rolling", &command))]);
     server.add_repo(&repo);
-    let failed = wait_for(
-        &server,
-        "/deployments?service=shop",
-        "the deployment",
-        |d| d["status"] != "running",
-    )
-    .await;
+    let failed = server
+        .wait_for("/deployments?service=shop", "the deployment", |d| {
+            d["status"] != "running"
+        })
+        .await;
     let reason = failed["reason"].as_str().unwrap_or_default();
     assert_eq!(failed["status"], "failed", "{failed:#}");
     assert!(
