@@ -158,6 +158,7 @@ try {
     ["incidents", "/incidents"],
     ["rules", "/rules"],
     ["changelog", "/changelog?env=prod&since=1h"],
+    ["notifications", "/channels"],
   ]) {
     await ana.goto(`${SLUICE_URL}${path}`);
     await shot(ana, name);

@@ -96,6 +96,15 @@ async fn make(inner: &Arc<Inner>, run: &Run, artifact: &str) -> Result<Release> 
         tokio::task::spawn_blocking(move || read_member(&path, sluice_spec::SPEC_FILE)).await??;
     let spec = sluice_spec::parse(sluice_spec::SPEC_FILE, &spec_text)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The newest release's `notify:` routes are the service's, from its
+    // `release.created` event on.
+    inner
+        .store
+        .set_service_routes(
+            &spec.service,
+            &sluice_notify::service_routes(&spec.service, &spec.notify),
+        )
+        .await?;
     let release = inner
         .store
         .create_release(&spec.service, run, artifact, &spec_text)

@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod changelog;
+mod channels;
 mod deploy;
 mod events;
 mod hooks;
@@ -88,6 +89,12 @@ pub fn routes() -> Router<AppState> {
         .route("/rules/{id}", get(incidents::rule))
         .route("/rules/{id}/disable", post(incidents::disable_rule))
         .route("/rules/{id}/test", post(incidents::test_rule))
+        .route("/channels", get(channels::list).post(channels::add))
+        .route("/channels/{name}", axum::routing::delete(channels::remove))
+        .route("/channels/{name}/test", post(channels::test))
+        .route("/messages", get(channels::messages))
+        .route("/messages/{id}", get(channels::message))
+        .route("/messages/{id}/retry", post(channels::retry))
         .fallback(|| async {
             ApiError::not_found("no such endpoint")
                 .with_hint("the endpoints are listed in docs/api.md")

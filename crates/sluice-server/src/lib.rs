@@ -35,6 +35,8 @@ pub struct AppState {
     pub tokens: Arc<auth::Tokens>,
     /// The web UI's signed-in browsers.
     pub sessions: Arc<ui::Sessions>,
+    /// The dashboard's address as people reach it, for links in messages.
+    pub public_url: String,
 }
 
 /// The whole HTTP surface.
@@ -128,6 +130,8 @@ pub struct ServeOptions {
     pub isolation: sluice_ci::sandbox::Isolation,
     /// The most of each run's log that is kept, in bytes.
     pub log_cap: u64,
+    /// The dashboard's address in notifications; `http://LISTEN` when not given.
+    pub public_url: Option<String>,
 }
 
 /// A server bound to its address, ready to serve.
@@ -138,6 +142,7 @@ pub struct Server {
     pub database: String,
     listener: TcpListener,
     state: AppState,
+    notifier: sluice_notify::Notifier,
 }
 
 impl Server {
@@ -174,6 +179,17 @@ impl Server {
         cd_config.isolation = options.isolation;
         let cd = Cd::start(store.clone(), cd_config, metrics).await?;
         let ci = Ci::start(store.clone(), config, vec![Arc::new(cd.release_maker())]).await?;
+        let public_url = options
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let notifier = sluice_notify::Notifier::start(
+            store.clone(),
+            sluice_notify::NotifyConfig {
+                public_url: public_url.clone(),
+                tick: Duration::from_millis(250),
+            },
+        );
         let state = AppState {
             store,
             registry: Arc::new(registry),
@@ -181,6 +197,7 @@ impl Server {
             cd,
             tokens: Arc::default(),
             sessions: Arc::default(),
+            public_url,
         };
         let initial_admin_token = auth::ensure_initial_admin(&state, &data_dir)
             .await
@@ -191,6 +208,7 @@ impl Server {
             database: redact(&database),
             listener,
             state,
+            notifier,
         })
     }
 
@@ -213,6 +231,7 @@ impl Server {
         listen::serve(self.listener, router(self.state), limits, shutdown).await;
         ci.shutdown();
         cd.shutdown().await;
+        self.notifier.shutdown().await;
         Ok(())
     }
 }

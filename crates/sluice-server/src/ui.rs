@@ -5,6 +5,7 @@
 
 mod ansi;
 mod board;
+mod channels;
 mod chart;
 mod experiments;
 mod incidents;
@@ -47,6 +48,7 @@ pub fn routes() -> Router<AppState> {
         .route("/services/{service}/diff", get(board::diff))
         .route("/changelog", get(board::changelog))
         .route("/promotions", get(promotions::list))
+        .route("/promotions/{id}", get(promotions::show))
         .route("/promotions/{id}/{verb}", post(promotions::decide))
         .route("/experiments", get(experiments::list))
         .route("/experiments/{id}", get(experiments::show))
@@ -56,6 +58,8 @@ pub fn routes() -> Router<AppState> {
         .route("/incidents/{id}", get(incidents::show))
         .route("/rules", get(incidents::rules))
         .route("/rules/{id}/disable", post(incidents::disable_rule))
+        .route("/channels", get(channels::list))
+        .route("/channels/messages/{id}/retry", post(channels::retry))
         .route("/assets/sluice.css", get(css))
         .route("/assets/sluice.js", get(js))
 }

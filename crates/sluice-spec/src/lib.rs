@@ -10,6 +10,7 @@ mod cron;
 mod diagnostic;
 mod duration;
 mod model;
+mod notify;
 pub mod paths;
 mod raw;
 mod rules;
@@ -19,6 +20,7 @@ pub use cron::FreezeWindow;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::{format_duration, parse_duration};
 pub use model::*;
+pub use notify::{EVENT_KINDS, EventPattern, NotifyRoute};
 pub use rules::{ExtraCheck, RULES_FILE, Rule, RuleSpec, parse_rules};
 
 /// The file name that a repository keeps its service definition under.

@@ -18,6 +18,8 @@ pub struct Spec {
     pub run: Option<RunSpec>,
     /// In the order the file declares them.
     pub environments: Vec<Environment>,
+    /// Which events go to which notification channels.
+    pub notify: Vec<crate::NotifyRoute>,
 }
 
 impl Spec {

@@ -19,6 +19,18 @@ pub struct RawSpec {
     pub run: Option<RawRun>,
     #[serde(default)]
     pub environments: Entries<RawEnvironment>,
+    #[serde(default)]
+    pub notify: Vec<Spanned<RawNotify>>,
+}
+
+/// One `notify:` route: which events, where, to which channels.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub on: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+    pub to: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,7 +10,7 @@ use serde_saphyr::Spanned;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::model::*;
 use crate::raw::*;
-use crate::{FreezeWindow, parse_duration};
+use crate::{EventPattern, FreezeWindow, NotifyRoute, parse_duration};
 
 struct Checker<'a> {
     file: &'a str,
@@ -106,6 +106,7 @@ pub fn validate(file: &str, text: &str, raw: RawSpec) -> Result<Spec, Diagnostic
     let pipeline = pipeline(c, raw.pipeline);
     let run = raw.run.map(|r| run_spec(c, r));
     let environments = environments(c, raw.environments, &pipeline);
+    let notify = notify(c, &raw.notify, &environments);
     let mut found = checker.found;
     if !found.is_empty() {
         found.sort_by_key(|d| (d.line, d.column));
@@ -117,7 +118,55 @@ pub fn validate(file: &str, text: &str, raw: RawSpec) -> Result<Spec, Diagnostic
         pipeline,
         run,
         environments,
+        notify,
     })
+}
+
+/// `notify:` routes: known event kinds, declared environments, channel names.
+fn notify(
+    c: &mut Checker,
+    raw: &[Spanned<RawNotify>],
+    environments: &[Environment],
+) -> Vec<NotifyRoute> {
+    let mut routes = Vec::new();
+    for route in raw {
+        if route.value.on.is_empty() || route.value.to.is_empty() {
+            c.error(
+                route,
+                "a `notify` route needs `on` (event kinds) and `to` (channels)",
+                Some("e.g. `{ on: [deployment.failed], to: [team-chat] }`".to_string()),
+            );
+        }
+        let mut on = Vec::new();
+        for kind in &route.value.on {
+            match EventPattern::parse(&kind.value) {
+                Ok(pattern) => on.push(pattern),
+                Err(why) => c.error(kind, why, None),
+            }
+        }
+        for env in &route.value.env {
+            if !environments.iter().any(|e| e.name == env.value) {
+                let known: Vec<&str> = environments.iter().map(|e| e.name.as_str()).collect();
+                c.error(
+                    env,
+                    format!(
+                        "`notify` names environment `{}`, which is not declared",
+                        env.value
+                    ),
+                    Some(format!("expected one of: {}", known.join(", "))),
+                );
+            }
+        }
+        for channel in &route.value.to {
+            c.name(channel, "channel");
+        }
+        routes.push(NotifyRoute {
+            on,
+            env: route.value.env.iter().map(|e| e.value.clone()).collect(),
+            to: route.value.to.iter().map(|t| t.value.clone()).collect(),
+        });
+    }
+    routes
 }
 
 fn pipeline(c: &mut Checker, raw: RawPipeline) -> Pipeline {

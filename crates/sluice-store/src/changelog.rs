@@ -2,7 +2,7 @@
 //! (who, what, when, before → after). Rows are only ever inserted.
 
 use serde::Serialize;
-use sqlx::{Any, Executor, FromRow};
+use sqlx::{AnyConnection, FromRow};
 
 use crate::{Result, Store, now_ms};
 
@@ -48,7 +48,10 @@ pub struct ChangeQuery {
 impl Store {
     /// Appends an event on its own.
     pub async fn append_change(&self, event: NewChangeEvent) -> Result<i64> {
-        append_with(&self.pool, event).await
+        let mut tx = self.begin().await?;
+        let id = append_with(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     pub async fn changes_log(&self, query: &ChangeQuery) -> Result<Vec<ChangeEvent>> {
@@ -73,25 +76,24 @@ impl Store {
     }
 }
 
-/// Appends through any executor, so a change and its event commit together.
-pub(crate) async fn append_with<'e, E: Executor<'e, Database = Any>>(
-    executor: E,
-    event: NewChangeEvent,
-) -> Result<i64> {
+/// Appends in the caller's transaction, so that a change, its event and
+/// the notifications the event causes commit together.
+pub(crate) async fn append_with(conn: &mut AnyConnection, event: NewChangeEvent) -> Result<i64> {
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO change_log (at, actor, kind, service, environment, subject, summary, before_value, after_value)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
     )
     .bind(now_ms())
-    .bind(event.actor)
-    .bind(event.kind)
-    .bind(event.service)
-    .bind(event.environment)
-    .bind(event.subject)
-    .bind(event.summary)
-    .bind(event.before.map(|v| v.to_string()))
-    .bind(event.after.map(|v| v.to_string()))
-    .fetch_one(executor)
+    .bind(&event.actor)
+    .bind(&event.kind)
+    .bind(&event.service)
+    .bind(&event.environment)
+    .bind(&event.subject)
+    .bind(&event.summary)
+    .bind(event.before.as_ref().map(|v| v.to_string()))
+    .bind(event.after.as_ref().map(|v| v.to_string()))
+    .fetch_one(&mut *conn)
     .await?;
+    crate::notify::enqueue(conn, id, &event).await?;
     Ok(id)
 }

@@ -224,7 +224,7 @@ impl Store {
         created.after = Some(
             serde_json::json!({ "release": number, "run": run.id, "sha": run.sha, "artifact": artifact }),
         );
-        append_with(&mut *tx, created).await?;
+        append_with(&mut tx, created).await?;
         tx.commit().await?;
         self.release_by_id(id).await
     }
@@ -332,7 +332,7 @@ impl Store {
         );
         changed.before = Some(serde_json::json!({ "release": before }));
         changed.after = Some(serde_json::json!({ "release": release.number, "sha": release.sha }));
-        append_with(&mut *tx, changed).await?;
+        append_with(&mut tx, changed).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -384,7 +384,7 @@ impl Store {
         );
         changed.before = Some(serde_json::json!({ "pinned": !pinned }));
         changed.after = Some(serde_json::json!({ "pinned": pinned, "reason": reason }));
-        append_with(&mut *tx, changed).await?;
+        append_with(&mut tx, changed).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -416,7 +416,7 @@ impl Store {
         .await?;
         let started = event(
             actor,
-            "deploy.started",
+            "deployment.started",
             service,
             Some(env),
             format!("deployment {id}"),
@@ -425,7 +425,7 @@ impl Store {
                 release.name()
             ),
         );
-        append_with(&mut *tx, started).await?;
+        append_with(&mut tx, started).await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -455,10 +455,10 @@ impl Store {
             None => format!("deployment of v{release} to {env} {status}"),
         };
         append_with(
-            &mut *tx,
+            &mut tx,
             event(
                 "sluice",
-                &format!("deploy.{status}"),
+                &format!("deployment.{status}"),
                 &service,
                 Some(&env),
                 format!("deployment {id}"),
@@ -622,7 +622,7 @@ impl Store {
             ),
         );
         requested.after = Some(serde_json::json!({ "promotion": id, "release": release.number }));
-        append_with(&mut *tx, requested).await?;
+        append_with(&mut tx, requested).await?;
         tx.commit().await?;
         self.promotion(id).await
     }
@@ -709,7 +709,9 @@ impl Store {
                 before.release, before.environment
             ),
         };
-        let kind = if status == "pending" {
+        let kind = if status == "pending" && blocked_by == Some("approvals") {
+            "approval.needed".to_string()
+        } else if status == "pending" {
             "promotion.blocked".to_string()
         } else {
             format!("promotion.{status}")
@@ -725,7 +727,7 @@ impl Store {
         changed.before =
             Some(serde_json::json!({ "status": before.status, "blocked_by": before.blocked_by }));
         changed.after = Some(serde_json::json!({ "status": status, "blocked_by": blocked_by }));
-        append_with(&mut *tx, changed).await?;
+        append_with(&mut tx, changed).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -756,7 +758,7 @@ impl Store {
             promotion.id, promotion.release, promotion.environment
         );
         append_with(
-            &mut *tx,
+            &mut tx,
             event(
                 approver,
                 "promotion.approved",
@@ -797,7 +799,7 @@ impl Store {
             summary,
         );
         changed.after = Some(serde_json::json!({ "override": "freeze", "reason": reason }));
-        append_with(&mut *tx, changed).await?;
+        append_with(&mut tx, changed).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -89,7 +89,7 @@ impl Store {
                 serde_json::json!({ "b": b.number, "weight": weight_bp as f64 / 100.0, "overrides": overrides }),
             ),
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         self.experiment(id).await
     }
@@ -167,7 +167,7 @@ impl Store {
                 serde_json::json!({ "status": status, "weight": weight_bp as f64 / 100.0, "decision": decision }),
             ),
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
     }

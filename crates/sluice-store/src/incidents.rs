@@ -94,7 +94,7 @@ impl Store {
                 serde_json::json!({ "trigger": new.trigger_kind, "detail": new.trigger_detail }),
             ),
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         self.incident(id).await
     }
@@ -176,7 +176,7 @@ impl Store {
             before: Some(serde_json::json!(current.status)),
             after: Some(serde_json::json!(status)),
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         self.incident(id).await
     }
@@ -207,7 +207,7 @@ impl Store {
             before: None,
             after: None,
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         self.incident(id).await
     }

@@ -12,6 +12,7 @@ mod experiments;
 mod incidents;
 mod logs;
 mod migrate;
+mod notify;
 mod processes;
 mod repos;
 mod rules;
@@ -35,6 +36,10 @@ pub use deploy::{
 pub use experiments::Experiment;
 pub use incidents::{Incident, NewIncident, parse_incident_id};
 pub use logs::LogLine;
+pub use notify::{
+    Attempt, AttemptResult, Channel, GIVE_UP_AFTER_MS, Message, MessageStatus, NewChannel,
+    RouteRow, Unbatched,
+};
 pub use processes::TrackedProcess;
 pub use repos::{NewRepo, Repo, Secret};
 pub use rules::{NewRule, RuleBlock, RuleRecord, parse_rule_id};

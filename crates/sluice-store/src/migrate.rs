@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_incidents.sql")),
     (5, include_str!("migrations/0005_traffic.sql")),
     (6, include_str!("migrations/0006_review_secrets.sql")),
+    (7, include_str!("migrations/0007_notifications.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

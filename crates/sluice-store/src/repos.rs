@@ -86,7 +86,7 @@ impl Store {
             ),
             ..Default::default()
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         self.repo_by_id(id).await
     }
@@ -197,7 +197,7 @@ impl Store {
             summary: format!("secret `{name}` of `{}` set", repo.name),
             ..Default::default()
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -236,7 +236,7 @@ impl Store {
             summary: format!("secret `{name}` of `{}` deleted", repo.name),
             ..Default::default()
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -107,7 +107,7 @@ impl Store {
             before: None,
             after: Some(new.spec.clone()),
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         self.rule(id).await
     }
@@ -166,7 +166,7 @@ impl Store {
             before: None,
             after: None,
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         self.rule(id).await
     }

@@ -233,7 +233,7 @@ impl Store {
             ),
             ..Default::default()
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         Ok(Some(self.run(run_id).await?))
     }
@@ -465,7 +465,7 @@ impl Store {
             after: Some(serde_json::json!({ "status": status, "artifact": artifact })),
             ..Default::default()
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         Ok(true)
     }

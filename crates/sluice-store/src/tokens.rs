@@ -116,7 +116,7 @@ impl Store {
             ),
             ..Default::default()
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -166,7 +166,7 @@ impl Store {
             summary: format!("token `{id}` revoked"),
             ..Default::default()
         };
-        append_with(&mut *tx, event).await?;
+        append_with(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -84,6 +84,9 @@ pub enum Command {
     /// Manage a repository's secrets, given to its steps as environment variables (admin).
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Notification channels (chat, webhooks, email) and the messages sent to them.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
     /// Tell the server that refs moved in a repository (what the git hook runs).
     Notify {
         #[arg(long)]
@@ -238,6 +241,13 @@ pub struct Demo {
     /// The address of the API and the dashboard.
     #[arg(long, default_value = "127.0.0.1:7300")]
     pub listen: SocketAddr,
+    /// Send the team's notifications here (a Slack, Teams, Discord or
+    /// Mattermost webhook) instead of to a local receiver.
+    #[arg(long)]
+    pub notify_url: Option<String>,
+    /// The kind of `--notify-url`: slack, mattermost, teams, discord or webhook.
+    #[arg(long, default_value = "slack")]
+    pub notify_kind: String,
 }
 
 /// The demo's pace: pauses are divided by it; `max` has none, and tighter
@@ -308,6 +318,80 @@ pub struct Serve {
     /// The most of each run's log that is kept (its end): `16MiB`, `512KiB`.
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
     pub log_cap: u64,
+    /// The dashboard's address as people reach it (behind a proxy, say),
+    /// for the links in notifications; `http://LISTEN` by default.
+    #[arg(long, env = "SLUICE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ChannelCommand {
+    /// Add a channel, or replace the one of that name (admin).
+    Add(Box<ChannelAdd>),
+    /// List channels with their kinds and server-wide routes.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a channel (admin).
+    Remove { name: String },
+    /// Send a test message to a channel now (admin).
+    Test { name: String },
+    /// The latest messages, of one channel or all.
+    Messages {
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long, default_value_t = 30)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A message: its events and every delivery attempt.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a failed message again.
+    Retry { id: i64 },
+}
+
+#[derive(Args)]
+pub struct ChannelAdd {
+    pub name: String,
+    /// slack, mattermost, teams, discord, webhook or email.
+    #[arg(long)]
+    pub kind: String,
+    /// The webhook URL the chat service gave you (every kind but email).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The generic webhook's signing key (16+ characters); made up and shown once if not given.
+    #[arg(long)]
+    pub signing_key: Option<String>,
+    /// Email: the SMTP server, `smtp://USER:PASSWORD@HOST:587` (STARTTLS) or `smtps://…`.
+    #[arg(long)]
+    pub smtp: Option<String>,
+    /// Email: the sender address.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Email: a recipient; repeat for more.
+    #[arg(long)]
+    pub to: Vec<String>,
+    /// Email: a CA certificate (PEM file) the SMTP server's certificate chains to.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Server-wide: an event kind (`deployment.failed`, `experiment.*`, `*`) sent here from every service; repeat for more.
+    #[arg(long)]
+    pub on: Vec<String>,
+    /// …only from these environments; repeat for more.
+    #[arg(long)]
+    pub env: Vec<String>,
+    /// How long a burst's first notification waits for others to join it (default 5s).
+    #[arg(long)]
+    pub wait: Option<String>,
+    /// The least time between two messages to this channel (default 30s).
+    #[arg(long)]
+    pub interval: Option<String>,
 }
 
 #[derive(Subcommand)]

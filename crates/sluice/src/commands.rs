@@ -1,5 +1,6 @@
 //! One module per group of commands; `run` dispatches to them.
 
+mod channels;
 mod demo;
 mod deploy;
 mod incidents;
@@ -34,6 +35,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Token(command) => tokens::run(&client(), command).await,
         Command::Repo(command) => repos::repo(&client(), command).await,
         Command::Secret(command) => repos::secret(&client(), command).await,
+        Command::Channel(command) => channels::run(&client(), command).await,
         Command::Notify { repo } => repos::notify(&client(), &repo).await,
         Command::Runs {
             repo,

@@ -29,6 +29,8 @@ use super::*;
         incidents::list, incidents::open, incidents::show, incidents::postmortem,
         incidents::edit_postmortem, incidents::transition, incidents::rules,
         incidents::add_rule, incidents::rule, incidents::disable_rule, incidents::test_rule,
+        channels::list, channels::add, channels::remove, channels::test, channels::messages,
+        channels::message, channels::retry,
     ),
     components(schemas(ErrorBody, ErrorDetail))
 )]

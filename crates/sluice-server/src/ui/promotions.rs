@@ -23,6 +23,32 @@ struct PromotionsPage {
     approver: Role,
 }
 
+#[derive(Template)]
+#[template(path = "promotion.html")]
+struct PromotionPage {
+    page: Chrome,
+    p: PromotionView,
+    approver: Role,
+}
+
+/// One promotion, where an approval-needed message links: its gates, and
+/// approve and reject for those allowed to (after signing in).
+pub async fn show(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<i64>,
+    Query(q): Query<Done>,
+) -> PageResult {
+    let p = state.cd.promotion(id).await.map_err(failed)?;
+    let mut page = Chrome::new(&viewer, format!("Promotion {id}"), "promotions");
+    page.flash = q.done;
+    Ok(render(PromotionPage {
+        page,
+        p,
+        approver: Role::Approver,
+    }))
+}
+
 #[derive(Deserialize)]
 pub struct Done {
     done: Option<String>,
@@ -93,5 +119,5 @@ pub async fn decide(
             ));
         }
     };
-    Ok(Redirect::to(&format!("/promotions?done={}", encode(&done))).into_response())
+    Ok(Redirect::to(&format!("/promotions/{id}?done={}", encode(&done))).into_response())
 }

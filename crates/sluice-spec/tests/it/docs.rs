@@ -46,3 +46,17 @@ fn every_yaml_example_in_the_docs_validates() {
     }
     assert!(checked >= 4, "only {checked} examples found");
 }
+
+#[test]
+fn the_notifications_doc_lists_every_event_kind() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/notifications.md"),
+    )
+    .unwrap();
+    for (kind, _) in sluice_spec::EVENT_KINDS {
+        assert!(
+            doc.contains(&format!("| `{kind}` |")),
+            "docs/notifications.md misses `{kind}`"
+        );
+    }
+}

@@ -8,8 +8,8 @@ use crate::each_store;
 async fn events_come_back_newest_first_and_filtered() {
     each_store(|store| async move {
         for (env, kind) in [
-            ("dev", "deploy.finished"),
-            ("prod", "deploy.finished"),
+            ("dev", "deployment.succeeded"),
+            ("prod", "deployment.succeeded"),
             ("prod", "promotion.approved"),
         ] {
             store
@@ -38,7 +38,7 @@ async fn events_come_back_newest_first_and_filtered() {
         assert_eq!(prod[0].after.as_deref(), Some(r#"{"release":"v1"}"#));
         let deploys = store
             .changes_log(&ChangeQuery {
-                kind_prefix: Some("deploy.".into()),
+                kind_prefix: Some("deployment.".into()),
                 ..Default::default()
             })
             .await

@@ -3,6 +3,7 @@
 
 mod changelog;
 mod incidents;
+mod notify;
 mod runs;
 mod traffic;
 

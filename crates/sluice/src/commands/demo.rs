@@ -4,6 +4,9 @@
 //! v1 to prod through approvals, a faster v2 as an A/B experiment that is
 //! promoted, a v3 that breaks guest checkout and is rolled back, its incident,
 //! postmortem and rule, a v4 stopped by that rule, and a change under review.
+//! The team's chat hears of what needs it (a local receiver, or `--notify-url`).
+
+mod inbox;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -82,6 +85,7 @@ pub async fn demo(options: Demo) -> Result<ExitCode> {
         keep_workspaces: false,
         isolation: Default::default(),
         log_cap: sluice_ci::logs::DEFAULT_CAP,
+        public_url: None,
     })
     .await
     .context("the demo's server did not start (is the port taken? try --listen 127.0.0.1:0)")?;
@@ -103,6 +107,9 @@ pub async fn demo(options: Demo) -> Result<ExitCode> {
     say!("  CLI:       export SLUICE_SERVER={url} SLUICE_TOKEN={admin}");
     say!();
     let story = Story::new(&url, &admin, &repo, options.speed, &root).await?;
+    let inbox = story
+        .team_chat(options.notify_url.as_deref(), &options.notify_kind)
+        .await?;
     // Ctrl-C or SIGTERM ends the demo as it ends a server: instances stopped.
     let told = tokio::select! {
         told = story.tell() => told,
@@ -111,6 +118,7 @@ pub async fn demo(options: Demo) -> Result<ExitCode> {
     story.traffic.store(false, Ordering::Relaxed);
     match &told {
         Ok(()) => {
+            story.told_the_team(inbox.as_ref()).await?;
             say!();
             say!(
                 "The story is told. Everything above is in the dashboard at {url}/ and in the change log:"
@@ -166,6 +174,69 @@ impl Story {
             started: Instant::now(),
             traffic: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The channel `team-chat` that the shop's `notify:` routes name: the
+    /// given URL, or a local receiver of signed webhooks.
+    async fn team_chat(&self, url: Option<&str>, kind: &str) -> Result<Option<inbox::Inbox>> {
+        let (inbox, url, kind) = match url {
+            Some(url) => (None, url.to_string(), kind.to_string()),
+            None => {
+                let inbox = inbox::Inbox::start().await?;
+                let url = inbox.url.clone();
+                (Some(inbox), url, "webhook".to_string())
+            }
+        };
+        let channel = json!({ "name": "team-chat", "kind": kind, "url": url, "wait": "1s", "interval": "3s" });
+        let made = self
+            .admin
+            .json(self.admin.request(Method::POST, "/channels").json(&channel))
+            .await?;
+        if let (Some(inbox), Some(key)) = (&inbox, made["signing_key"].as_str()) {
+            inbox.trust(key);
+        }
+        self.tell_line(&format!(
+            "the team's chat is the {kind} channel `team-chat` ({url})"
+        ));
+        Ok(inbox)
+    }
+
+    /// Waits for the last messages to go out, then shows what the team heard.
+    async fn told_the_team(&self, inbox: Option<&inbox::Inbox>) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let channels = self.admin.get("/channels").await?;
+            let messages = self.admin.get("/messages?channel=team-chat").await?;
+            let waiting = channels
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["waiting"].as_i64() > Some(0));
+            let pending = messages
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| m["status"] == "pending");
+            if !waiting && !pending {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let messages = self.admin.get("/messages?channel=team-chat").await?;
+        let count = messages.as_array().map_or(0, Vec::len);
+        say!();
+        match inbox {
+            Some(inbox) => {
+                say!("What the team chat was told ({count} messages, each signed and checked):");
+                for line in inbox.transcript() {
+                    say!("{line}");
+                }
+            }
+            None => say!(
+                "The team chat was sent {count} messages; `sluice channel messages` lists them."
+            ),
+        }
+        Ok(())
     }
 
     fn tell_line(&self, text: &str) {

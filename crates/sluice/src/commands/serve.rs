@@ -17,6 +17,7 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
         parallelism: options.parallelism,
         keep_workspaces: options.keep_workspaces,
         log_cap: options.log_cap,
+        public_url: options.public_url,
         isolation: if options.isolation == "none" {
             sluice_ci::sandbox::Isolation::None
         } else {

@@ -56,6 +56,17 @@ async fn the_demo_tells_the_whole_story() {
     }
     let said = said.join("\n");
     assert!(said.contains("The story is told"), "{said}");
+    // The team's chat heard of the approvals, the rollback and the incident.
+    let told = said
+        .split("What the team chat was told")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no transcript: {said}"));
+    for heard in ["approvals", "rolled back", "INC-"] {
+        assert!(
+            told.contains(heard),
+            "the chat never heard `{heard}`: {told}"
+        );
+    }
 
     let releases = get(&url, &token, "/releases?service=shop").await;
     assert_eq!(releases.as_array().unwrap().len(), 4, "{releases:#}");

@@ -15,6 +15,7 @@ mod hostile;
 mod incidents;
 mod init;
 mod metrics;
+mod notify;
 mod restart;
 mod validate;
 mod wrong_answers;
