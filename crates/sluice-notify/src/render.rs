@@ -357,19 +357,10 @@ fn slack_text(text: &str) -> String {
     )
 }
 
-/// Markdown in an Adaptive Card: links and emphasis from outside are shown, not followed.
+/// Markdown in an Adaptive Card: a link written from outside is broken
+/// (a word joiner between `]` and `(`), so it shows as text and leads nowhere.
 fn markdown_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(
-            c,
-            '[' | ']' | '(' | ')' | '*' | '_' | '`' | '<' | '>' | '\\'
-        ) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    no_mentions(&out)
+    no_mentions(&text.replace("](", "]\u{2060}("))
 }
 
 fn no_mentions(text: &str) -> String {

@@ -339,6 +339,58 @@ async fn an_approver_acts_only_with_the_form_s_csrf_token() {
 }
 
 #[tokio::test]
+async fn an_admin_adds_a_channel_on_the_page_and_its_secrets_are_never_shown_again() {
+    let ui = Ui::start().await;
+    let admin = ui.token("ada", Role::Admin).await;
+    let (cookie, csrf) = ui.sign_in(&admin).await;
+    let form = format!(
+        "csrf={csrf}&name=hook&kind=webhook&url=https%3A%2F%2Fhooks.example.com%2Fs3cr3t&on=deployment.failed+incident.*&env=prod"
+    );
+    let added = ui.post("/channels", &cookie, &form).await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.body);
+    let key = added
+        .body
+        .split("shown only now (receivers check X-Sluice-Signature-256 with it): ")
+        .nth(1)
+        .and_then(|rest| rest.get(..64))
+        .unwrap_or_else(|| panic!("the made-up key, once: {}", added.body))
+        .to_string();
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
+    let listed = ui.get("/channels", &cookie).await;
+    assert!(
+        listed
+            .body
+            .contains("deployment.failed in prod, incident.* in prod"),
+        "{}",
+        listed.body
+    );
+    assert!(!listed.body.contains(&key) && !listed.body.contains("s3cr3t"));
+    let bad = ui
+        .post(
+            "/channels",
+            &cookie,
+            &format!("csrf={csrf}&name=x&kind=pager"),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("not a kind of channel"), "{}", bad.body);
+
+    let viewer = ui.token("vic", Role::Viewer).await;
+    let (vic, vic_csrf) = ui.sign_in(&viewer).await;
+    let page = ui.get("/channels", &vic).await;
+    assert!(page.body.contains("hook") && !page.body.contains("Add the channel"));
+    let refused = ui
+        .post("/channels/hook/remove", &vic, &format!("csrf={vic_csrf}"))
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let removed = ui
+        .post("/channels/hook/remove", &cookie, &format!("csrf={csrf}"))
+        .await;
+    assert_eq!(removed.status, StatusCode::SEE_OTHER, "{}", removed.body);
+    assert!(ui.server.state().store.channels().await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn every_answer_tells_the_browser_to_run_only_our_own_scripts() {
     let ui = Ui::start().await;
     for path in ["/login", "/", "/api/v1/runs", "/assets/sluice.js"] {

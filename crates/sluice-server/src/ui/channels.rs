@@ -1,5 +1,6 @@
 //! Notifications: each channel with its routes, the latest messages with
-//! their state and last error, and a button that sends a failed one again.
+//! their state and last error, a button that sends a failed one again, and
+//! for admins the forms that add, test and remove channels.
 
 use askama::Template;
 use axum::Form;
@@ -7,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 use serde::Deserialize;
+use sluice_notify::{ChannelInput, ChannelKind};
 use sluice_store::{Channel, Message, MessageStatus, Role};
 
 use super::session::{Viewer, encode};
@@ -20,6 +22,8 @@ struct ChannelsPage {
     channels: Vec<Channel>,
     messages: Vec<Message>,
     developer: Role,
+    admin: Role,
+    kinds: Vec<&'static str>,
 }
 
 impl ChannelsPage {
@@ -61,16 +65,156 @@ pub async fn list(
     viewer: Viewer,
     Query(q): Query<Done>,
 ) -> PageResult {
+    page(&state, &viewer, q.done).await
+}
+
+async fn page(state: &AppState, viewer: &Viewer, flash: Option<String>) -> PageResult {
     let channels = state.store.channels().await.map_err(failed)?;
     let messages = state.store.messages(None, 50).await.map_err(failed)?;
-    let mut page = Chrome::new(&viewer, "Notifications", "channels");
-    page.flash = q.done;
+    let mut page = Chrome::new(viewer, "Notifications", "channels");
+    page.flash = flash;
     Ok(render(ChannelsPage {
         page,
         channels,
         messages,
         developer: Role::Developer,
+        admin: Role::Admin,
+        kinds: ChannelKind::ALL.iter().map(|k| k.as_str()).collect(),
     }))
+}
+
+/// The add form: lists are written space- or comma-separated.
+#[derive(Deserialize)]
+pub struct AddForm {
+    csrf: String,
+    name: String,
+    kind: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    smtp: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+    #[serde(default)]
+    on: String,
+    #[serde(default)]
+    env: String,
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split([' ', ','])
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn given(text: String) -> Option<String> {
+    let text = text.trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+/// Refuses anyone but an admin with a page that says so.
+#[allow(clippy::result_large_err)] // a page, as every handler here answers
+fn admin_only(viewer: &Viewer, what: &str) -> Result<(), axum::response::Response> {
+    if viewer.caller.role < Role::Admin {
+        return Err(error_page(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "{what} needs the admin role; you ({}) have {}.",
+                viewer.caller.name, viewer.caller.role
+            ),
+            "Ask an admin.",
+        ));
+    }
+    Ok(())
+}
+
+/// Adds a channel; answers the page itself (not a redirect), so that a
+/// made-up signing key is shown once and never travels in a URL.
+pub async fn add(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Form(form): Form<AddForm>,
+) -> PageResult {
+    viewer.check_csrf(&form.csrf)?;
+    admin_only(&viewer, "Adding a channel")?;
+    let input = ChannelInput {
+        name: form.name.trim().to_string(),
+        kind: form.kind,
+        url: given(form.url),
+        smtp: given(form.smtp),
+        from: given(form.from),
+        to: words(&form.to),
+        on: words(&form.on),
+        env: words(&form.env),
+        ..Default::default()
+    };
+    let (channel, made_key) = sluice_notify::validate(input).map_err(|why| {
+        error_page(
+            StatusCode::BAD_REQUEST,
+            &format!("The channel was not added: {why}."),
+            "Go back, correct it and add it again; docs/notifications.md describes each kind.",
+        )
+    })?;
+    let name = channel.name.clone();
+    state
+        .store
+        .put_channel(channel, &viewer.caller.name)
+        .await
+        .map_err(failed)?;
+    let flash = match made_key {
+        Some(key) => format!(
+            "Channel {name} is ready. Its signing key, shown only now (receivers check X-Sluice-Signature-256 with it): {key}"
+        ),
+        None => format!("Channel {name} is ready."),
+    };
+    page(&state, &viewer, Some(flash)).await
+}
+
+pub async fn act(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path((name, verb)): Path<(String, String)>,
+    Form(form): Form<Csrf>,
+) -> PageResult {
+    viewer.check_csrf(&form.csrf)?;
+    let done = match verb.as_str() {
+        "remove" => {
+            admin_only(&viewer, "Removing a channel")?;
+            state
+                .store
+                .remove_channel(&name, &viewer.caller.name)
+                .await
+                .map_err(failed)?;
+            format!("Channel {name} is removed.")
+        }
+        "test" => {
+            admin_only(&viewer, "Testing a channel")?;
+            state.store.channel(&name).await.map_err(failed)?;
+            match sluice_notify::test_channel(
+                &state.store,
+                &name,
+                &viewer.caller.name,
+                &state.public_url,
+            )
+            .await
+            .map_err(|e| failed(crate::ApiError::internal(e)))?
+            {
+                Ok(()) => format!("A test message went to {name}."),
+                Err(why) => format!("The test message to {name} was not delivered: {why}"),
+            }
+        }
+        other => {
+            return Err(error_page(
+                StatusCode::NOT_FOUND,
+                &format!("A channel can be tested or removed, not `{other}`."),
+                "",
+            ));
+        }
+    };
+    Ok(Redirect::to(&format!("/channels?done={}", encode(&done))).into_response())
 }
 
 #[derive(Deserialize)]

@@ -229,7 +229,7 @@ async fn an_environment_short_of_instances_is_brought_back_by_itself_with_an_inc
         .await;
     server
         .wait_for("/changelog?service=shop", "the change-log event", |e| {
-            e["kind"] == "deploy.succeeded" && e["summary"].as_str().unwrap().contains("healed")
+            e["kind"] == "deployment.succeeded" && e["summary"].as_str().unwrap().contains("healed")
         })
         .await;
 }

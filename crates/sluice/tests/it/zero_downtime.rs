@@ -226,7 +226,7 @@ async fn rolling_blue_green_and_rollback_lose_no_request_under_load() {
     for kind in [
         "env.pinned",
         "env.unpinned",
-        "deploy.succeeded",
+        "deployment.succeeded",
         "env.release",
     ] {
         assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
