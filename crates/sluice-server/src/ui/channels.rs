@@ -115,22 +115,6 @@ fn given(text: String) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
-/// Refuses anyone but an admin with a page that says so.
-#[allow(clippy::result_large_err)] // a page, as every handler here answers
-fn admin_only(viewer: &Viewer, what: &str) -> Result<(), axum::response::Response> {
-    if viewer.caller.role < Role::Admin {
-        return Err(error_page(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "{what} needs the admin role; you ({}) have {}.",
-                viewer.caller.name, viewer.caller.role
-            ),
-            "Ask an admin.",
-        ));
-    }
-    Ok(())
-}
-
 /// Adds a channel; answers the page itself (not a redirect), so that a
 /// made-up signing key is shown once and never travels in a URL.
 pub async fn add(
@@ -139,7 +123,7 @@ pub async fn add(
     Form(form): Form<AddForm>,
 ) -> PageResult {
     viewer.check_csrf(&form.csrf)?;
-    admin_only(&viewer, "Adding a channel")?;
+    viewer.require(Role::Admin, "Adding a channel")?;
     let input = ChannelInput {
         name: form.name.trim().to_string(),
         kind: form.kind,
@@ -182,7 +166,7 @@ pub async fn act(
     viewer.check_csrf(&form.csrf)?;
     let done = match verb.as_str() {
         "remove" => {
-            admin_only(&viewer, "Removing a channel")?;
+            viewer.require(Role::Admin, "Removing a channel")?;
             state
                 .store
                 .remove_channel(&name, &viewer.caller.name)
@@ -191,7 +175,7 @@ pub async fn act(
             format!("Channel {name} is removed.")
         }
         "test" => {
-            admin_only(&viewer, "Testing a channel")?;
+            viewer.require(Role::Admin, "Testing a channel")?;
             state.store.channel(&name).await.map_err(failed)?;
             match sluice_notify::test_channel(
                 &state.store,
@@ -229,16 +213,7 @@ pub async fn retry(
     Form(form): Form<Csrf>,
 ) -> PageResult {
     viewer.check_csrf(&form.csrf)?;
-    if viewer.caller.role < Role::Developer {
-        return Err(error_page(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "Sending a message again needs the developer role; you ({}) have {}.",
-                viewer.caller.name, viewer.caller.role
-            ),
-            "Ask an admin for a developer token.",
-        ));
-    }
+    viewer.require(Role::Developer, "Sending a message again")?;
     state.store.retry_message(id).await.map_err(failed)?;
     let done = format!("Message {id} is pending again.");
     Ok(Redirect::to(&format!("/channels?done={}", encode(&done))).into_response())

@@ -5,7 +5,6 @@
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag};
 use serde::Deserialize;
@@ -13,7 +12,7 @@ use sluice_deploy::IncidentView;
 use sluice_store::{Incident, Role, RuleBlock, RuleRecord};
 
 use super::session::{Viewer, encode};
-use super::{Chrome, PageResult, error_page, failed, render};
+use super::{Chrome, PageResult, failed, render};
 use crate::AppState;
 use crate::ids::{IncidentId, RuleId};
 
@@ -186,16 +185,7 @@ pub async fn disable_rule(
     Form(form): Form<Disable>,
 ) -> PageResult {
     viewer.check_csrf(&form.csrf)?;
-    if viewer.caller.role < Role::Approver {
-        return Err(error_page(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "Disabling a rule needs the approver role; you ({}) have {}.",
-                viewer.caller.name, viewer.caller.role
-            ),
-            "Ask an admin for an approver token.",
-        ));
-    }
+    viewer.require(Role::Approver, "Disabling a rule")?;
     state
         .cd
         .disable_rule(id, &form.reason, &viewer.caller.actor())

@@ -87,16 +87,7 @@ pub async fn decide(
     Form(form): Form<Decision>,
 ) -> PageResult {
     viewer.check_csrf(&form.csrf)?;
-    if viewer.caller.role < Role::Approver {
-        return Err(error_page(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "Deciding a promotion needs the approver role; you ({}) have {}.",
-                viewer.caller.name, viewer.caller.role
-            ),
-            "Ask an admin for an approver token.",
-        ));
-    }
+    viewer.require(Role::Approver, "Deciding a promotion")?;
     let actor = viewer.caller.actor();
     let done = match verb.as_str() {
         "approve" => {
