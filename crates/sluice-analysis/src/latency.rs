@@ -76,6 +76,7 @@ struct Second {
     a: BTreeMap<String, LogHistogram>,
     a_pooled: LogHistogram,
     b: LogHistogram,
+    b_each: BTreeMap<String, LogHistogram>,
 }
 
 /// B's quantile against A's slowest and fastest instances', over the judged
@@ -118,6 +119,18 @@ pub struct LatencyJudge {
     /// B's judged requests, and each A instance's over the same seconds.
     b_judged: LogHistogram,
     a_judged: BTreeMap<String, LogHistogram>,
+    /// Each B instance's judged requests, to say which of them was slow.
+    b_each: BTreeMap<String, LogHistogram>,
+}
+
+/// One instance's judged (warm) requests: how many, and its p50 and p95.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InstanceLatency {
+    pub instance: String,
+    pub side: Side,
+    pub requests: u64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
 }
 
 impl LatencyJudge {
@@ -133,6 +146,7 @@ impl LatencyJudge {
             p95: QuantileTest::new(0.95),
             b_judged: LogHistogram::default(),
             a_judged: BTreeMap::new(),
+            b_each: BTreeMap::new(),
         }
     }
 
@@ -157,7 +171,11 @@ impl LatencyJudge {
                     .entry(i.instance.to_string())
                     .or_default()
                     .merge(i.latency),
-                Side::B => this.b.merge(i.latency),
+                Side::B => this
+                    .b_each
+                    .entry(i.instance.to_string())
+                    .or_default()
+                    .merge(i.latency),
             }
         }
         let slot = self.seconds.entry(second).or_default();
@@ -165,7 +183,10 @@ impl LatencyJudge {
             slot.a_pooled.merge(&latency);
             slot.a.entry(instance).or_default().merge(&latency);
         }
-        slot.b.merge(&this.b);
+        for (instance, latency) in this.b_each {
+            slot.b.merge(&latency);
+            slot.b_each.entry(instance).or_default().merge(&latency);
+        }
         self.judge_through(second.saturating_sub(self.config.span));
     }
 
@@ -207,6 +228,12 @@ impl LatencyJudge {
             }
         }
         self.b_judged.merge(&this.b);
+        for (instance, latency) in &this.b_each {
+            self.b_each
+                .entry(instance.clone())
+                .or_default()
+                .merge(latency);
+        }
         for (instance, latency) in &this.a {
             self.a_judged
                 .entry(instance.clone())
@@ -258,6 +285,24 @@ impl LatencyJudge {
             a_fastest_micros: estimates.iter().copied().reduce(f64::min)?,
             a_upper_micros: uppers.reduce(f64::max)?,
         })
+    }
+
+    /// Every instance's judged requests, A's then B's: who was slow.
+    pub fn instances(&self) -> Vec<InstanceLatency> {
+        let each = |side: Side, all: &BTreeMap<String, LogHistogram>| {
+            all.iter()
+                .map(|(instance, h)| InstanceLatency {
+                    instance: instance.clone(),
+                    side,
+                    requests: h.len(),
+                    p50_ms: h.quantile(0.5).map(|us| (us / 10.0).round() / 100.0),
+                    p95_ms: h.quantile(0.95).map(|us| (us / 10.0).round() / 100.0),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut out = each(Side::A, &self.a_judged);
+        out.extend(each(Side::B, &self.b_each));
+        out
     }
 
     pub fn test(&self, q: f64) -> &QuantileTest {
@@ -343,6 +388,23 @@ mod tests {
         run(&mut judge, 60, 20_000.0, 30_000.0);
         let effect = judge.slower(0.5, 0.05).expect("slower");
         assert!(effect.b_micros > effect.a_micros * 1.4, "{effect:?}");
+    }
+
+    #[test]
+    fn each_instance_s_warm_latency_is_reported_by_name() {
+        let mut judge = LatencyJudge::new(LatencyConfig::default());
+        run(&mut judge, 60, 2_000.0, 6_000.0);
+        let shown = judge.instances();
+        let names: Vec<(&str, Side)> = shown
+            .iter()
+            .map(|i| (i.instance.as_str(), i.side))
+            .collect();
+        assert_eq!(names, [("a1", Side::A), ("b1", Side::B)]);
+        let p95 = |i: &InstanceLatency| i.p95_ms.unwrap();
+        assert!((1.9..2.4).contains(&p95(&shown[0])), "{shown:?}");
+        assert!((5.7..7.2).contains(&p95(&shown[1])), "{shown:?}");
+        // Warm-up and the last seconds' span are not judged.
+        assert!(shown[1].requests < 60 * 20 && shown[1].requests > 0);
     }
 
     #[test]

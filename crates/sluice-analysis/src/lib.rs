@@ -15,7 +15,9 @@ mod srm;
 pub use decide::{Action, Decision, Evidence, Policy, decide};
 pub use errors::ErrorRateTest;
 pub use histogram::LogHistogram;
-pub use latency::{Effect, InstanceSecond, LatencyConfig, LatencyJudge, MinEffect, Side};
+pub use latency::{
+    Effect, InstanceLatency, InstanceSecond, LatencyConfig, LatencyJudge, MinEffect, Side,
+};
 pub use quantile::QuantileTest;
 pub use srm::SampleRatio;
 

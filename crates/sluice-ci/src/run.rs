@@ -275,7 +275,7 @@ async fn record_block(engine: &Engine, run: &Run, spec: &Spec, rule: &str, why: 
     let subject = format!("run {}", run.id);
     if let Err(e) = engine
         .store
-        .record_block(rule, &spec.service, &subject, why)
+        .record_block(rule, &spec.service, None, &subject, why)
         .await
     {
         tracing::warn!(run = run.id, error = %e, "could not record the rule's block");

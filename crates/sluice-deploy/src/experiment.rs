@@ -443,7 +443,8 @@ impl Looker {
             step_elapsed: self.step_started.elapsed(),
         };
         let decision = decide(&evidence, &self.policy());
-        let record = json!({ "action": decision.action, "reason": decision.reason, "numbers": decision.numbers, "weight": self.weight(), "at": now_ms() });
+        // Each instance's warm latency says which one a latency decision rests on.
+        let record = json!({ "action": decision.action, "reason": decision.reason, "numbers": decision.numbers, "instances": self.latency.instances(), "weight": self.weight(), "at": now_ms() });
         match decision.action {
             Action::Wait => None,
             Action::Hold => {

@@ -215,6 +215,7 @@ pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
                 .record_block(
                     rule,
                     &promotion.service,
+                    Some(&promotion.environment),
                     &format!("promotion {id}"),
                     &blocked.detail,
                 )

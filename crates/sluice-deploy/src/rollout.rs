@@ -804,7 +804,13 @@ async fn record_rule_block(inner: &Arc<Inner>, live: &Live, failure: &health::Fa
     let subject = format!("instance {} ({})", live.backend.id, live.backend.release);
     let _ = inner
         .store
-        .record_block(rule, &live.service, &subject, &failure.message)
+        .record_block(
+            rule,
+            &live.service,
+            Some(&live.env),
+            &subject,
+            &failure.message,
+        )
         .await;
 }
 

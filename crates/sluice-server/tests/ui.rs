@@ -219,7 +219,13 @@ async fn every_page_renders_for_a_viewer_who_cannot_act() {
         .await
         .unwrap();
     store
-        .record_block("R1", "shop", "promotion 4 (v4)", "v4 failed R1 in pre-prod")
+        .record_block(
+            "R1",
+            "shop",
+            Some("prod"),
+            "promotion 4 (v4)",
+            "v4 failed R1 in pre-prod",
+        )
         .await
         .unwrap();
     let viewer = ui.token("vic", Role::Viewer).await;

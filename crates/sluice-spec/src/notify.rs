@@ -79,6 +79,10 @@ pub const EVENT_KINDS: &[(&str, &str)] = &[
     ("postmortem.edited", "a postmortem was written or changed"),
     ("rule.added", "a rule learnt from an incident was added"),
     ("rule.disabled", "a rule was disabled"),
+    (
+        "rule.blocked",
+        "a rule stopped a change, a promotion or an instance (once each)",
+    ),
     ("repo.added", "a repository is watched"),
     ("secret.set", "a repository's secret was set"),
     ("secret.deleted", "a repository's secret was deleted"),

@@ -176,14 +176,16 @@ impl Store {
         &self,
         rule_id: &str,
         service: &str,
+        environment: Option<&str>,
         subject: &str,
         detail: &str,
     ) -> Result<()> {
+        let mut tx = self.begin().await?;
         let seen: Option<i64> =
             sqlx::query_scalar("SELECT id FROM rule_blocks WHERE rule_id = $1 AND subject = $2")
                 .bind(rule_id)
                 .bind(subject)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
         if seen.is_some() {
             return Ok(());
@@ -196,8 +198,22 @@ impl Store {
         .bind(subject)
         .bind(detail)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        // The first time a rule stops something is news; the gatekeeper
+        // looking again every second is not.
+        let event = NewChangeEvent {
+            actor: "sluice".into(),
+            kind: "rule.blocked".into(),
+            service: Some(service.to_string()),
+            environment: environment.map(String::from),
+            subject: rule_id.to_string(),
+            summary: format!("{rule_id} blocked {subject}: {detail}"),
+            after: Some(serde_json::json!({ "rule": rule_id, "blocked": subject })),
+            ..Default::default()
+        };
+        append_with(&mut tx, event).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -84,11 +84,11 @@ async fn incidents_move_forward_and_rules_keep_their_origin() {
         );
         assert!(!expired.is_active(sluice_store::now_ms()));
         store
-            .record_block("R1", "shop", "run 7", "no job")
+            .record_block("R1", "shop", None, "run 7", "no job")
             .await
             .unwrap();
         store
-            .record_block("R1", "shop", "run 7", "no job")
+            .record_block("R1", "shop", None, "run 7", "no job")
             .await
             .unwrap();
         assert_eq!(store.rule_blocks("R1").await.unwrap().len(), 1);
@@ -110,6 +110,8 @@ async fn incidents_move_forward_and_rules_keep_their_origin() {
             kinds,
             [
                 "rule.disabled",
+                // Once, however often the rule stops the same run.
+                "rule.blocked",
                 "rule.added",
                 "rule.added",
                 "postmortem.edited",

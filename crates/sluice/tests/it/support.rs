@@ -196,7 +196,22 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the server as an operator would, so that it stops its
+    /// instances too (a kill would leave them running after the test, as a
+    /// crash leaves them for the next start); a server that does not exit
+    /// within 10 s is killed.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Ok(None) = self.child.try_wait() {
+                if Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
