@@ -416,6 +416,53 @@ async fn every_answer_tells_the_browser_to_run_only_our_own_scripts() {
 }
 
 #[tokio::test]
+async fn a_viewer_cannot_replay_a_health_check_which_would_start_the_release() {
+    let ui = Ui::start().await;
+    let store = &ui.server.state().store;
+    for spec in [
+        json!({ "kind": "health_check", "path": "/checkout", "status": 200 }),
+        json!({ "kind": "require_job", "job": "checkout-regression" }),
+    ] {
+        store
+            .insert_rule(NewRule {
+                service: "shop",
+                spec: &spec,
+                note: "",
+                incident_id: None,
+                actor: "ana",
+                expires_at: None,
+                description: "",
+            })
+            .await
+            .unwrap();
+    }
+    let viewer = ui.token("vic", Role::Viewer).await;
+    let replay = |id: i64| {
+        let (router, viewer) = (ui.router.clone(), viewer.clone());
+        async move {
+            let request = Request::post(format!("/api/v1/rules/{id}/test"))
+                .header(header::AUTHORIZATION, format!("Bearer {viewer}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(r#"{"release": 1}"#))
+                .unwrap();
+            let response = router.oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, body) = replay(1).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("needs the developer role"), "{body}");
+    // Other kinds replay without running anything: a viewer may ask (the
+    // service has no release v1, which is what it is told).
+    let (status, body) = replay(2).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test]
 async fn bogus_tokens_cost_a_digest_and_are_limited_per_address() {
     let ui = Ui::start().await;
     let token = ui.token("ci-bot", Role::Developer).await;

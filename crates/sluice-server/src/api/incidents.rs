@@ -277,6 +277,12 @@ pub async fn test_rule(
     Json(body): Json<ReplayBody>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer)?;
+    // Replaying a health check starts the release against a copy of the
+    // data: running code is a developer's to ask for, not a viewer's.
+    let rule = state.store.rule(id).await?;
+    if let Ok(sluice_spec::RuleSpec::HealthCheck { .. }) = serde_json::from_str(&rule.spec) {
+        caller.require(Role::Developer)?;
+    }
     let target = match (body.change, body.release) {
         (Some(sha), None) => ReplayTarget::Change(sha),
         (None, Some(n)) => ReplayTarget::Release(n),
