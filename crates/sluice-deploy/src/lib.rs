@@ -174,6 +174,10 @@ struct Entry {
     /// The address `listen:` asked for (port 0: any), as bound by `listener`.
     listen: std::net::SocketAddr,
     listener: Listener,
+    /// The HTTPS `listen:` asked for, as served by `listener`.
+    tls: Option<sluice_spec::TlsSpec>,
+    /// The plain listener sending clients on to HTTPS; stops when dropped.
+    _redirect: Option<tokio_util::sync::DropGuard>,
     telemetry: Telemetry,
     /// The windows of seconds before this are in the store (see [`traffic`]).
     stored_until: u64,
@@ -595,13 +599,20 @@ impl Inner {
                     env.name
                 );
             }
-            entries
-                .get(&key)
-                .map(|e| (e.route.clone(), e.telemetry.clone(), e.listen))
+            entries.get(&key).map(|e| {
+                (
+                    e.route.clone(),
+                    e.telemetry.clone(),
+                    e.listen,
+                    e.tls.clone(),
+                )
+            })
         };
         let (route, telemetry) = match existing {
-            Some((route, _, listen)) if listen == env.listen => return Ok(route),
-            Some((route, telemetry, _)) => (route, telemetry),
+            Some((route, _, listen, tls)) if listen == env.listen && tls == env.tls => {
+                return Ok(route);
+            }
+            Some((route, telemetry, _, _)) => (route, telemetry),
             None => {
                 let access_log = self.layout.access_log(service, &env.name)?;
                 let telemetry =
@@ -609,15 +620,52 @@ impl Inner {
                 (Route::default(), telemetry)
             }
         };
-        let listener = Listener::bind(env.listen, route.clone(), &env.name, telemetry.clone())
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "could not listen on {} for {}: {e}; is the address taken?",
-                    env.listen,
-                    env.name
+        let certificates = match &env.tls {
+            Some(tls) => Some(
+                sluice_proxy::tls::Certificates::load(
+                    tls.certs
+                        .iter()
+                        .map(|c| sluice_proxy::tls::CertFiles {
+                            cert: c.cert.clone(),
+                            key: c.key.clone(),
+                        })
+                        .collect(),
                 )
-            })?;
+                .map_err(|e| anyhow::anyhow!("could not serve HTTPS for {}: {e}", env.name))?,
+            ),
+            None => None,
+        };
+        let listener = Listener::bind_tls(
+            env.listen,
+            route.clone(),
+            &env.name,
+            telemetry.clone(),
+            sluice_proxy::Limits::default(),
+            certificates,
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "could not listen on {} for {}: {e}; is the address taken?",
+                env.listen,
+                env.name
+            )
+        })?;
+        let redirect = match env.tls.as_ref().and_then(|t| t.redirect_from) {
+            Some(from) => {
+                let stop = tokio_util::sync::CancellationToken::new();
+                sluice_proxy::redirect_to_https(from, listener.addr.port(), stop.clone())
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "could not listen on {from} to send {} on to HTTPS: {e}",
+                            env.name
+                        )
+                    })?;
+                Some(stop.drop_guard())
+            }
+            None => None,
+        };
         tracing::info!(service, env = %env.name, addr = %listener.addr, "environment entry point listening");
         let mut entries = self.entries.lock().unwrap();
         // Claimed meanwhile by another environment: its claim came first.
@@ -634,6 +682,8 @@ impl Inner {
             Some(entry) => {
                 entry.listen = env.listen;
                 entry.listener = listener;
+                entry.tls = env.tls.clone();
+                entry._redirect = redirect;
             }
             None => {
                 entries.insert(
@@ -642,6 +692,8 @@ impl Inner {
                         route: route.clone(),
                         listen: env.listen,
                         listener,
+                        tls: env.tls.clone(),
+                        _redirect: redirect,
                         telemetry,
                         stored_until: 0,
                     },

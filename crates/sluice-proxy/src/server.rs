@@ -1,8 +1,10 @@
-//! The listener: accepts HTTP/1.1 and HTTP/2 (h2c) connections and hands
-//! each request to the layered service of [`crate::layers`], one stack per
-//! worker thread.
+//! The listener: accepts HTTP/1.1 and HTTP/2 connections, in the clear
+//! (h2c) or over TLS ([`crate::tls`], ALPN), and hands each request to the
+//! layered service of [`crate::layers`], one stack per worker thread; and
+//! the plain listener that sends clients on to HTTPS.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
@@ -11,6 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -24,6 +27,7 @@ use crate::layers::upstream::Upstream;
 use crate::layers::{Peer, ProxyRequest, ProxyResponse};
 use crate::route::Route;
 use crate::telemetry::Telemetry;
+use crate::tls::Certificates;
 
 /// A listener serving one environment's route: one thread per core, each
 /// with a single-threaded runtime and its own socket on the same port
@@ -92,6 +96,27 @@ impl Listener {
         telemetry: Telemetry,
         limits: Limits,
     ) -> std::io::Result<Listener> {
+        Listener::bind_tls(addr, route, name, telemetry, limits, None).await
+    }
+
+    /// [`Listener::bind_with`], serving HTTPS with `certificates` when given
+    /// (read again when their files change).
+    pub async fn bind_tls(
+        addr: SocketAddr,
+        route: Route,
+        name: &str,
+        telemetry: Telemetry,
+        limits: Limits,
+        certificates: Option<Arc<Certificates>>,
+    ) -> std::io::Result<Listener> {
+        let acceptor = match &certificates {
+            Some(certificates) => Some(TlsAcceptor::from(
+                certificates
+                    .server_config()
+                    .map_err(std::io::Error::other)?,
+            )),
+            None => None,
+        };
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let first = reuse_port_socket(addr)?;
         let addr = first.local_addr()?;
@@ -102,9 +127,17 @@ impl Listener {
         let via = HeaderValue::from_str(&format!("1.1 sluice-{name}"))
             .unwrap_or(HeaderValue::from_static("1.1 sluice"));
         let stop = CancellationToken::new();
+        if let Some(certificates) = certificates {
+            spawn_reloader(certificates, name, stop.clone())?;
+        }
         for (i, socket) in sockets.into_iter().enumerate() {
-            let (route, telemetry, via, stop) =
-                (route.clone(), telemetry.clone(), via.clone(), stop.clone());
+            let (route, telemetry, via, stop, acceptor) = (
+                route.clone(),
+                telemetry.clone(),
+                via.clone(),
+                stop.clone(),
+                acceptor.clone(),
+            );
             std::thread::Builder::new()
                 .name(format!("proxy-{name}-{i}"))
                 .spawn(move || {
@@ -122,7 +155,7 @@ impl Listener {
                         let via = HeaderValue::from_bytes(via.as_bytes()).unwrap_or(via);
                         let service = stack(route.for_worker(), via, telemetry.for_worker(i));
                         match TcpListener::from_std(socket) {
-                            Ok(listener) => accept(listener, service, limits, stop).await,
+                            Ok(listener) => accept(listener, service, limits, acceptor, stop).await,
                             Err(e) => {
                                 tracing::error!(error = %e, "a proxy worker could not listen")
                             }
@@ -159,8 +192,36 @@ fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener>
     Ok(socket.into())
 }
 
-async fn accept<S>(listener: TcpListener, service: S, limits: Limits, stop: CancellationToken)
-where
+/// Reads the certificates again when their files change, on a thread of
+/// its own, until the listener stops.
+fn spawn_reloader(
+    certificates: Arc<Certificates>,
+    name: &str,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let name = name.to_string();
+    std::thread::Builder::new()
+        .name(format!("tls-{name}"))
+        .spawn(move || {
+            while !stop.is_cancelled() {
+                std::thread::sleep(crate::tls::RELOAD_EVERY);
+                match certificates.reload_if_changed() {
+                    Ok(true) => tracing::info!(env = %name, "certificates read again"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(env = %name, error = %e, "certificates not read again; the old ones are served"),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+async fn accept<S>(
+    listener: TcpListener,
+    service: S,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) where
     S: Service<ProxyRequest, Response = ProxyResponse, Error = std::convert::Infallible>
         + Clone
         + Send
@@ -181,7 +242,8 @@ where
         };
         let _ = stream.set_nodelay(true);
         let stack = service.clone();
-        let client = Peer::new(peer);
+        let client = Peer::over(peer, tls.is_some());
+        let tls = tls.clone();
         // The worker's runtime ends with its listener, and its connections with it.
         tokio::spawn(async move {
             // hyper's header timeout starts once it knows the protocol, which
@@ -196,15 +258,105 @@ where
                 request.extensions_mut().insert(client.clone());
                 stack.clone().oneshot(request)
             });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.client_header);
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            match tls {
+                None => serve(TokioIo::new(stream), service, limits, peer).await,
+                // The handshake has the head's time limit too.
+                Some(tls) => {
+                    match tokio::time::timeout(limits.client_header, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => serve(TokioIo::new(stream), service, limits, peer).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
+}
+
+/// HTTP/1.1 or HTTP/2 (by its preface) on one connection.
+async fn serve<I, S>(io: TokioIo<I>, service: S, limits: Limits, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = ProxyResponse,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.client_header);
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
+}
+
+/// A plain-HTTP listener that sends every request on to the same host and
+/// path over HTTPS (308), but for the ACME HTTP-01 challenge path.
+pub async fn redirect_to_https(
+    addr: SocketAddr,
+    https_port: u16,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    // SO_REUSEPORT, as the entry point: a new one binds before the old goes.
+    let listener = TcpListener::from_std(reuse_port_socket(addr)?)?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(_) => continue,
+                },
+                _ = stop.cancelled() => return,
+            };
+            let service =
+                hyper::service::service_fn(move |request: Request<Incoming>| async move {
+                    Ok::<_, std::convert::Infallible>(redirect(&request, https_port))
+                });
+            tokio::spawn(serve(
+                TokioIo::new(stream),
+                service,
+                Limits::default(),
+                peer,
+            ));
+        }
+    });
+    Ok(bound)
+}
+
+fn redirect(request: &Request<Incoming>, https_port: u16) -> ProxyResponse {
+    use http::StatusCode;
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    if path.starts_with("/.well-known/acme-challenge/") {
+        return crate::layers::error_response(
+            StatusCode::NOT_FOUND,
+            "no ACME challenge is pending",
+        );
+    }
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        return crate::layers::error_response(
+            StatusCode::BAD_REQUEST,
+            "a request needs a Host to be sent on to HTTPS",
+        );
+    };
+    let location = match https_port {
+        443 => format!("https://{}{path}", host.host()),
+        port => format!("https://{}:{port}{path}", host.host()),
+    };
+    let mut response = crate::layers::error_response(StatusCode::PERMANENT_REDIRECT, "use HTTPS");
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(http::header::LOCATION, value);
+    }
+    response
 }

@@ -164,9 +164,27 @@ pub struct Environment {
     pub deploy: DeployPolicy,
     pub instances: u32,
     pub listen: SocketAddr,
+    /// HTTPS at `listen`, when given.
+    pub tls: Option<TlsSpec>,
     pub config: BTreeMap<String, String>,
     pub data: DataSpec,
     pub strategy: Strategy,
+}
+
+/// HTTPS at an environment's entry point: certificate files on the server's
+/// machine (absolute paths), read again when they change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TlsSpec {
+    /// The first is served when a client names no host or one none is valid for.
+    pub certs: Vec<CertPaths>,
+    /// A plain-HTTP address that sends clients on to HTTPS.
+    pub redirect_from: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CertPaths {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// When releases enter an environment and what gates a promotion into it.

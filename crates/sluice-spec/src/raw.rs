@@ -106,11 +106,42 @@ pub struct RawEnvironment {
     pub from: Option<Spanned<String>>,
     pub deploy: Option<Spanned<RawDeploy>>,
     pub instances: Option<Spanned<u32>>,
-    pub listen: Spanned<String>,
+    pub listen: Spanned<RawListen>,
     #[serde(default)]
     pub config: Entries<Scalar>,
     pub data: Option<RawData>,
     pub strategy: Option<Spanned<RawStrategy>>,
+}
+
+/// `listen: ADDR`, or `listen: { address: ADDR, tls: …, redirect_from: ADDR }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawListen {
+    Address(String),
+    Full(RawListenFull),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenFull {
+    pub address: String,
+    pub tls: Option<RawTls>,
+    pub redirect_from: Option<String>,
+}
+
+/// One certificate and key, or several (chosen by SNI).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawTls {
+    One(RawCertPair),
+    Many(Vec<RawCertPair>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]

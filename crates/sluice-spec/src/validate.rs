@@ -545,32 +545,12 @@ fn environments(
                 );
             }
         }
-        let listen = match env.listen.value.parse::<SocketAddr>() {
-            Ok(addr) => {
-                // Port 0 asks for any free port, so it never clashes.
-                let taken = if addr.port() == 0 {
-                    None
-                } else {
-                    listeners.insert(addr, name.value.clone())
-                };
-                if let Some(other) = taken {
-                    c.error(
-                        &env.listen,
-                        format!("`{addr}` is already the listen address of `{other}`"),
-                        Some("give each environment its own address or port".to_string()),
-                    );
-                }
-                addr
-            }
-            Err(_) => {
-                c.error(
-                    &env.listen,
-                    format!("`{}` is not a listen address", env.listen.value),
-                    Some("write IP:PORT, e.g. `127.0.0.1:8101`".to_string()),
-                );
-                SocketAddr::from(([127, 0, 0, 1], 0))
-            }
+        let (address, tls) = match &env.listen.value {
+            RawListen::Address(address) => (address.as_str(), None),
+            RawListen::Full(full) => (full.address.as_str(), Some(full)),
         };
+        let listen = listen_address(c, &env.listen, address, &name.value, &mut listeners);
+        let tls = tls.and_then(|full| tls_spec(c, &env.listen, full, &name.value, &mut listeners));
         let instances = match &env.instances {
             Some(n) if n.value == 0 => {
                 c.error(n, "`instances` must be at least 1", None);
@@ -586,6 +566,7 @@ fn environments(
             deploy: deploy_policy(c, &env.deploy, pipeline),
             instances,
             listen,
+            tls,
             config: env_map(c, &env.config),
             data,
             strategy: strategy(c, &env.strategy),
@@ -593,6 +574,94 @@ fn environments(
     }
     from_cycle(c, &raw);
     out
+}
+
+/// An environment's address, unique among the file's (port 0 aside).
+fn listen_address<T>(
+    c: &mut Checker,
+    node: &Spanned<T>,
+    address: &str,
+    env: &str,
+    listeners: &mut HashMap<SocketAddr, String>,
+) -> SocketAddr {
+    match address.parse::<SocketAddr>() {
+        Ok(addr) => {
+            // Port 0 asks for any free port, so it never clashes.
+            let taken = if addr.port() == 0 {
+                None
+            } else {
+                listeners.insert(addr, env.to_string())
+            };
+            if let Some(other) = taken {
+                c.error(
+                    node,
+                    format!("`{addr}` is already the listen address of `{other}`"),
+                    Some("give each environment its own address or port".to_string()),
+                );
+            }
+            addr
+        }
+        Err(_) => {
+            c.error(
+                node,
+                format!("`{address}` is not a listen address"),
+                Some("write IP:PORT, e.g. `127.0.0.1:8101`".to_string()),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }
+    }
+}
+
+/// `tls:` certificate files (absolute paths on the server's machine) and
+/// the optional plain-HTTP address that redirects to HTTPS.
+fn tls_spec<T>(
+    c: &mut Checker,
+    node: &Spanned<T>,
+    full: &RawListenFull,
+    env: &str,
+    listeners: &mut HashMap<SocketAddr, String>,
+) -> Option<TlsSpec> {
+    let Some(tls) = &full.tls else {
+        if full.redirect_from.is_some() {
+            c.error(
+                node,
+                "`redirect_from` sends clients on to HTTPS, and `listen` has no `tls`",
+                Some("add `tls: { cert: PATH, key: PATH }`".to_string()),
+            );
+        }
+        return None;
+    };
+    let pairs: Vec<&RawCertPair> = match tls {
+        RawTls::One(pair) => vec![pair],
+        RawTls::Many(pairs) => pairs.iter().collect(),
+    };
+    if pairs.is_empty() || pairs.len() > 100 {
+        c.error(node, "`tls` needs 1 to 100 certificates", None);
+    }
+    let mut certs = Vec::new();
+    for pair in pairs {
+        for path in [&pair.cert, &pair.key] {
+            if !path.starts_with('/') || path.contains('\0') || path.len() > 4096 {
+                c.error(
+                    node,
+                    format!("`{}` is not an absolute path", path.escape_debug()),
+                    Some("certificates live on the server's machine, not in the repository: write /etc/ssl/… (PEM files)".to_string()),
+                );
+            }
+        }
+        certs.push(CertPaths {
+            cert: pair.cert.clone().into(),
+            key: pair.key.clone().into(),
+        });
+    }
+    let redirect_from = full
+        .redirect_from
+        .as_deref()
+        .map(|address| listen_address(c, node, address, env, listeners));
+    Some(TlsSpec {
+        certs,
+        redirect_from,
+    })
 }
 
 fn from_cycle(c: &mut Checker, raw: &Entries<RawEnvironment>) {

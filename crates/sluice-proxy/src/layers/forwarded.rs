@@ -21,6 +21,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Drops the hop-by-hop headers: the standard ones and those `Connection` names.
 fn drop_hop_by_hop(headers: &mut http::HeaderMap) {
@@ -79,18 +80,22 @@ fn pass_on(headers: &mut http::HeaderMap, upgrade: Option<HeaderValue>) {
 }
 
 impl Peer {
-    /// The client at `addr`, with the forms the forwarding headers name it by.
-    pub fn new(addr: SocketAddr) -> Peer {
+    /// The client at `addr`, over HTTPS when `tls`, with the forms the
+    /// forwarding headers name it by (`X-Forwarded-For`, `X-Forwarded-Proto`,
+    /// `Forwarded`).
+    pub fn over(addr: SocketAddr, tls: bool) -> Peer {
         let node = match addr.ip() {
             IpAddr::V4(ip) => ip.to_string(),
             // `Forwarded`'s node syntax: IPv6 addresses quoted and bracketed.
             IpAddr::V6(ip) => format!("\"[{ip}]\""),
         };
         let value = |text: &str| HeaderValue::from_str(text).expect("an address is a header value");
+        let proto = if tls { "https" } else { "http" };
         Peer {
             addr,
             ip: value(&addr.ip().to_string()),
-            forwarded: value(&format!("for={node};proto=http")),
+            forwarded: value(&format!("for={node};proto={proto}")),
+            proto: HeaderValue::from_static(proto),
         }
     }
 }
@@ -169,6 +174,7 @@ fn name_the_client(headers: &mut http::HeaderMap, peer: &Peer) {
         .and_then(|v| v.to_str().ok())
         .and_then(|before| HeaderValue::from_str(&format!("{before}, {}", peer.addr.ip())).ok());
     headers.insert(X_FORWARDED_FOR, before.unwrap_or_else(|| peer.ip.clone()));
+    headers.insert(X_FORWARDED_PROTO, peer.proto.clone());
     headers.append(header::FORWARDED, peer.forwarded.clone());
 }
 
@@ -188,6 +194,10 @@ mod tests {
                 let headers = request.headers();
                 assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
                 assert_eq!(headers["forwarded"], "for=127.0.0.2;proto=http");
+                assert_eq!(
+                    headers["x-forwarded-proto"], "http",
+                    "never what the client claims"
+                );
                 assert_eq!(headers["via"], "1.1 sluice-prod");
                 assert!(headers.get("connection").is_none());
                 assert!(headers.get("x-hop").is_none(), "named by Connection");
@@ -204,13 +214,16 @@ mod tests {
             .insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         request
             .headers_mut()
+            .insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        request
+            .headers_mut()
             .insert("connection", HeaderValue::from_static("close, x-hop"));
         request
             .headers_mut()
             .insert("x-hop", HeaderValue::from_static("1"));
         request
             .extensions_mut()
-            .insert(Peer::new(([127, 0, 0, 2], 9).into()));
+            .insert(Peer::over(([127, 0, 0, 2], 9).into(), false));
         let response = service.oneshot(request).await.unwrap();
         assert!(response.headers().get("keep-alive").is_none());
         assert_eq!(response.headers()["via"], "1.1 sluice-prod");

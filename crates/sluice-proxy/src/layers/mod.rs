@@ -44,6 +44,7 @@ pub struct Peer {
     pub addr: SocketAddr,
     ip: HeaderValue,
     forwarded: HeaderValue,
+    proto: HeaderValue,
 }
 
 /// The variant the split chose (request extension); `None` outside an experiment.

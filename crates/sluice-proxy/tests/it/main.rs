@@ -7,6 +7,8 @@ use axum::Router;
 use axum::routing::{get, post};
 use sluice_proxy::{Backend, Listener, Metrics, Route, Split, Sticky, Telemetry, Variant};
 
+mod tls;
+
 async fn backend(name: &'static str) -> SocketAddr {
     let app = Router::new()
         .route("/", get(move || async move { name }))
@@ -18,6 +20,16 @@ async fn backend(name: &'static str) -> SocketAddr {
             }),
         )
         .route("/echo", post(|body: axum::body::Bytes| async move { body }))
+        .route(
+            "/proto",
+            get(|headers: axum::http::HeaderMap| async move {
+                format!(
+                    "{:?} {:?}",
+                    headers.get("x-forwarded-proto"),
+                    headers.get("forwarded")
+                )
+            }),
+        )
         .route(
             "/headers",
             get(|headers: axum::http::HeaderMap| async move {

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::support::{GitRepo, Server, copy_fixture};
 
-fn spec(service: &str, listen: &str) -> String {
+pub(crate) fn spec(service: &str, listen: &str) -> String {
     format!(
         r#"service: {service}
 pipeline:
@@ -35,7 +35,7 @@ environments:
     )
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }

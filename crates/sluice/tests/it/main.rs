@@ -12,6 +12,7 @@ mod demo;
 mod detection;
 mod experiments;
 mod hostile;
+mod https;
 mod incidents;
 mod init;
 mod metrics;
