@@ -518,6 +518,17 @@ impl Cd {
     /// Stops every instance, for a clean shutdown.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        // Entry points first: the requests under way get their answers from
+        // instances still running, then the instances stop.
+        let draining: Vec<_> = self
+            .inner
+            .entries
+            .lock()
+            .unwrap()
+            .values()
+            .map(|e| e.listener.shutdown())
+            .collect();
+        futures::future::join_all(draining).await;
         traffic::flush(&self.inner, true).await;
         self.inner.runtime.stop_all().await;
     }
@@ -615,8 +626,12 @@ impl Inner {
             Some((route, telemetry, _, _)) => (route, telemetry),
             None => {
                 let access_log = self.layout.access_log(service, &env.name)?;
-                let telemetry =
-                    Telemetry::new(service, &env.name, self.metrics.clone(), Some(access_log));
+                let telemetry = Telemetry::new(
+                    service,
+                    &env.name,
+                    self.metrics.clone(),
+                    Some(sluice_proxy::AccessLog::new(access_log)),
+                );
                 (Route::default(), telemetry)
             }
         };

@@ -4,6 +4,7 @@
 //! pooled keep-alive connections, over HTTP or HTTPS. It knows nothing of the store: whoever
 //! deploys tells it which backends exist and whether they are healthy.
 
+pub mod access_log;
 mod layers;
 mod route;
 mod server;
@@ -11,6 +12,7 @@ mod split;
 mod telemetry;
 pub mod tls;
 
+pub use access_log::AccessLog;
 pub use route::{Backend, EJECT_AFTER, EJECT_FOR, Route};
 pub use server::{Limits, Listener, redirect_to_https};
 pub use split::{COOKIE, FORCE_HEADER, Split, Sticky, Variant, bucket};

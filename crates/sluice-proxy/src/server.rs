@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::layers::backend::BackendLayer;
@@ -35,6 +36,8 @@ use crate::tls::Certificates;
 pub struct Listener {
     pub addr: SocketAddr,
     stop: CancellationToken,
+    /// The worker threads, each ending once its connections have drained.
+    workers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// How long an instance has to start answering a request.
@@ -48,12 +51,17 @@ pub struct Limits {
     /// connection may stay idle, and what a client sending its head a byte
     /// at a time (slowloris) gets before it is closed.
     pub client_header: Duration,
+    /// How long requests under way may take to finish once the listener
+    /// stops: idle connections close at once, busy ones after their answer
+    /// (HTTP/1.1 with `Connection: close`, HTTP/2 with GOAWAY).
+    pub drain: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             client_header: Duration::from_secs(60),
+            drain: Duration::from_secs(30),
         }
     }
 }
@@ -130,6 +138,7 @@ impl Listener {
         if let Some(certificates) = certificates {
             spawn_reloader(certificates, name, stop.clone())?;
         }
+        let mut workers = Vec::new();
         for (i, socket) in sockets.into_iter().enumerate() {
             let (route, telemetry, via, stop, acceptor) = (
                 route.clone(),
@@ -138,7 +147,7 @@ impl Listener {
                 stop.clone(),
                 acceptor.clone(),
             );
-            std::thread::Builder::new()
+            let worker = std::thread::Builder::new()
                 .name(format!("proxy-{name}-{i}"))
                 .spawn(move || {
                     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -162,13 +171,33 @@ impl Listener {
                         }
                     });
                 })?;
+            workers.push(worker);
         }
-        Ok(Listener { addr, stop })
+        Ok(Listener {
+            addr,
+            stop,
+            workers: std::sync::Mutex::new(workers),
+        })
     }
 
-    /// Stops accepting connections.
+    /// Stops accepting connections; those open drain in the background.
     pub fn close(&self) {
         self.stop.cancel();
+    }
+
+    /// Stops accepting connections now; the future it answers ends once
+    /// every request under way has its answer (or `limits.drain` has passed).
+    pub fn shutdown(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.stop.cancel();
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap());
+        async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                for worker in workers {
+                    let _ = worker.join();
+                }
+            })
+            .await;
+        }
     }
 }
 
@@ -228,6 +257,7 @@ async fn accept<S>(
         + 'static,
     S::Future: Send,
 {
+    let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -238,14 +268,13 @@ async fn accept<S>(
                     continue;
                 }
             },
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
         let stack = service.clone();
         let client = Peer::over(peer, tls.is_some());
-        let tls = tls.clone();
-        // The worker's runtime ends with its listener, and its connections with it.
-        tokio::spawn(async move {
+        let (tls, stop) = (tls.clone(), stop.clone());
+        connections.spawn(async move {
             // hyper's header timeout starts once it knows the protocol, which
             // takes a first byte: a client that never sends one is closed here.
             let mut first = [0u8; 1];
@@ -259,11 +288,13 @@ async fn accept<S>(
                 stack.clone().oneshot(request)
             });
             match tls {
-                None => serve(TokioIo::new(stream), service, limits, peer).await,
+                None => serve(TokioIo::new(stream), service, limits, peer, stop).await,
                 // The handshake has the head's time limit too.
                 Some(tls) => {
                     match tokio::time::timeout(limits.client_header, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => serve(TokioIo::new(stream), service, limits, peer).await,
+                        Ok(Ok(stream)) => {
+                            serve(TokioIo::new(stream), service, limits, peer, stop).await
+                        }
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -271,11 +302,27 @@ async fn accept<S>(
             }
         });
     }
+    // Stopped: the connections finish what they have begun, within the drain time.
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(limits.drain, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(drain = ?limits.drain, "requests still under way when the drain time ended");
+    }
 }
 
-/// HTTP/1.1 or HTTP/2 (by its preface) on one connection.
-async fn serve<I, S>(io: TokioIo<I>, service: S, limits: Limits, peer: SocketAddr)
-where
+/// HTTP/1.1 or HTTP/2 (by its preface) on one connection, until the
+/// client closes it or `stop`: then gracefully (idle: closed at once; busy:
+/// after the answer under way).
+async fn serve<I, S>(
+    io: TokioIo<I>,
+    service: S,
+    limits: Limits,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
             Request<Incoming>,
@@ -291,7 +338,15 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(limits.client_header);
     let connection = builder.serve_connection_with_upgrades(io, service);
-    if let Err(e) = connection.await {
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }
@@ -324,6 +379,7 @@ pub async fn redirect_to_https(
                 service,
                 Limits::default(),
                 peer,
+                stop.clone(),
             ));
         }
     });

@@ -1,11 +1,9 @@
 //! What the proxy tells about the requests it served: Prometheus metrics per
 //! environment × variant × instance, per-second windows per variant kept for
-//! 30 minutes (for the analysis and the UI), and an access log of JSON lines.
+//! 30 minutes (for the analysis and the UI), and the access log ([`crate::access_log`]).
 
 use std::collections::VecDeque;
 use std::collections::btree_map::Entry;
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +17,7 @@ use serde::Serialize;
 use sluice_analysis::LogHistogram;
 use tokio::sync::mpsc;
 
+use crate::access_log::AccessLog;
 use crate::route::Backend;
 use crate::split::Variant;
 
@@ -222,26 +221,14 @@ pub struct AccessEntry<'a> {
 }
 
 impl Telemetry {
-    /// Telemetry for a service's environment, with an access log at `access_log` when given.
+    /// Telemetry for a service's environment, with an access log when given.
     pub fn new(
         service: &str,
         environment: &str,
         metrics: Metrics,
-        access_log: Option<PathBuf>,
+        access_log: Option<AccessLog>,
     ) -> Telemetry {
-        let access = access_log.and_then(|path| {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).ok()?;
-            }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .ok()?;
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(write_access_log(file, rx));
-            Some(tx)
-        });
+        let access = access_log.and_then(AccessLog::start);
         let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shared = Shared {
             service: service.to_string(),
@@ -437,24 +424,4 @@ impl VariantWindow {
         self.errors += other.errors;
         self.latency.merge(&other.latency);
     }
-}
-
-async fn write_access_log(file: std::fs::File, mut lines: mpsc::UnboundedReceiver<String>) {
-    let mut out = std::io::BufWriter::new(file);
-    loop {
-        let line = tokio::select! {
-            line = lines.recv() => line,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                let _ = out.flush();
-                continue;
-            }
-        };
-        match line {
-            Some(line) => {
-                let _ = writeln!(out, "{line}");
-            }
-            None => break,
-        }
-    }
-    let _ = out.flush();
 }

@@ -204,13 +204,11 @@ fn failing_paths(inner: &Inner, service: &str, env: &str) -> Vec<String> {
     let Ok(path) = inner.layout.access_log(service, env) else {
         return Vec::new();
     };
-    let Ok(text) = std::fs::read(&path) else {
-        return Vec::new();
-    };
-    let tail = &text[text.len().saturating_sub(1 << 20)..];
+    // The last MiB, across a rotation: never the whole log.
+    let tail = sluice_proxy::access_log::recent(&path, 1 << 20);
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut total = 0u64;
-    for line in String::from_utf8_lossy(tail).lines().rev().take(5000) {
+    for line in tail.lines().rev().take(5000) {
         let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };

@@ -7,6 +7,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use sluice_proxy::{Backend, Listener, Metrics, Route, Split, Sticky, Telemetry, Variant};
 
+mod shutdown;
 mod tls;
 
 async fn backend(name: &'static str) -> SocketAddr {
@@ -447,7 +448,7 @@ async fn every_request_is_counted_windowed_and_logged() {
         "shop",
         "prod",
         Metrics::register(&mut registry),
-        Some(dir.join("access.log")),
+        Some(sluice_proxy::AccessLog::new(dir.join("access.log"))),
     );
     let route = Route::default();
     route.add(variant_backend(
@@ -595,6 +596,7 @@ async fn idle_and_slow_clients_are_closed() {
     route.add(healthy("dev-1", backend("one").await, "v1"));
     let limits = sluice_proxy::Limits {
         client_header: Duration::from_millis(300),
+        ..Default::default()
     };
     let listener = Listener::bind_with(
         "127.0.0.1:0".parse().unwrap(),
