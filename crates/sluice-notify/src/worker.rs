@@ -200,10 +200,10 @@ fn log(message: &Message, attempts: i64, result: &AttemptResult) {
 }
 
 async fn channel_of(store: &Store, name: &str) -> anyhow::Result<Option<(ChannelKind, Target)>> {
-    let Some(target) = store.channel_target(name).await? else {
+    let Some((kind, target)) = store.channel_target(name).await? else {
         return Ok(None);
     };
-    let kind = ChannelKind::parse(&store.channel(name).await?.kind).map_err(anyhow::Error::msg)?;
+    let kind = ChannelKind::parse(&kind).map_err(anyhow::Error::msg)?;
     Ok(Some((kind, serde_json::from_str(&target)?)))
 }
 

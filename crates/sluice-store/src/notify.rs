@@ -251,10 +251,10 @@ impl Store {
             })
     }
 
-    /// The channel's secret target, for the sender only.
-    pub async fn channel_target(&self, name: &str) -> Result<Option<String>> {
+    /// The channel's kind and secret target, for the sender only.
+    pub async fn channel_target(&self, name: &str) -> Result<Option<(String, String)>> {
         Ok(
-            sqlx::query_scalar("SELECT target FROM channels WHERE name = $1")
+            sqlx::query_as("SELECT kind, target FROM channels WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await?,
