@@ -145,6 +145,12 @@ pub fn failed(error: impl Into<crate::ApiError>) -> Response {
 
 pub type PageResult = Result<Response, Response>;
 
+/// `?done=…`: what an action did, shown once on the page it leads back to.
+#[derive(serde::Deserialize)]
+pub struct Done {
+    pub done: Option<String>,
+}
+
 /// Milliseconds since the epoch as `2026-11-26 14:03:07 UTC`.
 pub fn when(ms: impl std::borrow::Borrow<i64>) -> String {
     chrono::DateTime::from_timestamp_millis(*ms.borrow())

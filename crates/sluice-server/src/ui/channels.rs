@@ -12,7 +12,7 @@ use sluice_notify::{ChannelInput, ChannelKind};
 use sluice_store::{Channel, Message, MessageStatus, Role};
 
 use super::session::{Viewer, encode};
-use super::{Chrome, PageResult, error_page, failed, render};
+use super::{Chrome, Done, PageResult, error_page, failed, render};
 use crate::AppState;
 
 #[derive(Template)]
@@ -53,11 +53,6 @@ impl ChannelsPage {
     fn failed(&self, message: &Message) -> bool {
         message.status == MessageStatus::Failed
     }
-}
-
-#[derive(Deserialize)]
-pub struct Done {
-    done: Option<String>,
 }
 
 pub async fn list(

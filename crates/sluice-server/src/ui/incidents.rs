@@ -12,7 +12,7 @@ use sluice_deploy::IncidentView;
 use sluice_store::{Incident, Role, RuleBlock, RuleRecord};
 
 use super::session::{Viewer, encode};
-use super::{Chrome, PageResult, failed, render};
+use super::{Chrome, Done, PageResult, failed, render};
 use crate::AppState;
 use crate::ids::{IncidentId, RuleId};
 
@@ -132,11 +132,6 @@ struct RulesPage {
     page: Chrome,
     rules: Vec<RuleRow>,
     approver: Role,
-}
-
-#[derive(Deserialize)]
-pub struct Done {
-    done: Option<String>,
 }
 
 pub async fn rules(

@@ -11,7 +11,7 @@ use sluice_deploy::PromotionView;
 use sluice_store::Role;
 
 use super::session::{Viewer, encode};
-use super::{Chrome, PageResult, error_page, failed, render};
+use super::{Chrome, Done, PageResult, error_page, failed, render};
 use crate::AppState;
 
 #[derive(Template)]
@@ -47,11 +47,6 @@ pub async fn show(
         p,
         approver: Role::Approver,
     }))
-}
-
-#[derive(Deserialize)]
-pub struct Done {
-    done: Option<String>,
 }
 
 pub async fn list(
