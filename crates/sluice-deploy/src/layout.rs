@@ -58,6 +58,11 @@ impl Layout {
             .join(format!("v{number}")))
     }
 
+    /// The entry point's ACME account, certificate and key.
+    pub fn acme(&self, service: &str, env: &str) -> Checked {
+        Ok(self.env(service, env)?.join("acme"))
+    }
+
     pub fn access_log(&self, service: &str, env: &str) -> Checked {
         Ok(self.env(service, env)?.join("access.log"))
     }

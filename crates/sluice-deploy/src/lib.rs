@@ -6,6 +6,7 @@
 //! [`Cd`] is the engine; [`ReleaseMaker`] is the CI notifier that turns a green
 //! mainline run into a release and deploys it where the rules say.
 
+mod certs;
 mod data;
 mod experiment;
 mod exposure;
@@ -178,6 +179,8 @@ struct Entry {
     tls: Option<sluice_spec::TlsSpec>,
     /// The plain listener sending clients on to HTTPS; stops when dropped.
     _redirect: Option<tokio_util::sync::DropGuard>,
+    /// What keeps the certificate, when it comes from ACME; stops when dropped.
+    keeper: Option<certs::Keeper>,
     telemetry: Telemetry,
     /// The windows of seconds before this are in the store (see [`traffic`]).
     stored_until: u64,
@@ -635,21 +638,7 @@ impl Inner {
                 (Route::default(), telemetry)
             }
         };
-        let certificates = match &env.tls {
-            Some(tls) => Some(
-                sluice_proxy::tls::Certificates::load(
-                    tls.certs
-                        .iter()
-                        .map(|c| sluice_proxy::tls::CertFiles {
-                            cert: c.cert.clone(),
-                            key: c.key.clone(),
-                        })
-                        .collect(),
-                )
-                .map_err(|e| anyhow::anyhow!("could not serve HTTPS for {}: {e}", env.name))?,
-            ),
-            None => None,
-        };
+        let (certificates, keeper) = self.certificates(service, env)?;
         let listener = Listener::bind_tls(
             env.listen,
             route.clone(),
@@ -669,14 +658,20 @@ impl Inner {
         let redirect = match env.tls.as_ref().and_then(|t| t.redirect_from) {
             Some(from) => {
                 let stop = tokio_util::sync::CancellationToken::new();
-                sluice_proxy::redirect_to_https(from, listener.addr.port(), stop.clone())
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "could not listen on {from} to send {} on to HTTPS: {e}",
-                            env.name
-                        )
-                    })?;
+                let challenges = keeper.as_ref().map(|k| k.challenges.clone());
+                sluice_proxy::redirect_to_https(
+                    from,
+                    listener.addr.port(),
+                    challenges,
+                    stop.clone(),
+                )
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "could not listen on {from} to send {} on to HTTPS: {e}",
+                        env.name
+                    )
+                })?;
                 Some(stop.drop_guard())
             }
             None => None,
@@ -699,6 +694,7 @@ impl Inner {
                 entry.listener = listener;
                 entry.tls = env.tls.clone();
                 entry._redirect = redirect;
+                entry.keeper = keeper;
             }
             None => {
                 entries.insert(
@@ -709,6 +705,7 @@ impl Inner {
                         listener,
                         tls: env.tls.clone(),
                         _redirect: redirect,
+                        keeper,
                         telemetry,
                         stored_until: 0,
                     },
@@ -716,6 +713,53 @@ impl Inner {
             }
         }
         Ok(route)
+    }
+
+    /// The certificates `tls:` asks for: files read now (an error names the
+    /// one that does not load), or ACME's, with their keeper started.
+    fn certificates(
+        &self,
+        service: &str,
+        env: &sluice_spec::Environment,
+    ) -> anyhow::Result<(
+        Option<Arc<sluice_proxy::tls::Certificates>>,
+        Option<certs::Keeper>,
+    )> {
+        use sluice_proxy::tls::{CertFiles, Certificates};
+        let Some(tls) = &env.tls else {
+            return Ok((None, None));
+        };
+        match &tls.certs {
+            sluice_spec::CertSource::Files(files) => {
+                let files = files
+                    .iter()
+                    .map(|c| CertFiles {
+                        cert: c.cert.clone(),
+                        key: c.key.clone(),
+                    })
+                    .collect();
+                let certificates = Certificates::load(files)
+                    .map_err(|e| anyhow::anyhow!("could not serve HTTPS for {}: {e}", env.name))?;
+                Ok((Some(certificates), None))
+            }
+            sluice_spec::CertSource::Acme(acme) => {
+                let files = certs::AcmeFiles {
+                    dir: self.layout.acme(service, &env.name)?,
+                };
+                let keeper = certs::start(self.store.clone(), service, &env.name, acme, files)
+                    .map_err(|e| {
+                        anyhow::anyhow!("could not keep ACME certificates for {}: {e}", env.name)
+                    })?;
+                Ok((Some(keeper.certificates.clone()), Some(keeper)))
+            }
+        }
+    }
+
+    /// What the ACME keeper of an environment's entry point last saw.
+    fn certificate_status(&self, service: &str, env: &str) -> Option<String> {
+        let entries = self.entries.lock().unwrap();
+        let entry = entries.get(&(service.to_string(), env.to_string()))?;
+        entry.keeper.as_ref().map(|k| k.status())
     }
 
     /// The address an environment's entry point was asked for and the one it is bound to.

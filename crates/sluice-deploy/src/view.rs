@@ -277,6 +277,29 @@ pub struct FileDiff {
     pub unified: String,
 }
 
+/// How the entry point serves HTTPS, and for ACME what its keeper last saw.
+fn https(inner: &Inner, service: &str, env: &sluice_spec::Environment) -> String {
+    let Some(tls) = &env.tls else {
+        return "off".into();
+    };
+    match &tls.certs {
+        sluice_spec::CertSource::Files(files) => {
+            let names: Vec<String> = files.iter().map(|f| f.cert.display().to_string()).collect();
+            format!("certificate files {}", names.join(", "))
+        }
+        sluice_spec::CertSource::Acme(acme) => {
+            let status = inner
+                .certificate_status(service, &env.name)
+                .unwrap_or_else(|| "not bound yet".into());
+            format!(
+                "ACME for {} from {}: {status}",
+                acme.domains.join(", "),
+                acme.directory
+            )
+        }
+    }
+}
+
 /// One environment's facets and rendered config files, for a page about it.
 #[derive(Clone, Debug, Serialize)]
 pub struct EnvDetail {
@@ -407,6 +430,8 @@ pub(crate) async fn diff(inner: &Arc<Inner>, service: &str, a: &str, b: &str) ->
         listening(&right),
         "bound",
     );
+    let https = |side: &Side| https(inner, service, &side.env);
+    row("network: https", https(&left), https(&right), "bound");
     row(
         "strategy",
         strategy(&left.env),

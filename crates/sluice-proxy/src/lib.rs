@@ -5,6 +5,7 @@
 //! deploys tells it which backends exist and whether they are healthy.
 
 pub mod access_log;
+pub mod acme;
 mod layers;
 mod route;
 mod server;

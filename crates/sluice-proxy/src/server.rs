@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
+use crate::acme::{ACME_TLS_ALPN, Challenges, HTTP_CHALLENGE_PATH};
 use crate::layers::backend::BackendLayer;
 use crate::layers::balance::BalanceLayer;
 use crate::layers::forwarded::ForwardedLayer;
@@ -292,6 +293,9 @@ async fn accept<S>(
                 // The handshake has the head's time limit too.
                 Some(tls) => {
                     match tokio::time::timeout(limits.client_header, tls.accept(stream)).await {
+                        // A TLS-ALPN-01 check ends with its handshake.
+                        Ok(Ok(stream))
+                            if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {}
                         Ok(Ok(stream)) => {
                             serve(TokioIo::new(stream), service, limits, peer, stop).await
                         }
@@ -352,10 +356,12 @@ async fn serve<I, S>(
 }
 
 /// A plain-HTTP listener that sends every request on to the same host and
-/// path over HTTPS (308), but for the ACME HTTP-01 challenge path.
+/// path over HTTPS (308), but for the ACME HTTP-01 challenge path, which
+/// `challenges` answers.
 pub async fn redirect_to_https(
     addr: SocketAddr,
     https_port: u16,
+    challenges: Option<Arc<Challenges>>,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     // SO_REUSEPORT, as the entry point: a new one binds before the old goes.
@@ -370,10 +376,11 @@ pub async fn redirect_to_https(
                 },
                 _ = stop.cancelled() => return,
             };
-            let service =
-                hyper::service::service_fn(move |request: Request<Incoming>| async move {
-                    Ok::<_, std::convert::Infallible>(redirect(&request, https_port))
-                });
+            let challenges = challenges.clone();
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let answer = redirect(&request, https_port, challenges.as_deref());
+                async move { Ok::<_, std::convert::Infallible>(answer) }
+            });
             tokio::spawn(serve(
                 TokioIo::new(stream),
                 service,
@@ -386,14 +393,29 @@ pub async fn redirect_to_https(
     Ok(bound)
 }
 
-fn redirect(request: &Request<Incoming>, https_port: u16) -> ProxyResponse {
+fn redirect(
+    request: &Request<Incoming>,
+    https_port: u16,
+    challenges: Option<&Challenges>,
+) -> ProxyResponse {
     use http::StatusCode;
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    if path.starts_with("/.well-known/acme-challenge/") {
-        return crate::layers::error_response(
-            StatusCode::NOT_FOUND,
-            "no ACME challenge is pending",
-        );
+    if let Some(token) = request.uri().path().strip_prefix(HTTP_CHALLENGE_PATH) {
+        return match challenges.and_then(|c| c.http_answer(token)) {
+            Some(answer) => http::Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/octet-stream")
+                .body(
+                    http_body_util::Full::new(bytes::Bytes::from(answer))
+                        .map_err(|never| match never {})
+                        .boxed(),
+                )
+                .unwrap_or_else(|_| {
+                    crate::layers::error_response(StatusCode::INTERNAL_SERVER_ERROR, "no answer")
+                }),
+            None => {
+                crate::layers::error_response(StatusCode::NOT_FOUND, "no ACME challenge is pending")
+            }
+        };
     }
     let host = request
         .headers()

@@ -1,13 +1,16 @@
 //! HTTPS at the entry point: certificates and keys from PEM files, the one
 //! a client names by SNI chosen per handshake, and all of them read again
 //! when their files change, so that a renewed certificate is served to the
-//! next connection without dropping any.
+//! next connection without dropping any. With ACME, the files may not
+//! exist yet, and TLS-ALPN-01 challenges are answered here.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+
+use crate::acme::{ACME_TLS_ALPN, Challenges};
 use rustls::crypto::ring::{default_provider, sign::any_supported_type};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -32,6 +35,8 @@ pub struct Certificates {
     loaded: ArcSwap<Vec<Arc<CertifiedKey>>>,
     /// The files' modification times and sizes when last read.
     stamps: Mutex<Vec<Stamp>>,
+    /// ACME challenges under way, when the files come from ACME.
+    challenges: Option<Arc<Challenges>>,
 }
 
 type Stamp = Option<(SystemTime, u64)>;
@@ -56,7 +61,25 @@ impl Certificates {
             files,
             loaded: ArcSwap::from_pointee(loaded),
             stamps: Mutex::new(stamps),
+            challenges: None,
         }))
+    }
+
+    /// The certificate ACME keeps in `files`, served once it is there (a
+    /// handshake before then fails), and the TLS-ALPN-01 challenges
+    /// answered meanwhile.
+    pub fn from_acme(files: CertFiles, challenges: Arc<Challenges>) -> Arc<Certificates> {
+        let files = vec![files];
+        let (stamps, loaded) = match read_all(&files) {
+            Ok(loaded) => (files.iter().map(stamp).collect(), loaded),
+            Err(_) => (vec![None], Vec::new()),
+        };
+        Arc::new(Certificates {
+            files,
+            loaded: ArcSwap::from_pointee(loaded),
+            stamps: Mutex::new(stamps),
+            challenges: Some(challenges),
+        })
     }
 
     /// Reads the files again if any changed since the last read. A pair
@@ -83,6 +106,9 @@ impl Certificates {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if self.challenges.is_some() {
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         Ok(Arc::new(config))
     }
 
@@ -104,6 +130,12 @@ impl Certificates {
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme_check = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        if let (true, Some(challenges)) = (acme_check, &self.challenges) {
+            return challenges.tls_alpn_certificate(hello.server_name()?);
+        }
         self.pick(hello.server_name())
     }
 }

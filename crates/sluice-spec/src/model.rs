@@ -171,14 +171,52 @@ pub struct Environment {
     pub strategy: Strategy,
 }
 
-/// HTTPS at an environment's entry point: certificate files on the server's
-/// machine (absolute paths), read again when they change.
+/// HTTPS at an environment's entry point.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TlsSpec {
-    /// The first is served when a client names no host or one none is valid for.
-    pub certs: Vec<CertPaths>,
-    /// A plain-HTTP address that sends clients on to HTTPS.
+    pub certs: CertSource,
+    /// A plain-HTTP address that sends clients on to HTTPS (and answers
+    /// ACME HTTP-01 challenges).
     pub redirect_from: Option<SocketAddr>,
+}
+
+/// Where the entry point's certificates come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertSource {
+    /// Files on the server's machine (absolute paths), read again when they
+    /// change. The first is served when a client names no host or one none
+    /// is valid for.
+    Files(Vec<CertPaths>),
+    /// Issued and renewed by an ACME server (RFC 8555).
+    Acme(AcmeSpec),
+}
+
+/// `tls: { acme: { domains, email, directory, ca, challenge } }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AcmeSpec {
+    pub domains: Vec<String>,
+    pub email: Option<String>,
+    /// The ACME server's directory URL.
+    pub directory: String,
+    /// A CA certificate (PEM) to trust the directory's HTTPS by, for a
+    /// private or test ACME server.
+    pub ca: Option<std::path::PathBuf>,
+    pub challenge: AcmeChallenge,
+}
+
+/// Let's Encrypt's production directory, the default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// How the ACME server checks that the entry point answers for a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum AcmeChallenge {
+    /// A plain-HTTP request on port 80: needs `redirect_from`.
+    #[serde(rename = "http-01")]
+    Http01,
+    /// A TLS handshake on the HTTPS port itself.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

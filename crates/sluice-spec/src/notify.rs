@@ -70,6 +70,18 @@ pub const EVENT_KINDS: &[(&str, &str)] = &[
     ),
     ("instance.exposed", "an instance listens beyond loopback"),
     (
+        "certificate.issued",
+        "an entry point got its first certificate from ACME",
+    ),
+    (
+        "certificate.renewed",
+        "an entry point's ACME certificate was renewed",
+    ),
+    (
+        "certificate.failed",
+        "an ACME order failed (tried again with backoff)",
+    ),
+    (
         "data.prepared",
         "an environment's data was seeded or copied",
     ),

@@ -129,12 +129,29 @@ pub struct RawListenFull {
     pub redirect_from: Option<String>,
 }
 
-/// One certificate and key, or several (chosen by SNI).
+/// `{ acme: … }`, one certificate and key, or several (chosen by SNI).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum RawTls {
+    Acme(RawAcmeTls),
     One(RawCertPair),
     Many(Vec<RawCertPair>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcmeTls {
+    pub acme: RawAcme,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub domains: Vec<String>,
+    pub email: Option<String>,
+    pub directory: Option<String>,
+    pub ca: Option<String>,
+    pub challenge: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -612,7 +612,7 @@ fn listen_address<T>(
     }
 }
 
-/// `tls:` certificate files (absolute paths on the server's machine) and
+/// `tls:` certificate files (absolute paths on the server's machine) or ACME, and
 /// the optional plain-HTTP address that redirects to HTTPS.
 fn tls_spec<T>(
     c: &mut Checker,
@@ -631,29 +631,15 @@ fn tls_spec<T>(
         }
         return None;
     };
-    let pairs: Vec<&RawCertPair> = match tls {
-        RawTls::One(pair) => vec![pair],
-        RawTls::Many(pairs) => pairs.iter().collect(),
-    };
-    if pairs.is_empty() || pairs.len() > 100 {
-        c.error(node, "`tls` needs 1 to 100 certificates", None);
-    }
-    let mut certs = Vec::new();
-    for pair in pairs {
-        for path in [&pair.cert, &pair.key] {
-            if !path.starts_with('/') || path.contains('\0') || path.len() > 4096 {
-                c.error(
-                    node,
-                    format!("`{}` is not an absolute path", path.escape_debug()),
-                    Some("certificates live on the server's machine, not in the repository: write /etc/ssl/… (PEM files)".to_string()),
-                );
-            }
+    let certs = match tls {
+        RawTls::Acme(RawAcmeTls { acme }) => {
+            CertSource::Acme(acme_spec(c, node, acme, full.redirect_from.is_some()))
         }
-        certs.push(CertPaths {
-            cert: pair.cert.clone().into(),
-            key: pair.key.clone().into(),
-        });
-    }
+        RawTls::One(pair) => CertSource::Files(cert_files(c, node, &[pair])),
+        RawTls::Many(pairs) => {
+            CertSource::Files(cert_files(c, node, &pairs.iter().collect::<Vec<_>>()))
+        }
+    };
     let redirect_from = full
         .redirect_from
         .as_deref()
@@ -662,6 +648,136 @@ fn tls_spec<T>(
         certs,
         redirect_from,
     })
+}
+
+fn cert_files<T>(c: &mut Checker, node: &Spanned<T>, pairs: &[&RawCertPair]) -> Vec<CertPaths> {
+    if pairs.is_empty() || pairs.len() > 100 {
+        c.error(node, "`tls` needs 1 to 100 certificates", None);
+    }
+    let mut certs = Vec::new();
+    for pair in pairs {
+        for path in [&pair.cert, &pair.key] {
+            absolute_path(c, node, path);
+        }
+        certs.push(CertPaths {
+            cert: pair.cert.clone().into(),
+            key: pair.key.clone().into(),
+        });
+    }
+    certs
+}
+
+fn absolute_path<T>(c: &mut Checker, node: &Spanned<T>, path: &str) {
+    if !path.starts_with('/') || path.contains('\0') || path.len() > 4096 {
+        c.error(
+            node,
+            format!("`{}` is not an absolute path", path.escape_debug()),
+            Some("certificates live on the server's machine, not in the repository: write /etc/ssl/… (PEM files)".to_string()),
+        );
+    }
+}
+
+/// `tls: { acme: … }`: the domains to ask certificates for, the account's
+/// contact, the ACME server, and the challenge (HTTP-01 needs the plain
+/// listener of `redirect_from`; TLS-ALPN-01 is answered on the HTTPS port).
+fn acme_spec<T>(c: &mut Checker, node: &Spanned<T>, acme: &RawAcme, redirect: bool) -> AcmeSpec {
+    if acme.domains.is_empty() || acme.domains.len() > 100 {
+        c.error(node, "`acme.domains` needs 1 to 100 names", None);
+    }
+    for domain in &acme.domains {
+        if !is_domain(domain) {
+            c.error(
+                node,
+                format!("`{}` is not a domain name an ACME server can check", domain.escape_debug()),
+                Some("write a name such as shop.example.com (lowercase; no wildcard, no IP address, no port)".to_string()),
+            );
+        }
+    }
+    if let Some(email) = &acme.email {
+        let valid = email.len() <= 254
+            && email.split_once('@').is_some_and(|(user, host)| {
+                !user.is_empty()
+                    && is_domain(host)
+                    && user
+                        .chars()
+                        .all(|ch| ch.is_ascii_graphic() && !"<>(),;:\\\"[]".contains(ch))
+            });
+        if !valid {
+            c.error(
+                node,
+                format!("`{}` is not an email address", email.escape_debug()),
+                None,
+            );
+        }
+    }
+    let directory = acme
+        .directory
+        .clone()
+        .unwrap_or_else(|| LETS_ENCRYPT.to_string());
+    let https = directory.strip_prefix("https://").is_some_and(|rest| {
+        !rest.is_empty() && rest.len() < 2000 && rest.chars().all(|ch| ch.is_ascii_graphic())
+    });
+    if !https {
+        c.error(
+            node,
+            format!(
+                "`{}` is not an ACME directory URL",
+                directory.escape_debug()
+            ),
+            Some(format!("write an https:// URL, e.g. {LETS_ENCRYPT}")),
+        );
+    }
+    if let Some(ca) = &acme.ca {
+        absolute_path(c, node, ca);
+    }
+    let challenge = match acme.challenge.as_deref() {
+        None if redirect => AcmeChallenge::Http01,
+        None => AcmeChallenge::TlsAlpn01,
+        Some("http-01") => {
+            if !redirect {
+                c.error(
+                    node,
+                    "the `http-01` challenge is answered on plain HTTP, and `listen` has no `redirect_from`",
+                    Some("add `redirect_from: 0.0.0.0:80`, or use `challenge: tls-alpn-01`".to_string()),
+                );
+            }
+            AcmeChallenge::Http01
+        }
+        Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+        Some(other) => {
+            c.error(
+                node,
+                format!("unknown ACME challenge `{}`", other.escape_debug()),
+                Some("expected `http-01` or `tls-alpn-01`".to_string()),
+            );
+            AcmeChallenge::TlsAlpn01
+        }
+    };
+    AcmeSpec {
+        domains: acme.domains.clone(),
+        email: acme.email.clone(),
+        directory,
+        ca: acme.ca.clone().map(Into::into),
+        challenge,
+    }
+}
+
+/// A DNS name of at least two labels: lowercase letters, digits and inner hyphens.
+fn is_domain(name: &str) -> bool {
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+        && !labels
+            .last()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn from_cycle(c: &mut Checker, raw: &Entries<RawEnvironment>) {

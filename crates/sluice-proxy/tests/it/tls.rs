@@ -271,9 +271,10 @@ fn files_that_do_not_belong_together_are_refused_with_their_names() {
 #[tokio::test]
 async fn plain_http_is_sent_on_to_https_but_for_acme_challenges() {
     let stop = tokio_util::sync::CancellationToken::new();
-    let addr = sluice_proxy::redirect_to_https("127.0.0.1:0".parse().unwrap(), 8443, stop.clone())
-        .await
-        .unwrap();
+    let addr =
+        sluice_proxy::redirect_to_https("127.0.0.1:0".parse().unwrap(), 8443, None, stop.clone())
+            .await
+            .unwrap();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

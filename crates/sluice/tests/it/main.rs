@@ -3,6 +3,7 @@
 
 mod support;
 
+mod acme;
 mod auth;
 mod blog;
 mod browser;
