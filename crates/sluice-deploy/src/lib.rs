@@ -148,6 +148,19 @@ pub struct Cd {
 /// `(service, environment)`.
 type EnvKey = (String, String);
 
+/// The proxy's limits from `listen: { limits: … }`.
+fn entry_limits(limits: &sluice_spec::EntryLimits, drain: Duration) -> sluice_proxy::Limits {
+    sluice_proxy::Limits {
+        idle: limits.idle_timeout,
+        request_body: limits.request_timeout,
+        answer: limits.answer_timeout,
+        max_body: limits.max_body,
+        max_header_bytes: usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX),
+        max_headers: limits.max_headers as usize,
+        drain,
+    }
+}
+
 pub(crate) struct Inner {
     store: Store,
     layout: Layout,
@@ -177,6 +190,8 @@ struct Entry {
     listener: Listener,
     /// The HTTPS `listen:` asked for, as served by `listener`.
     tls: Option<sluice_spec::TlsSpec>,
+    /// The limits `listen:` asked for, as `listener` holds clients to.
+    limits: sluice_spec::EntryLimits,
     /// The plain listener sending clients on to HTTPS; stops when dropped.
     _redirect: Option<tokio_util::sync::DropGuard>,
     /// What keeps the certificate, when it comes from ACME; stops when dropped.
@@ -614,19 +629,13 @@ impl Inner {
                 );
             }
             entries.get(&key).map(|e| {
-                (
-                    e.route.clone(),
-                    e.telemetry.clone(),
-                    e.listen,
-                    e.tls.clone(),
-                )
+                let same = e.listen == env.listen && e.tls == env.tls && e.limits == env.limits;
+                (e.route.clone(), e.telemetry.clone(), same)
             })
         };
         let (route, telemetry) = match existing {
-            Some((route, _, listen, tls)) if listen == env.listen && tls == env.tls => {
-                return Ok(route);
-            }
-            Some((route, telemetry, _, _)) => (route, telemetry),
+            Some((route, _, true)) => return Ok(route),
+            Some((route, telemetry, false)) => (route, telemetry),
             None => {
                 let access_log = self.layout.access_log(service, &env.name)?;
                 let telemetry = Telemetry::new(
@@ -644,7 +653,7 @@ impl Inner {
             route.clone(),
             &env.name,
             telemetry.clone(),
-            sluice_proxy::Limits::default(),
+            entry_limits(&env.limits, self.config.drain_timeout),
             certificates,
         )
         .await
@@ -693,6 +702,7 @@ impl Inner {
                 entry.listen = env.listen;
                 entry.listener = listener;
                 entry.tls = env.tls.clone();
+                entry.limits = env.limits;
                 entry._redirect = redirect;
                 entry.keeper = keeper;
             }
@@ -704,6 +714,7 @@ impl Inner {
                         listen: env.listen,
                         listener,
                         tls: env.tls.clone(),
+                        limits: env.limits,
                         _redirect: redirect,
                         keeper,
                         telemetry,

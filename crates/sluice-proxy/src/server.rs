@@ -22,6 +22,7 @@ use crate::acme::{ACME_TLS_ALPN, Challenges, HTTP_CHALLENGE_PATH};
 use crate::layers::backend::BackendLayer;
 use crate::layers::balance::BalanceLayer;
 use crate::layers::forwarded::ForwardedLayer;
+use crate::layers::limits::LimitsLayer;
 use crate::layers::record::RecordLayer;
 use crate::layers::split::SplitLayer;
 use crate::layers::timeout::TimeoutLayer;
@@ -41,17 +42,27 @@ pub struct Listener {
     workers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-/// How long an instance has to start answering a request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What a client connection may take.
-#[derive(Clone, Copy, Debug)]
+/// What a client connection and its requests may take, and how long an
+/// instance has to answer. Every client limit is answered as the client's
+/// doing (431, 413, 408, or a closed connection) and counted against no
+/// instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// How long a client may take to send a request's head, counted from
-    /// when its connection is ready for one: so also how long a kept-alive
-    /// connection may stay idle, and what a client sending its head a byte
-    /// at a time (slowloris) gets before it is closed.
-    pub client_header: Duration,
+    /// How long a connection may wait for its next request's head and take
+    /// to send it, counted from when it is ready for one: so also what a
+    /// client sending its head a byte at a time (slowloris) gets before its
+    /// connection is closed, and the TLS handshake's limit.
+    pub idle: Duration,
+    /// How long a request's body may take to arrive after its head (408).
+    pub request_body: Duration,
+    /// How long an instance has to start answering (504, the instance's failure).
+    pub answer: Duration,
+    /// The largest request body, in bytes (413).
+    pub max_body: u64,
+    /// The largest request head, in bytes (431; HTTP/2: the header list).
+    pub max_header_bytes: usize,
+    /// The most header fields in a request head (431).
+    pub max_headers: usize,
     /// How long requests under way may take to finish once the listener
     /// stops: idle connections close at once, busy ones after their answer
     /// (HTTP/1.1 with `Connection: close`, HTTP/2 with GOAWAY).
@@ -61,7 +72,12 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            client_header: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            request_body: Duration::from_secs(60),
+            answer: Duration::from_secs(30),
+            max_body: 100 << 20,
+            max_header_bytes: 64 << 10,
+            max_headers: 100,
             drain: Duration::from_secs(30),
         }
     }
@@ -72,17 +88,19 @@ fn stack(
     route: Route,
     via: HeaderValue,
     telemetry: Telemetry,
+    limits: Limits,
 ) -> impl Service<ProxyRequest, Response = ProxyResponse, Error = std::convert::Infallible, Future: Send>
 + Clone
 + Send
 + 'static {
     ServiceBuilder::new()
         .layer(RecordLayer::new(telemetry.clone()))
+        .layer(LimitsLayer::new(limits.max_body, limits.request_body))
         .layer(ForwardedLayer::new(via))
         .layer(SplitLayer::new(route.clone()))
         .layer(BalanceLayer::new(route))
         .layer(BackendLayer::new(telemetry))
-        .layer(TimeoutLayer::new(REQUEST_TIMEOUT))
+        .layer(TimeoutLayer::new(limits.answer))
         .service(Upstream::new())
 }
 
@@ -163,7 +181,8 @@ impl Listener {
                     runtime.block_on(async move {
                         // Handles of the worker's own, see Route::for_worker.
                         let via = HeaderValue::from_bytes(via.as_bytes()).unwrap_or(via);
-                        let service = stack(route.for_worker(), via, telemetry.for_worker(i));
+                        let service =
+                            stack(route.for_worker(), via, telemetry.for_worker(i), limits);
                         match TcpListener::from_std(socket) {
                             Ok(listener) => accept(listener, service, limits, acceptor, stop).await,
                             Err(e) => {
@@ -279,12 +298,12 @@ async fn accept<S>(
             // hyper's header timeout starts once it knows the protocol, which
             // takes a first byte: a client that never sends one is closed here.
             let mut first = [0u8; 1];
-            match tokio::time::timeout(limits.client_header, stream.peek(&mut first)).await {
+            match tokio::time::timeout(limits.idle, stream.peek(&mut first)).await {
                 Ok(Ok(1..)) => {}
                 _ => return,
             }
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let mut request = request.map(|body| body.boxed());
+                let mut request = request.map(|body| body.map_err(Into::into).boxed());
                 request.extensions_mut().insert(client.clone());
                 stack.clone().oneshot(request)
             });
@@ -292,7 +311,7 @@ async fn accept<S>(
                 None => serve(TokioIo::new(stream), service, limits, peer, stop).await,
                 // The handshake has the head's time limit too.
                 Some(tls) => {
-                    match tokio::time::timeout(limits.client_header, tls.accept(stream)).await {
+                    match tokio::time::timeout(limits.idle, tls.accept(stream)).await {
                         // A TLS-ALPN-01 check ends with its handshake.
                         Ok(Ok(stream))
                             if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {}
@@ -340,7 +359,12 @@ async fn serve<I, S>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.client_header);
+        .header_read_timeout(limits.idle)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let ended = tokio::select! {

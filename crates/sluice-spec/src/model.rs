@@ -166,9 +166,42 @@ pub struct Environment {
     pub listen: SocketAddr,
     /// HTTPS at `listen`, when given.
     pub tls: Option<TlsSpec>,
+    /// What the entry point's clients may take.
+    pub limits: EntryLimits,
     pub config: BTreeMap<String, String>,
     pub data: DataSpec,
     pub strategy: Strategy,
+}
+
+/// What an entry point's clients may take, and its instances to answer
+/// (`listen: { limits: … }`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct EntryLimits {
+    /// How long a connection may wait for, and send, its next request head.
+    pub idle_timeout: Duration,
+    /// How long a request's body may take to arrive (408).
+    pub request_timeout: Duration,
+    /// How long an instance has to start answering (504).
+    pub answer_timeout: Duration,
+    /// The largest request body in bytes (413).
+    pub max_body: u64,
+    /// The largest request head in bytes (431).
+    pub max_header_bytes: u64,
+    /// The most header fields in a request (431).
+    pub max_headers: u32,
+}
+
+impl Default for EntryLimits {
+    fn default() -> Self {
+        EntryLimits {
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(60),
+            answer_timeout: Duration::from_secs(30),
+            max_body: 100 << 20,
+            max_header_bytes: 64 << 10,
+            max_headers: 100,
+        }
+    }
 }
 
 /// HTTPS at an environment's entry point.

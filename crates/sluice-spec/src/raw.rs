@@ -118,7 +118,7 @@ pub struct RawEnvironment {
 #[serde(untagged)]
 pub enum RawListen {
     Address(String),
-    Full(RawListenFull),
+    Full(Box<RawListenFull>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +127,19 @@ pub struct RawListenFull {
     pub address: String,
     pub tls: Option<RawTls>,
     pub redirect_from: Option<String>,
+    pub limits: Option<RawLimits>,
+}
+
+/// What clients of the entry point may take, and instances to answer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub idle_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub answer_timeout: Option<String>,
+    pub max_body: Option<Scalar>,
+    pub max_header_bytes: Option<Scalar>,
+    pub max_headers: Option<u32>,
 }
 
 /// `{ acme: … }`, one certificate and key, or several (chosen by SNI).

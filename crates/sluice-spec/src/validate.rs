@@ -550,6 +550,11 @@ fn environments(
             RawListen::Full(full) => (full.address.as_str(), Some(full)),
         };
         let listen = listen_address(c, &env.listen, address, &name.value, &mut listeners);
+        let limits = tls
+            .and_then(|full| full.limits.as_ref())
+            .map_or_else(EntryLimits::default, |raw| {
+                entry_limits(c, &env.listen, raw)
+            });
         let tls = tls.and_then(|full| tls_spec(c, &env.listen, full, &name.value, &mut listeners));
         let instances = match &env.instances {
             Some(n) if n.value == 0 => {
@@ -567,6 +572,7 @@ fn environments(
             instances,
             listen,
             tls,
+            limits,
             config: env_map(c, &env.config),
             data,
             strategy: strategy(c, &env.strategy),
@@ -648,6 +654,133 @@ fn tls_spec<T>(
         certs,
         redirect_from,
     })
+}
+
+/// `listen: { limits: … }`, each within bounds that keep the entry point
+/// usable: a limit too small to serve anything, or too large to protect
+/// anything, is refused.
+fn entry_limits<T>(c: &mut Checker, node: &Spanned<T>, raw: &RawLimits) -> EntryLimits {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let defaults = EntryLimits::default();
+    let mut time = |value: &Option<String>, what: &str, default: Duration, max: Duration| {
+        let Some(text) = value else { return default };
+        match parse_duration(text) {
+            Ok(d) if d >= Duration::from_secs(1) && d <= max => d,
+            Ok(_) => {
+                let max = crate::format_duration(max);
+                c.error(
+                    node,
+                    format!("`limits.{what}` must be from 1s to {max}"),
+                    None,
+                );
+                default
+            }
+            Err(why) => {
+                c.error(
+                    node,
+                    format!("bad `limits.{what}`: {why}"),
+                    Some("write a number and a unit: `30s`, `5m`".into()),
+                );
+                default
+            }
+        }
+    };
+    let idle_timeout = time(
+        &raw.idle_timeout,
+        "idle_timeout",
+        defaults.idle_timeout,
+        HOUR,
+    );
+    let request_timeout = time(
+        &raw.request_timeout,
+        "request_timeout",
+        defaults.request_timeout,
+        HOUR,
+    );
+    let answer_timeout = time(
+        &raw.answer_timeout,
+        "answer_timeout",
+        defaults.answer_timeout,
+        24 * HOUR,
+    );
+    let mut size = |value: &Option<Scalar>, what: &str, default: u64, range: (u64, u64)| {
+        let Some(Scalar(text)) = value else {
+            return default;
+        };
+        match parse_size(text) {
+            Some(n) if (range.0..=range.1).contains(&n) => n,
+            Some(_) => {
+                c.error(
+                    node,
+                    format!(
+                        "`limits.{what}` must be from {} to {}",
+                        size_text(range.0),
+                        size_text(range.1)
+                    ),
+                    None,
+                );
+                default
+            }
+            None => {
+                c.error(
+                    node,
+                    format!("`limits.{what}`: `{}` is not a size", text.escape_debug()),
+                    Some("write bytes, or a number and KiB, MiB or GiB: `64KiB`, `10MiB`".into()),
+                );
+                default
+            }
+        }
+    };
+    let max_body = size(&raw.max_body, "max_body", defaults.max_body, (1, 64 << 30));
+    let max_header_bytes = size(
+        &raw.max_header_bytes,
+        "max_header_bytes",
+        defaults.max_header_bytes,
+        (8 << 10, 1 << 20),
+    );
+    let max_headers = match raw.max_headers {
+        Some(n) if (1..=1000).contains(&n) => n,
+        Some(_) => {
+            c.error(node, "`limits.max_headers` must be from 1 to 1000", None);
+            defaults.max_headers
+        }
+        None => defaults.max_headers,
+    };
+    EntryLimits {
+        idle_timeout,
+        request_timeout,
+        answer_timeout,
+        max_body,
+        max_header_bytes,
+        max_headers,
+    }
+}
+
+/// `1048576`, `64KiB`, `10MiB` or `1GiB`, in bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|ch: char| !ch.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => return None,
+    };
+    number.checked_mul(1 << shift)
+}
+
+fn size_text(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
+        b => format!("{b} bytes"),
+    }
 }
 
 fn cert_files<T>(c: &mut Checker, node: &Spanned<T>, pairs: &[&RawCertPair]) -> Vec<CertPaths> {

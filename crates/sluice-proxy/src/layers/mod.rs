@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod balance;
 pub mod forwarded;
+pub mod limits;
 pub mod record;
 pub mod split;
 pub mod timeout;
@@ -32,7 +33,33 @@ use http_body_util::{BodyExt, Full};
 use crate::route::{Backend, InFlight};
 use crate::split::Variant;
 
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// Bodies both ways.
+pub type ProxyBody = BoxBody<Bytes, BodyError>;
+
+/// Why a body ended early: the client's or the instance's connection, or a
+/// limit the proxy holds a request's body to ([`limits::BodyLimit`]).
+/// A named type, not a bare `Box<dyn Error>`, which async blocks' `Send`
+/// checks cannot see through.
+#[derive(Debug)]
+pub struct BodyError(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl From<hyper::Error> for BodyError {
+    fn from(error: hyper::Error) -> Self {
+        BodyError(Box::new(error))
+    }
+}
 pub type ProxyRequest = Request<ProxyBody>;
 pub type ProxyResponse = Response<ProxyBody>;
 pub type ProxyFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, Infallible>> + Send>>;

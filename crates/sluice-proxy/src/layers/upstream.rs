@@ -207,7 +207,7 @@ async fn send(pool: Arc<Pool>, mut request: ProxyRequest) -> ProxyResponse {
                 {
                     // The connection is the tunnel's now, never the pool's.
                     tunnel(client_side, hyper::upgrade::on(&mut response), picked, addr);
-                    return response.map(|body| body.boxed());
+                    return response.map(|body| body.map_err(Into::into).boxed());
                 }
                 let (head, body) = response.into_parts();
                 let back = GoesBack {
@@ -215,7 +215,10 @@ async fn send(pool: Arc<Pool>, mut request: ProxyRequest) -> ProxyResponse {
                     pool,
                     addr,
                 };
-                return ProxyResponse::from_parts(head, Kept::new(body, back).boxed());
+                return ProxyResponse::from_parts(
+                    head,
+                    Kept::new(body.map_err(Into::into), back).boxed(),
+                );
             }
             Err(mut e) => match e.take_message() {
                 // A kept connection the instance closed meanwhile: try a new one.
@@ -270,9 +273,12 @@ fn client_broke_it(error: &hyper::Error) -> bool {
     error.is_user()
 }
 
-/// The client's own protocol error: a 400 for that client, and no failure
-/// of the instance's.
+/// The client's own protocol error: a 400 for that client (413 or 408 for a
+/// body over its limits), and no failure of the instance's.
 fn client_fault(error: hyper::Error) -> ProxyResponse {
+    if let Some(limit) = super::limits::broken_limit(&error) {
+        return super::limits::refused(limit);
+    }
     let message = std::error::Error::source(&error)
         .map_or_else(|| error.to_string(), |cause| cause.to_string());
     let mut response = error_response(

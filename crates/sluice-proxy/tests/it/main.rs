@@ -7,6 +7,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use sluice_proxy::{Backend, Listener, Metrics, Route, Split, Sticky, Telemetry, Variant};
 
+mod limits;
 mod shutdown;
 mod tls;
 
@@ -595,7 +596,7 @@ async fn idle_and_slow_clients_are_closed() {
     let route = Route::default();
     route.add(healthy("dev-1", backend("one").await, "v1"));
     let limits = sluice_proxy::Limits {
-        client_header: Duration::from_millis(300),
+        idle: Duration::from_millis(300),
         ..Default::default()
     };
     let listener = Listener::bind_with(

@@ -74,3 +74,30 @@ async fn a_certificate_path_in_the_repository_is_refused_at_validation() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_environment_s_limits_hold_its_clients() {
+    let dir = tempdir();
+    let listen = "{ address: 127.0.0.1:0, limits: { max_body: 1KiB, max_headers: 20 } }";
+    let server = Server::start(&dir.path().join("data"), None);
+    let repo = GitRepo::new(dir.path(), "shop");
+    copy_fixture(&repo, "shop");
+    repo.commit("v1", &[("sluice.yaml", &spec("shop", listen))]);
+    server.add_repo(&repo);
+    let dev = server.wait_env("shop", "dev", 1, 1).await;
+    let url = format!("http://{}/", dev["listen"].as_str().unwrap());
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let large = client
+        .post(&url)
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(large.status(), 413);
+    let mut many = client.get(&url);
+    for i in 0..30 {
+        many = many.header(format!("x-field-{i}"), "1");
+    }
+    assert_eq!(many.send().await.unwrap().status(), 431);
+}
