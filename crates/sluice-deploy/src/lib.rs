@@ -648,15 +648,36 @@ impl Inner {
             }
         };
         let (certificates, keeper) = self.certificates(service, env)?;
-        let listener = Listener::bind_tls(
-            env.listen,
-            route.clone(),
-            &env.name,
-            telemetry.clone(),
-            entry_limits(&env.limits, self.config.drain_timeout),
-            certificates,
-        )
-        .await
+        let limits = entry_limits(&env.limits, self.config.drain_timeout);
+        // At the same address, the new listener takes over the old one's
+        // sockets, so that no connection waiting to be accepted is reset.
+        let replaced = {
+            let entries = self.entries.lock().unwrap();
+            let same_address = entries.get(&key).filter(|e| e.listen == env.listen);
+            same_address.map(|entry| {
+                entry.listener.replace(
+                    route.clone(),
+                    &env.name,
+                    telemetry.clone(),
+                    limits,
+                    certificates.clone(),
+                )
+            })
+        };
+        let listener = match replaced {
+            Some(replaced) => replaced,
+            None => {
+                Listener::bind_tls(
+                    env.listen,
+                    route.clone(),
+                    &env.name,
+                    telemetry.clone(),
+                    limits,
+                    certificates,
+                )
+                .await
+            }
+        }
         .map_err(|e| {
             anyhow::anyhow!(
                 "could not listen on {} for {}: {e}; is the address taken?",

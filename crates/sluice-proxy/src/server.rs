@@ -37,9 +37,15 @@ use crate::tls::Certificates;
 /// (SO_REUSEPORT), so that a request and its upstream call stay on one core.
 pub struct Listener {
     pub addr: SocketAddr,
-    stop: CancellationToken,
-    /// The worker threads, each ending once its connections have drained.
+    /// Stops this listener's workers accepting (and its certificates' reloading).
+    accepting: CancellationToken,
+    /// Drains the connections of this listener and of those it replaced.
+    draining: std::sync::Mutex<Vec<CancellationToken>>,
+    /// The worker threads, this listener's and those it replaced, each
+    /// ending once its connections have drained.
     workers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The listening sockets, one per worker (copies of the workers' own).
+    sockets: Vec<std::net::TcpListener>,
 }
 
 /// What a client connection and its requests may take, and how long an
@@ -136,14 +142,7 @@ impl Listener {
         limits: Limits,
         certificates: Option<Arc<Certificates>>,
     ) -> std::io::Result<Listener> {
-        let acceptor = match &certificates {
-            Some(certificates) => Some(TlsAcceptor::from(
-                certificates
-                    .server_config()
-                    .map_err(std::io::Error::other)?,
-            )),
-            None => None,
-        };
+        let acceptor = acceptor(&certificates)?;
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let first = reuse_port_socket(addr)?;
         let addr = first.local_addr()?;
@@ -151,21 +150,90 @@ impl Listener {
         for _ in 1..workers {
             sockets.push(reuse_port_socket(addr)?);
         }
+        Listener::serve_on(
+            sockets,
+            route,
+            name,
+            telemetry,
+            limits,
+            acceptor,
+            certificates,
+        )
+    }
+
+    /// A listener on the same sockets with another configuration (limits,
+    /// certificates), taking connections before this one is dropped. The
+    /// sockets pass from one to the other and never close, so no connection
+    /// waiting to be accepted is reset, as it would be in a socket of its own
+    /// that closes.
+    pub fn replace(
+        &self,
+        route: Route,
+        name: &str,
+        telemetry: Telemetry,
+        limits: Limits,
+        certificates: Option<Arc<Certificates>>,
+    ) -> std::io::Result<Listener> {
+        let acceptor = acceptor(&certificates)?;
+        let sockets = self
+            .sockets
+            .iter()
+            .map(std::net::TcpListener::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let next = Listener::serve_on(
+            sockets,
+            route,
+            name,
+            telemetry,
+            limits,
+            acceptor,
+            certificates,
+        )?;
+        // This one stops accepting; its connections go on (closing one
+        // between requests would race a client's next request on it), and
+        // drain with the new listener's.
+        self.accepting.cancel();
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap());
+        let draining = std::mem::take(&mut *self.draining.lock().unwrap());
+        next.workers.lock().unwrap().extend(workers);
+        next.draining.lock().unwrap().extend(draining);
+        Ok(next)
+    }
+
+    /// One worker thread per socket, serving `route` on it.
+    fn serve_on(
+        sockets: Vec<std::net::TcpListener>,
+        route: Route,
+        name: &str,
+        telemetry: Telemetry,
+        limits: Limits,
+        acceptor: Option<TlsAcceptor>,
+        certificates: Option<Arc<Certificates>>,
+    ) -> std::io::Result<Listener> {
+        let addr = sockets[0].local_addr()?;
+        // Each worker owns a copy; these are kept to hand over (`replace`).
+        let kept = sockets
+            .iter()
+            .map(std::net::TcpListener::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()?;
         let via = HeaderValue::from_str(&format!("1.1 sluice-{name}"))
             .unwrap_or(HeaderValue::from_static("1.1 sluice"));
-        let stop = CancellationToken::new();
+        let (accepting, draining) = (CancellationToken::new(), CancellationToken::new());
         if let Some(certificates) = certificates {
-            spawn_reloader(certificates, name, stop.clone())?;
+            spawn_reloader(certificates, name, accepting.clone())?;
         }
         let mut workers = Vec::new();
         for (i, socket) in sockets.into_iter().enumerate() {
-            let (route, telemetry, via, stop, acceptor) = (
+            let (route, telemetry, via, acceptor) = (
                 route.clone(),
                 telemetry.clone(),
                 via.clone(),
-                stop.clone(),
                 acceptor.clone(),
             );
+            let stops = Stops {
+                accepting: accepting.clone(),
+                draining: draining.clone(),
+            };
             let worker = std::thread::Builder::new()
                 .name(format!("proxy-{name}-{i}"))
                 .spawn(move || {
@@ -184,7 +252,9 @@ impl Listener {
                         let service =
                             stack(route.for_worker(), via, telemetry.for_worker(i), limits);
                         match TcpListener::from_std(socket) {
-                            Ok(listener) => accept(listener, service, limits, acceptor, stop).await,
+                            Ok(listener) => {
+                                accept(listener, service, limits, acceptor, stops).await
+                            }
                             Err(e) => {
                                 tracing::error!(error = %e, "a proxy worker could not listen")
                             }
@@ -195,20 +265,25 @@ impl Listener {
         }
         Ok(Listener {
             addr,
-            stop,
+            accepting,
+            draining: std::sync::Mutex::new(vec![draining]),
             workers: std::sync::Mutex::new(workers),
+            sockets: kept,
         })
     }
 
     /// Stops accepting connections; those open drain in the background.
     pub fn close(&self) {
-        self.stop.cancel();
+        self.accepting.cancel();
+        for draining in self.draining.lock().unwrap().iter() {
+            draining.cancel();
+        }
     }
 
     /// Stops accepting connections now; the future it answers ends once
     /// every request under way has its answer (or `limits.drain` has passed).
     pub fn shutdown(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.stop.cancel();
+        self.close();
         let workers = std::mem::take(&mut *self.workers.lock().unwrap());
         async move {
             let _ = tokio::task::spawn_blocking(move || {
@@ -223,8 +298,27 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.stop.cancel();
+        self.close();
     }
+}
+
+/// What ends a worker: accepting stops when its listener is closed or
+/// replaced; its connections drain only when the listener (or the one that
+/// replaced it) is closed.
+struct Stops {
+    accepting: CancellationToken,
+    draining: CancellationToken,
+}
+
+/// The TLS side of a listener serving `certificates`, if any.
+fn acceptor(certificates: &Option<Arc<Certificates>>) -> std::io::Result<Option<TlsAcceptor>> {
+    let Some(certificates) = certificates else {
+        return Ok(None);
+    };
+    let config = certificates
+        .server_config()
+        .map_err(std::io::Error::other)?;
+    Ok(Some(TlsAcceptor::from(config)))
 }
 
 fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -269,7 +363,7 @@ async fn accept<S>(
     service: S,
     limits: Limits,
     tls: Option<TlsAcceptor>,
-    stop: CancellationToken,
+    stops: Stops,
 ) where
     S: Service<ProxyRequest, Response = ProxyResponse, Error = std::convert::Infallible>
         + Clone
@@ -278,6 +372,7 @@ async fn accept<S>(
     S::Future: Send,
 {
     let connections = TaskTracker::new();
+    let stop = stops.draining;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -288,6 +383,7 @@ async fn accept<S>(
                     continue;
                 }
             },
+            _ = stops.accepting.cancelled() => break,
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
@@ -325,9 +421,14 @@ async fn accept<S>(
             }
         });
     }
-    // Stopped: the connections finish what they have begun, within the drain time.
+    // Replaced: the connections go on until they end, or drain.
     drop(listener);
     connections.close();
+    tokio::select! {
+        _ = connections.wait() => return,
+        _ = stop.cancelled() => {}
+    }
+    // Stopped: the connections finish what they have begun, within the drain time.
     if tokio::time::timeout(limits.drain, connections.wait())
         .await
         .is_err()

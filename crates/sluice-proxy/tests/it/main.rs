@@ -7,6 +7,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use sluice_proxy::{Backend, Listener, Metrics, Route, Split, Sticky, Telemetry, Variant};
 
+mod handoff;
 mod limits;
 mod shutdown;
 mod tls;

@@ -1,5 +1,6 @@
 //! Under steady load, a rolling deployment of 4 instances, a blue-green
-//! switch and a rollback lose no request; a pinned environment waits.
+//! switch and a rollback lose no request; a pinned environment waits; and
+//! releases that change the entry point's limits lose none either.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,6 +11,10 @@ use serde_json::Value;
 use crate::support::{GitRepo, Server, copy_fixture};
 
 fn spec(strategy: &str) -> String {
+    spec_listening(strategy, "127.0.0.1:0")
+}
+
+fn spec_listening(strategy: &str, listen: &str) -> String {
     format!(
         r#"service: shop
 pipeline:
@@ -29,7 +34,7 @@ environments:
   dev:
     deploy: auto
     instances: 4
-    listen: 127.0.0.1:0
+    listen: {listen}
     strategy: {strategy}
     config: {{ GREETING: hi }}
 "#
@@ -231,4 +236,49 @@ async fn rolling_blue_green_and_rollback_lose_no_request_under_load() {
     ] {
         assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }
+}
+
+#[tokio::test]
+async fn releases_that_change_the_entry_point_s_limits_lose_no_request_under_load() {
+    let dir = crate::support::tempdir();
+    let server = Server::start(&dir.path().join("data"), None);
+    let repo = GitRepo::new(dir.path(), "shop");
+    copy_fixture(&repo, "shop");
+    let listening = |max_body: &str| {
+        let listen = format!("{{ address: 127.0.0.1:0, limits: {{ max_body: {max_body} }} }}");
+        spec_listening("rolling", &listen)
+    };
+    repo.commit("v1", &[("sluice.yaml", &listening("1MiB"))]);
+    server.add_repo(&repo);
+    let dev = server.wait_env("shop", "dev", 1, 4).await;
+    let listen = dev["listen"].as_str().unwrap().to_string();
+    let load = Load::start(format!("http://{listen}/"), 8);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (number, max_body) in [(2, "2MiB"), (3, "3MiB")] {
+        let version = format!("{number}\n");
+        repo.commit(
+            &format!("v{number}: max_body {max_body}"),
+            &[
+                ("app/VERSION", &version),
+                ("sluice.yaml", &listening(max_body)),
+            ],
+        );
+        let dev = server.wait_env("shop", "dev", number, 4).await;
+        assert_eq!(
+            dev["listen"],
+            listen.as_str(),
+            "the entry point stays where it is"
+        );
+    }
+    let (ok, failed, _) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+    assert!(ok > 100, "only {ok} requests were made");
+    // The new limit holds: 2.5 MiB passes 3 MiB and not 1 MiB.
+    let large = reqwest::Client::new()
+        .post(format!("http://{listen}/"))
+        .body(vec![b'x'; 5 << 19])
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(large.status(), 413);
 }
