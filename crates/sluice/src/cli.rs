@@ -68,6 +68,12 @@ pub enum Command {
         /// B's share of users, in percent.
         #[arg(long, default_value_t = 0.0)]
         weight: f64,
+        /// Serve HTTPS with this certificate chain (PEM), with --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Check a sluice.yaml and print every error in it.
     Validate {

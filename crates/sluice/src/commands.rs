@@ -31,7 +31,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             a,
             b,
             weight,
-        } => proxy::run(listen, a, b, weight).await,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = tls_cert.zip(tls_key);
+            proxy::run(listen, a, b, weight, tls).await
+        }
         Command::Token(command) => tokens::run(&client(), command).await,
         Command::Repo(command) => repos::repo(&client(), command).await,
         Command::Secret(command) => repos::secret(&client(), command).await,

@@ -1,7 +1,9 @@
 //! `sluice proxy`: the load balancer alone, in front of fixed backends, with
-//! the same split, balancing and telemetry as an environment's entry point.
+//! the same split, balancing and telemetry as an environment's entry point,
+//! over HTTP or HTTPS.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -12,6 +14,7 @@ pub async fn run(
     a: Vec<SocketAddr>,
     b: Vec<SocketAddr>,
     weight: f64,
+    tls: Option<(PathBuf, PathBuf)>,
 ) -> Result<ExitCode> {
     let route = Route::default();
     for (variant, addrs) in [(Variant::A, &a), (Variant::B, &b)] {
@@ -31,11 +34,29 @@ pub async fn run(
             Split::new(weight, Sticky::Cookie, true).map_err(anyhow::Error::msg)?,
         ));
     }
-    let listener = Listener::bind(listen, route, "proxy", Telemetry::detached("proxy"))
-        .await
-        .with_context(|| format!("could not listen on {listen}"))?;
+    let certificates = match &tls {
+        Some((cert, key)) => Some(
+            sluice_proxy::tls::Certificates::load(vec![sluice_proxy::tls::CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }])
+            .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    let scheme = if certificates.is_some() { "https" } else { "http" };
+    let listener = Listener::bind_tls(
+        listen,
+        route,
+        "proxy",
+        Telemetry::detached("proxy"),
+        sluice_proxy::Limits::default(),
+        certificates,
+    )
+    .await
+    .with_context(|| format!("could not listen on {listen}"))?;
     println!(
-        "sluice proxy listening on http://{} ({} A, {} B at {weight}%)",
+        "sluice proxy listening on {scheme}://{} ({} A, {} B at {weight}%)",
         listener.addr,
         a.len(),
         b.len()
