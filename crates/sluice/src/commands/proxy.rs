@@ -44,7 +44,11 @@ pub async fn run(
         ),
         None => None,
     };
-    let scheme = if certificates.is_some() { "https" } else { "http" };
+    let scheme = if certificates.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let listener = Listener::bind_tls(
         listen,
         route,
