@@ -7,6 +7,7 @@
 
 mod decide;
 mod errors;
+pub mod goals;
 mod histogram;
 mod latency;
 mod quantile;
