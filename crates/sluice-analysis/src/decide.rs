@@ -38,6 +38,10 @@ pub struct Policy {
     pub alpha: f64,
     /// The sample-ratio check's threshold on its p-value.
     pub srm_alpha: f64,
+    /// Whether the sample-ratio check counts requests. An experiment with
+    /// goals counts users instead (`goals::user_ratio_mismatch`): a B that
+    /// makes users click more has more requests, and that is not broken.
+    pub request_srm: bool,
     pub min_requests: u64,
     pub min_duration: Duration,
     pub max_step: Duration,
@@ -51,6 +55,7 @@ impl Default for Policy {
         Policy {
             alpha: 0.05,
             srm_alpha: 1e-4,
+            request_srm: true,
             min_requests: 1000,
             min_duration: Duration::from_secs(60),
             max_step: Duration::from_secs(600),
@@ -98,7 +103,7 @@ pub fn decide(e: &Evidence, policy: &Policy) -> Decision {
         reason,
         numbers: numbers.clone(),
     };
-    if e.split.total >= 1000 && e.split.p_value() < policy.srm_alpha {
+    if policy.request_srm && e.split.total >= 1000 && e.split.p_value() < policy.srm_alpha {
         return decision(
             Action::Broken,
             format!(

@@ -13,13 +13,16 @@ use sluice_analysis::{
     Action, ErrorRateTest, Evidence, InstanceSecond, LatencyConfig, LatencyJudge, LogHistogram,
     MinEffect, Policy, SampleRatio, Side, decide,
 };
+use sluice_proxy::goals::{Goal, GoalTracker, RequestRule};
 use sluice_proxy::{Route, SecondWindow, Split, Sticky, Variant};
-use sluice_spec::{AbData, AbStrategy, Environment, Metric, Spec};
+use sluice_spec::{AbData, AbMode, AbStrategy, AbTest, Environment, Metric, Spec};
 use sluice_store::{Experiment, NewDeployment, Release, now_ms};
 use tokio::sync::mpsc;
 
 use crate::rollout::{self, Outcome};
 use crate::{Inner, Live};
+
+mod goals;
 
 /// What a person may tell a running experiment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +47,7 @@ pub(crate) async fn run(
     cause: &str,
     actor: &str,
 ) -> Result<(i64, Outcome)> {
+    let ab = &ramp(ab);
     let service = &b.service;
     let baseline = inner.store.release_by_id(baseline_id).await?;
     let deployment = inner
@@ -83,6 +87,7 @@ pub(crate) async fn run(
     for live in &group {
         route.add(live.backend.clone());
     }
+    route.set_goals(tracker(ab));
     let experiment = inner
         .store
         .insert_experiment(
@@ -162,6 +167,37 @@ async fn start_group(
     Ok(group)
 }
 
+/// The strategy as the experiment runs it: in `mode: test`, the steps below
+/// the test's split, then the split, where it holds.
+fn ramp(ab: &AbStrategy) -> AbStrategy {
+    let mut ab = ab.clone();
+    if let AbMode::Test(test) = &ab.mode {
+        ab.steps.retain(|step| *step < test.split);
+        ab.steps.push(test.split);
+    }
+    ab
+}
+
+/// The goals the entry point counts for the experiment, if it has any.
+fn tracker(ab: &AbStrategy) -> Option<Arc<GoalTracker>> {
+    let goals = ab
+        .goals
+        .iter()
+        .map(|g| Goal {
+            name: g.name.clone(),
+            on: g.request.as_ref().and_then(|r| {
+                Some(RequestRule {
+                    method: r.method.parse().ok()?,
+                    path: r.path.clone(),
+                    status_class: r.status_class,
+                })
+            }),
+            value: g.value,
+        })
+        .collect();
+    GoalTracker::new(goals).ok().map(Arc::new)
+}
+
 fn latency_config(ab: &AbStrategy) -> LatencyConfig {
     LatencyConfig {
         warm_up_requests: ab.warm_up_requests,
@@ -192,7 +228,7 @@ pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome
     let b = inner.store.release_by_id(x.release_id).await?;
     let (spec, env) = rollout::release_env(&b, &x.environment)?;
     let ab = match &env.strategy {
-        sluice_spec::Strategy::Ab(ab) => ab.clone(),
+        sluice_spec::Strategy::Ab(ab) => ramp(ab),
         _ => AbStrategy::default(),
     };
     let overrides: BTreeMap<String, String> =
@@ -212,6 +248,7 @@ pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome
         for live in &group {
             route.add(live.backend.clone());
         }
+        route.set_goals(tracker(&ab));
         anyhow::Ok(sticky)
     }
     .await;
@@ -255,6 +292,9 @@ pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome
         deployment,
     );
     looker.step = step;
+    if looker.holding_test() {
+        looker.hold_started = Some(Instant::now());
+    }
     looker.paused = x.status == "paused";
     looker.held = x.status == "held";
     let status = if looker.paused || looker.held {
@@ -306,6 +346,13 @@ struct Looker {
     a_latency: LogHistogram,
     b_latency: LogHistogram,
     steps: Vec<serde_json::Value>,
+    /// When a test began to hold at its split (its users counted from then).
+    hold_started: Option<Instant>,
+    /// Each goal's lift now and then, for the report's chart.
+    goal_points: Vec<serde_json::Value>,
+    last_goal_point: Option<Instant>,
+    /// The goals as last looked at (the entry point forgets them at the end).
+    last_goals: serde_json::Value,
 }
 
 impl Looker {
@@ -344,7 +391,91 @@ impl Looker {
             a_latency: LogHistogram::default(),
             b_latency: LogHistogram::default(),
             steps,
+            hold_started: None,
+            goal_points: Vec::new(),
+            last_goal_point: None,
+            last_goals: json!([]),
         }
+    }
+
+    fn alpha(&self) -> f64 {
+        self.policy().alpha
+    }
+
+    /// Keeps the goals as looked at now, a point of their chart every 5 s,
+    /// and the report up to date with them.
+    async fn keep_goal_point(&mut self, goals: &goals::GoalsNow) {
+        const EVERY: Duration = Duration::from_secs(5);
+        self.last_goals = goals.json.clone();
+        if goals.primary.is_none() || self.last_goal_point.is_some_and(|at| at.elapsed() < EVERY) {
+            return;
+        }
+        self.last_goal_point = Some(Instant::now());
+        let point: Vec<serde_json::Value> = goals
+            .json
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| json!({ "goal": g["name"], "a": g["a"]["mean"], "b": g["b"]["mean"], "lift": g["lift"] }))
+            .collect();
+        self.goal_points
+            .push(json!({ "at": now_ms(), "weight": self.weight(), "goals": point }));
+        // A long test keeps its last 2,000 points (about 3 hours at 5 s).
+        if self.goal_points.len() > 2000 {
+            self.goal_points.remove(0);
+        }
+        self.report().await;
+    }
+
+    /// A test at its split: promote on "B better" (or wait for a person when
+    /// `promote: manual`), keep A on anything else.
+    async fn test_verdict(
+        &mut self,
+        goals: &goals::GoalsNow,
+        mut record: serde_json::Value,
+    ) -> Option<Outcome> {
+        let test = self.test()?.clone();
+        let primary = goals.primary.as_ref()?;
+        let held_for = self.hold_started.map_or(Duration::ZERO, |at| at.elapsed());
+        match goals::test_step(primary, &test, held_for) {
+            goals::TestStep::Wait => None,
+            goals::TestStep::Promote(reason) if test.manual => {
+                if !self.held {
+                    self.held = true;
+                    record["action"] = json!("hold");
+                    record["reason"] = json!(format!(
+                        "{reason}; waiting for a person: sluice ab promote {}",
+                        self.id
+                    ));
+                    let summary = format!(
+                        "experiment {} of {}: {reason}; waiting for a person to promote it",
+                        self.id,
+                        self.b.name()
+                    );
+                    self.record("held", "experiment.held", record, &summary)
+                        .await;
+                }
+                None
+            }
+            goals::TestStep::Promote(reason) => Some(self.promote(&reason).await),
+            goals::TestStep::Conclude(reason) => {
+                record["action"] = json!("conclude");
+                record["reason"] = json!(reason);
+                Some(self.roll_back("concluded", &reason, record).await)
+            }
+        }
+    }
+
+    fn test(&self) -> Option<&AbTest> {
+        match &self.ab.mode {
+            AbMode::Test(test) => Some(test),
+            AbMode::Rollout => None,
+        }
+    }
+
+    /// A test at its split, waiting for its primary goal to decide.
+    fn holding_test(&self) -> bool {
+        self.test().is_some() && self.step + 1 >= self.ab.steps.len()
     }
 
     fn weight(&self) -> f64 {
@@ -359,6 +490,8 @@ impl Looker {
             error_rate: self.ab.metrics.contains(&Metric::ErrorRate),
             latency_p50: self.ab.metrics.contains(&Metric::LatencyP50),
             latency_p95: self.ab.metrics.contains(&Metric::LatencyP95),
+            // With goals, the split is checked in users (see goals::broken).
+            request_srm: self.ab.goals.is_empty(),
             ..Policy::default()
         }
     }
@@ -443,8 +576,25 @@ impl Looker {
             step_elapsed: self.step_started.elapsed(),
         };
         let decision = decide(&evidence, &self.policy());
+        let goals = goals::report(&self.route, self.alpha());
+        self.keep_goal_point(&goals).await;
         // Each instance's warm latency says which one a latency decision rests on.
-        let record = json!({ "action": decision.action, "reason": decision.reason, "numbers": decision.numbers, "instances": self.latency.instances(), "weight": self.weight(), "at": now_ms() });
+        let record = json!({ "action": decision.action, "reason": decision.reason, "numbers": decision.numbers, "instances": self.latency.instances(), "goals": goals.json, "weight": self.weight(), "at": now_ms() });
+        match decision.action {
+            // Guardrails act at every step, in both modes.
+            Action::Rollback | Action::Broken => {}
+            _ => {
+                if let Some(why) = goals.users.as_ref().and_then(goals::broken) {
+                    let mut record = record;
+                    record["action"] = json!("broken");
+                    record["reason"] = json!(why);
+                    return Some(self.roll_back("broken", &why, record).await);
+                }
+                if self.holding_test() {
+                    return self.test_verdict(&goals, record).await;
+                }
+            }
+        }
         match decision.action {
             Action::Wait => None,
             Action::Hold => {
@@ -472,6 +622,11 @@ impl Looker {
             Action::Advance => {
                 let from = self.weight();
                 self.step += 1;
+                if self.holding_test() {
+                    // The test counts the users exposed at its split only.
+                    self.route.set_goals(tracker(&self.ab));
+                    self.hold_started = Some(Instant::now());
+                }
                 self.step_started = Instant::now();
                 self.step_b_requests = 0;
                 let to = self.weight();
@@ -603,6 +758,7 @@ impl Looker {
             rollout::stop_instance(&inner, &self.route, live).await;
         }
         self.route.set_split(None);
+        self.route.set_goals(None);
         if let Ok(copy) = inner
             .layout
             .experiment_data(&service, &env, self.deployment)
@@ -639,6 +795,7 @@ impl Looker {
             live.backend.set_variant(Variant::A);
         }
         self.route.set_split(None);
+        self.route.set_goals(None);
         for live in &a_group {
             rollout::stop_instance(&inner, &self.route, live).await;
         }
@@ -681,7 +838,8 @@ impl Looker {
             .finish_deployment(self.deployment, "rolled_back", Some(why))
             .await;
         let why = format!("experiment {} {}: {why}", self.id, status.replace('_', " "));
-        if status == "aborted" {
+        // A person's abort and a test that kept A are no failure of B's.
+        if status == "aborted" || status == "concluded" {
             Outcome::Aborted(why)
         } else {
             Outcome::RolledBack(why)
@@ -703,6 +861,9 @@ impl Looker {
             "a": side(self.errors.a_requests, self.errors.a_errors, &self.a_latency),
             "b": side(self.errors.b_requests, self.errors.b_errors, &self.b_latency),
             "steps": self.steps,
+            "mode": if self.test().is_some() { "test" } else { "rollout" },
+            "goals": self.last_goals,
+            "goal_points": self.goal_points,
         });
         let _ = self
             .inner

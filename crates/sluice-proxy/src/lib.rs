@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod acme;
+pub mod goals;
 mod layers;
 mod route;
 mod server;

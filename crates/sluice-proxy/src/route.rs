@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+use crate::goals::GoalTracker;
 use crate::split::{Split, Variant};
 use crate::telemetry::InstanceSlots;
 
@@ -168,6 +169,7 @@ struct Handle {
 struct Shared {
     backends: ArcSwap<Vec<Arc<Backend>>>,
     split: ArcSwapOption<Split>,
+    goals: ArcSwapOption<GoalTracker>,
 }
 
 impl Route {
@@ -215,6 +217,16 @@ impl Route {
 
     pub fn split(&self) -> Option<Split> {
         self.shared().split.load().as_deref().cloned()
+    }
+
+    /// Sets (or, with `None`, ends) the goals counted per user.
+    pub fn set_goals(&self, goals: Option<Arc<GoalTracker>>) {
+        self.shared().goals.store(goals);
+    }
+
+    /// The goals counted now, if any.
+    pub fn goals(&self) -> Option<Arc<GoalTracker>> {
+        self.shared().goals.load_full()
     }
 
     /// The split as it is now, read without copying it.

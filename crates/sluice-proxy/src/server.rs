@@ -22,6 +22,7 @@ use crate::acme::{ACME_TLS_ALPN, Challenges, HTTP_CHALLENGE_PATH};
 use crate::layers::backend::BackendLayer;
 use crate::layers::balance::BalanceLayer;
 use crate::layers::forwarded::ForwardedLayer;
+use crate::layers::goals::GoalsLayer;
 use crate::layers::limits::LimitsLayer;
 use crate::layers::record::RecordLayer;
 use crate::layers::split::SplitLayer;
@@ -104,6 +105,7 @@ fn stack(
         .layer(LimitsLayer::new(limits.max_body, limits.request_body))
         .layer(ForwardedLayer::new(via))
         .layer(SplitLayer::new(route.clone()))
+        .layer(GoalsLayer::new(route.clone()))
         .layer(BalanceLayer::new(route))
         .layer(BackendLayer::new(telemetry))
         .layer(TimeoutLayer::new(limits.answer))

@@ -319,6 +319,61 @@ pub struct AbStrategy {
     pub warm_up_requests: u64,
     /// Whether B works on the environment's data or on a copy of it.
     pub data: AbData,
+    /// What users do that counts, the first being the primary goal.
+    pub goals: Vec<GoalSpec>,
+    /// `rollout`: ramp to 100% while B is not worse (goals reported);
+    /// `test`: ramp to the test's split, hold until the primary goal decides.
+    pub mode: AbMode,
+}
+
+/// A goal of an A/B experiment.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GoalSpec {
+    pub name: String,
+    /// Reached by a request the entry point sees: `POST /checkout`.
+    pub request: Option<GoalRequest>,
+    /// A value goal (revenue): reports add up per user.
+    pub value: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GoalRequest {
+    pub method: String,
+    pub path: String,
+    /// `2` for `2xx`; `None` for any status.
+    pub status_class: Option<u16>,
+}
+
+/// How an experiment ends.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbMode {
+    Rollout,
+    Test(AbTest),
+}
+
+/// `mode: test`: the split held, the smallest lift worth having, how long
+/// to wait for a verdict, and whether B's win is promoted by itself.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AbTest {
+    /// B's share while the test holds (percent).
+    pub split: u8,
+    /// A lift smaller than this either way is "no difference" (0.02: 2%).
+    pub min_effect: f64,
+    pub max_duration: Duration,
+    /// Whether "B better" waits for a person to promote it.
+    pub manual: bool,
+}
+
+impl Default for AbTest {
+    fn default() -> Self {
+        AbTest {
+            split: 50,
+            min_effect: 0.02,
+            max_duration: Duration::from_secs(14 * 24 * 3600),
+            manual: false,
+        }
+    }
 }
 
 /// What B's `DATA_DIR` is during an experiment.
@@ -365,6 +420,8 @@ impl Default for AbStrategy {
             min_effect: MinEffect::default(),
             warm_up_requests: 200,
             data: AbData::Shared,
+            goals: Vec::new(),
+            mode: AbMode::Rollout,
         }
     }
 }

@@ -63,6 +63,10 @@ pub const EVENT_KINDS: &[(&str, &str)] = &[
         "experiment.aborted",
         "a person or a failure stopped an experiment",
     ),
+    (
+        "experiment.concluded",
+        "a test kept A: B worse on its goal, no difference, or out of time",
+    ),
     ("health.failed", "an environment's health checks failed"),
     (
         "health.recovered",

@@ -246,6 +246,27 @@ pub struct RawAb {
     pub min_effect: Option<Spanned<RawMinEffect>>,
     pub warm_up_requests: Option<u64>,
     pub data: Option<Spanned<String>>,
+    pub goals: Option<Vec<Spanned<RawGoal>>>,
+    pub mode: Option<Spanned<String>>,
+    pub test: Option<Spanned<RawAbTest>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGoal {
+    pub name: String,
+    pub request: Option<String>,
+    pub status: Option<String>,
+    pub value: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAbTest {
+    pub split: Option<i64>,
+    pub min_effect: Option<String>,
+    pub max_duration: Option<String>,
+    pub promote: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1090,6 +1090,193 @@ fn parse_port_range(text: &str) -> Option<(u16, u16)> {
     (1024 <= first && first <= last).then_some((first, last))
 }
 
+/// `goals:`: names unique and safe, at most 8; `request: "POST /path"`
+/// with `status: 2xx` (or any); `value: true` for amounts.
+fn goals(c: &mut Checker, raw: &[Spanned<RawGoal>]) -> Vec<GoalSpec> {
+    if raw.len() > 8
+        && let Some(first) = raw.first()
+    {
+        c.error(first, "an experiment has at most 8 goals", None);
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for node in raw.iter().take(8) {
+        let goal = &node.value;
+        let name_ok = (1..=64).contains(&goal.name.len())
+            && goal
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !name_ok {
+            c.error(
+                node,
+                format!("`{}` is not a goal name", goal.name.escape_debug()),
+                Some("use letters, digits, `-`, `_` and `.`, at most 64".into()),
+            );
+        } else if !seen.insert(goal.name.clone()) {
+            c.error(
+                node,
+                format!("goal `{}` is declared twice", goal.name),
+                None,
+            );
+        }
+        let request = goal.request.as_deref().and_then(|text| {
+            let parsed = goal_request(text, goal.status.as_deref());
+            if let Err(why) = &parsed {
+                c.error(node, format!("goal `{}`: {why}", goal.name), None);
+            }
+            parsed.ok()
+        });
+        if goal.request.is_none() && goal.status.is_some() {
+            c.error(
+                node,
+                format!("goal `{}` has a `status` and no `request`", goal.name),
+                None,
+            );
+        }
+        out.push(GoalSpec {
+            name: goal.name.clone(),
+            request,
+            value: goal.value.unwrap_or(false),
+        });
+    }
+    out
+}
+
+/// `POST /checkout` and `2xx` (or none: any status).
+fn goal_request(text: &str, status: Option<&str>) -> Result<GoalRequest, String> {
+    let (method, path) = text
+        .split_once(' ')
+        .ok_or_else(|| format!("`{}` is not `METHOD /path`", text.escape_debug()))?;
+    let method_ok =
+        !method.is_empty() && method.len() <= 16 && method.bytes().all(|b| b.is_ascii_uppercase());
+    let path_ok = path.starts_with('/')
+        && path.len() <= 1024
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+    if !method_ok || !path_ok {
+        return Err(format!(
+            "`{}` is not `METHOD /path` (an uppercase method, a path without query)",
+            text.escape_debug()
+        ));
+    }
+    let status_class = match status {
+        None => None,
+        Some(s) => match s.as_bytes() {
+            [d @ b'1'..=b'5', b'x', b'x'] => Some(u16::from(d - b'0')),
+            _ => {
+                return Err(format!(
+                    "status `{}` is not a class such as `2xx`",
+                    s.escape_debug()
+                ));
+            }
+        },
+    };
+    Ok(GoalRequest {
+        method: method.to_string(),
+        path: path.to_string(),
+        status_class,
+    })
+}
+
+/// `mode: rollout | test` and `test: { split, min_effect, max_duration, promote }`.
+fn ab_mode(c: &mut Checker, raw: &RawAb, goals: &[GoalSpec]) -> AbMode {
+    let test = raw.test.as_ref();
+    match raw.mode.as_ref().map(|m| (m, m.value.as_str())) {
+        None | Some((_, "rollout")) => {
+            if let Some(node) = test {
+                c.error(
+                    node,
+                    "`test` is for `mode: test`",
+                    Some("add `mode: test`, or remove `test`".into()),
+                );
+            }
+            AbMode::Rollout
+        }
+        Some((node, "test")) => {
+            if goals.is_empty() {
+                c.error(node, "`mode: test` decides on a goal, and `goals` is empty", Some("declare `goals: [{ name: checkout, request: \"POST /checkout\", status: 2xx }]`".into()));
+            }
+            let defaults = AbTest::default();
+            let Some(node) = test else {
+                return AbMode::Test(defaults);
+            };
+            let t = &node.value;
+            let split = match t.split {
+                None => defaults.split,
+                Some(n) if (1..=99).contains(&n) => n as u8,
+                Some(n) => {
+                    c.error(
+                        node,
+                        format!("test split {n} is not a percentage from 1 to 99"),
+                        None,
+                    );
+                    defaults.split
+                }
+            };
+            let min_effect = match t.min_effect.as_deref() {
+                None => defaults.min_effect,
+                Some(text) => match text
+                    .strip_suffix('%')
+                    .and_then(|n| n.trim().parse::<f64>().ok())
+                {
+                    Some(p) if p > 0.0 && p <= 100.0 => p / 100.0,
+                    _ => {
+                        c.error(
+                            node,
+                            format!(
+                                "test min_effect `{}` is not a percentage such as `2%`",
+                                text.escape_debug()
+                            ),
+                            None,
+                        );
+                        defaults.min_effect
+                    }
+                },
+            };
+            let max_duration = match t.max_duration.as_deref() {
+                None => defaults.max_duration,
+                Some(text) => {
+                    match parse_duration(text) {
+                        Ok(d) if d >= Duration::from_secs(1) => d,
+                        _ => {
+                            c.error(node, format!("test max_duration `{}` is not a duration such as `7d` or `12h`", text.escape_debug()), None);
+                            defaults.max_duration
+                        }
+                    }
+                }
+            };
+            let manual = match t.promote.as_deref() {
+                None | Some("auto") => false,
+                Some("manual") => true,
+                Some(other) => {
+                    c.error(
+                        node,
+                        format!("unknown promote `{}`", other.escape_debug()),
+                        Some("expected `auto` or `manual`".into()),
+                    );
+                    false
+                }
+            };
+            AbMode::Test(AbTest {
+                split,
+                min_effect,
+                max_duration,
+                manual,
+            })
+        }
+        Some((node, other)) => {
+            c.error(
+                node,
+                format!("unknown mode `{}`", other.escape_debug()),
+                Some("expected `rollout` or `test`".into()),
+            );
+            AbMode::Rollout
+        }
+    }
+}
+
 fn ab_strategy(c: &mut Checker, raw: &RawAb) -> AbStrategy {
     let steps = match &raw.steps {
         None => DEFAULT_AB_STEPS.to_vec(),
@@ -1188,7 +1375,11 @@ fn ab_strategy(c: &mut Checker, raw: &RawAb) -> AbStrategy {
             crate::model::AbData::Shared
         }
     };
+    let goals = goals(c, raw.goals.as_deref().unwrap_or_default());
+    let mode = ab_mode(c, raw, &goals);
     AbStrategy {
+        goals,
+        mode,
         data,
         min_effect,
         warm_up_requests: raw.warm_up_requests.unwrap_or(defaults.warm_up_requests),

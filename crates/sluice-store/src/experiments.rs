@@ -16,7 +16,8 @@ pub struct Experiment {
     /// B's release number.
     pub release: i64,
     pub baseline_release_id: i64,
-    /// `running`, `paused`, `held`, `promoted`, `rolled_back`, `aborted` or `broken`.
+    /// `running`, `paused`, `held`, `promoted`, `rolled_back`, `aborted`,
+    /// `broken`, or `concluded` (a test that kept A).
     pub status: String,
     pub step: i64,
     pub weight_bp: i64,
@@ -134,11 +135,12 @@ impl Store {
             serde_json::from_str(&before.decisions).unwrap_or_default();
         decisions.push(decision.clone());
         let mut tx = self.begin().await?;
-        let finished = if ["promoted", "rolled_back", "aborted", "broken"].contains(&status) {
-            Some(now_ms())
-        } else {
-            None
-        };
+        let finished =
+            if ["promoted", "rolled_back", "aborted", "broken", "concluded"].contains(&status) {
+                Some(now_ms())
+            } else {
+                None
+            };
         sqlx::query(
             "UPDATE experiments SET status = $1, step = $2, weight_bp = $3, step_started_at = $4, decisions = $5,
                  reason = $6, finished_at = COALESCE($7, finished_at) WHERE id = $8",

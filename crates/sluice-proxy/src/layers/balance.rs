@@ -69,6 +69,7 @@ where
                 .copied()
                 .unwrap_or(Choice {
                     variant: None,
+                    user: None,
                     share_b: 0.0,
                 });
             let mut request = request;

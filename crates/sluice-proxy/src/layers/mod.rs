@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod balance;
 pub mod forwarded;
+pub mod goals;
 pub mod limits;
 pub mod record;
 pub mod split;
@@ -78,6 +79,9 @@ pub struct Peer {
 #[derive(Clone, Copy, Debug)]
 pub struct Choice {
     pub variant: Option<Variant>,
+    /// The user by their sticky key ([`crate::goals::user_id`]); `None`
+    /// outside an experiment and for a forced variant.
+    pub user: Option<u64>,
     /// B's weight (0 to 1) for this request: what it expects of the split.
     pub share_b: f64,
 }
@@ -118,6 +122,11 @@ pub struct UpstreamError {
 /// (answer extension).
 #[derive(Clone, Debug)]
 pub struct ClientFault(pub String);
+
+/// An answer the entry point gave itself, not an instance (`/_sluice/goal`):
+/// logged, counted for no variant or instance (answer extension).
+#[derive(Clone, Copy, Debug)]
+pub struct OwnAnswer;
 
 /// A proxy's own answer: JSON naming what went wrong.
 pub fn error_response(status: StatusCode, message: &str) -> ProxyResponse {

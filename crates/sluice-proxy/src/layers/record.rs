@@ -77,7 +77,8 @@ where
             trace.status = response.status().as_u16();
             trace.served = response.extensions().get::<Served>().cloned();
             let extensions = response.extensions();
-            trace.client_fault = extensions.get::<ClientFault>().is_some();
+            trace.client_fault = extensions.get::<ClientFault>().is_some()
+                || extensions.get::<super::OwnAnswer>().is_some();
             trace.error = match (
                 extensions.get::<UpstreamError>(),
                 extensions.get::<ClientFault>(),
@@ -102,7 +103,8 @@ struct Trace {
     status: u16,
     served: Option<Served>,
     error: Option<String>,
-    /// The client's own error: logged, counted for no variant or instance.
+    /// The client's own error, or the proxy's own answer: logged, counted
+    /// for no variant or instance.
     client_fault: bool,
     bytes: u64,
 }

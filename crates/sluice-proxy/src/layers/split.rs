@@ -84,6 +84,7 @@ fn choose(
         return (
             Choice {
                 variant: None,
+                user: None,
                 share_b: 0.0,
             },
             None,
@@ -99,6 +100,7 @@ fn choose(
         let share_b = if forced == Variant::B { 1.0 } else { 0.0 };
         let choice = Choice {
             variant: Some(forced),
+            user: None,
             share_b,
         };
         return (choice, None);
@@ -122,6 +124,7 @@ fn choose(
     };
     let choice = Choice {
         variant: Some(split.variant_for(&key)),
+        user: Some(crate::goals::user_id(&key)),
         share_b: split.percent() / 100.0,
     };
     (choice, new_cookie)

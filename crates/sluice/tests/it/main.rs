@@ -12,6 +12,7 @@ mod ci;
 mod demo;
 mod detection;
 mod experiments;
+mod goals;
 mod hostile;
 mod https;
 mod incidents;

@@ -1,0 +1,381 @@
+//! Goals at the entry point: which users of an experiment convert (or
+//! spend), counted per user from their first request while it runs (their
+//! exposure), in the variant that exposure gave them. A goal is reached by
+//! a request the entry point sees (`POST /checkout` answered 2xx), by a
+//! `Sluice-Goal` header the application answers with (removed before the
+//! answer leaves), or by `POST /_sluice/goal` from the browser. Each
+//! variant's [`Arm`] per goal is kept as users change, so reading them
+//! costs nothing per user.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sluice_analysis::goals::Arm;
+
+use crate::split::Variant;
+
+/// The response header an application reports a user's goal with:
+/// `Sluice-Goal: purchase; value=19.99` (several allowed).
+pub const GOAL_HEADER: &str = "sluice-goal";
+
+/// The entry point's own endpoint for goals reported by a front end.
+pub const GOAL_PATH: &str = "/_sluice/goal";
+
+/// At most this many goals per experiment (a user's conversions are a byte).
+pub const MAX_GOALS: usize = 8;
+
+/// The largest value one report may add.
+pub const MAX_VALUE: f64 = 1e9;
+
+/// Users are spread over this many locks, so that workers rarely meet.
+const SHARDS: usize = 16;
+
+/// One goal of an experiment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Goal {
+    pub name: String,
+    /// Reached by a matching request, if given.
+    pub on: Option<RequestRule>,
+    /// A value goal (revenue): each report adds to the user's total, and
+    /// the arms compare totals per user. Otherwise a conversion: 1 or 0.
+    pub value: bool,
+}
+
+/// `POST /checkout` answered with a status of a class (`2xx`), or any.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestRule {
+    pub method: http::Method,
+    pub path: String,
+    /// 2 for `2xx`; `None`: any status.
+    pub status_class: Option<u16>,
+}
+
+impl RequestRule {
+    fn matches(&self, method: &http::Method, path: &str) -> bool {
+        *method == self.method && path == self.path
+    }
+
+    fn accepts(&self, status: http::StatusCode) -> bool {
+        self.status_class
+            .is_none_or(|class| status.as_u16() / 100 == class)
+    }
+}
+
+/// One arm per goal, for A and for B.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GoalArms {
+    pub name: String,
+    pub value: bool,
+    pub a: Arm,
+    pub b: Arm,
+}
+
+/// A user as the tracker keeps it: the variant of their exposure and the
+/// goals they reached (a bit each). Their value totals, if any, are kept
+/// apart: only buyers have one.
+#[derive(Clone, Copy)]
+struct User {
+    b: bool,
+    reached: u8,
+}
+
+#[derive(Default)]
+struct Shard {
+    users: HashMap<u64, User>,
+    /// Users exposed on A and on B.
+    exposed: [u64; 2],
+    /// B's share at each exposure, summed: the users B should have.
+    expected_b: f64,
+    totals: HashMap<(u64, u8), f64>,
+    arms: Vec<[Arm; 2]>,
+}
+
+/// The goals of one experiment and its users.
+pub struct GoalTracker {
+    goals: Vec<Goal>,
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl std::fmt::Debug for GoalTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoalTracker")
+            .field("goals", &self.goals)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GoalTracker {
+    pub fn new(goals: Vec<Goal>) -> Result<GoalTracker, String> {
+        if goals.is_empty() || goals.len() > MAX_GOALS {
+            return Err(format!("an experiment has 1 to {MAX_GOALS} goals"));
+        }
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    arms: vec![[Arm::default(); 2]; goals.len()],
+                    ..Shard::default()
+                })
+            })
+            .collect();
+        Ok(GoalTracker { goals, shards })
+    }
+
+    pub fn goals(&self) -> &[Goal] {
+        &self.goals
+    }
+
+    fn shard(&self, user: u64) -> std::sync::MutexGuard<'_, Shard> {
+        // The low bits are the hash's best mixed.
+        self.shards[(user as usize) % SHARDS].lock().unwrap()
+    }
+
+    /// A request of `user` routed to `variant` while B's share was
+    /// `share_b`: their exposure, the first time. A user keeps the variant
+    /// of their exposure (a ramp may move them to B later; their goals
+    /// still count where they started).
+    pub fn expose(&self, user: u64, variant: Variant, share_b: f64) {
+        let mut shard = self.shard(user);
+        if shard.users.contains_key(&user) {
+            return;
+        }
+        shard.expected_b += share_b;
+        let b = variant == Variant::B;
+        shard.exposed[usize::from(b)] += 1;
+        shard.users.insert(user, User { b, reached: 0 });
+        for arms in &mut shard.arms {
+            arms[usize::from(b)].expose();
+        }
+    }
+
+    /// `user` reached goal `index`, worth `value` for a value goal (1 if
+    /// not given). Ignored for a user not exposed (a goal counts only after
+    /// the exposure) and for a conversion already counted.
+    pub fn reach(&self, user: u64, index: usize, value: Option<f64>) {
+        let Some(goal) = self.goals.get(index) else {
+            return;
+        };
+        let mut shard = self.shard(user);
+        let Some(mut state) = shard.users.get(&user).copied() else {
+            return;
+        };
+        let bit = 1u8 << index;
+        let side = usize::from(state.b);
+        if goal.value {
+            let added = value.unwrap_or(1.0);
+            if !(0.0..=MAX_VALUE).contains(&added) {
+                return;
+            }
+            let total = shard.totals.entry((user, index as u8)).or_insert(0.0);
+            let before = *total;
+            *total += added;
+            let after = *total;
+            shard.arms[index][side].update(before, after);
+        } else if state.reached & bit == 0 {
+            shard.arms[index][side].update(0.0, 1.0);
+        }
+        state.reached |= bit;
+        shard.users.insert(user, state);
+    }
+
+    /// The goal called `name`, if the experiment has one.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.goals.iter().position(|g| g.name == name)
+    }
+
+    /// The goals a request of `method` on `path` reaches once answered.
+    pub fn requested(&self, method: &http::Method, path: &str) -> Vec<usize> {
+        self.goals
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.on.as_ref().is_some_and(|r| r.matches(method, path)))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Whether goal `index`'s request rule accepts an answer of `status`.
+    pub fn accepts(&self, index: usize, status: http::StatusCode) -> bool {
+        self.goals[index]
+            .on
+            .as_ref()
+            .is_some_and(|rule| rule.accepts(status))
+    }
+
+    /// Each goal's arms, summed over the shards.
+    pub fn arms(&self) -> Vec<GoalArms> {
+        let mut sums = vec![[Arm::default(); 2]; self.goals.len()];
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap();
+            for (sum, arms) in sums.iter_mut().zip(&shard.arms) {
+                sum[0].merge(&arms[0]);
+                sum[1].merge(&arms[1]);
+            }
+        }
+        self.goals
+            .iter()
+            .zip(sums)
+            .map(|(goal, [a, b])| GoalArms {
+                name: goal.name.clone(),
+                value: goal.value,
+                a,
+                b,
+            })
+            .collect()
+    }
+
+    /// Users exposed so far.
+    pub fn users(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap().users.len())
+            .sum()
+    }
+
+    /// Users exposed on A and on B, and how many B's shares at their
+    /// exposures expect on B.
+    pub fn split(&self) -> (u64, u64, f64) {
+        let (mut a, mut b, mut expected_b) = (0, 0, 0.0);
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap();
+            a += shard.exposed[0];
+            b += shard.exposed[1];
+            expected_b += shard.expected_b;
+        }
+        (a, b, expected_b)
+    }
+}
+
+/// A user's number from their sticky key (64 bits of a mixed FNV-1a).
+pub fn user_id(key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
+}
+
+/// `purchase; value=19.99` → the goal's name and value. Names are what
+/// `sluice.yaml` allows (letters, digits, `-`, `_`, `.`, at most 64).
+pub fn parse_report(text: &str) -> Option<(&str, Option<f64>)> {
+    let mut parts = text.split(';').map(str::trim);
+    let name = parts.next().filter(|n| valid_name(n))?;
+    let mut value = None;
+    for part in parts {
+        let (key, raw) = part.split_once('=')?;
+        if key.trim() != "value" {
+            return None;
+        }
+        let number: f64 = raw.trim().parse().ok()?;
+        if !number.is_finite() || !(0.0..=MAX_VALUE).contains(&number) {
+            return None;
+        }
+        value = Some(number);
+    }
+    Some((name, value))
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> GoalTracker {
+        GoalTracker::new(vec![
+            Goal {
+                name: "checkout".into(),
+                on: Some(RequestRule {
+                    method: http::Method::POST,
+                    path: "/checkout".into(),
+                    status_class: Some(2),
+                }),
+                value: false,
+            },
+            Goal {
+                name: "purchase".into(),
+                on: None,
+                value: true,
+            },
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn a_user_counts_once_from_their_exposure_in_its_variant() {
+        let goals = tracker();
+        goals.reach(1, 0, None);
+        assert_eq!(goals.arms()[0].a.outcomes, 0, "not exposed: not counted");
+        goals.expose(1, Variant::A, 0.5);
+        goals.expose(1, Variant::B, 0.5);
+        goals.expose(2, Variant::B, 0.5);
+        assert_eq!(goals.split(), (1, 1, 1.0));
+        goals.reach(1, 0, None);
+        goals.reach(1, 0, None);
+        goals.reach(2, 1, Some(10.0));
+        goals.reach(2, 1, Some(5.5));
+        let arms = goals.arms();
+        assert_eq!((arms[0].a.users, arms[0].b.users), (1, 1));
+        assert_eq!(
+            (arms[0].a.sum, arms[0].b.sum),
+            (1.0, 0.0),
+            "one conversion, once"
+        );
+        assert_eq!(arms[1].b.sum, 15.5, "a value goal adds up per user");
+        assert_eq!(arms[1].b.sum_sq, 15.5 * 15.5);
+        assert_eq!(arms[1].b.outcomes, 1);
+        assert_eq!(goals.users(), 2);
+    }
+
+    #[test]
+    fn request_rules_match_method_path_and_status_class() {
+        let goals = tracker();
+        assert_eq!(goals.requested(&http::Method::POST, "/checkout"), vec![0]);
+        assert!(goals.requested(&http::Method::GET, "/checkout").is_empty());
+        assert!(
+            goals
+                .requested(&http::Method::POST, "/checkout/x")
+                .is_empty()
+        );
+        assert!(goals.accepts(0, http::StatusCode::CREATED));
+        assert!(!goals.accepts(0, http::StatusCode::BAD_REQUEST));
+    }
+
+    #[test]
+    fn reports_are_parsed_and_hostile_ones_refused() {
+        let cases = [
+            ("purchase; value=19.99", Some(("purchase", Some(19.99)))),
+            ("signup", Some(("signup", None))),
+            (" checkout ;value= 3 ", Some(("checkout", Some(3.0)))),
+            ("purchase; value=-1", None),
+            ("purchase; value=NaN", None),
+            ("purchase; value=1e12", None),
+            ("purchase; price=3", None),
+            ("", None),
+            ("a b", None),
+            ("<script>", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_report(text), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn goals_are_bounded() {
+        assert!(GoalTracker::new(vec![]).is_err());
+        let many = (0..9)
+            .map(|i| Goal {
+                name: format!("g{i}"),
+                on: None,
+                value: false,
+            })
+            .collect();
+        assert!(GoalTracker::new(many).is_err());
+    }
+}

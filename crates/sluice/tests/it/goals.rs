@@ -1,0 +1,257 @@
+//! A/B goals end to end: simulated users of a real service, each with the
+//! sticky cookie the entry point gave them, who check out more often on B.
+//! Goals come from a request the entry point sees (`POST /checkout`), from
+//! the service's `Sluice-Goal` answer header (`/buy`), and from the
+//! browser's `POST /_sluice/goal`. The test ramps to its 50% split, holds,
+//! and promotes B because it converts better; a B that converts better but
+//! fails requests is rolled back by the error-rate guardrail all the same.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{GitRepo, Server, copy_fixture};
+
+const SPEC: &str = r#"service: shop
+pipeline:
+  jobs:
+    unit:
+      steps:
+        - run: python3 -m unittest discover -s tests -q
+  artifact:
+    paths: [app/]
+run:
+  command: exec python3 app/server.py
+  health: { path: /healthz, interval: 300ms, timeout: 300ms, healthy: 1, unhealthy: 2 }
+environments:
+  prod:
+    deploy: auto
+    instances: 2
+    listen: 127.0.0.1:0
+    strategy:
+      ab:
+        steps: [10, 50, 100]
+        min_requests: 40
+        min_duration: 1s
+        max_step: 120s
+        metrics: [error_rate]
+        mode: test
+        goals:
+          - { name: checkout, request: "POST /checkout", status: 2xx }
+          - { name: purchase, value: true }
+          - { name: signup }
+        test: { split: 50, min_effect: 5%, max_duration: 10m }
+"#;
+
+/// Users until stopped: each lands on `/`, checks out with a probability
+/// that depends on the release it sees (v1: 20%, later ones: 40%), buys for
+/// 10 after a checkout, and one in three signs up from the browser.
+struct Users {
+    stop: Arc<AtomicBool>,
+    /// Answers that carried `Sluice-Goal` out of the entry point.
+    leaked: Arc<AtomicU64>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Users {
+    fn start(base: String) -> Users {
+        let stop = Arc::new(AtomicBool::new(false));
+        let leaked = Arc::new(AtomicU64::new(0));
+        let workers = (0..8u64)
+            .map(|worker| {
+                let (base, stop, leaked) = (base.clone(), stop.clone(), leaked.clone());
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let deadline = Instant::now() + Duration::from_secs(240);
+                    let mut n = worker;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        n += 8;
+                        let _ = visit(&client, &base, n, &leaked).await;
+                    }
+                })
+            })
+            .collect();
+        Users {
+            stop,
+            leaked,
+            workers,
+        }
+    }
+
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.unwrap();
+        }
+        self.leaked.load(Ordering::Relaxed)
+    }
+}
+
+/// One user's visit; `n` makes their choices (a fixed, spread sequence).
+async fn visit(
+    client: &reqwest::Client,
+    base: &str,
+    n: u64,
+    leaked: &AtomicU64,
+) -> Result<(), reqwest::Error> {
+    let landing = client.get(format!("{base}/")).send().await?;
+    let release = landing
+        .headers()
+        .get("x-sluice-release")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let Some(cookie) = landing
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string)
+    else {
+        return Ok(());
+    };
+    // A spread number in 0..100 per user.
+    let draw = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100;
+    let checks_out = if release == "v1" {
+        draw < 20
+    } else {
+        draw < 40
+    };
+    if checks_out {
+        let post = |path: &str| {
+            client
+                .post(format!("{base}{path}"))
+                .header("cookie", &cookie)
+        };
+        post("/checkout").send().await?;
+        let bought = post("/buy?amount=10").send().await?;
+        if bought.headers().contains_key("sluice-goal") {
+            leaked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if draw.is_multiple_of(3) {
+        client
+            .post(format!("{base}/_sluice/goal"))
+            .header("cookie", &cookie)
+            .body(r#"{"goal":"signup"}"#)
+            .send()
+            .await?;
+    }
+    Ok(())
+}
+
+async fn experiment_ended(server: &Server, release: i64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(200);
+    loop {
+        let all = server.get("/experiments?service=shop").await;
+        if let Some(x) = all.as_array().unwrap().iter().find(|x| {
+            x["release"] == release
+                && [
+                    "promoted",
+                    "rolled_back",
+                    "broken",
+                    "held",
+                    "concluded",
+                    "aborted",
+                ]
+                .contains(&x["status"].as_str().unwrap())
+        }) {
+            return x.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the experiment of v{release} never ended: {all:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn goal<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["goals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == name)
+        .unwrap_or_else(|| panic!("no goal {name}: {report:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_promotes_the_b_that_converts_better_and_guardrails_still_roll_back() {
+    let dir = crate::support::tempdir();
+    let server = Server::start(&dir.path().join("data"), None);
+    let repo = GitRepo::new(dir.path(), "shop");
+    copy_fixture(&repo, "shop");
+    repo.commit("v1", &[("sluice.yaml", SPEC)]);
+    server.add_repo(&repo);
+    let prod = server.wait_env("shop", "prod", 1, 2).await;
+    let base = format!("http://{}", prod["listen"].as_str().unwrap());
+    let users = Users::start(base.clone());
+
+    // v2: users check out twice as often on it.
+    repo.commit("v2, a clearer checkout", &[("app/VERSION", "2\n")]);
+    let x = experiment_ended(&server, 2).await;
+    assert_eq!(x["status"], "promoted", "{x:#}");
+    let reason = x["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("B is better") && reason.contains("checkout"),
+        "{reason}"
+    );
+    let report = &x["report"];
+    assert_eq!(report["mode"], "test");
+    let checkout = goal(report, "checkout");
+    assert_eq!(checkout["primary"], true);
+    assert!(
+        checkout["lift"]["lower"].as_f64().unwrap() > 0.0,
+        "{checkout:#}"
+    );
+    assert!(
+        checkout["a"]["users"].as_u64().unwrap() >= 1000,
+        "{checkout:#}"
+    );
+    // From the answer header: 10 a buyer, more of them on B.
+    let purchase = goal(report, "purchase");
+    assert_eq!(purchase["value"], true);
+    assert!(
+        purchase["b"]["mean"].as_f64().unwrap() > purchase["a"]["mean"].as_f64().unwrap(),
+        "{purchase:#}"
+    );
+    // From the browser: about a third of the users of each side.
+    let signup = goal(report, "signup");
+    for side in ["a", "b"] {
+        let (users, reached) = (
+            signup[side]["users"].as_f64().unwrap(),
+            signup[side]["reached"].as_f64().unwrap(),
+        );
+        assert!((0.2..0.5).contains(&(reached / users)), "{signup:#}");
+    }
+    // The test ramped to 50% and held there until it decided, never
+    // stepping on to 100%.
+    let weights: Vec<f64> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["weight"].as_f64())
+        .collect();
+    assert!(
+        weights.contains(&50.0) && !weights.contains(&100.0),
+        "{weights:?}"
+    );
+    server.wait_env("shop", "prod", 2, 2).await;
+    let log = server.get("/changelog?kind=experiment.promoted").await;
+    assert!(log.to_string().contains("B is better"), "{log:#}");
+
+    // v3 converts better still, but fails a fifth of its pages.
+    repo.commit("v3, better and broken", &[("app/ERROR_RATE", "0.2\n")]);
+    let x = experiment_ended(&server, 3).await;
+    assert_eq!(x["status"], "rolled_back", "{x:#}");
+    assert!(
+        x["reason"].as_str().unwrap().contains("error rate"),
+        "{x:#}"
+    );
+    server.wait_env("shop", "prod", 2, 2).await;
+
+    let leaked = users.finish().await;
+    assert_eq!(leaked, 0, "Sluice-Goal never leaves the entry point");
+}
