@@ -430,8 +430,11 @@ pub(crate) async fn diff(inner: &Arc<Inner>, service: &str, a: &str, b: &str) ->
         listening(&right),
         "bound",
     );
-    let https = |side: &Side| https(inner, service, &side.env);
-    row("network: https", https(&left), https(&right), "bound");
+    // Shown where either side serves HTTPS.
+    if left.env.tls.is_some() || right.env.tls.is_some() {
+        let https = |side: &Side| https(inner, service, &side.env);
+        row("network: https", https(&left), https(&right), "bound");
+    }
     row(
         "strategy",
         strategy(&left.env),
