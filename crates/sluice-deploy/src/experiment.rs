@@ -293,7 +293,14 @@ pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome
     );
     looker.step = step;
     if looker.holding_test() {
-        looker.hold_started = Some(Instant::now());
+        // The hold's time so far, as recorded when its step began.
+        let held_ms = (now_ms() - x.step_started_at).max(0) as u64;
+        looker.hold_started = Instant::now().checked_sub(Duration::from_millis(held_ms));
+    }
+    // The users counted before the restart, as last kept.
+    if let Some(tracker) = looker.route.goals() {
+        let kept = inner.store.experiment_users(x.id).await.unwrap_or_default();
+        tracker.restore(kept.into_iter().map(goals::from_row));
     }
     looker.paused = x.status == "paused";
     looker.held = x.status == "held";
@@ -353,6 +360,8 @@ struct Looker {
     last_goal_point: Option<Instant>,
     /// The goals as last looked at (the entry point forgets them at the end).
     last_goals: serde_json::Value,
+    /// When the users that changed were last kept in the store.
+    users_kept: Instant,
 }
 
 impl Looker {
@@ -395,6 +404,36 @@ impl Looker {
             goal_points: Vec::new(),
             last_goal_point: None,
             last_goals: json!([]),
+            users_kept: Instant::now(),
+        }
+    }
+
+    /// Keeps the users that changed in the store, every 2 s, so that a
+    /// restart loses at most those seconds.
+    async fn keep_users(&mut self, force: bool) {
+        const EVERY: Duration = Duration::from_secs(2);
+        if !force && self.users_kept.elapsed() < EVERY {
+            return;
+        }
+        self.users_kept = Instant::now();
+        let Some(tracker) = self.route.goals() else {
+            return;
+        };
+        let rows: Vec<_> = tracker
+            .take_changed()
+            .into_iter()
+            .map(goals::to_row)
+            .collect();
+        if let Err(e) = self.inner.store.save_experiment_users(self.id, &rows).await {
+            tracing::warn!(experiment = self.id, error = %e, "could not keep the experiment's users");
+        }
+    }
+
+    /// The experiment has ended: its users are no longer kept.
+    async fn forget_users(&self) {
+        self.route.set_goals(None);
+        if let Err(e) = self.inner.store.forget_experiment_users(self.id).await {
+            tracing::warn!(experiment = self.id, error = %e, "could not forget the experiment's users");
         }
     }
 
@@ -509,7 +548,11 @@ impl Looker {
                         return outcome;
                     }
                 }
-                _ = self.inner.shutdown.cancelled() => return Outcome::Failed("the server stopped during the experiment".into()),
+                _ = self.inner.shutdown.cancelled() => {
+                    // What the users did up to now outlives the server.
+                    self.keep_users(true).await;
+                    return Outcome::Failed("the server stopped during the experiment".into());
+                }
             }
         }
     }
@@ -576,6 +619,7 @@ impl Looker {
             step_elapsed: self.step_started.elapsed(),
         };
         let decision = decide(&evidence, &self.policy());
+        self.keep_users(false).await;
         let goals = goals::report(&self.route, self.alpha());
         self.keep_goal_point(&goals).await;
         // Each instance's warm latency says which one a latency decision rests on.
@@ -624,6 +668,7 @@ impl Looker {
                 self.step += 1;
                 if self.holding_test() {
                     // The test counts the users exposed at its split only.
+                    let _ = self.inner.store.forget_experiment_users(self.id).await;
                     self.route.set_goals(tracker(&self.ab));
                     self.hold_started = Some(Instant::now());
                 }
@@ -712,6 +757,7 @@ impl Looker {
         self.record("promoted", "experiment.promoted", decision, &summary)
             .await;
         self.report().await;
+        self.forget_users().await;
         let deployed =
             rollout::deploy_locked_boxed(&inner, &self.b, &self.env.name, "experiment", "sluice")
                 .await;
@@ -811,6 +857,7 @@ impl Looker {
         self.record("promoted", "experiment.promoted", decision, &summary)
             .await;
         self.report().await;
+        self.forget_users().await;
         let _ = inner
             .store
             .finish_deployment(self.deployment, "succeeded", None)
@@ -833,6 +880,7 @@ impl Looker {
         self.record(status, &format!("experiment.{status}"), decision, &summary)
             .await;
         self.report().await;
+        self.forget_users().await;
         let _ = inner
             .store
             .finish_deployment(self.deployment, "rolled_back", Some(why))

@@ -7,7 +7,7 @@
 //! variant's [`Arm`] per goal is kept as users change, so reading them
 //! costs nothing per user.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use sluice_analysis::goals::Arm;
@@ -77,6 +77,20 @@ pub struct GoalArms {
 struct User {
     b: bool,
     reached: u8,
+    /// B's share at their exposure.
+    share_b: f32,
+}
+
+/// A user as kept across a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserRecord {
+    pub user: u64,
+    pub b: bool,
+    pub share_b: f64,
+    /// A bit per goal reached.
+    pub reached: u8,
+    /// Value goals' totals, by goal index.
+    pub totals: Vec<(u8, f64)>,
 }
 
 #[derive(Default)]
@@ -86,8 +100,30 @@ struct Shard {
     exposed: [u64; 2],
     /// B's share at each exposure, summed: the users B should have.
     expected_b: f64,
+    /// Users changed since they were last taken to be kept.
+    changed: HashSet<u64>,
     totals: HashMap<(u64, u8), f64>,
     arms: Vec<[Arm; 2]>,
+}
+
+impl Shard {
+    /// A user's exposure, counted on their side of every goal.
+    fn add(&mut self, user: u64, b: bool, share_b: f64) {
+        self.expected_b += share_b;
+        self.exposed[usize::from(b)] += 1;
+        let share_b = share_b as f32;
+        self.users.insert(
+            user,
+            User {
+                b,
+                reached: 0,
+                share_b,
+            },
+        );
+        for arms in &mut self.arms {
+            arms[usize::from(b)].expose();
+        }
+    }
 }
 
 /// The goals of one experiment and its users.
@@ -138,13 +174,62 @@ impl GoalTracker {
         if shard.users.contains_key(&user) {
             return;
         }
-        shard.expected_b += share_b;
         let b = variant == Variant::B;
-        shard.exposed[usize::from(b)] += 1;
-        shard.users.insert(user, User { b, reached: 0 });
-        for arms in &mut shard.arms {
-            arms[usize::from(b)].expose();
+        shard.add(user, b, share_b);
+        shard.changed.insert(user);
+    }
+
+    /// Users kept before a restart, counted again as they were.
+    pub fn restore(&self, users: impl IntoIterator<Item = UserRecord>) {
+        for record in users {
+            let mut shard = self.shard(record.user);
+            if shard.users.contains_key(&record.user) {
+                continue;
+            }
+            shard.add(record.user, record.b, record.share_b);
+            let side = usize::from(record.b);
+            for (index, goal) in self.goals.iter().enumerate() {
+                if record.reached & (1 << index) == 0 || goal.value {
+                    continue;
+                }
+                shard.arms[index][side].update(0.0, 1.0);
+            }
+            for (index, total) in record.totals {
+                let Some(arms) = shard.arms.get_mut(usize::from(index)) else {
+                    continue;
+                };
+                arms[side].update(0.0, total);
+                shard.totals.insert((record.user, index), total);
+            }
+            if let Some(user) = shard.users.get_mut(&record.user) {
+                user.reached = record.reached;
+            }
         }
+    }
+
+    /// The users changed since the last call, to be kept.
+    pub fn take_changed(&self) -> Vec<UserRecord> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap();
+            let changed = std::mem::take(&mut shard.changed);
+            for user in changed {
+                let Some(state) = shard.users.get(&user).copied() else {
+                    continue;
+                };
+                let totals = (0..self.goals.len() as u8)
+                    .filter_map(|i| shard.totals.get(&(user, i)).map(|t| (i, *t)))
+                    .collect();
+                out.push(UserRecord {
+                    user,
+                    b: state.b,
+                    share_b: f64::from(state.share_b),
+                    reached: state.reached,
+                    totals,
+                });
+            }
+        }
+        out
     }
 
     /// `user` reached goal `index`, worth `value` for a value goal (1 if
@@ -175,6 +260,7 @@ impl GoalTracker {
         }
         state.reached |= bit;
         shard.users.insert(user, state);
+        shard.changed.insert(user);
     }
 
     /// The goal called `name`, if the experiment has one.
@@ -331,6 +417,40 @@ mod tests {
         assert_eq!(arms[1].b.sum_sq, 15.5 * 15.5);
         assert_eq!(arms[1].b.outcomes, 1);
         assert_eq!(goals.users(), 2);
+    }
+
+    #[test]
+    fn users_kept_and_restored_count_as_they_did() {
+        let goals = tracker();
+        goals.expose(1, Variant::A, 0.5);
+        goals.expose(2, Variant::B, 0.5);
+        goals.reach(1, 0, None);
+        goals.reach(2, 1, Some(19.5));
+        let kept = goals.take_changed();
+        assert_eq!(kept.len(), 2);
+        assert!(goals.take_changed().is_empty(), "taken once");
+        goals.reach(2, 1, Some(0.5));
+        assert_eq!(goals.take_changed()[0].totals, vec![(1, 20.0)]);
+        let mut all = kept;
+        all.retain(|u| u.user == 1);
+        all.push(UserRecord {
+            user: 2,
+            b: true,
+            share_b: 0.5,
+            reached: 0b10,
+            totals: vec![(1, 20.0)],
+        });
+        let again = tracker();
+        again.restore(all);
+        assert_eq!(again.arms(), goals.arms());
+        assert_eq!(again.split(), goals.split());
+        assert!(
+            again.take_changed().is_empty(),
+            "restored users are kept already"
+        );
+        // A conversion already counted is not counted twice after a restore.
+        again.reach(1, 0, None);
+        assert_eq!(again.arms()[0].a.sum, 1.0);
     }
 
     #[test]

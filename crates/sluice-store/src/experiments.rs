@@ -183,3 +183,66 @@ impl Store {
         Ok(())
     }
 }
+
+/// One user an experiment with goals counted (see `sluice_proxy::goals`).
+#[derive(Clone, Debug, PartialEq, FromRow)]
+pub struct ExperimentUser {
+    pub user_id: i64,
+    pub b: i64,
+    pub share_b: f64,
+    pub reached: i64,
+    /// JSON `[[goal index, total], ...]`.
+    pub totals: String,
+}
+
+impl Store {
+    /// Keeps the users given (new ones added, known ones replaced), in one
+    /// transaction.
+    pub async fn save_experiment_users(
+        &self,
+        experiment: i64,
+        users: &[ExperimentUser],
+    ) -> Result<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for user in users {
+            sqlx::query(
+                "INSERT INTO experiment_users (experiment_id, user_id, b, share_b, reached, totals) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (experiment_id, user_id) DO UPDATE SET \
+                 b = excluded.b, share_b = excluded.share_b, reached = excluded.reached, totals = excluded.totals",
+            )
+            .bind(experiment)
+            .bind(user.user_id)
+            .bind(user.b)
+            .bind(user.share_b)
+            .bind(user.reached)
+            .bind(&user.totals)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every user an experiment has kept.
+    pub async fn experiment_users(&self, experiment: i64) -> Result<Vec<ExperimentUser>> {
+        Ok(sqlx::query_as::<_, ExperimentUser>(
+            "SELECT user_id, b, share_b, reached, totals FROM experiment_users WHERE experiment_id = $1",
+        )
+        .bind(experiment)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Forgets an experiment's users (its test began counting afresh, or it ended).
+    pub async fn forget_experiment_users(&self, experiment: i64) -> Result<()> {
+        sqlx::query("DELETE FROM experiment_users WHERE experiment_id = $1")
+            .bind(experiment)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -33,7 +33,7 @@ pub use changelog::{ChangeEvent, ChangeQuery, NewChangeEvent};
 pub use deploy::{
     Approval, Deployment, EnvState, Flag, Instance, NewDeployment, Promotion, Release,
 };
-pub use experiments::Experiment;
+pub use experiments::{Experiment, ExperimentUser};
 pub use incidents::{Incident, NewIncident, parse_incident_id};
 pub use logs::LogLine;
 pub use notify::{

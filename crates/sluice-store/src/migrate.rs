@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_traffic.sql")),
     (6, include_str!("migrations/0006_review_secrets.sql")),
     (7, include_str!("migrations/0007_notifications.sql")),
+    (8, include_str!("migrations/0008_experiment_users.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

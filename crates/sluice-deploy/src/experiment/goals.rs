@@ -10,7 +10,9 @@ use sluice_analysis::goals::{
     Arm, Lift, Verdict, lift, secondary_alpha, user_ratio_mismatch, verdict,
 };
 use sluice_proxy::Route;
+use sluice_proxy::goals::UserRecord;
 use sluice_spec::AbTest;
+use sluice_store::ExperimentUser;
 
 /// The level of the user-level sample-ratio check.
 const SRM_ALPHA: f64 = 0.001;
@@ -102,6 +104,28 @@ pub(crate) fn report(route: &Route, alpha: f64) -> GoalsNow {
         json: Value::Array(json),
         primary,
         users: Some(UserSplit { a, b, expected_b }),
+    }
+}
+
+/// A user as the store keeps it.
+pub(crate) fn to_row(user: UserRecord) -> ExperimentUser {
+    ExperimentUser {
+        user_id: user.user as i64,
+        b: i64::from(user.b),
+        share_b: user.share_b,
+        reached: i64::from(user.reached),
+        totals: serde_json::to_string(&user.totals).unwrap_or_else(|_| "[]".into()),
+    }
+}
+
+/// A user as the store kept it.
+pub(crate) fn from_row(row: ExperimentUser) -> UserRecord {
+    UserRecord {
+        user: row.user_id as u64,
+        b: row.b != 0,
+        share_b: row.share_b,
+        reached: row.reached as u8,
+        totals: serde_json::from_str(&row.totals).unwrap_or_default(),
     }
 }
 
@@ -248,6 +272,18 @@ mod tests {
             };
             assert_eq!(name, expected, "{case}: {step:?}");
         }
+    }
+
+    #[test]
+    fn a_user_goes_to_the_store_and_back_unchanged() {
+        let user = UserRecord {
+            user: u64::MAX - 7,
+            b: true,
+            share_b: 0.25,
+            reached: 0b101,
+            totals: vec![(2, 19.5)],
+        };
+        assert_eq!(from_row(to_row(user.clone())), user);
     }
 
     #[test]

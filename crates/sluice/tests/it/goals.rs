@@ -46,8 +46,9 @@ environments:
 "#;
 
 /// Users until stopped: each lands on `/`, checks out with a probability
-/// that depends on the release it sees (v1: 20%, later ones: 40%), buys for
-/// 10 after a checkout, and one in three signs up from the browser.
+/// that depends on the release it sees (v1: 20%, later ones: 40% when
+/// `b_better`, else 20% too), buys for 10 after a checkout, and one in
+/// three signs up from the browser.
 struct Users {
     stop: Arc<AtomicBool>,
     /// Answers that carried `Sluice-Goal` out of the entry point.
@@ -56,7 +57,7 @@ struct Users {
 }
 
 impl Users {
-    fn start(base: String) -> Users {
+    fn start(base: String, b_better: bool) -> Users {
         let stop = Arc::new(AtomicBool::new(false));
         let leaked = Arc::new(AtomicU64::new(0));
         let workers = (0..8u64)
@@ -68,7 +69,7 @@ impl Users {
                     let mut n = worker;
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                         n += 8;
-                        let _ = visit(&client, &base, n, &leaked).await;
+                        let _ = visit(&client, &base, n, b_better, &leaked).await;
                     }
                 })
             })
@@ -94,6 +95,7 @@ async fn visit(
     client: &reqwest::Client,
     base: &str,
     n: u64,
+    b_better: bool,
     leaked: &AtomicU64,
 ) -> Result<(), reqwest::Error> {
     let landing = client.get(format!("{base}/")).send().await?;
@@ -114,7 +116,7 @@ async fn visit(
     };
     // A spread number in 0..100 per user.
     let draw = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100;
-    let checks_out = if release == "v1" {
+    let checks_out = if release == "v1" || !b_better {
         draw < 20
     } else {
         draw < 40
@@ -187,7 +189,7 @@ async fn a_test_promotes_the_b_that_converts_better_and_guardrails_still_roll_ba
     server.add_repo(&repo);
     let prod = server.wait_env("shop", "prod", 1, 2).await;
     let base = format!("http://{}", prod["listen"].as_str().unwrap());
-    let users = Users::start(base.clone());
+    let users = Users::start(base.clone(), true);
 
     // v2: users check out twice as often on it.
     repo.commit("v2, a clearer checkout", &[("app/VERSION", "2\n")]);
@@ -254,4 +256,63 @@ async fn a_test_promotes_the_b_that_converts_better_and_guardrails_still_roll_ba
 
     let leaked = users.finish().await;
     assert_eq!(leaked, 0, "Sluice-Goal never leaves the entry point");
+}
+
+/// Users the test's primary goal counted, as the experiment's report says.
+fn counted(x: &Value) -> u64 {
+    x["report"]["goals"].get(0).map_or(0, |g| {
+        g["a"]["users"].as_u64().unwrap_or(0) + g["b"]["users"].as_u64().unwrap_or(0)
+    })
+}
+
+async fn wait_experiment(server: &Server, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let all = server.get("/experiments?service=shop").await;
+        if let Some(x) = all.as_array().unwrap().iter().find(|x| pick(x)) {
+            return x.clone();
+        }
+        assert!(Instant::now() < deadline, "never saw {what}: {all:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_in_the_middle_of_a_test_keeps_its_users_and_conversions() {
+    let dir = crate::support::tempdir();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, None);
+    let repo = GitRepo::new(dir.path(), "shop");
+    copy_fixture(&repo, "shop");
+    repo.commit("v1", &[("sluice.yaml", SPEC)]);
+    server.add_repo(&repo);
+    let prod = server.wait_env("shop", "prod", 1, 2).await;
+    let base = format!("http://{}", prod["listen"].as_str().unwrap());
+    // A and B alike: the test holds at its split, undecided.
+    let users = Users::start(base, false);
+    repo.commit("v2", &[("app/VERSION", "2\n")]);
+    wait_experiment(&server, "users counted at the split", |x| {
+        x["release"] == 2 && x["weight_bp"] == 5000 && counted(x) >= 1500
+    })
+    .await;
+    users.finish().await;
+    let before = wait_experiment(&server, "the report", |x| x["release"] == 2).await;
+    let (kept, reached) = (
+        counted(&before),
+        before["report"]["goals"][0]["b"]["reached"].clone(),
+    );
+    assert_eq!(before["status"], "running", "{before:#}");
+
+    // Stopped as an operator would; no user comes meanwhile or after.
+    server.stop();
+    let restarted = Server::start(&data, None);
+    let after = wait_experiment(&restarted, "the experiment resumed with its users", |x| {
+        x["release"] == 2 && x["decisions"].to_string().contains("resume") && counted(x) >= kept
+    })
+    .await;
+    assert_eq!(after["weight_bp"], 5000, "{after:#}");
+    assert!(
+        after["report"]["goals"][0]["b"]["reached"].as_u64() >= reached.as_u64(),
+        "conversions kept: {after:#}"
+    );
 }
