@@ -433,6 +433,66 @@ impl Cd {
         }
     }
 
+    /// A goal a service's backend says a user reached (a payment confirmed
+    /// by the payment provider, say): counted in the open experiment `id`
+    /// for the user of sticky key `user`, once the experiment has exposed
+    /// them. Whether it was counted.
+    pub async fn record_goal(
+        &self,
+        id: i64,
+        user: &str,
+        goal: &str,
+        value: Option<f64>,
+        actor: &Actor,
+    ) -> CdResult<bool> {
+        if actor.role < sluice_store::Role::Developer {
+            return Err(CdError::Forbidden(format!(
+                "reporting a goal needs the developer role; `{}` has {}",
+                actor.name, actor.role
+            )));
+        }
+        if user.is_empty() || user.len() > 256 || !user.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(CdError::Invalid(
+                "`user` is the user's sticky key (the sluice_key cookie, or the sticky header's value): 1 to 256 visible characters".into(),
+            ));
+        }
+        let report = match value {
+            Some(value) => format!("{goal}; value={value}"),
+            None => goal.to_string(),
+        };
+        if sluice_proxy::goals::parse_report(&report).is_none() {
+            return Err(CdError::Invalid(
+                "a goal is a name of letters, digits, -, _ and . with an optional value from 0 to 1e9".into(),
+            ));
+        }
+        let x = self.inner.store.experiment(id).await?;
+        if !x.is_open() {
+            return Err(CdError::Conflict(format!(
+                "experiment {id} is {}; it counts no more goals",
+                x.status
+            )));
+        }
+        let tracker = {
+            let entries = self.inner.entries.lock().unwrap();
+            entries
+                .get(&(x.service.clone(), x.environment.clone()))
+                .and_then(|e| e.route.goals())
+        };
+        let Some(tracker) = tracker else {
+            return Err(CdError::Conflict(format!(
+                "experiment {id} counts no goals: declare `goals` in its strategy"
+            )));
+        };
+        let Some(index) = tracker.index_of(goal) else {
+            let names: Vec<&str> = tracker.goals().iter().map(|g| g.name.as_str()).collect();
+            return Err(CdError::Invalid(format!(
+                "experiment {id} has no goal `{goal}`; it has {}",
+                names.join(", ")
+            )));
+        };
+        Ok(tracker.reach(sluice_proxy::goals::user_id(user), index, value))
+    }
+
     /// What an open experiment has seen at its current step, before any
     /// decision: requests, errors and latency per variant, against the
     /// step's `min_requests`.

@@ -234,21 +234,22 @@ impl GoalTracker {
 
     /// `user` reached goal `index`, worth `value` for a value goal (1 if
     /// not given). Ignored for a user not exposed (a goal counts only after
-    /// the exposure) and for a conversion already counted.
-    pub fn reach(&self, user: u64, index: usize, value: Option<f64>) {
+    /// the exposure) and for a conversion already counted. Whether the user
+    /// was one the experiment counts.
+    pub fn reach(&self, user: u64, index: usize, value: Option<f64>) -> bool {
         let Some(goal) = self.goals.get(index) else {
-            return;
+            return false;
         };
         let mut shard = self.shard(user);
         let Some(mut state) = shard.users.get(&user).copied() else {
-            return;
+            return false;
         };
         let bit = 1u8 << index;
         let side = usize::from(state.b);
         if goal.value {
             let added = value.unwrap_or(1.0);
             if !(0.0..=MAX_VALUE).contains(&added) {
-                return;
+                return false;
             }
             let total = shard.totals.entry((user, index as u8)).or_insert(0.0);
             let before = *total;
@@ -261,6 +262,7 @@ impl GoalTracker {
         state.reached |= bit;
         shard.users.insert(user, state);
         shard.changed.insert(user);
+        true
     }
 
     /// The goal called `name`, if the experiment has one.

@@ -77,6 +77,7 @@ pub fn routes() -> Router<AppState> {
             get(deploy::experiments).post(deploy::start_experiment),
         )
         .route("/experiments/{id}", get(deploy::experiment))
+        .route("/experiments/{id}/goals", post(deploy::report_goal))
         .route("/experiments/{id}/{verb}", post(deploy::steer_experiment))
         .route("/incidents", get(incidents::list).post(incidents::open))
         .route("/incidents/{id}", get(incidents::show))

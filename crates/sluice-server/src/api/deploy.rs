@@ -430,6 +430,45 @@ pub async fn start_experiment(
     ))
 }
 
+/// A goal a user reached, reported by a service's backend.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GoalReport {
+    /// The user's sticky key: the `sluice_key` cookie, or the sticky header's value.
+    user: String,
+    goal: String,
+    /// For a value goal: what to add to the user's total.
+    value: Option<f64>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/experiments/{id}/goals",
+    tag = "deploy",
+    params(("id" = i64, Path, description = "the experiment id")),
+    request_body = GoalReport,
+    responses(
+        (status = 200, description = "whether the user was one the experiment counts", body = serde_json::Value),
+        (status = 400, description = "no such goal, or a bad user or value"),
+        (status = 409, description = "the experiment is over or counts no goals"),
+    )
+)]
+pub async fn report_goal(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Json(body): Json<GoalReport>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Developer)?;
+    let counted = state
+        .cd
+        .record_goal(id, &body.user, &body.goal, body.value, &caller.actor())
+        .await?;
+    Ok(Json(
+        json!({ "experiment": id, "goal": body.goal, "counted": counted }),
+    ))
+}
+
 #[utoipa::path(
     post,
     path = "/experiments/{id}/{verb}",

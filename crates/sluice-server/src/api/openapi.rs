@@ -25,7 +25,7 @@ use super::*;
         deploy::diff, deploy::environment, deploy::rollback, deploy::unpin,
         deploy::promotions, deploy::promote, deploy::promotion, deploy::approve,
         deploy::reject, deploy::override_freeze, deploy::experiments,
-        deploy::start_experiment, deploy::experiment, deploy::steer_experiment,
+        deploy::start_experiment, deploy::experiment, deploy::steer_experiment, deploy::report_goal,
         incidents::list, incidents::open, incidents::show, incidents::postmortem,
         incidents::edit_postmortem, incidents::transition, incidents::rules,
         incidents::add_rule, incidents::rule, incidents::disable_rule, incidents::test_rule,

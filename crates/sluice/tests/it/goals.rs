@@ -315,4 +315,56 @@ async fn a_restart_in_the_middle_of_a_test_keeps_its_users_and_conversions() {
         after["report"]["goals"][0]["b"]["reached"].as_u64() >= reached.as_u64(),
         "conversions kept: {after:#}"
     );
+
+    // A service's backend reports a goal for a user it knows by their key.
+    let status = restarted.get("/status?service=shop").await;
+    let listen = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["environment"] == "prod")
+        .unwrap()["listen"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let landing = reqwest::get(format!("http://{listen}/")).await.unwrap();
+    let key = landing.headers()["set-cookie"].to_str().unwrap();
+    let key = key
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("sluice_key=")
+        .to_string();
+    let id = after["id"].as_i64().unwrap();
+    let path = format!("/experiments/{id}/goals");
+    let (status, body) = restarted
+        .post(
+            &path,
+            serde_json::json!({ "user": key, "goal": "purchase", "value": 12.5 }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["counted"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    let (status, body) = restarted
+        .post(
+            &path,
+            serde_json::json!({ "user": "never-seen", "goal": "signup" }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["counted"].as_bool()),
+        (200, Some(false)),
+        "{body}"
+    );
+    let (status, body) = restarted
+        .post(&path, serde_json::json!({ "user": key, "goal": "refund" }))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains("checkout, purchase, signup"),
+        "{body}"
+    );
 }
