@@ -27,11 +27,12 @@ const TOP: f64 = 12.0;
 /// A line chart; `unit` follows each axis value (`/s`, `%`, ` ms`).
 pub fn line_chart(title: &str, unit: &str, series: &[Series], markers: &[Marker]) -> String {
     let all = series.iter().flat_map(|s| s.points.iter());
-    let (mut t0, mut t1, mut top) = (u64::MAX, 0u64, 0f64);
+    let (mut t0, mut t1, mut top, mut low) = (u64::MAX, 0u64, 0f64, 0f64);
     for (t, v) in all {
         t0 = t0.min(*t);
         t1 = t1.max(*t);
         top = top.max(*v);
+        low = low.min(*v);
     }
     let count: usize = series.iter().map(|s| s.points.len()).sum();
     let id = title
@@ -56,19 +57,30 @@ pub fn line_chart(title: &str, unit: &str, series: &[Series], markers: &[Marker]
         );
         return svg;
     }
+    // From 0 up, or from below 0 when a series goes there (a lift).
     let top = nice_ceiling(top);
+    let low = if low < 0.0 { -nice_ceiling(-low) } else { 0.0 };
     let span = (t1 - t0).max(1) as f64;
     let x = |t: u64| LEFT + (t.saturating_sub(t0)) as f64 / span * (WIDTH - LEFT - 8.0);
-    let y = |v: f64| TOP + (1.0 - v / top) * (HEIGHT - TOP - BOTTOM);
+    let y = |v: f64| TOP + (1.0 - (v - low) / (top - low)) * (HEIGHT - TOP - BOTTOM);
     let _ = write!(
         svg,
         r#"<line class="axis" x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{b}"/><line class="axis" x1="{LEFT}" y1="{b}" x2="{WIDTH}" y2="{b}"/>"#,
         b = HEIGHT - BOTTOM
     );
-    for (value, label) in [
+    let mut ticks = vec![
         (0.0, format!("0{unit}")),
         (top, format!("{}{unit}", short(top))),
-    ] {
+    ];
+    if low < 0.0 {
+        ticks.push((low, format!("-{}{unit}", short(-low))));
+        let _ = write!(
+            svg,
+            r#"<line class="zero" x1="{LEFT}" y1="{z:.1}" x2="{WIDTH}" y2="{z:.1}"/>"#,
+            z = y(0.0)
+        );
+    }
+    for (value, label) in ticks {
         let _ = write!(
             svg,
             r#"<text class="tick" x="{}" y="{}" text-anchor="end">{label}</text>"#,

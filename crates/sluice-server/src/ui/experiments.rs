@@ -1,6 +1,8 @@
 //! Experiments: the list, and one experiment's live charts per variant
 //! (requests per second, error rate, p50/p95 latency) with its weight steps
-//! marked, its decision log, and pause / resume / promote / abort.
+//! marked, its goals (each variant's conversion or value per user over time,
+//! B's lift with its interval), its decision log, and pause / resume /
+//! promote / abort.
 
 use askama::Template;
 use axum::Form;
@@ -48,7 +50,160 @@ struct ShowPage {
     charts: String,
     decisions: Vec<DecisionRow>,
     report: Vec<ReportRow>,
+    goals: Vec<GoalRow>,
+    goal_charts: String,
+    mode: String,
     approver: Role,
+}
+
+/// One goal as the page shows it.
+struct GoalRow {
+    name: String,
+    primary: bool,
+    kind: &'static str,
+    a: String,
+    b: String,
+    lift: String,
+    verdict: String,
+}
+
+/// The goals of the report (kept up to date while the experiment runs).
+fn goal_rows(report: &Value) -> Vec<GoalRow> {
+    let Some(goals) = report["goals"].as_array() else {
+        return Vec::new();
+    };
+    goals
+        .iter()
+        .map(|g| {
+            let value = g["value"].as_bool().unwrap_or(false);
+            let side = |v: &Value| {
+                let users = v["users"].as_u64().unwrap_or(0);
+                match v["mean"].as_f64() {
+                    Some(m) if value => format!("{m:.2} a user ({users} users)"),
+                    Some(m) => format!("{:.2}% of {users} users", 100.0 * m),
+                    None => format!("{users} users"),
+                }
+            };
+            let (lift, verdict) = match g["lift"].as_object() {
+                Some(l) => {
+                    let pct = |k: &str| 100.0 * l[k].as_f64().unwrap_or(0.0);
+                    let verdict = match (pct("lower"), pct("upper")) {
+                        (lower, _) if lower > 0.0 => "B better",
+                        (_, upper) if upper < 0.0 => "B worse",
+                        _ => "not yet",
+                    };
+                    (
+                        format!(
+                            "{:+.1}% [{:+.1}%, {:+.1}%]",
+                            pct("estimate"),
+                            pct("lower"),
+                            pct("upper")
+                        ),
+                        verdict.to_string(),
+                    )
+                }
+                None => ("-".into(), "too few users yet".into()),
+            };
+            GoalRow {
+                name: g["name"].as_str().unwrap_or("?").to_string(),
+                primary: g["primary"] == true,
+                kind: if value {
+                    "value per user"
+                } else {
+                    "conversion"
+                },
+                a: side(&g["a"]),
+                b: side(&g["b"]),
+                lift,
+                verdict,
+            }
+        })
+        .collect()
+}
+
+/// Per goal: each variant's conversion (or value per user) over time, and
+/// B's lift with its always-valid interval, from the report's points.
+fn goal_charts(report: &Value) -> String {
+    let points = report["goal_points"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<(String, bool)> = report["goals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            (
+                g["name"].as_str().unwrap_or("?").to_string(),
+                g["value"] == true,
+            )
+        })
+        .collect();
+    let mut html = String::new();
+    for (name, value) in names {
+        let scale = if value { 1.0 } else { 100.0 };
+        let series = |what: &dyn Fn(&Value) -> Option<f64>| -> Vec<(u64, f64)> {
+            points
+                .iter()
+                .filter_map(|p| {
+                    let at = (p["at"].as_i64()? / 1000) as u64;
+                    let goal = p["goals"]
+                        .as_array()?
+                        .iter()
+                        .find(|g| g["goal"] == name.as_str())?;
+                    what(goal).map(|v| (at, v))
+                })
+                .collect()
+        };
+        let means = [
+            Series {
+                name: "A",
+                points: series(&|g| g["a"].as_f64().map(|m| m * scale)),
+            },
+            Series {
+                name: "B",
+                points: series(&|g| g["b"].as_f64().map(|m| m * scale)),
+            },
+        ];
+        let lift = |k: &'static str| move |g: &Value| g["lift"][k].as_f64().map(|v| 100.0 * v);
+        let lifts = [
+            Series {
+                name: "lift",
+                points: series(&lift("estimate")),
+            },
+            Series {
+                name: "bound",
+                points: series(&lift("lower")),
+            },
+            Series {
+                name: "bound",
+                points: series(&lift("upper")),
+            },
+        ];
+        let unit = if value { "" } else { "%" };
+        let what = if value {
+            "value per user"
+        } else {
+            "conversion"
+        };
+        for (title, svg) in [
+            (
+                format!("{name}: {what} per variant"),
+                line_chart(&format!("{name} {what}"), unit, &means, &[]),
+            ),
+            (
+                format!("{name}: B's lift with its interval"),
+                line_chart(&format!("{name} lift"), "%", &lifts, &[]),
+            ),
+        ] {
+            html.push_str("<figure><figcaption>");
+            super::ansi::escape_into(&mut html, &title);
+            html.push_str("</figcaption>");
+            html.push_str(&svg);
+            html.push_str("</figure>");
+        }
+    }
+    html
 }
 
 /// One variant's line of the final report.
@@ -107,11 +262,19 @@ pub async fn show(
         })
         .collect();
     let report = report_rows(x.report.as_deref());
+    let full: Value = x
+        .report
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_default();
     Ok(render(ShowPage {
         page: Chrome::new(&viewer, format!("Experiment {id}"), "experiments"),
         charts: charts_html(&state, &x),
         decisions: rows,
         report,
+        goals: goal_rows(&full),
+        goal_charts: goal_charts(&full),
+        mode: full["mode"].as_str().unwrap_or("rollout").to_string(),
         x,
         approver: Role::Approver,
     }))
@@ -249,6 +412,52 @@ pub async fn steer(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn goals_read_as_rows_and_charts() {
+        let report = serde_json::json!({
+            "mode": "test",
+            "goals": [
+                { "name": "checkout", "primary": true, "value": false,
+                  "a": { "users": 1097, "mean": 0.2 }, "b": { "users": 1072, "mean": 0.4 },
+                  "lift": { "estimate": 1.0, "lower": 0.35, "upper": 1.54 } },
+                { "name": "revenue", "primary": false, "value": true,
+                  "a": { "users": 10, "mean": 2.0 }, "b": { "users": 12, "mean": 1.5 },
+                  "lift": { "estimate": -0.25, "lower": -0.6, "upper": -0.01 } },
+            ],
+            "goal_points": [
+                { "at": 1_000_000, "goals": [{ "goal": "checkout", "a": 0.2, "b": 0.3, "lift": { "estimate": 0.5, "lower": -0.2, "upper": 1.2 } }] },
+                { "at": 1_005_000, "goals": [{ "goal": "checkout", "a": 0.2, "b": 0.4, "lift": { "estimate": 1.0, "lower": 0.35, "upper": 1.54 } }] },
+            ],
+        });
+        let rows = super::goal_rows(&report);
+        assert_eq!(
+            (
+                rows[0].a.as_str(),
+                rows[0].lift.as_str(),
+                rows[0].verdict.as_str()
+            ),
+            (
+                "20.00% of 1097 users",
+                "+100.0% [+35.0%, +154.0%]",
+                "B better"
+            )
+        );
+        assert_eq!(
+            (rows[1].kind, rows[1].verdict.as_str()),
+            ("value per user", "B worse")
+        );
+        let charts = super::goal_charts(&report);
+        assert_eq!(charts.matches("<svg").count(), 4, "two charts a goal");
+        assert!(
+            charts.contains("checkout: B&#39;s lift") || charts.contains("checkout: B's lift"),
+            "{charts}"
+        );
+        assert!(
+            charts.contains(r#"class="zero""#),
+            "a lift below zero draws the zero line"
+        );
+    }
+
     #[test]
     fn the_report_reads_as_a_table() {
         let rows = super::report_rows(Some(

@@ -430,7 +430,76 @@ async fn ab_status(client: &Client, service: Option<String>, json: bool) -> Resu
                     figures["p99_ms"].as_f64().unwrap_or(0.0)
                 );
             }
+            for line in goal_lines(&x["report"]) {
+                say!("{line}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An experiment's goals as its report has them: per variant the users and
+/// their conversion (or value per user), and B's lift with its interval.
+fn goal_lines(report: &Value) -> Vec<String> {
+    let Some(goals) = report["goals"].as_array().filter(|g| !g.is_empty()) else {
+        return Vec::new();
+    };
+    let mut lines = vec![format!("  goals ({}):", text(&report["mode"]))];
+    for goal in goals {
+        let value = goal["value"].as_bool().unwrap_or(false);
+        let side = |v: &Value| {
+            let users = v["users"].as_u64().unwrap_or(0);
+            match v["mean"].as_f64() {
+                Some(mean) if value => format!("{mean:.2} a user of {users}"),
+                Some(mean) => format!("{:.2}% of {users} users", 100.0 * mean),
+                None => format!("{users} users"),
+            }
+        };
+        let lift = match goal["lift"].as_object() {
+            Some(l) => format!(
+                "lift {:+.1}% [{:+.1}%, {:+.1}%]",
+                100.0 * l["estimate"].as_f64().unwrap_or(0.0),
+                100.0 * l["lower"].as_f64().unwrap_or(0.0),
+                100.0 * l["upper"].as_f64().unwrap_or(0.0)
+            ),
+            None => "too few users for a lift yet".into(),
+        };
+        let role = if goal["primary"] == true {
+            " (primary)"
+        } else {
+            ""
+        };
+        lines.push(format!(
+            "    {}{role}: A {}, B {}; {lift}",
+            text(&goal["name"]),
+            side(&goal["a"]),
+            side(&goal["b"])
+        ));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goals_read_as_lines() {
+        let report = serde_json::json!({ "mode": "test", "goals": [
+            { "name": "checkout", "primary": true, "value": false,
+              "a": { "users": 1097, "mean": 0.2 }, "b": { "users": 1072, "mean": 0.4 },
+              "lift": { "estimate": 1.0, "lower": 0.35, "upper": 1.54 } },
+            { "name": "purchase", "primary": false, "value": true,
+              "a": { "users": 10, "mean": null }, "b": { "users": 12, "mean": 3.5 }, "lift": null },
+        ]});
+        assert_eq!(
+            goal_lines(&report),
+            vec![
+                "  goals (test):",
+                "    checkout (primary): A 20.00% of 1097 users, B 40.00% of 1072 users; lift +100.0% [+35.0%, +154.0%]",
+                "    purchase: A 10 users, B 3.50 a user of 12; too few users for a lift yet",
+            ]
+        );
+        assert!(goal_lines(&serde_json::json!({})).is_empty());
+    }
 }
