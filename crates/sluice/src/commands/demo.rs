@@ -54,6 +54,9 @@ const SHOP: &[(&str, &str)] = &[
 ];
 const SPEC: &str = include_str!("../../demo/shop/sluice.yaml");
 
+/// What v5 makes prod's experiments: a test of orders at a 50% split.
+const TEST_STRATEGY: &str = "max_step: 2m, mode: test, goals: [{ name: order, request: \"POST /order\", status: 2xx }], test: { split: 50, min_effect: 5%, max_duration: 10m } }";
+
 /// How long each stage may take before the demo says it did not happen.
 const STAGE_LIMIT: Duration = Duration::from_secs(240);
 
@@ -302,6 +305,25 @@ impl Story {
         self.stopped_in_dev(4).await?;
         self.pause(3.0).await;
 
+        // v5 fixes guest checkout and lays checkout out on one page: a test
+        // in prod, whose shoppers order more on it, promoted by its result.
+        self.edit(
+            "app/settings.py",
+            "GUEST_CHECKOUT_WORKS = False",
+            "GUEST_CHECKOUT_WORKS = True",
+        )?;
+        self.edit(
+            "app/settings.py",
+            "CHECKOUT = \"three pages\"",
+            "CHECKOUT = \"one page\"",
+        )?;
+        self.edit("sluice.yaml", "max_step: 2m }", TEST_STRATEGY)?;
+        self.start_shoppers().await?;
+        let v5 = self.commit("Checkout on one page, and guests welcome again")?;
+        self.ci(&v5, "v5").await?;
+        self.through_the_environments(5).await?;
+        self.pause(3.0).await;
+
         // A change under review: CI, a status, and nowhere else.
         self.review().await?;
         Ok(())
@@ -522,6 +544,13 @@ impl Story {
                 self.tell_line("v3 was rolled back by itself: every user is back on v2");
                 Ok(())
             }
+            (5, Some("promoted")) => {
+                let reason = ended["reason"].as_str().unwrap_or("");
+                self.tell_line(&format!(
+                    "v5 is prod's release by the test's result: {reason}"
+                ));
+                Ok(())
+            }
             (_, status) => bail!("the experiment of v{release} ended {status:?}"),
         }
     }
@@ -556,6 +585,32 @@ impl Story {
         });
         self.tell_line(&format!(
             "users arrive in prod: {rate:.0} requests a second, pages and checkouts, signed in or as guests"
+        ));
+        Ok(())
+    }
+
+    /// Shoppers in prod, each with the cookie prod gives them: they land,
+    /// check out, and order more often when checkout is on one page (35%
+    /// against 20%), as people do with fewer steps to a purchase.
+    async fn start_shoppers(&self) -> Result<()> {
+        let prod = self.env("prod").await?.context("prod is not there")?;
+        let listen = prod["listen"].as_str().context("prod has no entry point")?;
+        let base = format!("http://{listen}");
+        let rate = self.speed.requests_per_second() / 4.0;
+        let on = self.traffic.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            let mut n: u64 = 0;
+            while on.load(Ordering::Relaxed) {
+                tick.tick().await;
+                n += 1;
+                let (http, base) = (http.clone(), base.clone());
+                tokio::spawn(async move { shop(&http, &base, n).await });
+            }
+        });
+        self.tell_line(&format!(
+            "shoppers arrive in prod too: {rate:.0} a second, each with prod's cookie; some of them order"
         ));
         Ok(())
     }
@@ -715,4 +770,36 @@ impl Story {
         self.git(&["checkout", "-q", "main"])?;
         Ok(())
     }
+}
+
+/// One shopper's visit: the page, checkout, and (sometimes) an order.
+async fn shop(http: &reqwest::Client, base: &str, n: u64) -> Option<()> {
+    let timeout = Duration::from_secs(10);
+    let landing = http
+        .get(format!("{base}/"))
+        .timeout(timeout)
+        .send()
+        .await
+        .ok()?;
+    let cookie = landing
+        .headers()
+        .get("set-cookie")?
+        .to_str()
+        .ok()?
+        .split(';')
+        .next()?
+        .to_string();
+    let page: Value = landing.json().await.ok()?;
+    let one_page = page["checkout"] == "one page";
+    let with = |r: reqwest::RequestBuilder| r.header("cookie", &cookie).timeout(timeout);
+    with(http.get(format!("{base}/checkout")))
+        .send()
+        .await
+        .ok()?;
+    // A spread number in 0..100 per shopper.
+    let draw = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100;
+    if draw < if one_page { 35 } else { 20 } {
+        with(http.post(format!("{base}/order"))).send().await.ok()?;
+    }
+    Some(())
 }

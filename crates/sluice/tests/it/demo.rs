@@ -1,7 +1,8 @@
 //! `sluice demo --speed max`, checked through the API: every stage of the
 //! story happened (v1 through the environments, v2 promoted by its
 //! experiment, v3 rolled back with an incident and a rule, v4 stopped in dev
-//! by that rule, a review change with a status and no deployment).
+//! by that rule, v5 promoted by a test of its goal, a review change with a
+//! status and no deployment).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -69,7 +70,7 @@ async fn the_demo_tells_the_whole_story() {
     }
 
     let releases = get(&url, &token, "/releases?service=shop").await;
-    assert_eq!(releases.as_array().unwrap().len(), 4, "{releases:#}");
+    assert_eq!(releases.as_array().unwrap().len(), 5, "{releases:#}");
     let status = get(&url, &token, "/status?service=shop").await;
     let release_in = |env: &str| {
         status
@@ -80,8 +81,8 @@ async fn the_demo_tells_the_whole_story() {
             .map(|e| e["release"].clone())
             .unwrap()
     };
-    assert_eq!(release_in("prod"), 2, "{status:#}");
-    assert_eq!(release_in("dev"), 2, "v4 was stopped in dev: {status:#}");
+    assert_eq!(release_in("prod"), 5, "v5 won its test: {status:#}");
+    assert_eq!(release_in("dev"), 5, "{status:#}");
     let experiments = get(&url, &token, "/experiments?service=shop").await;
     let ended = |release: i64| {
         experiments
@@ -94,6 +95,21 @@ async fn the_demo_tells_the_whole_story() {
     };
     assert_eq!(ended(2), "promoted", "{experiments:#}");
     assert_eq!(ended(3), "rolled_back", "{experiments:#}");
+    // v5's test promoted it because its shoppers ordered more.
+    assert_eq!(ended(5), "promoted", "{experiments:#}");
+    let v5 = experiments
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["release"] == 5)
+        .unwrap();
+    assert!(
+        v5["reason"]
+            .as_str()
+            .unwrap()
+            .contains("B is better: conversion on `order`"),
+        "{v5:#}"
+    );
     let incident = get(&url, &token, "/incidents/1").await;
     assert_eq!(incident["suspects"][0]["release"], 3, "{incident:#}");
     assert_eq!(incident["rules"][0]["id"], 1, "{incident:#}");

@@ -62,6 +62,7 @@ class Handler(BaseHTTPRequestHandler):
                 "shop": GREETING,
                 "release": os.environ.get("SLUICE_RELEASE", "dev"),
                 "products": len(PRODUCTS),
+                "checkout": settings.CHECKOUT,
             })
         if self.path.startswith("/checkout"):
             try:
@@ -69,6 +70,14 @@ class Handler(BaseHTTPRequestHandler):
             except shop.CheckoutError as e:
                 return self.send(500, {"error": str(e)})
             return self.send(200, receipt)
+        return self.send(404, {"error": "no such page"})
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(min(length, 1 << 16))
+        if self.path == "/order":
+            return self.send(200, {"ordered": True})
         return self.send(404, {"error": "no such page"})
 
 

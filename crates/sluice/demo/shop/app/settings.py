@@ -4,3 +4,5 @@
 WORK_MS = 20
 # Whether a visitor who is not signed in can check out.
 GUEST_CHECKOUT_WORKS = True
+# How the checkout is laid out: what shoppers see before they order.
+CHECKOUT = "three pages"
