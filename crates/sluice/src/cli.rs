@@ -74,6 +74,11 @@ pub enum Command {
         /// The certificate's private key (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Count a goal per user while B has a share: `NAME` (reported by
+        /// header or `/_sluice/goal`) or `NAME=METHOD /path` (a request
+        /// answered 2xx). Repeat for more.
+        #[arg(long = "goal")]
+        goals: Vec<String>,
     },
     /// Check a sluice.yaml and print every error in it.
     Validate {

@@ -33,9 +33,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             weight,
             tls_cert,
             tls_key,
+            goals,
         } => {
             let tls = tls_cert.zip(tls_key);
-            proxy::run(listen, a, b, weight, tls).await
+            proxy::run(listen, a, b, weight, tls, &goals).await
         }
         Command::Token(command) => tokens::run(&client(), command).await,
         Command::Repo(command) => repos::repo(&client(), command).await,

@@ -15,6 +15,7 @@ pub async fn run(
     b: Vec<SocketAddr>,
     weight: f64,
     tls: Option<(PathBuf, PathBuf)>,
+    goals: &[String],
 ) -> Result<ExitCode> {
     let route = Route::default();
     for (variant, addrs) in [(Variant::A, &a), (Variant::B, &b)] {
@@ -33,6 +34,11 @@ pub async fn run(
         route.set_split(Some(
             Split::new(weight, Sticky::Cookie, true).map_err(anyhow::Error::msg)?,
         ));
+    }
+    if !goals.is_empty() {
+        let goals = goals.iter().map(|g| goal(g)).collect::<Result<Vec<_>>>()?;
+        let tracker = sluice_proxy::goals::GoalTracker::new(goals).map_err(anyhow::Error::msg)?;
+        route.set_goals(Some(std::sync::Arc::new(tracker)));
     }
     let certificates = match &tls {
         Some((cert, key)) => Some(
@@ -67,4 +73,36 @@ pub async fn run(
     );
     tokio::signal::ctrl_c().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `NAME` or `NAME=METHOD /path` (reached by a request answered 2xx).
+fn goal(text: &str) -> Result<sluice_proxy::goals::Goal> {
+    let (name, rule) = match text.split_once('=') {
+        Some((name, rule)) => (name, Some(rule)),
+        None => (text, None),
+    };
+    if sluice_proxy::goals::parse_report(name) != Some((name, None)) {
+        anyhow::bail!("`{name}` is not a goal name: letters, digits, -, _ and .");
+    }
+    let on = match rule {
+        None => None,
+        Some(rule) => {
+            let (method, path) = rule
+                .split_once(' ')
+                .filter(|(_, path)| path.starts_with('/'))
+                .with_context(|| format!("`{rule}` is not `METHOD /path`"))?;
+            Some(sluice_proxy::goals::RequestRule {
+                method: method
+                    .parse()
+                    .with_context(|| format!("`{method}` is not a method"))?,
+                path: path.to_string(),
+                status_class: Some(2),
+            })
+        }
+    };
+    Ok(sluice_proxy::goals::Goal {
+        name: name.to_string(),
+        on,
+        value: false,
+    })
 }
