@@ -96,6 +96,7 @@ pub(crate) async fn run(
             &env.name,
             (first * 100.0) as i64,
             &json!(overrides),
+            &json!(given_goals(env, ab)),
             deployment,
             actor,
         )
@@ -178,6 +179,23 @@ fn ramp(ab: &AbStrategy) -> AbStrategy {
     ab
 }
 
+/// The goals given when the experiment was started by hand (none when they
+/// are the strategy's), as `sluice ab start --goal` writes them, kept so
+/// that a restart takes up the same goals.
+fn given_goals(env: &Environment, ab: &AbStrategy) -> Vec<String> {
+    if matches!(&env.strategy, sluice_spec::Strategy::Ab(s) if s.goals == ab.goals) {
+        return Vec::new();
+    }
+    ab.goals
+        .iter()
+        .map(|g| match (&g.request, g.value) {
+            (Some(r), _) => format!("{}={} {}", g.name, r.method, r.path),
+            (None, true) => format!("{}:value", g.name),
+            (None, false) => g.name.clone(),
+        })
+        .collect()
+}
+
 /// The goals the entry point counts for the experiment, if it has any.
 fn tracker(ab: &AbStrategy) -> Option<Arc<GoalTracker>> {
     let goals = ab
@@ -227,10 +245,20 @@ fn sticky_of(ab: &AbStrategy) -> Result<Sticky> {
 pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome> {
     let b = inner.store.release_by_id(x.release_id).await?;
     let (spec, env) = rollout::release_env(&b, &x.environment)?;
-    let ab = match &env.strategy {
+    let mut ab = match &env.strategy {
         sluice_spec::Strategy::Ab(ab) => ramp(ab),
         _ => AbStrategy::default(),
     };
+    // Goals given when it was started by hand replace the strategy's.
+    let given: Vec<String> = serde_json::from_str(&x.goals).unwrap_or_default();
+    if let Ok(goals) = given
+        .iter()
+        .map(|g| sluice_spec::parse_goal(g))
+        .collect::<Result<Vec<_>, _>>()
+        && !goals.is_empty()
+    {
+        ab.goals = goals;
+    }
     let overrides: BTreeMap<String, String> =
         serde_json::from_str(&x.overrides).unwrap_or_default();
     let deployment = x

@@ -344,8 +344,17 @@ impl Cd {
         env: &str,
         number: i64,
         overrides: std::collections::BTreeMap<String, String>,
+        goals: Vec<String>,
         actor: &Actor,
     ) -> CdResult<()> {
+        if goals.len() > 8 {
+            return Err(CdError::Invalid("an experiment has at most 8 goals".into()));
+        }
+        let given = goals
+            .iter()
+            .map(|g| sluice_spec::parse_goal(g))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CdError::Invalid)?;
         if actor.role < sluice_store::Role::Approver {
             return Err(CdError::Forbidden(format!(
                 "starting an experiment needs the approver role; `{}` has {}",
@@ -372,10 +381,14 @@ impl Cd {
                 "an experiment already runs in {env}"
             )));
         }
-        let ab = match &environment.strategy {
+        let mut ab = match &environment.strategy {
             sluice_spec::Strategy::Ab(ab) => ab.clone(),
             _ => sluice_spec::AbStrategy::default(),
         };
+        // Goals given at the start replace the strategy's.
+        if !given.is_empty() {
+            ab.goals = given;
+        }
         let (inner, actor) = (self.inner.clone(), actor.name.clone());
         let env = env.to_string();
         tokio::spawn(async move {

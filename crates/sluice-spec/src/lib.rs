@@ -16,6 +16,8 @@ mod raw;
 mod rules;
 mod validate;
 
+pub use validate::parse_goal;
+
 pub use cron::FreezeWindow;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::{format_duration, parse_duration};

@@ -1143,6 +1143,32 @@ fn goals(c: &mut Checker, raw: &[Spanned<RawGoal>]) -> Vec<GoalSpec> {
     out
 }
 
+/// A goal as `sluice ab start --goal` takes it: `NAME` (reached by a
+/// `Sluice-Goal` header or `/_sluice/goal`), `NAME=METHOD /path` (a request
+/// answered 2xx), or `NAME:value` (a value goal).
+pub fn parse_goal(text: &str) -> Result<GoalSpec, String> {
+    let (name, request, value) = match (text.split_once('='), text.strip_suffix(":value")) {
+        (Some((name, rule)), _) => (name, Some(goal_request(rule, Some("2xx"))?), false),
+        (None, Some(name)) => (name, None, true),
+        (None, None) => (text, None, false),
+    };
+    let name_ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !name_ok {
+        return Err(format!(
+            "`{}` is not a goal: write NAME, NAME=METHOD /path or NAME:value (a name of letters, digits, -, _ and .)",
+            text.escape_debug()
+        ));
+    }
+    Ok(GoalSpec {
+        name: name.to_string(),
+        request,
+        value,
+    })
+}
+
 /// `POST /checkout` and `2xx` (or none: any status).
 fn goal_request(text: &str, status: Option<&str>) -> Result<GoalRequest, String> {
     let (method, path) = text
@@ -1390,5 +1416,28 @@ fn ab_strategy(c: &mut Checker, raw: &RawAb) -> AbStrategy {
         sticky,
         metrics,
         allow_force: raw.allow_force.unwrap_or(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goals_given_on_the_command_line() {
+        let checkout = parse_goal("checkout=POST /checkout").unwrap();
+        assert_eq!(
+            checkout.request,
+            Some(GoalRequest {
+                method: "POST".into(),
+                path: "/checkout".into(),
+                status_class: Some(2)
+            })
+        );
+        assert!(parse_goal("revenue:value").unwrap().value);
+        assert_eq!(parse_goal("signup").unwrap().request, None);
+        for bad in ["", "a b", "x=post /y", "x=POST y", "<b>:value"] {
+            assert!(parse_goal(bad).is_err(), "{bad}");
+        }
     }
 }

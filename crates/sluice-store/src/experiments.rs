@@ -23,6 +23,8 @@ pub struct Experiment {
     pub weight_bp: i64,
     /// JSON: config values B runs with besides the environment's.
     pub overrides: String,
+    /// JSON: goals given at its start, replacing its strategy's (`[]`: none).
+    pub goals: String,
     pub deployment_id: Option<i64>,
     pub reason: Option<String>,
     /// JSON array of decisions.
@@ -40,7 +42,7 @@ impl Experiment {
 }
 
 const SELECT: &str = "SELECT x.id, x.service, x.environment, x.release_id, r.number AS release, x.baseline_release_id, x.status,
-        x.step, x.weight_bp, x.overrides, x.deployment_id, x.reason, x.decisions, x.report, x.created_at,
+        x.step, x.weight_bp, x.overrides, x.goals, x.deployment_id, x.reason, x.decisions, x.report, x.created_at,
         x.step_started_at, x.finished_at
     FROM experiments x JOIN releases r ON r.id = x.release_id";
 
@@ -53,6 +55,7 @@ impl Store {
         env: &str,
         weight_bp: i64,
         overrides: &serde_json::Value,
+        goals: &serde_json::Value,
         deployment: i64,
         actor: &str,
     ) -> Result<Experiment> {
@@ -60,8 +63,8 @@ impl Store {
         let now = now_ms();
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO experiments (service, environment, release_id, baseline_release_id, status, step, weight_bp, overrides,
-                 deployment_id, decisions, created_at, step_started_at)
-             VALUES ($1, $2, $3, $4, 'running', 0, $5, $6, $7, '[]', $8, $8) RETURNING id",
+                 deployment_id, decisions, created_at, step_started_at, goals)
+             VALUES ($1, $2, $3, $4, 'running', 0, $5, $6, $7, '[]', $8, $8, $9) RETURNING id",
         )
         .bind(&b.service)
         .bind(env)
@@ -71,6 +74,7 @@ impl Store {
         .bind(overrides.to_string())
         .bind(deployment)
         .bind(now)
+        .bind(goals.to_string())
         .fetch_one(&mut *tx)
         .await?;
         let event = NewChangeEvent {

@@ -416,6 +416,11 @@ pub enum AbCommand {
         /// A config value for B only, KEY=VALUE; repeat for more.
         #[arg(long = "set", value_parser = parse_setting)]
         settings: Vec<(String, String)>,
+        /// A goal replacing the strategy's: NAME, NAME=METHOD /path (a
+        /// request answered 2xx) or NAME:value; repeat for more, the first
+        /// primary.
+        #[arg(long = "goal")]
+        goals: Vec<String>,
     },
     /// The latest experiments: weight, state, the last decision and its numbers.
     Status {

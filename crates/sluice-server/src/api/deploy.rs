@@ -397,6 +397,9 @@ pub struct NewExperiment {
     release: i64,
     #[serde(default)]
     set: std::collections::BTreeMap<String, String>,
+    /// Goals replacing the strategy's: `NAME`, `NAME=METHOD /path` or `NAME:value`.
+    #[serde(default)]
+    goals: Vec<String>,
 }
 
 #[utoipa::path(
@@ -419,6 +422,7 @@ pub async fn start_experiment(
             &body.env,
             body.release,
             body.set,
+            body.goals,
             &caller.actor(),
         )
         .await?;

@@ -15,3 +15,7 @@ CREATE TABLE experiment_users (
     totals TEXT NOT NULL,
     PRIMARY KEY (experiment_id, user_id)
 );
+
+-- Goals given when an experiment was started by hand (`sluice ab start
+-- --goal`), which replace its strategy's: JSON ["checkout=POST /checkout", ...].
+ALTER TABLE experiments ADD COLUMN goals TEXT NOT NULL DEFAULT '[]';

@@ -327,12 +327,13 @@ pub async fn ab(client: &Client, command: crate::cli::AbCommand) -> Result<ExitC
             env,
             release,
             settings,
+            goals,
         } => {
             let set: serde_json::Map<String, Value> = settings
                 .into_iter()
                 .map(|(k, v)| (k, Value::String(v)))
                 .collect();
-            let body = json!({ "service": service, "env": env, "release": release, "set": set });
+            let body = json!({ "service": service, "env": env, "release": release, "set": set, "goals": goals });
             client
                 .json(client.request(Method::POST, "/experiments").json(&body))
                 .await?;

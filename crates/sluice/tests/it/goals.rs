@@ -254,6 +254,43 @@ async fn a_test_promotes_the_b_that_converts_better_and_guardrails_still_roll_ba
     );
     server.wait_env("shop", "prod", 2, 2).await;
 
+    // Started by hand, with goals of its own replacing the strategy's.
+    let out = server.cli(&[
+        "ab",
+        "start",
+        "shop",
+        "prod",
+        "--release",
+        "2",
+        "--set",
+        "GREETING=hi",
+        "--goal",
+        "signup",
+        "--goal",
+        "checkout=POST /checkout",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_hand = wait_experiment(&server, "the goals given by hand counted", |x| {
+        let names: Vec<&str> = x["report"]["goals"]
+            .as_array()
+            .map(|g| g.iter().filter_map(|g| g["name"].as_str()).collect())
+            .unwrap_or_default();
+        x["status"] == "running"
+            && names == ["signup", "checkout"]
+            && x["report"]["goals"][0]["a"]["reached"].as_u64() > Some(0)
+    })
+    .await;
+    assert_eq!(by_hand["goals"], r#"["signup","checkout=POST /checkout"]"#);
+    let id = by_hand["id"].as_i64().unwrap();
+    let (status, _) = server
+        .post(&format!("/experiments/{id}/abort"), serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200);
+
     let leaked = users.finish().await;
     assert_eq!(leaked, 0, "Sluice-Goal never leaves the entry point");
 }
