@@ -4,7 +4,9 @@
 //! the service's `Sluice-Goal` answer header (`/buy`), and from the
 //! browser's `POST /_sluice/goal`. The test ramps to its 50% split, holds,
 //! and promotes B because it converts better; a B that converts better but
-//! fails requests is rolled back by the error-rate guardrail all the same.
+//! fails requests is rolled back by the error-rate guardrail all the same;
+//! a test with `promote: manual` waits for a person; a restart keeps the
+//! users counted; goals come from a backend and from `sluice ab start`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,9 +48,9 @@ environments:
 "#;
 
 /// Users until stopped: each lands on `/`, checks out with a probability
-/// that depends on the release it sees (v1: 20%, later ones: 40% when
-/// `b_better`, else 20% too), buys for 10 after a checkout, and one in
-/// three signs up from the browser.
+/// that depends on the release it sees (v1: 20%, v2: 40%, later ones 60%
+/// when `b_better`, else 20% everywhere), buys for 10 after a checkout, and
+/// one in three signs up from the browser.
 struct Users {
     stop: Arc<AtomicBool>,
     /// Answers that carried `Sluice-Goal` out of the entry point.
@@ -116,11 +118,9 @@ async fn visit(
     };
     // A spread number in 0..100 per user.
     let draw = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100;
-    let checks_out = if release == "v1" || !b_better {
-        draw < 20
-    } else {
-        draw < 40
-    };
+    // Each release checks out better than the last (20%, 40%, then 60%).
+    let level = release.trim_start_matches('v').parse::<u64>().unwrap_or(1);
+    let checks_out = draw < if b_better { 20 * level.min(3) } else { 20 };
     if checks_out {
         let post = |path: &str| {
             client
@@ -253,6 +253,35 @@ async fn a_test_promotes_the_b_that_converts_better_and_guardrails_still_roll_ba
         "{x:#}"
     );
     server.wait_env("shop", "prod", 2, 2).await;
+
+    // v4 fixes v3's errors and converts better still; its test waits for a
+    // person to promote it.
+    let manual = SPEC.replace(
+        "max_duration: 10m }",
+        "max_duration: 10m, promote: manual }",
+    );
+    repo.commit(
+        "v4, promoted by a person",
+        &[
+            ("app/VERSION", "4\n"),
+            ("app/ERROR_RATE", "0\n"),
+            ("sluice.yaml", &manual),
+        ],
+    );
+    let held = experiment_ended(&server, 4).await;
+    assert_eq!(held["status"], "held", "{held:#}");
+    assert!(
+        held["reason"].as_str().unwrap().contains("B is better"),
+        "{held:#}"
+    );
+    let id = held["id"].as_i64().unwrap();
+    let out = server.cli(&["ab", "promote", &id.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.wait_env("shop", "prod", 4, 2).await;
 
     // Started by hand, with goals of its own replacing the strategy's.
     let out = server.cli(&[
