@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use sluice_analysis::goals::Arm;
 
 use crate::split::Variant;
+pub use crate::split::user_id;
 
 /// The response header an application reports a user's goal with:
 /// `Sluice-Goal: purchase; value=19.99` (several allowed).
@@ -330,18 +331,6 @@ impl GoalTracker {
         }
         (a, b, expected_b)
     }
-}
-
-/// A user's number from their sticky key (64 bits of a mixed FNV-1a).
-pub fn user_id(key: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    hash ^ (hash >> 31)
 }
 
 /// `purchase; value=19.99` → the goal's name and value. Names are what

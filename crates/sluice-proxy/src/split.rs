@@ -77,7 +77,12 @@ impl Split {
 
     /// The variant of a user's key.
     pub fn variant_for(&self, key: &str) -> Variant {
-        if bucket(key) < self.weight_bp {
+        self.variant_of(user_id(key))
+    }
+
+    /// The variant of a user by their number ([`user_id`]).
+    pub fn variant_of(&self, user: u64) -> Variant {
+        if bucket_of(user) < self.weight_bp {
             Variant::B
         } else {
             Variant::A
@@ -85,9 +90,10 @@ impl Split {
     }
 }
 
-/// A key's bucket, 0 to 9,999: FNV-1a, then a SplitMix64 finalizer, both
-/// fixed, so that a key keeps its bucket across restarts and upgrades.
-pub fn bucket(key: &str) -> u32 {
+/// A user's number from their sticky key: FNV-1a, then a SplitMix64
+/// finalizer, both fixed, so that a key keeps its number (and bucket) across
+/// restarts and upgrades. Goals count users by it.
+pub fn user_id(key: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in key.bytes() {
         hash ^= u64::from(byte);
@@ -95,8 +101,16 @@ pub fn bucket(key: &str) -> u32 {
     }
     hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    hash ^= hash >> 31;
-    (hash % 10_000) as u32
+    hash ^ (hash >> 31)
+}
+
+/// A key's bucket, 0 to 9,999.
+pub fn bucket(key: &str) -> u32 {
+    bucket_of(user_id(key))
+}
+
+fn bucket_of(user: u64) -> u32 {
+    (user % 10_000) as u32
 }
 
 /// A fresh key for a user seen for the first time.

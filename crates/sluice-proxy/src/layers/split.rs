@@ -9,7 +9,7 @@ use tower::{Layer, Service};
 
 use super::{Choice, Peer, ProxyFuture, ProxyRequest, ProxyResponse};
 use crate::route::Route;
-use crate::split::{COOKIE, FORCE_HEADER, Sticky, Variant, new_key};
+use crate::split::{COOKIE, FORCE_HEADER, Sticky, Variant, new_key, user_id};
 
 #[derive(Clone)]
 pub struct SplitLayer {
@@ -122,9 +122,11 @@ fn choose(
             None,
         ),
     };
+    // One hash of the key gives both the variant and the user goals count.
+    let user = user_id(&key);
     let choice = Choice {
-        variant: Some(split.variant_for(&key)),
-        user: Some(crate::goals::user_id(&key)),
+        variant: Some(split.variant_of(user)),
+        user: Some(user),
         share_b: split.percent() / 100.0,
     };
     (choice, new_cookie)
