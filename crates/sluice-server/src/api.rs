@@ -15,6 +15,7 @@ mod tokens;
 use axum::Router;
 use axum::routing::{get, post, put};
 
+use crate::access::{Operation, needs};
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -29,21 +30,38 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/openapi.json", get(openapi::serve))
         .route("/whoami", get(tokens::whoami))
-        .route("/tokens", get(tokens::list).post(tokens::create))
-        .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
-        .route("/repos", get(repos::list).post(repos::add))
+        .route(
+            "/tokens",
+            get(needs(Operation::ManageTokens, tokens::list))
+                .post(needs(Operation::ManageTokens, tokens::create)),
+        )
+        .route(
+            "/tokens/{id}",
+            axum::routing::delete(needs(Operation::ManageTokens, tokens::revoke)),
+        )
+        .route(
+            "/repos",
+            get(repos::list).post(needs(Operation::AddRepository, repos::add)),
+        )
         .route("/repos/{name}", get(repos::show))
         .route("/repos/{name}/notify", post(repos::notify))
-        .route("/repos/{name}/secrets", get(repos::secret_names))
+        .route(
+            "/repos/{name}/secrets",
+            get(needs(Operation::ManageSecrets, repos::secret_names)),
+        )
         .route(
             "/repos/{name}/secrets/{secret}",
-            put(repos::set_secret).delete(repos::delete_secret),
+            put(needs(Operation::ManageSecrets, repos::set_secret))
+                .delete(needs(Operation::ManageSecrets, repos::delete_secret)),
         )
         .route("/hooks/{repo}", post(hooks::receive))
         .route("/changes", get(runs::changes))
         .route("/runs", get(runs::list))
         .route("/runs/{id}", get(runs::show))
-        .route("/runs/{id}/cancel", post(runs::cancel))
+        .route(
+            "/runs/{id}/cancel",
+            post(needs(Operation::CancelRun, runs::cancel)),
+        )
         .route("/runs/{id}/logs", get(runs::logs))
         .route("/runs/{id}/logs/raw", get(runs::raw_log))
         .route("/runs/{id}/logs/stream", get(events::run_logs))
@@ -61,41 +79,85 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/services/{service}/environments/{env}/rollback",
-            post(deploy::rollback),
+            post(needs(Operation::Rollback, deploy::rollback)),
         )
         .route(
             "/services/{service}/environments/{env}/unpin",
-            post(deploy::unpin),
+            post(needs(Operation::Rollback, deploy::unpin)),
         )
-        .route("/promotions", get(deploy::promotions).post(deploy::promote))
+        .route(
+            "/promotions",
+            get(deploy::promotions).post(needs(Operation::Promote, deploy::promote)),
+        )
         .route("/promotions/{id}", get(deploy::promotion))
-        .route("/promotions/{id}/approve", post(deploy::approve))
-        .route("/promotions/{id}/reject", post(deploy::reject))
-        .route("/promotions/{id}/override", post(deploy::override_freeze))
+        .route(
+            "/promotions/{id}/approve",
+            post(needs(Operation::DecidePromotion, deploy::approve)),
+        )
+        .route(
+            "/promotions/{id}/reject",
+            post(needs(Operation::DecidePromotion, deploy::reject)),
+        )
+        .route(
+            "/promotions/{id}/override",
+            post(needs(Operation::OverrideFreeze, deploy::override_freeze)),
+        )
         .route(
             "/experiments",
-            get(deploy::experiments).post(deploy::start_experiment),
+            get(deploy::experiments)
+                .post(needs(Operation::StartExperiment, deploy::start_experiment)),
         )
         .route("/experiments/{id}", get(deploy::experiment))
-        .route("/experiments/{id}/goals", post(deploy::report_goal))
-        .route("/experiments/{id}/{verb}", post(deploy::steer_experiment))
-        .route("/incidents", get(incidents::list).post(incidents::open))
+        .route(
+            "/experiments/{id}/goals",
+            post(needs(Operation::ReportGoal, deploy::report_goal)),
+        )
+        .route(
+            "/experiments/{id}/{verb}",
+            post(needs(Operation::SteerExperiment, deploy::steer_experiment)),
+        )
+        .route(
+            "/incidents",
+            get(incidents::list).post(needs(Operation::HandleIncident, incidents::open)),
+        )
         .route("/incidents/{id}", get(incidents::show))
         .route(
             "/incidents/{id}/postmortem",
-            get(incidents::postmortem).put(incidents::edit_postmortem),
+            get(incidents::postmortem)
+                .put(needs(Operation::HandleIncident, incidents::edit_postmortem)),
         )
-        .route("/incidents/{id}/{verb}", post(incidents::transition))
-        .route("/rules", get(incidents::rules).post(incidents::add_rule))
+        .route(
+            "/incidents/{id}/{verb}",
+            post(needs(Operation::HandleIncident, incidents::transition)),
+        )
+        .route(
+            "/rules",
+            get(incidents::rules).post(needs(Operation::ManageRules, incidents::add_rule)),
+        )
         .route("/rules/{id}", get(incidents::rule))
-        .route("/rules/{id}/disable", post(incidents::disable_rule))
+        .route(
+            "/rules/{id}/disable",
+            post(needs(Operation::ManageRules, incidents::disable_rule)),
+        )
         .route("/rules/{id}/test", post(incidents::test_rule))
-        .route("/channels", get(channels::list).post(channels::add))
-        .route("/channels/{name}", axum::routing::delete(channels::remove))
-        .route("/channels/{name}/test", post(channels::test))
+        .route(
+            "/channels",
+            get(channels::list).post(needs(Operation::ManageChannels, channels::add)),
+        )
+        .route(
+            "/channels/{name}",
+            axum::routing::delete(needs(Operation::ManageChannels, channels::remove)),
+        )
+        .route(
+            "/channels/{name}/test",
+            post(needs(Operation::ManageChannels, channels::test)),
+        )
         .route("/messages", get(channels::messages))
         .route("/messages/{id}", get(channels::message))
-        .route("/messages/{id}/retry", post(channels::retry))
+        .route(
+            "/messages/{id}/retry",
+            post(needs(Operation::RetryMessage, channels::retry)),
+        )
         .fallback(|| async {
             ApiError::not_found("no such endpoint")
                 .with_hint("the endpoints are listed in docs/api.md")

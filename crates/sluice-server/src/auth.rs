@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use sluice_store::{Role, Store};
 
 use crate::AppState;
+use crate::access::Operation;
 use crate::error::ApiError;
 
 /// How long a verified token is trusted without hashing it again.
@@ -37,22 +38,25 @@ impl Caller {
     pub fn actor(&self) -> sluice_deploy::Actor {
         sluice_deploy::Actor {
             name: self.name.clone(),
-            role: self.role,
             groups: self.groups.clone(),
         }
     }
 
-    /// Refuses with 403 unless the caller holds `role` or a higher one.
-    pub fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.role >= role {
+    /// Refuses with 403 unless the caller's role allows `operation`.
+    pub fn may(&self, operation: Operation) -> Result<(), ApiError> {
+        if operation.allows(self.role) {
             return Ok(());
         }
         Err(ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
             "forbidden",
-            format!("this needs the {role} role; token `{}` has {}", self.name, self.role),
+            operation.refusal(&self.name, self.role),
         )
-        .with_hint("ask an admin for a token with that role: `sluice token create --name NAME --role ROLE`"))
+        .with_hint(format!(
+            "{}: `sluice token create --name NAME --role {}`",
+            operation.ask(),
+            operation.role()
+        )))
     }
 }
 
@@ -191,6 +195,22 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let caller = authenticate(parts, state).await?;
+        // The route names what it does (`access::needs`); a route that names
+        // nothing only reads.
+        let operation = parts
+            .extensions
+            .get::<Operation>()
+            .copied()
+            .unwrap_or(Operation::Read);
+        caller.may(operation)?;
+        Ok(caller)
+    }
+}
+
+/// Who the request's token (or, for reading, its session cookie) says is asking.
+async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+    {
         let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
             // A signed-in browser may read (its pages follow live events),
             // but changes need a token: a cookie alone could be a forged form.

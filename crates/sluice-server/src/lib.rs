@@ -1,6 +1,7 @@
 //! The server: the JSON API under `/api/v1` (axum), live events over SSE,
 //! authentication, and the wiring of the store and the CI and CD engines.
 
+mod access;
 mod api;
 pub mod auth;
 mod data_dir;

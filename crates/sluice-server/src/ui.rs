@@ -21,6 +21,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use sluice_store::Role;
 
+use crate::access::Operation;
+
 use crate::AppState;
 use session::Viewer;
 
@@ -90,8 +92,8 @@ impl Chrome {
     }
 
     /// Whether the person may press buttons that need `role`.
-    pub fn may(&self, role: &Role) -> bool {
-        self.role >= *role
+    pub fn may(&self, operation: &Operation) -> bool {
+        operation.allows(self.role)
     }
 
     pub fn current(&self, section: &str) -> &'static str {

@@ -7,8 +7,8 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_deploy::{NewRuleRequest, OpenRequest, ReplayTarget};
-use sluice_store::Role;
 
+use crate::access::Operation;
 use crate::auth::Caller;
 use crate::ids::{IncidentId, RuleId};
 use crate::{ApiError, ApiResult, AppState};
@@ -30,10 +30,9 @@ pub struct ListQuery {
 )]
 pub async fn list(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Role::Viewer)?;
     let open_only = !q.all.unwrap_or(false);
     Ok(Json(json!(
         state
@@ -69,10 +68,9 @@ pub async fn open(
 )]
 pub async fn show(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: Caller,
     Path(IncidentId(id)): Path<IncidentId>,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Role::Viewer)?;
     Ok(Json(json!(state.cd.incident(id).await?)))
 }
 
@@ -122,10 +120,9 @@ pub async fn transition(
 )]
 pub async fn postmortem(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: Caller,
     Path(IncidentId(id)): Path<IncidentId>,
 ) -> ApiResult<impl IntoResponse> {
-    caller.require(Role::Viewer)?;
     let text = state.cd.postmortem(id).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
@@ -161,10 +158,9 @@ pub async fn edit_postmortem(
 )]
 pub async fn rules(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Role::Viewer)?;
     let active_only = !q.all.unwrap_or(false);
     let mut out = Vec::new();
     for rule in state.store.rules(q.service.as_deref(), active_only).await? {
@@ -221,10 +217,9 @@ pub async fn add_rule(
 )]
 pub async fn rule(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: Caller,
     Path(RuleId(id)): Path<RuleId>,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Role::Viewer)?;
     let rule = state.store.rule(id).await?;
     Ok(Json(rule_json(&state, rule).await?))
 }
@@ -276,12 +271,12 @@ pub async fn test_rule(
     Path(RuleId(id)): Path<RuleId>,
     Json(body): Json<ReplayBody>,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Role::Viewer)?;
+    caller.may(Operation::ReplayRule)?;
     // Replaying a health check starts the release against a copy of the
-    // data: running code is a developer's to ask for, not a viewer's.
+    // data: running code is an approver's to ask for.
     let rule = state.store.rule(id).await?;
     if let Ok(sluice_spec::RuleSpec::HealthCheck { .. }) = serde_json::from_str(&rule.spec) {
-        caller.require(Role::Developer)?;
+        caller.may(Operation::ReplayRuleStartingInstance)?;
     }
     let target = match (body.change, body.release) {
         (Some(sha), None) => ReplayTarget::Change(sha),

@@ -9,11 +9,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 use serde::Deserialize;
 use sluice_notify::{ChannelInput, ChannelKind};
-use sluice_store::{Channel, Message, MessageStatus, Role};
+use sluice_store::{Channel, Message, MessageStatus};
 
 use super::session::{Viewer, encode};
 use super::{Chrome, Done, PageResult, error_page, failed, render};
 use crate::AppState;
+use crate::access::Operation;
 
 #[derive(Template)]
 #[template(path = "channels.html")]
@@ -21,8 +22,8 @@ struct ChannelsPage {
     page: Chrome,
     channels: Vec<Channel>,
     messages: Vec<Message>,
-    developer: Role,
-    admin: Role,
+    developer: Operation,
+    admin: Operation,
     kinds: Vec<&'static str>,
 }
 
@@ -72,8 +73,8 @@ async fn page(state: &AppState, viewer: &Viewer, flash: Option<String>) -> PageR
         page,
         channels,
         messages,
-        developer: Role::Developer,
-        admin: Role::Admin,
+        developer: Operation::RetryMessage,
+        admin: Operation::ManageChannels,
         kinds: ChannelKind::ALL.iter().map(|k| k.as_str()).collect(),
     }))
 }
@@ -118,7 +119,7 @@ pub async fn add(
     Form(form): Form<AddForm>,
 ) -> PageResult {
     viewer.check_csrf(&form.csrf)?;
-    viewer.require(Role::Admin, "Adding a channel")?;
+    viewer.may(Operation::ManageChannels)?;
     let input = ChannelInput {
         name: form.name.trim().to_string(),
         kind: form.kind,
@@ -161,7 +162,7 @@ pub async fn act(
     viewer.check_csrf(&form.csrf)?;
     let done = match verb.as_str() {
         "remove" => {
-            viewer.require(Role::Admin, "Removing a channel")?;
+            viewer.may(Operation::ManageChannels)?;
             state
                 .store
                 .remove_channel(&name, &viewer.caller.name)
@@ -170,7 +171,7 @@ pub async fn act(
             format!("Channel {name} is removed.")
         }
         "test" => {
-            viewer.require(Role::Admin, "Testing a channel")?;
+            viewer.may(Operation::ManageChannels)?;
             state.store.channel(&name).await.map_err(failed)?;
             match sluice_notify::test_channel(
                 &state.store,
@@ -208,7 +209,7 @@ pub async fn retry(
     Form(form): Form<Csrf>,
 ) -> PageResult {
     viewer.check_csrf(&form.csrf)?;
-    viewer.require(Role::Developer, "Sending a message again")?;
+    viewer.may(Operation::RetryMessage)?;
     state.store.retry_message(id).await.map_err(failed)?;
     let done = format!("Message {id} is pending again.");
     Ok(Redirect::to(&format!("/channels?done={}", encode(&done))).into_response())

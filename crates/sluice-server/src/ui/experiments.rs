@@ -12,12 +12,13 @@ use axum::response::{Html, IntoResponse, Redirect};
 use serde::Deserialize;
 use serde_json::Value;
 use sluice_deploy::ExperimentCommand;
-use sluice_store::{Experiment, Role};
+use sluice_store::Experiment;
 
 use super::chart::{Marker, Series, line_chart};
 use super::session::{Viewer, encode};
 use super::{Chrome, PageResult, error_page, failed, render};
 use crate::AppState;
+use crate::access::Operation;
 
 #[derive(Template)]
 #[template(path = "experiments.html")]
@@ -53,7 +54,7 @@ struct ShowPage {
     goals: Vec<GoalRow>,
     goal_charts: String,
     mode: String,
-    approver: Role,
+    approver: Operation,
 }
 
 /// One goal as the page shows it.
@@ -276,7 +277,7 @@ pub async fn show(
         goal_charts: goal_charts(&full),
         mode: full["mode"].as_str().unwrap_or("rollout").to_string(),
         x,
-        approver: Role::Approver,
+        approver: Operation::SteerExperiment,
     }))
 }
 
@@ -387,6 +388,7 @@ pub async fn steer(
     Path((id, verb)): Path<(i64, String)>,
     Form(form): Form<Steer>,
 ) -> PageResult {
+    viewer.may(Operation::SteerExperiment)?;
     viewer.check_csrf(&form.csrf)?;
     let command = match verb.as_str() {
         "pause" => ExperimentCommand::Pause,

@@ -9,11 +9,12 @@ use axum::response::{IntoResponse, Redirect};
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag};
 use serde::Deserialize;
 use sluice_deploy::IncidentView;
-use sluice_store::{Incident, Role, RuleBlock, RuleRecord};
+use sluice_store::{Incident, RuleBlock, RuleRecord};
 
 use super::session::{Viewer, encode};
 use super::{Chrome, Done, PageResult, failed, render};
 use crate::AppState;
+use crate::access::Operation;
 use crate::ids::{IncidentId, RuleId};
 
 #[derive(Template)]
@@ -131,7 +132,7 @@ pub struct RuleRow {
 struct RulesPage {
     page: Chrome,
     rules: Vec<RuleRow>,
-    approver: Role,
+    approver: Operation,
 }
 
 pub async fn rules(
@@ -162,7 +163,7 @@ pub async fn rules(
     Ok(render(RulesPage {
         page,
         rules: rows,
-        approver: Role::Approver,
+        approver: Operation::ManageRules,
     }))
 }
 
@@ -180,7 +181,7 @@ pub async fn disable_rule(
     Form(form): Form<Disable>,
 ) -> PageResult {
     viewer.check_csrf(&form.csrf)?;
-    viewer.require(Role::Approver, "Disabling a rule")?;
+    viewer.may(Operation::ManageRules)?;
     state
         .cd
         .disable_rule(id, &form.reason, &viewer.caller.actor())

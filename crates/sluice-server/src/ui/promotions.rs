@@ -8,11 +8,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 use serde::Deserialize;
 use sluice_deploy::PromotionView;
-use sluice_store::Role;
 
 use super::session::{Viewer, encode};
 use super::{Chrome, Done, PageResult, error_page, failed, render};
 use crate::AppState;
+use crate::access::Operation;
 
 #[derive(Template)]
 #[template(path = "promotions.html")]
@@ -20,7 +20,7 @@ struct PromotionsPage {
     page: Chrome,
     pending: Vec<PromotionView>,
     decided: Vec<PromotionView>,
-    approver: Role,
+    approver: Operation,
 }
 
 #[derive(Template)]
@@ -28,7 +28,7 @@ struct PromotionsPage {
 struct PromotionPage {
     page: Chrome,
     p: PromotionView,
-    approver: Role,
+    approver: Operation,
 }
 
 /// One promotion, where an approval-needed message links: its gates, and
@@ -45,7 +45,7 @@ pub async fn show(
     Ok(render(PromotionPage {
         page,
         p,
-        approver: Role::Approver,
+        approver: Operation::DecidePromotion,
     }))
 }
 
@@ -64,7 +64,7 @@ pub async fn list(
         page,
         pending,
         decided: decided.into_iter().take(20).collect(),
-        approver: Role::Approver,
+        approver: Operation::DecidePromotion,
     }))
 }
 
@@ -82,7 +82,7 @@ pub async fn decide(
     Form(form): Form<Decision>,
 ) -> PageResult {
     viewer.check_csrf(&form.csrf)?;
-    viewer.require(Role::Approver, "Deciding a promotion")?;
+    viewer.may(Operation::DecidePromotion)?;
     let actor = viewer.caller.actor();
     let done = match verb.as_str() {
         "approve" => {

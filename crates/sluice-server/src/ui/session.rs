@@ -12,9 +12,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use sha2::{Digest, Sha256};
-use sluice_store::Role;
 
 use crate::AppState;
+use crate::access::{Operation, capitalised};
 use crate::auth::Caller;
 
 pub const SESSION_COOKIE: &str = "sluice_session";
@@ -154,26 +154,20 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    /// Refuses someone whose role is below `role` with a page saying what
-    /// `doing` ("Deciding a promotion") needs and who can give it.
+    /// Refuses someone whose role does not allow `operation` with a page
+    /// saying what it needs and who can give it.
     #[allow(clippy::result_large_err)]
-    pub fn require(&self, role: Role, doing: &str) -> Result<(), Response> {
-        if self.caller.role >= role {
+    pub fn may(&self, operation: Operation) -> Result<(), Response> {
+        if operation.allows(self.caller.role) {
             return Ok(());
         }
-        let ask = match role {
-            Role::Admin => "Ask an admin.",
-            Role::Approver => "Ask an admin for an approver token.",
-            Role::Developer => "Ask an admin for a developer token.",
-            Role::Viewer => "Sign in with a token.",
-        };
         Err(super::error_page(
             StatusCode::FORBIDDEN,
             &format!(
-                "{doing} needs the {role} role; you ({}) have {}.",
-                self.caller.name, self.caller.role
+                "{}.",
+                operation.refusal(&self.caller.name, self.caller.role)
             ),
-            ask,
+            &format!("{}.", capitalised(operation.ask())),
         ))
     }
 

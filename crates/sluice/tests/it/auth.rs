@@ -112,3 +112,86 @@ async fn the_initial_token_is_made_once() {
     );
     assert_eq!(second.get("/tokens").await.as_array().unwrap().len(), 1);
 }
+
+/// Every operation that changes something, with the least role it needs
+/// (the server's `access` table): one role below is refused with 403 and a
+/// message naming the role; the role itself gets past the check (to a 404
+/// or 400 here, since nothing exists).
+#[tokio::test]
+async fn each_operation_needs_its_role_and_no_more() {
+    let dir = crate::support::tempdir();
+    let server = Server::start(&dir.path().join("data"), None);
+    let mut tokens = std::collections::HashMap::new();
+    for role in ["viewer", "developer", "approver"] {
+        tokens.insert(role, server.token_for(role, role, &[]).await);
+    }
+    tokens.insert("admin", server.token.clone());
+    let below = |role: &str| match role {
+        "developer" => "viewer",
+        "approver" => "developer",
+        _ => "approver",
+    };
+    let table: &[(&str, &str, &str, serde_json::Value)] = &[
+        ("POST", "/runs/999/cancel", "developer", json!({})),
+        ("POST", "/promotions", "developer", json!({})),
+        ("POST", "/experiments/999/goals", "developer", json!({})),
+        ("POST", "/incidents", "developer", json!({})),
+        ("POST", "/incidents/999/resolve", "developer", json!({})),
+        ("PUT", "/incidents/999/postmortem", "developer", json!({})),
+        ("POST", "/messages/999/retry", "developer", json!({})),
+        ("POST", "/promotions/999/approve", "approver", json!({})),
+        ("POST", "/promotions/999/reject", "approver", json!({})),
+        (
+            "POST",
+            "/services/shop/environments/prod/rollback",
+            "approver",
+            json!({}),
+        ),
+        (
+            "POST",
+            "/services/shop/environments/prod/unpin",
+            "approver",
+            json!({}),
+        ),
+        ("POST", "/experiments/999/pause", "approver", json!({})),
+        ("POST", "/rules", "approver", json!({})),
+        ("POST", "/rules/999/disable", "approver", json!({})),
+        ("POST", "/promotions/999/override", "admin", json!({})),
+        ("POST", "/repos", "admin", json!({})),
+        ("GET", "/repos/shop/secrets", "admin", json!({})),
+        ("POST", "/tokens", "admin", json!({})),
+        ("POST", "/channels", "admin", json!({})),
+        ("DELETE", "/channels/team", "admin", json!({})),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, role, body) in table {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let send = |token: &str| {
+            let (method, token, body) = (method.clone(), token.to_string(), body.clone());
+            let server = &server;
+            async move {
+                server
+                    .request(method, path, Some(&token))
+                    .await
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        let refused = send(&tokens[below(role)]).await;
+        let status = refused.status();
+        let text = refused.text().await.unwrap();
+        if status != 403 || !text.contains(&format!("needs the {role} role")) {
+            wrong.push(format!(
+                "{method} {path} as {}: {status} {text}",
+                below(role)
+            ));
+        }
+        let allowed = send(&tokens[role]).await;
+        if allowed.status() == 403 {
+            wrong.push(format!("{method} {path} as {role}: 403"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
