@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use sluice_spec::paths::{PathEscape, inside};
+use sluice_spec::paths::inside;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -26,21 +26,6 @@ pub struct Packed {
     pub sha256: String,
     pub size: u64,
     pub path: PathBuf,
-}
-
-/// Where the artifact with this digest lives under `store_dir`; only a
-/// digest of 64 hex digits names one.
-pub fn stored_path(store_dir: &Path, sha256: &str) -> Result<PathBuf, PathEscape> {
-    if !crate::git::is_digest(sha256, 64) {
-        return Err(PathEscape {
-            parent: store_dir.display().to_string(),
-            part: sha256.chars().take(80).collect(),
-            why: "an artifact is named by its sha256, 64 hex digits",
-        });
-    }
-    Ok(store_dir
-        .join(&sha256[..2])
-        .join(format!("{sha256}.tar.gz")))
 }
 
 /// Packs `paths` (files or directories) from `workspace`; identical content
@@ -83,7 +68,8 @@ pub fn pack(workspace: &Path, paths: &[String], store_dir: &Path) -> Result<Pack
     let hashing = tar.into_inner()?.finish()?;
     hashing.inner.sync_all()?;
     let sha256 = hex::encode(hashing.hasher.finalize());
-    let path = stored_path(store_dir, &sha256).expect("a digest we computed is 64 hex digits");
+    let path = sluice_spec::artifact_in(store_dir, &sha256)
+        .expect("a digest we computed is 64 hex digits");
     std::fs::create_dir_all(path.parent().unwrap_or(store_dir))?;
     if path.exists() {
         std::fs::remove_file(&temp)?;

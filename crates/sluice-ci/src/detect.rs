@@ -6,6 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use sluice_spec::Layout;
+use sluice_spec::paths::PathEscape;
 use sluice_store::{NewChange, NewRepo, Repo, Run};
 
 use crate::{Engine, git, webhook::Announced};
@@ -42,15 +44,15 @@ fn default_name(location: &str) -> String {
 
 /// Where the server reads a repository's commits: the repository itself
 /// when local, else its mirror under the data directory.
-pub fn source_dir(data_dir: &Path, repo: &Repo) -> PathBuf {
+pub fn source_dir(data_dir: &Path, repo: &Repo) -> Result<PathBuf, PathEscape> {
     match &repo.local_path {
-        Some(path) => PathBuf::from(path),
-        None => data_dir.join("mirrors").join(format!("{}.git", repo.name)),
+        Some(path) => Ok(PathBuf::from(path)),
+        None => Layout::new(data_dir).mirror(&repo.name),
     }
 }
 
 impl Engine {
-    pub(crate) fn source_dir(&self, repo: &Repo) -> PathBuf {
+    pub(crate) fn source_dir(&self, repo: &Repo) -> Result<PathBuf, PathEscape> {
         source_dir(&self.config.data_dir, repo)
     }
 
@@ -70,11 +72,7 @@ impl Engine {
         }
         let remote = is_remote(&request.location);
         let local_path = if remote {
-            let mirror = self
-                .config
-                .data_dir
-                .join("mirrors")
-                .join(format!("{name}.git"));
+            let mirror = Layout::new(&self.config.data_dir).mirror(&name)?;
             git::update_mirror(&request.location, &mirror)
                 .await
                 .with_context(|| format!("could not fetch {}", request.location))?;
@@ -125,7 +123,7 @@ impl Engine {
             )
             .await?;
         // Existing refs are the baseline; only the mainline head gets a run now.
-        let dir = self.source_dir(&repo);
+        let dir = self.source_dir(&repo)?;
         let _guard = self.scanning.lock().await;
         for (ref_name, sha) in git::list_refs(&dir).await? {
             if self.is_mainline(&dir, &ref_name, &sha).await {
@@ -163,7 +161,7 @@ impl Engine {
     /// Compares the refs in the repository with those seen last, and queues a run for each that moved.
     pub(crate) async fn scan(&self, repo: &Repo, source: &str) -> Result<Vec<Run>> {
         let _guard = self.scanning.lock().await;
-        let dir = self.source_dir(repo);
+        let dir = self.source_dir(repo)?;
         if repo.local_path.is_none() {
             git::update_mirror(&repo.url, &dir).await?;
         }
@@ -213,7 +211,7 @@ impl Engine {
     }
 
     pub(crate) async fn accept(&self, repo: &Repo, announced: Announced) -> Result<Option<Run>> {
-        let dir = self.source_dir(repo);
+        let dir = self.source_dir(repo)?;
         if repo.local_path.is_none() && !git::has_commit(&dir, &announced.sha).await {
             git::update_mirror(&repo.url, &dir).await?;
         }
@@ -249,7 +247,7 @@ impl Engine {
         announced: Option<Announced>,
     ) -> Result<Option<Run>> {
         git::check_sha(sha)?;
-        let dir = self.source_dir(repo);
+        let dir = self.source_dir(repo)?;
         let kind = if self.is_mainline(&dir, ref_name, sha).await {
             "mainline"
         } else {

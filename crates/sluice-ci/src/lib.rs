@@ -147,8 +147,9 @@ impl Ci {
         self.engine.events.subscribe()
     }
 
-    pub fn artifacts_dir(&self) -> PathBuf {
-        self.engine.config.data_dir.join("artifacts").join("sha256")
+    /// Where things are under the data directory.
+    pub fn layout(&self) -> sluice_spec::Layout {
+        sluice_spec::Layout::new(&self.engine.config.data_dir)
     }
 
     /// Registers a repository, hooks it where it can, and queues a run of its mainline head.
@@ -187,10 +188,7 @@ impl Ci {
 
 impl Engine {
     fn workspace(&self, run_id: i64) -> PathBuf {
-        self.config
-            .data_dir
-            .join("workspaces")
-            .join(format!("run-{run_id}"))
+        sluice_spec::Layout::new(&self.config.data_dir).workspace(run_id)
     }
 
     fn emit(&self, run_id: i64, status: RunStatus) {

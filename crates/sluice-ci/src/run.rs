@@ -84,7 +84,10 @@ async fn prepare_and_run(
     let Ok(repo) = engine.store.repo_by_id(run.repo_id).await else {
         return Ending::new(RunStatus::Error, "its repository is gone".to_string());
     };
-    let source = engine.source_dir(&repo);
+    let source = match engine.source_dir(&repo) {
+        Ok(source) => source,
+        Err(escape) => return Ending::new(RunStatus::Error, escape.to_string()),
+    };
     let text = match git::show_file(&source, &run.sha, sluice_spec::SPEC_FILE).await {
         Ok(Some(text)) => text,
         Ok(None) => {
@@ -209,7 +212,7 @@ async fn prepare_and_run(
     if kind != ChangeKind::Mainline || spec.pipeline.artifact.is_empty() {
         return Ending::new(RunStatus::Success, None);
     }
-    let store_dir = engine.config.data_dir.join("artifacts").join("sha256");
+    let store_dir = sluice_spec::Layout::new(&engine.config.data_dir).artifacts();
     let paths = deployable_paths(&spec, &workspace);
     let packed =
         tokio::task::spawn_blocking(move || artifact::pack(&workspace, &paths, &store_dir)).await;
@@ -250,7 +253,8 @@ async fn prepare_and_run(
 /// (those too short to mask without garbling the log are refused when set)
 /// and the server's initial admin token.
 fn masked_values(data_dir: &std::path::Path, secrets: &BTreeMap<String, Secret>) -> Vec<String> {
-    let admin = std::fs::read_to_string(data_dir.join("initial-admin-token")).ok();
+    let admin =
+        std::fs::read_to_string(sluice_spec::Layout::new(data_dir).initial_admin_token()).ok();
     secrets
         .values()
         .map(|s| s.value.clone())

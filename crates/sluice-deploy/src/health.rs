@@ -55,22 +55,13 @@ pub struct Watch {
     pub stop: CancellationToken,
 }
 
-/// The check an instance gets when the service declares none: a TCP connect.
-fn connect_only() -> HealthCheck {
-    HealthCheck {
-        path: String::new(),
-        interval: Duration::from_millis(500),
-        timeout: Duration::from_millis(500),
-        healthy: 1,
-        unhealthy: 3,
-        incident_after: Duration::from_secs(60),
-    }
-}
-
 /// Checks the instance until `stop`; flips it healthy after `healthy` passes
 /// in a row and unhealthy after `unhealthy` failures, recording each flip.
 pub fn watch(watch: Watch) {
-    let check = watch.check.clone().unwrap_or_else(connect_only);
+    let check = watch
+        .check
+        .clone()
+        .unwrap_or_else(HealthCheck::connect_only);
     let client = reqwest::Client::builder()
         .timeout(check.timeout)
         .pool_max_idle_per_host(1)

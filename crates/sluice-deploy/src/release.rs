@@ -58,7 +58,9 @@ impl Notifier for ReleaseMaker {
 /// Whether the run's commit is still reachable from its branch: a commit
 /// amended or force-pushed away while it ran is not released.
 async fn still_on_mainline(inner: &Inner, repo: &Repo, run: &Run) -> bool {
-    let source = sluice_ci::source_dir(&inner.config.data_dir, repo);
+    let Ok(source) = sluice_ci::source_dir(&inner.config.data_dir, repo) else {
+        return false;
+    };
     match sluice_ci::git::is_ancestor(&source, &run.sha, &run.ref_name).await {
         Ok(true) => true,
         Ok(false) => {

@@ -401,9 +401,7 @@ async fn blue_green(
 }
 
 pub(crate) fn ready_timeout(spec: &Spec) -> Duration {
-    spec.run
-        .as_ref()
-        .map_or(Duration::from_secs(60), |r| r.ready_timeout)
+    sluice_spec::RunSpec::ready_timeout_of(spec.run.as_ref())
 }
 
 /// Brings an environment back to `release` after deployment `failed`:
@@ -555,7 +553,7 @@ pub(crate) async fn start_instance(
         health::Alarm {
             after: check
                 .as_ref()
-                .map_or(Duration::from_secs(60), |c| c.incident_after),
+                .map_or(sluice_spec::INCIDENT_AFTER, |c| c.incident_after),
             fire: Arc::new(move |why: String| {
                 let (inner, service, env) = (inner.clone(), service.clone(), env.clone());
                 let title = format!("{service} is unhealthy in {env}");

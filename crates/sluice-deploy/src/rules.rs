@@ -292,7 +292,9 @@ async fn changed_files(inner: &Arc<Inner>, run_id: i64, sha: &str) -> Vec<String
     let Ok(repo) = inner.store.repo_by_id(run.repo_id).await else {
         return Vec::new();
     };
-    let source = sluice_ci::source_dir(&inner.config.data_dir, &repo);
+    let Ok(source) = sluice_ci::source_dir(&inner.config.data_dir, &repo) else {
+        return Vec::new();
+    };
     sluice_ci::git::changed_files(&source, sha)
         .await
         .unwrap_or_default()
@@ -334,7 +336,7 @@ async fn probe_release(
         release.name(),
         rand::random::<u32>()
     );
-    let scratch = inner.config.data_dir.join("replays").join(&id);
+    let scratch = inner.layout.replay(&id)?;
     let (data_dir, config_dir) = (scratch.join("data"), scratch.join("config"));
     let release_dir = crate::release::unpack(&inner.layout, release).await?;
     let files = render::render(&spec, &env, &release.name(), &release_dir)?;

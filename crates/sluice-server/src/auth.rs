@@ -22,7 +22,6 @@ use crate::error::ApiError;
 
 /// How long a verified token is trusted without hashing it again.
 const CACHE_FOR: Duration = Duration::from_secs(60);
-pub const INITIAL_TOKEN_FILE: &str = "initial-admin-token";
 
 /// Who is asking, once their token checked out.
 #[derive(Clone, Debug)]
@@ -257,7 +256,7 @@ pub async fn ensure_initial_admin(
         .tokens
         .mint(&state.store, "initial-admin", Role::Admin, &[], "sluice")
         .await?;
-    let path = data_dir.join(INITIAL_TOKEN_FILE);
+    let path = sluice_spec::Layout::new(data_dir).initial_admin_token();
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

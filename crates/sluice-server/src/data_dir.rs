@@ -8,14 +8,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-/// Files no one but the server may read.
-const PRIVATE_FILES: [&str; 4] = [
-    "sluice.db",
-    "sluice.db-wal",
-    "sluice.db-shm",
-    crate::auth::INITIAL_TOKEN_FILE,
-];
-
 /// The directory's mode: as root, the instances' users (see
 /// `sluice_ci::sandbox`) must pass through it to their release
 /// and data, without listing or reading anything else: 0711. Otherwise
@@ -40,7 +32,7 @@ pub fn prepare(dir: &Path, sqlite: bool) -> Result<PathBuf> {
     let dir = dir.canonicalize()?;
     refuse_if_open(&dir, 0o066, "700")?;
     if sqlite {
-        let database = dir.join("sluice.db");
+        let database = sluice_spec::Layout::new(&dir).database();
         OpenOptions::new()
             .create(true)
             .append(true)
@@ -48,8 +40,7 @@ pub fn prepare(dir: &Path, sqlite: bool) -> Result<PathBuf> {
             .open(&database)
             .with_context(|| format!("could not create the database {}", database.display()))?;
     }
-    for name in PRIVATE_FILES {
-        let path = dir.join(name);
+    for path in sluice_spec::Layout::new(&dir).private_files() {
         if path.exists() {
             refuse_if_open(&path, 0o077, "600")?;
         }

@@ -9,6 +9,7 @@
 mod cron;
 mod diagnostic;
 mod duration;
+mod layout;
 mod model;
 mod notify;
 pub mod paths;
@@ -21,6 +22,7 @@ pub use validate::parse_goal;
 pub use cron::FreezeWindow;
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::{format_duration, parse_duration};
+pub use layout::{Layout, artifact_in};
 pub use model::*;
 pub use notify::{EVENT_KINDS, EventPattern, NotifyRoute};
 pub use rules::{ExtraCheck, RULES_FILE, Rule, RuleSpec, parse_rules};

@@ -122,6 +122,12 @@ impl ChangeKind {
     }
 }
 
+/// What `run.ready_timeout` is when not given.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// What `run.health.incident_after` is when not given (and for the
+/// connect-only check of a service that declares none).
+pub const INCIDENT_AFTER: Duration = Duration::from_secs(60);
+
 /// How one instance starts, the same in every environment.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSpec {
@@ -148,6 +154,27 @@ pub struct HealthCheck {
     pub unhealthy: u32,
     /// How long an instance may stay unhealthy before Sluice opens an incident.
     pub incident_after: Duration,
+}
+
+impl HealthCheck {
+    /// The check an instance gets when the service declares none: a TCP connect.
+    pub fn connect_only() -> HealthCheck {
+        HealthCheck {
+            path: String::new(),
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_millis(500),
+            healthy: 1,
+            unhealthy: 3,
+            incident_after: INCIDENT_AFTER,
+        }
+    }
+}
+
+impl RunSpec {
+    /// The run's ready timeout, or the default for a spec without `run`.
+    pub fn ready_timeout_of(run: Option<&RunSpec>) -> Duration {
+        run.map_or(READY_TIMEOUT, |r| r.ready_timeout)
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

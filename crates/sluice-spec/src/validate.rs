@@ -432,8 +432,11 @@ fn run_spec(c: &mut Checker, raw: RawRun) -> RunSpec {
         }
         let interval = c.duration(&h.interval, "interval", Duration::from_secs(2));
         let timeout = c.duration(&h.timeout, "timeout", Duration::from_secs(1));
-        let incident_after =
-            c.duration(&h.incident_after, "incident_after", Duration::from_secs(60));
+        let incident_after = c.duration(
+            &h.incident_after,
+            "incident_after",
+            crate::model::INCIDENT_AFTER,
+        );
         if let Some(node) = &h.timeout
             && timeout > interval
         {
@@ -505,7 +508,11 @@ fn run_spec(c: &mut Checker, raw: RawRun) -> RunSpec {
     RunSpec {
         ports,
         secrets,
-        ready_timeout: c.duration(&raw.ready_timeout, "ready_timeout", Duration::from_secs(60)),
+        ready_timeout: c.duration(
+            &raw.ready_timeout,
+            "ready_timeout",
+            crate::model::READY_TIMEOUT,
+        ),
         command: raw.command.value,
         health,
         config_files: raw
@@ -1410,12 +1417,12 @@ fn ab_strategy(c: &mut Checker, raw: &RawAb) -> AbStrategy {
         min_effect,
         warm_up_requests: raw.warm_up_requests.unwrap_or(defaults.warm_up_requests),
         steps,
-        min_requests: raw.min_requests.unwrap_or(1000),
-        min_duration: c.duration(&raw.min_duration, "min_duration", Duration::from_secs(60)),
-        max_step: c.duration(&raw.max_step, "max_step", Duration::from_secs(600)),
+        min_requests: raw.min_requests.unwrap_or(defaults.min_requests),
+        min_duration: c.duration(&raw.min_duration, "min_duration", defaults.min_duration),
+        max_step: c.duration(&raw.max_step, "max_step", defaults.max_step),
         sticky,
         metrics,
-        allow_force: raw.allow_force.unwrap_or(false),
+        allow_force: raw.allow_force.unwrap_or(defaults.allow_force),
     }
 }
 

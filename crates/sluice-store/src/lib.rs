@@ -135,7 +135,10 @@ impl Store {
 
     /// The SQLite database file under a data directory, created if missing.
     pub fn sqlite_url(data_dir: &Path) -> String {
-        format!("sqlite://{}?mode=rwc", data_dir.join("sluice.db").display())
+        format!(
+            "sqlite://{}?mode=rwc",
+            sluice_spec::Layout::new(data_dir).database().display()
+        )
     }
 
     pub async fn close(&self) {

@@ -17,9 +17,11 @@ impl Client {
     /// The token comes from `--token`/`SLUICE_TOKEN`, else the data directory's initial admin token.
     pub fn new(global: &Global) -> Self {
         let token = global.token.clone().or_else(|| {
-            std::fs::read_to_string(global.data_dir.join("initial-admin-token"))
-                .ok()
-                .map(|t| t.trim().to_string())
+            std::fs::read_to_string(
+                sluice_spec::Layout::new(&global.data_dir).initial_admin_token(),
+            )
+            .ok()
+            .map(|t| t.trim().to_string())
         });
         Client {
             http: reqwest::Client::new(),

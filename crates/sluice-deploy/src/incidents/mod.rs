@@ -560,7 +560,9 @@ async fn release_diff(
     let Ok(repo) = inner.store.repo_by_id(release.repo_id).await else {
         return diff;
     };
-    let source = sluice_ci::source_dir(&inner.config.data_dir, &repo);
+    let Ok(source) = sluice_ci::source_dir(&inner.config.data_dir, &repo) else {
+        return diff;
+    };
     let git = async |args: &[&str]| sluice_ci::git::git(&source, args).await.ok();
     let lines = |text: String| text.lines().map(str::to_string).collect::<Vec<_>>();
     let range = match previous {

@@ -21,11 +21,10 @@ pub async fn download(
     _caller: Caller,
     Path(sha256): Path<String>,
 ) -> ApiResult<Response> {
-    let path =
-        sluice_ci::artifact::stored_path(&state.ci.artifacts_dir(), &sha256).map_err(|e| {
-            ApiError::bad_request(e.to_string())
-                .with_hint("give the 64 hex digits a run's `artifact_sha256` shows")
-        })?;
+    let path = state.ci.layout().artifact(&sha256).map_err(|e| {
+        ApiError::bad_request(e.to_string())
+            .with_hint("give the 64 hex digits a run's `artifact_sha256` shows")
+    })?;
     let artifact = state
         .store
         .artifact(&sha256)

@@ -42,8 +42,8 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
         writeln!(
             out,
             "initial admin token (shown once; also in {}):",
-            data_dir
-                .join(sluice_server::auth::INITIAL_TOKEN_FILE)
+            sluice_spec::Layout::new(&data_dir)
+                .initial_admin_token()
                 .display()
         )?;
         writeln!(out, "  {token}")?;

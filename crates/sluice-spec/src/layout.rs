@@ -1,10 +1,12 @@
-//! Where continuous deployment keeps things under the data directory. Every
-//! path made from a name goes through [`inside`], so a name can never point
-//! outside the directory it belongs in.
+//! Where Sluice keeps things under its data directory: the store, CI's
+//! mirrors, workspaces and artifacts, releases, environments and replays.
+//! Every path under it is made here, and every path made from a name goes
+//! through [`inside`], so a name can never point outside the directory it
+//! belongs in.
 
 use std::path::{Path, PathBuf};
 
-use sluice_spec::paths::{PathEscape, inside};
+use crate::paths::{PathEscape, inside};
 
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -20,8 +22,60 @@ impl Layout {
         }
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The SQLite database, when the store is not PostgreSQL.
+    pub fn database(&self) -> PathBuf {
+        self.root.join("sluice.db")
+    }
+
+    /// Files no one but the server may read: the database with SQLite's
+    /// journal files (secrets, token digests) and the first admin token.
+    pub fn private_files(&self) -> [PathBuf; 4] {
+        let database = self.database();
+        let beside = |suffix: &str| {
+            let mut name = database.clone().into_os_string();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        [
+            beside("-wal"),
+            beside("-shm"),
+            self.initial_admin_token(),
+            database.clone(),
+        ]
+    }
+
+    /// The first admin token, readable by the server's user only.
+    pub fn initial_admin_token(&self) -> PathBuf {
+        self.root.join("initial-admin-token")
+    }
+
+    /// A remote repository's mirror, which the server reads commits from.
+    pub fn mirror(&self, repo: &str) -> Checked {
+        inside(&self.root.join("mirrors"), &format!("{repo}.git"))
+    }
+
+    /// The checkout a CI run works in.
+    pub fn workspace(&self, run_id: i64) -> PathBuf {
+        self.root.join("workspaces").join(format!("run-{run_id}"))
+    }
+
+    /// Where artifacts are kept, each once, by their sha256.
+    pub fn artifacts(&self) -> PathBuf {
+        self.root.join("artifacts").join("sha256")
+    }
+
+    /// The artifact with this digest; only 64 hex digits name one.
     pub fn artifact(&self, sha256: &str) -> Checked {
-        sluice_ci::artifact::stored_path(&self.root.join("artifacts").join("sha256"), sha256)
+        artifact_in(&self.artifacts(), sha256)
+    }
+
+    /// A rule replay's scratch directory: its copy of the data, its instance.
+    pub fn replay(&self, id: &str) -> Checked {
+        inside(&self.root.join("replays"), id)
     }
 
     /// A release's files, unpacked once: `releases/SERVICE/vN`.
@@ -80,6 +134,20 @@ impl Layout {
     }
 }
 
+/// Where the artifact with this digest lives under `store_dir`.
+pub fn artifact_in(store_dir: &Path, sha256: &str) -> Checked {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(PathEscape {
+            parent: store_dir.display().to_string(),
+            part: sha256.chars().take(80).collect(),
+            why: "an artifact is named by its sha256, 64 hex digits",
+        });
+    }
+    Ok(store_dir
+        .join(&sha256[..2])
+        .join(format!("{sha256}.tar.gz")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +168,7 @@ mod tests {
         assert!(layout.instance_log("shop", "prod", "../../../x").is_err());
         assert!(layout.instance_workdir("shop", "prod", "../data").is_err());
         assert!(layout.artifact("../../../../etc/passwd").is_err());
+        assert!(layout.mirror("../x").is_err());
+        assert!(layout.replay("..").is_err());
     }
 }
