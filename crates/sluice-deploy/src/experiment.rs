@@ -3,6 +3,7 @@
 //! sticky split, judged every second by the analysis; promoted at 100%,
 //! rolled back by itself when worse, held for a person when inconclusive.
 
+use sluice_store::{DeploymentCause, DeploymentStatus, ExperimentStatus};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,7 +45,7 @@ pub(crate) async fn run(
     ab: &AbStrategy,
     baseline_id: i64,
     overrides: BTreeMap<String, String>,
-    cause: &str,
+    cause: DeploymentCause,
     actor: &str,
 ) -> Result<(i64, Outcome)> {
     let ab = &ramp(ab);
@@ -72,7 +73,7 @@ pub(crate) async fn run(
                 .store
                 .finish_deployment(
                     deployment,
-                    "rolled_back",
+                    DeploymentStatus::RolledBack,
                     Some(&format!("B never became healthy: {why}")),
                 )
                 .await?;
@@ -292,7 +293,7 @@ pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome
                 .store
                 .update_experiment(
                     x.id,
-                    "aborted",
+                    ExperimentStatus::Aborted,
                     x.step,
                     0,
                     now_ms(),
@@ -304,7 +305,7 @@ pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome
                 .await?;
             inner
                 .store
-                .finish_deployment(deployment, "failed", Some(&why))
+                .finish_deployment(deployment, DeploymentStatus::Failed, Some(&why))
                 .await?;
             return Ok(Outcome::Failed(why));
         }
@@ -330,12 +331,12 @@ pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome
         let kept = inner.store.experiment_users(x.id).await.unwrap_or_default();
         tracker.restore(kept.into_iter().map(goals::from_row));
     }
-    looker.paused = x.status == "paused";
-    looker.held = x.status == "held";
+    looker.paused = x.status == ExperimentStatus::Paused;
+    looker.held = x.status == ExperimentStatus::Held;
     let status = if looker.paused || looker.held {
-        x.status.as_str()
+        x.status
     } else {
-        "running"
+        ExperimentStatus::Running
     };
     let reason = format!(
         "the server restarted; the experiment goes on at {}% with fresh evidence",
@@ -519,7 +520,7 @@ impl Looker {
                         self.id,
                         self.b.name()
                     );
-                    self.record("held", "experiment.held", record, &summary)
+                    self.record(ExperimentStatus::Held, "experiment.held", record, &summary)
                         .await;
                 }
                 None
@@ -528,7 +529,10 @@ impl Looker {
             goals::TestStep::Conclude(reason) => {
                 record["action"] = json!("conclude");
                 record["reason"] = json!(reason);
-                Some(self.roll_back("concluded", &reason, record).await)
+                Some(
+                    self.roll_back(ExperimentStatus::Concluded, &reason, record)
+                        .await,
+                )
             }
         }
     }
@@ -591,7 +595,7 @@ impl Looker {
             Command::Pause => {
                 self.paused = true;
                 self.record(
-                    "paused",
+                    ExperimentStatus::Paused,
                     "experiment.paused",
                     json!({ "action": "pause", "reason": "paused by a person" }),
                     "paused by a person",
@@ -604,7 +608,7 @@ impl Looker {
                 self.held = false;
                 self.step_started = Instant::now();
                 self.record(
-                    "running",
+                    ExperimentStatus::Running,
                     "experiment.resumed",
                     json!({ "action": "resume", "reason": "resumed by a person" }),
                     "resumed by a person",
@@ -615,7 +619,7 @@ impl Looker {
             Command::Promote => Some(self.promote(&format!("promoted by {actor}")).await),
             Command::Abort => Some(
                 self.roll_back(
-                    "aborted",
+                    ExperimentStatus::Aborted,
                     "aborted by a person",
                     json!({ "action": "abort", "reason": "aborted by a person" }),
                 )
@@ -660,7 +664,7 @@ impl Looker {
                     let mut record = record;
                     record["action"] = json!("broken");
                     record["reason"] = json!(why);
-                    return Some(self.roll_back("broken", &why, record).await);
+                    return Some(self.roll_back(ExperimentStatus::Broken, &why, record).await);
                 }
                 if self.holding_test() {
                     return self.test_verdict(&goals, record).await;
@@ -678,16 +682,19 @@ impl Looker {
                         self.weight(),
                         decision.reason
                     );
-                    self.record("held", "experiment.held", record, &summary)
+                    self.record(ExperimentStatus::Held, "experiment.held", record, &summary)
                         .await;
                 }
                 None
             }
             Action::Rollback => Some(
-                self.roll_back("rolled_back", &decision.reason, record)
+                self.roll_back(ExperimentStatus::RolledBack, &decision.reason, record)
                     .await,
             ),
-            Action::Broken => Some(self.roll_back("broken", &decision.reason, record).await),
+            Action::Broken => Some(
+                self.roll_back(ExperimentStatus::Broken, &decision.reason, record)
+                    .await,
+            ),
             Action::Advance if self.step + 1 >= self.ab.steps.len() => {
                 Some(self.promote(&decision.reason).await)
             }
@@ -711,8 +718,13 @@ impl Looker {
                     "experiment {}: B from {from}% to {to}%: {}",
                     self.id, decision.reason
                 );
-                self.record("running", "experiment.step", record, &summary)
-                    .await;
+                self.record(
+                    ExperimentStatus::Running,
+                    "experiment.step",
+                    record,
+                    &summary,
+                )
+                .await;
                 None
             }
         }
@@ -746,7 +758,13 @@ impl Looker {
         self.step_b_requests += w.b.requests;
     }
 
-    async fn record(&self, status: &str, kind: &str, decision: serde_json::Value, summary: &str) {
+    async fn record(
+        &self,
+        status: ExperimentStatus,
+        kind: &str,
+        decision: serde_json::Value,
+        summary: &str,
+    ) {
         let weight_bp = (self.weight() * 100.0) as i64;
         let started = now_ms() - self.step_started.elapsed().as_millis() as i64;
         if let Err(e) = self
@@ -782,26 +800,36 @@ impl Looker {
             self.b.name(),
             self.env.name
         );
-        self.record("promoted", "experiment.promoted", decision, &summary)
-            .await;
+        self.record(
+            ExperimentStatus::Promoted,
+            "experiment.promoted",
+            decision,
+            &summary,
+        )
+        .await;
         self.report().await;
         self.forget_users().await;
-        let deployed =
-            rollout::deploy_locked_boxed(&inner, &self.b, &self.env.name, "experiment", "sluice")
-                .await;
+        let deployed = rollout::deploy_locked_boxed(
+            &inner,
+            &self.b,
+            &self.env.name,
+            DeploymentCause::Experiment,
+            "sluice",
+        )
+        .await;
         let (status, reason, outcome) = match deployed {
             Ok((id, Outcome::Succeeded)) => (
-                "succeeded",
+                DeploymentStatus::Succeeded,
                 format!("promoted; deployed on the environment's data by deployment {id}"),
                 Outcome::Succeeded,
             ),
             Ok((id, other)) => (
-                "rolled_back",
+                DeploymentStatus::RolledBack,
                 format!("promoted, but deployment {id} on the environment's data did not succeed"),
                 other,
             ),
             Err(e) => (
-                "failed",
+                DeploymentStatus::Failed,
                 format!("promoted, but it could not be deployed: {e:#}"),
                 Outcome::Failed(format!("{e:#}")),
             ),
@@ -882,26 +910,36 @@ impl Looker {
             self.id,
             self.b.name()
         );
-        self.record("promoted", "experiment.promoted", decision, &summary)
-            .await;
+        self.record(
+            ExperimentStatus::Promoted,
+            "experiment.promoted",
+            decision,
+            &summary,
+        )
+        .await;
         self.report().await;
         self.forget_users().await;
         let _ = inner
             .store
-            .finish_deployment(self.deployment, "succeeded", None)
+            .finish_deployment(self.deployment, DeploymentStatus::Succeeded, None)
             .await;
         Outcome::Succeeded
     }
 
     /// All requests back to A; B drains and stops.
-    async fn roll_back(&mut self, status: &str, why: &str, decision: serde_json::Value) -> Outcome {
+    async fn roll_back(
+        &mut self,
+        status: ExperimentStatus,
+        why: &str,
+        decision: serde_json::Value,
+    ) -> Outcome {
         let inner = self.inner.clone();
         let env = self.env.name.clone();
         self.stop_b().await;
         let summary = format!(
             "experiment {} {} {} in {env} at {}%: {why}",
             self.id,
-            status.replace('_', " "),
+            status.as_str().replace('_', " "),
             self.b.name(),
             self.weight()
         );
@@ -911,11 +949,15 @@ impl Looker {
         self.forget_users().await;
         let _ = inner
             .store
-            .finish_deployment(self.deployment, "rolled_back", Some(why))
+            .finish_deployment(self.deployment, DeploymentStatus::RolledBack, Some(why))
             .await;
-        let why = format!("experiment {} {}: {why}", self.id, status.replace('_', " "));
+        let why = format!(
+            "experiment {} {}: {why}",
+            self.id,
+            status.as_str().replace('_', " ")
+        );
         // A person's abort and a test that kept A are no failure of B's.
-        if status == "aborted" || status == "concluded" {
+        if status == ExperimentStatus::Aborted || status == ExperimentStatus::Concluded {
             Outcome::Aborted(why)
         } else {
             Outcome::RolledBack(why)

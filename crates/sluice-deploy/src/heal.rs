@@ -2,6 +2,8 @@
 //! no deployment or experiment under way, is brought back to its release by
 //! itself, as a deployment (cause `heal`) with an incident.
 
+use sluice_store::DeploymentCause;
+use sluice_store::DeploymentStatus;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,7 +83,7 @@ async fn heal(inner: &Arc<Inner>, state: &EnvState) -> anyhow::Result<()> {
             release: &release,
             previous: Some(release.id),
             strategy: "rolling",
-            cause: "heal",
+            cause: DeploymentCause::Heal,
             actor: "sluice",
         })
         .await?;
@@ -94,8 +96,14 @@ async fn heal(inner: &Arc<Inner>, state: &EnvState) -> anyhow::Result<()> {
     let route = inner.route(&state.service, &env).await?;
     let result = top_up(inner, &release, &spec, &env, &route, running, id).await;
     let (status, reason) = match &result {
-        Ok(()) => ("succeeded", format!("healed: {why}; started {missing}")),
-        Err(e) => ("failed", format!("could not heal: {why}; {e:#}")),
+        Ok(()) => (
+            DeploymentStatus::Succeeded,
+            format!("healed: {why}; started {missing}"),
+        ),
+        Err(e) => (
+            DeploymentStatus::Failed,
+            format!("could not heal: {why}; {e:#}"),
+        ),
     };
     inner
         .store

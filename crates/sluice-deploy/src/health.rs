@@ -3,6 +3,7 @@
 //! driving whether the proxy may send it requests; a check that keeps
 //! failing raises an alarm (an incident).
 
+use sluice_store::InstanceState;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,8 +93,12 @@ pub fn watch(watch: Watch) {
             if let Some(healthy) = flip {
                 backend.set_healthy(healthy);
                 interval = check.interval;
-                let state = if healthy { "healthy" } else { "unhealthy" };
-                tracing::info!(instance = %backend.id, state, "health changed");
+                let state = if healthy {
+                    InstanceState::Healthy
+                } else {
+                    InstanceState::Unhealthy
+                };
+                tracing::info!(instance = %backend.id, %state, "health changed");
                 let _ = watch.store.set_instance_state(&backend.id, state).await;
                 // Starting up is not news; losing health after serving is, and so is getting it back.
                 if served {

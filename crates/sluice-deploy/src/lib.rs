@@ -24,6 +24,7 @@ mod traffic;
 mod view;
 mod workdir;
 
+use sluice_store::DeploymentCause;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -395,7 +396,7 @@ impl Cd {
                 &ab,
                 baseline,
                 overrides,
-                "experiment",
+                DeploymentCause::Experiment,
                 &actor,
             )
             .await
@@ -543,7 +544,7 @@ impl Cd {
     pub async fn set_incident_status(
         &self,
         id: i64,
-        status: &str,
+        status: sluice_store::IncidentStatus,
         note: Option<&str>,
         actor: &Actor,
     ) -> CdResult<sluice_store::Incident> {

@@ -2,6 +2,9 @@
 //! decide, approvals, rejections and freeze overrides, and the gatekeeper
 //! that lets a blocked promotion proceed by itself once its gates clear.
 
+use sluice_store::DeploymentCause;
+use sluice_store::DeploymentStatus;
+use sluice_store::PromotionStatus;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -87,8 +90,8 @@ async fn default_release(inner: &Arc<Inner>, service: &str, to: &str) -> CdResul
 
 pub(crate) async fn view(inner: &Arc<Inner>, id: i64) -> CdResult<PromotionView> {
     let promotion = inner.store.promotion(id).await?;
-    let gates = match promotion.status.as_str() {
-        "pending" => gates_of(inner, &promotion).await?,
+    let gates = match promotion.status {
+        PromotionStatus::Pending => gates_of(inner, &promotion).await?,
         _ => Vec::new(),
     };
     Ok(PromotionView { promotion, gates })
@@ -136,8 +139,13 @@ async fn gates_of(inner: &Arc<Inner>, promotion: &Promotion) -> CdResult<Vec<Gat
             .into_iter()
             .filter(|d| d.release == release.number)
             .max_by_key(|d| d.created_at)
-            .filter(|d| matches!(d.status.as_str(), "rolled_back" | "failed"))
-            .map(|d| d.reason.unwrap_or_else(|| d.status.clone())),
+            .filter(|d| {
+                matches!(
+                    d.status,
+                    DeploymentStatus::RolledBack | DeploymentStatus::Failed
+                )
+            })
+            .map(|d| d.reason.unwrap_or_else(|| d.status.to_string())),
         None => None,
     };
     let jobs: BTreeMap<String, String> = inner
@@ -204,7 +212,7 @@ async fn gates_of(inner: &Arc<Inner>, promotion: &Promotion) -> CdResult<Vec<Gat
 pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
     let _one_at_a_time = inner.advancing.lock().await;
     let promotion = inner.store.promotion(id).await?;
-    if promotion.status != "pending" {
+    if promotion.status != PromotionStatus::Pending {
         return Ok(());
     }
     let checks = gates_of(inner, &promotion).await?;
@@ -229,21 +237,27 @@ pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
         };
         inner
             .store
-            .set_promotion_status(id, "pending", Some(&closed.gate), Some(&reason), "sluice")
+            .set_promotion_status(
+                id,
+                PromotionStatus::Pending,
+                Some(&closed.gate),
+                Some(&reason),
+                "sluice",
+            )
             .await?;
         return Ok(());
     }
     inner
         .store
-        .set_promotion_status(id, "deploying", None, None, "sluice")
+        .set_promotion_status(id, PromotionStatus::Deploying, None, None, "sluice")
         .await?;
     let release = inner.store.release_by_id(promotion.release_id).await?;
     let inner = inner.clone();
     tokio::spawn(async move {
         let cause = if promotion.requested_by == "sluice" {
-            "auto"
+            DeploymentCause::Auto
         } else {
-            "promotion"
+            DeploymentCause::Promotion
         };
         let result = rollout::deploy(
             &inner,
@@ -280,9 +294,9 @@ pub(crate) async fn settle(
         let _ = inner.store.set_promotion_deployment(id, deployment).await;
     }
     let (status, reason) = match &outcome {
-        Outcome::Succeeded => ("done", None),
+        Outcome::Succeeded => (PromotionStatus::Done, None),
         Outcome::RolledBack(why) | Outcome::Failed(why) | Outcome::Aborted(why) => {
-            ("failed", Some(why.clone()))
+            (PromotionStatus::Failed, Some(why.clone()))
         }
     };
     let _ = inner
@@ -297,7 +311,7 @@ pub(crate) async fn settle(
         &outcome,
     )
     .await;
-    if status == "done" {
+    if status == PromotionStatus::Done {
         auto_deploy(inner, release, Some(&promotion.environment)).await;
     }
 }
@@ -333,7 +347,7 @@ pub(crate) fn auto_deploy<'a>(
 
 pub(crate) async fn approve(inner: &Arc<Inner>, id: i64, actor: &Actor) -> CdResult<PromotionView> {
     let promotion = inner.store.promotion(id).await?;
-    if promotion.status != "pending" {
+    if promotion.status != PromotionStatus::Pending {
         return Err(CdError::Conflict(format!(
             "promotion {id} is {}; only pending promotions take approvals",
             promotion.status
@@ -377,7 +391,7 @@ pub(crate) async fn reject(
     actor: &Actor,
 ) -> CdResult<PromotionView> {
     let promotion = inner.store.promotion(id).await?;
-    if promotion.status != "pending" {
+    if promotion.status != PromotionStatus::Pending {
         return Err(CdError::Conflict(format!(
             "promotion {id} is {}; only pending promotions can be rejected",
             promotion.status
@@ -392,7 +406,7 @@ pub(crate) async fn reject(
         .store
         .set_promotion_status(
             id,
-            "rejected",
+            PromotionStatus::Rejected,
             None,
             Some(&format!("rejected by {}: {reason}", actor.name)),
             &actor.name,
@@ -413,7 +427,7 @@ pub(crate) async fn override_freeze(
         ));
     }
     let promotion = inner.store.promotion(id).await?;
-    if promotion.status != "pending" {
+    if promotion.status != PromotionStatus::Pending {
         return Err(CdError::Conflict(format!(
             "promotion {id} is {}",
             promotion.status
@@ -437,7 +451,10 @@ pub(crate) async fn gatekeeper(inner: Arc<Inner>) {
         let Ok(open) = inner.store.promotions(None, true, 1000).await else {
             continue;
         };
-        for promotion in open.into_iter().filter(|p| p.status == "pending") {
+        for promotion in open
+            .into_iter()
+            .filter(|p| p.status == PromotionStatus::Pending)
+        {
             if let Err(e) = advance(&inner, promotion.id).await {
                 tracing::warn!(promotion = promotion.id, error = %e, "could not look at the promotion's gates");
             }

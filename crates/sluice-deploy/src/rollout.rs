@@ -2,6 +2,7 @@
 //! that no request fails, and going back to the previous release by itself
 //! when the new one does not become healthy in time.
 
+use sluice_store::{DeploymentCause, DeploymentStatus, InstanceState, PromotionStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,12 +45,12 @@ pub(crate) async fn deploy(
     inner: &Arc<Inner>,
     release: &Release,
     env: &str,
-    cause: &str,
+    cause: DeploymentCause,
     actor: &str,
 ) -> Result<(i64, Outcome)> {
     // What automation asked for gives way to a newer release asked for the
     // same way; a rollback, a restart or healing does not.
-    let give_way = matches!(cause, "auto" | "promotion");
+    let give_way = cause.gives_way();
     if give_way {
         inner.want(&release.service, env, release.number);
     }
@@ -72,7 +73,7 @@ pub(crate) fn deploy_locked_boxed<'a>(
     inner: &'a Arc<Inner>,
     release: &'a Release,
     env: &'a str,
-    cause: &'a str,
+    cause: DeploymentCause,
     actor: &'a str,
 ) -> Deploying<'a> {
     Box::pin(deploy_locked(inner, release, env, cause, actor, false))
@@ -82,7 +83,7 @@ async fn deploy_locked(
     inner: &Arc<Inner>,
     release: &Release,
     env: &str,
-    cause: &str,
+    cause: DeploymentCause,
     actor: &str,
     give_way: bool,
 ) -> Result<(i64, Outcome)> {
@@ -93,7 +94,7 @@ async fn deploy_locked(
     // A release promoted into an `ab` environment that runs one already is an experiment.
     if let Strategy::Ab(ab) = &environment.strategy
         && let Some(baseline) = previous
-        && matches!(cause, "auto" | "promotion")
+        && cause.gives_way()
     {
         return crate::experiment::run(
             inner,
@@ -143,7 +144,10 @@ async fn deploy_locked(
                 .store
                 .set_env_release(&release.service, env, release, actor, "env.release")
                 .await?;
-            inner.store.finish_deployment(id, "succeeded", None).await?;
+            inner
+                .store
+                .finish_deployment(id, DeploymentStatus::Succeeded, None)
+                .await?;
             Outcome::Succeeded
         }
         Err(e) => {
@@ -161,7 +165,7 @@ async fn deploy_locked(
                     };
                     inner
                         .store
-                        .finish_deployment(id, "rolled_back", Some(&reason))
+                        .finish_deployment(id, DeploymentStatus::RolledBack, Some(&reason))
                         .await?;
                     Outcome::RolledBack(reason)
                 }
@@ -169,7 +173,7 @@ async fn deploy_locked(
                     stop_deployment(inner, &release.service, env, id).await;
                     inner
                         .store
-                        .finish_deployment(id, "failed", Some(&why))
+                        .finish_deployment(id, DeploymentStatus::Failed, Some(&why))
                         .await?;
                     Outcome::Failed(why)
                 }
@@ -525,7 +529,7 @@ pub(crate) async fn start_instance(
         port: port.into(),
         pid: None,
         start_ticks: None,
-        state: "starting".into(),
+        state: InstanceState::Starting,
         restarts: 0,
         config_hash: render::config_hash(&env.config, &files),
         created_at: 0,
@@ -833,7 +837,7 @@ async fn drain_then_stop(
 pub(crate) async fn drain(inner: &Arc<Inner>, route: &Route, live: &Live) {
     let _ = inner
         .store
-        .set_instance_state(&live.backend.id, "draining")
+        .set_instance_state(&live.backend.id, InstanceState::Draining)
         .await;
     if !route
         .drain(&live.backend.id, inner.config.drain_timeout)
@@ -851,7 +855,7 @@ pub(crate) async fn stop_instance(inner: &Arc<Inner>, route: &Route, live: &Live
     remove_workdir(inner, &live.service, &live.env, &live.backend.id).await;
     let _ = inner
         .store
-        .set_instance_state(&live.backend.id, "stopped")
+        .set_instance_state(&live.backend.id, InstanceState::Stopped)
         .await;
 }
 
@@ -931,7 +935,12 @@ pub(crate) async fn rollback(
         None => {
             let history = inner
                 .store
-                .deployments(Some(service), Some(env), Some("succeeded"), 1000)
+                .deployments(
+                    Some(service),
+                    Some(env),
+                    Some(DeploymentStatus::Succeeded),
+                    1000,
+                )
                 .await?;
             let previous = history
                 .iter()
@@ -945,7 +954,7 @@ pub(crate) async fn rollback(
         }
     };
     // Rolling back to the release that runs redeploys it: fresh instances.
-    let (id, outcome) = deploy(inner, &target, env, "rollback", &actor.name).await?;
+    let (id, outcome) = deploy(inner, &target, env, DeploymentCause::Rollback, &actor.name).await?;
     inner
         .store
         .set_pinned(
@@ -979,7 +988,7 @@ impl Inner {
         }
         for instance in self.store.live_instances(None, None).await? {
             self.store
-                .set_instance_state(&instance.id, "stopped")
+                .set_instance_state(&instance.id, InstanceState::Stopped)
                 .await?;
             remove_workdir(self, &instance.service, &instance.environment, &instance.id).await;
         }
@@ -994,7 +1003,7 @@ impl Inner {
             .collect();
         for deployment in self
             .store
-            .deployments(None, None, Some("running"), 1000)
+            .deployments(None, None, Some(DeploymentStatus::Running), 1000)
             .await?
             .into_iter()
             .filter(|d| !open.iter().any(|x| x.deployment_id == Some(d.id)))
@@ -1002,7 +1011,7 @@ impl Inner {
             self.store
                 .finish_deployment(
                     deployment.id,
-                    "failed",
+                    DeploymentStatus::Failed,
                     Some("interrupted: the server stopped during the deployment"),
                 )
                 .await?;
@@ -1013,11 +1022,11 @@ impl Inner {
                     && x.environment == promotion.environment
                     && x.release_id == promotion.release_id
             });
-            if promotion.status == "deploying" && !experimenting {
+            if promotion.status == PromotionStatus::Deploying && !experimenting {
                 self.store
                     .set_promotion_status(
                         promotion.id,
-                        "pending",
+                        PromotionStatus::Pending,
                         None,
                         Some("the server restarted during its deployment"),
                         "sluice",
@@ -1040,7 +1049,15 @@ impl Inner {
             let Ok(release) = self.store.release_by_id(release_id).await else {
                 continue;
             };
-            match deploy(self, &release, &state.name, "reconcile", "sluice").await {
+            match deploy(
+                self,
+                &release,
+                &state.name,
+                DeploymentCause::Reconcile,
+                "sluice",
+            )
+            .await
+            {
                 Ok((_, Outcome::Succeeded)) => {
                     tracing::info!(service = %state.service, env = %state.name, release = %release.name(), "reconciled")
                 }
@@ -1080,7 +1097,7 @@ impl Inner {
             .ok()
             .and_then(|all| {
                 all.into_iter().find(|p| {
-                    p.status == "deploying"
+                    p.status == PromotionStatus::Deploying
                         && p.environment == x.environment
                         && p.release_id == x.release_id
                 })

@@ -33,7 +33,7 @@ pub struct EnvStatus {
 pub struct InstanceStatus {
     pub id: String,
     pub release: i64,
-    pub state: String,
+    pub state: sluice_store::InstanceState,
     pub healthy: bool,
     pub port: i64,
     pub pid: Option<i64>,
@@ -44,7 +44,7 @@ pub struct InstanceStatus {
 pub struct PendingPromotion {
     pub id: i64,
     pub release: i64,
-    pub status: String,
+    pub status: sluice_store::PromotionStatus,
     pub blocked_by: Option<String>,
     pub reason: Option<String>,
 }
@@ -130,7 +130,7 @@ fn pending(
         .map(|p| PendingPromotion {
             id: p.id,
             release: p.release,
-            status: p.status.clone(),
+            status: p.status,
             blocked_by: p.blocked_by.clone(),
             reason: p.reason.clone(),
         })

@@ -5,6 +5,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, FromRow};
 
 use crate::changelog::append_with;
+use crate::status::*;
 use crate::{NewChangeEvent, Result, Run, Store, StoreError, now_ms};
 
 /// An immutable, numbered bundle: a green mainline run's artifact and the
@@ -69,11 +70,11 @@ pub struct Deployment {
     pub release: i64,
     pub previous_release_id: Option<i64>,
     pub strategy: String,
-    /// `auto`, `promotion`, `rollback` or `reconcile`.
-    pub cause: String,
+    #[sqlx(try_from = "String")]
+    pub cause: DeploymentCause,
     pub actor: String,
-    /// `running`, `succeeded`, `failed` or `rolled_back`.
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: DeploymentStatus,
     pub reason: Option<String>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
@@ -86,8 +87,7 @@ pub struct NewDeployment<'a> {
     pub release: &'a Release,
     pub previous: Option<i64>,
     pub strategy: &'a str,
-    /// `auto`, `promotion`, `rollback` or `reconcile`.
-    pub cause: &'a str,
+    pub cause: DeploymentCause,
     pub actor: &'a str,
 }
 
@@ -101,8 +101,8 @@ pub struct Instance {
     pub port: i64,
     pub pid: Option<i64>,
     pub start_ticks: Option<i64>,
-    /// `starting`, `healthy`, `unhealthy`, `draining`, `stopped`.
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: InstanceState,
     pub restarts: i64,
     pub config_hash: String,
     pub created_at: i64,
@@ -117,8 +117,8 @@ pub struct Promotion {
     pub release_id: i64,
     pub release: i64,
     pub requested_by: String,
-    /// `pending` (gates not yet clear), `deploying`, `done`, `failed`, `rejected`.
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: PromotionStatus,
     pub blocked_by: Option<String>,
     pub reason: Option<String>,
     pub override_by: Option<String>,
@@ -409,7 +409,7 @@ impl Store {
         .bind(release.id)
         .bind(previous)
         .bind(strategy)
-        .bind(cause)
+        .bind(cause.as_str())
         .bind(actor)
         .bind(now_ms())
         .fetch_one(&mut *tx)
@@ -433,12 +433,12 @@ impl Store {
     pub async fn finish_deployment(
         &self,
         id: i64,
-        status: &str,
+        status: DeploymentStatus,
         reason: Option<&str>,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         sqlx::query("UPDATE deployments SET status = $1, reason = $2, finished_at = $3 WHERE id = $4 AND status = 'running'")
-            .bind(status)
+            .bind(status.as_str())
             .bind(reason)
             .bind(now_ms())
             .bind(id)
@@ -487,7 +487,7 @@ impl Store {
         &self,
         service: Option<&str>,
         env: Option<&str>,
-        status: Option<&str>,
+        status: Option<DeploymentStatus>,
         limit: i64,
     ) -> Result<Vec<Deployment>> {
         Ok(sqlx::query_as(AssertSqlSafe(format!(
@@ -496,7 +496,7 @@ impl Store {
         )))
         .bind(service)
         .bind(env)
-        .bind(status)
+        .bind(status.map(DeploymentStatus::as_str))
         .bind(if limit > 0 { limit } else { 100 })
         .fetch_all(&self.pool)
         .await?)
@@ -512,7 +512,7 @@ impl Store {
         .bind(&instance.environment)
         .bind(instance.release_id)
         .bind(instance.port)
-        .bind(&instance.state)
+        .bind(instance.state.as_str())
         .bind(&instance.config_hash)
         .bind(now_ms())
         .execute(&self.pool)
@@ -537,8 +537,8 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_instance_state(&self, id: &str, state: &str) -> Result<()> {
-        let stopped = if state == "stopped" {
+    pub async fn set_instance_state(&self, id: &str, state: InstanceState) -> Result<()> {
+        let stopped = if state == InstanceState::Stopped {
             Some(now_ms())
         } else {
             None
@@ -546,7 +546,7 @@ impl Store {
         sqlx::query(
             "UPDATE instances SET state = $1, stopped_at = COALESCE($2, stopped_at) WHERE id = $3",
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(stopped)
         .bind(id)
         .execute(&self.pool)
@@ -672,7 +672,7 @@ impl Store {
     pub async fn set_promotion_status(
         &self,
         id: i64,
-        status: &str,
+        status: PromotionStatus,
         blocked_by: Option<&str>,
         reason: Option<&str>,
         actor: &str,
@@ -682,13 +682,13 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        let decided = if ["done", "failed", "rejected"].contains(&status) {
+        let decided = if status.is_final() {
             Some(now_ms())
         } else {
             None
         };
         sqlx::query("UPDATE promotions SET status = $1, blocked_by = $2, reason = $3, decided_at = COALESCE($4, decided_at) WHERE id = $5")
-            .bind(status)
+            .bind(status.as_str())
             .bind(blocked_by)
             .bind(reason)
             .bind(decided)
@@ -696,7 +696,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let summary = match (status, reason) {
-            ("pending", Some(reason)) => format!(
+            (PromotionStatus::Pending, Some(reason)) => format!(
                 "promotion {id} of v{} to {} blocked: {reason}",
                 before.release, before.environment
             ),
@@ -709,9 +709,9 @@ impl Store {
                 before.release, before.environment
             ),
         };
-        let kind = if status == "pending" && blocked_by == Some("approvals") {
+        let kind = if status == PromotionStatus::Pending && blocked_by == Some("approvals") {
             "approval.needed".to_string()
-        } else if status == "pending" {
+        } else if status == PromotionStatus::Pending {
             "promotion.blocked".to_string()
         } else {
             format!("promotion.{status}")

@@ -5,6 +5,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, FromRow};
 
 use crate::changelog::append_with;
+use crate::status::*;
 use crate::{NewChangeEvent, Release, Result, Store, StoreError, now_ms};
 
 #[derive(Clone, Debug, Serialize, FromRow)]
@@ -16,9 +17,8 @@ pub struct Experiment {
     /// B's release number.
     pub release: i64,
     pub baseline_release_id: i64,
-    /// `running`, `paused`, `held`, `promoted`, `rolled_back`, `aborted`,
-    /// `broken`, or `concluded` (a test that kept A).
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: ExperimentStatus,
     pub step: i64,
     pub weight_bp: i64,
     /// JSON: config values B runs with besides the environment's.
@@ -37,7 +37,7 @@ pub struct Experiment {
 
 impl Experiment {
     pub fn is_open(&self) -> bool {
-        matches!(self.status.as_str(), "running" | "paused" | "held")
+        self.status.is_open()
     }
 }
 
@@ -125,7 +125,7 @@ impl Store {
     pub async fn update_experiment(
         &self,
         id: i64,
-        status: &str,
+        status: ExperimentStatus,
         step: i64,
         weight_bp: i64,
         step_started_at: i64,
@@ -139,17 +139,16 @@ impl Store {
             serde_json::from_str(&before.decisions).unwrap_or_default();
         decisions.push(decision.clone());
         let mut tx = self.begin().await?;
-        let finished =
-            if ["promoted", "rolled_back", "aborted", "broken", "concluded"].contains(&status) {
-                Some(now_ms())
-            } else {
-                None
-            };
+        let finished = if status.is_open() {
+            None
+        } else {
+            Some(now_ms())
+        };
         sqlx::query(
             "UPDATE experiments SET status = $1, step = $2, weight_bp = $3, step_started_at = $4, decisions = $5,
                  reason = $6, finished_at = COALESCE($7, finished_at) WHERE id = $8",
         )
-        .bind(status)
+        .bind(status.as_str())
         .bind(step)
         .bind(weight_bp)
         .bind(step_started_at)

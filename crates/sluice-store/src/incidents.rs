@@ -6,6 +6,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, FromRow};
 
 use crate::changelog::append_with;
+use crate::status::*;
 use crate::{NewChangeEvent, Result, Store, StoreError, now_ms};
 
 #[derive(Clone, Debug, Serialize, FromRow)]
@@ -14,8 +15,8 @@ pub struct Incident {
     pub service: String,
     pub environment: Option<String>,
     pub title: String,
-    /// `open`, `mitigated` or `resolved`.
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: IncidentStatus,
     /// `manual`, `health`, `deployment` or `experiment`.
     pub trigger_kind: String,
     pub trigger_detail: Option<String>,
@@ -46,7 +47,7 @@ impl Incident {
     }
 
     pub fn is_open(&self) -> bool {
-        self.status != "resolved"
+        self.status != IncidentStatus::Resolved
     }
 }
 
@@ -133,14 +134,15 @@ impl Store {
     pub async fn set_incident_status(
         &self,
         id: i64,
-        status: &str,
+        status: IncidentStatus,
         actor: &str,
         note: Option<&str>,
     ) -> Result<Incident> {
+        use IncidentStatus::*;
         let current = self.incident(id).await?;
         let allowed = matches!(
-            (current.status.as_str(), status),
-            ("open", "mitigated") | ("open", "resolved") | ("mitigated", "resolved")
+            (current.status, status),
+            (Open, Mitigated) | (Open, Resolved) | (Mitigated, Resolved)
         );
         if !allowed {
             return Err(StoreError::Conflict(format!(
@@ -148,7 +150,7 @@ impl Store {
                 current.status
             )));
         }
-        let column = if status == "mitigated" {
+        let column = if status == Mitigated {
             "mitigated_at"
         } else {
             "resolved_at"
@@ -157,7 +159,7 @@ impl Store {
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE incidents SET status = $1, {column} = $2 WHERE id = $3"
         )))
-        .bind(status)
+        .bind(status.as_str())
         .bind(now_ms())
         .bind(id)
         .execute(&mut *tx)

@@ -17,6 +17,7 @@ mod processes;
 mod repos;
 mod rules;
 mod runs;
+mod status;
 mod tokens;
 mod traffic;
 
@@ -44,6 +45,10 @@ pub use processes::TrackedProcess;
 pub use repos::{NewRepo, Repo, Secret};
 pub use rules::{NewRule, RuleBlock, RuleRecord, parse_rule_id};
 pub use runs::{Change, Job, NewChange, PlannedJob, Run, RunDetail, RunFilter, RunStatus, Step};
+pub use status::{
+    DeploymentCause, DeploymentStatus, ExperimentStatus, IncidentStatus, InstanceState,
+    PromotionStatus,
+};
 pub use tokens::{Role, TokenRecord};
 pub use traffic::{TRAFFIC_BUCKET_MS, TrafficBucket};
 

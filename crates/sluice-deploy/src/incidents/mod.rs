@@ -7,6 +7,8 @@
 pub mod postmortem;
 pub mod suspects;
 
+use sluice_store::IncidentStatus;
+use sluice_store::{DeploymentCause, DeploymentStatus, ExperimentStatus};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -172,7 +174,7 @@ pub(crate) async fn after_deployment(
             .await
             .unwrap_or_default()
             .iter()
-            .any(|x| x.deployment_id == Some(id) && x.status != "aborted"),
+            .any(|x| x.deployment_id == Some(id) && x.status != ExperimentStatus::Aborted),
         None => false,
     };
     let (trigger, title) = if judged {
@@ -226,14 +228,14 @@ fn failing_paths(inner: &Inner, service: &str, env: &str) -> Vec<String> {
 pub(crate) async fn transition(
     inner: &Arc<Inner>,
     id: i64,
-    status: &str,
+    status: IncidentStatus,
     note: Option<&str>,
     actor: &Actor,
 ) -> CdResult<Incident> {
-    if !matches!(status, "mitigated" | "resolved") {
-        return Err(CdError::Invalid(format!(
-            "`{status}` is not a state an incident moves to; use mitigated or resolved"
-        )));
+    if status == IncidentStatus::Open {
+        return Err(CdError::Invalid(
+            "an incident moves to mitigated or resolved, not back to open".into(),
+        ));
     }
     inner
         .store
@@ -405,7 +407,12 @@ async fn suspects(
             deployments
                 .iter()
                 .filter(|d| incident.environment.as_deref() == Some(d.environment.as_str()))
-                .filter(|d| matches!(d.status.as_str(), "rolled_back" | "failed"))
+                .filter(|d| {
+                    matches!(
+                        d.status,
+                        DeploymentStatus::RolledBack | DeploymentStatus::Failed
+                    )
+                })
                 .filter(|d| d.created_at <= incident.opened_at)
                 .max_by_key(|d| d.created_at)
                 .map(|d| d.id)
@@ -416,10 +423,10 @@ async fn suspects(
         None => Vec::new(),
     };
     let mut candidates = Vec::new();
-    for d in deployments
-        .iter()
-        .filter(|d| d.created_at >= since && !matches!(d.cause.as_str(), "reconcile" | "heal"))
-    {
+    for d in deployments.iter().filter(|d| {
+        d.created_at >= since
+            && !matches!(d.cause, DeploymentCause::Reconcile | DeploymentCause::Heal)
+    }) {
         // Until the next deployment to the same environment, or the first symptom.
         let until = deployments
             .iter()
@@ -428,7 +435,7 @@ async fn suspects(
             .min()
             .unwrap_or(i64::MAX)
             .min(incident.first_symptom_at);
-        let served_cleanly = (d.status == "succeeded"
+        let served_cleanly = (d.status == DeploymentStatus::Succeeded
             && incident.environment.as_deref() == Some(d.environment.as_str()))
         .then(|| clean_requests(&traffic, d.created_at, until))
         .flatten();
@@ -456,7 +463,7 @@ async fn suspects(
                 d.status
             ),
             release: Some(d.release),
-            restores: d.cause == "rollback",
+            restores: d.cause == DeploymentCause::Rollback,
             first_release: previous.is_none(),
             diff: Some(diff),
             served_cleanly,

@@ -94,8 +94,8 @@ pub async fn transition(
     body: Option<Json<Note>>,
 ) -> ApiResult<Json<Value>> {
     let status = match verb.as_str() {
-        "mitigate" => "mitigated",
-        "resolve" => "resolved",
+        "mitigate" => sluice_store::IncidentStatus::Mitigated,
+        "resolve" => sluice_store::IncidentStatus::Resolved,
         other => {
             return Err(ApiError::not_found(format!(
                 "an incident takes `mitigate` or `resolve`, not `{other}`"

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 use serde::Deserialize;
 use sluice_deploy::PromotionView;
+use sluice_store::PromotionStatus;
 
 use super::session::{Viewer, encode};
 use super::{Chrome, Done, PageResult, error_page, failed, render};
@@ -55,9 +56,12 @@ pub async fn list(
     Query(q): Query<Done>,
 ) -> PageResult {
     let all = state.cd.promotions(None, false).await.map_err(failed)?;
-    let (pending, decided): (Vec<_>, Vec<_>) = all
-        .into_iter()
-        .partition(|p| p.promotion.status == "pending" || p.promotion.status == "deploying");
+    let (pending, decided): (Vec<_>, Vec<_>) = all.into_iter().partition(|p| {
+        matches!(
+            p.promotion.status,
+            PromotionStatus::Pending | PromotionStatus::Deploying
+        )
+    });
     let mut page = Chrome::new(&viewer, "Promotions", "promotions");
     page.flash = q.done;
     Ok(render(PromotionsPage {

@@ -2,6 +2,7 @@
 //! are disabled with a reason, expire, and remember each thing they blocked once.
 
 use serde_json::json;
+use sluice_store::IncidentStatus;
 use sluice_store::{ChangeQuery, NewIncident, NewRule};
 
 use crate::each_store;
@@ -26,12 +27,12 @@ async fn incidents_move_forward_and_rules_keep_their_origin() {
             ("INC-1".into(), "open")
         );
         let resolved = store
-            .set_incident_status(1, "resolved", "ana", Some("fixed"))
+            .set_incident_status(1, IncidentStatus::Resolved, "ana", Some("fixed"))
             .await
             .unwrap();
         assert!(resolved.resolved_at.is_some());
         let error = store
-            .set_incident_status(1, "mitigated", "ana", None)
+            .set_incident_status(1, IncidentStatus::Mitigated, "ana", None)
             .await
             .unwrap_err();
         assert!(
