@@ -20,8 +20,8 @@ use sluice_spec::{AbData, AbMode, AbStrategy, AbTest, Environment, Metric, Spec}
 use sluice_store::{Experiment, NewDeployment, Release, now_ms};
 use tokio::sync::mpsc;
 
-use crate::rollout::{self, Outcome};
 use crate::{Inner, Live};
+use crate::{Outcome, instances, rollout};
 
 mod goals;
 
@@ -68,7 +68,7 @@ pub(crate) async fn run(
         Ok(group) => group,
         Err(e) => {
             let why = format!("{e:#}");
-            rollout::stop_deployment(inner, service, &env.name, deployment).await;
+            instances::stop_deployment(inner, service, &env.name, deployment).await;
             inner
                 .store
                 .finish_deployment(
@@ -137,7 +137,7 @@ async fn start_group(
     let state = inner.store.env_state(&b.service, &env.name).await?;
     let mut b_env = env.clone();
     b_env.config.extend(overrides.clone());
-    rollout::prepare(inner, b, spec, &b_env, state.as_ref(), deployment).await?;
+    instances::prepare(inner, b, spec, &b_env, state.as_ref(), deployment).await?;
     let copy = match &env.strategy {
         sluice_spec::Strategy::Ab(ab) if ab.data == AbData::Copy => {
             let copy = inner
@@ -159,12 +159,13 @@ async fn start_group(
     let mut group = Vec::new();
     for _ in 0..env.instances {
         let live =
-            rollout::start_instance(inner, b, spec, &b_env, deployment, copy.as_deref()).await?;
+            instances::start_instance(inner, b, spec, &b_env, deployment, copy.as_deref()).await?;
         live.backend.set_variant(Variant::B);
         group.push(live);
     }
     for live in &group {
-        rollout::wait_healthy(inner, &live.backend, rollout::ready_timeout(spec), false).await?;
+        instances::wait_healthy(inner, &live.backend, instances::ready_timeout(spec), false)
+            .await?;
     }
     Ok(group)
 }
@@ -245,7 +246,7 @@ fn sticky_of(ab: &AbStrategy) -> Result<Sticky> {
 /// environment's lock.
 pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome> {
     let b = inner.store.release_by_id(x.release_id).await?;
-    let (spec, env) = rollout::release_env(&b, &x.environment)?;
+    let (spec, env) = crate::release::release_env(&b, &x.environment)?;
     let mut ab = match &env.strategy {
         sluice_spec::Strategy::Ab(ab) => ramp(ab),
         _ => AbStrategy::default(),
@@ -285,7 +286,7 @@ pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome
         Ok(sticky) => sticky,
         Err(e) => {
             let why = format!("it could not start again after a restart: {e:#}");
-            rollout::stop_deployment(inner, &b.service, &env.name, deployment).await;
+            instances::stop_deployment(inner, &b.service, &env.name, deployment).await;
             route.set_split(None);
             let decision = json!({ "action": "abort", "reason": why, "at": now_ms() });
             let summary = format!("experiment {} of {} aborted: {why}", x.id, b.name());
@@ -809,12 +810,13 @@ impl Looker {
         .await;
         self.report().await;
         self.forget_users().await;
-        let deployed = rollout::deploy_locked_boxed(
+        let deployed = rollout::deploy(
             &inner,
             &self.b,
             &self.env.name,
             DeploymentCause::Experiment,
             "sluice",
+            false,
         )
         .await;
         let (status, reason, outcome) = match deployed {
@@ -856,8 +858,8 @@ impl Looker {
             .filter(|l| l.deployment == self.deployment)
             .collect();
         for live in &b_group {
-            rollout::drain(&inner, &self.route, live).await;
-            rollout::stop_instance(&inner, &self.route, live).await;
+            instances::drain(&inner, &self.route, live).await;
+            instances::stop_instance(&inner, &self.route, live).await;
         }
         self.route.set_split(None);
         self.route.set_goals(None);
@@ -887,7 +889,7 @@ impl Looker {
             .filter(|l| l.deployment != self.deployment)
             .collect();
         for live in &a_group {
-            rollout::drain(&inner, &self.route, live).await;
+            instances::drain(&inner, &self.route, live).await;
         }
         for live in inner
             .live_in(&service, &env)
@@ -899,7 +901,7 @@ impl Looker {
         self.route.set_split(None);
         self.route.set_goals(None);
         for live in &a_group {
-            rollout::stop_instance(&inner, &self.route, live).await;
+            instances::stop_instance(&inner, &self.route, live).await;
         }
         let _ = inner
             .store

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use sluice_store::{EnvState, NewDeployment};
 
 use crate::Inner;
-use crate::rollout::{release_env, top_up};
+use crate::instances::top_up;
+use crate::release::release_env;
 
 /// How many instances to start: what is declared and does not run.
 fn shortfall(declared: u32, running: usize) -> usize {

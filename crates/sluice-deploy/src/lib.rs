@@ -6,16 +6,20 @@
 //! [`Cd`] is the engine; [`ReleaseMaker`] is the CI notifier that turns a green
 //! mainline run into a release and deploys it where the rules say.
 
+mod aftermath;
 mod certs;
 mod data;
+mod deploy;
 mod experiment;
 mod exposure;
 mod gates;
 mod heal;
 mod health;
 mod incidents;
+mod instances;
 mod promote;
 mod release;
+mod release_maker;
 mod render;
 mod rollout;
 mod rules;
@@ -24,7 +28,6 @@ mod traffic;
 mod view;
 mod workdir;
 
-use sluice_store::DeploymentCause;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -38,12 +41,37 @@ pub use experiment::Command as ExperimentCommand;
 pub use gates::GateCheck;
 pub use incidents::{IncidentView, OpenRequest, TimelineEntry};
 pub use promote::{PromoteRequest, PromotionView};
-pub use release::ReleaseMaker;
+pub use release_maker::ReleaseMaker;
 pub use rules::{NewRuleRequest, Replay, ReplayTarget};
 pub use runtime::{InstanceSpec, LocalRuntime, Runtime};
 pub use sluice_spec::Layout;
 pub use traffic::InstanceTraffic;
 pub use view::{EnvDetail, EnvDiff, EnvStatus, TRAFFIC_SECONDS};
+
+/// How a deployment ended.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Succeeded,
+    /// It failed; the environment went back to its previous release.
+    RolledBack(String),
+    /// It failed and there was nothing to go back to.
+    Failed(String),
+    /// A person took it back (an experiment's abort): no failure of its own.
+    Aborted(String),
+}
+
+/// An incident that a part below the incidents module asks for (an
+/// instance that stays unhealthy): raised into a queue that
+/// `incidents::take_alarms` opens them from, so instance mechanics never
+/// call upward.
+pub(crate) struct Alarm {
+    pub service: String,
+    pub env: String,
+    /// What kind of trouble: `health`.
+    pub trigger: &'static str,
+    pub title: String,
+    pub detail: String,
+}
 
 /// Who is acting, as the API authenticated them. Whether their role allows
 /// what they ask was decided where the request came in (the server's
@@ -180,6 +208,11 @@ pub(crate) struct Inner {
     wanted: Mutex<HashMap<EnvKey, i64>>,
     /// Promotions are advanced one at a time, so none deploys twice.
     advancing: tokio::sync::Mutex<()>,
+    /// Wakes the gatekeeper when a promotion was asked for (an automatic
+    /// one after a deployment, a release, an approval).
+    promotions_changed: tokio::sync::Notify,
+    /// Incidents asked for from below the incidents module (see [`Alarm`]).
+    alarms: tokio::sync::mpsc::UnboundedSender<Alarm>,
     shutdown: CancellationToken,
 }
 
@@ -219,6 +252,7 @@ impl Cd {
     /// at pending promotions now and then.
     pub async fn start(store: Store, config: CdConfig, metrics: Metrics) -> anyhow::Result<Cd> {
         let runtime = Arc::new(LocalRuntime::new(store.clone()));
+        let (alarms, raised) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             layout: Layout::new(&config.data_dir),
             store,
@@ -230,6 +264,8 @@ impl Cd {
             locks: Mutex::new(HashMap::new()),
             wanted: Mutex::new(HashMap::new()),
             advancing: tokio::sync::Mutex::new(()),
+            promotions_changed: tokio::sync::Notify::new(),
+            alarms,
             experiments: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
         });
@@ -242,6 +278,7 @@ impl Cd {
             promote::gatekeeper(started).await;
         });
         tokio::spawn(traffic::keep(inner.clone()));
+        tokio::spawn(incidents::take_alarms(inner.clone(), raised));
         Ok(Cd { inner })
     }
 
@@ -295,7 +332,7 @@ impl Cd {
         to: Option<i64>,
         actor: &Actor,
     ) -> CdResult<sluice_store::Deployment> {
-        rollout::rollback(&self.inner, service, env, to, actor).await
+        deploy::rollback(&self.inner, service, env, to, actor).await
     }
 
     pub async fn unpin(&self, service: &str, env: &str, actor: &Actor) -> CdResult<()> {
@@ -362,7 +399,7 @@ impl Cd {
             .await
             .map_err(|_| CdError::NotFound(format!("{service} has no release v{number}")))?;
         let (spec, environment) =
-            rollout::release_env(&release, env).map_err(|e| CdError::Invalid(format!("{e:#}")))?;
+            release::release_env(&release, env).map_err(|e| CdError::Invalid(format!("{e:#}")))?;
         let state = self.inner.store.env_state(service, env).await?;
         let Some(baseline) = state.and_then(|s| s.release_id) else {
             return Err(CdError::Conflict(format!(
@@ -384,31 +421,18 @@ impl Cd {
             ab.goals = given;
         }
         let (inner, actor) = (self.inner.clone(), actor.name.clone());
-        let env = env.to_string();
+        let _env = env.to_string();
         tokio::spawn(async move {
-            let lock = inner.env_lock(&release.service, &env);
-            let _one_at_a_time = lock.lock().await;
-            match experiment::run(
-                &inner,
-                &release,
-                &spec,
-                &environment,
-                &ab,
+            let experiment = deploy::Experiment {
+                release: &release,
+                spec: &spec,
+                environment: &environment,
+                ab: &ab,
                 baseline,
                 overrides,
-                DeploymentCause::Experiment,
-                &actor,
-            )
-            .await
-            {
-                Ok((deployment, outcome)) => {
-                    incidents::after_deployment(&inner, &release, &env, Some(deployment), &outcome)
-                        .await
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "the experiment could not run")
-                }
-            }
+                actor: &actor,
+            };
+            deploy::experiment(&inner, experiment).await
         });
         Ok(())
     }
@@ -498,7 +522,7 @@ impl Cd {
             return None;
         }
         let release = self.inner.store.release_by_id(x.release_id).await.ok()?;
-        let (_, env) = rollout::release_env(&release, &x.environment).ok()?;
+        let (_, env) = release::release_env(&release, &x.environment).ok()?;
         let min_requests = match &env.strategy {
             sluice_spec::Strategy::Ab(ab) => ab.min_requests,
             _ => sluice_spec::AbStrategy::default().min_requests,
@@ -622,6 +646,11 @@ impl Inner {
         let secrets = self.store.secrets(release.repo_id).await?;
         let masker = sluice_ci::logs::Masker::new(secrets.into_values().map(|s| s.value).collect());
         Ok(text.lines().map(|l| masker.mask(l) + "\n").collect())
+    }
+
+    /// Asks for an incident from below the incidents module.
+    fn raise(&self, alarm: Alarm) {
+        let _ = self.alarms.send(alarm);
     }
 
     /// Notes that `number` is the release last asked for in the environment.

@@ -12,8 +12,9 @@ use chrono::{TimeZone, Utc};
 use serde::Serialize;
 use sluice_store::{Promotion, Release};
 
+use crate::deploy;
 use crate::gates::{self, Facts, GateCheck};
-use crate::rollout::{self, Outcome, release_env};
+use crate::release::release_env;
 use crate::{Actor, CdError, CdResult, Inner};
 
 #[derive(Clone, Debug, serde::Deserialize, utoipa::ToSchema)]
@@ -165,7 +166,7 @@ async fn gates_of(inner: &Arc<Inner>, promotion: &Promotion) -> CdResult<Vec<Gat
                 let seconds = d.as_secs();
                 traffic.insert(
                     seconds,
-                    crate::rules::traffic(inner, &promotion.service, from, seconds),
+                    crate::rules::in_force::traffic(inner, &promotion.service, from, seconds),
                 );
             }
         }
@@ -259,90 +260,18 @@ pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
         } else {
             DeploymentCause::Promotion
         };
-        let result = rollout::deploy(
+        // How it ends is settled by what follows every deployment (`aftermath`).
+        let _ = deploy::deploy(
             &inner,
             &release,
             &promotion.environment,
             cause,
             &promotion.requested_by,
+            Some(&promotion),
         )
         .await;
-        let (deployment, outcome) = match result {
-            Ok((deployment, outcome)) => (Some(deployment), outcome),
-            Err(e) => (None, Outcome::Failed(format!("{e:#}"))),
-        };
-        settle(&inner, &promotion, &release, deployment, outcome).await;
     });
     Ok(())
-}
-
-/// Records how a promotion's deployment ended: done, and the automatic
-/// deployments that follow; or failed, and an incident.
-pub(crate) async fn settle(
-    inner: &Arc<Inner>,
-    promotion: &Promotion,
-    release: &Release,
-    deployment: Option<i64>,
-    outcome: Outcome,
-) {
-    // Stopping the server is not an outcome: the next start takes it up.
-    if inner.shutdown.is_cancelled() {
-        return;
-    }
-    let id = promotion.id;
-    if let Some(deployment) = deployment {
-        let _ = inner.store.set_promotion_deployment(id, deployment).await;
-    }
-    let (status, reason) = match &outcome {
-        Outcome::Succeeded => (PromotionStatus::Done, None),
-        Outcome::RolledBack(why) | Outcome::Failed(why) | Outcome::Aborted(why) => {
-            (PromotionStatus::Failed, Some(why.clone()))
-        }
-    };
-    let _ = inner
-        .store
-        .set_promotion_status(id, status, None, reason.as_deref(), "sluice")
-        .await;
-    crate::incidents::after_deployment(
-        inner,
-        release,
-        &promotion.environment,
-        deployment,
-        &outcome,
-    )
-    .await;
-    if status == PromotionStatus::Done {
-        auto_deploy(inner, release, Some(&promotion.environment)).await;
-    }
-}
-
-/// Asks for the automatic deployments that follow: environments with
-/// `deploy: auto` and no `from` for a new release, or whose `from` is `after`.
-/// (Boxed, because it leads back to `advance`, which spawns the deployment that calls it.)
-pub(crate) fn auto_deploy<'a>(
-    inner: &'a Arc<Inner>,
-    release: &'a Release,
-    after: Option<&'a str>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
-    Box::pin(async move {
-        let Ok(spec) = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec) else {
-            return;
-        };
-        for env in spec
-            .environments
-            .iter()
-            .filter(|e| e.deploy.auto && e.from.as_deref() == after)
-        {
-            let request = PromoteRequest {
-                service: release.service.clone(),
-                to: env.name.clone(),
-                release: Some(release.number),
-            };
-            if let Err(e) = self::request(inner, request, &Actor::system()).await {
-                tracing::warn!(service = %release.service, env = %env.name, error = %e, "automatic deployment not requested");
-            }
-        }
-    })
 }
 
 pub(crate) async fn approve(inner: &Arc<Inner>, id: i64, actor: &Actor) -> CdResult<PromotionView> {
@@ -446,6 +375,7 @@ pub(crate) async fn gatekeeper(inner: Arc<Inner>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(inner.config.gate_interval) => {}
+            _ = inner.promotions_changed.notified() => {}
             _ = inner.shutdown.cancelled() => return,
         }
         let Ok(open) = inner.store.promotions(None, true, 1000).await else {

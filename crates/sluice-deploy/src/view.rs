@@ -8,7 +8,7 @@ use serde::Serialize;
 use sluice_spec::{Environment, Spec, Strategy};
 use sluice_store::Release;
 
-use crate::rollout::release_env;
+use crate::release::release_env;
 use crate::traffic::InstanceTraffic;
 use crate::{CdError, CdResult, Inner, render};
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sluice_store::{ChangeEvent, ChangeQuery, Incident, NewIncident, RuleRecord};
 
-use crate::rollout::Outcome;
+use crate::Outcome;
 use crate::{Actor, CdError, CdResult, Inner};
 use suspects::{Candidate, Context, Suspect, SuspectDiff};
 
@@ -73,7 +73,7 @@ pub(crate) async fn open(
         )));
     };
     if let Some(env) = &request.environment {
-        crate::rollout::release_env(&release, env)
+        crate::release::release_env(&release, env)
             .map_err(|e| CdError::NotFound(format!("{e:#}")))?;
     }
     Ok(inner
@@ -148,6 +148,31 @@ pub(crate) async fn auto_open(
             tracing::warn!(incident = %incident.name(), service, env, %title, "incident opened")
         }
         Err(e) => tracing::error!(error = %e, "could not open an incident"),
+    }
+}
+
+/// Opens the incidents parts below this module raise (see [`crate::Alarm`]).
+pub(crate) async fn take_alarms(
+    inner: Arc<Inner>,
+    mut raised: tokio::sync::mpsc::UnboundedReceiver<crate::Alarm>,
+) {
+    loop {
+        let alarm = tokio::select! {
+            alarm = raised.recv() => alarm,
+            _ = inner.shutdown.cancelled() => None,
+        };
+        let Some(alarm) = alarm else {
+            return;
+        };
+        auto_open(
+            &inner,
+            &alarm.service,
+            &alarm.env,
+            alarm.trigger,
+            &alarm.title,
+            &alarm.detail,
+        )
+        .await;
     }
 }
 
@@ -549,7 +574,7 @@ async fn release_diff(
 ) -> SuspectDiff {
     let mut diff = SuspectDiff::default();
     let config = |r: &sluice_store::Release| {
-        crate::rollout::release_env(r, env)
+        crate::release::release_env(r, env)
             .map(|(_, e)| e.config)
             .unwrap_or_default()
     };

@@ -7,76 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sluice_spec::{RULES_FILE, Rule, RuleSpec};
+use sluice_spec::{Rule, RuleSpec};
 use sluice_store::{NewRule, Release, RuleRecord};
 
-use crate::gates::Traffic;
 use crate::runtime::InstanceSpec;
-use crate::{Actor, CdError, CdResult, Inner, health, render, rollout};
+use crate::{Actor, CdError, CdResult, Inner, health, instances, render};
 
-/// A stored rule as the spec crate reads it; `None` when its JSON no longer parses.
-pub(crate) fn from_record(record: &RuleRecord) -> Option<Rule> {
-    Rule::stored(record.name(), record.origin(), &record.spec)
-        .inspect_err(|e| tracing::warn!(error = %e, "a stored rule is not enforced"))
-        .ok()
-}
+pub(crate) mod in_force;
 
-/// The rules in force for `release`: the server's active ones for its
-/// service, then those in the `.sluice/rules.yaml` it carries.
-pub(crate) async fn in_force(inner: &Arc<Inner>, release: &Release) -> anyhow::Result<Vec<Rule>> {
-    let mut rules: Vec<Rule> = inner
-        .store
-        .rules(Some(&release.service), true)
-        .await?
-        .iter()
-        .filter_map(from_record)
-        .collect();
-    let dir = crate::release::unpack(&inner.layout, release).await?;
-    if let Ok(text) = tokio::fs::read_to_string(dir.join(RULES_FILE)).await {
-        let spec = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec).ok();
-        match sluice_spec::parse_rules(RULES_FILE, &text, spec.as_ref()) {
-            Ok(own) => rules.extend(own),
-            // CI failed such a change; a release made before that check cannot have one.
-            Err(e) => {
-                tracing::warn!(release = %release.name(), error = %e, "the release's rules do not parse")
-            }
-        }
-    }
-    Ok(rules)
-}
-
-/// The `health_check` rules for instances of `release` in `env`.
-pub(crate) async fn health_rules(inner: &Arc<Inner>, release: &Release, env: &str) -> Vec<Rule> {
-    match in_force(inner, release).await {
-        Ok(rules) => rules
-            .into_iter()
-            .filter(|r| r.spec.extra_check().is_some() && r.spec.applies_to(env))
-            .collect(),
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "could not read the rules in force");
-            Vec::new()
-        }
-    }
-}
-
-/// An environment's traffic over the last `seconds`, from the proxy's windows.
-pub(crate) fn traffic(inner: &Inner, service: &str, env: &str, seconds: u64) -> Traffic {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let mut latency = sluice_analysis::LogHistogram::default();
-    let mut traffic = Traffic::default();
-    for window in inner.windows(service, env, now.saturating_sub(seconds)) {
-        for side in [&window.a, &window.b] {
-            traffic.requests += side.requests;
-            traffic.errors += side.errors;
-            latency.merge(&side.latency);
-        }
-    }
-    traffic.p95_ms = latency.quantile(0.95).map(|us| us / 1000.0);
-    traffic
-}
+pub(crate) use in_force::{from_record, in_force};
 
 /// A rule to make, as the API takes it.
 #[derive(Clone, Debug, Deserialize)]
@@ -342,7 +281,7 @@ async fn probe_release(
     let files = render::render(&spec, &env, &release.name(), &release_dir)?;
     render::write(&config_dir, &files)?;
     let uid = inner.env_uid(&release.service, &env.name);
-    let run_as = rollout::seed_run_as(&release.service, &env, &data_dir, uid);
+    let run_as = instances::seed_run_as(&release.service, &env, &data_dir, uid);
     let source = env
         .data
         .copy_from
@@ -376,8 +315,8 @@ async fn probe_release(
             .await
             .map_err(anyhow::Error::from)??;
     }
-    let port = rollout::free_port(&Default::default(), run.ports)?;
-    let vars = rollout::instance_env(
+    let port = instances::free_port(&Default::default(), run.ports)?;
+    let vars = instances::instance_env(
         inner,
         release,
         &env,

@@ -1,0 +1,233 @@
+//! What follows a deployment, decided in one place: the promotion that asked
+//! for it is settled, a failure opens an incident, and a promotion that
+//! succeeded asks for the automatic promotions that follow it. [`decide`] is
+//! a pure function of what happened; [`follow`] performs its actions, which
+//! meet the other parts in the store (a follow-up is a promotion row that
+//! the gatekeeper takes up), never by calling them.
+
+use std::sync::Arc;
+
+use sluice_store::{DeploymentCause, Promotion, PromotionStatus, Release};
+
+use crate::{Inner, Outcome};
+
+/// A deployment that ended, and what asked for it.
+pub(crate) struct Ended<'a> {
+    pub release: &'a Release,
+    pub env: &'a str,
+    pub cause: DeploymentCause,
+    /// The promotion it served, if a promotion asked for it.
+    pub promotion: Option<&'a Promotion>,
+    /// Its deployment, unless it failed before one was recorded.
+    pub deployment: Option<i64>,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Action {
+    /// The promotion is done or failed, with why.
+    Settle {
+        status: PromotionStatus,
+        reason: Option<String>,
+    },
+    /// A failure of the change itself: the incidents module decides which
+    /// incident (a new one, or the open one for the same cause).
+    OpenIncident,
+    /// Ask for the `deploy: auto` environments whose `from` is this one.
+    FollowUps,
+}
+
+/// What follows: pure, from how it ended, what asked for it, and whether
+/// the server is stopping (which is no outcome: the next start takes the
+/// deployment up again, so nothing is settled).
+pub(crate) fn decide(
+    cause: DeploymentCause,
+    promoted: bool,
+    outcome: &Outcome,
+    stopping: bool,
+) -> Vec<Action> {
+    if stopping {
+        return Vec::new();
+    }
+    let mut actions = Vec::new();
+    let why = match outcome {
+        Outcome::Succeeded => None,
+        Outcome::RolledBack(why) | Outcome::Failed(why) | Outcome::Aborted(why) => Some(why),
+    };
+    if promoted {
+        actions.push(Action::Settle {
+            status: if why.is_none() {
+                PromotionStatus::Done
+            } else {
+                PromotionStatus::Failed
+            },
+            reason: why.cloned(),
+        });
+    }
+    // A person's abort is a decision, not a failure; a rollback, a restart
+    // or healing that fails is reported by its own caller.
+    let failed = matches!(outcome, Outcome::RolledBack(_) | Outcome::Failed(_));
+    let judged = matches!(
+        cause,
+        DeploymentCause::Auto | DeploymentCause::Promotion | DeploymentCause::Experiment
+    );
+    if failed && (judged || promoted) {
+        actions.push(Action::OpenIncident);
+    }
+    if promoted && why.is_none() {
+        actions.push(Action::FollowUps);
+    }
+    actions
+}
+
+/// Performs what [`decide`] says follows `ended`.
+pub(crate) async fn follow(inner: &Arc<Inner>, ended: Ended<'_>) {
+    let actions = decide(
+        ended.cause,
+        ended.promotion.is_some(),
+        &ended.outcome,
+        inner.shutdown.is_cancelled(),
+    );
+    for action in actions {
+        match action {
+            Action::Settle { status, reason } => {
+                let Some(promotion) = ended.promotion else {
+                    continue;
+                };
+                if let Some(deployment) = ended.deployment {
+                    let _ = inner
+                        .store
+                        .set_promotion_deployment(promotion.id, deployment)
+                        .await;
+                }
+                let _ = inner
+                    .store
+                    .set_promotion_status(promotion.id, status, None, reason.as_deref(), "sluice")
+                    .await;
+            }
+            Action::OpenIncident => {
+                crate::incidents::after_deployment(
+                    inner,
+                    ended.release,
+                    ended.env,
+                    ended.deployment,
+                    &ended.outcome,
+                )
+                .await
+            }
+            Action::FollowUps => ask_for_automatic(inner, ended.release, Some(ended.env)).await,
+        }
+    }
+}
+
+/// Asks for the automatic promotions that follow: environments with
+/// `deploy: auto` and no `from` for a new release, or whose `from` is
+/// `after`. Each is a pending promotion in the store (one per release and
+/// environment), which the gatekeeper, woken now, takes through its gates.
+pub(crate) async fn ask_for_automatic(inner: &Arc<Inner>, release: &Release, after: Option<&str>) {
+    let Ok(spec) = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec) else {
+        return;
+    };
+    let open = inner
+        .store
+        .promotions(Some(&release.service), true, 1000)
+        .await
+        .unwrap_or_default();
+    for env in spec
+        .environments
+        .iter()
+        .filter(|e| e.deploy.auto && e.from.as_deref() == after)
+    {
+        if open
+            .iter()
+            .any(|p| p.environment == env.name && p.release == release.number)
+        {
+            continue;
+        }
+        if let Err(e) = inner
+            .store
+            .insert_promotion(&release.service, &env.name, release, "sluice")
+            .await
+        {
+            tracing::warn!(service = %release.service, env = %env.name, error = %e, "automatic deployment not requested");
+        }
+    }
+    inner.promotions_changed.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Action::*;
+    use DeploymentCause::*;
+
+    fn failed() -> Outcome {
+        Outcome::Failed("no instance became healthy".into())
+    }
+
+    fn rolled_back() -> Outcome {
+        Outcome::RolledBack("B's error rate is higher".into())
+    }
+
+    #[test]
+    fn what_follows_a_deployment() {
+        let settle_done = Settle {
+            status: PromotionStatus::Done,
+            reason: None,
+        };
+        let settle_failed = |why: &str| Settle {
+            status: PromotionStatus::Failed,
+            reason: Some(why.into()),
+        };
+        let table: Vec<(DeploymentCause, bool, Outcome, Vec<Action>)> = vec![
+            // A promotion that succeeded chains the next environments.
+            (
+                Promotion,
+                true,
+                Outcome::Succeeded,
+                vec![settle_done.clone(), FollowUps],
+            ),
+            (Auto, true, Outcome::Succeeded, vec![settle_done, FollowUps]),
+            // One that failed is settled and opens an incident; nothing follows.
+            (
+                Promotion,
+                true,
+                failed(),
+                vec![settle_failed("no instance became healthy"), OpenIncident],
+            ),
+            (
+                Auto,
+                true,
+                rolled_back(),
+                vec![settle_failed("B's error rate is higher"), OpenIncident],
+            ),
+            // A person's abort settles the promotion and opens nothing.
+            (
+                Promotion,
+                true,
+                Outcome::Aborted("aborted by ana".into()),
+                vec![settle_failed("aborted by ana")],
+            ),
+            // An experiment started by hand: an incident when rolled back.
+            (Experiment, false, rolled_back(), vec![OpenIncident]),
+            (Experiment, false, Outcome::Succeeded, vec![]),
+            // Rollbacks, restarts and healing report their own failures.
+            (Rollback, false, failed(), vec![]),
+            (Reconcile, false, failed(), vec![]),
+            (Heal, false, failed(), vec![]),
+        ];
+        for (cause, promoted, outcome, expected) in table {
+            assert_eq!(
+                decide(cause, promoted, &outcome, false),
+                expected,
+                "{cause} {promoted} {outcome:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stopping_server_settles_nothing() {
+        assert_eq!(decide(Promotion, true, &failed(), true), vec![]);
+        assert_eq!(decide(Auto, true, &Outcome::Succeeded, true), vec![]);
+    }
+}
