@@ -3,7 +3,7 @@
 //! sticky split, judged every second by the analysis; promoted at 100%,
 //! rolled back by itself when worse, held for a person when inconclusive.
 
-use sluice_store::{DeploymentCause, DeploymentStatus, ExperimentStatus};
+use sluice_store::{DeploymentCause, DeploymentStatus, ExperimentCommand, ExperimentStatus};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,21 +18,11 @@ use sluice_proxy::goals::{Goal, GoalTracker, RequestRule};
 use sluice_proxy::{Route, SecondWindow, Split, Sticky, Variant};
 use sluice_spec::{AbData, AbMode, AbStrategy, AbTest, Environment, Metric, Spec};
 use sluice_store::{Experiment, NewDeployment, Release, now_ms};
-use tokio::sync::mpsc;
 
 use crate::{Inner, Live};
 use crate::{Outcome, instances, rollout};
 
 mod goals;
-
-/// What a person may tell a running experiment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
-    Pause,
-    Resume,
-    Promote,
-    Abort,
-}
 
 /// Runs an experiment of `b` against the environment's release until it is
 /// promoted or rolled back. The caller holds the environment's lock.
@@ -115,12 +105,13 @@ pub(crate) async fn run(
     Ok((deployment, follow(inner, looker).await))
 }
 
-/// Watches an experiment until it ends, taking people's commands meanwhile.
+/// Watches an experiment until it ends, taking people's commands meanwhile
+/// (from the store; a command wakes it at once).
 async fn follow(inner: &Arc<Inner>, mut looker: Looker) -> Outcome {
     let id = looker.id;
-    let (tx, commands) = mpsc::unbounded_channel();
-    inner.experiments.lock().unwrap().insert(id, tx);
-    let outcome = looker.watch(commands).await;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    inner.experiments.lock().unwrap().insert(id, wake.clone());
+    let outcome = looker.watch(&wake).await;
     inner.experiments.lock().unwrap().remove(&id);
     outcome
 }
@@ -568,14 +559,14 @@ impl Looker {
         }
     }
 
-    async fn watch(&mut self, mut commands: mpsc::UnboundedReceiver<Command>) -> Outcome {
+    async fn watch(&mut self, wake: &tokio::sync::Notify) -> Outcome {
         loop {
+            // Commands first: one sent before a restart is taken on the first pass.
+            if let Some(outcome) = self.obey_waiting().await {
+                return outcome;
+            }
             tokio::select! {
-                command = commands.recv() => {
-                    if let Some(outcome) = self.obey(command).await {
-                        return outcome;
-                    }
-                }
+                _ = wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     if let Some(outcome) = self.look().await {
                         return outcome;
@@ -590,42 +581,63 @@ impl Looker {
         }
     }
 
-    async fn obey(&mut self, command: Option<Command>) -> Option<Outcome> {
-        let actor = "a person";
-        match command? {
-            Command::Pause => {
+    /// Takes the commands people sent and obeys them in order, until one ends it.
+    async fn obey_waiting(&mut self) -> Option<Outcome> {
+        let waiting = match self.inner.store.take_experiment_commands(self.id).await {
+            Ok(waiting) => waiting,
+            Err(e) => {
+                tracing::warn!(experiment = self.id, error = %e, "could not read the experiment's commands");
+                return None;
+            }
+        };
+        for (command, actor) in waiting {
+            if let Some(outcome) = self.obey(command, &actor).await {
+                return Some(outcome);
+            }
+        }
+        None
+    }
+
+    async fn obey(&mut self, command: ExperimentCommand, actor: &str) -> Option<Outcome> {
+        match command {
+            ExperimentCommand::Pause => {
+                let reason = format!("paused by {actor}");
                 self.paused = true;
                 self.record(
                     ExperimentStatus::Paused,
                     "experiment.paused",
-                    json!({ "action": "pause", "reason": "paused by a person" }),
-                    "paused by a person",
+                    json!({ "action": "pause", "reason": reason }),
+                    &reason,
                 )
                 .await;
                 None
             }
-            Command::Resume => {
+            ExperimentCommand::Resume => {
+                let reason = format!("resumed by {actor}");
                 self.paused = false;
                 self.held = false;
                 self.step_started = Instant::now();
                 self.record(
                     ExperimentStatus::Running,
                     "experiment.resumed",
-                    json!({ "action": "resume", "reason": "resumed by a person" }),
-                    "resumed by a person",
+                    json!({ "action": "resume", "reason": reason }),
+                    &reason,
                 )
                 .await;
                 None
             }
-            Command::Promote => Some(self.promote(&format!("promoted by {actor}")).await),
-            Command::Abort => Some(
-                self.roll_back(
-                    ExperimentStatus::Aborted,
-                    "aborted by a person",
-                    json!({ "action": "abort", "reason": "aborted by a person" }),
+            ExperimentCommand::Promote => Some(self.promote(&format!("promoted by {actor}")).await),
+            ExperimentCommand::Abort => {
+                let reason = format!("aborted by {actor}");
+                Some(
+                    self.roll_back(
+                        ExperimentStatus::Aborted,
+                        &reason,
+                        json!({ "action": "abort", "reason": reason }),
+                    )
+                    .await,
                 )
-                .await,
-            ),
+            }
         }
     }
 

@@ -37,7 +37,6 @@ use sluice_proxy::{Backend, Listener, Metrics, Route, Telemetry};
 use sluice_store::Store;
 use tokio_util::sync::CancellationToken;
 
-pub use experiment::Command as ExperimentCommand;
 pub use gates::GateCheck;
 pub use incidents::{IncidentView, OpenRequest, TimelineEntry};
 pub use promote::{PromoteRequest, PromotionView};
@@ -45,6 +44,7 @@ pub use release_maker::ReleaseMaker;
 pub use rules::{NewRuleRequest, Replay, ReplayTarget};
 pub use runtime::{InstanceSpec, LocalRuntime, Runtime};
 pub use sluice_spec::Layout;
+pub use sluice_store::ExperimentCommand;
 pub use traffic::InstanceTraffic;
 pub use view::{EnvDetail, EnvDiff, EnvStatus, TRAFFIC_SECONDS};
 
@@ -201,8 +201,8 @@ pub(crate) struct Inner {
     live: Mutex<HashMap<String, Live>>,
     /// One deployment at a time per (service, environment).
     locks: Mutex<HashMap<EnvKey, Arc<tokio::sync::Mutex<()>>>>,
-    /// Running experiments, and how to tell them what a person decided.
-    experiments: Mutex<HashMap<i64, tokio::sync::mpsc::UnboundedSender<experiment::Command>>>,
+    /// Running experiments, and how to wake one when a command for it is in the store.
+    experiments: Mutex<HashMap<i64, Arc<tokio::sync::Notify>>>,
     /// The newest release asked for per environment by automation or a
     /// promotion: a deployment still waiting for an older one gives way.
     wanted: Mutex<HashMap<EnvKey, i64>>,
@@ -437,25 +437,31 @@ impl Cd {
         Ok(())
     }
 
-    /// Tells a running experiment what a person decided.
+    /// Tells an open experiment what a person decided: the command waits in
+    /// the store until the experiment takes it (at once when it runs here,
+    /// or when it goes on after a restart).
     pub async fn experiment_command(
         &self,
         id: i64,
         command: ExperimentCommand,
-        _actor: &Actor,
+        actor: &Actor,
     ) -> CdResult<()> {
-        let sender = self.inner.experiments.lock().unwrap().get(&id).cloned();
         let experiment = self.inner.store.experiment(id).await?;
-        match sender {
-            Some(sender) if experiment.is_open() => {
-                let _ = sender.send(command);
-                Ok(())
-            }
-            _ => Err(CdError::Conflict(format!(
+        if !experiment.is_open() {
+            return Err(CdError::Conflict(format!(
                 "experiment {id} is {}; it takes no more commands",
                 experiment.status
-            ))),
+            )));
         }
+        self.inner
+            .store
+            .add_experiment_command(id, command, &actor.name)
+            .await?;
+        let watching = self.inner.experiments.lock().unwrap().get(&id).cloned();
+        if let Some(wake) = watching {
+            wake.notify_one();
+        }
+        Ok(())
     }
 
     /// A goal a service's backend says a user reached (a payment confirmed

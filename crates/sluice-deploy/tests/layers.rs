@@ -50,7 +50,9 @@ fn no_module_imports_in_a_circle() {
 fn modules_below_never_call_upward() {
     let graph = graph();
     for effect in BELOW {
-        let imports = graph.get(*effect).unwrap_or_else(|| panic!("no module {effect}"));
+        let imports = graph
+            .get(*effect)
+            .unwrap_or_else(|| panic!("no module {effect}"));
         let upward: Vec<_> = imports
             .iter()
             .filter(|m| ORCHESTRATORS.contains(&m.as_str()))
@@ -109,7 +111,10 @@ fn collect(root: &Path, dir: &Path, files: &mut BTreeMap<String, String>) {
 fn named_paths(module: &str, text: &str) -> Vec<String> {
     let mut paths = Vec::new();
     let parent = module.rsplit_once("::").map(|(p, _)| p.to_string());
-    for (prefix, base) in [("crate::", String::new()), ("super::", parent.unwrap_or_default())] {
+    for (prefix, base) in [
+        ("crate::", String::new()),
+        ("super::", parent.unwrap_or_default()),
+    ] {
         let mut rest = text;
         while let Some(at) = rest.find(prefix) {
             rest = &rest[at + prefix.len()..];
@@ -231,10 +236,17 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
 
 #[test]
 fn the_reader_finds_grouped_and_nested_imports() {
-    let text = "use crate::{Inner, aftermath, rules::{in_force, x}};\nlet a = crate::instances::drain(x);";
+    let text =
+        "use crate::{Inner, aftermath, rules::{in_force, x}};\nlet a = crate::instances::drain(x);";
     assert_eq!(
         named_paths("deploy", text),
-        ["Inner", "aftermath", "rules::in_force", "rules::x", "instances::drain"]
+        [
+            "Inner",
+            "aftermath",
+            "rules::in_force",
+            "rules::x",
+            "instances::drain"
+        ]
     );
     let modules: BTreeSet<String> = ["rules", "rules::in_force", "instances"]
         .iter()

@@ -241,6 +241,57 @@ impl Store {
     }
 
     /// Forgets an experiment's users (its test began counting afresh, or it ended).
+    /// Keeps a person's command for the running experiment `experiment`.
+    pub async fn add_experiment_command(
+        &self,
+        experiment: i64,
+        command: ExperimentCommand,
+        actor: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO experiment_commands (experiment_id, command, actor, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(experiment)
+        .bind(command.as_str())
+        .bind(actor)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The commands waiting for experiment `experiment`, oldest first, each
+    /// with who sent it; each is handed out once, to whoever takes it first.
+    pub async fn take_experiment_commands(
+        &self,
+        experiment: i64,
+    ) -> Result<Vec<(ExperimentCommand, String)>> {
+        let waiting: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, command, actor FROM experiment_commands
+             WHERE experiment_id = $1 AND taken_at IS NULL ORDER BY id",
+        )
+        .bind(experiment)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut taken = Vec::new();
+        for (id, command, actor) in waiting {
+            let claimed = sqlx::query(
+                "UPDATE experiment_commands SET taken_at = $1 WHERE id = $2 AND taken_at IS NULL",
+            )
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if claimed == 1
+                && let Some(command) = ExperimentCommand::parse(&command)
+            {
+                taken.push((command, actor));
+            }
+        }
+        Ok(taken)
+    }
+
     pub async fn forget_experiment_users(&self, experiment: i64) -> Result<()> {
         sqlx::query("DELETE FROM experiment_users WHERE experiment_id = $1")
             .bind(experiment)

@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("migrations/0006_review_secrets.sql")),
     (7, include_str!("migrations/0007_notifications.sql")),
     (8, include_str!("migrations/0008_experiment_users.sql")),
+    (9, include_str!("migrations/0009_experiment_commands.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

@@ -122,6 +122,18 @@ stored_enum!(
 );
 
 stored_enum!(
+    /// What a person may tell a running experiment.
+    ExperimentCommand {
+        Pause = "pause",
+        Resume = "resume",
+        /// Take B to 100% now.
+        Promote = "promote",
+        /// Take B away now.
+        Abort = "abort",
+    }
+);
+
+stored_enum!(
     /// Where an incident is.
     IncidentStatus {
         Open = "open",
@@ -171,6 +183,7 @@ mod tests {
         round_trip(InstanceState::ALL, InstanceState::as_str);
         round_trip(ExperimentStatus::ALL, ExperimentStatus::as_str);
         round_trip(IncidentStatus::ALL, IncidentStatus::as_str);
+        round_trip(ExperimentCommand::ALL, ExperimentCommand::as_str);
         assert_eq!(
             ExperimentStatus::try_from("lost".to_string()).unwrap_err(),
             "unknown ExperimentStatus `lost`"

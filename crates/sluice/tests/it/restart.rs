@@ -152,10 +152,33 @@ async fn an_experiment_goes_on_after_a_kill_9() {
     let id = experiment["id"].as_i64().unwrap();
 
     server.kill_hard();
+    // A pause sent as the server died (in the store, not yet taken) is
+    // not lost: the experiment takes it when it goes on.
+    {
+        let store = sluice_store::Store::connect(&sluice_store::Store::sqlite_url(&data))
+            .await
+            .unwrap();
+        store
+            .add_experiment_command(id, sluice_store::ExperimentCommand::Pause, "ana")
+            .await
+            .unwrap();
+        store.close().await;
+    }
     let restarted = Server::start(&data, None);
+    let paused = wait_experiment(&restarted, |x| x["status"] == "paused").await;
+    assert!(
+        paused["decisions"].to_string().contains("paused by ana"),
+        "{paused:#}"
+    );
+    let out = restarted.cli(&["ab", "resume", &id.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The experiment is taken up again at its step, B beside A.
     let resumed = wait_experiment(&restarted, |x| {
-        x["status"] == "running" && x["decisions"].to_string().contains("resume")
+        x["status"] == "running" && x["decisions"].to_string().contains("resumed by")
     })
     .await;
     assert_eq!(
