@@ -220,7 +220,7 @@ impl Inner {
     /// unfinished deployments, and starts each environment's recorded release
     /// again, so that what runs matches the store and nothing runs twice.
     pub(crate) async fn reconcile(self: &Arc<Self>) -> anyhow::Result<()> {
-        let killed = crate::runtime::kill_leftovers(&self.config.data_dir);
+        let killed = self.runtime.stop_leftovers();
         if !killed.is_empty() {
             tracing::warn!(?killed, "stopped instances left by a previous server");
         }

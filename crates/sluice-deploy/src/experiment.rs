@@ -1004,3 +1004,170 @@ impl Looker {
             .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Experiments against the fake runtime, under load through the real
+    //! entry point: one that ramps to B, one that B's errors roll back, and
+    //! one steered by people's commands.
+
+    use sluice_store::{
+        DeploymentStatus, Experiment, ExperimentCommand, ExperimentStatus, PromotionStatus,
+    };
+
+    use crate::Actor;
+    use crate::testing::World;
+
+    fn spec(command: &str) -> String {
+        format!(
+            "service: shop
+pipeline:
+  jobs:
+    unit:
+      steps:
+        - run: 'true'
+  artifact:
+    paths: [sluice.yaml]
+run:
+  command: {command}
+  ready_timeout: 1s
+  health: {{ path: /healthz, interval: 50ms, timeout: 50ms, healthy: 1, unhealthy: 2 }}
+environments:
+  prod:
+    deploy: auto
+    instances: 1
+    listen: 127.0.0.1:0
+    strategy:
+      ab: {{ steps: [50, 100], min_requests: 20, min_duration: 1s, max_step: 10m, metrics: [error_rate] }}
+"
+        )
+    }
+
+    /// Runs v1 in prod, then asks for `b` as v2, which becomes an experiment.
+    async fn experiment_of(world: &World, b: &str) -> Experiment {
+        let v1 = world.release(&spec("serve")).await;
+        crate::aftermath::ask_for_automatic(&world.cd.inner, &v1, None).await;
+        world
+            .until("v1 in prod", || async {
+                (world.status("prod").await.release == Some(1)).then_some(())
+            })
+            .await;
+        let v2 = world.release(&spec(b)).await;
+        crate::aftermath::ask_for_automatic(&world.cd.inner, &v2, None).await;
+        until_experiment(world, |x| x.status == ExperimentStatus::Running).await
+    }
+
+    async fn until_experiment(world: &World, check: impl Fn(&Experiment) -> bool) -> Experiment {
+        world
+            .until("the experiment", || async {
+                world
+                    .store()
+                    .experiments(Some("shop"), 10)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|x| check(x))
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn an_experiment_ramps_to_b_and_its_promotion_is_done() {
+        let world = World::new().await;
+        experiment_of(&world, "serve").await;
+        let _load = world.load("prod").await;
+        let x = until_experiment(&world, |x| !x.is_open()).await;
+        assert_eq!(x.status, ExperimentStatus::Promoted, "{:?}", x.reason);
+        world
+            .until("v2 in prod", || async {
+                (world.status("prod").await.release == Some(2)).then_some(())
+            })
+            .await;
+        assert_eq!(world.answer("prod").await, "v2");
+        let promotions = world
+            .store()
+            .promotions(Some("shop"), false, 10)
+            .await
+            .unwrap();
+        assert!(
+            promotions
+                .iter()
+                .any(|p| p.release == 2 && p.status == PromotionStatus::Done)
+        );
+    }
+
+    #[tokio::test]
+    async fn b_s_errors_roll_it_back_and_open_an_incident() {
+        let world = World::new().await;
+        experiment_of(&world, "fail").await;
+        let _load = world.load("prod").await;
+        let x = until_experiment(&world, |x| !x.is_open()).await;
+        assert_eq!(x.status, ExperimentStatus::RolledBack, "{:?}", x.reason);
+        assert_eq!(world.answer("prod").await, "v1", "A serves");
+        let deployment = world
+            .store()
+            .deployment(x.deployment_id.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(deployment.status, DeploymentStatus::RolledBack);
+        let incident = world
+            .until("an incident", || async {
+                let open = world
+                    .store()
+                    .incidents(Some("shop"), true, 10)
+                    .await
+                    .unwrap();
+                open.into_iter().next()
+            })
+            .await;
+        assert_eq!(incident.trigger_kind, "experiment");
+    }
+
+    #[tokio::test]
+    async fn people_pause_resume_and_abort_an_experiment() {
+        let world = World::new().await;
+        let x = experiment_of(&world, "serve").await;
+        let ana = Actor {
+            name: "ana".into(),
+            groups: Vec::new(),
+        };
+        world
+            .cd
+            .experiment_command(x.id, ExperimentCommand::Pause, &ana)
+            .await
+            .unwrap();
+        let paused = until_experiment(&world, |x| x.status == ExperimentStatus::Paused).await;
+        assert!(
+            paused.decisions.contains("paused by ana"),
+            "{}",
+            paused.decisions
+        );
+        world
+            .cd
+            .experiment_command(x.id, ExperimentCommand::Resume, &ana)
+            .await
+            .unwrap();
+        until_experiment(&world, |x| x.decisions.contains("resumed by ana")).await;
+        world
+            .cd
+            .experiment_command(x.id, ExperimentCommand::Abort, &ana)
+            .await
+            .unwrap();
+        let aborted = until_experiment(&world, |x| !x.is_open()).await;
+        assert_eq!(aborted.status, ExperimentStatus::Aborted);
+        assert_eq!(world.answer("prod").await, "v1", "A serves");
+        let refused = world
+            .cd
+            .experiment_command(x.id, ExperimentCommand::Pause, &ana)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("takes no more commands"));
+        // A person's abort is a decision, not a failure: no incident.
+        let open = world
+            .store()
+            .incidents(Some("shop"), true, 10)
+            .await
+            .unwrap();
+        assert!(open.is_empty(), "{open:?}");
+    }
+}

@@ -24,6 +24,8 @@ mod render;
 mod rollout;
 mod rules;
 pub mod runtime;
+#[cfg(test)]
+mod testing;
 mod traffic;
 mod view;
 mod workdir;
@@ -251,7 +253,17 @@ impl Cd {
     /// Starts the engine: reconciles what a previous server left, then looks
     /// at pending promotions now and then.
     pub async fn start(store: Store, config: CdConfig, metrics: Metrics) -> anyhow::Result<Cd> {
-        let runtime = Arc::new(LocalRuntime::new(store.clone()));
+        let runtime = Arc::new(LocalRuntime::new(store.clone(), &config.data_dir));
+        Cd::start_with(store, config, metrics, runtime).await
+    }
+
+    /// [`Cd::start`] with instances run by `runtime` (tests give a fake one).
+    pub async fn start_with(
+        store: Store,
+        config: CdConfig,
+        metrics: Metrics,
+        runtime: Arc<dyn Runtime>,
+    ) -> anyhow::Result<Cd> {
         let (alarms, raised) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             layout: Layout::new(&config.data_dir),

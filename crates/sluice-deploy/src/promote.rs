@@ -391,3 +391,104 @@ pub(crate) async fn gatekeeper(inner: Arc<Inner>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Promotions against the fake runtime: the automatic chain, and gates
+    //! that block until a person clears them.
+
+    use sluice_store::{Promotion, PromotionStatus};
+
+    use crate::Actor;
+    use crate::testing::World;
+
+    const SPEC: &str = "service: shop
+pipeline:
+  jobs:
+    unit:
+      steps:
+        - run: 'true'
+  artifact:
+    paths: [sluice.yaml]
+run:
+  command: serve
+  ready_timeout: 1s
+  health: { path: /healthz, interval: 50ms, timeout: 50ms, healthy: 1, unhealthy: 2 }
+environments:
+  dev:
+    deploy: auto
+    instances: 1
+    listen: 127.0.0.1:0
+  pre-prod:
+    deploy: auto
+    from: dev
+    instances: 1
+    listen: 127.0.0.1:0
+  prod:
+    deploy: { approvals: 1 }
+    from: pre-prod
+    instances: 1
+    listen: 127.0.0.1:0
+";
+
+    async fn promotion_to(world: &World, env: &str, status: PromotionStatus) -> Promotion {
+        world
+            .until(&format!("a promotion to {env} {status}"), || async {
+                world
+                    .store()
+                    .promotions(Some("shop"), false, 100)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|p| p.environment == env && p.status == status)
+            })
+            .await
+    }
+
+    fn person(name: &str) -> Actor {
+        Actor {
+            name: name.into(),
+            groups: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_release_goes_dev_then_pre_prod_by_itself_and_waits_for_prod_s_approval() {
+        let world = World::new().await;
+        let release = world.release(SPEC).await;
+        crate::aftermath::ask_for_automatic(&world.cd.inner, &release, None).await;
+        let dev = promotion_to(&world, "dev", PromotionStatus::Done).await;
+        assert_eq!(dev.requested_by, "sluice");
+        promotion_to(&world, "pre-prod", PromotionStatus::Done).await;
+        assert_eq!(world.answer("pre-prod").await, "v1");
+
+        // prod follows pre-prod only when asked, and then waits for an approval.
+        let asked = world
+            .cd
+            .promote(
+                super::PromoteRequest {
+                    service: "shop".into(),
+                    to: "prod".into(),
+                    release: None,
+                },
+                &person("ana"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(asked.promotion.status, PromotionStatus::Pending);
+        assert_eq!(asked.promotion.blocked_by.as_deref(), Some("approvals"));
+        let refused = world
+            .cd
+            .approve(asked.promotion.id, &person("ana"))
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("someone else"), "{refused}");
+        world
+            .cd
+            .approve(asked.promotion.id, &person("bo"))
+            .await
+            .unwrap();
+        promotion_to(&world, "prod", PromotionStatus::Done).await;
+        assert_eq!(world.answer("prod").await, "v1");
+    }
+}

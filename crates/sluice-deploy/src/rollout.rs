@@ -203,3 +203,128 @@ async fn restore(inner: &Arc<Inner>, release: &Release, env: &str, failed: i64) 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Deployments against the fake runtime: no processes, the real store,
+    //! the real entry points.
+
+    use sluice_store::{DeploymentStatus, IncidentStatus};
+
+    use crate::testing::World;
+
+    fn spec(command: &str, strategy: &str) -> String {
+        format!(
+            "service: shop
+pipeline:
+  jobs:
+    unit:
+      steps:
+        - run: 'true'
+  artifact:
+    paths: [sluice.yaml]
+run:
+  command: {command}
+  ready_timeout: 1s
+  health: {{ path: /healthz, interval: 50ms, timeout: 50ms, healthy: 1, unhealthy: 2 }}
+environments:
+  dev:
+    deploy: auto
+    instances: 2
+    listen: 127.0.0.1:0
+    strategy: {strategy}
+"
+        )
+    }
+
+    async fn deployments(world: &World) -> Vec<sluice_store::Deployment> {
+        world
+            .store()
+            .deployments(Some("shop"), Some("dev"), None, 100)
+            .await
+            .unwrap()
+    }
+
+    /// Deploys `spec` as the next release and waits for its deployment to end.
+    async fn deploy(world: &World, spec: &str) -> sluice_store::Deployment {
+        let release = world.release(spec).await;
+        crate::aftermath::ask_for_automatic(&world.cd.inner, &release, None).await;
+        world
+            .until("the deployment to end", || async {
+                deployments(world)
+                    .await
+                    .into_iter()
+                    .find(|d| d.release == release.number && d.status != DeploymentStatus::Running)
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_rolling_deployment_replaces_every_instance() {
+        let world = World::new().await;
+        let first = deploy(&world, &spec("serve", "rolling")).await;
+        assert_eq!(first.status, DeploymentStatus::Succeeded);
+        assert_eq!(world.answer("dev").await, "v1");
+        let second = deploy(&world, &spec("serve", "rolling")).await;
+        assert_eq!(second.status, DeploymentStatus::Succeeded);
+        assert_eq!(second.strategy, "rolling");
+        assert_eq!(world.answer("dev").await, "v2");
+        let status = world.status("dev").await;
+        assert_eq!(status.release, Some(2));
+        assert_eq!(status.instances.len(), 2);
+        assert!(status.instances.iter().all(|i| i.release == 2));
+        assert_eq!(world.runtime.running().len(), 2, "v1's instances stopped");
+    }
+
+    #[tokio::test]
+    async fn a_new_instance_that_never_becomes_healthy_goes_back_with_an_incident() {
+        let world = World::new().await;
+        deploy(&world, &spec("serve", "rolling")).await;
+        let failed = deploy(&world, &spec("hang", "rolling")).await;
+        assert_eq!(failed.status, DeploymentStatus::RolledBack);
+        let reason = failed.reason.unwrap_or_default();
+        assert!(reason.contains("back on v1"), "{reason}");
+        assert_eq!(world.answer("dev").await, "v1", "v1 still serves");
+        let status = world.status("dev").await;
+        assert_eq!(status.release, Some(1));
+        assert!(status.instances.iter().all(|i| i.release == 1));
+        assert_eq!(world.runtime.running().len(), 2, "v2's instance stopped");
+        // What follows a failed automatic deployment: an incident.
+        let incidents = world
+            .until("an incident", || async {
+                let open = world
+                    .store()
+                    .incidents(Some("shop"), true, 10)
+                    .await
+                    .unwrap();
+                (!open.is_empty()).then_some(open)
+            })
+            .await;
+        assert_eq!(incidents[0].status, IncidentStatus::Open);
+        assert!(incidents[0].title.contains("v2"), "{}", incidents[0].title);
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_keeps_exiting_fails_its_deployment_at_once() {
+        let world = World::new().await;
+        let failed = deploy(&world, &spec("crash", "rolling")).await;
+        assert_eq!(failed.status, DeploymentStatus::Failed);
+        let reason = failed.reason.unwrap_or_default();
+        assert!(reason.contains("exited 3 times"), "{reason}");
+        assert!(world.runtime.running().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_blue_green_deployment_switches_the_whole_group() {
+        let world = World::new().await;
+        deploy(&world, &spec("serve", "blue-green")).await;
+        let old = world.runtime.running();
+        let switched = deploy(&world, &spec("serve", "blue-green")).await;
+        assert_eq!(switched.status, DeploymentStatus::Succeeded);
+        assert_eq!(switched.strategy, "blue-green");
+        assert_eq!(world.answer("dev").await, "v2");
+        let new = world.runtime.running();
+        assert_eq!(new.len(), 2);
+        assert!(new.iter().all(|id| !old.contains(id)), "{old:?} {new:?}");
+    }
+}

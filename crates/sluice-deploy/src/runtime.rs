@@ -40,6 +40,11 @@ pub trait Runtime: Send + Sync {
     fn stop_all(&self) -> Boxed<'_, ()>;
     /// How many times the instance's process has exited (or failed to start) so far.
     fn exits(&self, id: &str) -> u32;
+    /// At start: stops whatever a previous server of this data directory
+    /// left running, recorded or not; returns what it stopped (pids).
+    fn stop_leftovers(&self) -> Vec<i32> {
+        Vec::new()
+    }
 }
 
 /// How long an instance gets to exit after SIGTERM.
@@ -48,6 +53,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct LocalRuntime {
     store: Store,
+    /// The server's data directory, which its instances' `SLUICE_HOME` names.
+    home: PathBuf,
     running: Mutex<HashMap<String, Supervised>>,
 }
 
@@ -59,9 +66,10 @@ struct Supervised {
 }
 
 impl LocalRuntime {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, home: &std::path::Path) -> Self {
         LocalRuntime {
             store,
+            home: home.to_path_buf(),
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -88,6 +96,10 @@ impl Runtime for LocalRuntime {
                 .insert(id, Supervised { stop, task, exits });
             Ok(())
         })
+    }
+
+    fn stop_leftovers(&self) -> Vec<i32> {
+        kill_leftovers(&self.home)
     }
 
     fn stop<'a>(&'a self, id: &'a str) -> Boxed<'a, ()> {

@@ -1,0 +1,250 @@
+//! A world for the deployment core's unit tests: the engine over a store in
+//! a temporary directory, its instances run by [`FakeRuntime`] (no
+//! processes: each instance is an HTTP server inside the test), and
+//! releases made from a `sluice.yaml` text.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sluice_store::{NewChange, NewRepo, Release, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::{InstanceSpec, Runtime};
+use crate::{Cd, CdConfig};
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Runs each instance as its `run.command` says:
+/// - `serve`: answers every request with 200 and its release's name;
+/// - `fail`: passes its health check but answers everything else with 500;
+/// - `hang`: never listens, so it never becomes healthy;
+/// - `crash`: exits again and again (its exits count up at once).
+#[derive(Default)]
+pub(crate) struct FakeRuntime {
+    running: Mutex<HashMap<String, CancellationToken>>,
+    exits: Mutex<HashMap<String, u32>>,
+}
+
+impl FakeRuntime {
+    /// The ids of the instances running now.
+    pub fn running(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.running.lock().unwrap().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
+fn var<'a>(spec: &'a InstanceSpec, name: &str) -> &'a str {
+    spec.env
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default()
+}
+
+impl Runtime for FakeRuntime {
+    fn start(&self, spec: InstanceSpec) -> Boxed<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            let stop = CancellationToken::new();
+            match spec.command.as_str() {
+                "serve" | "fail" => {
+                    let port: u16 = var(&spec, "PORT").parse()?;
+                    let release = var(&spec, "SLUICE_RELEASE").to_string();
+                    let status = if spec.command == "fail" {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        axum::http::StatusCode::OK
+                    };
+                    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+                    let app = axum::Router::new()
+                        .route("/healthz", axum::routing::get(|| async { "ok" }))
+                        .fallback(move || {
+                            let release = release.clone();
+                            async move { (status, release) }
+                        });
+                    let stopped = stop.clone().cancelled_owned();
+                    tokio::spawn(async move {
+                        let _ = axum::serve(listener, app)
+                            .with_graceful_shutdown(stopped)
+                            .await;
+                    });
+                }
+                "hang" => {}
+                "crash" => {
+                    self.exits.lock().unwrap().insert(spec.id.clone(), 3);
+                }
+                other => {
+                    anyhow::bail!("the fake runtime runs serve, fail, hang or crash, not {other}")
+                }
+            }
+            self.running.lock().unwrap().insert(spec.id, stop);
+            Ok(())
+        })
+    }
+
+    fn stop<'a>(&'a self, id: &'a str) -> Boxed<'a, ()> {
+        Box::pin(async move {
+            if let Some(stop) = self.running.lock().unwrap().remove(id) {
+                stop.cancel();
+            }
+        })
+    }
+
+    fn stop_all(&self) -> Boxed<'_, ()> {
+        Box::pin(async move {
+            for (_, stop) in self.running.lock().unwrap().drain() {
+                stop.cancel();
+            }
+        })
+    }
+
+    fn exits(&self, id: &str) -> u32 {
+        self.exits.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+}
+
+/// Requests sent to an entry point, one after another, until dropped.
+pub(crate) struct Load(#[allow(dead_code)] tokio_util::sync::DropGuard);
+
+/// The engine with a fake runtime over a fresh SQLite store.
+pub(crate) struct World {
+    pub cd: Cd,
+    pub runtime: std::sync::Arc<FakeRuntime>,
+    repo: sluice_store::Repo,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    pub async fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&Store::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        let config = CdConfig {
+            isolation: sluice_ci::sandbox::Isolation::None,
+            drain_timeout: Duration::from_millis(200),
+            heal_interval: Duration::from_secs(3600),
+            ..CdConfig::new(dir.path())
+        };
+        let metrics =
+            sluice_proxy::Metrics::register(&mut prometheus_client::registry::Registry::default());
+        let runtime = std::sync::Arc::new(FakeRuntime::default());
+        let repo = store
+            .insert_repo(
+                NewRepo {
+                    name: "shop".into(),
+                    url: "file:///nowhere/shop".into(),
+                    local_path: None,
+                    webhook_secret: "s".into(),
+                    status_url: None,
+                    status_token: None,
+                    hook: "none".into(),
+                },
+                "test",
+            )
+            .await
+            .unwrap();
+        let cd = Cd::start_with(store, config, metrics, runtime.clone())
+            .await
+            .unwrap();
+        World {
+            cd,
+            runtime,
+            repo,
+            _dir: dir,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.cd.inner.store
+    }
+
+    /// Makes the next release of `shop` carrying `spec`.
+    pub async fn release(&self, spec: &str) -> Release {
+        let inner = &self.cd.inner;
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("sluice.yaml"), spec).unwrap();
+        let sha256 = sluice_ci::artifact::pack(
+            work.path(),
+            &["sluice.yaml".to_string()],
+            &inner.layout.artifacts(),
+        )
+        .unwrap()
+        .sha256;
+        let sha = format!("{:040x}", rand::random::<u128>());
+        let run = inner
+            .store
+            .insert_change(NewChange {
+                repo_id: self.repo.id,
+                ref_name: "refs/heads/main".into(),
+                branch: "main".into(),
+                sha,
+                kind: "mainline".into(),
+                source: "hook".into(),
+                pull_request: None,
+                title: "a change".into(),
+                author: "ana".into(),
+            })
+            .await
+            .unwrap()
+            .expect("a run");
+        let release = inner
+            .store
+            .create_release("shop", &run, &sha256, spec)
+            .await
+            .unwrap();
+        crate::release::unpack(&inner.layout, &release)
+            .await
+            .unwrap();
+        release
+    }
+
+    /// Waits until `check` finds what it looks for (at most 20 s).
+    pub async fn until<T, F, Fut>(&self, what: &str, check: F) -> T
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(found) = check().await {
+                return found;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// An environment's status, as `sluice status` shows it.
+    pub async fn status(&self, env: &str) -> crate::EnvStatus {
+        let all = self.cd.status(Some("shop")).await.unwrap();
+        all.into_iter()
+            .find(|s| s.environment == env)
+            .unwrap_or_else(|| panic!("no environment {env}"))
+    }
+
+    /// Sends requests to an environment's entry point until dropped.
+    pub async fn load(&self, env: &str) -> Load {
+        let listen = self.status(env).await.listen.expect("an entry point");
+        let url = format!("http://{listen}/");
+        let stop = CancellationToken::new();
+        let running = stop.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while !running.is_cancelled() {
+                let _ = client.get(&url).send().await;
+            }
+        });
+        Load(stop.drop_guard())
+    }
+
+    /// What an environment's entry point answers `GET /` with.
+    pub async fn answer(&self, env: &str) -> String {
+        let listen = self.status(env).await.listen.expect("an entry point");
+        let url = format!("http://{listen}/");
+        reqwest::get(&url).await.unwrap().text().await.unwrap()
+    }
+}
