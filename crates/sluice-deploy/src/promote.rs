@@ -209,11 +209,50 @@ async fn gates_of(inner: &Arc<Inner>, promotion: &Promotion) -> CdResult<Vec<Gat
     Ok(gates::evaluate(&facts, Utc::now()))
 }
 
+/// The newer release a later promotion took (or is taking) to the same
+/// environment, which makes a pending promotion of an older one moot: it
+/// would only deploy backwards, and its `from` gate could never clear.
+/// A rollback is not a promotion, so it supersedes nothing.
+fn superseded_by(promotion: &Promotion, all: &[Promotion]) -> Option<i64> {
+    all.iter()
+        .filter(|other| {
+            other.id > promotion.id
+                && other.environment == promotion.environment
+                && other.release > promotion.release
+                && matches!(
+                    other.status,
+                    PromotionStatus::Deploying | PromotionStatus::Done
+                )
+        })
+        .map(|other| other.release)
+        .max()
+}
+
 /// Looks at a pending promotion's gates; deploys when all are open.
 pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
     let _one_at_a_time = inner.advancing.lock().await;
     let promotion = inner.store.promotion(id).await?;
     if promotion.status != PromotionStatus::Pending {
+        return Ok(());
+    }
+    let others = inner
+        .store
+        .promotions(Some(&promotion.service), false, 1000)
+        .await?;
+    if let Some(newer) = superseded_by(&promotion, &others) {
+        inner
+            .store
+            .set_promotion_status(
+                id,
+                PromotionStatus::Superseded,
+                None,
+                Some(&format!(
+                    "v{newer} went to {} by a later promotion",
+                    promotion.environment
+                )),
+                "sluice",
+            )
+            .await?;
         return Ok(());
     }
     let checks = gates_of(inner, &promotion).await?;
@@ -443,6 +482,51 @@ environments:
                     .find(|p| p.environment == env && p.status == status)
             })
             .await
+    }
+
+    fn promotion(id: i64, env: &str, release: i64, status: PromotionStatus) -> Promotion {
+        Promotion {
+            id,
+            service: "shop".into(),
+            environment: env.into(),
+            release_id: release,
+            release,
+            requested_by: "sluice".into(),
+            status,
+            blocked_by: None,
+            reason: None,
+            override_by: None,
+            override_reason: None,
+            deployment_id: None,
+            created_at: 0,
+            decided_at: None,
+            approvals: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_later_promotion_of_a_newer_release_supersedes_a_pending_one() {
+        use PromotionStatus::*;
+        let waiting = promotion(5, "prod", 3, Pending);
+        let table = [
+            (promotion(7, "prod", 4, Done), Some(4)),
+            (promotion(7, "prod", 4, Deploying), Some(4)),
+            // Not yet gone anywhere, failed or rejected: nothing moot yet.
+            (promotion(7, "prod", 4, Pending), None),
+            (promotion(7, "prod", 4, Failed), None),
+            (promotion(7, "prod", 4, Rejected), None),
+            // Another environment, an older release, an earlier promotion.
+            (promotion(7, "dev", 4, Done), None),
+            (promotion(7, "prod", 2, Done), None),
+            (promotion(4, "prod", 4, Done), None),
+        ];
+        for (other, expected) in table {
+            assert_eq!(
+                super::superseded_by(&waiting, std::slice::from_ref(&other)),
+                expected,
+                "{other:?}"
+            );
+        }
     }
 
     fn person(name: &str) -> Actor {

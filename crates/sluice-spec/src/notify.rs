@@ -27,6 +27,10 @@ pub const EVENT_KINDS: &[(&str, &str)] = &[
     ("promotion.approved", "an approver approved a promotion"),
     ("promotion.rejected", "an approver rejected a promotion"),
     (
+        "promotion.superseded",
+        "a later promotion took a newer release to the environment first",
+    ),
+    (
         "promotion.deploying",
         "every gate opened; the deployment starts",
     ),

@@ -61,6 +61,8 @@ stored_enum!(
         Done = "done",
         Failed = "failed",
         Rejected = "rejected",
+        /// A later promotion took a newer release to the environment first.
+        Superseded = "superseded",
     }
 );
 
@@ -144,7 +146,10 @@ stored_enum!(
 
 impl PromotionStatus {
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Done | Self::Failed | Self::Rejected)
+        matches!(
+            self,
+            Self::Done | Self::Failed | Self::Rejected | Self::Superseded
+        )
     }
 }
 
@@ -211,7 +216,7 @@ mod tests {
             .filter(|s| s.is_final())
             .map(|s| s.as_str())
             .collect();
-        assert_eq!(final_, ["done", "failed", "rejected"]);
+        assert_eq!(final_, ["done", "failed", "rejected", "superseded"]);
         let give_way: Vec<_> = DeploymentCause::ALL
             .iter()
             .filter(|c| c.gives_way())

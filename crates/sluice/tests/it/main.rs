@@ -9,6 +9,7 @@ mod blog;
 mod browser;
 mod cd;
 mod ci;
+mod crash;
 mod demo;
 mod detection;
 mod experiments;

@@ -53,7 +53,7 @@ async fn a_run_interrupted_by_kill_9_ends_as_error_with_its_logs_and_no_leftover
 }
 
 /// Pids of the live processes that are instances of the server with this data directory.
-fn instance_processes(data: &std::path::Path) -> Vec<(i32, String)> {
+pub fn instance_processes(data: &std::path::Path) -> Vec<(i32, String)> {
     let home = format!("SLUICE_HOME={}", data.canonicalize().unwrap().display());
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
