@@ -305,6 +305,27 @@ environments:
     }
 
     #[tokio::test]
+    async fn an_instance_that_stays_unhealthy_opens_an_incident() {
+        let world = World::new().await;
+        let quick = spec("serve", "rolling")
+            .replace("unhealthy: 2 }", "unhealthy: 2, incident_after: 300ms }");
+        deploy(&world, &quick).await;
+        world.runtime.sicken();
+        let incident = world
+            .until("an incident", || async {
+                let open = world
+                    .store()
+                    .incidents(Some("shop"), true, 10)
+                    .await
+                    .unwrap();
+                open.into_iter().next()
+            })
+            .await;
+        assert_eq!(incident.trigger_kind, "health");
+        assert_eq!(incident.title, "shop is unhealthy in dev");
+    }
+
+    #[tokio::test]
     async fn an_instance_that_keeps_exiting_fails_its_deployment_at_once() {
         let world = World::new().await;
         let failed = deploy(&world, &spec("crash", "rolling")).await;

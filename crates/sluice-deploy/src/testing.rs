@@ -26,9 +26,16 @@ type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) struct FakeRuntime {
     running: Mutex<HashMap<String, CancellationToken>>,
     exits: Mutex<HashMap<String, u32>>,
+    /// Set: every instance's health check fails from now on.
+    sick: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeRuntime {
+    /// Makes every instance fail its health checks from now on.
+    pub fn sicken(&self) {
+        self.sick.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The ids of the instances running now.
     pub fn running(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.running.lock().unwrap().keys().cloned().collect();
@@ -59,8 +66,21 @@ impl Runtime for FakeRuntime {
                         axum::http::StatusCode::OK
                     };
                     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+                    let sick = self.sick.clone();
                     let app = axum::Router::new()
-                        .route("/healthz", axum::routing::get(|| async { "ok" }))
+                        .route(
+                            "/healthz",
+                            axum::routing::get(move || {
+                                let sick = sick.load(std::sync::atomic::Ordering::SeqCst);
+                                async move {
+                                    if sick {
+                                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                                    } else {
+                                        axum::http::StatusCode::OK
+                                    }
+                                }
+                            }),
+                        )
                         .fallback(move || {
                             let release = release.clone();
                             async move { (status, release) }
