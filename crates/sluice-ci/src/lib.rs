@@ -105,15 +105,24 @@ impl Ci {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "localhost".into());
         let killed = executor::kill_leftovers(&store, &host, &config.data_dir).await;
-        let interrupted = store.interrupt_running_runs().await?;
-        if killed > 0 || !interrupted.is_empty() {
-            tracing::warn!(?interrupted, killed, "recovered from an interrupted server");
+        if killed > 0 {
+            tracing::warn!(killed, "killed the steps a previous server left running");
         }
-        let executor = Arc::new(LocalExecutor::new(
-            store.clone(),
-            host.clone(),
-            &config.data_dir,
-        ));
+        let executor = Arc::new(LocalExecutor::new(store.clone(), host, &config.data_dir));
+        Ci::start_with(store, config, notifiers, executor).await
+    }
+
+    /// [`Ci::start`] with steps run by `executor` (tests give a fake one).
+    pub async fn start_with(
+        store: Store,
+        config: CiConfig,
+        notifiers: Vec<Arc<dyn Notifier>>,
+        executor: Arc<dyn Executor>,
+    ) -> anyhow::Result<Ci> {
+        let interrupted = store.interrupt_running_runs().await?;
+        if !interrupted.is_empty() {
+            tracing::warn!(?interrupted, "runs of a previous server ended as error");
+        }
         let forge: Arc<dyn Notifier> = Arc::new(ForgeStatus::new(config.server_url.clone()));
         let (events, _) = broadcast::channel(4096);
         let engine = Arc::new(Engine {
