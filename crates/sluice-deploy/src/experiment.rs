@@ -1019,28 +1019,14 @@ mod tests {
     use crate::testing::World;
 
     fn spec(command: &str) -> String {
-        format!(
-            "service: shop
-pipeline:
-  jobs:
-    unit:
-      steps:
-        - run: 'true'
-  artifact:
-    paths: [sluice.yaml]
-run:
-  command: {command}
-  ready_timeout: 1s
-  health: {{ path: /healthz, interval: 50ms, timeout: 50ms, healthy: 1, unhealthy: 2 }}
-environments:
-  prod:
+        let prod = "  prod:
     deploy: auto
     instances: 1
     listen: 127.0.0.1:0
     strategy:
-      ab: {{ steps: [50, 100], min_requests: 20, min_duration: 1s, max_step: 10m, metrics: [error_rate] }}
-"
-        )
+      ab: { steps: [50, 100], min_requests: 20, min_duration: 1s, max_step: 10m, metrics: [error_rate] }
+";
+        crate::testing::spec(command, prod)
     }
 
     /// Runs v1 in prod, then asks for `b` as v2, which becomes an experiment.

@@ -441,20 +441,7 @@ mod tests {
     use crate::Actor;
     use crate::testing::World;
 
-    const SPEC: &str = "service: shop
-pipeline:
-  jobs:
-    unit:
-      steps:
-        - run: 'true'
-  artifact:
-    paths: [sluice.yaml]
-run:
-  command: serve
-  ready_timeout: 1s
-  health: { path: /healthz, interval: 50ms, timeout: 50ms, healthy: 1, unhealthy: 2 }
-environments:
-  dev:
+    const ENVIRONMENTS: &str = "  dev:
     deploy: auto
     instances: 1
     listen: 127.0.0.1:0
@@ -539,7 +526,9 @@ environments:
     #[tokio::test]
     async fn a_release_goes_dev_then_pre_prod_by_itself_and_waits_for_prod_s_approval() {
         let world = World::new().await;
-        let release = world.release(SPEC).await;
+        let release = world
+            .release(&crate::testing::spec("serve", ENVIRONMENTS))
+            .await;
         crate::aftermath::ask_for_automatic(&world.cd.inner, &release, None).await;
         let dev = promotion_to(&world, "dev", PromotionStatus::Done).await;
         assert_eq!(dev.requested_by, "sluice");

@@ -214,27 +214,10 @@ mod tests {
     use crate::testing::World;
 
     fn spec(command: &str, strategy: &str) -> String {
-        format!(
-            "service: shop
-pipeline:
-  jobs:
-    unit:
-      steps:
-        - run: 'true'
-  artifact:
-    paths: [sluice.yaml]
-run:
-  command: {command}
-  ready_timeout: 1s
-  health: {{ path: /healthz, interval: 50ms, timeout: 50ms, healthy: 1, unhealthy: 2 }}
-environments:
-  dev:
-    deploy: auto
-    instances: 2
-    listen: 127.0.0.1:0
-    strategy: {strategy}
-"
-        )
+        let dev = format!(
+            "  dev:\n    deploy: auto\n    instances: 2\n    listen: 127.0.0.1:0\n    strategy: {strategy}\n"
+        );
+        crate::testing::spec(command, &dev)
     }
 
     async fn deployments(world: &World) -> Vec<sluice_store::Deployment> {

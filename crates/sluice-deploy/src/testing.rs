@@ -126,6 +126,28 @@ impl Runtime for FakeRuntime {
     }
 }
 
+/// A `sluice.yaml` whose instances the fake runtime runs as `command`
+/// (with quick health checks), and `environments` (YAML under
+/// `environments:`, indented by four).
+pub(crate) fn spec(command: &str, environments: &str) -> String {
+    format!(
+        "service: shop
+pipeline:
+  jobs:
+    unit:
+      steps:
+        - run: 'true'
+  artifact:
+    paths: [sluice.yaml]
+run:
+  command: {command}
+  ready_timeout: 1s
+  health: {{ path: /healthz, interval: 50ms, timeout: 50ms, healthy: 1, unhealthy: 2 }}
+environments:
+{environments}"
+    )
+}
+
 /// Requests sent to an entry point, one after another, until dropped.
 pub(crate) struct Load(#[allow(dead_code)] tokio_util::sync::DropGuard);
 
