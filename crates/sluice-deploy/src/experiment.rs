@@ -3,6 +3,7 @@
 //! sticky split, judged every second by the analysis; promoted at 100%,
 //! rolled back by itself when worse, held for a person when inconclusive.
 
+use sluice_store::DeploymentStrategy;
 use sluice_store::{DeploymentCause, DeploymentStatus, ExperimentCommand, ExperimentStatus};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,7 +49,7 @@ pub(crate) async fn run(
             env: &env.name,
             release: b,
             previous: Some(baseline_id),
-            strategy: "ab",
+            strategy: DeploymentStrategy::Ab,
             cause,
             actor,
         })
@@ -1106,7 +1107,10 @@ mod tests {
                 open.into_iter().next()
             })
             .await;
-        assert_eq!(incident.trigger_kind, "experiment");
+        assert_eq!(
+            incident.trigger_kind,
+            sluice_store::IncidentTrigger::Experiment
+        );
     }
 
     #[tokio::test]

@@ -4,6 +4,8 @@
 
 use sluice_store::DeploymentCause;
 use sluice_store::DeploymentStatus;
+use sluice_store::DeploymentStrategy;
+use sluice_store::IncidentTrigger;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,7 +85,7 @@ async fn heal(inner: &Arc<Inner>, state: &EnvState) -> anyhow::Result<()> {
             env: &state.name,
             release: &release,
             previous: Some(release.id),
-            strategy: "rolling",
+            strategy: DeploymentStrategy::Rolling,
             cause: DeploymentCause::Heal,
             actor: "sluice",
         })
@@ -114,7 +116,15 @@ async fn heal(inner: &Arc<Inner>, state: &EnvState) -> anyhow::Result<()> {
         "{} ran fewer instances than declared in {}",
         state.service, state.name
     );
-    crate::incidents::auto_open(inner, &state.service, &state.name, "heal", &title, &reason).await;
+    crate::incidents::auto_open(
+        inner,
+        &state.service,
+        &state.name,
+        IncidentTrigger::Heal,
+        &title,
+        &reason,
+    )
+    .await;
     result
 }
 

@@ -5,6 +5,7 @@
 //! that stays unhealthy raises an [`Alarm`](crate::Alarm) for the incidents
 //! module to take.
 
+use sluice_store::IncidentTrigger;
 use sluice_store::InstanceState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -304,7 +305,7 @@ pub(crate) async fn start_instance(
                     ),
                     service: service.clone(),
                     env: env.clone(),
-                    trigger: "health",
+                    trigger: IncidentTrigger::Health,
                 })
             }),
         }

@@ -70,7 +70,7 @@ pub(crate) struct Alarm {
     pub service: String,
     pub env: String,
     /// What kind of trouble: `health`.
-    pub trigger: &'static str,
+    pub trigger: sluice_store::IncidentTrigger,
     pub title: String,
     pub detail: String,
 }

@@ -4,6 +4,7 @@
 //! previous release by itself when the new one does not become healthy in
 //! time. The caller holds the environment's turn (see `deploy`).
 
+use sluice_store::DeploymentStrategy;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -34,8 +35,8 @@ pub(crate) async fn deploy(
     let state = inner.store.env_state(&release.service, env).await?;
     let previous = state.as_ref().and_then(|s| s.release_id);
     let strategy = match environment.strategy {
-        Strategy::BlueGreen => "blue-green",
-        Strategy::Rolling | Strategy::Ab(_) => "rolling",
+        Strategy::BlueGreen => DeploymentStrategy::BlueGreen,
+        Strategy::Rolling | Strategy::Ab(_) => DeploymentStrategy::Rolling,
     };
     let id = inner
         .store
@@ -250,7 +251,7 @@ mod tests {
         assert_eq!(world.answer("dev").await, "v1");
         let second = deploy(&world, &spec("serve", "rolling")).await;
         assert_eq!(second.status, DeploymentStatus::Succeeded);
-        assert_eq!(second.strategy, "rolling");
+        assert_eq!(second.strategy, sluice_store::DeploymentStrategy::Rolling);
         assert_eq!(world.answer("dev").await, "v2");
         let status = world.status("dev").await;
         assert_eq!(status.release, Some(2));
@@ -304,7 +305,7 @@ mod tests {
                 open.into_iter().next()
             })
             .await;
-        assert_eq!(incident.trigger_kind, "health");
+        assert_eq!(incident.trigger_kind, sluice_store::IncidentTrigger::Health);
         assert_eq!(incident.title, "shop is unhealthy in dev");
     }
 
@@ -325,7 +326,10 @@ mod tests {
         let old = world.runtime.running();
         let switched = deploy(&world, &spec("serve", "blue-green")).await;
         assert_eq!(switched.status, DeploymentStatus::Succeeded);
-        assert_eq!(switched.strategy, "blue-green");
+        assert_eq!(
+            switched.strategy,
+            sluice_store::DeploymentStrategy::BlueGreen
+        );
         assert_eq!(world.answer("dev").await, "v2");
         let new = world.runtime.running();
         assert_eq!(new.len(), 2);

@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::json;
 use sluice_server::{ServeOptions, Server};
+use sluice_store::IncidentTrigger;
 use sluice_store::{NewIncident, NewRule, Role};
 use tower::ServiceExt;
 
@@ -199,7 +200,7 @@ async fn every_page_renders_for_a_viewer_who_cannot_act() {
             service: "shop",
             environment: Some("prod"),
             title: "checkout <fails>",
-            trigger_kind: "manual",
+            trigger_kind: IncidentTrigger::Manual,
             trigger_detail: None,
             actor: "ana",
             first_symptom_at: None,

@@ -69,7 +69,8 @@ pub struct Deployment {
     pub release_id: i64,
     pub release: i64,
     pub previous_release_id: Option<i64>,
-    pub strategy: String,
+    #[sqlx(try_from = "String")]
+    pub strategy: DeploymentStrategy,
     #[sqlx(try_from = "String")]
     pub cause: DeploymentCause,
     pub actor: String,
@@ -86,7 +87,7 @@ pub struct NewDeployment<'a> {
     pub env: &'a str,
     pub release: &'a Release,
     pub previous: Option<i64>,
-    pub strategy: &'a str,
+    pub strategy: DeploymentStrategy,
     pub cause: DeploymentCause,
     pub actor: &'a str,
 }
@@ -408,7 +409,7 @@ impl Store {
         .bind(env)
         .bind(release.id)
         .bind(previous)
-        .bind(strategy)
+        .bind(strategy.as_str())
         .bind(cause.as_str())
         .bind(actor)
         .bind(now_ms())

@@ -18,7 +18,8 @@ pub struct Incident {
     #[sqlx(try_from = "String")]
     pub status: IncidentStatus,
     /// `manual`, `health`, `deployment` or `experiment`.
-    pub trigger_kind: String,
+    #[sqlx(try_from = "String")]
+    pub trigger_kind: IncidentTrigger,
     pub trigger_detail: Option<String>,
     pub opened_by: String,
     pub opened_at: i64,
@@ -55,7 +56,7 @@ pub struct NewIncident<'a> {
     pub service: &'a str,
     pub environment: Option<&'a str>,
     pub title: &'a str,
-    pub trigger_kind: &'a str,
+    pub trigger_kind: IncidentTrigger,
     pub trigger_detail: Option<&'a str>,
     pub actor: &'a str,
     pub first_symptom_at: Option<i64>,
@@ -76,7 +77,7 @@ impl Store {
         .bind(new.service)
         .bind(new.environment)
         .bind(new.title)
-        .bind(new.trigger_kind)
+        .bind(new.trigger_kind.as_str())
         .bind(new.trigger_detail)
         .bind(new.actor)
         .bind(now)

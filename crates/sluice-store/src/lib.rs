@@ -46,8 +46,8 @@ pub use repos::{NewRepo, Repo, Secret};
 pub use rules::{NewRule, RuleBlock, RuleRecord, parse_rule_id};
 pub use runs::{Change, Job, NewChange, PlannedJob, Run, RunDetail, RunFilter, RunStatus, Step};
 pub use status::{
-    DeploymentCause, DeploymentStatus, ExperimentCommand, ExperimentStatus, IncidentStatus,
-    InstanceState, PromotionStatus,
+    DeploymentCause, DeploymentStatus, DeploymentStrategy, ExperimentCommand, ExperimentStatus,
+    IncidentStatus, IncidentTrigger, InstanceState, PromotionStatus,
 };
 pub use tokens::{Role, TokenRecord};
 pub use traffic::{TRAFFIC_BUCKET_MS, TrafficBucket};

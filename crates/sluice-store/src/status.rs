@@ -96,6 +96,18 @@ stored_enum!(
 );
 
 stored_enum!(
+    /// How a deployment puts its release in.
+    DeploymentStrategy {
+        /// One new instance healthy, then one old one drained, in turn.
+        Rolling = "rolling",
+        /// The whole new group healthy, then the route switched at once.
+        BlueGreen = "blue-green",
+        /// B beside A, its share of users ramped by the experiment.
+        Ab = "ab",
+    }
+);
+
+stored_enum!(
     /// What an instance is doing.
     InstanceState {
         Starting = "starting",
@@ -132,6 +144,22 @@ stored_enum!(
         Promote = "promote",
         /// Take B away now.
         Abort = "abort",
+    }
+);
+
+stored_enum!(
+    /// What opened an incident.
+    IncidentTrigger {
+        /// A person (`sluice incident open`).
+        Manual = "manual",
+        /// An instance that stayed unhealthy.
+        Health = "health",
+        /// A deployment that failed.
+        Deployment = "deployment",
+        /// An experiment that was rolled back.
+        Experiment = "experiment",
+        /// An environment found below its declared instances.
+        Heal = "heal",
     }
 );
 
@@ -189,6 +217,8 @@ mod tests {
         round_trip(ExperimentStatus::ALL, ExperimentStatus::as_str);
         round_trip(IncidentStatus::ALL, IncidentStatus::as_str);
         round_trip(ExperimentCommand::ALL, ExperimentCommand::as_str);
+        round_trip(IncidentTrigger::ALL, IncidentTrigger::as_str);
+        round_trip(DeploymentStrategy::ALL, DeploymentStrategy::as_str);
         assert_eq!(
             ExperimentStatus::try_from("lost".to_string()).unwrap_err(),
             "unknown ExperimentStatus `lost`"

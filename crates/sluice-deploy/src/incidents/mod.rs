@@ -8,6 +8,7 @@ pub mod postmortem;
 pub mod suspects;
 
 use sluice_store::IncidentStatus;
+use sluice_store::IncidentTrigger;
 use sluice_store::{DeploymentCause, DeploymentStatus, ExperimentStatus};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -82,7 +83,7 @@ pub(crate) async fn open(
             service: &request.service,
             environment: request.environment.as_deref(),
             title: request.title.trim(),
-            trigger_kind: "manual",
+            trigger_kind: IncidentTrigger::Manual,
             trigger_detail: None,
             actor: &actor.name,
             first_symptom_at: None,
@@ -112,7 +113,7 @@ pub(crate) async fn auto_open(
     inner: &Arc<Inner>,
     service: &str,
     env: &str,
-    trigger: &str,
+    trigger: IncidentTrigger,
     title: &str,
     detail: &str,
 ) {
@@ -204,7 +205,7 @@ pub(crate) async fn after_deployment(
     };
     let (trigger, title) = if judged {
         (
-            "experiment",
+            IncidentTrigger::Experiment,
             format!(
                 "the experiment of {} in {env} was rolled back",
                 release.name()
@@ -212,7 +213,7 @@ pub(crate) async fn after_deployment(
         )
     } else {
         (
-            "deployment",
+            IncidentTrigger::Deployment,
             format!("the deployment of {} to {env} failed", release.name()),
         )
     };

@@ -2,6 +2,7 @@
 //! knows (the incident, its timeline, its suspects with their diffs), with
 //! the sections a team fills in. Pure.
 
+use sluice_store::IncidentTrigger;
 use std::fmt::Write;
 
 use chrono::{TimeZone, Utc};
@@ -42,7 +43,7 @@ pub fn template(incident: &Incident, timeline: &[TimelineEntry], suspects: &[Sus
     doc.push_str("\n## Impact\n\n_Who was affected, how badly and for how long._\n");
     doc.push_str("\n## Detection\n\n");
     match &incident.trigger_detail {
-        Some(detail) if incident.trigger_kind != "manual" => {
+        Some(detail) if incident.trigger_kind != IncidentTrigger::Manual => {
             let _ = writeln!(doc, "Sluice opened this incident: {detail}\n");
         }
         Some(detail) => {

@@ -3,6 +3,7 @@
 
 use serde_json::json;
 use sluice_store::IncidentStatus;
+use sluice_store::IncidentTrigger;
 use sluice_store::{ChangeQuery, NewIncident, NewRule};
 
 use crate::each_store;
@@ -15,7 +16,7 @@ async fn incidents_move_forward_and_rules_keep_their_origin() {
                 service: "shop",
                 environment: Some("prod"),
                 title: "checkout fails",
-                trigger_kind: "manual",
+                trigger_kind: IncidentTrigger::Manual,
                 trigger_detail: None,
                 actor: "ana",
                 first_symptom_at: None,
