@@ -1017,7 +1017,7 @@ mod tests {
     };
 
     use crate::Actor;
-    use crate::testing::World;
+    use crate::testing::Harness;
 
     fn spec(command: &str) -> String {
         let prod = "  prod:
@@ -1031,7 +1031,7 @@ mod tests {
     }
 
     /// Runs v1 in prod, then asks for `b` as v2, which becomes an experiment.
-    async fn experiment_of(world: &World, b: &str) -> Experiment {
+    async fn experiment_of(world: &Harness, b: &str) -> Experiment {
         let v1 = world.release(&spec("serve")).await;
         crate::aftermath::ask_for_automatic(&world.cd.inner, &v1, None).await;
         world
@@ -1044,7 +1044,7 @@ mod tests {
         until_experiment(world, |x| x.status == ExperimentStatus::Running).await
     }
 
-    async fn until_experiment(world: &World, check: impl Fn(&Experiment) -> bool) -> Experiment {
+    async fn until_experiment(world: &Harness, check: impl Fn(&Experiment) -> bool) -> Experiment {
         world
             .until("the experiment", || async {
                 world
@@ -1060,7 +1060,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_experiment_ramps_to_b_and_its_promotion_is_done() {
-        let world = World::new().await;
+        let world = Harness::new().await;
         experiment_of(&world, "serve").await;
         let _load = world.load("prod").await;
         let x = until_experiment(&world, |x| !x.is_open()).await;
@@ -1085,7 +1085,7 @@ mod tests {
 
     #[tokio::test]
     async fn b_s_errors_roll_it_back_and_open_an_incident() {
-        let world = World::new().await;
+        let world = Harness::new().await;
         experiment_of(&world, "fail").await;
         let _load = world.load("prod").await;
         let x = until_experiment(&world, |x| !x.is_open()).await;
@@ -1115,7 +1115,7 @@ mod tests {
 
     #[tokio::test]
     async fn people_pause_resume_and_abort_an_experiment() {
-        let world = World::new().await;
+        let world = Harness::new().await;
         let x = experiment_of(&world, "serve").await;
         let ana = Actor {
             name: "ana".into(),

@@ -8,6 +8,7 @@
 
 mod aftermath;
 mod certs;
+pub mod clock;
 mod data;
 mod deploy;
 mod experiment;
@@ -39,6 +40,7 @@ use sluice_proxy::{Backend, Listener, Metrics, Route, Telemetry};
 use sluice_store::Store;
 use tokio_util::sync::CancellationToken;
 
+pub use clock::{Clock, SystemClock};
 pub use gates::GateCheck;
 pub use incidents::{IncidentView, OpenRequest, TimelineEntry};
 pub use promote::{PromoteRequest, PromotionView};
@@ -60,6 +62,13 @@ pub enum Outcome {
     Failed(String),
     /// A person took it back (an experiment's abort): no failure of its own.
     Aborted(String),
+}
+
+/// What the engine acts on and reads the time from: given to it, so that
+/// tests can give a fake runtime and a clock they move.
+pub struct World {
+    pub runtime: Arc<dyn Runtime>,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// An incident that a part below the incidents module asks for (an
@@ -196,6 +205,7 @@ pub(crate) struct Inner {
     layout: Layout,
     config: CdConfig,
     runtime: Arc<dyn Runtime>,
+    clock: Arc<dyn Clock>,
     metrics: Metrics,
     /// One listener and route per (service, environment).
     entries: Mutex<HashMap<EnvKey, Entry>>,
@@ -253,23 +263,28 @@ impl Cd {
     /// Starts the engine: reconciles what a previous server left, then looks
     /// at pending promotions now and then.
     pub async fn start(store: Store, config: CdConfig, metrics: Metrics) -> anyhow::Result<Cd> {
-        let runtime = Arc::new(LocalRuntime::new(store.clone(), &config.data_dir));
-        Cd::start_with(store, config, metrics, runtime).await
+        let world = World {
+            runtime: Arc::new(LocalRuntime::new(store.clone(), &config.data_dir)),
+            clock: Arc::new(SystemClock),
+        };
+        Cd::start_with(store, config, metrics, world).await
     }
 
-    /// [`Cd::start`] with instances run by `runtime` (tests give a fake one).
+    /// [`Cd::start`] in a given world (tests give a fake runtime and clock).
     pub async fn start_with(
         store: Store,
         config: CdConfig,
         metrics: Metrics,
-        runtime: Arc<dyn Runtime>,
+        world: World,
     ) -> anyhow::Result<Cd> {
+        let World { runtime, clock } = world;
         let (alarms, raised) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             layout: Layout::new(&config.data_dir),
             store,
             config,
             runtime,
+            clock,
             metrics,
             entries: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),

@@ -206,7 +206,7 @@ async fn gates_of(inner: &Arc<Inner>, promotion: &Promotion) -> CdResult<Vec<Gat
         rules,
         traffic,
     };
-    Ok(gates::evaluate(&facts, Utc::now()))
+    Ok(gates::evaluate(&facts, inner.clock.now()))
 }
 
 /// The newer release a later promotion took (or is taking) to the same
@@ -439,7 +439,7 @@ mod tests {
     use sluice_store::{Promotion, PromotionStatus};
 
     use crate::Actor;
-    use crate::testing::World;
+    use crate::testing::Harness;
 
     const ENVIRONMENTS: &str = "  dev:
     deploy: auto
@@ -457,7 +457,7 @@ mod tests {
     listen: 127.0.0.1:0
 ";
 
-    async fn promotion_to(world: &World, env: &str, status: PromotionStatus) -> Promotion {
+    async fn promotion_to(world: &Harness, env: &str, status: PromotionStatus) -> Promotion {
         world
             .until(&format!("a promotion to {env} {status}"), || async {
                 world
@@ -524,8 +524,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_soak_gate_blocks_until_the_clock_has_moved_past_it() {
+        let world = Harness::new().await;
+        let environments = "  dev:
+    deploy: auto
+    instances: 1
+    listen: 127.0.0.1:0
+  prod:
+    deploy: { auto: true, soak: 1h }
+    from: dev
+    instances: 1
+    listen: 127.0.0.1:0
+";
+        let release = world
+            .release(&crate::testing::spec("serve", environments))
+            .await;
+        crate::aftermath::ask_for_automatic(&world.cd.inner, &release, None).await;
+        let waiting = world
+            .until("prod's promotion blocked by its soak", || async {
+                world
+                    .store()
+                    .promotions(Some("shop"), false, 100)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|p| p.environment == "prod" && p.blocked_by.as_deref() == Some("soak"))
+            })
+            .await;
+        assert_eq!(waiting.status, PromotionStatus::Pending);
+        world.clock.advance(std::time::Duration::from_secs(3601));
+        world.cd.inner.promotions_changed.notify_one();
+        promotion_to(&world, "prod", PromotionStatus::Done).await;
+        assert_eq!(world.answer("prod").await, "v1");
+    }
+
+    #[tokio::test]
     async fn a_release_goes_dev_then_pre_prod_by_itself_and_waits_for_prod_s_approval() {
-        let world = World::new().await;
+        let world = Harness::new().await;
         let release = world
             .release(&crate::testing::spec("serve", ENVIRONMENTS))
             .await;

@@ -212,7 +212,7 @@ mod tests {
 
     use sluice_store::{DeploymentStatus, IncidentStatus};
 
-    use crate::testing::World;
+    use crate::testing::Harness;
 
     fn spec(command: &str, strategy: &str) -> String {
         let dev = format!(
@@ -221,7 +221,7 @@ mod tests {
         crate::testing::spec(command, &dev)
     }
 
-    async fn deployments(world: &World) -> Vec<sluice_store::Deployment> {
+    async fn deployments(world: &Harness) -> Vec<sluice_store::Deployment> {
         world
             .store()
             .deployments(Some("shop"), Some("dev"), None, 100)
@@ -230,7 +230,7 @@ mod tests {
     }
 
     /// Deploys `spec` as the next release and waits for its deployment to end.
-    async fn deploy(world: &World, spec: &str) -> sluice_store::Deployment {
+    async fn deploy(world: &Harness, spec: &str) -> sluice_store::Deployment {
         let release = world.release(spec).await;
         crate::aftermath::ask_for_automatic(&world.cd.inner, &release, None).await;
         world
@@ -245,7 +245,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_rolling_deployment_replaces_every_instance() {
-        let world = World::new().await;
+        let world = Harness::new().await;
         let first = deploy(&world, &spec("serve", "rolling")).await;
         assert_eq!(first.status, DeploymentStatus::Succeeded);
         assert_eq!(world.answer("dev").await, "v1");
@@ -262,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_instance_that_never_becomes_healthy_goes_back_with_an_incident() {
-        let world = World::new().await;
+        let world = Harness::new().await;
         deploy(&world, &spec("serve", "rolling")).await;
         let failed = deploy(&world, &spec("hang", "rolling")).await;
         assert_eq!(failed.status, DeploymentStatus::RolledBack);
@@ -290,7 +290,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_instance_that_stays_unhealthy_opens_an_incident() {
-        let world = World::new().await;
+        let world = Harness::new().await;
         let quick = spec("serve", "rolling")
             .replace("unhealthy: 2 }", "unhealthy: 2, incident_after: 300ms }");
         deploy(&world, &quick).await;
@@ -311,7 +311,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_instance_that_keeps_exiting_fails_its_deployment_at_once() {
-        let world = World::new().await;
+        let world = Harness::new().await;
         let failed = deploy(&world, &spec("crash", "rolling")).await;
         assert_eq!(failed.status, DeploymentStatus::Failed);
         let reason = failed.reason.unwrap_or_default();
@@ -321,7 +321,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_blue_green_deployment_switches_the_whole_group() {
-        let world = World::new().await;
+        let world = Harness::new().await;
         deploy(&world, &spec("serve", "blue-green")).await;
         let old = world.runtime.running();
         let switched = deploy(&world, &spec("serve", "blue-green")).await;

@@ -1,7 +1,8 @@
-//! A world for the deployment core's unit tests: the engine over a store in
-//! a temporary directory, its instances run by [`FakeRuntime`] (no
-//! processes: each instance is an HTTP server inside the test), and
-//! releases made from a `sluice.yaml` text.
+//! A harness for the deployment core's unit tests: the engine over a store
+//! in a temporary directory, its instances run by [`FakeRuntime`] (no
+//! processes: each instance is an HTTP server inside the test), its time
+//! read from a [`FakeClock`] the test moves, and releases made from a
+//! `sluice.yaml` text.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use sluice_store::{NewChange, NewRepo, Release, Store};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::FakeClock;
 use crate::runtime::{InstanceSpec, Runtime};
 use crate::{Cd, CdConfig};
 
@@ -152,15 +154,16 @@ environments:
 pub(crate) struct Load(#[allow(dead_code)] tokio_util::sync::DropGuard);
 
 /// The engine with a fake runtime over a fresh SQLite store.
-pub(crate) struct World {
+pub(crate) struct Harness {
     pub cd: Cd,
     pub runtime: std::sync::Arc<FakeRuntime>,
+    pub clock: std::sync::Arc<FakeClock>,
     repo: sluice_store::Repo,
     _dir: tempfile::TempDir,
 }
 
-impl World {
-    pub async fn new() -> World {
+impl Harness {
+    pub async fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::connect(&Store::sqlite_url(dir.path()))
             .await
@@ -189,12 +192,16 @@ impl World {
             )
             .await
             .unwrap();
-        let cd = Cd::start_with(store, config, metrics, runtime.clone())
-            .await
-            .unwrap();
-        World {
+        let clock = std::sync::Arc::new(FakeClock::new());
+        let world = crate::World {
+            runtime: runtime.clone(),
+            clock: clock.clone(),
+        };
+        let cd = Cd::start_with(store, config, metrics, world).await.unwrap();
+        Harness {
             cd,
             runtime,
+            clock,
             repo,
             _dir: dir,
         }
