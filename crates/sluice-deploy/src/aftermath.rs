@@ -1,15 +1,18 @@
 //! What follows a deployment, decided in one place: the promotion that asked
-//! for it is settled, a failure opens an incident, and a promotion that
+//! for it is settled, a failure raises an incident, and a promotion that
 //! succeeded asks for the automatic promotions that follow it. [`decide`] is
 //! a pure function of what happened; [`follow`] performs its actions, which
-//! meet the other parts in the store (a follow-up is a promotion row that
-//! the gatekeeper takes up), never by calling them.
+//! meet the other parts without calling them: a follow-up is a promotion
+//! row the gatekeeper takes up, an incident an [`Alarm`] the incidents
+//! module opens.
 
 use std::sync::Arc;
 
-use sluice_store::{DeploymentCause, Promotion, PromotionStatus, Release};
+use sluice_store::{
+    DeploymentCause, ExperimentStatus, IncidentTrigger, Promotion, PromotionStatus, Release,
+};
 
-use crate::{Inner, Outcome};
+use crate::{Alarm, Inner, Outcome};
 
 /// A deployment that ended, and what asked for it.
 pub(crate) struct Ended<'a> {
@@ -105,19 +108,47 @@ pub(crate) async fn follow(inner: &Arc<Inner>, ended: Ended<'_>) {
                     .set_promotion_status(promotion.id, status, None, reason.as_deref(), "sluice")
                     .await;
             }
-            Action::OpenIncident => {
-                crate::incidents::after_deployment(
-                    inner,
-                    ended.release,
-                    ended.env,
-                    ended.deployment,
-                    &ended.outcome,
-                )
-                .await
-            }
+            Action::OpenIncident => raise_incident(inner, &ended).await,
             Action::FollowUps => ask_for_automatic(inner, ended.release, Some(ended.env)).await,
         }
     }
+}
+
+/// Raises the incident a failed deployment or a rolled-back experiment is
+/// (the incidents module folds it into an open one for the same cause).
+async fn raise_incident(inner: &Inner, ended: &Ended<'_>) {
+    let (Outcome::RolledBack(why) | Outcome::Failed(why)) = &ended.outcome else {
+        return;
+    };
+    let judged = match ended.deployment {
+        Some(id) => inner
+            .store
+            .experiments(Some(&ended.release.service), 1000)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|x| x.deployment_id == Some(id) && x.status != ExperimentStatus::Aborted),
+        None => false,
+    };
+    let (name, env) = (ended.release.name(), ended.env);
+    let (trigger, title) = if judged {
+        (
+            IncidentTrigger::Experiment,
+            format!("the experiment of {name} in {env} was rolled back"),
+        )
+    } else {
+        (
+            IncidentTrigger::Deployment,
+            format!("the deployment of {name} to {env} failed"),
+        )
+    };
+    inner.raise(Alarm {
+        service: ended.release.service.clone(),
+        env: env.to_string(),
+        trigger,
+        title,
+        detail: why.clone(),
+    });
 }
 
 /// Asks for the automatic promotions that follow: environments with

@@ -90,6 +90,78 @@ async fn by_strategy(
     rollout::deploy(inner, release, env, cause, actor, give_way).await
 }
 
+/// The deployments loop: deploys each promotion whose gates opened (status
+/// `deploying`) once, woken when the gatekeeper opens one and now and then.
+/// The promotions and the deployments meet in that row, not in a call.
+pub(crate) async fn deployer(inner: Arc<Inner>) {
+    loop {
+        take_promotions(&inner).await;
+        tokio::select! {
+            _ = tokio::time::sleep(inner.config.gate_interval) => {}
+            _ = inner.deployments_wanted.notified() => {}
+            _ = inner.shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn take_promotions(inner: &Arc<Inner>) {
+    let Ok(open) = inner.store.promotions(None, true, 1000).await else {
+        return;
+    };
+    let experiments = inner
+        .store
+        .experiments(None, 1000)
+        .await
+        .unwrap_or_default();
+    for promotion in open
+        .into_iter()
+        .filter(|p| p.status == PromotionStatus::Deploying)
+    {
+        // A promotion whose experiment runs is the experiment's to end
+        // (after a restart: `resume_experiment`).
+        let experimenting = experiments.iter().any(|x| {
+            x.is_open()
+                && x.service == promotion.service
+                && x.environment == promotion.environment
+                && x.release_id == promotion.release_id
+        });
+        if experimenting || !inner.deploying.lock().unwrap().insert(promotion.id) {
+            continue;
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            deploy_promotion(&inner, &promotion).await;
+            inner.deploying.lock().unwrap().remove(&promotion.id);
+        });
+    }
+}
+
+/// Deploys what a promotion asks for; how it ends is settled by what
+/// follows every deployment (see [`aftermath`]).
+async fn deploy_promotion(inner: &Arc<Inner>, promotion: &Promotion) {
+    let release = match inner.store.release_by_id(promotion.release_id).await {
+        Ok(release) => release,
+        Err(e) => {
+            tracing::error!(promotion = promotion.id, error = %e, "the promotion's release cannot be read");
+            return;
+        }
+    };
+    let cause = if promotion.requested_by == "sluice" {
+        DeploymentCause::Auto
+    } else {
+        DeploymentCause::Promotion
+    };
+    let _ = deploy(
+        inner,
+        &release,
+        &promotion.environment,
+        cause,
+        &promotion.requested_by,
+        Some(promotion),
+    )
+    .await;
+}
+
 /// An experiment a person started (`sluice ab start`).
 pub(crate) struct Experiment<'a> {
     pub release: &'a Release,

@@ -116,15 +116,13 @@ async fn heal(inner: &Arc<Inner>, state: &EnvState) -> anyhow::Result<()> {
         "{} ran fewer instances than declared in {}",
         state.service, state.name
     );
-    crate::incidents::auto_open(
-        inner,
-        &state.service,
-        &state.name,
-        IncidentTrigger::Heal,
-        &title,
-        &reason,
-    )
-    .await;
+    inner.raise(crate::Alarm {
+        service: state.service.clone(),
+        env: state.name.clone(),
+        trigger: IncidentTrigger::Heal,
+        title,
+        detail: reason,
+    });
     result
 }
 

@@ -223,6 +223,10 @@ pub(crate) struct Inner {
     /// Wakes the gatekeeper when a promotion was asked for (an automatic
     /// one after a deployment, a release, an approval).
     promotions_changed: tokio::sync::Notify,
+    /// Wakes the deployments loop when a promotion's gates opened.
+    deployments_wanted: tokio::sync::Notify,
+    /// The promotions the deployments loop is deploying now.
+    deploying: Mutex<std::collections::HashSet<i64>>,
     /// Incidents asked for from below the incidents module (see [`Alarm`]).
     alarms: tokio::sync::mpsc::UnboundedSender<Alarm>,
     shutdown: CancellationToken,
@@ -292,6 +296,8 @@ impl Cd {
             wanted: Mutex::new(HashMap::new()),
             advancing: tokio::sync::Mutex::new(()),
             promotions_changed: tokio::sync::Notify::new(),
+            deployments_wanted: tokio::sync::Notify::new(),
+            deploying: Mutex::default(),
             alarms,
             experiments: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
@@ -302,6 +308,7 @@ impl Cd {
         tokio::spawn(async move {
             started.restart_environments().await;
             tokio::spawn(heal::keep(started.clone()));
+            tokio::spawn(deploy::deployer(started.clone()));
             promote::gatekeeper(started).await;
         });
         tokio::spawn(traffic::keep(inner.clone()));

@@ -2,7 +2,6 @@
 //! decide, approvals, rejections and freeze overrides, and the gatekeeper
 //! that lets a blocked promotion proceed by itself once its gates clear.
 
-use sluice_store::DeploymentCause;
 use sluice_store::DeploymentStatus;
 use sluice_store::PromotionStatus;
 use std::collections::BTreeMap;
@@ -12,7 +11,6 @@ use chrono::{TimeZone, Utc};
 use serde::Serialize;
 use sluice_store::{Promotion, Release};
 
-use crate::deploy;
 use crate::gates::{self, Facts, GateCheck};
 use crate::release::release_env;
 use crate::{Actor, CdError, CdResult, Inner};
@@ -228,7 +226,8 @@ fn superseded_by(promotion: &Promotion, all: &[Promotion]) -> Option<i64> {
         .max()
 }
 
-/// Looks at a pending promotion's gates; deploys when all are open.
+/// Looks at a pending promotion's gates; when all are open, marks it
+/// `deploying` for the deployments loop (`deploy::deployer`).
 pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
     let _one_at_a_time = inner.advancing.lock().await;
     let promotion = inner.store.promotion(id).await?;
@@ -291,25 +290,8 @@ pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
         .store
         .set_promotion_status(id, PromotionStatus::Deploying, None, None, "sluice")
         .await?;
-    let release = inner.store.release_by_id(promotion.release_id).await?;
-    let inner = inner.clone();
-    tokio::spawn(async move {
-        let cause = if promotion.requested_by == "sluice" {
-            DeploymentCause::Auto
-        } else {
-            DeploymentCause::Promotion
-        };
-        // How it ends is settled by what follows every deployment (`aftermath`).
-        let _ = deploy::deploy(
-            &inner,
-            &release,
-            &promotion.environment,
-            cause,
-            &promotion.requested_by,
-            Some(&promotion),
-        )
-        .await;
-    });
+    // The deployments loop takes a promotion whose gates opened from here.
+    inner.deployments_wanted.notify_one();
     Ok(())
 }
 

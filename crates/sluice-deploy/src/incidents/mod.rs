@@ -9,14 +9,13 @@ pub mod suspects;
 
 use sluice_store::IncidentStatus;
 use sluice_store::IncidentTrigger;
-use sluice_store::{DeploymentCause, DeploymentStatus, ExperimentStatus};
+use sluice_store::{DeploymentCause, DeploymentStatus};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sluice_store::{ChangeEvent, ChangeQuery, Incident, NewIncident, RuleRecord};
 
-use crate::Outcome;
 use crate::{Actor, CdError, CdResult, Inner};
 use suspects::{Candidate, Context, Suspect, SuspectDiff};
 
@@ -175,49 +174,6 @@ pub(crate) async fn take_alarms(
         )
         .await;
     }
-}
-
-/// Opens an incident when a deployment failed or its experiment was
-/// rolled back. A person's abort is a decision, and a server stopping is no
-/// failure of the deployment: neither is an incident.
-pub(crate) async fn after_deployment(
-    inner: &Arc<Inner>,
-    release: &sluice_store::Release,
-    env: &str,
-    deployment: Option<i64>,
-    outcome: &Outcome,
-) {
-    let (Outcome::RolledBack(why) | Outcome::Failed(why)) = outcome else {
-        return;
-    };
-    if inner.shutdown.is_cancelled() {
-        return;
-    }
-    let judged = match deployment {
-        Some(id) => inner
-            .store
-            .experiments(Some(&release.service), 1000)
-            .await
-            .unwrap_or_default()
-            .iter()
-            .any(|x| x.deployment_id == Some(id) && x.status != ExperimentStatus::Aborted),
-        None => false,
-    };
-    let (trigger, title) = if judged {
-        (
-            IncidentTrigger::Experiment,
-            format!(
-                "the experiment of {} in {env} was rolled back",
-                release.name()
-            ),
-        )
-    } else {
-        (
-            IncidentTrigger::Deployment,
-            format!("the deployment of {} to {env} failed", release.name()),
-        )
-    };
-    auto_open(inner, &release.service, env, trigger, &title, why).await;
 }
 
 /// The requests that failed most in the environment's recent access log:
