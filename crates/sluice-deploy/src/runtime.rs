@@ -53,6 +53,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct LocalRuntime {
     store: Store,
+    /// Set by [`Runtime::stop_all`]: nothing starts after it, so that a
+    /// deployment still under way at shutdown leaves no process behind.
+    closed: std::sync::atomic::AtomicBool,
     /// The server's data directory, which its instances' `SLUICE_HOME` names.
     home: PathBuf,
     running: Mutex<HashMap<String, Supervised>>,
@@ -70,6 +73,7 @@ impl LocalRuntime {
         LocalRuntime {
             store,
             home: home.to_path_buf(),
+            closed: std::sync::atomic::AtomicBool::new(false),
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -84,16 +88,19 @@ impl Runtime for LocalRuntime {
             let stop = CancellationToken::new();
             let exits = Arc::new(AtomicU32::new(0));
             let id = spec.id.clone();
+            // Checked and recorded under one lock, so that `stop_all` sees
+            // every instance that started.
+            let mut running = self.running.lock().unwrap();
+            if self.closed.load(Ordering::SeqCst) {
+                anyhow::bail!("the server is stopping; instance {id} was not started");
+            }
             let task = tokio::spawn(supervise(
                 self.store.clone(),
                 spec,
                 stop.clone(),
                 exits.clone(),
             ));
-            self.running
-                .lock()
-                .unwrap()
-                .insert(id, Supervised { stop, task, exits });
+            running.insert(id, Supervised { stop, task, exits });
             Ok(())
         })
     }
@@ -114,7 +121,11 @@ impl Runtime for LocalRuntime {
 
     fn stop_all(&self) -> Boxed<'_, ()> {
         Box::pin(async move {
-            let all: Vec<_> = self.running.lock().unwrap().drain().collect();
+            let all: Vec<_> = {
+                let mut running = self.running.lock().unwrap();
+                self.closed.store(true, Ordering::SeqCst);
+                running.drain().collect()
+            };
             for (_, supervised) in &all {
                 supervised.stop.cancel();
             }
@@ -278,4 +289,30 @@ pub fn kill_leftovers(home: &std::path::Path) -> Vec<i32> {
         }
     }
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn nothing_starts_once_everything_was_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&Store::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        let runtime = LocalRuntime::new(store, dir.path());
+        runtime.stop_all().await;
+        let spec = InstanceSpec {
+            id: "shop.dev-v1-1".into(),
+            workdir: dir.path().to_path_buf(),
+            command: "sleep 30".into(),
+            env: Vec::new(),
+            log: dir.path().join("logs/shop.dev-v1-1.log"),
+            uid: None,
+        };
+        let refused = runtime.start(spec).await.unwrap_err().to_string();
+        assert!(refused.contains("the server is stopping"), "{refused}");
+        assert!(runtime.running.lock().unwrap().is_empty());
+    }
 }
