@@ -201,12 +201,14 @@ impl Drop for Server {
     /// crash leaves them for the next start); a server that does not exit
     /// within 10 s is killed.
     fn drop(&mut self) {
+        let mut stuck = false;
         if let Ok(None) = self.child.try_wait() {
             let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
             while let Ok(None) = self.child.try_wait() {
                 if Instant::now() > deadline {
+                    stuck = true;
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -214,6 +216,18 @@ impl Drop for Server {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A server killed here after the 10 s (its drain waits for clients
+        // this blocked thread cannot serve) leaves its instances running, as
+        // a crash would for the next start; no next start comes, so they go
+        // rather than outlive the test. (After `kill_hard` the next server
+        // owns them.)
+        if stuck && self.data_dir.exists() {
+            for (pid, _) in crate::restart::instance_processes(&self.data_dir) {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
         if std::thread::panicking() {
             // The server's own account of what went wrong, for whoever reads the failure.
             let log =
