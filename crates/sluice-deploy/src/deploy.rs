@@ -162,6 +162,37 @@ async fn deploy_promotion(inner: &Arc<Inner>, promotion: &Promotion) {
     .await;
 }
 
+/// The experiments loop: takes up every open experiment that nothing here
+/// follows, once (see [`Inner::resume_experiment`]). After a restart its
+/// first pass takes up what the old server left; later passes, one whose
+/// task ended without ending it.
+pub(crate) async fn experiments_keeper(inner: Arc<Inner>) {
+    loop {
+        take_experiments(&inner).await;
+        tokio::select! {
+            _ = tokio::time::sleep(inner.config.gate_interval) => {}
+            _ = inner.shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn take_experiments(inner: &Arc<Inner>) {
+    let Ok(all) = inner.store.experiments(None, 1000).await else {
+        return;
+    };
+    for x in all.into_iter().filter(|x| x.is_open()) {
+        let followed = inner.experiments.lock().unwrap().contains_key(&x.id);
+        if followed || !inner.resuming.lock().unwrap().insert(x.id) {
+            continue;
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            inner.clone().resume_experiment(x.id).await;
+            inner.resuming.lock().unwrap().remove(&x.id);
+        });
+    }
+}
+
 /// An experiment a person started (`sluice ab start`).
 pub(crate) struct Experiment<'a> {
     pub release: &'a Release,
@@ -381,22 +412,27 @@ impl Inner {
                 }
             }
         }
-        let Ok(experiments) = self.store.experiments(None, 1000).await else {
-            return;
-        };
-        for x in experiments.into_iter().filter(|x| x.is_open()) {
-            let inner = self.clone();
-            tokio::spawn(async move { inner.resume_experiment(x).await });
-        }
     }
 
-    /// Takes an open experiment up again, then settles what asked for it.
-    async fn resume_experiment(self: Arc<Self>, x: sluice_store::Experiment) {
+    /// Takes an open experiment up again in its environment's turn, then
+    /// settles what asked for it; nothing when it ended while waiting.
+    async fn resume_experiment(self: Arc<Self>, id: i64) {
         let resumed = {
-            let lock = self.env_lock(&x.service, &x.environment);
+            let lock = self.env_lock_of_experiment(id).await;
+            let Some(lock) = lock else {
+                return;
+            };
             let _one_at_a_time = lock.lock().await;
-            experiment::resume(&self, &x).await
+            // Whoever held the turn may have ended it meanwhile.
+            let Ok(x) = self.store.experiment(id).await else {
+                return;
+            };
+            if !x.is_open() || self.experiments.lock().unwrap().contains_key(&id) {
+                return;
+            }
+            (experiment::resume(&self, &x).await, x)
         };
+        let (resumed, x) = resumed;
         let outcome = match resumed {
             Ok(outcome) => outcome,
             Err(e) => Outcome::Failed(format!("{e:#}")),

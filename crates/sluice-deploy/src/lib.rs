@@ -225,6 +225,8 @@ pub(crate) struct Inner {
     promotions_changed: tokio::sync::Notify,
     /// Wakes the deployments loop when a promotion's gates opened.
     deployments_wanted: tokio::sync::Notify,
+    /// The experiments the experiments loop is taking up now.
+    resuming: Mutex<std::collections::HashSet<i64>>,
     /// The promotions the deployments loop is deploying now.
     deploying: Mutex<std::collections::HashSet<i64>>,
     /// Incidents asked for from below the incidents module (see [`Alarm`]).
@@ -298,6 +300,7 @@ impl Cd {
             promotions_changed: tokio::sync::Notify::new(),
             deployments_wanted: tokio::sync::Notify::new(),
             deploying: Mutex::default(),
+            resuming: Mutex::default(),
             alarms,
             experiments: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
@@ -309,6 +312,7 @@ impl Cd {
             started.restart_environments().await;
             tokio::spawn(heal::keep(started.clone()));
             tokio::spawn(deploy::deployer(started.clone()));
+            tokio::spawn(deploy::experiments_keeper(started.clone()));
             promote::gatekeeper(started).await;
         });
         tokio::spawn(traffic::keep(inner.clone()));
@@ -723,6 +727,12 @@ impl Inner {
     /// The user an environment's instances, seeds and replays run as, if any.
     fn env_uid(&self, service: &str, env: &str) -> Option<u32> {
         sluice_ci::sandbox::env_uid(service, env, self.config.isolation)
+    }
+
+    /// The turn of the environment experiment `id` runs in.
+    async fn env_lock_of_experiment(&self, id: i64) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let x = self.store.experiment(id).await.ok()?;
+        Some(self.env_lock(&x.service, &x.environment))
     }
 
     fn env_lock(&self, service: &str, env: &str) -> Arc<tokio::sync::Mutex<()>> {
