@@ -772,6 +772,15 @@ impl Looker {
         self.step_b_requests += w.b.requests;
     }
 
+    /// Records how it ended (event `experiment.STATUS`), writes its report
+    /// and forgets its users.
+    async fn end(&self, status: ExperimentStatus, decision: serde_json::Value, summary: &str) {
+        self.record(status, &format!("experiment.{status}"), decision, summary)
+            .await;
+        self.report().await;
+        self.forget_users().await;
+    }
+
     async fn record(
         &self,
         status: ExperimentStatus,
@@ -814,15 +823,8 @@ impl Looker {
             self.b.name(),
             self.env.name
         );
-        self.record(
-            ExperimentStatus::Promoted,
-            "experiment.promoted",
-            decision,
-            &summary,
-        )
-        .await;
-        self.report().await;
-        self.forget_users().await;
+        self.end(ExperimentStatus::Promoted, decision, &summary)
+            .await;
         let deployed = rollout::deploy(
             &inner,
             &self.b,
@@ -925,15 +927,8 @@ impl Looker {
             self.id,
             self.b.name()
         );
-        self.record(
-            ExperimentStatus::Promoted,
-            "experiment.promoted",
-            decision,
-            &summary,
-        )
-        .await;
-        self.report().await;
-        self.forget_users().await;
+        self.end(ExperimentStatus::Promoted, decision, &summary)
+            .await;
         let _ = inner
             .store
             .finish_deployment(self.deployment, DeploymentStatus::Succeeded, None)
@@ -958,10 +953,7 @@ impl Looker {
             self.b.name(),
             self.weight()
         );
-        self.record(status, &format!("experiment.{status}"), decision, &summary)
-            .await;
-        self.report().await;
-        self.forget_users().await;
+        self.end(status, decision, &summary).await;
         let _ = inner
             .store
             .finish_deployment(self.deployment, DeploymentStatus::RolledBack, Some(why))
@@ -1097,16 +1089,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(deployment.status, DeploymentStatus::RolledBack);
-        let incident = world
-            .until("an incident", || async {
-                let open = world
-                    .store()
-                    .incidents(Some("shop"), true, 10)
-                    .await
-                    .unwrap();
-                open.into_iter().next()
-            })
-            .await;
+        let incident = world.incident().await;
         assert_eq!(
             incident.trigger_kind,
             sluice_store::IncidentTrigger::Experiment

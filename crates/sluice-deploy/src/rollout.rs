@@ -274,18 +274,9 @@ mod tests {
         assert!(status.instances.iter().all(|i| i.release == 1));
         assert_eq!(world.runtime.running().len(), 2, "v2's instance stopped");
         // What follows a failed automatic deployment: an incident.
-        let incidents = world
-            .until("an incident", || async {
-                let open = world
-                    .store()
-                    .incidents(Some("shop"), true, 10)
-                    .await
-                    .unwrap();
-                (!open.is_empty()).then_some(open)
-            })
-            .await;
-        assert_eq!(incidents[0].status, IncidentStatus::Open);
-        assert!(incidents[0].title.contains("v2"), "{}", incidents[0].title);
+        let incident = world.incident().await;
+        assert_eq!(incident.status, IncidentStatus::Open);
+        assert!(incident.title.contains("v2"), "{}", incident.title);
     }
 
     #[tokio::test]
@@ -295,16 +286,7 @@ mod tests {
             .replace("unhealthy: 2 }", "unhealthy: 2, incident_after: 300ms }");
         deploy(&world, &quick).await;
         world.runtime.sicken();
-        let incident = world
-            .until("an incident", || async {
-                let open = world
-                    .store()
-                    .incidents(Some("shop"), true, 10)
-                    .await
-                    .unwrap();
-                open.into_iter().next()
-            })
-            .await;
+        let incident = world.incident().await;
         assert_eq!(incident.trigger_kind, sluice_store::IncidentTrigger::Health);
         assert_eq!(incident.title, "shop is unhealthy in dev");
     }

@@ -267,6 +267,19 @@ impl Harness {
         }
     }
 
+    /// The first open incident of `shop`, once there is one.
+    pub async fn incident(&self) -> sluice_store::Incident {
+        self.until("an incident", || async {
+            let open = self
+                .store()
+                .incidents(Some("shop"), true, 10)
+                .await
+                .unwrap();
+            open.into_iter().next()
+        })
+        .await
+    }
+
     /// An environment's status, as `sluice status` shows it.
     pub async fn status(&self, env: &str) -> crate::EnvStatus {
         let all = self.cd.status(Some("shop")).await.unwrap();
