@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use sluice_store::{
-    DeploymentCause, ExperimentStatus, IncidentTrigger, Promotion, PromotionStatus, Release,
+    Deployment, DeploymentCause, DeploymentStatus, Experiment, ExperimentStatus, IncidentTrigger,
+    Promotion, PromotionStatus, Release, Topic,
 };
 
 use crate::{Alarm, Inner, Outcome};
@@ -114,6 +115,53 @@ pub(crate) async fn follow(inner: &Arc<Inner>, ended: Ended<'_>) {
     }
 }
 
+/// What follows an experiment that ended with `outcome`: the promotion that
+/// asked for it, if one did (still `deploying`), is settled by it.
+pub(crate) async fn after_experiment(inner: &Arc<Inner>, x: &Experiment, outcome: Outcome) {
+    let Ok(release) = inner.store.release_by_id(x.release_id).await else {
+        return;
+    };
+    let promotion = inner
+        .store
+        .promotions(Some(&x.service), true, 1000)
+        .await
+        .ok()
+        .and_then(|all| {
+            all.into_iter().find(|p| {
+                p.status == PromotionStatus::Deploying
+                    && p.environment == x.environment
+                    && p.release_id == x.release_id
+            })
+        });
+    let cause = match &promotion {
+        Some(p) if p.requested_by == "sluice" => DeploymentCause::Auto,
+        Some(_) => DeploymentCause::Promotion,
+        None => DeploymentCause::Experiment,
+    };
+    let ended = Ended {
+        release: &release,
+        env: &x.environment,
+        cause,
+        promotion: promotion.as_ref(),
+        deployment: x.deployment_id,
+        outcome,
+    };
+    follow(inner, ended).await
+}
+
+/// How an ended experiment came out, from what the store kept of it: a
+/// person's abort or a test that kept A is no failure of B's; otherwise its
+/// deployment says (B promoted onto the data may still have failed there).
+pub(crate) fn outcome_of(x: &Experiment, deployment: &Deployment) -> Outcome {
+    let why = || x.reason.clone().unwrap_or_default();
+    match (x.status, deployment.status) {
+        (ExperimentStatus::Aborted | ExperimentStatus::Concluded, _) => Outcome::Aborted(why()),
+        (_, DeploymentStatus::Succeeded) => Outcome::Succeeded,
+        (_, DeploymentStatus::RolledBack) => Outcome::RolledBack(why()),
+        _ => Outcome::Failed(why()),
+    }
+}
+
 /// Raises the incident a failed deployment or a rolled-back experiment is
 /// (the incidents module folds it into an open one for the same cause).
 async fn raise_incident(inner: &Inner, ended: &Ended<'_>) {
@@ -183,7 +231,7 @@ pub(crate) async fn ask_for_automatic(inner: &Arc<Inner>, release: &Release, aft
             tracing::warn!(service = %release.service, env = %env.name, error = %e, "automatic deployment not requested");
         }
     }
-    inner.promotions_changed.notify_one();
+    inner.store.wake(Topic::PromotionAsked).await;
 }
 
 #[cfg(test)]

@@ -1,21 +1,33 @@
 //! Deploying: one deployment at a time per environment, by the
-//! environment's strategy (a plain rollout, or an experiment when a release
-//! is promoted into an `ab` environment that runs one already), then its
-//! aftermath; rolling back; and taking things up again after a restart.
+//! environment's strategy (a plain rollout, or an experiment opened when a
+//! release is promoted into an `ab` environment that runs one already),
+//! then its aftermath; rolling back; and taking things up again after a
+//! restart. An open experiment is a row the experiments loop takes up:
+//! the deployments and the experiments meet there, not in a call.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
-use sluice_spec::{AbStrategy, Environment, Spec, Strategy};
+use serde_json::json;
+use sluice_spec::{AbStrategy, Environment, Strategy};
 use sluice_store::{
-    Deployment, DeploymentCause, DeploymentStatus, InstanceState, Promotion, PromotionStatus,
-    Release,
+    Deployment, DeploymentCause, DeploymentStatus, DeploymentStrategy, Experiment, InstanceState,
+    NewDeployment, Promotion, PromotionStatus, Release, Topic,
 };
+use tokio::sync::OwnedMutexGuard;
 
 use crate::aftermath::{self, Ended};
 use crate::release::release_env;
-use crate::{Actor, CdError, CdResult, Inner, Outcome, experiment, instances, rollout};
+use crate::{Actor, CdError, CdResult, Inner, Outcome, instances, rollout};
+
+/// How a deployment began: ended by itself, or an experiment opened that
+/// the experiments loop takes up (and whose end it follows).
+#[derive(Debug)]
+pub(crate) enum Began {
+    Ended(i64, Outcome),
+    Experiment,
+}
 
 /// Deploys `release` to `env` by the environment's strategy, one deployment
 /// at a time per environment, then does what follows (see [`aftermath`]):
@@ -27,23 +39,24 @@ pub(crate) async fn deploy(
     cause: DeploymentCause,
     actor: &str,
     promotion: Option<&Promotion>,
-) -> Result<(i64, Outcome)> {
+) -> Result<Began> {
     // What automation asked for gives way to a newer release asked for the
     // same way; a rollback, a restart or healing does not.
     let give_way = cause.gives_way();
     if give_way {
         inner.want(&release.service, env, release.number);
     }
-    let result = {
-        let lock = inner.env_lock(&release.service, env);
-        let _one_at_a_time = lock.lock().await;
-        by_strategy(inner, release, env, cause, actor, give_way).await
+    let result = match turn(inner, &release.service, env, cause).await {
+        Ok(_one_at_a_time) => by_strategy(inner, release, env, cause, actor, give_way).await,
+        Err(e) => Err(e),
     };
     if give_way {
         inner.wanted_done(&release.service, env, release.number);
     }
     let (deployment, outcome) = match &result {
-        Ok((id, outcome)) => (Some(*id), outcome.clone()),
+        // The experiments loop follows it to its end.
+        Ok(Began::Experiment) => return result,
+        Ok(Began::Ended(id, outcome)) => (Some(*id), outcome.clone()),
         Err(e) => (None, Outcome::Failed(format!("{e:#}"))),
     };
     let ended = Ended {
@@ -58,6 +71,37 @@ pub(crate) async fn deploy(
     result
 }
 
+/// The environment's turn: its lock, once no open experiment holds the
+/// environment (an experiment is a deployment that lasts). Bringing the
+/// recorded release back after a restart does not wait: that is A, which
+/// an open experiment needs.
+async fn turn(
+    inner: &Arc<Inner>,
+    service: &str,
+    env: &str,
+    cause: DeploymentCause,
+) -> Result<OwnedMutexGuard<()>> {
+    loop {
+        let ended = inner.store.woken(Topic::ExperimentEnded);
+        let turn = inner.env_lock(service, env).lock_owned().await;
+        let experimenting = inner
+            .store
+            .experiments(Some(service), 200)
+            .await?
+            .iter()
+            .any(|x| x.environment == env && x.is_open());
+        if cause == DeploymentCause::Reconcile || !experimenting {
+            return Ok(turn);
+        }
+        drop(turn);
+        tokio::select! {
+            _ = ended => {}
+            _ = tokio::time::sleep(inner.config.gate_interval) => {}
+            _ = inner.shutdown.cancelled() => return Err(anyhow!("the server is stopping")),
+        }
+    }
+}
+
 async fn by_strategy(
     inner: &Arc<Inner>,
     release: &Release,
@@ -65,8 +109,8 @@ async fn by_strategy(
     cause: DeploymentCause,
     actor: &str,
     give_way: bool,
-) -> Result<(i64, Outcome)> {
-    let (spec, environment) = release_env(release, env)?;
+) -> Result<Began> {
+    let (_, environment) = release_env(release, env)?;
     inner.store.ensure_env(&release.service, env).await?;
     let state = inner.store.env_state(&release.service, env).await?;
     // A release promoted into an `ab` environment that runs one already is an experiment.
@@ -74,20 +118,73 @@ async fn by_strategy(
         && let Some(baseline) = state.as_ref().and_then(|s| s.release_id)
         && cause.gives_way()
     {
-        return experiment::run(
-            inner,
+        let x = NewExperiment {
             release,
-            &spec,
-            &environment,
+            environment: &environment,
             ab,
             baseline,
-            Default::default(),
+            overrides: Default::default(),
             cause,
             actor,
-        )
-        .await;
+        };
+        open_experiment(inner, x).await?;
+        return Ok(Began::Experiment);
     }
-    rollout::deploy(inner, release, env, cause, actor, give_way).await
+    let (id, outcome) = rollout::deploy(inner, release, env, cause, actor, give_way).await?;
+    Ok(Began::Ended(id, outcome))
+}
+
+/// An experiment to open: B (a release, config on top of the
+/// environment's, or both) beside what the environment runs.
+pub(crate) struct NewExperiment<'a> {
+    pub release: &'a Release,
+    pub environment: &'a Environment,
+    /// The strategy it runs by (with the goals given at its start, if any).
+    pub ab: &'a AbStrategy,
+    /// A's release.
+    pub baseline: i64,
+    pub overrides: BTreeMap<String, String>,
+    pub cause: DeploymentCause,
+    pub actor: &'a str,
+}
+
+/// Opens an experiment: its deployment and its row, at its first step.
+/// The experiments loop takes it up from there.
+async fn open_experiment(inner: &Arc<Inner>, x: NewExperiment<'_>) -> Result<()> {
+    let (b, env) = (x.release, x.environment);
+    let baseline = inner.store.release_by_id(x.baseline).await?;
+    let deployment = inner
+        .store
+        .insert_deployment(NewDeployment {
+            service: &b.service,
+            env: &env.name,
+            release: b,
+            previous: Some(x.baseline),
+            strategy: DeploymentStrategy::Ab,
+            cause: x.cause,
+            actor: x.actor,
+        })
+        .await?;
+    // Goals given at the start are kept, so that a restart takes up the same ones.
+    let given: Vec<String> = match &env.strategy {
+        Strategy::Ab(s) if s.goals == x.ab.goals => Vec::new(),
+        _ => x.ab.goals.iter().map(|g| g.to_text()).collect(),
+    };
+    let first = f64::from(x.ab.ramp().steps[0]);
+    inner
+        .store
+        .insert_experiment(
+            b,
+            &baseline,
+            &env.name,
+            (first * 100.0) as i64,
+            &json!(x.overrides),
+            &json!(given),
+            deployment,
+        )
+        .await?;
+    inner.store.wake(Topic::ExperimentOpened).await;
+    Ok(())
 }
 
 /// The deployments loop: deploys each promotion whose gates opened (status
@@ -95,12 +192,35 @@ async fn by_strategy(
 /// The promotions and the deployments meet in that row, not in a call.
 pub(crate) async fn deployer(inner: Arc<Inner>) {
     loop {
+        let opened = inner.store.woken(Topic::PromotionOpened);
         take_promotions(&inner).await;
         tokio::select! {
             _ = tokio::time::sleep(inner.config.gate_interval) => {}
-            _ = inner.deployments_wanted.notified() => {}
+            _ = opened => {}
             _ = inner.shutdown.cancelled() => return,
         }
+    }
+}
+
+/// What the deployments loop does with a promotion whose gates opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// Being deployed here, or its experiment runs: not ours now.
+    Leave,
+    Deploy,
+    /// Its experiment ended and nothing settled it (the server stopped in
+    /// between): settle it by how the experiment came out.
+    Settle(i64),
+}
+
+/// Pure: from whether it is being deployed here, and its experiment (the
+/// newest opened for it) with whether that is followed here.
+fn next(deploying_here: bool, experiment: Option<(&Experiment, bool)>) -> Next {
+    match experiment {
+        _ if deploying_here => Next::Leave,
+        Some((x, followed)) if x.is_open() || followed => Next::Leave,
+        Some((x, _)) => Next::Settle(x.id),
+        None => Next::Deploy,
     }
 }
 
@@ -117,22 +237,49 @@ async fn take_promotions(inner: &Arc<Inner>) {
         .into_iter()
         .filter(|p| p.status == PromotionStatus::Deploying)
     {
-        // A promotion whose experiment runs is the experiment's to end
-        // (after a restart: `resume_experiment`).
-        let experimenting = experiments.iter().any(|x| {
-            x.is_open()
-                && x.service == promotion.service
+        // Newest first: the experiment opened for this promotion, if one was.
+        let experiment = experiments.iter().find(|x| {
+            x.service == promotion.service
                 && x.environment == promotion.environment
                 && x.release_id == promotion.release_id
+                && x.created_at >= promotion.created_at
         });
-        if experimenting || !inner.deploying.lock().unwrap().insert(promotion.id) {
+        let followed = experiment.is_some_and(|x| inner.taking_up.lock().unwrap().contains(&x.id));
+        let deploying_here = inner.deploying.lock().unwrap().contains(&promotion.id);
+        let step = next(deploying_here, experiment.map(|x| (x, followed)));
+        if step == Next::Leave {
             continue;
         }
+        inner.deploying.lock().unwrap().insert(promotion.id);
         let inner = inner.clone();
         tokio::spawn(async move {
-            deploy_promotion(&inner, &promotion).await;
+            match step {
+                Next::Settle(x) => settle_by_experiment(&inner, promotion.id, x).await,
+                _ => deploy_promotion(&inner, &promotion).await,
+            }
             inner.deploying.lock().unwrap().remove(&promotion.id);
         });
+    }
+}
+
+/// Settles a promotion still `deploying` whose experiment ended.
+async fn settle_by_experiment(inner: &Arc<Inner>, promotion: i64, experiment: i64) {
+    let still_deploying = inner
+        .store
+        .promotion(promotion)
+        .await
+        .is_ok_and(|p| p.status == PromotionStatus::Deploying);
+    let Ok(x) = inner.store.experiment(experiment).await else {
+        return;
+    };
+    let Some(Ok(deployment)) = (match x.deployment_id {
+        Some(id) => Some(inner.store.deployment(id).await),
+        None => None,
+    }) else {
+        return;
+    };
+    if still_deploying && !x.is_open() {
+        aftermath::after_experiment(inner, &x, aftermath::outcome_of(&x, &deployment)).await;
     }
 }
 
@@ -162,83 +309,15 @@ async fn deploy_promotion(inner: &Arc<Inner>, promotion: &Promotion) {
     .await;
 }
 
-/// The experiments loop: takes up every open experiment that nothing here
-/// follows, once (see [`Inner::resume_experiment`]). After a restart its
-/// first pass takes up what the old server left; later passes, one whose
-/// task ended without ending it.
-pub(crate) async fn experiments_keeper(inner: Arc<Inner>) {
-    loop {
-        take_experiments(&inner).await;
-        tokio::select! {
-            _ = tokio::time::sleep(inner.config.gate_interval) => {}
-            _ = inner.shutdown.cancelled() => return,
-        }
-    }
-}
-
-async fn take_experiments(inner: &Arc<Inner>) {
-    let Ok(all) = inner.store.experiments(None, 1000).await else {
-        return;
+/// Opens an experiment a person started (`sluice ab start`) in its
+/// environment's turn; the experiments loop takes it up.
+pub(crate) async fn experiment(inner: &Arc<Inner>, x: NewExperiment<'_>) {
+    let opened = async {
+        let _one_at_a_time = turn(inner, &x.release.service, &x.environment.name, x.cause).await?;
+        open_experiment(inner, x).await
     };
-    for x in all.into_iter().filter(|x| x.is_open()) {
-        let followed = inner.experiments.lock().unwrap().contains_key(&x.id);
-        if followed || !inner.resuming.lock().unwrap().insert(x.id) {
-            continue;
-        }
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            inner.clone().resume_experiment(x.id).await;
-            inner.resuming.lock().unwrap().remove(&x.id);
-        });
-    }
-}
-
-/// An experiment a person started (`sluice ab start`).
-pub(crate) struct Experiment<'a> {
-    pub release: &'a Release,
-    pub spec: &'a Spec,
-    pub environment: &'a Environment,
-    pub ab: &'a AbStrategy,
-    /// A's release.
-    pub baseline: i64,
-    /// Config values B runs with besides the environment's.
-    pub overrides: BTreeMap<String, String>,
-    pub actor: &'a str,
-}
-
-/// Runs an experiment a person started, in its environment's turn, then
-/// does what follows it.
-pub(crate) async fn experiment(inner: &Arc<Inner>, x: Experiment<'_>) {
-    let env = &x.environment.name;
-    let result = {
-        let lock = inner.env_lock(&x.release.service, env);
-        let _one_at_a_time = lock.lock().await;
-        experiment::run(
-            inner,
-            x.release,
-            x.spec,
-            x.environment,
-            x.ab,
-            x.baseline,
-            x.overrides,
-            DeploymentCause::Experiment,
-            x.actor,
-        )
-        .await
-    };
-    match result {
-        Ok((deployment, outcome)) => {
-            let ended = Ended {
-                release: x.release,
-                env,
-                cause: DeploymentCause::Experiment,
-                promotion: None,
-                deployment: Some(deployment),
-                outcome,
-            };
-            aftermath::follow(inner, ended).await
-        }
-        Err(e) => tracing::error!(error = %format!("{e:#}"), "the experiment could not run"),
+    if let Err(e) = opened.await {
+        tracing::error!(error = %format!("{e:#}"), "the experiment could not be opened");
     }
 }
 
@@ -287,7 +366,7 @@ pub(crate) async fn rollback(
         }
     };
     // Rolling back to the release that runs redeploys it: fresh instances.
-    let (id, outcome) = deploy(
+    let Began::Ended(id, outcome) = deploy(
         inner,
         &target,
         env,
@@ -295,7 +374,10 @@ pub(crate) async fn rollback(
         &actor.name,
         None,
     )
-    .await?;
+    .await?
+    else {
+        return Err(CdError::Other(anyhow!("a rollback opened an experiment")));
+    };
     inner
         .store
         .set_pinned(
@@ -319,9 +401,13 @@ pub(crate) async fn rollback(
 }
 
 impl Inner {
-    /// After a restart: kills the instances the old server left, ends its
-    /// unfinished deployments, and starts each environment's recorded release
-    /// again, so that what runs matches the store and nothing runs twice.
+    /// After a restart: kills the instances the old server left and ends
+    /// its unfinished deployments (each environment's recorded release then
+    /// starts again, see [`Inner::restart_environments`]), so that what runs
+    /// matches the store and nothing runs twice. What was asked for and not
+    /// done is taken up by each loop's first pass: a promotion still
+    /// `deploying` by the deployments loop, an open experiment by the
+    /// experiments loop.
     pub(crate) async fn reconcile(self: &Arc<Self>) -> anyhow::Result<()> {
         let killed = self.runtime.stop_leftovers();
         if !killed.is_empty() {
@@ -334,8 +420,8 @@ impl Inner {
             instances::remove_workdir(self, &instance.service, &instance.environment, &instance.id)
                 .await;
         }
-        // Experiments that were open go on after the environments are back
-        // (see `restart_environments`): their deployments and promotions stay open.
+        // Open experiments go on once the environments are back: their
+        // deployments stay open.
         let open: Vec<sluice_store::Experiment> = self
             .store
             .experiments(None, 1000)
@@ -357,24 +443,6 @@ impl Inner {
                     Some("interrupted: the server stopped during the deployment"),
                 )
                 .await?;
-        }
-        for promotion in self.store.promotions(None, true, 1000).await? {
-            let experimenting = open.iter().any(|x| {
-                x.service == promotion.service
-                    && x.environment == promotion.environment
-                    && x.release_id == promotion.release_id
-            });
-            if promotion.status == PromotionStatus::Deploying && !experimenting {
-                self.store
-                    .set_promotion_status(
-                        promotion.id,
-                        PromotionStatus::Pending,
-                        None,
-                        Some("the server restarted during its deployment"),
-                        "sluice",
-                    )
-                    .await?;
-            }
         }
         Ok(())
     }
@@ -401,11 +469,11 @@ impl Inner {
             )
             .await
             {
-                Ok((_, Outcome::Succeeded)) => {
+                Ok(Began::Ended(_, Outcome::Succeeded)) => {
                     tracing::info!(service = %state.service, env = %state.name, release = %release.name(), "reconciled")
                 }
-                Ok((_, outcome)) => {
-                    tracing::error!(service = %state.service, env = %state.name, ?outcome, "could not reconcile")
+                Ok(began) => {
+                    tracing::error!(service = %state.service, env = %state.name, ?began, "could not reconcile")
                 }
                 Err(e) => {
                     tracing::error!(service = %state.service, env = %state.name, error = %format!("{e:#}"), "could not reconcile")
@@ -413,59 +481,109 @@ impl Inner {
             }
         }
     }
+}
 
-    /// Takes an open experiment up again in its environment's turn, then
-    /// settles what asked for it; nothing when it ended while waiting.
-    async fn resume_experiment(self: Arc<Self>, id: i64) {
-        let resumed = {
-            let lock = self.env_lock_of_experiment(id).await;
-            let Some(lock) = lock else {
-                return;
-            };
-            let _one_at_a_time = lock.lock().await;
-            // Whoever held the turn may have ended it meanwhile.
-            let Ok(x) = self.store.experiment(id).await else {
-                return;
-            };
-            if !x.is_open() || self.experiments.lock().unwrap().contains_key(&id) {
-                return;
+#[cfg(test)]
+mod tests {
+    //! A server killed at any start or stop of a deployment, then started
+    //! again over the same store, ends where it would have without the kill.
+
+    use std::sync::Arc;
+
+    use crate::testing::{FakeRuntime, Harness, kill, server_runtime, spec};
+
+    #[test]
+    fn a_promotion_is_deployed_once_and_settled_by_its_experiment() {
+        use super::{Next, next};
+        use sluice_store::ExperimentStatus::{Promoted, RolledBack, Running, Starting};
+        let x = |status| sluice_store::Experiment {
+            id: 7,
+            service: "shop".into(),
+            environment: "prod".into(),
+            release_id: 2,
+            release: 2,
+            baseline_release_id: 1,
+            status,
+            step: 0,
+            weight_bp: 100,
+            overrides: "{}".into(),
+            goals: "[]".into(),
+            deployment_id: Some(3),
+            reason: None,
+            decisions: "[]".into(),
+            report: None,
+            created_at: 0,
+            step_started_at: 0,
+            finished_at: None,
+        };
+        let (starting, running, promoted, rolled_back) =
+            (x(Starting), x(Running), x(Promoted), x(RolledBack));
+        let table = [
+            // deploying here, its experiment and whether followed here → next
+            (false, None, Next::Deploy),
+            (true, None, Next::Leave),
+            (false, Some((&starting, false)), Next::Leave),
+            (false, Some((&running, false)), Next::Leave),
+            // Ended while its follower settles it: left to the follower.
+            (false, Some((&promoted, true)), Next::Leave),
+            // Ended and nobody settled it (a restart in between): settled, not deployed again.
+            (false, Some((&promoted, false)), Next::Settle(7)),
+            (false, Some((&rolled_back, false)), Next::Settle(7)),
+            (true, Some((&promoted, false)), Next::Leave),
+        ];
+        for (here, experiment, expected) in table {
+            assert_eq!(
+                next(here, experiment),
+                expected,
+                "{here} {:?}",
+                experiment.map(|(x, f)| (x.status, f))
+            );
+        }
+    }
+
+    const PROD: &str = "  prod:
+    deploy: auto
+    instances: 2
+    listen: 127.0.0.1:0
+";
+
+    /// v1 runs in prod and v2 is asked for; the server is killed at the
+    /// `nth` start or stop from then on, and started again.
+    fn kill_during_deployment(nth: usize) {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let runtime = Arc::new(FakeRuntime::default());
+        let server = server_runtime();
+        let world = server.block_on(async {
+            let world = Harness::open(dir.clone(), runtime.clone()).await;
+            let v1 = world.release(&spec("serve", PROD)).await;
+            crate::aftermath::ask_for_automatic(&world.cd.inner, &v1, None).await;
+            world.settled("prod", 1, 2).await;
+            let v2 = world.release(&spec("serve", PROD)).await;
+            runtime.crash_at(nth);
+            crate::aftermath::ask_for_automatic(&world.cd.inner, &v2, None).await;
+            tokio::select! {
+                _ = runtime.crashed() => {}
+                _ = world.settled("prod", 2, 2) => {}
             }
-            (experiment::resume(&self, &x).await, x)
-        };
-        let (resumed, x) = resumed;
-        let outcome = match resumed {
-            Ok(outcome) => outcome,
-            Err(e) => Outcome::Failed(format!("{e:#}")),
-        };
-        tracing::info!(experiment = x.id, ?outcome, "a resumed experiment ended");
-        let Ok(release) = self.store.release_by_id(x.release_id).await else {
-            return;
-        };
-        let promotion = self
-            .store
-            .promotions(Some(&x.service), true, 1000)
-            .await
-            .ok()
-            .and_then(|all| {
-                all.into_iter().find(|p| {
-                    p.status == PromotionStatus::Deploying
-                        && p.environment == x.environment
-                        && p.release_id == x.release_id
-                })
-            });
-        let cause = match &promotion {
-            Some(p) if p.requested_by == "sluice" => DeploymentCause::Auto,
-            Some(_) => DeploymentCause::Promotion,
-            None => DeploymentCause::Experiment,
-        };
-        let ended = Ended {
-            release: &release,
-            env: &x.environment,
-            cause,
-            promotion: promotion.as_ref(),
-            deployment: x.deployment_id,
-            outcome,
-        };
-        aftermath::follow(&self, ended).await
+            world
+        });
+        kill(server, world);
+        server_runtime().block_on(async {
+            let world = Harness::open(dir, Arc::default()).await;
+            world.settled("prod", 2, 2).await;
+        });
+    }
+
+    #[test]
+    fn a_server_killed_at_any_action_of_a_deployment_ends_as_without_the_kill() {
+        // Rolling two instances: start, stop, start, stop; the fifth is past the end.
+        let runs: Vec<_> = (1..=5)
+            .map(|nth| std::thread::spawn(move || kill_during_deployment(nth)))
+            .collect();
+        for (i, run) in runs.into_iter().enumerate() {
+            if run.join().is_err() {
+                panic!("killed at action {} of the deployment", i + 1);
+            }
+        }
     }
 }

@@ -3,8 +3,7 @@
 //! sticky split, judged every second by the analysis; promoted at 100%,
 //! rolled back by itself when worse, held for a person when inconclusive.
 
-use sluice_store::DeploymentStrategy;
-use sluice_store::{DeploymentCause, DeploymentStatus, ExperimentCommand, ExperimentStatus};
+use sluice_store::{DeploymentCause, DeploymentStatus, ExperimentCommand, ExperimentStatus, Topic};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,102 +17,78 @@ use sluice_analysis::{
 use sluice_proxy::goals::{Goal, GoalTracker, RequestRule};
 use sluice_proxy::{Route, SecondWindow, Split, Sticky, Variant};
 use sluice_spec::{AbData, AbMode, AbStrategy, AbTest, Environment, Metric, Spec};
-use sluice_store::{Experiment, NewDeployment, Release, now_ms};
+use sluice_store::{Experiment, Release, now_ms};
 
+use crate::aftermath;
 use crate::{Inner, Live};
 use crate::{Outcome, instances, rollout};
 
 mod goals;
 
-/// Runs an experiment of `b` against the environment's release until it is
-/// promoted or rolled back. The caller holds the environment's lock.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn run(
-    inner: &Arc<Inner>,
-    b: &Release,
-    spec: &Spec,
-    env: &Environment,
-    ab: &AbStrategy,
-    baseline_id: i64,
-    overrides: BTreeMap<String, String>,
-    cause: DeploymentCause,
-    actor: &str,
-) -> Result<(i64, Outcome)> {
-    let ab = &ramp(ab);
-    let service = &b.service;
-    let baseline = inner.store.release_by_id(baseline_id).await?;
-    let deployment = inner
-        .store
-        .insert_deployment(NewDeployment {
-            service,
-            env: &env.name,
-            release: b,
-            previous: Some(baseline_id),
-            strategy: DeploymentStrategy::Ab,
-            cause,
-            actor,
-        })
-        .await?;
-    let route = inner.route(service, env).await?;
-    let group = match start_group(inner, b, spec, env, &overrides, deployment).await {
-        Ok(group) => group,
-        Err(e) => {
-            let why = format!("{e:#}");
-            instances::stop_deployment(inner, service, &env.name, deployment).await;
-            inner
-                .store
-                .finish_deployment(
-                    deployment,
-                    DeploymentStatus::RolledBack,
-                    Some(&format!("B never became healthy: {why}")),
-                )
-                .await?;
-            return Ok((deployment, Outcome::RolledBack(why)));
+/// The experiments loop: takes up every open experiment that nothing here
+/// follows, once, woken when one is opened and now and then. After a
+/// restart its first pass takes up what the old server left, as it takes
+/// up one just opened. The deployments meet it in the experiment's row.
+pub(crate) async fn keeper(inner: Arc<Inner>) {
+    loop {
+        let opened = inner.store.woken(Topic::ExperimentOpened);
+        take_open(&inner).await;
+        tokio::select! {
+            _ = tokio::time::sleep(inner.config.gate_interval) => {}
+            _ = opened => {}
+            _ = inner.shutdown.cancelled() => return,
         }
-    };
-    let sticky = sticky_of(ab)?;
-    let first = f64::from(ab.steps[0]);
-    route.set_split(Some(
-        Split::new(first, sticky.clone(), ab.allow_force).map_err(|e| anyhow!(e))?,
-    ));
-    for live in &group {
-        route.add(live.backend.clone());
     }
-    route.set_goals(tracker(ab));
-    let experiment = inner
-        .store
-        .insert_experiment(
-            b,
-            &baseline,
-            &env.name,
-            (first * 100.0) as i64,
-            &json!(overrides),
-            &json!(given_goals(env, ab)),
-            deployment,
-            actor,
-        )
-        .await?;
-    let looker = Looker::new(
-        inner.clone(),
-        experiment.id,
-        b.clone(),
-        env.clone(),
-        ab.clone(),
-        sticky,
-        route,
-        deployment,
-    );
-    Ok((deployment, follow(inner, looker).await))
+}
+
+async fn take_open(inner: &Arc<Inner>) {
+    let Ok(all) = inner.store.experiments(None, 1000).await else {
+        return;
+    };
+    for x in all.into_iter().filter(|x| x.is_open()) {
+        let followed = inner.followed.lock().unwrap().contains(&x.id);
+        if followed || !inner.taking_up.lock().unwrap().insert(x.id) {
+            continue;
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            in_its_turn(&inner, x.id).await;
+            inner.taking_up.lock().unwrap().remove(&x.id);
+            inner.store.wake(Topic::ExperimentEnded).await;
+        });
+    }
+}
+
+/// Takes an open experiment up in its environment's turn and follows it
+/// to its end, then settles what asked for it; nothing when it ended
+/// while waiting.
+async fn in_its_turn(inner: &Arc<Inner>, id: i64) {
+    let Some(lock) = inner.env_lock_of_experiment(id).await else {
+        return;
+    };
+    let (outcome, x) = {
+        let _one_at_a_time = lock.lock().await;
+        // Whoever held the turn may have ended it meanwhile.
+        let Ok(x) = inner.store.experiment(id).await else {
+            return;
+        };
+        if !x.is_open() || inner.followed.lock().unwrap().contains(&id) {
+            return;
+        }
+        (take_up(inner, &x).await, x)
+    };
+    let outcome = outcome.unwrap_or_else(|e| Outcome::Failed(format!("{e:#}")));
+    tracing::info!(experiment = x.id, ?outcome, "an experiment ended");
+    aftermath::after_experiment(inner, &x, outcome).await
 }
 
 /// Watches an experiment until it ends, taking people's commands meanwhile
 /// (from the store; a command wakes it at once).
 async fn follow(inner: &Arc<Inner>, mut looker: Looker) -> Outcome {
     let id = looker.id;
-    let wake = Arc::new(tokio::sync::Notify::new());
-    inner.experiments.lock().unwrap().insert(id, wake.clone());
-    let outcome = looker.watch(&wake).await;
-    inner.experiments.lock().unwrap().remove(&id);
+    inner.followed.lock().unwrap().insert(id);
+    let outcome = looker.watch().await;
+    inner.followed.lock().unwrap().remove(&id);
     outcome
 }
 
@@ -162,34 +137,6 @@ async fn start_group(
     Ok(group)
 }
 
-/// The strategy as the experiment runs it: in `mode: test`, the steps below
-/// the test's split, then the split, where it holds.
-fn ramp(ab: &AbStrategy) -> AbStrategy {
-    let mut ab = ab.clone();
-    if let AbMode::Test(test) = &ab.mode {
-        ab.steps.retain(|step| *step < test.split);
-        ab.steps.push(test.split);
-    }
-    ab
-}
-
-/// The goals given when the experiment was started by hand (none when they
-/// are the strategy's), as `sluice ab start --goal` writes them, kept so
-/// that a restart takes up the same goals.
-fn given_goals(env: &Environment, ab: &AbStrategy) -> Vec<String> {
-    if matches!(&env.strategy, sluice_spec::Strategy::Ab(s) if s.goals == ab.goals) {
-        return Vec::new();
-    }
-    ab.goals
-        .iter()
-        .map(|g| match (&g.request, g.value) {
-            (Some(r), _) => format!("{}={} {}", g.name, r.method, r.path),
-            (None, true) => format!("{}:value", g.name),
-            (None, false) => g.name.clone(),
-        })
-        .collect()
-}
-
 /// The goals the entry point counts for the experiment, if it has any.
 fn tracker(ab: &AbStrategy) -> Option<Arc<GoalTracker>> {
     let goals = ab
@@ -231,16 +178,17 @@ fn sticky_of(ab: &AbStrategy) -> Result<Sticky> {
     })
 }
 
-/// Takes an experiment up again after a restart, at the step it was at:
-/// B's group starts again beside A (which the restart brought back), the
-/// split returns to the recorded weight, and the analysis starts afresh
-/// (its evidence lived in the old server). The caller holds the
-/// environment's lock.
-pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome> {
+/// Takes an open experiment up at the step it is at: B's group starts
+/// beside A, the split goes to the step's weight, and the experiment is
+/// watched until it ends. An experiment just opened (`starting`) and one a
+/// previous server followed are taken up the same way; the latter's
+/// evidence lived in that server, so it goes on afresh and the change log
+/// says so (`experiment.resumed`). The caller holds the environment's lock.
+pub(crate) async fn take_up(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome> {
     let b = inner.store.release_by_id(x.release_id).await?;
     let (spec, env) = crate::release::release_env(&b, &x.environment)?;
     let mut ab = match &env.strategy {
-        sluice_spec::Strategy::Ab(ab) => ramp(ab),
+        sluice_spec::Strategy::Ab(ab) => ab.ramp(),
         _ => AbStrategy::default(),
     };
     // Goals given when it was started by hand replace the strategy's.
@@ -277,30 +225,8 @@ pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome
     let sticky = match started {
         Ok(sticky) => sticky,
         Err(e) => {
-            let why = format!("it could not start again after a restart: {e:#}");
-            instances::stop_deployment(inner, &b.service, &env.name, deployment).await;
             route.set_split(None);
-            let decision = json!({ "action": "abort", "reason": why, "at": now_ms() });
-            let summary = format!("experiment {} of {} aborted: {why}", x.id, b.name());
-            inner
-                .store
-                .update_experiment(
-                    x.id,
-                    ExperimentStatus::Aborted,
-                    x.step,
-                    0,
-                    now_ms(),
-                    &decision,
-                    "experiment.aborted",
-                    &summary,
-                    "sluice",
-                )
-                .await?;
-            inner
-                .store
-                .finish_deployment(deployment, DeploymentStatus::Failed, Some(&why))
-                .await?;
-            return Ok(Outcome::Failed(why));
+            return never_healthy(inner, x, &b, deployment, &format!("{e:#}")).await;
         }
     };
     let mut looker = Looker::new(
@@ -326,25 +252,134 @@ pub(crate) async fn resume(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome
     }
     looker.paused = x.status == ExperimentStatus::Paused;
     looker.held = x.status == ExperimentStatus::Held;
-    let status = if looker.paused || looker.held {
-        x.status
+    let (status, kind, action, reason, summary) = if x.status == ExperimentStatus::Starting {
+        let a = inner.store.release_by_id(x.baseline_release_id).await?;
+        let reason = format!(
+            "B healthy on {} instances; it gets {}% of users",
+            env.instances,
+            looker.weight()
+        );
+        let summary = format!(
+            "experiment {}: {} (B) against {} (A) in {}, B at {}%",
+            x.id,
+            b.name(),
+            a.name(),
+            env.name,
+            looker.weight()
+        );
+        let running = ExperimentStatus::Running;
+        (running, "experiment.started", "start", reason, summary)
     } else {
-        ExperimentStatus::Running
+        // Taken up again: a server before this one followed it.
+        let reason = format!(
+            "the server restarted; the experiment goes on at {}% with fresh evidence",
+            looker.weight()
+        );
+        let summary = format!("experiment {} of {} resumed: {reason}", x.id, b.name());
+        let status = if looker.paused || looker.held {
+            x.status
+        } else {
+            ExperimentStatus::Running
+        };
+        (status, "experiment.resumed", "resume", reason, summary)
     };
-    let reason = format!(
-        "the server restarted; the experiment goes on at {}% with fresh evidence",
-        looker.weight()
-    );
-    let summary = format!("experiment {} of {} resumed: {reason}", x.id, b.name());
-    looker
-        .record(
-            status,
-            "experiment.resumed",
-            json!({ "action": "resume", "reason": reason, "weight": looker.weight(), "at": now_ms() }),
-            &summary,
-        )
-        .await;
+    let decision =
+        json!({ "action": action, "reason": reason, "weight": looker.weight(), "at": now_ms() });
+    looker.record(status, kind, decision, &summary).await;
     Ok(follow(inner, looker).await)
+}
+
+/// B's group could not start (or start again): the experiment ends rolled
+/// back before any user saw B.
+async fn never_healthy(
+    inner: &Arc<Inner>,
+    x: &Experiment,
+    b: &Release,
+    deployment: i64,
+    error: &str,
+) -> Result<Outcome> {
+    let why = format!("B never became healthy: {error}");
+    instances::stop_deployment(inner, &b.service, &x.environment, deployment).await;
+    let decision = json!({ "action": "rollback", "reason": why, "at": now_ms() });
+    let summary = format!(
+        "experiment {} rolled back {} in {}: {why}",
+        x.id,
+        b.name(),
+        x.environment
+    );
+    inner
+        .store
+        .update_experiment(
+            x.id,
+            ExperimentStatus::RolledBack,
+            x.step,
+            0,
+            now_ms(),
+            &decision,
+            "experiment.rolled_back",
+            &summary,
+            "sluice",
+        )
+        .await?;
+    inner
+        .store
+        .finish_deployment(deployment, DeploymentStatus::RolledBack, Some(&why))
+        .await?;
+    Ok(Outcome::RolledBack(why))
+}
+
+/// Where an experiment stands when the analysis has spoken.
+#[derive(Clone, Copy, Debug)]
+struct Place {
+    /// Its step, of `steps`.
+    step: usize,
+    steps: usize,
+    /// Held for a person already.
+    held: bool,
+    /// Holding at a test's split, where the primary goal decides.
+    testing: bool,
+}
+
+/// What an experiment does after a look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Move {
+    Wait,
+    /// Stay at this step for a person (once: it is held then).
+    Hold,
+    /// To the next step's weight.
+    Advance,
+    Promote,
+    /// B is worse: back to A.
+    RollBack,
+    /// The split does not match the weights: the experiment is broken.
+    Broken,
+    /// B made a guardrail goal worse.
+    BrokenGoal,
+    /// The test at its split decides on its primary goal.
+    TestVerdict,
+}
+
+/// Whether a look asks the analysis at all: not while paused, and not
+/// while held until `max_step` has passed again.
+fn asks(paused: bool, held: bool, step_elapsed: Duration, max_step: Duration) -> bool {
+    !(paused || held && step_elapsed < max_step)
+}
+
+/// The judge: the analysis' verdict on the evidence, a guardrail goal and
+/// where the experiment stands make its next move. Guardrails act at every
+/// step in both modes; a test at its split is decided by its goal.
+fn judge(action: Action, broken_goal: bool, at: Place) -> Move {
+    match action {
+        Action::Rollback => Move::RollBack,
+        Action::Broken => Move::Broken,
+        _ if broken_goal => Move::BrokenGoal,
+        _ if at.testing => Move::TestVerdict,
+        Action::Wait => Move::Wait,
+        Action::Hold if at.held => Move::Wait,
+        Action::Hold => Move::Hold,
+        Action::Advance if at.step + 1 >= at.steps => Move::Promote,
+        Action::Advance => Move::Advance,
+    }
 }
 
 /// Seconds since the Unix epoch: how the proxy's windows are numbered.
@@ -560,15 +595,17 @@ impl Looker {
         }
     }
 
-    async fn watch(&mut self, wake: &tokio::sync::Notify) -> Outcome {
+    async fn watch(&mut self) -> Outcome {
+        let inner = self.inner.clone();
         loop {
+            let command_sent = inner.store.woken(Topic::ExperimentCommand);
             // Commands first: one sent before a restart is taken on the first pass.
             if let Some(outcome) = self.obey_waiting().await {
                 return outcome;
             }
             tokio::select! {
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                _ = command_sent => {}
+                _ = tokio::time::sleep(inner.config.look_interval) => {
                     if let Some(outcome) = self.look().await {
                         return outcome;
                     }
@@ -654,7 +691,12 @@ impl Looker {
         for w in &windows {
             self.ingest(w);
         }
-        if self.paused || self.held && self.step_started.elapsed() < self.ab.max_step {
+        if !asks(
+            self.paused,
+            self.held,
+            self.step_started.elapsed(),
+            self.ab.max_step,
+        ) {
             return None;
         }
         let evidence = Evidence {
@@ -669,50 +711,45 @@ impl Looker {
         let goals = goals::report(&self.route, self.alpha());
         self.keep_goal_point(&goals).await;
         // Each instance's warm latency says which one a latency decision rests on.
-        let record = json!({ "action": decision.action, "reason": decision.reason, "numbers": decision.numbers, "instances": self.latency.instances(), "goals": goals.json, "weight": self.weight(), "at": now_ms() });
-        match decision.action {
-            // Guardrails act at every step, in both modes.
-            Action::Rollback | Action::Broken => {}
-            _ => {
-                if let Some(why) = goals.users.as_ref().and_then(goals::broken) {
-                    let mut record = record;
-                    record["action"] = json!("broken");
-                    record["reason"] = json!(why);
-                    return Some(self.roll_back(ExperimentStatus::Broken, &why, record).await);
-                }
-                if self.holding_test() {
-                    return self.test_verdict(&goals, record).await;
-                }
+        let mut record = json!({ "action": decision.action, "reason": decision.reason, "numbers": decision.numbers, "instances": self.latency.instances(), "goals": goals.json, "weight": self.weight(), "at": now_ms() });
+        let broken_goal = goals.users.as_ref().and_then(goals::broken);
+        let at = Place {
+            step: self.step,
+            steps: self.ab.steps.len(),
+            held: self.held,
+            testing: self.holding_test(),
+        };
+        match judge(decision.action, broken_goal.is_some(), at) {
+            Move::Wait => None,
+            Move::TestVerdict => self.test_verdict(&goals, record).await,
+            Move::BrokenGoal => {
+                let why = broken_goal.unwrap_or_default();
+                record["action"] = json!("broken");
+                record["reason"] = json!(why);
+                Some(self.roll_back(ExperimentStatus::Broken, &why, record).await)
             }
-        }
-        match decision.action {
-            Action::Wait => None,
-            Action::Hold => {
-                if !self.held {
-                    self.held = true;
-                    let summary = format!(
-                        "experiment {} held at {}% for a person: {}",
-                        self.id,
-                        self.weight(),
-                        decision.reason
-                    );
-                    self.record(ExperimentStatus::Held, "experiment.held", record, &summary)
-                        .await;
-                }
+            Move::Hold => {
+                self.held = true;
+                let summary = format!(
+                    "experiment {} held at {}% for a person: {}",
+                    self.id,
+                    self.weight(),
+                    decision.reason
+                );
+                self.record(ExperimentStatus::Held, "experiment.held", record, &summary)
+                    .await;
                 None
             }
-            Action::Rollback => Some(
+            Move::RollBack => Some(
                 self.roll_back(ExperimentStatus::RolledBack, &decision.reason, record)
                     .await,
             ),
-            Action::Broken => Some(
+            Move::Broken => Some(
                 self.roll_back(ExperimentStatus::Broken, &decision.reason, record)
                     .await,
             ),
-            Action::Advance if self.step + 1 >= self.ab.steps.len() => {
-                Some(self.promote(&decision.reason).await)
-            }
-            Action::Advance => {
+            Move::Promote => Some(self.promote(&decision.reason).await),
+            Move::Advance => {
                 let from = self.weight();
                 self.step += 1;
                 if self.holding_test() {
@@ -1009,17 +1046,21 @@ mod tests {
     };
 
     use crate::Actor;
-    use crate::testing::Harness;
+    use crate::testing::{FakeRuntime, Harness, kill, server_runtime};
 
     fn spec(command: &str) -> String {
-        let prod = "  prod:
+        spec_with_steps(command, "[50, 100]")
+    }
+
+    fn spec_with_steps(command: &str, steps: &str) -> String {
+        let prod = format!("  prod:
     deploy: auto
     instances: 1
     listen: 127.0.0.1:0
     strategy:
-      ab: { steps: [50, 100], min_requests: 20, min_duration: 1s, max_step: 10m, metrics: [error_rate] }
-";
-        crate::testing::spec(command, prod)
+      ab: {{ steps: {steps}, min_requests: 20, min_duration: 1s, max_step: 10m, metrics: [error_rate] }}
+");
+        crate::testing::spec(command, &prod)
     }
 
     /// Runs v1 in prod, then asks for `b` as v2, which becomes an experiment.
@@ -1048,6 +1089,55 @@ mod tests {
                     .find(|x| check(x))
             })
             .await
+    }
+
+    #[test]
+    fn the_judge_moves_by_the_verdict_the_goals_and_the_step() {
+        use super::{Move, Place, asks, judge};
+        use sluice_analysis::Action::{Advance, Broken, Hold, Rollback, Wait};
+        let at = |step, held, testing| Place {
+            step,
+            steps: 3,
+            held,
+            testing,
+        };
+        let table = [
+            // verdict, goal broken, place → move
+            (Wait, false, at(0, false, false), Move::Wait),
+            (Advance, false, at(0, false, false), Move::Advance),
+            (Advance, false, at(1, false, false), Move::Advance),
+            (Advance, false, at(2, false, false), Move::Promote),
+            // Inconclusive past max_step: held once, then left for a person.
+            (Hold, false, at(1, false, false), Move::Hold),
+            (Hold, false, at(1, true, false), Move::Wait),
+            // A held experiment whose evidence then becomes clear goes on.
+            (Advance, false, at(1, true, false), Move::Advance),
+            (Rollback, false, at(1, true, false), Move::RollBack),
+            (Rollback, false, at(0, false, false), Move::RollBack),
+            (Broken, false, at(0, false, false), Move::Broken),
+            // Guardrail goals act at every step, in both modes, unless B is rolled back anyway.
+            (Advance, true, at(2, false, false), Move::BrokenGoal),
+            (Wait, true, at(0, false, true), Move::BrokenGoal),
+            (Rollback, true, at(0, false, false), Move::RollBack),
+            // At a test's split its primary goal decides.
+            (Advance, false, at(2, false, true), Move::TestVerdict),
+            (Hold, false, at(2, false, true), Move::TestVerdict),
+        ];
+        for (verdict, broken_goal, place, expected) in table {
+            assert_eq!(
+                judge(verdict, broken_goal, place),
+                expected,
+                "{verdict:?}, goal broken {broken_goal}, {place:?}"
+            );
+        }
+        let (short, long) = (
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(600),
+        );
+        assert!(asks(false, false, short, long));
+        assert!(!asks(true, false, long, short), "paused: no look");
+        assert!(!asks(false, true, short, long), "held within max_step");
+        assert!(asks(false, true, long, short), "held past max_step again");
     }
 
     #[tokio::test]
@@ -1094,6 +1184,57 @@ mod tests {
             incident.trigger_kind,
             sluice_store::IncidentTrigger::Experiment
         );
+    }
+
+    /// v1 runs in prod and v2 becomes an experiment under load; the server
+    /// is killed at the `nth` start or stop from then on, and started again.
+    fn kill_during_experiment(nth: usize) {
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let runtime = std::sync::Arc::new(FakeRuntime::default());
+        let server = server_runtime();
+        let world = server.block_on(async {
+            let world = Harness::open(dir.clone(), runtime.clone()).await;
+            // One step, straight to 100%: the kill and the restart are what is tested.
+            let v1 = world.release(&spec_with_steps("serve", "[100]")).await;
+            crate::aftermath::ask_for_automatic(&world.cd.inner, &v1, None).await;
+            world.settled("prod", 1, 1).await;
+            let _load = world.load("prod").await;
+            let v2 = world.release(&spec_with_steps("serve", "[100]")).await;
+            runtime.crash_at(nth);
+            crate::aftermath::ask_for_automatic(&world.cd.inner, &v2, None).await;
+            tokio::select! {
+                _ = runtime.crashed() => {}
+                _ = world.settled("prod", 2, 1) => {}
+            }
+            world
+        });
+        kill(server, world);
+        server_runtime().block_on(async {
+            let world = Harness::open(dir, std::sync::Arc::default()).await;
+            let _load = world.load_when_served("prod").await;
+            world.settled("prod", 2, 1).await;
+            let all = world.store().experiments(Some("shop"), 10).await.unwrap();
+            assert_eq!(all.len(), 1, "one experiment: {all:?}");
+            assert_eq!(
+                all[0].status,
+                ExperimentStatus::Promoted,
+                "{:?}",
+                all[0].reason
+            );
+        });
+    }
+
+    #[test]
+    fn a_server_killed_at_any_action_of_an_experiment_ends_as_without_the_kill() {
+        // B's start, A's stop at the promotion; the third is past the end.
+        let runs: Vec<_> = (1..=3)
+            .map(|nth| std::thread::spawn(move || kill_during_experiment(nth)))
+            .collect();
+        for (i, run) in runs.into_iter().enumerate() {
+            if run.join().is_err() {
+                panic!("killed at action {} of the experiment", i + 1);
+            }
+        }
     }
 
     #[tokio::test]

@@ -162,6 +162,9 @@ pub struct CdConfig {
     pub drain_timeout: Duration,
     /// How often environments are checked for missing instances.
     pub heal_interval: Duration,
+    /// How often a running experiment looks for seconds that ended (its
+    /// evidence comes by the second; a look finds what ended since).
+    pub look_interval: Duration,
     /// Whether each environment's instances run as a user of their own (as root).
     pub isolation: sluice_ci::sandbox::Isolation,
 }
@@ -173,6 +176,7 @@ impl CdConfig {
             gate_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(30),
             heal_interval: Duration::from_secs(2),
+            look_interval: Duration::from_secs(1),
             isolation: sluice_ci::sandbox::Isolation::User,
         }
     }
@@ -213,20 +217,15 @@ pub(crate) struct Inner {
     live: Mutex<HashMap<String, Live>>,
     /// One deployment at a time per (service, environment).
     locks: Mutex<HashMap<EnvKey, Arc<tokio::sync::Mutex<()>>>>,
-    /// Running experiments, and how to wake one when a command for it is in the store.
-    experiments: Mutex<HashMap<i64, Arc<tokio::sync::Notify>>>,
+    /// The experiments this engine follows now.
+    followed: Mutex<std::collections::HashSet<i64>>,
     /// The newest release asked for per environment by automation or a
     /// promotion: a deployment still waiting for an older one gives way.
     wanted: Mutex<HashMap<EnvKey, i64>>,
     /// Promotions are advanced one at a time, so none deploys twice.
     advancing: tokio::sync::Mutex<()>,
-    /// Wakes the gatekeeper when a promotion was asked for (an automatic
-    /// one after a deployment, a release, an approval).
-    promotions_changed: tokio::sync::Notify,
-    /// Wakes the deployments loop when a promotion's gates opened.
-    deployments_wanted: tokio::sync::Notify,
     /// The experiments the experiments loop is taking up now.
-    resuming: Mutex<std::collections::HashSet<i64>>,
+    taking_up: Mutex<std::collections::HashSet<i64>>,
     /// The promotions the deployments loop is deploying now.
     deploying: Mutex<std::collections::HashSet<i64>>,
     /// Incidents asked for from below the incidents module (see [`Alarm`]).
@@ -297,12 +296,10 @@ impl Cd {
             locks: Mutex::new(HashMap::new()),
             wanted: Mutex::new(HashMap::new()),
             advancing: tokio::sync::Mutex::new(()),
-            promotions_changed: tokio::sync::Notify::new(),
-            deployments_wanted: tokio::sync::Notify::new(),
             deploying: Mutex::default(),
-            resuming: Mutex::default(),
+            taking_up: Mutex::default(),
             alarms,
-            experiments: Mutex::new(HashMap::new()),
+            followed: Mutex::default(),
             shutdown: CancellationToken::new(),
         });
         inner.reconcile().await?;
@@ -312,7 +309,7 @@ impl Cd {
             started.restart_environments().await;
             tokio::spawn(heal::keep(started.clone()));
             tokio::spawn(deploy::deployer(started.clone()));
-            tokio::spawn(deploy::experiments_keeper(started.clone()));
+            tokio::spawn(experiment::keeper(started.clone()));
             promote::gatekeeper(started).await;
         });
         tokio::spawn(traffic::keep(inner.clone()));
@@ -436,7 +433,7 @@ impl Cd {
             .release(service, number)
             .await
             .map_err(|_| CdError::NotFound(format!("{service} has no release v{number}")))?;
-        let (spec, environment) =
+        let (_, environment) =
             release::release_env(&release, env).map_err(|e| CdError::Invalid(format!("{e:#}")))?;
         let state = self.inner.store.env_state(service, env).await?;
         let Some(baseline) = state.and_then(|s| s.release_id) else {
@@ -459,15 +456,14 @@ impl Cd {
             ab.goals = given;
         }
         let (inner, actor) = (self.inner.clone(), actor.name.clone());
-        let _env = env.to_string();
         tokio::spawn(async move {
-            let experiment = deploy::Experiment {
+            let experiment = deploy::NewExperiment {
                 release: &release,
-                spec: &spec,
                 environment: &environment,
                 ab: &ab,
                 baseline,
                 overrides,
+                cause: sluice_store::DeploymentCause::Experiment,
                 actor: &actor,
             };
             deploy::experiment(&inner, experiment).await
@@ -495,10 +491,10 @@ impl Cd {
             .store
             .add_experiment_command(id, command, &actor.name)
             .await?;
-        let watching = self.inner.experiments.lock().unwrap().get(&id).cloned();
-        if let Some(wake) = watching {
-            wake.notify_one();
-        }
+        self.inner
+            .store
+            .wake(sluice_store::Topic::ExperimentCommand)
+            .await;
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use serde::Serialize;
-use sluice_store::{Promotion, Release};
+use sluice_store::{Promotion, Release, Topic};
 
 use crate::gates::{self, Facts, GateCheck};
 use crate::release::release_env;
@@ -291,7 +291,7 @@ pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
         .set_promotion_status(id, PromotionStatus::Deploying, None, None, "sluice")
         .await?;
     // The deployments loop takes a promotion whose gates opened from here.
-    inner.deployments_wanted.notify_one();
+    inner.store.wake(Topic::PromotionOpened).await;
     Ok(())
 }
 
@@ -391,24 +391,30 @@ pub(crate) async fn override_freeze(
     view(inner, id).await
 }
 
-/// Looks at every pending promotion now and then: soak time passes, freezes end.
+/// Looks at every pending promotion, at once (after a restart too), then
+/// when one is asked for and now and then: soak time passes, freezes end.
 pub(crate) async fn gatekeeper(inner: Arc<Inner>) {
     loop {
+        let asked = inner.store.woken(Topic::PromotionAsked);
+        look_at_gates(&inner).await;
         tokio::select! {
             _ = tokio::time::sleep(inner.config.gate_interval) => {}
-            _ = inner.promotions_changed.notified() => {}
+            _ = asked => {}
             _ = inner.shutdown.cancelled() => return,
         }
-        let Ok(open) = inner.store.promotions(None, true, 1000).await else {
-            continue;
-        };
-        for promotion in open
-            .into_iter()
-            .filter(|p| p.status == PromotionStatus::Pending)
-        {
-            if let Err(e) = advance(&inner, promotion.id).await {
-                tracing::warn!(promotion = promotion.id, error = %e, "could not look at the promotion's gates");
-            }
+    }
+}
+
+async fn look_at_gates(inner: &Arc<Inner>) {
+    let Ok(open) = inner.store.promotions(None, true, 1000).await else {
+        return;
+    };
+    for promotion in open
+        .into_iter()
+        .filter(|p| p.status == PromotionStatus::Pending)
+    {
+        if let Err(e) = advance(inner, promotion.id).await {
+            tracing::warn!(promotion = promotion.id, error = %e, "could not look at the promotion's gates");
         }
     }
 }
@@ -535,7 +541,12 @@ mod tests {
             .await;
         assert_eq!(waiting.status, PromotionStatus::Pending);
         world.clock.advance(std::time::Duration::from_secs(3601));
-        world.cd.inner.promotions_changed.notify_one();
+        world
+            .cd
+            .inner
+            .store
+            .wake(sluice_store::Topic::PromotionAsked)
+            .await;
         promotion_to(&world, "prod", PromotionStatus::Done).await;
         assert_eq!(world.answer("prod").await, "v1");
     }

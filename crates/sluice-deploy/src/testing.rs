@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use sluice_store::{NewChange, NewRepo, Release, Store};
+use sluice_store::{DeploymentStatus, NewChange, NewRepo, Release, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::FakeClock;
@@ -24,15 +24,56 @@ type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// - `fail`: passes its health check but answers everything else with 500;
 /// - `hang`: never listens, so it never becomes healthy;
 /// - `crash`: exits again and again (its exits count up at once).
+///
+/// Armed with [`FakeRuntime::crash_at`], its n-th start or stop from then
+/// on never returns, nor does any after it: the server is as good as
+/// killed there, and the test drops its tokio runtime.
 #[derive(Default)]
 pub(crate) struct FakeRuntime {
     running: Mutex<HashMap<String, CancellationToken>>,
     exits: Mutex<HashMap<String, u32>>,
     /// Set: every instance's health check fails from now on.
     sick: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Starts and stops still allowed before the crash, once armed.
+    crash_in: Mutex<Option<usize>>,
+    crashed: tokio::sync::Notify,
 }
 
 impl FakeRuntime {
+    /// The `nth` start or stop from now on (1: the next) hangs for ever, as
+    /// does every one after it.
+    pub fn crash_at(&self, nth: usize) {
+        *self.crash_in.lock().unwrap() = Some(nth);
+    }
+
+    /// Resolves once the armed crash happened.
+    pub async fn crashed(&self) {
+        let crashed = self.crashed.notified();
+        if *self.crash_in.lock().unwrap() == Some(0) {
+            return;
+        }
+        crashed.await
+    }
+
+    /// Hangs when the armed crash is here or behind.
+    async fn action(&self) {
+        let crashing = {
+            let mut left = self.crash_in.lock().unwrap();
+            match left.as_mut() {
+                Some(0) => true,
+                Some(n) => {
+                    *n -= 1;
+                    *n == 0
+                }
+                None => false,
+            }
+        };
+        if crashing {
+            self.crashed.notify_waiters();
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Makes every instance fail its health checks from now on.
     pub fn sicken(&self) {
         self.sick.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -57,6 +98,7 @@ fn var<'a>(spec: &'a InstanceSpec, name: &str) -> &'a str {
 impl Runtime for FakeRuntime {
     fn start(&self, spec: InstanceSpec) -> Boxed<'_, anyhow::Result<()>> {
         Box::pin(async move {
+            self.action().await;
             let stop = CancellationToken::new();
             match spec.command.as_str() {
                 "serve" | "fail" => {
@@ -109,6 +151,7 @@ impl Runtime for FakeRuntime {
 
     fn stop<'a>(&'a self, id: &'a str) -> Boxed<'a, ()> {
         Box::pin(async move {
+            self.action().await;
             if let Some(stop) = self.running.lock().unwrap().remove(id) {
                 stop.cancel();
             }
@@ -150,6 +193,23 @@ environments:
     )
 }
 
+/// A tokio runtime for one engine alone: shutting it down kills that
+/// engine where it stands, as kill -9 does a server (no task runs again).
+pub(crate) fn server_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Kills the engine of `world` where it stands: its tasks never run again.
+pub(crate) fn kill(server: tokio::runtime::Runtime, world: Harness) {
+    server.shutdown_background();
+    // Nothing of it may run, not even what its drop would do.
+    std::mem::forget(world);
+}
+
 /// Requests sent to an entry point, one after another, until dropped.
 pub(crate) struct Load(#[allow(dead_code)] tokio_util::sync::DropGuard);
 
@@ -159,12 +219,21 @@ pub(crate) struct Harness {
     pub runtime: std::sync::Arc<FakeRuntime>,
     pub clock: std::sync::Arc<FakeClock>,
     repo: sluice_store::Repo,
-    _dir: tempfile::TempDir,
+    _dir: std::sync::Arc<tempfile::TempDir>,
 }
 
 impl Harness {
     pub async fn new() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        Harness::open(dir, std::sync::Arc::default()).await
+    }
+
+    /// The engine over the store in `dir` (new or left by another engine,
+    /// as a server started again finds it), its instances run by `runtime`.
+    pub async fn open(
+        dir: std::sync::Arc<tempfile::TempDir>,
+        runtime: std::sync::Arc<FakeRuntime>,
+    ) -> Harness {
         let store = Store::connect(&Store::sqlite_url(dir.path()))
             .await
             .unwrap();
@@ -172,26 +241,29 @@ impl Harness {
             isolation: sluice_ci::sandbox::Isolation::None,
             drain_timeout: Duration::from_millis(200),
             heal_interval: Duration::from_secs(3600),
+            look_interval: Duration::from_millis(100),
             ..CdConfig::new(dir.path())
         };
         let metrics =
             sluice_proxy::Metrics::register(&mut prometheus_client::registry::Registry::default());
-        let runtime = std::sync::Arc::new(FakeRuntime::default());
-        let repo = store
-            .insert_repo(
-                NewRepo {
-                    name: "shop".into(),
-                    url: "file:///nowhere/shop".into(),
-                    local_path: None,
-                    webhook_secret: "s".into(),
-                    status_url: None,
-                    status_token: None,
-                    hook: "none".into(),
-                },
-                "test",
-            )
-            .await
-            .unwrap();
+        let repo = match store.repo("shop").await {
+            Ok(repo) => repo,
+            Err(_) => store
+                .insert_repo(
+                    NewRepo {
+                        name: "shop".into(),
+                        url: "file:///nowhere/shop".into(),
+                        local_path: None,
+                        webhook_secret: "s".into(),
+                        status_url: None,
+                        status_token: None,
+                        hook: "none".into(),
+                    },
+                    "test",
+                )
+                .await
+                .unwrap(),
+        };
         let clock = std::sync::Arc::new(FakeClock::new());
         let world = crate::World {
             runtime: runtime.clone(),
@@ -267,6 +339,36 @@ impl Harness {
         }
     }
 
+    /// Waits until the engine has settled with `release` in `env`: every
+    /// promotion, deployment and experiment ended, `instances` instances,
+    /// all of that release and each running once, and the entry point
+    /// answering with it.
+    pub async fn settled(&self, env: &str, release: i64, instances: usize) {
+        let store = self.store();
+        self.until(&format!("v{release} alone in {env}, settled"), || async {
+            let status = self.status(env).await;
+            let promotions = store.promotions(Some("shop"), true, 100).await.unwrap();
+            let deployments = store
+                .deployments(Some("shop"), None, Some(DeploymentStatus::Running), 100)
+                .await
+                .unwrap();
+            let experiments = store.experiments(Some("shop"), 100).await.unwrap();
+            let live = store.live_instances(Some("shop"), Some(env)).await.unwrap();
+            let mut ids: Vec<String> = live.iter().map(|i| i.id.clone()).collect();
+            ids.sort();
+            let settled = status.release == Some(release)
+                && promotions.is_empty()
+                && deployments.is_empty()
+                && experiments.iter().all(|x| !x.is_open())
+                && live.len() == instances
+                && live.iter().all(|i| i.release == release)
+                && ids == self.runtime.running();
+            settled.then_some(())
+        })
+        .await;
+        assert_eq!(self.answer(env).await, format!("v{release}"));
+    }
+
     /// The first open incident of `shop`, once there is one.
     pub async fn incident(&self) -> sluice_store::Incident {
         self.until("an incident", || async {
@@ -301,6 +403,16 @@ impl Harness {
             }
         });
         Load(stop.drop_guard())
+    }
+
+    /// Sends requests to an environment's entry point until dropped, once
+    /// it has one (after a restart, once the environment is back).
+    pub async fn load_when_served(&self, env: &str) -> Load {
+        self.until("an entry point", || async {
+            self.status(env).await.listen.map(|_| ())
+        })
+        .await;
+        self.load(env).await
     }
 
     /// What an environment's entry point answers `GET /` with.

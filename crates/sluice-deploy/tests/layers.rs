@@ -50,19 +50,13 @@ const CONTROLLERS: &[&str] = &[
     "heal",
 ];
 
-/// Calls between controllers that remain: a promotion into an `ab`
-/// environment still starts its experiment by a call (issue 13).
-const STILL_CALLED: &[(&str, &str)] = &[("deploy", "experiment")];
-
 #[test]
 fn controllers_do_not_call_each_other() {
     let graph = graph();
     let mut calls = Vec::new();
     for controller in CONTROLLERS {
         for other in &graph[*controller] {
-            if CONTROLLERS.contains(&other.as_str())
-                && !STILL_CALLED.contains(&(controller, other.as_str()))
-            {
+            if CONTROLLERS.contains(&other.as_str()) {
                 calls.push(format!("{controller} → {other}"));
             }
         }

@@ -353,6 +353,19 @@ pub struct AbStrategy {
     pub mode: AbMode,
 }
 
+impl AbStrategy {
+    /// The strategy as an experiment runs it: in `mode: test`, the steps
+    /// below the test's split, then the split, where it holds.
+    pub fn ramp(&self) -> AbStrategy {
+        let mut ab = self.clone();
+        if let AbMode::Test(test) = &ab.mode {
+            ab.steps.retain(|step| *step < test.split);
+            ab.steps.push(test.split);
+        }
+        ab
+    }
+}
+
 /// A goal of an A/B experiment.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GoalSpec {
@@ -361,6 +374,17 @@ pub struct GoalSpec {
     pub request: Option<GoalRequest>,
     /// A value goal (revenue): reports add up per user.
     pub value: bool,
+}
+
+impl GoalSpec {
+    /// The goal as `sluice ab start --goal` takes it (see `parse_goal`).
+    pub fn to_text(&self) -> String {
+        match (&self.request, self.value) {
+            (Some(r), _) => format!("{}={} {}", self.name, r.method, r.path),
+            (None, true) => format!("{}:value", self.name),
+            (None, false) => self.name.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

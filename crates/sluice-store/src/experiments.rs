@@ -47,6 +47,8 @@ const SELECT: &str = "SELECT x.id, x.service, x.environment, x.release_id, r.num
     FROM experiments x JOIN releases r ON r.id = x.release_id";
 
 impl Store {
+    /// Opens an experiment, `starting`: the experiments loop starts B's
+    /// group and records it as started (`experiment.started`) once users see B.
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_experiment(
         &self,
@@ -57,14 +59,12 @@ impl Store {
         overrides: &serde_json::Value,
         goals: &serde_json::Value,
         deployment: i64,
-        actor: &str,
     ) -> Result<Experiment> {
-        let mut tx = self.begin().await?;
         let now = now_ms();
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO experiments (service, environment, release_id, baseline_release_id, status, step, weight_bp, overrides,
                  deployment_id, decisions, created_at, step_started_at, goals)
-             VALUES ($1, $2, $3, $4, 'running', 0, $5, $6, $7, '[]', $8, $8, $9) RETURNING id",
+             VALUES ($1, $2, $3, $4, 'starting', 0, $5, $6, $7, '[]', $8, $8, $9) RETURNING id",
         )
         .bind(&b.service)
         .bind(env)
@@ -75,27 +75,8 @@ impl Store {
         .bind(deployment)
         .bind(now)
         .bind(goals.to_string())
-        .fetch_one(&mut *tx)
+        .fetch_one(&self.pool)
         .await?;
-        let event = NewChangeEvent {
-            actor: actor.to_string(),
-            kind: "experiment.started".into(),
-            service: Some(b.service.clone()),
-            environment: Some(env.to_string()),
-            subject: format!("experiment {id}"),
-            summary: format!(
-                "experiment {id}: {} (B) against {} (A) in {env}, B at {}%",
-                b.name(),
-                baseline.name(),
-                weight_bp as f64 / 100.0
-            ),
-            before: Some(serde_json::json!({ "release": baseline.number })),
-            after: Some(
-                serde_json::json!({ "b": b.number, "weight": weight_bp as f64 / 100.0, "overrides": overrides }),
-            ),
-        };
-        append_with(&mut tx, event).await?;
-        tx.commit().await?;
         self.experiment(id).await
     }
 

@@ -20,6 +20,7 @@ mod runs;
 mod status;
 mod tokens;
 mod traffic;
+mod wake;
 
 pub mod testing;
 
@@ -51,12 +52,14 @@ pub use status::{
 };
 pub use tokens::{Role, TokenRecord};
 pub use traffic::{TRAFFIC_BUCKET_MS, TrafficBucket};
+pub use wake::Topic;
 
 /// The database sluice keeps its state in.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    wakes: std::sync::Arc<wake::Wakes>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +121,15 @@ impl Store {
             options = options.max_connections(16);
         }
         let pool = options.connect(url).await?;
-        let store = Store { pool, dialect };
+        let wakes = wake::Wakes::new();
+        if dialect == Dialect::Postgres {
+            wake::listen(url.to_string(), std::sync::Arc::downgrade(&wakes));
+        }
+        let store = Store {
+            pool,
+            dialect,
+            wakes,
+        };
         migrate::run(&store).await?;
         store.check_writable().await?;
         Ok(store)

@@ -121,6 +121,8 @@ stored_enum!(
 stored_enum!(
     /// Where an experiment is.
     ExperimentStatus {
+        /// Opened: B's group is starting, and no user sees B yet.
+        Starting = "starting",
         Running = "running",
         Paused = "paused",
         /// Past `max_step` without a decision: waiting for a person.
@@ -192,7 +194,10 @@ impl DeploymentCause {
 impl ExperimentStatus {
     /// Whether it still runs (and takes commands).
     pub fn is_open(self) -> bool {
-        matches!(self, Self::Running | Self::Paused | Self::Held)
+        matches!(
+            self,
+            Self::Starting | Self::Running | Self::Paused | Self::Held
+        )
     }
 }
 
@@ -240,7 +245,7 @@ mod tests {
             .filter(|s| s.is_open())
             .map(|s| s.as_str())
             .collect();
-        assert_eq!(open, ["running", "paused", "held"]);
+        assert_eq!(open, ["starting", "running", "paused", "held"]);
         let final_: Vec<_> = PromotionStatus::ALL
             .iter()
             .filter(|s| s.is_final())

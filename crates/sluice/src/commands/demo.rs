@@ -530,7 +530,8 @@ impl Story {
                     ));
                         shown = (status.clone(), weight);
                     }
-                    let open = matches!(status.as_str(), "running" | "paused" | "held");
+                    let open =
+                        matches!(status.as_str(), "starting" | "running" | "paused" | "held");
                     Ok((!open).then_some(x))
                 },
             )

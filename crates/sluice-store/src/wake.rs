@@ -1,0 +1,210 @@
+//! Wake-ups between the loops that meet in the store: whoever writes a row
+//! another loop watches says so by topic, and that loop looks at once
+//! instead of at its next tick. In one process a topic is a `Notify`; on
+//! PostgreSQL a wake-up also goes out by `NOTIFY`, so that a loop on
+//! another server sharing the database hears it. A wake-up is only a hint:
+//! every loop also looks now and then, so a lost one delays, never loses.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+
+use crate::{Dialect, Store};
+
+/// The PostgreSQL channel wake-ups travel on.
+const CHANNEL: &str = "sluice_wake";
+
+/// What changed, named by who waits for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topic {
+    /// A promotion waits for its gates (the gatekeeper looks).
+    PromotionAsked,
+    /// A promotion's gates opened (the deployments loop deploys it).
+    PromotionOpened,
+    /// An experiment was opened (the experiments loop takes it up).
+    ExperimentOpened,
+    /// An experiment ended (deployments waiting for its environment go on).
+    ExperimentEnded,
+    /// A person sent an experiment a command (its loop takes it).
+    ExperimentCommand,
+}
+
+const TOPICS: [Topic; 5] = [
+    Topic::PromotionAsked,
+    Topic::PromotionOpened,
+    Topic::ExperimentOpened,
+    Topic::ExperimentEnded,
+    Topic::ExperimentCommand,
+];
+
+impl Topic {
+    fn name(self) -> &'static str {
+        match self {
+            Topic::PromotionAsked => "promotion-asked",
+            Topic::PromotionOpened => "promotion-opened",
+            Topic::ExperimentOpened => "experiment-opened",
+            Topic::ExperimentEnded => "experiment-ended",
+            Topic::ExperimentCommand => "experiment-command",
+        }
+    }
+
+    fn index(self) -> usize {
+        TOPICS.iter().position(|t| *t == self).unwrap_or(0)
+    }
+}
+
+/// One process's side of the wake-ups.
+pub(crate) struct Wakes {
+    topics: [Notify; TOPICS.len()],
+    /// Names this process in what it sends, so that it skips its own echo.
+    sender: String,
+}
+
+impl Wakes {
+    pub(crate) fn new() -> Arc<Wakes> {
+        Arc::new(Wakes {
+            topics: Default::default(),
+            sender: uuid::Uuid::new_v4().simple().to_string(),
+        })
+    }
+
+    /// Wakes whoever waits now, and the next to wait if nobody does (a
+    /// loop busy with its pass looks again right after it).
+    fn fire(&self, topic: Topic) {
+        let notify = &self.topics[topic.index()];
+        notify.notify_waiters();
+        notify.notify_one();
+    }
+
+    /// A wake-up as it came over the channel: `topic sender`.
+    fn heard(&self, payload: &str) {
+        let Some((name, sender)) = payload.split_once(' ') else {
+            return;
+        };
+        if sender == self.sender {
+            return;
+        }
+        if let Some(topic) = TOPICS.iter().find(|t| t.name() == name) {
+            self.fire(*topic);
+        }
+    }
+}
+
+impl Store {
+    /// Says that `topic` changed: to the loops of this process, and on
+    /// PostgreSQL to those of every server sharing the database.
+    pub async fn wake(&self, topic: Topic) {
+        self.wakes.fire(topic);
+        if self.dialect == Dialect::Postgres {
+            let payload = format!("{} {}", topic.name(), self.wakes.sender);
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(payload)
+                .execute(&self.pool)
+                .await
+            {
+                tracing::debug!(error = %e, "a wake-up did not go out; the others look at their next tick");
+            }
+        }
+    }
+
+    /// Resolves when `topic` is woken (create it before looking, so that a
+    /// wake-up during the look is not missed).
+    pub fn woken(&self, topic: Topic) -> Notified<'_> {
+        self.wakes.topics[topic.index()].notified()
+    }
+}
+
+/// Hears other servers' wake-ups on PostgreSQL for as long as the store
+/// lives, connecting again after a lost connection.
+pub(crate) fn listen(url: String, wakes: Weak<Wakes>) {
+    tokio::spawn(async move {
+        loop {
+            let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot listen for wake-ups; trying again");
+                    if wakes.strong_count() == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if listener.listen(CHANNEL).await.is_err() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            loop {
+                // Now and then, to stop once the store is gone.
+                let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+                let Some(wakes) = wakes.upgrade() else {
+                    return;
+                };
+                match heard {
+                    Ok(Ok(notification)) => wakes.heard(notification.payload()),
+                    Ok(Err(_)) => break,
+                    Err(_) => {}
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_wake_up_reaches_every_store_on_the_same_database() {
+        let dir = tempfile::tempdir().unwrap();
+        for (kind, url) in crate::testing::database_urls(dir.path()).await {
+            let here = Store::connect(&url).await.unwrap();
+            // Woken before anyone waits: the next wait returns at once.
+            here.wake(Topic::PromotionOpened).await;
+            here.woken(Topic::PromotionOpened).await;
+            if kind == "postgres" {
+                let there = Store::connect(&url).await.unwrap();
+                // Wait until the other store listens: a wake-up it hears.
+                for tries in 1.. {
+                    assert!(tries < 100, "the other store never heard a wake-up");
+                    let woken = there.woken(Topic::ExperimentCommand);
+                    here.wake(Topic::ExperimentCommand).await;
+                    if tokio::time::timeout(Duration::from_millis(200), woken)
+                        .await
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
+                let woken = there.woken(Topic::ExperimentEnded);
+                here.wake(Topic::ExperimentEnded).await;
+                tokio::time::timeout(Duration::from_secs(10), woken)
+                    .await
+                    .expect("the other server heard the wake-up");
+            }
+        }
+    }
+
+    #[test]
+    fn a_store_skips_its_own_echo_and_unknown_topics() {
+        let wakes = Wakes::new();
+        wakes.heard(&format!("experiment-ended {}", wakes.sender));
+        wakes.heard("no-such-topic other");
+        wakes.heard("experiment-ended");
+        let waiting = wakes.topics[Topic::ExperimentEnded.index()].notified();
+        let mut waiting = std::pin::pin!(waiting);
+        assert!(!waiting.as_mut().enable(), "nothing was fired yet");
+        wakes.heard("experiment-ended other-server");
+        let fired = futures_ready(waiting);
+        assert!(fired, "another server's wake-up fires the topic");
+    }
+
+    fn futures_ready(f: std::pin::Pin<&mut Notified<'_>>) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        std::future::Future::poll(f, &mut cx).is_ready()
+    }
+}
