@@ -1,11 +1,17 @@
 //! What time it is, for the decisions that depend on it: a promotion's
-//! gates (soak, freezes). The engine is given a clock; tests give one they
-//! move by hand.
+//! gates (soak, freezes) and an experiment's steps, holds and the seconds
+//! its entry point counts requests in. The engine is given a clock; tests
+//! give one that stands still until moved, or one that runs faster.
 
 use chrono::{DateTime, Utc};
 
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
+
+    /// Milliseconds since the Unix epoch.
+    fn unix_ms(&self) -> i64 {
+        self.now().timestamp_millis()
+    }
 }
 
 /// The machine's clock.
@@ -17,26 +23,40 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that stands still until moved: it starts at the real time, so
-/// that what the store stamps and what it says stay comparable.
+/// A clock for tests: it starts at the real time (so that what the store
+/// stamps and what it says stay comparable), then runs `speed` times as
+/// fast as the real one (0: it stands still), and moves when told.
 #[cfg(test)]
-pub(crate) struct FakeClock(std::sync::Mutex<DateTime<Utc>>);
+pub(crate) struct FakeClock {
+    base: std::sync::Mutex<DateTime<Utc>>,
+    started: std::time::Instant,
+    speed: u32,
+}
 
 #[cfg(test)]
 impl FakeClock {
     pub fn new() -> FakeClock {
-        FakeClock(std::sync::Mutex::new(Utc::now()))
+        FakeClock::running(0)
+    }
+
+    pub fn running(speed: u32) -> FakeClock {
+        FakeClock {
+            base: std::sync::Mutex::new(Utc::now()),
+            started: std::time::Instant::now(),
+            speed,
+        }
     }
 
     pub fn advance(&self, by: std::time::Duration) {
-        let mut now = self.0.lock().unwrap();
-        *now += chrono::Duration::from_std(by).unwrap();
+        let mut base = self.base.lock().unwrap();
+        *base += chrono::Duration::from_std(by).unwrap();
     }
 }
 
 #[cfg(test)]
 impl Clock for FakeClock {
     fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap()
+        let ran = self.started.elapsed() * self.speed;
+        *self.base.lock().unwrap() + chrono::Duration::from_std(ran).unwrap()
     }
 }

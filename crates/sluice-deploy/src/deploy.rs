@@ -490,6 +490,7 @@ mod tests {
 
     use std::sync::Arc;
 
+    use crate::clock::FakeClock;
     use crate::testing::{FakeRuntime, Harness, kill, server_runtime, spec};
 
     #[test]
@@ -552,9 +553,10 @@ mod tests {
     fn kill_during_deployment(nth: usize) {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let runtime = Arc::new(FakeRuntime::default());
+        let clock = Arc::new(FakeClock::new());
         let server = server_runtime();
         let world = server.block_on(async {
-            let world = Harness::open(dir.clone(), runtime.clone()).await;
+            let world = Harness::open(dir.clone(), runtime.clone(), clock.clone()).await;
             let v1 = world.release(&spec("serve", PROD)).await;
             crate::aftermath::ask_for_automatic(&world.cd.inner, &v1, None).await;
             world.settled("prod", 1, 2).await;
@@ -569,7 +571,7 @@ mod tests {
         });
         kill(server, world);
         server_runtime().block_on(async {
-            let world = Harness::open(dir, Arc::default()).await;
+            let world = Harness::open(dir, Arc::default(), clock).await;
             world.settled("prod", 2, 2).await;
         });
     }

@@ -6,7 +6,7 @@
 use sluice_store::{DeploymentCause, DeploymentStatus, ExperimentCommand, ExperimentStatus, Topic};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use serde_json::json;
@@ -17,7 +17,7 @@ use sluice_analysis::{
 use sluice_proxy::goals::{Goal, GoalTracker, RequestRule};
 use sluice_proxy::{Route, SecondWindow, Split, Sticky, Variant};
 use sluice_spec::{AbData, AbMode, AbStrategy, AbTest, Environment, Metric, Spec};
-use sluice_store::{Experiment, Release, now_ms};
+use sluice_store::{Experiment, Release};
 
 use crate::aftermath;
 use crate::{Inner, Live};
@@ -242,8 +242,7 @@ pub(crate) async fn take_up(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcom
     looker.step = step;
     if looker.holding_test() {
         // The hold's time so far, as recorded when its step began.
-        let held_ms = (now_ms() - x.step_started_at).max(0) as u64;
-        looker.hold_started = Instant::now().checked_sub(Duration::from_millis(held_ms));
+        looker.hold_started = Some(x.step_started_at);
     }
     // The users counted before the restart, as last kept.
     if let Some(tracker) = looker.route.goals() {
@@ -283,8 +282,7 @@ pub(crate) async fn take_up(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcom
         };
         (status, "experiment.resumed", "resume", reason, summary)
     };
-    let decision =
-        json!({ "action": action, "reason": reason, "weight": looker.weight(), "at": now_ms() });
+    let decision = json!({ "action": action, "reason": reason, "weight": looker.weight(), "at": looker.now() });
     looker.record(status, kind, decision, &summary).await;
     Ok(follow(inner, looker).await)
 }
@@ -300,7 +298,8 @@ async fn never_healthy(
 ) -> Result<Outcome> {
     let why = format!("B never became healthy: {error}");
     instances::stop_deployment(inner, &b.service, &x.environment, deployment).await;
-    let decision = json!({ "action": "rollback", "reason": why, "at": now_ms() });
+    let now = inner.clock.unix_ms();
+    let decision = json!({ "action": "rollback", "reason": why, "at": now });
     let summary = format!(
         "experiment {} rolled back {} in {}: {why}",
         x.id,
@@ -314,7 +313,7 @@ async fn never_healthy(
             ExperimentStatus::RolledBack,
             x.step,
             0,
-            now_ms(),
+            now,
             &decision,
             "experiment.rolled_back",
             &summary,
@@ -382,9 +381,10 @@ fn judge(action: Action, broken_goal: bool, at: Place) -> Move {
     }
 }
 
-/// Seconds since the Unix epoch: how the proxy's windows are numbered.
-fn unix_seconds() -> u64 {
-    (now_ms() / 1000) as u64
+/// Seconds since the Unix epoch by the engine's clock: how the entry
+/// point's windows are numbered.
+fn unix_second(inner: &Inner) -> u64 {
+    (inner.clock.unix_ms().max(0) / 1000) as u64
 }
 
 /// The experiment's running state: its evidence, step and what it has seen.
@@ -398,7 +398,8 @@ struct Looker {
     route: Route,
     deployment: i64,
     step: usize,
-    step_started: Instant,
+    /// When this step began (ms, by the engine's clock, as all times here).
+    step_started: i64,
     step_b_requests: u64,
     paused: bool,
     held: bool,
@@ -411,14 +412,14 @@ struct Looker {
     b_latency: LogHistogram,
     steps: Vec<serde_json::Value>,
     /// When a test began to hold at its split (its users counted from then).
-    hold_started: Option<Instant>,
+    hold_started: Option<i64>,
     /// Each goal's lift now and then, for the report's chart.
     goal_points: Vec<serde_json::Value>,
-    last_goal_point: Option<Instant>,
+    last_goal_point: Option<i64>,
     /// The goals as last looked at (the entry point forgets them at the end).
     last_goals: serde_json::Value,
     /// When the users that changed were last kept in the store.
-    users_kept: Instant,
+    users_kept: i64,
 }
 
 impl Looker {
@@ -433,8 +434,9 @@ impl Looker {
         route: Route,
         deployment: i64,
     ) -> Self {
-        let now = unix_seconds();
-        let steps = vec![json!({ "weight": ab.steps[0], "at": now_ms() })];
+        let now = unix_second(&inner);
+        let now_ms = inner.clock.unix_ms();
+        let steps = vec![json!({ "weight": ab.steps[0], "at": now_ms })];
         let ab_config = ab.clone();
         Looker {
             inner,
@@ -446,7 +448,7 @@ impl Looker {
             route,
             deployment,
             step: 0,
-            step_started: Instant::now(),
+            step_started: now_ms,
             step_b_requests: 0,
             paused: false,
             held: false,
@@ -461,7 +463,7 @@ impl Looker {
             goal_points: Vec::new(),
             last_goal_point: None,
             last_goals: json!([]),
-            users_kept: Instant::now(),
+            users_kept: now_ms,
         }
     }
 
@@ -469,10 +471,10 @@ impl Looker {
     /// restart loses at most those seconds.
     async fn keep_users(&mut self, force: bool) {
         const EVERY: Duration = Duration::from_secs(2);
-        if !force && self.users_kept.elapsed() < EVERY {
+        if !force && self.since(self.users_kept) < EVERY {
             return;
         }
-        self.users_kept = Instant::now();
+        self.users_kept = self.now();
         let Some(tracker) = self.route.goals() else {
             return;
         };
@@ -503,10 +505,14 @@ impl Looker {
     async fn keep_goal_point(&mut self, goals: &goals::GoalsNow) {
         const EVERY: Duration = Duration::from_secs(5);
         self.last_goals = goals.json.clone();
-        if goals.primary.is_none() || self.last_goal_point.is_some_and(|at| at.elapsed() < EVERY) {
+        if goals.primary.is_none()
+            || self
+                .last_goal_point
+                .is_some_and(|at| self.since(at) < EVERY)
+        {
             return;
         }
-        self.last_goal_point = Some(Instant::now());
+        self.last_goal_point = Some(self.now());
         let point: Vec<serde_json::Value> = goals
             .json
             .as_array()
@@ -515,7 +521,7 @@ impl Looker {
             .map(|g| json!({ "goal": g["name"], "a": g["a"]["mean"], "b": g["b"]["mean"], "lift": g["lift"] }))
             .collect();
         self.goal_points
-            .push(json!({ "at": now_ms(), "weight": self.weight(), "goals": point }));
+            .push(json!({ "at": self.now(), "weight": self.weight(), "goals": point }));
         // A long test keeps its last 2,000 points (about 3 hours at 5 s).
         if self.goal_points.len() > 2000 {
             self.goal_points.remove(0);
@@ -532,7 +538,9 @@ impl Looker {
     ) -> Option<Outcome> {
         let test = self.test()?.clone();
         let primary = goals.primary.as_ref()?;
-        let held_for = self.hold_started.map_or(Duration::ZERO, |at| at.elapsed());
+        let held_for = self
+            .hold_started
+            .map_or(Duration::ZERO, |at| self.since(at));
         match goals::test_step(primary, &test, held_for) {
             goals::TestStep::Wait => None,
             goals::TestStep::Promote(reason) if test.manual => {
@@ -575,6 +583,16 @@ impl Looker {
     /// A test at its split, waiting for its primary goal to decide.
     fn holding_test(&self) -> bool {
         self.test().is_some() && self.step + 1 >= self.ab.steps.len()
+    }
+
+    /// Now, in ms by the engine's clock.
+    fn now(&self) -> i64 {
+        self.inner.clock.unix_ms()
+    }
+
+    /// How long ago `at` (ms, by the engine's clock) was.
+    fn since(&self, at: i64) -> Duration {
+        Duration::from_millis((self.now() - at).max(0) as u64)
     }
 
     fn weight(&self) -> f64 {
@@ -654,7 +672,7 @@ impl Looker {
                 let reason = format!("resumed by {actor}");
                 self.paused = false;
                 self.held = false;
-                self.step_started = Instant::now();
+                self.step_started = self.now();
                 self.record(
                     ExperimentStatus::Running,
                     "experiment.resumed",
@@ -681,7 +699,7 @@ impl Looker {
 
     /// Feeds the seconds that ended since the last look to the analysis and acts on its decision.
     async fn look(&mut self) -> Option<Outcome> {
-        let now = unix_seconds();
+        let now = unix_second(&self.inner);
         let windows: Vec<SecondWindow> = self
             .inner
             .windows(&self.b.service, &self.env.name, self.last_second)
@@ -694,7 +712,7 @@ impl Looker {
         if !asks(
             self.paused,
             self.held,
-            self.step_started.elapsed(),
+            self.since(self.step_started),
             self.ab.max_step,
         ) {
             return None;
@@ -704,14 +722,14 @@ impl Looker {
             latency: &self.latency,
             split: &self.split,
             step_requests: self.step_b_requests,
-            step_elapsed: self.step_started.elapsed(),
+            step_elapsed: self.since(self.step_started),
         };
         let decision = decide(&evidence, &self.policy());
         self.keep_users(false).await;
         let goals = goals::report(&self.route, self.alpha());
         self.keep_goal_point(&goals).await;
         // Each instance's warm latency says which one a latency decision rests on.
-        let mut record = json!({ "action": decision.action, "reason": decision.reason, "numbers": decision.numbers, "instances": self.latency.instances(), "goals": goals.json, "weight": self.weight(), "at": now_ms() });
+        let mut record = json!({ "action": decision.action, "reason": decision.reason, "numbers": decision.numbers, "instances": self.latency.instances(), "goals": goals.json, "weight": self.weight(), "at": self.now() });
         let broken_goal = goals.users.as_ref().and_then(goals::broken);
         let at = Place {
             step: self.step,
@@ -756,15 +774,15 @@ impl Looker {
                     // The test counts the users exposed at its split only.
                     let _ = self.inner.store.forget_experiment_users(self.id).await;
                     self.route.set_goals(tracker(&self.ab));
-                    self.hold_started = Some(Instant::now());
+                    self.hold_started = Some(self.now());
                 }
-                self.step_started = Instant::now();
+                self.step_started = self.now();
                 self.step_b_requests = 0;
                 let to = self.weight();
                 if let Ok(split) = Split::new(to, self.sticky.clone(), self.ab.allow_force) {
                     self.route.set_split(Some(split));
                 }
-                self.steps.push(json!({ "weight": to, "at": now_ms() }));
+                self.steps.push(json!({ "weight": to, "at": self.now() }));
                 let summary = format!(
                     "experiment {}: B from {from}% to {to}%: {}",
                     self.id, decision.reason
@@ -826,7 +844,7 @@ impl Looker {
         summary: &str,
     ) {
         let weight_bp = (self.weight() * 100.0) as i64;
-        let started = now_ms() - self.step_started.elapsed().as_millis() as i64;
+        let started = self.step_started;
         if let Err(e) = self
             .inner
             .store
@@ -852,7 +870,8 @@ impl Looker {
     /// a failure there goes back to A as any deployment does).
     async fn promote_onto_data(&mut self, why: &str) -> Outcome {
         let inner = self.inner.clone();
-        let decision = json!({ "action": "promote", "reason": why, "weight": 100, "at": now_ms() });
+        let decision =
+            json!({ "action": "promote", "reason": why, "weight": 100, "at": self.now() });
         self.stop_b().await;
         let summary = format!(
             "experiment {} promoted {} in {}: {why}; B's copy of the data is dropped and the release deployed on the environment's data",
@@ -930,7 +949,8 @@ impl Looker {
         }
         let inner = self.inner.clone();
         let (service, env) = (self.b.service.clone(), self.env.name.clone());
-        let decision = json!({ "action": "promote", "reason": why, "weight": 100, "at": now_ms() });
+        let decision =
+            json!({ "action": "promote", "reason": why, "weight": 100, "at": self.now() });
         self.route.set_split(Some(
             Split::new(100.0, self.sticky.clone(), false)
                 .unwrap_or_else(|_| unreachable!("100 is a weight")),
@@ -1046,7 +1066,13 @@ mod tests {
     };
 
     use crate::Actor;
+    use crate::clock::FakeClock;
     use crate::testing::{FakeRuntime, Harness, kill, server_runtime};
+
+    /// How much faster than real time the experiments' clock runs: a
+    /// second of an experiment (a step's least duration, a window of the
+    /// entry point) passes in 50 ms.
+    const SPEED: u32 = 20;
 
     fn spec(command: &str) -> String {
         spec_with_steps(command, "[50, 100]")
@@ -1142,7 +1168,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_experiment_ramps_to_b_and_its_promotion_is_done() {
-        let world = Harness::new().await;
+        let world = Harness::fast(SPEED).await;
         experiment_of(&world, "serve").await;
         let _load = world.load("prod").await;
         let x = until_experiment(&world, |x| !x.is_open()).await;
@@ -1167,7 +1193,7 @@ mod tests {
 
     #[tokio::test]
     async fn b_s_errors_roll_it_back_and_open_an_incident() {
-        let world = Harness::new().await;
+        let world = Harness::fast(SPEED).await;
         experiment_of(&world, "fail").await;
         let _load = world.load("prod").await;
         let x = until_experiment(&world, |x| !x.is_open()).await;
@@ -1191,9 +1217,10 @@ mod tests {
     fn kill_during_experiment(nth: usize) {
         let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
         let runtime = std::sync::Arc::new(FakeRuntime::default());
+        let clock = std::sync::Arc::new(FakeClock::running(SPEED));
         let server = server_runtime();
         let world = server.block_on(async {
-            let world = Harness::open(dir.clone(), runtime.clone()).await;
+            let world = Harness::open(dir.clone(), runtime.clone(), clock.clone()).await;
             // One step, straight to 100%: the kill and the restart are what is tested.
             let v1 = world.release(&spec_with_steps("serve", "[100]")).await;
             crate::aftermath::ask_for_automatic(&world.cd.inner, &v1, None).await;
@@ -1210,7 +1237,7 @@ mod tests {
         });
         kill(server, world);
         server_runtime().block_on(async {
-            let world = Harness::open(dir, std::sync::Arc::default()).await;
+            let world = Harness::open(dir, std::sync::Arc::default(), clock).await;
             let _load = world.load_when_served("prod").await;
             world.settled("prod", 2, 1).await;
             let all = world.store().experiments(Some("shop"), 10).await.unwrap();
@@ -1239,7 +1266,7 @@ mod tests {
 
     #[tokio::test]
     async fn people_pause_resume_and_abort_an_experiment() {
-        let world = Harness::new().await;
+        let world = Harness::fast(SPEED).await;
         let x = experiment_of(&world, "serve").await;
         let ana = Actor {
             name: "ana".into(),

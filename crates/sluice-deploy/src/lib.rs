@@ -767,11 +767,13 @@ impl Inner {
             Some((route, telemetry, false)) => (route, telemetry),
             None => {
                 let access_log = self.layout.access_log(service, &env.name)?;
-                let telemetry = Telemetry::new(
+                let clock = self.clock.clone();
+                let telemetry = Telemetry::with_clock(
                     service,
                     &env.name,
                     self.metrics.clone(),
                     Some(sluice_proxy::AccessLog::new(access_log)),
+                    Arc::new(move || clock.unix_ms().max(0) as u64 / 1000),
                 );
                 (Route::default(), telemetry)
             }

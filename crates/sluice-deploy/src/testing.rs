@@ -1,8 +1,8 @@
 //! A harness for the deployment core's unit tests: the engine over a store
 //! in a temporary directory, its instances run by [`FakeRuntime`] (no
 //! processes: each instance is an HTTP server inside the test), its time
-//! read from a [`FakeClock`] the test moves, and releases made from a
-//! `sluice.yaml` text.
+//! read from a [`FakeClock`] the test moves or runs fast (an experiment's
+//! seconds), and releases made from a `sluice.yaml` text.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -223,16 +223,30 @@ pub(crate) struct Harness {
 }
 
 impl Harness {
+    /// The engine with a clock that stands still until moved.
     pub async fn new() -> Harness {
+        Harness::with_clock(FakeClock::new()).await
+    }
+
+    /// The engine with a clock that runs `speed` times as fast as the real
+    /// one: an experiment's seconds (its steps, the entry point's windows)
+    /// pass that much sooner.
+    pub async fn fast(speed: u32) -> Harness {
+        Harness::with_clock(FakeClock::running(speed)).await
+    }
+
+    async fn with_clock(clock: FakeClock) -> Harness {
         let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-        Harness::open(dir, std::sync::Arc::default()).await
+        Harness::open(dir, std::sync::Arc::default(), std::sync::Arc::new(clock)).await
     }
 
     /// The engine over the store in `dir` (new or left by another engine,
-    /// as a server started again finds it), its instances run by `runtime`.
+    /// as a server started again finds it), its instances run by `runtime`,
+    /// its time read from `clock`.
     pub async fn open(
         dir: std::sync::Arc<tempfile::TempDir>,
         runtime: std::sync::Arc<FakeRuntime>,
+        clock: std::sync::Arc<FakeClock>,
     ) -> Harness {
         let store = Store::connect(&Store::sqlite_url(dir.path()))
             .await
@@ -264,7 +278,6 @@ impl Harness {
                 .await
                 .unwrap(),
         };
-        let clock = std::sync::Arc::new(FakeClock::new());
         let world = crate::World {
             runtime: runtime.clone(),
             clock: clock.clone(),

@@ -19,5 +19,6 @@ pub use route::{Backend, EJECT_AFTER, EJECT_FOR, Route};
 pub use server::{Limits, Listener, redirect_to_https};
 pub use split::{COOKIE, FORCE_HEADER, Split, Sticky, Variant, bucket};
 pub use telemetry::{
-    AccessEntry, InstanceWindow, Metrics, SecondWindow, Telemetry, VariantWindow, WINDOW_SECONDS,
+    AccessEntry, InstanceWindow, Metrics, SecondClock, SecondWindow, Telemetry, VariantWindow,
+    WINDOW_SECONDS, system_second,
 };

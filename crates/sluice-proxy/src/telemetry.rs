@@ -193,7 +193,21 @@ struct Handle {
     shard: usize,
 }
 
+/// What second it is, for the windows: the machine's clock, or one a test
+/// runs faster.
+pub type SecondClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Seconds since the Unix epoch by the machine's clock.
+pub fn system_second() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
 struct Shared {
+    /// Numbers the windows.
+    clock: SecondClock,
     service: String,
     environment: String,
     metrics: Metrics,
@@ -228,9 +242,27 @@ impl Telemetry {
         metrics: Metrics,
         access_log: Option<AccessLog>,
     ) -> Telemetry {
+        Telemetry::with_clock(
+            service,
+            environment,
+            metrics,
+            access_log,
+            Arc::new(system_second),
+        )
+    }
+
+    /// The same, its windows numbered by `clock`.
+    pub fn with_clock(
+        service: &str,
+        environment: &str,
+        metrics: Metrics,
+        access_log: Option<AccessLog>,
+        clock: SecondClock,
+    ) -> Telemetry {
         let access = access_log.and_then(AccessLog::start);
         let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shared = Shared {
+            clock,
             service: service.to_string(),
             environment: environment.to_string(),
             metrics,
@@ -331,10 +363,7 @@ impl Telemetry {
         backend: Option<&Backend>,
         share_b: f64,
     ) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs();
+        let now = (self.shared().clock)();
         let mut windows = self.shared().windows[self.0.shard].lock().unwrap();
         if windows.back().is_none_or(|w| w.second != now) {
             windows.push_back(SecondWindow {
