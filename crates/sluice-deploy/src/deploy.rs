@@ -22,11 +22,13 @@ use crate::release::release_env;
 use crate::{Actor, CdError, CdResult, Inner, Outcome, instances, rollout};
 
 /// How a deployment began: ended by itself, or an experiment opened that
-/// the experiments loop takes up (and whose end it follows).
+/// the experiments loop takes up (and whose end it follows), or not at
+/// all, its promotion superseded by a newer release's while it waited.
 #[derive(Debug)]
 pub(crate) enum Began {
     Ended(i64, Outcome),
     Experiment,
+    Superseded(i64),
 }
 
 /// Deploys `release` to `env` by the environment's strategy, one deployment
@@ -47,7 +49,10 @@ pub(crate) async fn deploy(
         inner.want(&release.service, env, release.number);
     }
     let result = match turn(inner, &release.service, env, cause).await {
-        Ok(_one_at_a_time) => by_strategy(inner, release, env, cause, actor, give_way).await,
+        Ok(_one_at_a_time) => match superseded(inner, promotion).await {
+            Some(newer) => Ok(Began::Superseded(newer)),
+            None => by_strategy(inner, release, env, cause, actor, give_way).await,
+        },
         Err(e) => Err(e),
     };
     if give_way {
@@ -56,6 +61,17 @@ pub(crate) async fn deploy(
     let (deployment, outcome) = match &result {
         // The experiments loop follows it to its end.
         Ok(Began::Experiment) => return result,
+        Ok(Began::Superseded(newer)) => {
+            if let Some(p) = promotion {
+                let why = format!("v{newer} went to {env} by a later promotion");
+                let superseded = PromotionStatus::Superseded;
+                let _ = inner
+                    .store
+                    .set_promotion_status(p.id, superseded, None, Some(&why), "sluice")
+                    .await;
+            }
+            return result;
+        }
         Ok(Began::Ended(id, outcome)) => (Some(*id), outcome.clone()),
         Err(e) => (None, Outcome::Failed(format!("{e:#}"))),
     };
@@ -71,19 +87,41 @@ pub(crate) async fn deploy(
     result
 }
 
-/// The environment's turn: its lock, once no open experiment holds the
-/// environment (an experiment is a deployment that lasts). Bringing the
-/// recorded release back after a restart does not wait: that is A, which
-/// an open experiment needs.
+/// The newer release a later promotion takes to the environment: it makes
+/// this promotion's deployment moot once its turn comes (after a restart
+/// too, when every promotion still `deploying` asks for its turn again).
+async fn superseded(inner: &Arc<Inner>, promotion: Option<&Promotion>) -> Option<i64> {
+    let promotion = promotion?;
+    let all = inner
+        .store
+        .promotions(Some(&promotion.service), false, 1000)
+        .await
+        .ok()?;
+    promotion.superseded_by(&all)
+}
+
+/// A deployment's turn in its environment: its place in the queue of the
+/// environment's deployments (first come, first served), and the
+/// environment's lock, which an experiment holds while it is followed.
+struct Turn {
+    _queue: OwnedMutexGuard<()>,
+    _environment: OwnedMutexGuard<()>,
+}
+
+/// Waits for the turn: the deployments before this one, then an open
+/// experiment, end first (an experiment is a deployment that lasts).
+/// Bringing the recorded release back after a restart does not wait for
+/// an experiment: that is A, which the experiment needs.
 async fn turn(
     inner: &Arc<Inner>,
     service: &str,
     env: &str,
     cause: DeploymentCause,
-) -> Result<OwnedMutexGuard<()>> {
+) -> Result<Turn> {
+    let queue = inner.env_queue(service, env).lock_owned().await;
     loop {
         let ended = inner.store.woken(Topic::ExperimentEnded);
-        let turn = inner.env_lock(service, env).lock_owned().await;
+        let environment = inner.env_lock(service, env).lock_owned().await;
         let experimenting = inner
             .store
             .experiments(Some(service), 200)
@@ -91,9 +129,12 @@ async fn turn(
             .iter()
             .any(|x| x.environment == env && x.is_open());
         if cause == DeploymentCause::Reconcile || !experimenting {
-            return Ok(turn);
+            return Ok(Turn {
+                _queue: queue,
+                _environment: environment,
+            });
         }
-        drop(turn);
+        drop(environment);
         tokio::select! {
             _ = ended => {}
             _ = tokio::time::sleep(inner.config.gate_interval) => {}

@@ -217,6 +217,8 @@ pub(crate) struct Inner {
     live: Mutex<HashMap<String, Live>>,
     /// One deployment at a time per (service, environment).
     locks: Mutex<HashMap<EnvKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The deployments waiting per (service, environment), in the order they came.
+    queues: Mutex<HashMap<EnvKey, Arc<tokio::sync::Mutex<()>>>>,
     /// The experiments this engine follows now.
     followed: Mutex<std::collections::HashSet<i64>>,
     /// The newest release asked for per environment by automation or a
@@ -294,6 +296,7 @@ impl Cd {
             entries: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
             wanted: Mutex::new(HashMap::new()),
             advancing: tokio::sync::Mutex::new(()),
             deploying: Mutex::default(),
@@ -731,8 +734,19 @@ impl Inner {
         Some(self.env_lock(&x.service, &x.environment))
     }
 
+    /// Held by a deployment, or by an experiment while it is followed.
     fn env_lock(&self, service: &str, env: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
+            .lock()
+            .unwrap()
+            .entry((service.to_string(), env.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Held by the deployment whose turn is next (see `deploy::turn`).
+    fn env_queue(&self, service: &str, env: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.queues
             .lock()
             .unwrap()
             .entry((service.to_string(), env.to_string()))

@@ -207,25 +207,6 @@ async fn gates_of(inner: &Arc<Inner>, promotion: &Promotion) -> CdResult<Vec<Gat
     Ok(gates::evaluate(&facts, inner.clock.now()))
 }
 
-/// The newer release a later promotion took (or is taking) to the same
-/// environment, which makes a pending promotion of an older one moot: it
-/// would only deploy backwards, and its `from` gate could never clear.
-/// A rollback is not a promotion, so it supersedes nothing.
-fn superseded_by(promotion: &Promotion, all: &[Promotion]) -> Option<i64> {
-    all.iter()
-        .filter(|other| {
-            other.id > promotion.id
-                && other.environment == promotion.environment
-                && other.release > promotion.release
-                && matches!(
-                    other.status,
-                    PromotionStatus::Deploying | PromotionStatus::Done
-                )
-        })
-        .map(|other| other.release)
-        .max()
-}
-
 /// Looks at a pending promotion's gates; when all are open, marks it
 /// `deploying` for the deployments loop (`deploy::deployer`).
 pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
@@ -238,7 +219,7 @@ pub(crate) async fn advance(inner: &Arc<Inner>, id: i64) -> CdResult<()> {
         .store
         .promotions(Some(&promotion.service), false, 1000)
         .await?;
-    if let Some(newer) = superseded_by(&promotion, &others) {
+    if let Some(newer) = promotion.superseded_by(&others) {
         inner
             .store
             .set_promotion_status(
@@ -497,7 +478,7 @@ mod tests {
         ];
         for (other, expected) in table {
             assert_eq!(
-                super::superseded_by(&waiting, std::slice::from_ref(&other)),
+                waiting.superseded_by(std::slice::from_ref(&other)),
                 expected,
                 "{other:?}"
             );

@@ -131,6 +131,27 @@ pub struct Promotion {
     pub approvals: Vec<Approval>,
 }
 
+impl Promotion {
+    /// The newer release a later promotion took (or is taking) to the same
+    /// environment, which makes this one moot while it waits: it would only
+    /// deploy backwards, and its `from` gate could never clear. A rollback
+    /// is not a promotion, so it supersedes nothing.
+    pub fn superseded_by(&self, all: &[Promotion]) -> Option<i64> {
+        all.iter()
+            .filter(|other| {
+                other.id > self.id
+                    && other.environment == self.environment
+                    && other.release > self.release
+                    && matches!(
+                        other.status,
+                        PromotionStatus::Deploying | PromotionStatus::Done
+                    )
+            })
+            .map(|other| other.release)
+            .max()
+    }
+}
+
 #[derive(Clone, Debug, Serialize, FromRow)]
 pub struct Approval {
     pub approver: String,

@@ -413,7 +413,7 @@ async fn b_can_work_on_a_copy_of_the_data_that_goes_when_the_experiment_ends() {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let x = server.get(&format!("/experiments/{}", x["id"])).await;
-            if !["running", "paused", "held"].contains(&x["status"].as_str().unwrap()) {
+            if !["starting", "running", "paused", "held"].contains(&x["status"].as_str().unwrap()) {
                 break;
             }
             assert!(Instant::now() < deadline, "{x:#}");
