@@ -531,6 +531,8 @@ mod tests {
 
     use std::sync::Arc;
 
+    use sluice_store::PromotionStatus;
+
     use crate::clock::FakeClock;
     use crate::testing::{FakeRuntime, Harness, kill, server_runtime, spec};
 
@@ -588,6 +590,44 @@ mod tests {
     instances: 2
     listen: 127.0.0.1:0
 ";
+
+    #[tokio::test]
+    async fn a_promotion_whose_turn_comes_after_a_newer_one_was_opened_gives_way() {
+        let world = Harness::new().await;
+        let (v1, v2) = (
+            world.release(&spec("serve", PROD)).await,
+            world.release(&spec("serve", PROD)).await,
+        );
+        let store = world.store();
+        let mut waiting = Vec::new();
+        for release in [&v1, &v2] {
+            let p = store
+                .insert_promotion("shop", "prod", release, "ana")
+                .await
+                .unwrap();
+            store
+                .set_promotion_status(p.id, PromotionStatus::Deploying, None, None, "sluice")
+                .await
+                .unwrap();
+            waiting.push(store.promotion(p.id).await.unwrap());
+        }
+        let inner = &world.cd.inner;
+        let cause = sluice_store::DeploymentCause::Promotion;
+        let began = super::deploy(inner, &v1, "prod", cause, "ana", Some(&waiting[0])).await;
+        assert!(
+            matches!(began, Ok(super::Began::Superseded(2))),
+            "{began:?}"
+        );
+        let older = store.promotion(waiting[0].id).await.unwrap();
+        assert_eq!(older.status, PromotionStatus::Superseded);
+        assert_eq!(
+            older.reason.as_deref(),
+            Some("v2 went to prod by a later promotion")
+        );
+        // The newer one is deployed by the deployments loop, woken.
+        store.wake(sluice_store::Topic::PromotionOpened).await;
+        world.settled("prod", 2, 2).await;
+    }
 
     /// v1 runs in prod and v2 is asked for; the server is killed at the
     /// `nth` start or stop from then on, and started again.
