@@ -232,15 +232,7 @@ async fn open_experiment(inner: &Arc<Inner>, x: NewExperiment<'_>) -> Result<()>
 /// `deploying`) once, woken when the gatekeeper opens one and now and then.
 /// The promotions and the deployments meet in that row, not in a call.
 pub(crate) async fn deployer(inner: Arc<Inner>) {
-    loop {
-        let opened = inner.store.woken(Topic::PromotionOpened);
-        take_promotions(&inner).await;
-        tokio::select! {
-            _ = tokio::time::sleep(inner.config.gate_interval) => {}
-            _ = opened => {}
-            _ = inner.shutdown.cancelled() => return,
-        }
-    }
+    crate::every_pass(inner, Topic::PromotionOpened, take_promotions).await
 }
 
 /// What the deployments loop does with a promotion whose gates opened.
@@ -534,7 +526,7 @@ mod tests {
     use sluice_store::PromotionStatus;
 
     use crate::clock::FakeClock;
-    use crate::testing::{FakeRuntime, Harness, kill, server_runtime, spec};
+    use crate::testing::{FakeRuntime, Harness, at_each_action, kill, server_runtime, spec};
 
     #[test]
     fn a_promotion_is_deployed_once_and_settled_by_its_experiment() {
@@ -660,13 +652,6 @@ mod tests {
     #[test]
     fn a_server_killed_at_any_action_of_a_deployment_ends_as_without_the_kill() {
         // Rolling two instances: start, stop, start, stop; the fifth is past the end.
-        let runs: Vec<_> = (1..=5)
-            .map(|nth| std::thread::spawn(move || kill_during_deployment(nth)))
-            .collect();
-        for (i, run) in runs.into_iter().enumerate() {
-            if run.join().is_err() {
-                panic!("killed at action {} of the deployment", i + 1);
-            }
-        }
+        at_each_action(5, "the deployment", kill_during_deployment);
     }
 }

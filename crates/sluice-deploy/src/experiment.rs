@@ -30,15 +30,7 @@ mod goals;
 /// restart its first pass takes up what the old server left, as it takes
 /// up one just opened. The deployments meet it in the experiment's row.
 pub(crate) async fn keeper(inner: Arc<Inner>) {
-    loop {
-        let opened = inner.store.woken(Topic::ExperimentOpened);
-        take_open(&inner).await;
-        tokio::select! {
-            _ = tokio::time::sleep(inner.config.gate_interval) => {}
-            _ = opened => {}
-            _ = inner.shutdown.cancelled() => return,
-        }
-    }
+    crate::every_pass(inner, Topic::ExperimentOpened, take_open).await
 }
 
 async fn take_open(inner: &Arc<Inner>) {
@@ -1067,7 +1059,7 @@ mod tests {
 
     use crate::Actor;
     use crate::clock::FakeClock;
-    use crate::testing::{FakeRuntime, Harness, kill, server_runtime};
+    use crate::testing::{FakeRuntime, Harness, at_each_action, kill, server_runtime};
 
     /// How much faster than real time the experiments' clock runs: a
     /// second of an experiment (a step's least duration, a window of the
@@ -1254,14 +1246,7 @@ mod tests {
     #[test]
     fn a_server_killed_at_any_action_of_an_experiment_ends_as_without_the_kill() {
         // B's start, A's stop at the promotion; the third is past the end.
-        let runs: Vec<_> = (1..=3)
-            .map(|nth| std::thread::spawn(move || kill_during_experiment(nth)))
-            .collect();
-        for (i, run) in runs.into_iter().enumerate() {
-            if run.join().is_err() {
-                panic!("killed at action {} of the experiment", i + 1);
-            }
-        }
+        at_each_action(3, "the experiment", kill_during_experiment);
     }
 
     #[tokio::test]

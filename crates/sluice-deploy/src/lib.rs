@@ -736,22 +736,12 @@ impl Inner {
 
     /// Held by a deployment, or by an experiment while it is followed.
     fn env_lock(&self, service: &str, env: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .unwrap()
-            .entry((service.to_string(), env.to_string()))
-            .or_default()
-            .clone()
+        per_env(&self.locks, service, env)
     }
 
     /// Held by the deployment whose turn is next (see `deploy::turn`).
     fn env_queue(&self, service: &str, env: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.queues
-            .lock()
-            .unwrap()
-            .entry((service.to_string(), env.to_string()))
-            .or_default()
-            .clone()
+        per_env(&self.queues, service, env)
     }
 
     /// The route of an environment, binding its listener the first time,
@@ -990,5 +980,38 @@ impl Inner {
             .filter(|l| l.service == service && l.env == env)
             .cloned()
             .collect()
+    }
+}
+
+/// The lock of one (service, environment) in `locks`, made on first use.
+fn per_env(
+    locks: &Mutex<HashMap<EnvKey, Arc<tokio::sync::Mutex<()>>>>,
+    service: &str,
+    env: &str,
+) -> Arc<tokio::sync::Mutex<()>> {
+    locks
+        .lock()
+        .unwrap()
+        .entry((service.to_string(), env.to_string()))
+        .or_default()
+        .clone()
+}
+
+/// A controller's loop: a pass at once (after a restart, its first), then
+/// one each time `topic` is woken and at each tick, until the server stops.
+async fn every_pass(
+    inner: Arc<Inner>,
+    topic: sluice_store::Topic,
+    pass: impl AsyncFn(&Arc<Inner>),
+) {
+    loop {
+        // Made before the pass, so that a wake-up during it is not missed.
+        let woken = inner.store.woken(topic);
+        pass(&inner).await;
+        tokio::select! {
+            _ = tokio::time::sleep(inner.config.gate_interval) => {}
+            _ = woken => {}
+            _ = inner.shutdown.cancelled() => return,
+        }
     }
 }

@@ -375,15 +375,7 @@ pub(crate) async fn override_freeze(
 /// Looks at every pending promotion, at once (after a restart too), then
 /// when one is asked for and now and then: soak time passes, freezes end.
 pub(crate) async fn gatekeeper(inner: Arc<Inner>) {
-    loop {
-        let asked = inner.store.woken(Topic::PromotionAsked);
-        look_at_gates(&inner).await;
-        tokio::select! {
-            _ = tokio::time::sleep(inner.config.gate_interval) => {}
-            _ = asked => {}
-            _ = inner.shutdown.cancelled() => return,
-        }
-    }
+    crate::every_pass(inner, Topic::PromotionAsked, look_at_gates).await
 }
 
 async fn look_at_gates(inner: &Arc<Inner>) {

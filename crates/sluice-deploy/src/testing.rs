@@ -203,6 +203,20 @@ pub(crate) fn server_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Runs `scenario(n)` for every `n` in `1..=actions`, each on a thread of
+/// its own (they wait on the engine, not the processor); fails naming the
+/// action of `what` a failing one was killed at.
+pub(crate) fn at_each_action(actions: usize, what: &str, scenario: fn(usize)) {
+    let runs: Vec<_> = (1..=actions)
+        .map(|nth| std::thread::spawn(move || scenario(nth)))
+        .collect();
+    for (i, run) in runs.into_iter().enumerate() {
+        if run.join().is_err() {
+            panic!("killed at action {} of {what}", i + 1);
+        }
+    }
+}
+
 /// Kills the engine of `world` where it stands: its tasks never run again.
 pub(crate) fn kill(server: tokio::runtime::Runtime, world: Harness) {
     server.shutdown_background();
