@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::hostile::{free_port, spec};
-use crate::support::{GitRepo, Server, copy_fixture, tempdir};
+use crate::hostile::spec;
+use crate::support::{GitRepo, Server, copy_fixture, free_port, tempdir};
 
 /// How long pebble's certificates are valid: renewed after two thirds.
 const VALIDITY_SECONDS: u64 = 15;

@@ -70,10 +70,7 @@ async fn kills_at_twenty_random_moments_lose_nothing_and_double_nothing() {
 async fn kill_twenty_times(dir: &std::path::Path, database: Option<&str>, seed: u64) {
     let mut moments = rand::rngs::StdRng::seed_from_u64(seed);
     let data = dir.join("data");
-    let prod_port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let prod_port = crate::support::free_port();
     let mut server = Server::start(&data, database);
     let repo = GitRepo::new(dir, "shop");
     copy_fixture(&repo, "shop");

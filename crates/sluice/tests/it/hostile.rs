@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{GitRepo, Server, copy_fixture};
+use crate::support::{GitRepo, Server, copy_fixture, free_port};
 
 pub(crate) fn spec(service: &str, listen: &str) -> String {
     format!(
@@ -33,11 +33,6 @@ environments:
     config: {{ GREETING: hello }}
 "#
     )
-}
-
-pub(crate) fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// Waits for the deployment of `service`'s release `number` to finish.

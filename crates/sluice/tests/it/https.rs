@@ -2,8 +2,8 @@
 //! `listen:`, the instance reached through TLS with h2 by ALPN, and plain
 //! HTTP sent on to HTTPS.
 
-use crate::hostile::{free_port, spec};
-use crate::support::{GitRepo, Server, copy_fixture, tempdir};
+use crate::hostile::spec;
+use crate::support::{GitRepo, Server, copy_fixture, free_port, tempdir};
 
 #[tokio::test]
 async fn an_environment_serves_https_from_certificate_files() {

@@ -442,3 +442,21 @@ impl Server {
         }
     }
 }
+
+/// A port that was free a moment ago, for a listener the test names in a
+/// spec. Picked below the kernel's ephemeral range: a port the kernel hands
+/// out (`bind(0)`) may be given to another process's outgoing connection
+/// before our listener binds it, as it once was in CI.
+pub(crate) fn free_port() -> u16 {
+    let ceiling = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    (0..1000)
+        .map(|_| rand::random_range(10_000..ceiling.max(10_001)))
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .unwrap_or_else(|| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        })
+}
