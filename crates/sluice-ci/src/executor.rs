@@ -62,7 +62,9 @@ const GRACE: Duration = Duration::from_secs(1);
 const MAX_LINE: u64 = 64 * 1024;
 
 pub struct LocalExecutor {
-    store: Store,
+    /// Where each step's process group is recorded, for a restarted server
+    /// to kill; an agent has none and finds its leftovers by their mark.
+    store: Option<Store>,
     host: String,
     /// The data directory: [`STEPS_OF`]'s value.
     steps_of: String,
@@ -73,8 +75,19 @@ pub struct LocalExecutor {
 impl LocalExecutor {
     pub fn new(store: Store, host: String, data_dir: &std::path::Path) -> Self {
         LocalExecutor {
-            store,
+            store: Some(store),
             host,
+            steps_of: data_dir.display().to_string(),
+            cgroups: crate::sandbox::steps_cgroup_root(data_dir),
+        }
+    }
+
+    /// The executor of an agent, whose steps carry `data_dir` as their
+    /// mark and are recorded nowhere else.
+    pub fn for_agent(data_dir: &std::path::Path) -> Self {
+        LocalExecutor {
+            store: None,
+            host: String::new(),
             steps_of: data_dir.display().to_string(),
             cgroups: crate::sandbox::steps_cgroup_root(data_dir),
         }
@@ -125,7 +138,9 @@ impl LocalExecutor {
             run_id: Some(request.run_id),
             what: "step".into(),
         };
-        if let Err(e) = self.store.track_process(&tracked).await {
+        if let Some(store) = &self.store
+            && let Err(e) = store.track_process(&tracked).await
+        {
             tracing::warn!(pid, error = %e, "could not record the step's process");
         }
         let readers = [
@@ -178,7 +193,9 @@ impl LocalExecutor {
             // A process that left the group may still hold the pipe; stop waiting for it.
             let _ = tokio::time::timeout(GRACE * 2, reader).await;
         }
-        if let Err(e) = self.store.untrack_process(&self.host, pid.into()).await {
+        if let Some(store) = &self.store
+            && let Err(e) = store.untrack_process(&self.host, pid.into()).await
+        {
             tracing::warn!(pid, error = %e, "could not forget the step's process");
         }
         outcome

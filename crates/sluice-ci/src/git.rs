@@ -225,6 +225,34 @@ pub async fn checkout(source: &Path, dest: &Path, sha: &str) -> Result<()> {
     Ok(())
 }
 
+/// The most a commit's tree may weigh as a tar for an agent.
+const MAX_ARCHIVE: usize = 1 << 30;
+
+/// The tree of `sha` as an uncompressed tar, for an agent to unpack.
+pub async fn archive(source: &Path, sha: &str) -> Result<Vec<u8>> {
+    check_sha(sha)?;
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(source)
+        .args(["archive", "--format=tar", "--end-of-options", sha])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .context("could not run `git`; is it installed and on PATH?")?;
+    if !output.status.success() {
+        bail!(
+            "`git archive {sha}` in {} failed: {}",
+            source.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    if output.stdout.len() > MAX_ARCHIVE {
+        bail!("the tree of {sha} is over 1 GiB as a tar; agents cannot be sent it");
+    }
+    Ok(output.stdout)
+}
+
 /// Brings a mirror of a remote repository up to date, cloning it the first time.
 pub async fn update_mirror(url: &str, mirror: &Path) -> Result<()> {
     if mirror.exists() {

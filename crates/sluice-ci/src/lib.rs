@@ -5,6 +5,7 @@
 //! store, a poller that rescans repositories, and the pluggable [`Executor`]
 //! (where steps run) and [`Notifier`] (who hears of runs).
 
+pub mod agent;
 pub mod artifact;
 mod detect;
 mod events;
@@ -12,10 +13,12 @@ pub mod executor;
 pub mod git;
 pub mod logs;
 mod notify;
+pub mod remote;
 mod rules;
 mod run;
 pub mod sandbox;
 pub mod webhook;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +34,9 @@ pub use events::Event;
 pub use executor::{Executor, LocalExecutor, StepOutcome, StepRequest};
 pub use logs::{LogSink, LogWriter, Masker};
 pub use notify::{ForgeStatus, Notifier, forge_state};
+
+/// How long an agent may be silent before its jobs are taken back.
+pub const DEFAULT_AGENT_LEASE: Duration = Duration::from_secs(15);
 
 /// How the engine runs; `Default` is for tests and `sluice serve` fills it in.
 #[derive(Clone, Debug)]
@@ -50,6 +56,8 @@ pub struct CiConfig {
     pub isolation: sandbox::Isolation,
     /// The most of a run's log that is kept, in bytes: its end.
     pub log_cap: u64,
+    /// How long an agent may be silent before its jobs are taken back.
+    pub agent_lease: Duration,
 }
 
 impl CiConfig {
@@ -63,6 +71,7 @@ impl CiConfig {
             sluice_bin: std::env::current_exe().unwrap_or_else(|_| "sluice".into()),
             isolation: sandbox::Isolation::User,
             log_cap: logs::DEFAULT_CAP,
+            agent_lease: DEFAULT_AGENT_LEASE,
         }
     }
 }
@@ -82,6 +91,8 @@ struct Engine {
     wake: Notify,
     job_slots: Arc<Semaphore>,
     running: Mutex<HashMap<i64, Cancel>>,
+    /// The log of each job that runs on an agent, by job id.
+    agent_logs: Mutex<HashMap<i64, LogWriter>>,
     scanning: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
 }
@@ -134,9 +145,11 @@ impl Ci {
             events,
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
+            agent_logs: Mutex::new(HashMap::new()),
             scanning: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
         });
+        engine.end_leases_of(&interrupted).await;
         for id in &interrupted {
             let workspace = engine.workspace(*id);
             let _ = tokio::fs::remove_dir_all(run::step_home(&workspace)).await;

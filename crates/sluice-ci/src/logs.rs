@@ -76,7 +76,22 @@ pub struct LogWriter {
     step: i64,
 }
 
+/// A line as a [`LogWriter`] sends it: job, step, stream, text.
+pub type LogItem = (Arc<str>, i64, &'static str, String);
+
 impl LogWriter {
+    /// A writer whose lines come out of the receiver, unmasked and
+    /// unstored: an agent forwards them to its server.
+    pub fn channel(job: &str) -> (LogWriter, mpsc::UnboundedReceiver<LogItem>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = LogWriter {
+            tx,
+            job: job.into(),
+            step: -1,
+        };
+        (writer, rx)
+    }
+
     pub fn line(&self, stream: &'static str, text: impl Into<String>) {
         let _ = self
             .tx

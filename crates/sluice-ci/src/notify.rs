@@ -42,7 +42,7 @@ pub fn forge_state(status: RunStatus) -> &'static str {
         RunStatus::Queued | RunStatus::Running => "pending",
         RunStatus::Success | RunStatus::Skipped => "success",
         RunStatus::Failure => "failure",
-        RunStatus::Cancelled | RunStatus::Error => "error",
+        RunStatus::Cancelled | RunStatus::Error | RunStatus::Lost => "error",
     }
 }
 

@@ -212,8 +212,11 @@ async fn prepare_and_run(
     if kind != ChangeKind::Mainline || spec.pipeline.artifact.is_empty() {
         return Ending::new(RunStatus::Success, None);
     }
+    if let Some(ending) = artifact_from_agent(engine, run, &spec).await {
+        return ending;
+    }
     let store_dir = sluice_spec::Layout::new(&engine.config.data_dir).artifacts();
-    let paths = deployable_paths(&spec, &workspace);
+    let paths = deployable_paths(&spec.pipeline.artifact, &needed_paths(&spec), &workspace);
     let packed =
         tokio::task::spawn_blocking(move || artifact::pack(&workspace, &paths, &store_dir)).await;
     match packed {
@@ -249,6 +252,41 @@ async fn prepare_and_run(
     }
 }
 
+/// The run's end when its artifact comes from a job on an agent
+/// (`artifact.from`): what that agent uploaded, or a failure without it.
+async fn artifact_from_agent(engine: &Engine, run: &Run, spec: &Spec) -> Option<Ending> {
+    let from = spec.pipeline.artifact_from.as_ref()?;
+    spec.pipeline
+        .jobs
+        .iter()
+        .find(|j| &j.name == from)
+        .filter(|j| j.runs_on.is_some())?;
+    let job = engine
+        .store
+        .jobs(run.id)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|j| &j.name == from)?;
+    let uploaded = engine
+        .store
+        .job_lease(job.id)
+        .await
+        .ok()
+        .and_then(|lease| lease.artifact);
+    Some(match uploaded {
+        Some(sha256) => Ending {
+            status: RunStatus::Success,
+            reason: None,
+            artifact: Some(sha256),
+        },
+        None => Ending::new(
+            RunStatus::Failure,
+            format!("job `{from}` uploaded no artifact from its agent"),
+        ),
+    })
+}
+
 /// The values a run's log never shows: every secret of the repository
 /// (those too short to mask without garbling the log are refused when set)
 /// and the server's initial admin token.
@@ -266,7 +304,10 @@ fn masked_values(data_dir: &std::path::Path, secrets: &BTreeMap<String, Secret>)
 /// The secrets a run's steps get: all of them on the mainline; on a review
 /// change (which anyone who can push a branch or open a pull request
 /// proposes) only those marked `review`, as GitHub Actions does for forks.
-fn given_secrets(kind: ChangeKind, secrets: BTreeMap<String, Secret>) -> BTreeMap<String, String> {
+pub(crate) fn given_secrets(
+    kind: ChangeKind,
+    secrets: BTreeMap<String, Secret>,
+) -> BTreeMap<String, String> {
     secrets
         .into_iter()
         .filter(|(_, s)| kind == ChangeKind::Mainline || s.review)
@@ -379,6 +420,13 @@ async fn run_jobs(
                 env: step_env(run, job, kind, steps),
                 uid: steps.uid,
                 cancel: cancel.clone(),
+                pack: (kind == ChangeKind::Mainline
+                    && !spec.pipeline.artifact.is_empty()
+                    && spec.pipeline.artifact_from.as_ref() == Some(&job.name))
+                .then(|| crate::wire::Pack {
+                    paths: spec.pipeline.artifact.clone(),
+                    if_present: needed_paths(spec),
+                }),
             };
             tasks.spawn(async move {
                 let name = context.job.name.clone();
@@ -412,20 +460,39 @@ async fn run_jobs(
     (first_failure, ended)
 }
 
-struct JobContext {
-    engine: Arc<Engine>,
-    run: Run,
-    job: Job,
-    job_id: i64,
-    log: LogWriter,
+pub(crate) struct JobContext {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) run: Run,
+    pub(crate) job: Job,
+    pub(crate) job_id: i64,
+    pub(crate) log: LogWriter,
     workspace: std::path::PathBuf,
     env: Vec<(String, String)>,
     uid: Option<u32>,
-    cancel: Cancel,
+    pub(crate) cancel: Cancel,
+    /// What its agent packs and uploads, when the artifact comes from it.
+    pub(crate) pack: Option<crate::wire::Pack>,
 }
 
-/// Runs one job's steps in order, within the job's timeout and a job slot.
+/// Runs one job: on an agent when it names labels (`runs_on:`), else here.
 async fn run_job(cx: JobContext) -> (RunStatus, Option<String>) {
+    let result = match cx.job.runs_on.clone() {
+        Some(labels) => crate::remote::run_on_agent(&cx, labels).await,
+        None => run_job_here(&cx).await,
+    };
+    let _ = cx
+        .engine
+        .store
+        .set_job_status(cx.job_id, result.0, result.1.as_deref())
+        .await;
+    cx.log
+        .note(format!("job `{}` ended {}", cx.job.name, result.0));
+    result
+}
+
+/// Runs one job's steps in order on this host, within the job's timeout
+/// and a job slot.
+async fn run_job_here(cx: &JobContext) -> (RunStatus, Option<String>) {
     let store = &cx.engine.store;
     let Ok(_slot) = cx.engine.job_slots.clone().acquire_owned().await else {
         return (RunStatus::Error, Some("the engine is shutting down".into()));
@@ -481,36 +548,7 @@ async fn run_job(cx: JobContext) -> (RunStatus, Option<String>) {
             explain_unreachable_tools(&writer, uid, &cx.env);
         }
         let took = began.elapsed().as_millis();
-        let (status, code, reason) = match outcome {
-            StepOutcome::Exited(0) => (RunStatus::Success, Some(0), None),
-            StepOutcome::Exited(code) => (
-                RunStatus::Failure,
-                Some(code),
-                Some(format!("step `{}` exited with {code}", step.name)),
-            ),
-            StepOutcome::Signalled(signal) => (
-                RunStatus::Failure,
-                None,
-                Some(format!(
-                    "step `{}` was killed by signal {signal}",
-                    step.name
-                )),
-            ),
-            StepOutcome::TimedOut => (
-                RunStatus::Failure,
-                None,
-                Some(format!(
-                    "timed out after {}; its processes were killed",
-                    sluice_spec::format_duration(cx.job.timeout)
-                )),
-            ),
-            StepOutcome::Cancelled => (RunStatus::Cancelled, None, Some("cancelled".to_string())),
-            StepOutcome::FailedToStart(e) => (
-                RunStatus::Error,
-                None,
-                Some(format!("step `{}` could not start: {e}", step.name)),
-            ),
-        };
+        let (status, code, reason) = step_ended(&step.name, outcome, cx.job.timeout);
         writer.note(match &reason {
             Some(reason) => format!("{reason} ({took} ms)"),
             None => format!("ok ({took} ms)"),
@@ -518,12 +556,43 @@ async fn run_job(cx: JobContext) -> (RunStatus, Option<String>) {
         let _ = store.set_step_status(record.id, status, code).await;
         result = (status, reason);
     }
-    let _ = store
-        .set_job_status(cx.job_id, result.0, result.1.as_deref())
-        .await;
-    cx.log
-        .note(format!("job `{}` ended {}", cx.job.name, result.0));
     result
+}
+
+/// What a step's outcome makes of it: its status, exit code and the reason
+/// shown when it did not succeed.
+pub(crate) fn step_ended(
+    name: &str,
+    outcome: StepOutcome,
+    timeout: std::time::Duration,
+) -> (RunStatus, Option<i32>, Option<String>) {
+    match outcome {
+        StepOutcome::Exited(0) => (RunStatus::Success, Some(0), None),
+        StepOutcome::Exited(code) => (
+            RunStatus::Failure,
+            Some(code),
+            Some(format!("step `{name}` exited with {code}")),
+        ),
+        StepOutcome::Signalled(signal) => (
+            RunStatus::Failure,
+            None,
+            Some(format!("step `{name}` was killed by signal {signal}")),
+        ),
+        StepOutcome::TimedOut => (
+            RunStatus::Failure,
+            None,
+            Some(format!(
+                "timed out after {}; its processes were killed",
+                sluice_spec::format_duration(timeout)
+            )),
+        ),
+        StepOutcome::Cancelled => (RunStatus::Cancelled, None, Some("cancelled".to_string())),
+        StepOutcome::FailedToStart(e) => (
+            RunStatus::Error,
+            None,
+            Some(format!("step `{name}` could not start: {e}")),
+        ),
+    }
 }
 
 /// A step that could not run its command (126, 127) as the steps' user may
@@ -585,10 +654,9 @@ fn step_env(run: &Run, job: &Job, kind: ChangeKind, steps: &Steps<'_>) -> Vec<(S
     env.into_iter().collect()
 }
 
-/// What the artifact holds: the declared paths, and what a deployment needs
-/// from the commit besides them (`sluice.yaml`, config templates, data scripts).
-fn deployable_paths(spec: &Spec, workspace: &std::path::Path) -> Vec<String> {
-    let mut paths = spec.pipeline.artifact.clone();
+/// What a deployment needs from the commit besides the declared paths
+/// (`sluice.yaml`, the rules, config templates, data scripts).
+pub(crate) fn needed_paths(spec: &Spec) -> Vec<String> {
     let mut needed = vec![
         sluice_spec::SPEC_FILE.to_string(),
         sluice_spec::RULES_FILE.to_string(),
@@ -599,9 +667,20 @@ fn deployable_paths(spec: &Spec, workspace: &std::path::Path) -> Vec<String> {
     for env in &spec.environments {
         needed.extend(env.data.seed.iter().chain(env.data.scrub.iter()).cloned());
     }
+    needed
+}
+
+/// What the artifact holds: the declared paths, and those of `needed` that
+/// exist in the workspace.
+pub(crate) fn deployable_paths(
+    declared: &[String],
+    needed: &[String],
+    workspace: &std::path::Path,
+) -> Vec<String> {
+    let mut paths = declared.to_vec();
     for path in needed {
-        if workspace.join(&path).exists() && !paths.contains(&path) {
-            paths.push(path);
+        if workspace.join(path).exists() && !paths.contains(path) {
+            paths.push(path.clone());
         }
     }
     paths

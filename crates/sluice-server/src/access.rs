@@ -39,6 +39,8 @@ pub enum Operation {
     /// Adding, removing or testing a notification channel.
     ManageChannels,
     RetryMessage,
+    /// What an agent does: register, claim jobs, report on them.
+    AgentWork,
 }
 
 impl Operation {
@@ -58,6 +60,7 @@ impl Operation {
             AddRepository | ManageSecrets | ManageTokens | OverrideFreeze | ManageChannels => {
                 Role::Admin
             }
+            AgentWork => Role::Agent,
         }
     }
 
@@ -83,12 +86,19 @@ impl Operation {
             ReplayRuleStartingInstance => "replaying a rule that starts the release",
             ManageChannels => "managing channels",
             RetryMessage => "sending a message again",
+            AgentWork => "an agent's work",
         }
     }
 
-    /// Whether `role` may do it.
+    /// Whether `role` may do it. An agent's token does an agent's work and
+    /// nothing else, and only an agent's token does it: a person's token
+    /// cannot pose as an agent, nor a stolen agent's token read anything.
     pub fn allows(self, role: Role) -> bool {
-        role >= self.role()
+        match (self, role) {
+            (Operation::AgentWork, role) => role == Role::Agent,
+            (_, Role::Agent) => false,
+            (operation, role) => role >= operation.role(),
+        }
     }
 
     /// The refusal for `who`, who holds `role`.
@@ -107,6 +117,7 @@ impl Operation {
             Role::Approver => "ask an admin for an approver token",
             Role::Developer => "ask an admin for a developer token",
             Role::Viewer => "sign in with a token",
+            Role::Agent => "ask an admin for an agent token",
         }
     }
 }
@@ -156,6 +167,7 @@ mod tests {
             (ManageTokens, Role::Admin),
             (OverrideFreeze, Role::Admin),
             (ManageChannels, Role::Admin),
+            (AgentWork, Role::Agent),
         ];
         for (operation, role) in table {
             assert_eq!(operation.role(), role, "{operation:?}");
@@ -171,6 +183,17 @@ mod tests {
             assert!(operation.allows(Role::Admin));
         }
         assert!(!ReplayRuleStartingInstance.allows(Role::Developer));
+    }
+
+    #[test]
+    fn an_agent_token_does_an_agent_s_work_and_nothing_else() {
+        assert!(AgentWork.allows(Role::Agent));
+        for role in [Role::Viewer, Role::Developer, Role::Approver, Role::Admin] {
+            assert!(!AgentWork.allows(role), "{role}");
+        }
+        for operation in [Read, ReplayRule, CancelRun, ManageTokens] {
+            assert!(!operation.allows(Role::Agent), "{operation:?}");
+        }
     }
 
     #[test]

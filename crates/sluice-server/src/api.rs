@@ -1,5 +1,6 @@
 //! The JSON API under `/api/v1`: one module per resource.
 
+mod agents;
 mod artifacts;
 mod changelog;
 mod channels;
@@ -55,6 +56,42 @@ pub fn routes() -> Router<AppState> {
                 .delete(needs(Operation::ManageSecrets, repos::delete_secret)),
         )
         .route("/hooks/{repo}", post(hooks::receive))
+        .route(
+            "/agents",
+            get(agents::list).post(needs(Operation::AgentWork, agents::register)),
+        )
+        .route(
+            "/agents/{name}/heartbeat",
+            post(needs(Operation::AgentWork, agents::heartbeat)),
+        )
+        .route(
+            "/agents/{name}/claim",
+            post(needs(Operation::AgentWork, agents::claim)),
+        )
+        .route(
+            "/agents/{name}/jobs/{job}/renew",
+            post(needs(Operation::AgentWork, agents::renew)),
+        )
+        .route(
+            "/agents/{name}/jobs/{job}/log",
+            post(needs(Operation::AgentWork, agents::log)),
+        )
+        .route(
+            "/agents/{name}/jobs/{job}/steps",
+            post(needs(Operation::AgentWork, agents::step)),
+        )
+        .route(
+            "/agents/{name}/jobs/{job}/finish",
+            post(needs(Operation::AgentWork, agents::finish)),
+        )
+        .route(
+            "/agents/{name}/jobs/{job}/source",
+            get(needs(Operation::AgentWork, agents::source)),
+        )
+        .route(
+            "/agents/{name}/jobs/{job}/artifact",
+            put(needs(Operation::AgentWork, agents::artifact)),
+        )
         .route("/changes", get(runs::changes))
         .route("/runs", get(runs::list))
         .route("/runs/{id}", get(runs::show))

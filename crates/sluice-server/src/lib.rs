@@ -133,6 +133,8 @@ pub struct ServeOptions {
     pub log_cap: u64,
     /// The dashboard's address in notifications; `http://LISTEN` when not given.
     pub public_url: Option<String>,
+    /// How long an agent may be silent before its jobs are taken back.
+    pub agent_lease: Duration,
 }
 
 /// A server bound to its address, ready to serve.
@@ -170,6 +172,7 @@ impl Server {
         config.keep_workspaces = options.keep_workspaces;
         config.isolation = options.isolation;
         config.log_cap = options.log_cap;
+        config.agent_lease = options.agent_lease;
         if let Some(parallelism) = options.parallelism {
             config.parallelism = parallelism;
         }
@@ -229,8 +232,14 @@ impl Server {
     ) -> anyhow::Result<()> {
         let (ci, cd) = (self.state.ci.clone(), self.state.cd.clone());
         let limits = listen::Limits::default();
+        // CI stops first: agents' long polls answer at once instead of
+        // holding the graceful drain of connections.
+        let stopping = ci.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stopping.shutdown();
+        };
         listen::serve(self.listener, router(self.state), limits, shutdown).await;
-        ci.shutdown();
         cd.shutdown().await;
         self.notifier.shutdown().await;
         Ok(())

@@ -36,6 +36,7 @@ impl Ui {
             isolation: Default::default(),
             log_cap: 16 << 20,
             public_url: None,
+            agent_lease: sluice_ci::DEFAULT_AGENT_LEASE,
         })
         .await
         .unwrap();
@@ -647,11 +648,12 @@ async fn the_openapi_description_covers_every_endpoint_once() {
         }
     }
     // Every route of api.rs but the description itself, each method once.
-    assert_eq!(ids.len(), 59, "{ids:?}");
+    assert_eq!(ids.len(), 69, "{ids:?}");
     for path in [
         "/runs/{id}/logs/raw",
         "/repos/{name}/secrets/{secret}",
         "/experiments/{id}/{verb}",
+        "/agents/{name}/jobs/{job}/source",
     ] {
         assert!(paths.contains_key(path), "{path}");
     }

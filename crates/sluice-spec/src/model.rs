@@ -38,6 +38,9 @@ pub struct Pipeline {
     pub jobs: Vec<Job>,
     /// Workspace-relative paths packed into the artifact of a green mainline run.
     pub artifact: Vec<String>,
+    /// The job whose workspace the artifact is packed from (`artifact.from`):
+    /// on its agent, when it runs on one. `None`: the server's checkout.
+    pub artifact_from: Option<String>,
     /// Which commits of a ref that moved become changes.
     pub changes: Changes,
 }
@@ -63,9 +66,27 @@ pub struct Job {
     pub timeout: Duration,
     pub steps: Vec<Step>,
     pub filter: JobFilter,
+    /// The labels an agent must carry to run the job (`runs_on:`; `{}` for
+    /// any agent); `None` runs it on the server's own host.
+    pub runs_on: Option<BTreeMap<String, String>>,
+    /// How many times a job lost with its agent is tried again elsewhere.
+    pub retry_lost: u32,
 }
 
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A job lost with its agent is tried once more on another, unless it says.
+pub const DEFAULT_RETRY_LOST: u32 = 1;
+/// The most retries a job may ask for after losing its agent.
+pub const MAX_RETRY_LOST: u32 = 5;
+
+/// Whether `text` may be an agent label's key or value: what a hostname, a
+/// Kubernetes label or a shell word can carry without quoting.
+pub fn is_label(text: &str) -> bool {
+    (1..=63).contains(&text.len())
+        && text
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {

@@ -45,6 +45,7 @@ pub struct RawPipeline {
 #[serde(deny_unknown_fields)]
 pub struct RawArtifact {
     pub paths: Vec<Spanned<String>>,
+    pub from: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +61,14 @@ pub struct RawJob {
     pub condition: Option<Spanned<String>>,
     #[serde(default)]
     pub branches: Vec<Spanned<String>>,
+    pub runs_on: Option<Entries<Scalar>>,
+    pub retry: Option<RawRetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub lost: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -190,9 +190,23 @@ fn pipeline(c: &mut Checker, raw: RawPipeline) -> Pipeline {
         jobs.push(job_spec(c, name, job, &names));
     }
     needs_cycle(c, &raw.jobs.value);
-    let artifact = raw.artifact.map(|a| a.paths).unwrap_or_default();
+    let (artifact, from) = raw.artifact.map(|a| (a.paths, a.from)).unwrap_or_default();
     for path in &artifact {
         c.relative_path(path, "artifact path");
+    }
+    if let Some(from) = &from
+        && !names.contains(from.value.as_str())
+    {
+        let mut known: Vec<_> = names.iter().copied().collect();
+        known.sort();
+        c.error(
+            from,
+            format!("unknown job `{}` in `artifact.from`", from.value),
+            Some(format!(
+                "name the job whose workspace holds the artifact: {}",
+                known.join(", ")
+            )),
+        );
     }
     let changes = match raw.changes.as_ref().map(|c| c.value.as_str()) {
         None | Some("every") => Changes::Every,
@@ -213,6 +227,7 @@ fn pipeline(c: &mut Checker, raw: RawPipeline) -> Pipeline {
     Pipeline {
         jobs,
         artifact: artifact.into_iter().map(|p| p.value).collect(),
+        artifact_from: from.map(|f| f.value),
         changes,
     }
 }
@@ -291,6 +306,41 @@ fn job_spec(c: &mut Checker, name: &Spanned<String>, job: &RawJob, names: &HashS
             kind,
             branches: job.branches.iter().map(|b| b.value.clone()).collect(),
         },
+        runs_on: job.runs_on.as_ref().map(|wanted| labels(c, wanted)),
+        retry_lost: retry_lost(c, job.retry.as_ref()),
+    }
+}
+
+/// `runs_on:`'s labels, each key and value checked.
+fn labels(c: &mut Checker, raw: &Entries<Scalar>) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    for (key, value) in &raw.0 {
+        for (text, what) in [(&key.value, "key"), (&value.0, "value")] {
+            if !crate::model::is_label(text) {
+                c.error(
+                    key,
+                    format!("`{text}` is not a valid label {what} in `runs_on`"),
+                    Some("use 1 to 63 letters, digits, `.`, `_` or `-`".to_string()),
+                );
+            }
+        }
+        labels.insert(key.value.clone(), value.0.clone());
+    }
+    labels
+}
+
+fn retry_lost(c: &mut Checker, retry: Option<&RawRetry>) -> u32 {
+    match retry.and_then(|r| r.lost.as_ref()) {
+        None => DEFAULT_RETRY_LOST,
+        Some(lost) if lost.value > MAX_RETRY_LOST => {
+            c.error(
+                lost,
+                format!("`retry.lost` is {}", lost.value),
+                Some(format!("retry a lost job 0 to {MAX_RETRY_LOST} times")),
+            );
+            MAX_RETRY_LOST
+        }
+        Some(lost) => lost.value,
     }
 }
 

@@ -5,6 +5,7 @@
 //! The SQL is shared between the two databases through sqlx's `Any` driver;
 //! what differs (DDL for ids, locking) is in [`Dialect`].
 
+mod agents;
 mod artifacts;
 mod changelog;
 mod deploy;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
 
+pub use agents::{Agent, AgentHello, Expired, JobAttempt, JobLease, LeaseState};
 pub use artifacts::Artifact;
 pub use changelog::{ChangeEvent, ChangeQuery, NewChangeEvent};
 pub use deploy::{

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_notifications.sql")),
     (8, include_str!("migrations/0008_experiment_users.sql")),
     (9, include_str!("migrations/0009_experiment_commands.sql")),
+    (10, include_str!("migrations/0010_agents.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

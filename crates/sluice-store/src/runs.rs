@@ -6,7 +6,8 @@ use sqlx::{AssertSqlSafe, FromRow};
 use crate::changelog::append_with;
 use crate::{Dialect, NewChangeEvent, Result, Store, StoreError, now_ms};
 
-/// The state of a run, a job or a step. `Skipped` is for jobs and steps only.
+/// The state of a run, a job or a step. `Skipped` is for jobs and steps
+/// only; `Lost` for a job whose agent went silent with no retry left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
@@ -17,10 +18,11 @@ pub enum RunStatus {
     Cancelled,
     Error,
     Skipped,
+    Lost,
 }
 
 impl RunStatus {
-    const ALL: [RunStatus; 7] = [
+    const ALL: [RunStatus; 8] = [
         RunStatus::Queued,
         RunStatus::Running,
         RunStatus::Success,
@@ -28,6 +30,7 @@ impl RunStatus {
         RunStatus::Cancelled,
         RunStatus::Error,
         RunStatus::Skipped,
+        RunStatus::Lost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl RunStatus {
             RunStatus::Cancelled => "cancelled",
             RunStatus::Error => "error",
             RunStatus::Skipped => "skipped",
+            RunStatus::Lost => "lost",
         }
     }
 
@@ -135,6 +139,10 @@ pub struct Job {
     pub finished_at: Option<i64>,
     #[sqlx(skip)]
     pub steps: Vec<Step>,
+    /// Each claim by an agent, for a job that runs on agents.
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<crate::JobAttempt>,
 }
 
 impl Job {
@@ -278,7 +286,12 @@ impl Store {
 
     pub async fn run_detail(&self, id: i64) -> Result<RunDetail> {
         let run = self.run(id).await?;
-        let jobs = self.jobs(id).await?;
+        let mut jobs = self.jobs(id).await?;
+        for attempt in self.job_attempts(id).await? {
+            if let Some(job) = jobs.iter_mut().find(|j| j.id == attempt.job_id) {
+                job.attempts.push(attempt);
+            }
+        }
         Ok(RunDetail { run, jobs })
     }
 

@@ -6,10 +6,13 @@ use sqlx::FromRow;
 use crate::changelog::append_with;
 use crate::{NewChangeEvent, Result, Store, StoreError, now_ms};
 
-/// What a token may do; each role includes the ones before it.
+/// What a token may do; each role from `Viewer` on includes the ones
+/// before it. `Agent` stands apart: an agent's work and nothing else, not
+/// even reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    Agent,
     Viewer,
     Developer,
     Approver,
@@ -17,10 +20,17 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Viewer, Role::Developer, Role::Approver, Role::Admin];
+    pub const ALL: [Role; 5] = [
+        Role::Agent,
+        Role::Viewer,
+        Role::Developer,
+        Role::Approver,
+        Role::Admin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Agent => "agent",
             Role::Viewer => "viewer",
             Role::Developer => "developer",
             Role::Approver => "approver",

@@ -29,14 +29,20 @@ pub enum Topic {
     ExperimentEnded,
     /// A person sent an experiment a command (its loop takes it).
     ExperimentCommand,
+    /// A job was offered to agents (their long polls look).
+    JobOffered,
+    /// An agent reported on a job, or a job's lease changed (its run looks).
+    JobReported,
 }
 
-const TOPICS: [Topic; 5] = [
+const TOPICS: [Topic; 7] = [
     Topic::PromotionAsked,
     Topic::PromotionOpened,
     Topic::ExperimentOpened,
     Topic::ExperimentEnded,
     Topic::ExperimentCommand,
+    Topic::JobOffered,
+    Topic::JobReported,
 ];
 
 impl Topic {
@@ -47,6 +53,8 @@ impl Topic {
             Topic::ExperimentOpened => "experiment-opened",
             Topic::ExperimentEnded => "experiment-ended",
             Topic::ExperimentCommand => "experiment-command",
+            Topic::JobOffered => "job-offered",
+            Topic::JobReported => "job-reported",
         }
     }
 

@@ -55,6 +55,19 @@ pub enum Command {
     },
     /// Run the server: API, CI engine and change detection.
     Serve(Serve),
+    /// Run an agent on this host: it connects out to --server with an agent
+    /// token (--token), and runs the jobs whose `runs_on:` its labels match.
+    Agent {
+        /// The agent's name; the host's name by default.
+        #[arg(long)]
+        name: Option<String>,
+        /// A label jobs' `runs_on:` may name, KEY=VALUE; repeat for more.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Jobs run at once.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+    },
     /// Run the load balancer alone, in front of fixed backends (for benchmarks and trials).
     Proxy {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -333,6 +346,10 @@ pub struct Serve {
     /// for the links in notifications; `http://LISTEN` by default.
     #[arg(long, env = "SLUICE_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// How long an agent may be silent before the jobs it runs are taken
+    /// back (lost, and offered again).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub agent_lease: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -646,7 +663,7 @@ pub enum TokenCommand {
     Create {
         #[arg(long)]
         name: String,
-        /// viewer, developer, approver or admin.
+        /// viewer, developer, approver or admin; or agent, for `sluice agent`.
         #[arg(long)]
         role: String,
         /// A group that environments' `approvers` may name; repeat for more.
@@ -745,4 +762,19 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+/// `KEY=VALUE`, each a label (letters, digits, `.`, `_`, `-`).
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
+    for part in [key, value] {
+        if !sluice_spec::is_label(part) {
+            return Err(format!(
+                "`{part}` is not a label: use 1 to 63 letters, digits, `.`, `_` or `-`"
+            ));
+        }
+    }
+    Ok((key.to_string(), value.to_string()))
 }

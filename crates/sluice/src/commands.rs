@@ -1,5 +1,6 @@
 //! One module per group of commands; `run` dispatches to them.
 
+mod agent;
 mod channels;
 mod demo;
 mod deploy;
@@ -25,6 +26,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(options) => demo::demo(options).await,
         Command::Init { dir, force } => init::init(dir, force),
         Command::Serve(options) => serve::serve(&cli.global, options).await,
+        Command::Agent { name, labels, jobs } => {
+            agent::agent(&cli.global, name, labels, jobs).await
+        }
         Command::Validate { file } => validate::validate(&file),
         Command::Proxy {
             listen,

@@ -31,6 +31,8 @@ use super::*;
         incidents::add_rule, incidents::rule, incidents::disable_rule, incidents::test_rule,
         channels::list, channels::add, channels::remove, channels::test, channels::messages,
         channels::message, channels::retry,
+        agents::list, agents::register, agents::heartbeat, agents::claim, agents::renew,
+        agents::log, agents::step, agents::finish, agents::source, agents::artifact,
     ),
     components(schemas(ErrorBody, ErrorDetail))
 )]

@@ -5,6 +5,7 @@ mod changelog;
 mod experiment_commands;
 mod experiment_users;
 mod incidents;
+mod leases;
 mod notify;
 mod runs;
 mod traffic;

@@ -89,6 +89,7 @@ pub async fn demo(options: Demo) -> Result<ExitCode> {
         isolation: Default::default(),
         log_cap: sluice_ci::logs::DEFAULT_CAP,
         public_url: None,
+        agent_lease: sluice_ci::DEFAULT_AGENT_LEASE,
     })
     .await
     .context("the demo's server did not start (is the port taken? try --listen 127.0.0.1:0)")?;

@@ -111,6 +111,18 @@ pub async fn show(client: &Client, run: i64, json: bool) -> Result<ExitCode> {
                 text(&step["name"])
             );
         }
+        for attempt in job["attempts"].as_array().into_iter().flatten() {
+            let why = attempt["reason"]
+                .as_str()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            crate::say!(
+                "    on agent {} (claim {}): {}{why}",
+                text(&attempt["agent"]),
+                attempt["generation"],
+                text(&attempt["state"])
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -18,6 +18,7 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
         keep_workspaces: options.keep_workspaces,
         log_cap: options.log_cap,
         public_url: options.public_url,
+        agent_lease: options.agent_lease,
         isolation: if options.isolation == "none" {
             sluice_ci::sandbox::Isolation::None
         } else {

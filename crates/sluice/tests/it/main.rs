@@ -4,6 +4,7 @@
 mod support;
 
 mod acme;
+mod agents;
 mod auth;
 mod blog;
 mod browser;
@@ -15,6 +16,7 @@ mod detection;
 mod experiments;
 mod goals;
 mod hostile;
+mod hosts;
 mod https;
 mod incidents;
 mod init;

@@ -35,12 +35,22 @@ impl Server {
 
     /// A server with more `sluice serve` options.
     pub fn start_with(data_dir: &Path, database: Option<&str>, options: &[&str]) -> Server {
+        Server::start_on("127.0.0.1:0", data_dir, database, options)
+    }
+
+    /// A server listening on `listen`, with more `sluice serve` options.
+    pub fn start_on(
+        listen: &str,
+        data_dir: &Path,
+        database: Option<&str>,
+        options: &[&str],
+    ) -> Server {
         let mut command = Command::new(SLUICE);
         command
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--poll-interval",
                 "1s",
                 "--data-dir",
