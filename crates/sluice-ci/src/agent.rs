@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::artifact;
 use crate::executor::{Executor, LocalExecutor, STEPS_OF, StepRequest};
 use crate::logs::{LogItem, LogWriter};
-use crate::run::{deployable_paths, step_ended};
+use crate::run::{deployable_paths, hand_workspace_over, step_ended, step_home};
 use crate::wire::{
     Claimed, Finished, Generation, Hello, LogBatch, MAX_LOG_LINES, Pack, Registered, Renewal,
     StepReport, WireLine,
@@ -35,6 +35,9 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Jobs run at once.
     pub jobs: usize,
+    /// Whether steps run as a user of their repository's own (when the
+    /// agent is root), as on the server.
+    pub isolation: crate::sandbox::Isolation,
 }
 
 /// How long a claim waits at the server before asking again.
@@ -77,6 +80,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         executor: LocalExecutor::for_agent(&config.data_dir),
         work: config.data_dir.join("work"),
         renew: Duration::from_millis(registered.renew_ms.max(100)),
+        isolation: config.isolation,
         shutdown: shutdown.clone(),
     });
     tokio::spawn(heartbeat(agent.clone()));
@@ -99,6 +103,7 @@ struct Agent {
     executor: LocalExecutor,
     work: PathBuf,
     renew: Duration,
+    isolation: crate::sandbox::Isolation,
     shutdown: CancellationToken,
 }
 
@@ -155,12 +160,10 @@ async fn run_job(agent: &Agent, job: Claimed) {
         agent.renew,
         cancel.clone(),
     ));
-    let (mut status, mut reason) = match fetch_source(&agent.client, &job, &workdir).await {
-        Ok(()) => run_steps(agent, &job, &workdir, &log, &cancel).await,
-        Err(e) => (
-            RunStatus::Error,
-            Some(format!("could not fetch the commit: {e:#}")),
-        ),
+    let uid = crate::sandbox::step_uid(&job.repo, agent.isolation);
+    let (mut status, mut reason) = match prepare(&agent.client, &job, &workdir, uid, &log).await {
+        Ok(()) => run_steps(agent, &job, &workdir, uid, &log, &cancel).await,
+        Err(e) => (RunStatus::Error, Some(format!("{e:#}"))),
     };
     if let (RunStatus::Success, Some(pack)) = (status, &job.artifact)
         && let Err(e) = upload_artifact(agent, &job, pack, &workdir).await
@@ -180,6 +183,29 @@ async fn run_job(agent: &Agent, job: Claimed) {
         tracing::warn!(job = job.job_id, error = %format!("{e:#}"), "the server refused the job's end");
     }
     let _ = tokio::fs::remove_dir_all(&workdir).await;
+    let _ = tokio::fs::remove_dir_all(step_home(&workdir)).await;
+}
+
+/// Fetches the commit into the work tree and, when steps run as a user of
+/// their own, gives it (and a fresh home) to that user.
+async fn prepare(
+    client: &Client,
+    job: &Claimed,
+    workdir: &Path,
+    uid: Option<u32>,
+    log: &LogWriter,
+) -> Result<()> {
+    fetch_source(client, job, workdir)
+        .await
+        .context("could not fetch the commit")?;
+    if let Some(uid) = uid {
+        hand_workspace_over(workdir, uid)
+            .with_context(|| format!("could not give the work tree to uid {uid}"))?;
+        log.note(format!(
+            "steps run as uid {uid}, which owns the work tree and nothing else of the agent's"
+        ));
+    }
+    Ok(())
 }
 
 /// Packs the artifact from the job's work tree, as the server would, and
@@ -214,6 +240,7 @@ async fn run_steps(
     agent: &Agent,
     job: &Claimed,
     workdir: &Path,
+    uid: Option<u32>,
     log: &LogWriter,
     cancel: &CancellationToken,
 ) -> (RunStatus, Option<String>) {
@@ -222,6 +249,12 @@ async fn run_steps(
     let mut env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| !k.starts_with("SLUICE_"))
         .collect();
+    if uid.is_some() {
+        let home = step_home(workdir).display().to_string();
+        env.insert("HOME".into(), home);
+        env.remove("USER");
+        env.remove("LOGNAME");
+    }
     env.extend(job.env.clone());
     env.insert("SLUICE_WORKSPACE".into(), workdir.display().to_string());
     for (index, step) in job.steps.iter().enumerate() {
@@ -244,7 +277,7 @@ async fn run_steps(
                 deadline,
                 cancel: cancel.clone(),
                 log: writer.clone(),
-                uid: None,
+                uid,
             })
             .await;
         let (status, code, reason) = step_ended(&step.name, outcome, timeout);

@@ -343,7 +343,7 @@ pub(crate) fn step_home(workspace: &std::path::Path) -> std::path::PathBuf {
 /// Gives the checked-out workspace and a fresh home to the steps' user,
 /// each `0700`; the workspaces directory lets that user through to its own
 /// and list nothing.
-fn hand_workspace_over(workspace: &std::path::Path, uid: u32) -> std::io::Result<()> {
+pub(crate) fn hand_workspace_over(workspace: &std::path::Path, uid: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(all) = workspace.parent() {
         std::fs::set_permissions(all, std::fs::Permissions::from_mode(0o711))?;

@@ -67,6 +67,11 @@ pub enum Command {
         /// Jobs run at once.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        /// `user`: when the agent runs as root, each repository's steps run
+        /// as a user of their own that owns the work tree and nothing else.
+        /// `none`: as the agent's own user.
+        #[arg(long, env = "SLUICE_ISOLATION", default_value = "user", value_parser = ["user", "none"])]
+        isolation: String,
     },
     /// Run the load balancer alone, in front of fixed backends (for benchmarks and trials).
     Proxy {

@@ -26,9 +26,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(options) => demo::demo(options).await,
         Command::Init { dir, force } => init::init(dir, force),
         Command::Serve(options) => serve::serve(&cli.global, options).await,
-        Command::Agent { name, labels, jobs } => {
-            agent::agent(&cli.global, name, labels, jobs).await
-        }
+        Command::Agent {
+            name,
+            labels,
+            jobs,
+            isolation,
+        } => agent::agent(&cli.global, name, labels, jobs, &isolation).await,
         Command::Validate { file } => validate::validate(&file),
         Command::Proxy {
             listen,

@@ -13,6 +13,7 @@ pub async fn agent(
     name: Option<String>,
     labels: Vec<(String, String)>,
     jobs: usize,
+    isolation: &str,
 ) -> Result<ExitCode> {
     let Some(token) = global.token.clone() else {
         bail!(
@@ -40,6 +41,11 @@ pub async fn agent(
         labels: labels.into_iter().collect(),
         data_dir,
         jobs,
+        isolation: if isolation == "none" {
+            sluice_ci::sandbox::Isolation::None
+        } else {
+            sluice_ci::sandbox::Isolation::User
+        },
     };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

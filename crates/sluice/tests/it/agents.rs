@@ -21,14 +21,14 @@ pipeline:
     build:
       runs_on: {{ role: build }}
       steps:
-        - run: echo "built on $(ip netns identify $$)"; mkdir out; ip netns identify $$ > out/where
+        - run: echo "built on $(ip netns identify $$) as uid $(id -u)"; mkdir out; ip netns identify $$ > out/where
     test:
       needs: [build]
       runs_on: {{ role: test }}
       steps:
         - run: echo "testing on $(ip netns identify $$) with $SHOP_SECRET"
         # The first attempt sleeps until its agent is killed; the next passes.
-        - run: if [ -e {flag} ]; then echo passed; else touch {flag}; sleep 600; fi
+        - run: if [ -s {flag} ]; then echo passed; else echo first > {flag}; sleep 600; fi
   artifact: {{ paths: [out/], from: build }}
 "#,
         flag = flag.display()
@@ -102,6 +102,7 @@ async fn jobs_run_on_the_agents_their_labels_name_and_a_lost_job_passes_on_anoth
 
     // A first commit registers the repository, to give it a secret.
     let flag = dir.path().join("first-attempt");
+    crate::support::writable_by_steps(&flag);
     let repo = GitRepo::new(dir.path(), "shop");
     let here =
         "service: shop\npipeline:\n  jobs:\n    hello:\n      steps:\n        - run: echo here\n";
@@ -164,7 +165,16 @@ async fn jobs_run_on_the_agents_their_labels_name_and_a_lost_job_passes_on_anoth
 
     // Each job ran in the namespace of an agent its labels name.
     let log = server.logs(&run).await.join("\n");
-    assert!(log.contains(&format!("built on {}", hosts[0].ns)), "{log}");
+    let built = format!("built on {} as uid ", hosts[0].ns);
+    let uid: u32 = log
+        .lines()
+        .find_map(|l| l.split(&built).nth(1))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{built}` in {log}"));
+    assert!(
+        (100_000..150_000).contains(&uid),
+        "a step's own user, not root: {uid}"
+    );
     let survivor_host = if survivor == "tester-1" {
         &hosts[1]
     } else {
@@ -176,6 +186,7 @@ async fn jobs_run_on_the_agents_their_labels_name_and_a_lost_job_passes_on_anoth
     );
     assert!(!log.contains("s3cret-only-for-the-claimer"), "{log}");
     assert!(log.contains("passed"), "{log}");
+    assert!(log.contains(&format!("steps run as uid {uid}")), "{log}");
     assert!(
         log.contains(&format!("lost: agent `{victim}` was silent past its lease")),
         "{log}"
@@ -348,9 +359,10 @@ async fn wait_attempt(server: &Server, pick: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
+/// Waits until a step wrote to `path`.
 async fn wait_file(path: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
+    while std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
         assert!(
             Instant::now() < deadline,
             "{} never appeared",
