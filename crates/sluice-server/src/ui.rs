@@ -43,6 +43,7 @@ pub fn routes() -> Router<AppState> {
         .route("/logout", post(login::sign_out))
         .route("/changes", get(runs::changes))
         .route("/runs/{id}", get(runs::run))
+        .route("/agents", get(runs::agents))
         .route(
             "/services/{service}/environments/{env}",
             get(board::environment),

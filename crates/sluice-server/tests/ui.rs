@@ -193,6 +193,21 @@ async fn pages_need_a_session_and_sign_in_is_protected() {
 }
 
 #[tokio::test]
+async fn an_agent_token_cannot_sign_in() {
+    let ui = Ui::start().await;
+    let token = ui.token("builder-1", Role::Agent).await;
+    let refused = ui.try_sign_in(&token).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(refused.body.contains("cannot sign in"), "{}", refused.body);
+    assert!(
+        !refused
+            .cookies
+            .iter()
+            .any(|c| c.starts_with("sluice_session="))
+    );
+}
+
+#[tokio::test]
 async fn every_page_renders_for_a_viewer_who_cannot_act() {
     let ui = Ui::start().await;
     let store = &ui.server.state().store;
@@ -238,6 +253,7 @@ async fn every_page_renders_for_a_viewer_who_cannot_act() {
         ("/", "Stopped by rules"),
         ("/", "checkout &#60;fails&#62;"),
         ("/changes", "Changes"),
+        ("/agents", "No agent has registered"),
         ("/promotions", "No promotion is waiting"),
         ("/experiments", "No experiment yet"),
         ("/incidents", "checkout &#60;fails&#62;"),

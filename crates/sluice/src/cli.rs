@@ -148,6 +148,11 @@ pub enum Command {
     },
     /// Cancel a queued or running run.
     Cancel { run: i64 },
+    /// The agents that registered: labels, cores, memory, last heard from.
+    Agents {
+        #[arg(long)]
+        json: bool,
+    },
     /// Services × environments: release, health, instances, pins, pending promotions, drift.
     Status {
         #[arg(long)]

@@ -59,6 +59,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Show { run, json } => runs::show(&client(), run, json).await,
         Command::Logs { run, follow } => runs::logs(&client(), run, follow).await,
         Command::Cancel { run } => runs::cancel(&client(), run).await,
+        Command::Agents { json } => agent::list(&client(), json).await,
         Command::Status { service, json } => deploy::status(&client(), service, json).await,
         Command::Releases { service, json } => deploy::releases(&client(), service, json).await,
         Command::Deployments { service, env, json } => {

@@ -230,7 +230,7 @@ pub async fn source(
     path = "/agents/{name}/jobs/{job}/artifact",
     tag = "agents",
     params(("name" = String, Path, description = "the agent's name"), ("job" = i64, Path, description = "the job id"), sluice_ci::wire::Upload),
-    request_body(content = Vec<u8>, content_type = "application/gzip", description = "the artifact, as the agent packed it"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the artifact (.tar.gz), as the agent packed it"),
     responses((status = 204, description = "stored by its sha256, as the job's artifact"))
 )]
 pub async fn artifact(

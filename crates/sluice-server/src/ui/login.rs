@@ -90,6 +90,14 @@ pub async fn sign_in(
         );
     }
     match state.tokens.verify(&state.store, form.token.trim()).await {
+        Ok(caller) if !crate::access::Operation::Read.allows(caller.role) => page(
+            next,
+            Some(format!(
+                "`{}` is an {} token: it does its work through the API and cannot sign in.",
+                caller.name, caller.role
+            )),
+            StatusCode::FORBIDDEN,
+        ),
         Ok(_) => {
             state.sessions.sign_ins.succeeded(ip);
             let id = state.sessions.open(form.token.trim());

@@ -1,5 +1,6 @@
-//! Changes with their run status, and a run's page: jobs, steps, durations
-//! and the log, which follows live while the run goes on.
+//! Changes with their run status, a run's page (jobs, steps, durations,
+//! the agents that claimed them, and the log, which follows live while the
+//! run goes on), and the agents that run jobs.
 
 use askama::Template;
 use axum::extract::{Path, State};
@@ -21,6 +22,21 @@ pub async fn changes(State(state): State<AppState>, viewer: Viewer) -> PageResul
     Ok(render(ChangesPage {
         page: Chrome::new(&viewer, "Changes", "changes"),
         changes,
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "agents.html")]
+struct AgentsPage {
+    page: Chrome,
+    agents: Vec<(sluice_store::Agent, bool)>,
+}
+
+pub async fn agents(State(state): State<AppState>, viewer: Viewer) -> PageResult {
+    let agents = state.ci.agents().await.map_err(failed)?;
+    Ok(render(AgentsPage {
+        page: Chrome::new(&viewer, "Agents", "agents"),
+        agents,
     }))
 }
 

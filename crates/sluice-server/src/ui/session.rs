@@ -195,6 +195,14 @@ impl FromRequestParts<AppState> for Viewer {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         if let Some((caller, csrf)) = caller_from_cookie(parts, state).await {
+            // Every page reads; a token that may not read sees none.
+            if !crate::access::Operation::Read.allows(caller.role) {
+                return Err(super::error_page(
+                    StatusCode::FORBIDDEN,
+                    "This token cannot read the dashboard.",
+                    "Sign in with a person's token.",
+                ));
+            }
             return Ok(Viewer { caller, csrf });
         }
         if parts.method == Method::GET {

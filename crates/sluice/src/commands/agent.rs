@@ -1,4 +1,5 @@
-//! `sluice agent`: runs an agent on this host until it is stopped.
+//! `sluice agent`: runs an agent on this host until it is stopped;
+//! `sluice agents`: lists the agents that registered.
 
 use std::process::ExitCode;
 
@@ -7,6 +8,51 @@ use sluice_ci::agent::AgentConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Global;
+use crate::client::Client;
+use crate::output::{print_json, rows_of, table, text, time};
+
+pub async fn list(client: &Client, json: bool) -> Result<ExitCode> {
+    let agents = client.get("/agents").await?;
+    if json {
+        return print_json(&agents);
+    }
+    let rows = rows_of(&agents, |a| {
+        let labels: Vec<String> = a["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        vec![
+            text(&a["name"]),
+            if a["online"] == true {
+                "online"
+            } else {
+                "silent"
+            }
+            .to_string(),
+            if labels.is_empty() {
+                "-".into()
+            } else {
+                labels.join(",")
+            },
+            text(&a["cores"]),
+            format!("{} MiB", text(&a["memory_mb"])),
+            time(&a["seen_at"]),
+        ]
+    });
+    if rows.is_empty() {
+        crate::say!(
+            "no agent has registered; start one with `sluice agent --server URL --token TOKEN` (docs/agents.md)"
+        );
+    } else {
+        table(
+            &["AGENT", "STATE", "LABELS", "CORES", "MEMORY", "LAST HEARD"],
+            &rows,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 pub async fn agent(
     global: &Global,

@@ -97,6 +97,14 @@ async fn jobs_run_on_the_agents_their_labels_name_and_a_lost_job_passes_on_anoth
         .await;
     assert!(listed["cores"].as_i64().unwrap() >= 1, "{listed:#}");
     wait_online(&server, 3).await;
+    let listed = server.cli(&["agents"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("builder") && l.contains("online") && l.contains("role=build")),
+        "{listed}"
+    );
 
     refusals(&server, &agents).await;
 
