@@ -244,7 +244,7 @@ async fn run_steps(
     log: &LogWriter,
     cancel: &CancellationToken,
 ) -> (RunStatus, Option<String>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(job.timeout_ms);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(job.left_ms);
     let timeout = Duration::from_millis(job.timeout_ms);
     let mut env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| !k.starts_with("SLUICE_"))

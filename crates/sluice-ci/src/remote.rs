@@ -409,6 +409,9 @@ impl Ci {
         let secrets = store.secrets(run.repo_id).await?;
         claimed.env.extend(given_secrets(kind, secrets));
         claimed.generation = generation;
+        // Waiting for an agent counted against the job's timeout.
+        let waited = (sluice_store::now_ms() - offered.created_at).max(0) as u64;
+        claimed.left_ms = claimed.timeout_ms.saturating_sub(waited).max(1);
         store
             .set_job_status(offered.job_id, RunStatus::Running, None)
             .await?;
@@ -491,6 +494,7 @@ pub(crate) async fn run_on_agent(
             .collect(),
         env: agent_env(cx),
         timeout_ms: cx.job.timeout.as_millis() as u64,
+        left_ms: cx.job.timeout.as_millis() as u64,
         lease_ms: engine.config.agent_lease.as_millis() as u64,
         renew_ms: (engine.config.agent_lease.as_millis() as u64 / 3).clamp(100, 1000),
         artifact: cx.pack.clone(),
@@ -568,9 +572,12 @@ async fn watch(cx: &JobContext) -> (RunStatus, Option<String>) {
             }
             _ => {}
         }
+        // Once claimed, the agent keeps the job's deadline itself (what
+        // was left of it at the claim) and reports a timeout as a failure.
+        let waiting = lease.state == LeaseState::Offered;
         let asked = if cx.cancel.token.is_cancelled() {
             Some(RunStatus::Cancelled)
-        } else if tokio::time::Instant::now() >= deadline {
+        } else if waiting && tokio::time::Instant::now() >= deadline {
             Some(RunStatus::Failure)
         } else {
             None
@@ -602,8 +609,9 @@ async fn watch(cx: &JobContext) -> (RunStatus, Option<String>) {
 }
 
 /// The lease ran out: the job is lost on its agent, and offered again
-/// while retries are left.
+/// while retries are left and nobody cancelled it.
 async fn take_back(cx: &JobContext, lease: &JobLease) {
+    let cancelled = lease.cancel_asked != 0;
     let store = &cx.engine.store;
     let agent = store
         .agents()
@@ -618,12 +626,16 @@ async fn take_back(cx: &JobContext, lease: &JobLease) {
     );
     let ending = serde_json::to_string(&Finished {
         generation: lease.generation,
-        status: RunStatus::Lost,
+        status: if cancelled {
+            RunStatus::Cancelled
+        } else {
+            RunStatus::Lost
+        },
         reason: Some(reason.clone()),
     })
     .unwrap_or_default();
     match store
-        .expire_lease(cx.job_id, lease.generation, &reason, &ending)
+        .expire_lease(cx.job_id, lease.generation, &reason, &ending, !cancelled)
         .await
     {
         Ok(Some(Expired::OfferedAgain)) => {

@@ -55,7 +55,11 @@ pub struct Claimed {
     /// The job's `env`, the run's `SLUICE_*` facts and the secrets the run
     /// gets: sent to the agent that claimed the job, and to no other.
     pub env: BTreeMap<String, String>,
+    /// The job's `timeout`.
     pub timeout_ms: u64,
+    /// What is left of it at the claim: waiting for an agent counts.
+    #[serde(default)]
+    pub left_ms: u64,
     pub lease_ms: u64,
     pub renew_ms: u64,
     /// What to pack and upload once the job succeeds, when the run's

@@ -90,6 +90,8 @@ pub struct JobLease {
     pub outcome: Option<String>,
     /// The sha256 of the artifact its agent packed and uploaded, if it did.
     pub artifact: Option<String>,
+    /// When it was first offered.
+    pub created_at: i64,
 }
 
 impl JobLease {
@@ -123,7 +125,7 @@ pub enum Expired {
 
 const AGENT_COLUMNS: &str =
     "id, name, token_id, labels, cores, memory_mb, version, registered_at, seen_at";
-const LEASE_COLUMNS: &str = "job_id, run_id, labels, offer, state, agent_id, generation, lease_until, lost_left, cancel_asked, outcome, artifact";
+const LEASE_COLUMNS: &str = "job_id, run_id, labels, offer, state, agent_id, generation, lease_until, lost_left, cancel_asked, outcome, artifact, created_at";
 
 /// Who registers, as the agent says it.
 #[derive(Clone, Debug)]
@@ -386,14 +388,16 @@ impl Store {
     }
 
     /// Takes the lease back from a holder silent past it, once (by its
-    /// generation): the job is offered again while retries are left, else it
-    /// ends with `outcome_if_lost`. `None` when the lease had not run out.
+    /// generation): the job is offered again while retries are left and
+    /// `may_retry`, else it ends with `outcome_if_lost`. `None` when the
+    /// lease had not run out.
     pub async fn expire_lease(
         &self,
         job_id: i64,
         generation: i64,
         reason: &str,
         outcome_if_lost: &str,
+        may_retry: bool,
     ) -> Result<Option<Expired>> {
         let now = now_ms();
         let mut tx = self.begin().await?;
@@ -406,7 +410,7 @@ impl Store {
         let Some(lost_left) = lost_left else {
             return Ok(None);
         };
-        let expired = if lost_left > 0 {
+        let expired = if lost_left > 0 && may_retry {
             Expired::OfferedAgain
         } else {
             Expired::Lost

@@ -43,13 +43,13 @@ async fn a_lease_taken_over_fences_its_old_holder() {
         // Its lease (already past) runs out: offered again, one retry spent.
         assert_eq!(
             store
-                .expire_lease(7, 1, "lost: a1 was silent", "{}")
+                .expire_lease(7, 1, "lost: a1 was silent", "{}", true)
                 .await
                 .unwrap(),
             Some(Expired::OfferedAgain)
         );
         assert_eq!(
-            store.expire_lease(7, 1, "again", "{}").await.unwrap(),
+            store.expire_lease(7, 1, "again", "{}", true).await.unwrap(),
             None,
             "once"
         );
@@ -65,7 +65,10 @@ async fn a_lease_taken_over_fences_its_old_holder() {
             Some(false)
         );
         assert_eq!(
-            store.expire_lease(7, 2, "not yet", "{}").await.unwrap(),
+            store
+                .expire_lease(7, 2, "not yet", "{}", true)
+                .await
+                .unwrap(),
             None,
             "a renewed lease has not run out"
         );
@@ -106,7 +109,7 @@ async fn a_lease_that_runs_out_with_no_retry_left_ends_the_job_lost() {
         store.claim_job(&offered, &a1, -1).await.unwrap();
         assert_eq!(
             store
-                .expire_lease(8, 1, "lost", "{\"status\":\"lost\"}")
+                .expire_lease(8, 1, "lost", "{\"status\":\"lost\"}", true)
                 .await
                 .unwrap(),
             Some(Expired::Lost)
@@ -114,6 +117,19 @@ async fn a_lease_that_runs_out_with_no_retry_left_ends_the_job_lost() {
         let lease = store.job_lease(8).await.unwrap();
         assert_eq!(lease.state, LeaseState::Ended);
         assert_eq!(lease.outcome.as_deref(), Some("{\"status\":\"lost\"}"));
+        assert!(store.offered_jobs(10).await.unwrap().is_empty());
+
+        // A cancelled job whose agent went silent is not offered again.
+        store
+            .offer_job(9, 1, &BTreeMap::new(), "{}", 3)
+            .await
+            .unwrap();
+        let offered = store.offered_jobs(10).await.unwrap().remove(0);
+        store.claim_job(&offered, &a1, -1).await.unwrap();
+        assert_eq!(
+            store.expire_lease(9, 1, "lost", "{}", false).await.unwrap(),
+            Some(Expired::Lost)
+        );
         assert!(store.offered_jobs(10).await.unwrap().is_empty());
     })
     .await;

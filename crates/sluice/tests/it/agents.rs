@@ -240,6 +240,15 @@ async fn jobs_run_on_the_agents_their_labels_name_and_a_lost_job_passes_on_anoth
         !sleeping("sleep 601"),
         "the step's process was killed on its agent"
     );
+
+    // A job's timeout holds on its agent, and ends it as a failure.
+    let slow = "service: shop\npipeline:\n  jobs:\n    test:\n      runs_on: { role: test }\n      timeout: 1s\n      steps:\n        - run: exec sleep 602\n";
+    repo.commit("v3", &[("sluice.yaml", slow)]);
+    let run = server.wait_run("v3", |r| r["title"] == "v3").await;
+    assert_eq!(run["status"], "failure", "{run:#}");
+    let reason = run["jobs"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("timed out after 1s"), "{run:#}");
+    assert!(!sleeping("sleep 602"));
 }
 
 /// Whether a process with this command line runs.
