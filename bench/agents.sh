@@ -6,9 +6,11 @@
 #   - on 1 agent (runs_on: {}, any agent);
 #   - on 8 agents.
 # For each: runs a minute (first run queued → last run ended), the claim
-# latency (job offered → claimed, p50 and p99, from the store), and the
-# server's CPU a run (user + system, from /proc). Needs root (PostgreSQL is
-# started as its own user, as .ci/postgres.sh does).
+# latency (from the moment a job is offered and its agent is free, that is
+# done with its previous job, to the claim: p50 and p99, from the store),
+# and the server's own CPU a run (user + system from /proc, without its
+# children: git and the steps). Needs root (PostgreSQL is started as its own
+# user, as .ci/postgres.sh does).
 #
 #   bench/agents.sh [RUNS]      (default 500; builds the release binary first)
 # Prints a Markdown table for docs/benchmarks.md.
@@ -79,10 +81,13 @@ scenario() { # $1 name, $2 agents (0: jobs on the server)
   span=$(sql "$name" "SELECT MAX(finished_at) - MIN(created_at) FROM runs")
   latency="– | –"
   if [ "$agents" -gt 0 ]; then
-    latency=$(sql "$name" "SELECT
-        round(percentile_cont(0.5) WITHIN GROUP (ORDER BY a.claimed_at - l.created_at)) || ' ms | ' ||
-        round(percentile_cont(0.99) WITHIN GROUP (ORDER BY a.claimed_at - l.created_at)) || ' ms'
-      FROM job_attempts a JOIN job_leases l ON l.job_id = a.job_id WHERE a.generation = 1")
+    latency=$(sql "$name" "WITH claims AS (
+        SELECT a.claimed_at - GREATEST(l.created_at, COALESCE(
+                 LAG(a.ended_at) OVER (PARTITION BY a.agent ORDER BY a.claimed_at), 0)) AS waited
+        FROM job_attempts a JOIN job_leases l ON l.job_id = a.job_id)
+      SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY waited)) || ' ms | ' ||
+             round(percentile_cont(0.99) WITHIN GROUP (ORDER BY waited)) || ' ms'
+      FROM claims")
   fi
   awk -v n="$runs" -v span="$span" -v cpu=$((after - before)) -v hz="$ticks" \
     -v name="$name" -v failed="$failed" -v latency="$latency" 'BEGIN {

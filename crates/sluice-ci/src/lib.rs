@@ -91,8 +91,8 @@ struct Engine {
     wake: Notify,
     job_slots: Arc<Semaphore>,
     running: Mutex<HashMap<i64, Cancel>>,
-    /// The log of each job that runs on an agent, by job id.
-    agent_logs: Mutex<HashMap<i64, LogWriter>>,
+    /// Each job this server's runs have on agents, by job id.
+    agent_jobs: Mutex<HashMap<i64, remote::Watched>>,
     scanning: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
 }
@@ -145,7 +145,7 @@ impl Ci {
             events,
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
-            agent_logs: Mutex::new(HashMap::new()),
+            agent_jobs: Mutex::new(HashMap::new()),
             scanning: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
         });

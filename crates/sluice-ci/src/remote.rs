@@ -7,7 +7,10 @@
 //! refused.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use sluice_spec::ChangeKind;
 use sluice_store::{
@@ -27,8 +30,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 const LOOK_EVERY: Duration = Duration::from_secs(2);
 /// The most an artifact uploaded by an agent may weigh.
 const MAX_ARTIFACT: u64 = 4 << 30;
-/// How often a run waiting on an agent's job looks at its lease.
-const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// How often a run waiting on an agent's job looks at its lease without a
+/// wake-up: a lease that ran out is taken back within this much.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Why an agent's request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +157,7 @@ impl Ci {
         }
         self.holder(token_id, name, job_id, batch.generation)
             .await?;
-        let Some(log) = self.engine.agent_logs.lock().unwrap().get(&job_id).cloned() else {
+        let Some(log) = self.engine.watched(job_id).map(|w| w.log) else {
             return Err(stale(job_id, batch.generation));
         };
         for line in batch.lines {
@@ -222,7 +226,9 @@ impl Ci {
         if !ended {
             return Err(stale(job_id, finished.generation));
         }
-        store.wake(Topic::JobReported).await;
+        if let Some(watched) = self.engine.watched(job_id) {
+            watched.changed.notify_one();
+        }
         Ok(())
     }
 
@@ -328,8 +334,8 @@ impl Ci {
         {
             return Err(stale(job_id, upload.generation));
         }
-        if let Some(log) = self.engine.agent_logs.lock().unwrap().get(&job_id) {
-            log.note(format!(
+        if let Some(watched) = self.engine.watched(job_id) {
+            watched.log.note(format!(
                 "artifact sha256:{sha256} ({size} bytes), packed on agent `{name}`"
             ));
         }
@@ -415,13 +421,13 @@ impl Ci {
         store
             .set_job_status(offered.job_id, RunStatus::Running, None)
             .await?;
-        if let Some(log) = self.engine.agent_logs.lock().unwrap().get(&offered.job_id) {
-            log.note(format!(
+        if let Some(watched) = self.engine.watched(offered.job_id) {
+            watched.log.note(format!(
                 "claimed by agent `{}` (claim {generation})",
                 agent.name
             ));
+            watched.changed.notify_one();
         }
-        store.wake(Topic::JobReported).await;
         Ok(claimed)
     }
 }
@@ -510,11 +516,14 @@ pub(crate) async fn run_on_agent(
             Some(format!("could not offer the job: {e}")),
         );
     }
-    engine
-        .agent_logs
-        .lock()
-        .unwrap()
-        .insert(cx.job_id, cx.log.clone());
+    let changed = Arc::new(Notify::new());
+    engine.agent_jobs.lock().unwrap().insert(
+        cx.job_id,
+        Watched {
+            log: cx.log.clone(),
+            changed: changed.clone(),
+        },
+    );
     cx.log.note(format!(
         "offered to agents with labels {}",
         if shown.is_empty() {
@@ -537,20 +546,20 @@ pub(crate) async fn run_on_agent(
         );
     }
     store.wake(Topic::JobOffered).await;
-    let ended = watch(cx).await;
-    engine.agent_logs.lock().unwrap().remove(&cx.job_id);
+    let ended = watch(cx, &changed).await;
+    engine.agent_jobs.lock().unwrap().remove(&cx.job_id);
     ended
 }
 
 /// Waits for the job's end, taking the lease back when it runs out and
 /// passing a cancel or the job's timeout on.
-async fn watch(cx: &JobContext) -> (RunStatus, Option<String>) {
+async fn watch(cx: &JobContext, changed: &Notify) -> (RunStatus, Option<String>) {
     let store = &cx.engine.store;
     let timeout = cx.job.timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut cancel_sent = false;
     loop {
-        let woken = store.woken(Topic::JobReported);
+        let woken = changed.notified();
         let lease = match store.job_lease(cx.job_id).await {
             Ok(lease) => lease,
             Err(e) => {
@@ -694,7 +703,21 @@ fn agent_env(cx: &JobContext) -> BTreeMap<String, String> {
     env
 }
 
+/// A job of this server's runs on an agent: its log, and what wakes its
+/// run when the job is claimed or ends. Wake-ups go to this job's run only:
+/// a wake-up every waiting run heard cost the server ten times the CPU a
+/// run with 1500 jobs waiting for one agent (docs/benchmarks.md).
+#[derive(Clone)]
+pub(crate) struct Watched {
+    log: crate::logs::LogWriter,
+    changed: Arc<Notify>,
+}
+
 impl Engine {
+    fn watched(&self, job_id: i64) -> Option<Watched> {
+        self.agent_jobs.lock().unwrap().get(&job_id).cloned()
+    }
+
     /// Ends the leases of runs a previous server left running: their agents
     /// are told to stop at their next renewal.
     pub(crate) async fn end_leases_of(&self, runs: &[i64]) {

@@ -31,18 +31,15 @@ pub enum Topic {
     ExperimentCommand,
     /// A job was offered to agents (their long polls look).
     JobOffered,
-    /// An agent reported on a job, or a job's lease changed (its run looks).
-    JobReported,
 }
 
-const TOPICS: [Topic; 7] = [
+const TOPICS: [Topic; 6] = [
     Topic::PromotionAsked,
     Topic::PromotionOpened,
     Topic::ExperimentOpened,
     Topic::ExperimentEnded,
     Topic::ExperimentCommand,
     Topic::JobOffered,
-    Topic::JobReported,
 ];
 
 impl Topic {
@@ -54,7 +51,6 @@ impl Topic {
             Topic::ExperimentEnded => "experiment-ended",
             Topic::ExperimentCommand => "experiment-command",
             Topic::JobOffered => "job-offered",
-            Topic::JobReported => "job-reported",
         }
     }
 
