@@ -29,3 +29,21 @@ schemathesis run "$url/api/v1/openapi.json" --url "$url/api/v1" \
   --checks not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance \
   --max-examples 15 --seed 7300 --exclude-operation-id repos_add --exclude-operation-id notifications_add --exclude-operation-id notifications_test \
   --no-color 2>&1 | grep -v '^  - \|💡\|^$'
+
+# The agents' endpoints again with an agent token, the only kind they take.
+agent=$(python3 - "$url" "$token" <<'PY'
+import json, sys, urllib.request
+url, token = sys.argv[1], sys.argv[2]
+request = urllib.request.Request(
+    f"{url}/api/v1/tokens",
+    data=json.dumps({"name": "fuzzing-agent", "role": "agent"}).encode(),
+    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+)
+print(json.load(urllib.request.urlopen(request))["token"])
+PY
+)
+schemathesis run "$url/api/v1/openapi.json" --url "$url/api/v1" \
+  -H "Authorization: Bearer $agent" --include-tag agents \
+  --checks not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance \
+  --max-examples 15 --seed 7300 \
+  --no-color 2>&1 | grep -v '^  - \|💡\|^$'

@@ -737,3 +737,73 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(name: &str, labels: &[(&str, &str)], cores: u32) -> Hello {
+        Hello {
+            name: name.to_string(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cores,
+            memory_mb: 1024,
+            version: "0.1.0".to_string(),
+        }
+    }
+
+    #[test]
+    fn a_hello_is_checked_at_the_edge() {
+        let long = "x".repeat(64);
+        let many: Vec<(String, String)> = (0..33).map(|i| (format!("k{i}"), "v".into())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let table: [(Hello, Option<&str>); 8] = [
+            (hello("builder-1", &[("role", "build")], 2), None),
+            (hello("a.b_c-9", &[], 1), None),
+            (hello("../etc", &[], 1), Some("not a valid agent name")),
+            (hello("", &[], 1), Some("not a valid agent name")),
+            (hello(&long, &[], 1), Some("not a valid agent name")),
+            (
+                hello("a", &[("role", "web; rm -rf /")], 1),
+                Some("label `role=web; rm -rf /`"),
+            ),
+            (hello("a", &many, 1), Some("33 labels")),
+            (hello("a", &[], 0), Some("`cores` is 1 to 65536")),
+        ];
+        for (hello, refused) in table {
+            match (check_hello(&hello), refused) {
+                (Ok(()), None) => {}
+                (Err(e), Some(why)) => assert!(e.to_string().contains(why), "{e}"),
+                (result, _) => panic!("{}: {result:?}", hello.name),
+            }
+        }
+    }
+
+    #[test]
+    fn a_job_s_outcome_is_what_its_agent_reported() {
+        let mut lease = JobLease {
+            job_id: 1,
+            run_id: 1,
+            labels_json: "{}".into(),
+            offer: "{}".into(),
+            state: LeaseState::Ended,
+            agent_id: None,
+            generation: 2,
+            lease_until: None,
+            lost_left: 0,
+            cancel_asked: 0,
+            outcome: Some(r#"{"generation":2,"status":"lost","reason":"agent gone"}"#.into()),
+            artifact: None,
+            created_at: 0,
+        };
+        assert_eq!(
+            outcome(&lease),
+            (RunStatus::Lost, Some("agent gone".into()))
+        );
+        lease.outcome = Some("not json".into());
+        assert_eq!(outcome(&lease).0, RunStatus::Error);
+    }
+}
