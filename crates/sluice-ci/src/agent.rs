@@ -48,9 +48,19 @@ const SEND_LOG_EVERY: Duration = Duration::from_millis(200);
 /// server's body limit.
 const MAX_LOG_BYTES: usize = 512 * 1024;
 
-/// Runs the agent until `shutdown`: registers (again and again while the
-/// server cannot be reached), then claims and runs jobs.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+/// How an agent is told to stop: `drain` ends claiming and lets the jobs
+/// it runs finish (an upgrade); `cancel` stops them too.
+#[derive(Clone, Default)]
+pub struct Stop {
+    pub drain: CancellationToken,
+    pub cancel: CancellationToken,
+}
+
+/// Runs the agent until it is stopped and its jobs are done: registers
+/// (again and again while the server cannot be reached), then claims and
+/// runs jobs.
+pub async fn run(config: AgentConfig, stop: Stop) -> Result<()> {
+    let shutdown = stop.drain.clone();
     std::fs::create_dir_all(config.data_dir.join("work"))
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let killed = crate::sandbox::kill_marked(&format!("{STEPS_OF}={}", config.data_dir.display()));
@@ -82,14 +92,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         renew: Duration::from_millis(registered.renew_ms.max(100)),
         isolation: config.isolation,
         shutdown: shutdown.clone(),
+        cancel: stop.cancel.clone(),
     });
-    tokio::spawn(heartbeat(agent.clone()));
+    let beating = tokio::spawn(heartbeat(agent.clone()));
     let workers: Vec<_> = (0..config.jobs.max(1))
         .map(|_| tokio::spawn(work(agent.clone())))
         .collect();
     for worker in workers {
         let _ = worker.await;
     }
+    beating.abort();
     Ok(())
 }
 
@@ -104,18 +116,19 @@ struct Agent {
     work: PathBuf,
     renew: Duration,
     isolation: crate::sandbox::Isolation,
+    /// No more claims; the jobs under way go on.
     shutdown: CancellationToken,
+    /// The jobs under way stop too.
+    cancel: CancellationToken,
 }
 
+/// Says the agent is alive until its workers are done (it is aborted then).
 async fn heartbeat(agent: Arc<Agent>) {
     loop {
         if let Err(e) = agent.client.heartbeat().await {
             tracing::debug!(error = %format!("{e:#}"), "a heartbeat did not reach the server");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(agent.renew) => {}
-            _ = agent.shutdown.cancelled() => return,
-        }
+        tokio::time::sleep(agent.renew).await;
     }
 }
 
@@ -146,7 +159,7 @@ async fn run_job(agent: &Agent, job: Claimed) {
     let workdir = agent
         .work
         .join(format!("{}-{}", job.job_id, job.generation));
-    let cancel = agent.shutdown.child_token();
+    let cancel = agent.cancel.child_token();
     let (log, lines) = LogWriter::channel(&job.job);
     let sender = tokio::spawn(send_log(
         agent.client.clone(),

@@ -4,8 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use sluice_ci::agent::AgentConfig;
-use tokio_util::sync::CancellationToken;
+use sluice_ci::agent::{AgentConfig, Stop};
 
 use crate::cli::Global;
 use crate::client::Client;
@@ -93,12 +92,17 @@ pub async fn agent(
             sluice_ci::sandbox::Isolation::User
         },
     };
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
+    // The first SIGTERM or Ctrl-C drains (no new job; those under way
+    // finish), the second cancels them.
+    let stop = Stop::default();
+    let signals = stop.clone();
     tokio::spawn(async move {
         super::serve::shutdown_signal().await;
-        stop.cancel();
+        tracing::info!("draining: no new job; a second signal cancels the jobs under way");
+        signals.drain.cancel();
+        super::serve::shutdown_signal().await;
+        signals.cancel.cancel();
     });
-    sluice_ci::agent::run(config, shutdown).await?;
+    sluice_ci::agent::run(config, stop).await?;
     Ok(ExitCode::SUCCESS)
 }

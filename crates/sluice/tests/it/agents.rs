@@ -249,6 +249,36 @@ async fn jobs_run_on_the_agents_their_labels_name_and_a_lost_job_passes_on_anoth
     let reason = run["jobs"][0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("timed out after 1s"), "{run:#}");
     assert!(!sleeping("sleep 602"));
+
+    // SIGTERM drains an agent: the job under way finishes, then it exits.
+    let slow = "service: shop\npipeline:\n  jobs:\n    test:\n      runs_on: { role: test }\n      steps:\n        - run: echo begun; sleep 1; echo finished\n";
+    repo.commit("v4", &[("sluice.yaml", slow)]);
+    wait_log_line(&server, "v4", "begun").await;
+    let draining = agents
+        .iter_mut()
+        .find(|a| a.name.starts_with("tester-") && a.name != victim)
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(draining.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let run = server.wait_run("v4", |r| r["title"] == "v4").await;
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert!(server.logs(&run).await.iter().any(|l| l == "finished"));
+    let exited = wait_exit(&mut draining.child).await;
+    assert!(
+        exited.success(),
+        "the agent exits cleanly once drained: {exited}"
+    );
+}
+
+async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the agent did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Whether a process with this command line runs.
