@@ -1,12 +1,16 @@
 //! The CI engine against a fake executor: a real git repository and store,
 //! but no step process. The fake runs each step as its command says:
 //! `pass`, `fail` (exits 1), or `hang` (until its deadline or a cancel).
+//! Jobs on agents meet agents played by the test through `Ci`'s own calls,
+//! as the API handlers make them.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sluice_ci::remote::AgentError;
+use sluice_ci::wire::{Claimed, Finished, Hello};
 use sluice_ci::{AddRepo, Ci, CiConfig, Executor, StepOutcome, StepRequest};
 use sluice_store::{Job, Run, RunFilter, RunStatus, Store};
 
@@ -58,6 +62,11 @@ fn git(dir: &std::path::Path, args: &[&str]) {
 
 impl World {
     async fn with(spec: &str) -> World {
+        World::leasing(spec, sluice_ci::DEFAULT_AGENT_LEASE).await
+    }
+
+    /// A world whose agents' leases last `lease`.
+    async fn leasing(spec: &str, lease: Duration) -> World {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("shop");
         std::fs::create_dir(&repo).unwrap();
@@ -72,6 +81,7 @@ impl World {
             isolation: sluice_ci::sandbox::Isolation::None,
             poll_interval: Duration::from_secs(3600),
             sluice_bin: "/bin/true".into(),
+            agent_lease: lease,
             ..CiConfig::new(&data, "http://127.0.0.1:1")
         };
         let executor = Arc::new(FakeExecutor::default());
@@ -211,4 +221,165 @@ async fn a_cancel_reaches_the_step_and_ends_the_run_cancelled() {
         .run(|r| r.id == running.id && r.status.is_finished())
         .await;
     assert_eq!(run.status, RunStatus::Cancelled);
+}
+
+/// Registers an agent under its own token id, with `role`.
+async fn agent(world: &World, name: &str, role: &str) {
+    let hello = Hello {
+        name: name.into(),
+        labels: [("role".to_string(), role.to_string())].into(),
+        cores: 2,
+        memory_mb: 1024,
+        version: "test".into(),
+    };
+    world
+        .ci
+        .register_agent(&format!("token-{name}"), &hello)
+        .await
+        .unwrap();
+}
+
+async fn claim(world: &World, name: &str, wait: Duration) -> Option<Claimed> {
+    world
+        .ci
+        .claim_job(&format!("token-{name}"), name, wait)
+        .await
+        .unwrap()
+}
+
+async fn finish(
+    world: &World,
+    name: &str,
+    job: &Claimed,
+    status: RunStatus,
+) -> Result<(), AgentError> {
+    let finished = Finished {
+        generation: job.generation,
+        status,
+        reason: None,
+    };
+    world
+        .ci
+        .job_finished(&format!("token-{name}"), name, job.job_id, finished)
+        .await
+}
+
+const ON_AGENTS: &str = "    remote:\n      runs_on: { role: test }\n      env: { MODE: ci }\n      steps:\n        - run: pass\n";
+
+#[tokio::test]
+async fn a_job_lost_with_its_agent_passes_on_another_and_the_late_report_is_refused() {
+    let world = World::leasing(&spec(ON_AGENTS), Duration::from_millis(300)).await;
+    for (name, role) in [("a1", "test"), ("a2", "test"), ("builder", "build")] {
+        agent(&world, name, role).await;
+    }
+    world.add_repo().await;
+    assert!(
+        claim(&world, "builder", Duration::from_millis(300))
+            .await
+            .is_none(),
+        "its labels do not match"
+    );
+    let first = claim(&world, "a1", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(first.generation, 1);
+    assert_eq!(first.env["MODE"], "ci");
+    assert_eq!(first.env["SLUICE_JOB"], "remote");
+    assert!(
+        !first.env.contains_key("PATH"),
+        "nothing of the server's environment"
+    );
+
+    // a1 falls silent: its lease runs out, and the job is offered again.
+    let second = claim(&world, "a2", Duration::from_secs(10)).await.unwrap();
+    assert_eq!((second.job_id, second.generation), (first.job_id, 2));
+    let late = finish(&world, "a1", &first, RunStatus::Success).await;
+    assert!(matches!(late, Err(AgentError::Stale(_))), "{late:?}");
+    finish(&world, "a2", &second, RunStatus::Success)
+        .await
+        .unwrap();
+
+    let run = world.run(|r| r.status.is_finished()).await;
+    assert_eq!(run.status, RunStatus::Success, "{:?}", run.reason);
+    let attempts = world.ci.store().job_attempts(run.id).await.unwrap();
+    let seen: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.agent.as_str(), a.state.as_str()))
+        .collect();
+    assert_eq!(seen, [("a1", "lost"), ("a2", "ended")]);
+}
+
+#[tokio::test]
+async fn a_job_lost_with_no_retry_left_fails_its_run() {
+    let world = World::leasing(
+        &spec("    remote:\n      runs_on: {}\n      retry: { lost: 0 }\n      steps:\n        - run: pass\n"),
+        Duration::from_millis(300),
+    )
+    .await;
+    agent(&world, "a1", "any").await;
+    world.add_repo().await;
+    claim(&world, "a1", Duration::from_secs(10)).await.unwrap();
+    let run = world.run(|r| r.status.is_finished()).await;
+    assert_eq!(run.status, RunStatus::Failure);
+    assert!(
+        run.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("agent `a1` was silent past its lease"),
+        "{:?}",
+        run.reason
+    );
+    assert_eq!(world.jobs(&run).await[0].status, RunStatus::Lost);
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_the_agent_at_its_renewal() {
+    let world = World::with(&spec(ON_AGENTS)).await;
+    agent(&world, "a1", "test").await;
+    world.add_repo().await;
+    let job = claim(&world, "a1", Duration::from_secs(10)).await.unwrap();
+    let renewal = world
+        .ci
+        .renew_lease("token-a1", "a1", job.job_id, 1)
+        .await
+        .unwrap();
+    assert!(!renewal.cancel);
+    world
+        .ci
+        .cancel(job.run_id, "changed my mind")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !world
+        .ci
+        .renew_lease("token-a1", "a1", job.job_id, 1)
+        .await
+        .unwrap()
+        .cancel
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cancel never reached the renewal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    finish(&world, "a1", &job, RunStatus::Cancelled)
+        .await
+        .unwrap();
+    let run = world.run(|r| r.status.is_finished()).await;
+    assert_eq!(run.status, RunStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn an_agent_s_name_belongs_to_its_token() {
+    let world = World::with(&spec(ON_AGENTS)).await;
+    agent(&world, "a1", "test").await;
+    let stolen = world.ci.claim_job("token-a2", "a1", Duration::ZERO).await;
+    assert!(matches!(stolen, Err(AgentError::NotYours(_))), "{stolen:?}");
+    let unknown = world
+        .ci
+        .claim_job("token-a1", "nobody", Duration::ZERO)
+        .await;
+    assert!(
+        matches!(unknown, Err(AgentError::NotYours(_))),
+        "{unknown:?}"
+    );
 }
