@@ -310,6 +310,7 @@ impl Cd {
         let started = inner.clone();
         tokio::spawn(async move {
             started.restart_environments().await;
+            release_maker::catch_up(&started).await;
             tokio::spawn(heal::keep(started.clone()));
             tokio::spawn(deploy::deployer(started.clone()));
             tokio::spawn(experiment::keeper(started.clone()));

@@ -1,6 +1,7 @@
 //! Making releases: a green mainline run's artifact, with the `sluice.yaml`
 //! it carries, becomes release `vN` of its service, and asks for the
-//! automatic promotions its environments declare.
+//! automatic promotions its environments declare. At start, `catch_up`
+//! does what a kill between a run's end and those writes left undone.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,19 +40,127 @@ impl Notifier for ReleaseMaker {
             }
             let inner = self.inner.clone();
             let (repo, run) = (repo.clone(), run.clone());
-            tokio::spawn(async move {
-                if !still_on_mainline(&inner, &repo, &run).await {
-                    return;
-                }
-                match make(&inner, &run, &artifact).await {
-                    Ok(release) => aftermath::ask_for_automatic(&inner, &release, None).await,
-                    Err(e) => {
-                        tracing::error!(run = run.id, error = %format!("{e:#}"), "could not make a release")
-                    }
-                }
-            });
+            tokio::spawn(async move { release_run(&inner, &repo, &run, &artifact).await });
         })
     }
+}
+
+/// Makes the run's release, when its commit is still on its branch, and
+/// asks for the automatic promotions.
+async fn release_run(inner: &Arc<Inner>, repo: &Repo, run: &Run, artifact: &str) {
+    if !still_on_mainline(inner, repo, run).await {
+        return;
+    }
+    match make(inner, run, artifact).await {
+        Ok(release) => aftermath::ask_for_automatic(inner, &release, None).await,
+        Err(e) => {
+            tracing::error!(run = run.id, error = %format!("{e:#}"), "could not make a release")
+        }
+    }
+}
+
+/// The first pass of the releases loop: a kill may fall between a run's
+/// end and its release, or between a release (or its arrival in an
+/// environment) and the automatic promotions that follow. Makes the
+/// missing releases, then asks for every automatic promotion of each
+/// service's newest release that was never asked for and is due.
+pub(crate) async fn catch_up(inner: &Arc<Inner>) {
+    let store = &inner.store;
+    for run in store.runs_awaiting_release().await.unwrap_or_default() {
+        let (Some(artifact), Ok(repo)) = (
+            run.artifact_sha256.clone(),
+            store.repo_by_id(run.repo_id).await,
+        ) else {
+            continue;
+        };
+        tracing::info!(run = run.id, "making the release a previous server did not");
+        release_run(inner, &repo, &run, &artifact).await;
+    }
+    let releases = store.releases(None, 1000).await.unwrap_or_default();
+    let mut services: Vec<&str> = releases.iter().map(|r| r.service.as_str()).collect();
+    services.sort();
+    services.dedup();
+    for service in services {
+        let Some(newest) = releases
+            .iter()
+            .filter(|r| r.service == service)
+            .max_by_key(|r| r.number)
+        else {
+            continue;
+        };
+        if let Err(e) = ask_what_is_due(inner, newest).await {
+            tracing::warn!(%service, error = %format!("{e:#}"), "could not catch up on automatic promotions");
+        }
+    }
+}
+
+async fn ask_what_is_due(inner: &Arc<Inner>, release: &Release) -> Result<()> {
+    let spec = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let running: std::collections::BTreeMap<String, i64> = inner
+        .store
+        .env_states(Some(&release.service))
+        .await?
+        .into_iter()
+        .filter_map(|s| Some((s.name, s.release?)))
+        .collect();
+    let asked: std::collections::BTreeSet<String> = inner
+        .store
+        .promotions(Some(&release.service), false, 1000)
+        .await?
+        .into_iter()
+        .filter(|p| p.release == release.number)
+        .map(|p| p.environment)
+        .collect();
+    let envs: Vec<Automatic> = spec
+        .environments
+        .iter()
+        .filter(|e| e.deploy.auto)
+        .map(|e| Automatic {
+            name: e.name.clone(),
+            from: e.from.clone(),
+        })
+        .collect();
+    let due = due_promotions(&envs, release.number, &running, &asked);
+    for env in &due {
+        tracing::info!(service = %release.service, %env, release = %release.name(), "asking for the automatic promotion a previous server did not");
+        inner
+            .store
+            .insert_promotion(&release.service, env, release, "sluice")
+            .await?;
+    }
+    if !due.is_empty() {
+        inner.store.wake(sluice_store::Topic::PromotionAsked).await;
+    }
+    Ok(())
+}
+
+/// An environment with `deploy: auto`, and the one it follows.
+#[derive(Clone, Debug)]
+struct Automatic {
+    name: String,
+    from: Option<String>,
+}
+
+/// The automatic promotions of release `number` that are due and were never
+/// asked for: into each `deploy: auto` environment that runs an older
+/// release (or none), once the environment it follows runs this one (or
+/// at once when it follows none).
+fn due_promotions(
+    envs: &[Automatic],
+    number: i64,
+    running: &std::collections::BTreeMap<String, i64>,
+    asked: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    envs.iter()
+        .filter(|e| !asked.contains(&e.name))
+        .filter(|e| running.get(&e.name).is_none_or(|n| *n < number))
+        .filter(|e| match &e.from {
+            None => true,
+            Some(from) => running.get(from) == Some(&number),
+        })
+        .map(|e| e.name.clone())
+        .collect()
 }
 
 /// Whether the run's commit is still reachable from its branch: a commit
@@ -115,4 +224,106 @@ async fn make(inner: &Arc<Inner>, run: &Run, artifact: &str) -> Result<Release> 
     crate::release::unpack(&inner.layout, &release).await?;
     tracing::info!(service = %spec.service, release = %release.name(), run = run.id, "release made");
     Ok(release)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+
+    use super::{Automatic, due_promotions};
+    use crate::clock::FakeClock;
+    use crate::testing::{Harness, kill, server_runtime, spec};
+
+    const CHAIN: &str = "  dev:\n    deploy: auto\n    instances: 1\n    listen: 127.0.0.1:0\n  staging:\n    from: dev\n    deploy: auto\n    instances: 1\n    listen: 127.0.0.1:0\n";
+
+    /// A server killed after making v2 and before asking for anything:
+    /// the next one asks, and v2 goes on through dev to staging.
+    #[test]
+    fn a_release_whose_promotions_a_kill_cut_off_is_promoted_after_the_restart() {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let clock = Arc::new(FakeClock::new());
+        let server = server_runtime();
+        let world = server.block_on(async {
+            let world = Harness::open(dir.clone(), Arc::default(), clock.clone()).await;
+            let v1 = world.release(&spec("serve", CHAIN)).await;
+            crate::aftermath::ask_for_automatic(&world.cd.inner, &v1, None).await;
+            world.settled("staging", 1, 1).await;
+            world.release(&spec("serve", CHAIN)).await;
+            world
+        });
+        kill(server, world);
+        server_runtime().block_on(async {
+            let world = Harness::open(dir, Arc::default(), clock).await;
+            world.settled("dev", 2, 1).await;
+            world.settled("staging", 2, 1).await;
+        });
+    }
+
+    #[test]
+    fn what_a_previous_server_left_unasked() {
+        let envs = [
+            Automatic {
+                name: "dev".into(),
+                from: None,
+            },
+            Automatic {
+                name: "staging".into(),
+                from: Some("dev".into()),
+            },
+        ];
+        let running = |pairs: &[(&str, i64)]| -> BTreeMap<String, i64> {
+            pairs.iter().map(|(e, n)| (e.to_string(), *n)).collect()
+        };
+        let asked =
+            |envs: &[&str]| -> BTreeSet<String> { envs.iter().map(|e| e.to_string()).collect() };
+        // What happened, what runs where, what was asked, what is due.
+        type Case<'a> = (
+            &'a str,
+            BTreeMap<String, i64>,
+            BTreeSet<String>,
+            &'a [&'a str],
+        );
+        let table: [Case; 6] = [
+            (
+                "killed after the release, before anything was asked",
+                running(&[("dev", 20), ("staging", 20)]),
+                asked(&[]),
+                &["dev"],
+            ),
+            (
+                "a first release, nothing runs yet",
+                running(&[]),
+                asked(&[]),
+                &["dev"],
+            ),
+            (
+                "dev was asked (whatever became of it)",
+                running(&[("dev", 20)]),
+                asked(&["dev"]),
+                &[],
+            ),
+            (
+                "dev got it; killed before staging was asked",
+                running(&[("dev", 21), ("staging", 20)]),
+                asked(&["dev"]),
+                &["staging"],
+            ),
+            (
+                "staging was asked",
+                running(&[("dev", 21), ("staging", 20)]),
+                asked(&["dev", "staging"]),
+                &[],
+            ),
+            (
+                "dev runs a newer one already",
+                running(&[("dev", 22), ("staging", 20)]),
+                asked(&[]),
+                &[],
+            ),
+        ];
+        for (case, running, asked, due) in table {
+            assert_eq!(due_promotions(&envs, 21, &running, &asked), due, "{case}");
+        }
+    }
 }

@@ -383,13 +383,21 @@ impl Harness {
             let live = store.live_instances(Some("shop"), Some(env)).await.unwrap();
             let mut ids: Vec<String> = live.iter().map(|i| i.id.clone()).collect();
             ids.sort();
+            // This environment's processes: ids are `SERVICE.ENV-vN-K`.
+            let prefix = format!("shop.{env}-");
+            let running: Vec<String> = self
+                .runtime
+                .running()
+                .into_iter()
+                .filter(|id| id.starts_with(&prefix))
+                .collect();
             let settled = status.release == Some(release)
                 && promotions.is_empty()
                 && deployments.is_empty()
                 && experiments.iter().all(|x| !x.is_open())
                 && live.len() == instances
                 && live.iter().all(|i| i.release == release)
-                && ids == self.runtime.running();
+                && ids == running;
             settled.then_some(())
         })
         .await;

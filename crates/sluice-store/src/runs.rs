@@ -189,7 +189,7 @@ pub struct RunFilter {
     pub limit: i64,
 }
 
-const RUN_SELECT: &str =
+pub(crate) const RUN_SELECT: &str =
     "SELECT r.id, r.change_id, r.repo_id, p.name AS repo, r.status, r.reason, r.service,
         r.created_at, r.started_at, r.finished_at, r.artifact_sha256,
         c.ref_name, c.branch, c.sha, c.kind, c.title, c.pull_request
@@ -492,6 +492,23 @@ impl Store {
         .bind(run.repo_id)
         .bind(&run.ref_name)
         .bind(run.id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Green mainline runs with an artifact that made no release and are
+    /// newer than their repository's newest release, less those already
+    /// found off their branch: what a kill between a run's end and its
+    /// release left undone.
+    pub async fn runs_awaiting_release(&self) -> Result<Vec<Run>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "{RUN_SELECT} WHERE r.status = 'success' AND c.kind = 'mainline'
+               AND r.artifact_sha256 IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM releases x WHERE x.run_id = r.id)
+               AND r.id > COALESCE((SELECT MAX(x.run_id) FROM releases x WHERE x.repo_id = r.repo_id), 0)
+               AND NOT EXISTS (SELECT 1 FROM change_log l WHERE l.kind = 'release.skipped' AND l.subject = 'run ' || r.id)
+             ORDER BY r.id"
+        )))
         .fetch_all(&self.pool)
         .await?)
     }
