@@ -66,7 +66,11 @@ async fn release_run(inner: &Arc<Inner>, repo: &Repo, run: &Run, artifact: &str)
 /// service's newest release that was never asked for and is due.
 pub(crate) async fn catch_up(inner: &Arc<Inner>) {
     let store = &inner.store;
-    for run in store.runs_awaiting_release().await.unwrap_or_default() {
+    let awaiting = store.runs_awaiting_release().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not look for runs without their release");
+        Vec::new()
+    });
+    for run in awaiting {
         let (Some(artifact), Ok(repo)) = (
             run.artifact_sha256.clone(),
             store.repo_by_id(run.repo_id).await,
@@ -76,7 +80,10 @@ pub(crate) async fn catch_up(inner: &Arc<Inner>) {
         tracing::info!(run = run.id, "making the release a previous server did not");
         release_run(inner, &repo, &run, &artifact).await;
     }
-    let releases = store.releases(None, 1000).await.unwrap_or_default();
+    let releases = store.releases(None, 1000).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not read the releases to catch up on");
+        Vec::new()
+    });
     let mut services: Vec<&str> = releases.iter().map(|r| r.service.as_str()).collect();
     services.sort();
     services.dedup();

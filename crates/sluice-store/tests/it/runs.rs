@@ -245,3 +245,62 @@ async fn a_newer_commit_on_a_ref_supersedes_older_runs() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn green_mainline_runs_without_their_release_are_found_after_a_kill() {
+    each_store(|store| async move {
+        let repo = repo(&store).await;
+        let artifact = "a".repeat(64);
+        let mut runs = Vec::new();
+        for (branch, sha) in [
+            ("main", "1"),
+            ("main", "2"),
+            ("main", "3"),
+            ("feature", "4"),
+        ] {
+            let run = store
+                .insert_change(change(repo.id, branch, &sha.repeat(40)))
+                .await
+                .unwrap()
+                .unwrap();
+            store
+                .finish_run(run.id, RunStatus::Success, None, Some(&artifact))
+                .await
+                .unwrap();
+            runs.push(store.run(run.id).await.unwrap());
+        }
+        store
+            .create_release("shop", &runs[0], &artifact, "service: shop")
+            .await
+            .unwrap();
+        // Run 3's commit was found off its branch: it stays without a release.
+        store
+            .append_change(sluice_store::NewChangeEvent {
+                actor: "sluice".into(),
+                kind: "release.skipped".into(),
+                subject: format!("run {}", runs[2].id),
+                summary: "amended away".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let awaiting: Vec<i64> = store
+            .runs_awaiting_release()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            awaiting,
+            [runs[1].id],
+            "not the released, the skipped, the review"
+        );
+        store
+            .create_release("shop", &runs[1], &artifact, "service: shop")
+            .await
+            .unwrap();
+        assert!(store.runs_awaiting_release().await.unwrap().is_empty());
+    })
+    .await;
+}
