@@ -9,6 +9,11 @@ use tokio::process::Command;
 
 /// Runs `git -C dir ARGS` and returns its standard output.
 pub async fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    Ok(String::from_utf8_lossy(&git_bytes(dir, args).await?).into_owned())
+}
+
+/// Runs `git -C dir ARGS` and returns its standard output as it is.
+async fn git_bytes(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
     let output = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -26,7 +31,7 @@ pub async fn git(dir: &Path, args: &[&str]) -> Result<String> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    Ok(output.stdout)
 }
 
 /// Whether `text` is exactly `len` lowercase or uppercase hex digits.
@@ -231,26 +236,15 @@ const MAX_ARCHIVE: usize = 1 << 30;
 /// The tree of `sha` as an uncompressed tar, for an agent to unpack.
 pub async fn archive(source: &Path, sha: &str) -> Result<Vec<u8>> {
     check_sha(sha)?;
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(source)
-        .args(["archive", "--format=tar", "--end-of-options", sha])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .context("could not run `git`; is it installed and on PATH?")?;
-    if !output.status.success() {
-        bail!(
-            "`git archive {sha}` in {} failed: {}",
-            source.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    if output.stdout.len() > MAX_ARCHIVE {
+    let tar = git_bytes(
+        source,
+        &["archive", "--format=tar", "--end-of-options", sha],
+    )
+    .await?;
+    if tar.len() > MAX_ARCHIVE {
         bail!("the tree of {sha} is over 1 GiB as a tar; agents cannot be sent it");
     }
-    Ok(output.stdout)
+    Ok(tar)
 }
 
 /// Brings a mirror of a remote repository up to date, cloning it the first time.
