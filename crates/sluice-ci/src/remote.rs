@@ -80,7 +80,7 @@ impl Ci {
         Ok(Registered {
             agent: agent.name,
             lease_ms: self.lease_ms() as u64,
-            renew_ms: self.renew_ms(),
+            renew_ms: renew_every(self.engine.config.agent_lease),
         })
     }
 
@@ -363,12 +363,6 @@ impl Ci {
         self.engine.config.agent_lease.as_millis() as i64
     }
 
-    /// Renewals come at least three times a lease, and every second at
-    /// most, so that a cancel reaches the step within a second.
-    fn renew_ms(&self) -> u64 {
-        (self.lease_ms() as u64 / 3).clamp(100, 1000)
-    }
-
     /// The agent `name`, when `token_id` registered it.
     async fn agent_of(&self, token_id: &str, name: &str) -> Result<Agent, AgentError> {
         let not_yours = || {
@@ -430,6 +424,13 @@ impl Ci {
         }
         Ok(claimed)
     }
+}
+
+/// How often an agent renews a lease of `lease`: three times a lease at
+/// least, and every second at most, so that a cancel reaches the step
+/// within a second.
+fn renew_every(lease: Duration) -> u64 {
+    (lease.as_millis() as u64 / 3).clamp(100, 1000)
 }
 
 fn stale(job_id: i64, generation: i64) -> AgentError {
@@ -502,7 +503,7 @@ pub(crate) async fn run_on_agent(
         timeout_ms: cx.job.timeout.as_millis() as u64,
         left_ms: cx.job.timeout.as_millis() as u64,
         lease_ms: engine.config.agent_lease.as_millis() as u64,
-        renew_ms: (engine.config.agent_lease.as_millis() as u64 / 3).clamp(100, 1000),
+        renew_ms: renew_every(engine.config.agent_lease),
         artifact: cx.pack.clone(),
     };
     let offer = serde_json::to_string(&offer).unwrap_or_default();
