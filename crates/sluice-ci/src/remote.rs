@@ -184,6 +184,12 @@ impl Ci {
         job_id: i64,
         report: StepReport,
     ) -> Result<(), AgentError> {
+        if matches!(report.status, RunStatus::Queued | RunStatus::Lost) {
+            return Err(AgentError::Invalid(format!(
+                "a step cannot be {}: running, success, failure, cancelled, error or skipped",
+                report.status
+            )));
+        }
         let lease = self
             .holder(token_id, name, job_id, report.generation)
             .await?;
@@ -211,6 +217,12 @@ impl Ci {
         job_id: i64,
         finished: Finished,
     ) -> Result<(), AgentError> {
+        if !finished.status.is_finished() || finished.status == RunStatus::Skipped {
+            return Err(AgentError::Invalid(format!(
+                "a job cannot end {}: success, failure, cancelled, error or lost",
+                finished.status
+            )));
+        }
         let agent = self.agent_of(token_id, name).await?;
         let store = &self.engine.store;
         let outcome = serde_json::to_string(&finished).map_err(anyhow::Error::from)?;

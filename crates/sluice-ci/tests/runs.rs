@@ -293,6 +293,11 @@ async fn a_job_lost_with_its_agent_passes_on_another_and_the_late_report_is_refu
     assert_eq!((second.job_id, second.generation), (first.job_id, 2));
     let late = finish(&world, "a1", &first, RunStatus::Success).await;
     assert!(matches!(late, Err(AgentError::Stale(_))), "{late:?}");
+    let unended = finish(&world, "a2", &second, RunStatus::Running).await;
+    assert!(
+        matches!(unended, Err(AgentError::Invalid(_))),
+        "{unended:?}"
+    );
     finish(&world, "a2", &second, RunStatus::Success)
         .await
         .unwrap();
