@@ -207,6 +207,7 @@ pub(crate) async fn ask_for_automatic(inner: &Arc<Inner>, release: &Release, aft
     let Ok(spec) = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec) else {
         return;
     };
+    let _one_release_at_a_time = inner.asking.lock().await;
     let open = inner
         .store
         .promotions(Some(&release.service), true, 1000)

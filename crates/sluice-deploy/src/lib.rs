@@ -226,6 +226,9 @@ pub(crate) struct Inner {
     wanted: Mutex<HashMap<EnvKey, i64>>,
     /// Promotions are advanced one at a time, so none deploys twice.
     advancing: tokio::sync::Mutex<()>,
+    /// Automatic promotions are asked for one release at a time: what was
+    /// asked is read and added to under it, so none is asked twice.
+    asking: tokio::sync::Mutex<()>,
     /// The experiments the experiments loop is taking up now.
     taking_up: Mutex<std::collections::HashSet<i64>>,
     /// The promotions the deployments loop is deploying now.
@@ -299,6 +302,7 @@ impl Cd {
             queues: Mutex::new(HashMap::new()),
             wanted: Mutex::new(HashMap::new()),
             advancing: tokio::sync::Mutex::new(()),
+            asking: tokio::sync::Mutex::new(()),
             deploying: Mutex::default(),
             taking_up: Mutex::default(),
             alarms,

@@ -104,6 +104,9 @@ pub(crate) async fn catch_up(inner: &Arc<Inner>) {
 async fn ask_what_is_due(inner: &Arc<Inner>, release: &Release) -> Result<()> {
     let spec = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Under the lock the release maker asks under: what was asked is read
+    // and added to by one of them at a time.
+    let _one_release_at_a_time = inner.asking.lock().await;
     let running: std::collections::BTreeMap<String, i64> = inner
         .store
         .env_states(Some(&release.service))
