@@ -203,14 +203,17 @@ async fn raise_incident(inner: &Inner, ended: &Ended<'_>) {
 /// `deploy: auto` and no `from` for a new release, or whose `from` is
 /// `after`. Each is a pending promotion in the store (one per release and
 /// environment), which the gatekeeper, woken now, takes through its gates.
+/// A new release is asked for once wherever it went (the catch-up of a
+/// restart may have asked first, and its promotion may have ended); what
+/// follows an environment is asked again unless a promotion is still open.
 pub(crate) async fn ask_for_automatic(inner: &Arc<Inner>, release: &Release, after: Option<&str>) {
     let Ok(spec) = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec) else {
         return;
     };
     let _one_release_at_a_time = inner.asking.lock().await;
-    let open = inner
+    let asked = inner
         .store
-        .promotions(Some(&release.service), true, 1000)
+        .promotions(Some(&release.service), after.is_some(), 1000)
         .await
         .unwrap_or_default();
     for env in spec
@@ -218,7 +221,7 @@ pub(crate) async fn ask_for_automatic(inner: &Arc<Inner>, release: &Release, aft
         .iter()
         .filter(|e| e.deploy.auto && e.from.as_deref() == after)
     {
-        if open
+        if asked
             .iter()
             .any(|p| p.environment == env.name && p.release == release.number)
         {
