@@ -356,19 +356,7 @@ impl Ci {
 
     /// Every agent that registered, and whether it is heard from.
     pub async fn agents(&self) -> Result<Vec<(Agent, bool)>, AgentError> {
-        let now = sluice_store::now_ms();
-        let lease = self.lease_ms();
-        Ok(self
-            .engine
-            .store
-            .agents()
-            .await?
-            .into_iter()
-            .map(|a| {
-                let online = now - a.seen_at <= lease;
-                (a, online)
-            })
-            .collect())
+        Ok(self.engine.agents_heard().await?)
     }
 
     fn lease_ms(&self) -> i64 {
@@ -398,11 +386,11 @@ impl Ci {
         generation: i64,
     ) -> Result<JobLease, AgentError> {
         let agent = self.agent_of(token_id, name).await?;
-        let store = &self.engine.store;
-        if !store.holds_lease(job_id, agent.id, generation).await? {
-            return Err(stale(job_id, generation));
+        match self.engine.store.job_lease(job_id).await {
+            Ok(lease) if lease.held_by(agent.id, generation) => Ok(lease),
+            Ok(_) | Err(StoreError::NotFound { .. }) => Err(stale(job_id, generation)),
+            Err(e) => Err(e.into()),
         }
-        Ok(store.job_lease(job_id).await?)
     }
 
     /// The offer as the agent that claimed it gets it: with its generation
@@ -545,14 +533,12 @@ pub(crate) async fn run_on_agent(
             shown.join(", ")
         }
     ));
-    let online = Ci {
-        engine: engine.clone(),
-    }
-    .agents()
-    .await
-    .unwrap_or_default()
-    .into_iter()
-    .any(|(a, online)| online && a.matches(&labels));
+    let online = engine
+        .agents_heard()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .any(|(a, online)| online && a.matches(&labels));
     if !online {
         cx.log.note(
             "no agent with these labels is online; the job waits for one, within its timeout",
@@ -727,6 +713,23 @@ pub(crate) struct Watched {
 }
 
 impl Engine {
+    /// Every agent that registered, and whether it was heard from within
+    /// its lease.
+    async fn agents_heard(&self) -> Result<Vec<(Agent, bool)>, StoreError> {
+        let now = sluice_store::now_ms();
+        let lease = self.config.agent_lease.as_millis() as i64;
+        Ok(self
+            .store
+            .agents()
+            .await?
+            .into_iter()
+            .map(|a| {
+                let online = now - a.seen_at <= lease;
+                (a, online)
+            })
+            .collect())
+    }
+
     fn watched(&self, job_id: i64) -> Option<Watched> {
         self.agent_jobs.lock().unwrap().get(&job_id).cloned()
     }

@@ -98,6 +98,13 @@ impl JobLease {
     pub fn labels(&self) -> BTreeMap<String, String> {
         serde_json::from_str(&self.labels_json).unwrap_or_default()
     }
+
+    /// Whether `agent_id` holds it now, by the claim `generation`.
+    pub fn held_by(&self, agent_id: i64, generation: i64) -> bool {
+        self.state == LeaseState::Claimed
+            && self.agent_id == Some(agent_id)
+            && self.generation == generation
+    }
 }
 
 /// One claim of a job by an agent.
@@ -307,15 +314,11 @@ impl Store {
 
     /// Whether `agent_id` holds the job's lease at `generation`.
     pub async fn holds_lease(&self, job_id: i64, agent_id: i64, generation: i64) -> Result<bool> {
-        let held: Option<i64> = sqlx::query_scalar(
-            "SELECT job_id FROM job_leases WHERE job_id = $1 AND agent_id = $2 AND generation = $3 AND state = 'claimed'",
-        )
-        .bind(job_id)
-        .bind(agent_id)
-        .bind(generation)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(held.is_some())
+        match self.job_lease(job_id).await {
+            Ok(lease) => Ok(lease.held_by(agent_id, generation)),
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Extends the holder's lease; `None` when it no longer holds it (the
