@@ -1,5 +1,7 @@
 //! Artifacts: the declared outputs of a green mainline run, packed into a
-//! reproducible `.tar.gz` and stored once under the data directory by sha256.
+//! reproducible `.tar.gz` and stored once under the data directory by sha256
+//! (and in the database too when servers share it, so that any of them can
+//! deploy it: [`record`], [`local_copy`]).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -135,6 +137,60 @@ impl Write for HashingWriter {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Records a stored artifact: its bytes go to the database first when
+/// servers share it, so that an artifact another server can see is one it
+/// can fetch.
+pub async fn record(
+    store: &sluice_store::Store,
+    sha256: &str,
+    size: u64,
+    path: &Path,
+) -> sluice_store::Result<()> {
+    if store.shares_artifacts() {
+        store.keep_artifact_bytes(sha256, path).await?;
+    }
+    store.insert_artifact(sha256, size as i64).await
+}
+
+/// The artifact's file under `store_dir`, fetched from the database when
+/// another server packed it (checked against its sha256 before it is put
+/// in place).
+pub async fn local_copy(
+    store: &sluice_store::Store,
+    store_dir: &Path,
+    sha256: &str,
+) -> anyhow::Result<PathBuf> {
+    let path = sluice_spec::artifact_in(store_dir, sha256)?;
+    if path.exists() {
+        return Ok(path);
+    }
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    let incoming = path.with_extension(format!("incoming-{}", std::process::id()));
+    if !store.artifact_bytes_to(sha256, &incoming).await? {
+        anyhow::bail!(
+            "artifact sha256:{sha256} is not in {} and the database keeps no copy of it (it was packed by a server with SQLite, or before servers shared artifacts); run its pipeline again",
+            store_dir.display()
+        );
+    }
+    let check = incoming.clone();
+    let actual = tokio::task::spawn_blocking(move || -> io::Result<String> {
+        let mut hasher = Sha256::new();
+        io::copy(&mut File::open(&check)?, &mut hasher)?;
+        Ok(hex::encode(hasher.finalize()))
+    })
+    .await??;
+    if actual != sha256 {
+        let _ = tokio::fs::remove_file(&incoming).await;
+        anyhow::bail!(
+            "the database's copy of artifact sha256:{sha256} hashes to {actual}; it is incomplete or was altered"
+        );
+    }
+    tokio::fs::rename(&incoming, &path).await?;
+    Ok(path)
 }
 
 #[cfg(test)]

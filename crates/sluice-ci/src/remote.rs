@@ -338,7 +338,7 @@ impl Ci {
             .await
             .map_err(anyhow::Error::from)?;
         let store = &self.engine.store;
-        store.insert_artifact(&sha256, size as i64).await?;
+        crate::artifact::record(store, &sha256, size, &path).await?;
         let agent = self.agent_of(token_id, name).await?;
         if !store
             .set_lease_artifact(job_id, agent.id, upload.generation, &sha256)

@@ -221,10 +221,8 @@ async fn prepare_and_run(
         tokio::task::spawn_blocking(move || artifact::pack(&workspace, &paths, &store_dir)).await;
     match packed {
         Ok(Ok(packed)) => {
-            if let Err(e) = engine
-                .store
-                .insert_artifact(&packed.sha256, packed.size as i64)
-                .await
+            if let Err(e) =
+                artifact::record(&engine.store, &packed.sha256, packed.size, &packed.path).await
             {
                 return Ending::new(
                     RunStatus::Error,

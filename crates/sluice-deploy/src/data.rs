@@ -346,6 +346,65 @@ pub fn hand_over(data_dir: &Path, uid: Option<u32>) -> Result<()> {
     })
 }
 
+/// An environment prepared before, arriving on a host without its data
+/// directory: this server took the controllers over from another, which
+/// ran it on its own host. It starts on an empty directory only when the
+/// old one never held anything (see [`note_use`]); otherwise its data is on
+/// the other host, and starting without it would answer from nothing.
+pub(crate) async fn arrive(
+    inner: &crate::Inner,
+    service: &str,
+    env: &str,
+    data_dir: &Path,
+) -> Result<()> {
+    let in_use = inner.store.data_in_use().await?;
+    if in_use.iter().any(|(s, e)| s == service && e == env) {
+        anyhow::bail!(
+            "{env}'s data is not on this host: its instances wrote to their data directory on the host of the server that ran {env} before, and this server has none of it; copy that directory to {} (and restart this server), or stop this server and start the other",
+            data_dir.display()
+        );
+    }
+    std::fs::create_dir_all(data_dir)?;
+    tracing::info!(
+        service,
+        env,
+        "the environment's data directory starts empty on this host; the previous one held nothing"
+    );
+    Ok(())
+}
+
+/// Notes, every `every`, each environment whose data directory holds
+/// anything, until the server stops: what [`arrive`] reads.
+pub(crate) async fn note_use(inner: std::sync::Arc<crate::Inner>, every: std::time::Duration) {
+    let mut noted: std::collections::HashSet<(String, String)> =
+        match inner.store.data_in_use().await {
+            Ok(noted) => noted.into_iter().collect(),
+            Err(_) => Default::default(),
+        };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = inner.shutdown.cancelled() => return,
+        }
+        let Ok(states) = inner.store.env_states(None).await else {
+            continue;
+        };
+        for state in states {
+            let key = (state.service, state.name);
+            if noted.contains(&key) {
+                continue;
+            }
+            let Ok(dir) = inner.layout.data(&key.0, &key.1) else {
+                continue;
+            };
+            let holds = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+            if holds && inner.store.mark_data_in_use(&key.0, &key.1).await.is_ok() {
+                noted.insert(key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

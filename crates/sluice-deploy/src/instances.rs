@@ -29,8 +29,11 @@ pub(crate) async fn prepare(
     deployment: i64,
 ) -> Result<()> {
     let service = &release.service;
-    let release_dir = crate::release::unpack(&inner.layout, release).await?;
+    let release_dir = crate::release::unpack(&inner.store, &inner.layout, release).await?;
     let data_dir = inner.layout.data(service, &env.name)?;
+    if state.is_some_and(|s| s.seeded_at.is_some()) && !data_dir.exists() {
+        data::arrive(inner, service, &env.name, &data_dir).await?;
+    }
     let snapshot = data::snapshot(
         &data_dir,
         &inner.layout.snapshots(service, &env.name)?,

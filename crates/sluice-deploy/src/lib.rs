@@ -323,6 +323,7 @@ impl Cd {
             promote::gatekeeper(started).await;
         });
         tokio::spawn(traffic::keep(inner.clone()));
+        tokio::spawn(data::note_use(inner.clone(), inner.config.heal_interval));
         tokio::spawn(incidents::take_alarms(inner.clone(), raised));
         Ok(Cd { inner })
     }

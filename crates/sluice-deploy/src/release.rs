@@ -38,12 +38,18 @@ pub(crate) fn read_member(archive: &std::path::Path, name: &str) -> Result<Strin
 }
 
 /// Unpacks a release's artifact once; later calls find it there.
-pub(crate) async fn unpack(layout: &Layout, release: &Release) -> Result<PathBuf> {
+pub(crate) async fn unpack(
+    store: &sluice_store::Store,
+    layout: &Layout,
+    release: &Release,
+) -> Result<PathBuf> {
     let dir = layout.release(&release.service, release.number)?;
     if dir.exists() {
         return Ok(dir);
     }
-    let archive = layout.artifact(&release.artifact_sha256)?;
+    let archive =
+        sluice_ci::artifact::local_copy(store, &layout.artifacts(), &release.artifact_sha256)
+            .await?;
     let target = dir.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         let staging = target.with_extension("incoming");

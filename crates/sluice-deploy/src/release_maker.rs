@@ -211,7 +211,8 @@ async fn still_on_mainline(inner: &Inner, repo: &Repo, run: &Run) -> bool {
 }
 
 async fn make(inner: &Arc<Inner>, run: &Run, artifact: &str) -> Result<Release> {
-    let path = inner.layout.artifact(artifact)?;
+    let path =
+        sluice_ci::artifact::local_copy(&inner.store, &inner.layout.artifacts(), artifact).await?;
     let spec_text = tokio::task::spawn_blocking(move || {
         crate::release::read_member(&path, sluice_spec::SPEC_FILE)
     })
@@ -231,7 +232,7 @@ async fn make(inner: &Arc<Inner>, run: &Run, artifact: &str) -> Result<Release> 
         .store
         .create_release(&spec.service, run, artifact, &spec_text)
         .await?;
-    crate::release::unpack(&inner.layout, &release).await?;
+    crate::release::unpack(&inner.store, &inner.layout, &release).await?;
     tracing::info!(service = %spec.service, release = %release.name(), run = run.id, "release made");
     Ok(release)
 }

@@ -317,4 +317,31 @@ mod tests {
         assert_eq!(new.len(), 2);
         assert!(new.iter().all(|id| !old.contains(id)), "{old:?} {new:?}");
     }
+
+    #[tokio::test]
+    async fn an_environment_moves_to_a_host_without_its_data_only_when_it_kept_none() {
+        let world = Harness::new().await;
+        deploy(&world, &spec("serve", "rolling")).await;
+        let data = world.cd.inner.layout.data("shop", "dev").unwrap();
+        // The controllers move to a server on another host, without the
+        // data directory: dev never wrote to it, so it starts there empty.
+        std::fs::remove_dir_all(&data).unwrap();
+        let moved = deploy(&world, &spec("serve", "rolling")).await;
+        assert_eq!(moved.status, DeploymentStatus::Succeeded, "{moved:?}");
+        assert!(data.is_dir());
+        // Once it was seen holding something, it does not start from nothing.
+        std::fs::write(data.join("orders.db"), "orders").unwrap();
+        world.store().mark_data_in_use("shop", "dev").await.unwrap();
+        std::fs::remove_dir_all(&data).unwrap();
+        let refused = deploy(&world, &spec("serve", "rolling")).await;
+        assert_ne!(refused.status, DeploymentStatus::Succeeded);
+        let reason = refused.reason.unwrap_or_default();
+        assert!(
+            reason.contains("dev's data is not on this host"),
+            "{reason}"
+        );
+        assert!(!data.exists(), "no empty directory stands in for the data");
+        let incident = world.incident().await;
+        assert!(incident.title.contains("dev"), "{incident:?}");
+    }
 }

@@ -344,7 +344,7 @@ impl Harness {
             .create_release("shop", &run, &sha256, spec)
             .await
             .unwrap();
-        crate::release::unpack(&inner.layout, &release)
+        crate::release::unpack(&inner.store, &inner.layout, &release)
             .await
             .unwrap();
         release

@@ -80,6 +80,35 @@ fn refuse_if_open(path: &Path, open_bits: u32, fix: &str) -> Result<()> {
     Ok(())
 }
 
+/// This server's name among the servers sharing a database (its host and
+/// a random part), made at its first start and kept in the data directory,
+/// so that a restart is the same server.
+pub fn server_name(dir: &Path) -> Result<String> {
+    let path = dir.join("server-name");
+    if let Ok(name) = std::fs::read_to_string(&path) {
+        let name = name.trim();
+        if !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Ok(name.to_string());
+        }
+    }
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        .take(64)
+        .collect();
+    let random: u32 = rand::random();
+    let name = format!(
+        "{}-{random:08x}",
+        if host.is_empty() { "server" } else { &host }
+    );
+    std::fs::write(&path, format!("{name}\n"))
+        .with_context(|| format!("could not write {}", path.display()))?;
+    Ok(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,10 @@ pub mod auth;
 mod data_dir;
 mod error;
 mod ids;
+mod lease;
 mod limit;
 mod listen;
+mod standby;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use sluice_ci::{Ci, CiConfig};
 use sluice_deploy::{Cd, CdConfig};
 use sluice_store::Store;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use error::{ApiError, ApiResult};
 
@@ -135,6 +138,12 @@ pub struct ServeOptions {
     pub public_url: Option<String>,
     /// How long an agent may be silent before its jobs are taken back.
     pub agent_lease: Duration,
+    /// With PostgreSQL: how long the controllers' lease lasts unless
+    /// renewed (another server takes over within it after this one dies).
+    pub controller_lease: Duration,
+    /// With PostgreSQL: where the other servers forward requests while this
+    /// one runs the controllers; `http://LISTEN` by default.
+    pub advertise: Option<String>,
 }
 
 /// A server bound to its address, ready to serve.
@@ -144,12 +153,28 @@ pub struct Server {
     pub initial_admin_token: Option<String>,
     pub database: String,
     listener: TcpListener,
+    store: Store,
+    options: ServeOptions,
+    data_dir: PathBuf,
+    /// The engines, once this server runs the controllers.
+    active: Option<Active>,
+    /// With PostgreSQL: this server's part in the controllers' lease.
+    candidate: Option<lease::Candidate>,
+}
+
+/// What a server that runs the controllers has: its engines, and the
+/// lease's term it holds (with PostgreSQL).
+struct Active {
     state: AppState,
     notifier: sluice_notify::Notifier,
+    term: Option<i64>,
 }
 
 impl Server {
-    /// Opens the store (running migrations), binds, recovers and starts the CI engine.
+    /// Opens the store (running migrations) and binds. With SQLite, or with
+    /// PostgreSQL when no other server holds the controllers' lease, it
+    /// recovers and starts the engines; otherwise it stands by (see
+    /// [`Server::standing_by`]).
     pub async fn start(options: ServeOptions) -> anyhow::Result<Server> {
         let data_dir = data_dir::prepare(&options.data_dir, options.database.is_none())?;
         data_dir::check_reachable(&data_dir, options.isolation)?;
@@ -167,83 +192,247 @@ impl Server {
             )
         })?;
         let addr = listener.local_addr()?;
-        let mut config = CiConfig::new(&data_dir, &format!("http://{addr}"));
-        config.poll_interval = options.poll_interval;
-        config.keep_workspaces = options.keep_workspaces;
-        config.isolation = options.isolation;
-        config.log_cap = options.log_cap;
-        config.agent_lease = options.agent_lease;
-        if let Some(parallelism) = options.parallelism {
-            config.parallelism = parallelism;
-        }
-        // CD first: its release maker hears of every green mainline run.
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = sluice_proxy::Metrics::register(&mut registry);
-        let mut cd_config = CdConfig::new(&data_dir);
-        cd_config.isolation = options.isolation;
-        let cd = Cd::start(store.clone(), cd_config, metrics).await?;
-        let ci = Ci::start(store.clone(), config, vec![Arc::new(cd.release_maker())]).await?;
-        let public_url = options
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
-        let notifier = sluice_notify::Notifier::start(
-            store.clone(),
-            sluice_notify::NotifyConfig {
-                public_url: public_url.clone(),
-                tick: Duration::from_millis(250),
-            },
-        );
-        let state = AppState {
+        let candidate = match store.dialect() {
+            sluice_store::Dialect::Postgres => {
+                let address = options
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}"));
+                let name = data_dir::server_name(&data_dir)?;
+                Some(lease::Candidate::new(
+                    name,
+                    address,
+                    options.controller_lease,
+                ))
+            }
+            sluice_store::Dialect::Sqlite => None,
+        };
+        let term = match &candidate {
+            Some(candidate) => candidate.try_take(&store).await?,
+            None => None,
+        };
+        let active = if candidate.is_none() || term.is_some() {
+            Some(activate(&store, &options, &data_dir, addr, term).await?)
+        } else {
+            None
+        };
+        let initial_admin_token = match &active {
+            Some(active) => auth::ensure_initial_admin(&active.state, &data_dir)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?,
+            None => None,
+        };
+        Ok(Server {
+            addr,
+            initial_admin_token,
+            database: redact(&database),
+            listener,
             store,
+            options,
+            data_dir,
+            active,
+            candidate,
+        })
+    }
+
+    /// Whether another server runs the controllers: this one forwards
+    /// every request to it, and takes over when it stops or dies.
+    pub fn standing_by(&self) -> bool {
+        self.active.is_none()
+    }
+
+    /// The HTTP surface over this server's state, for tests that call handlers directly.
+    pub fn router(&self) -> Router {
+        router(self.state().clone())
+    }
+
+    /// The engines' state of a server that runs the controllers.
+    pub fn state(&self) -> &AppState {
+        &self
+            .active
+            .as_ref()
+            .expect("a server standing by has no engines")
+            .state
+    }
+
+    /// Serves until `shutdown` resolves, then stops the engines and gives
+    /// the controllers' lease up. Fails at once, without draining, when
+    /// another server took the lease over: this one must stop acting.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Server {
+            listener,
+            store,
+            options,
+            data_dir,
+            active,
+            candidate,
+            addr,
+            ..
+        } = self;
+        let (stop, lost) = (CancellationToken::new(), CancellationToken::new());
+        let slot = Arc::new(tokio::sync::Mutex::new(active));
+        let peers = match &candidate {
+            Some(_) => Some(Arc::new(standby::Vouch::new(&store.peer_secret().await?))),
+            None => None,
+        };
+        let router = match (&candidate, &peers) {
+            (Some(candidate), Some(peers)) => {
+                let switch =
+                    standby::Switch::new(store.clone(), candidate.holder.clone(), peers.clone());
+                let held = slot
+                    .lock()
+                    .await
+                    .as_ref()
+                    .map(|a| (a.state.clone(), a.term));
+                match held {
+                    Some((state, Some(term))) => {
+                        switch.serve_own(router(state));
+                        let (candidate, store) = (candidate.clone(), store.clone());
+                        let (stop, lost) = (stop.clone(), lost.clone());
+                        tokio::spawn(async move { candidate.keep(store, term, stop, lost).await });
+                    }
+                    _ => {
+                        let takeover = Takeover {
+                            candidate: candidate.clone(),
+                            store: store.clone(),
+                            options,
+                            data_dir,
+                            addr,
+                            slot: slot.clone(),
+                            switch: switch.clone(),
+                        };
+                        tokio::spawn(takeover.wait(stop.clone(), lost.clone()));
+                    }
+                }
+                switch.router()
+            }
+            _ => router(slot.lock().await.as_ref().expect("started").state.clone()),
+        };
+        // CI stops first: agents' long polls answer at once instead of
+        // holding the graceful drain of connections.
+        let stopping = (slot.clone(), stop.clone());
+        let shutdown = async move {
+            shutdown.await;
+            stopping.1.cancel();
+            if let Some(active) = stopping.0.lock().await.as_ref() {
+                active.state.ci.shutdown();
+            }
+        };
+        tokio::select! {
+            _ = listen::serve(listener, router, listen::Limits::default(), peers, shutdown) => {}
+            _ = lost.cancelled() => anyhow::bail!(
+                "this server lost the controllers' lease (another server runs them now, or the database could not be reached to renew it); it stops at once so that only one server acts"
+            ),
+        }
+        let active = slot.lock().await.take();
+        if let Some(active) = active {
+            active.state.cd.shutdown().await;
+            active.notifier.shutdown().await;
+            if let (Some(candidate), Some(term)) = (&candidate, active.term)
+                && let Err(e) = store.release_controllers(&candidate.holder, term).await
+            {
+                tracing::warn!(error = %e, "could not give the controllers' lease up");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A standby's wait for the controllers' lease, and what it does once it
+/// has it: the engines start (a restart's recovery, as after a crash) and
+/// the switch answers with this server's own router.
+struct Takeover {
+    candidate: lease::Candidate,
+    store: Store,
+    options: ServeOptions,
+    data_dir: PathBuf,
+    addr: SocketAddr,
+    slot: Arc<tokio::sync::Mutex<Option<Active>>>,
+    switch: standby::Switch,
+}
+
+impl Takeover {
+    async fn wait(self, stop: CancellationToken, lost: CancellationToken) {
+        let Some(term) = self.candidate.wait_to_take(&self.store, &stop).await else {
+            return;
+        };
+        let (candidate, store) = (self.candidate.clone(), self.store.clone());
+        let renewing = (stop.clone(), lost.clone());
+        tokio::spawn(async move { candidate.keep(store, term, renewing.0, renewing.1).await });
+        let mut slot = self.slot.lock().await;
+        match activate(
+            &self.store,
+            &self.options,
+            &self.data_dir,
+            self.addr,
+            Some(term),
+        )
+        .await
+        {
+            Ok(active) => {
+                self.switch.serve_own(router(active.state.clone()));
+                *slot = Some(active);
+                tracing::info!(term, "took the controllers over");
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "could not start the engines after taking the controllers over");
+                lost.cancel();
+            }
+        }
+    }
+}
+
+/// Recovers what a previous holder left and starts the engines.
+async fn activate(
+    store: &Store,
+    options: &ServeOptions,
+    data_dir: &std::path::Path,
+    addr: SocketAddr,
+    term: Option<i64>,
+) -> anyhow::Result<Active> {
+    let mut config = CiConfig::new(data_dir, &format!("http://{addr}"));
+    config.poll_interval = options.poll_interval;
+    config.keep_workspaces = options.keep_workspaces;
+    config.isolation = options.isolation;
+    config.log_cap = options.log_cap;
+    config.agent_lease = options.agent_lease;
+    if let Some(parallelism) = options.parallelism {
+        config.parallelism = parallelism;
+    }
+    // CD first: its release maker hears of every green mainline run.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = sluice_proxy::Metrics::register(&mut registry);
+    let mut cd_config = CdConfig::new(data_dir);
+    cd_config.isolation = options.isolation;
+    let cd = Cd::start(store.clone(), cd_config, metrics).await?;
+    let ci = Ci::start(store.clone(), config, vec![Arc::new(cd.release_maker())]).await?;
+    let public_url = options
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let notifier = sluice_notify::Notifier::start(
+        store.clone(),
+        sluice_notify::NotifyConfig {
+            public_url: public_url.clone(),
+            tick: Duration::from_millis(250),
+        },
+    );
+    Ok(Active {
+        state: AppState {
+            store: store.clone(),
             registry: Arc::new(registry),
             ci,
             cd,
             tokens: Arc::default(),
             sessions: Arc::default(),
             public_url,
-        };
-        let initial_admin_token = auth::ensure_initial_admin(&state, &data_dir)
-            .await
-            .map_err(|e| anyhow::anyhow!(e.message))?;
-        Ok(Server {
-            addr,
-            initial_admin_token,
-            database: redact(&database),
-            listener,
-            state,
-            notifier,
-        })
-    }
-
-    /// The HTTP surface over this server's state, for tests that call handlers directly.
-    pub fn router(&self) -> Router {
-        router(self.state.clone())
-    }
-
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
-    /// Serves until `shutdown` resolves, then stops the CI engine.
-    pub async fn run(
-        self,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let (ci, cd) = (self.state.ci.clone(), self.state.cd.clone());
-        let limits = listen::Limits::default();
-        // CI stops first: agents' long polls answer at once instead of
-        // holding the graceful drain of connections.
-        let stopping = ci.clone();
-        let shutdown = async move {
-            shutdown.await;
-            stopping.shutdown();
-        };
-        listen::serve(self.listener, router(self.state), limits, shutdown).await;
-        cd.shutdown().await;
-        self.notifier.shutdown().await;
-        Ok(())
-    }
+        },
+        notifier,
+        term,
+    })
 }
 
 /// A database URL without its password, for messages.

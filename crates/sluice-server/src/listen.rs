@@ -80,6 +80,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    peers: Option<Arc<crate::standby::Vouch>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let open = Open::default();
@@ -102,9 +103,15 @@ pub async fn serve(
             continue;
         };
         let watcher = graceful.watcher();
+        let peers = peers.clone();
         let service = TowerToHyperService::new(router.clone().map_request(
             move |mut request: axum::http::Request<Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
+                // A request another server forwarded is its client's.
+                let client = peers
+                    .as_ref()
+                    .and_then(|p| p.vouched(request.headers()))
+                    .map_or(peer, |ip| std::net::SocketAddr::new(ip, peer.port()));
+                request.extensions_mut().insert(ConnectInfo(client));
                 request
             },
         ));
@@ -180,7 +187,13 @@ mod tests {
             per_address: 3,
         };
         let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        tokio::spawn(serve(listener, router, limits, std::future::pending()));
+        tokio::spawn(serve(
+            listener,
+            router,
+            limits,
+            None,
+            std::future::pending(),
+        ));
 
         // Slowloris: half a head, then nothing.
         let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -37,6 +37,8 @@ impl Ui {
             log_cap: 16 << 20,
             public_url: None,
             agent_lease: sluice_ci::DEFAULT_AGENT_LEASE,
+            controller_lease: std::time::Duration::from_secs(10),
+            advertise: None,
         })
         .await
         .unwrap();

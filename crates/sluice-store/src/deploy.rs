@@ -202,6 +202,7 @@ impl Store {
         spec: &str,
     ) -> Result<Release> {
         let mut tx = self.begin().await?;
+        self.check_fence(&mut tx).await?;
         let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM releases WHERE run_id = $1")
             .bind(run.id)
             .fetch_optional(&mut *tx)
@@ -328,6 +329,7 @@ impl Store {
         kind: &str,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
+        self.check_fence(&mut tx).await?;
         let before: Option<Option<i64>> = sqlx::query_scalar(
             "SELECT r.number FROM environments e LEFT JOIN releases r ON r.id = e.release_id WHERE e.service = $1 AND e.name = $2",
         )
@@ -357,6 +359,26 @@ impl Store {
         append_with(&mut tx, changed).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Notes that the environment's data directory holds something: it
+    /// cannot move to another host empty from now on.
+    pub async fn mark_data_in_use(&self, service: &str, env: &str) -> Result<()> {
+        sqlx::query("UPDATE environments SET data_in_use = 1 WHERE service = $1 AND name = $2")
+            .bind(service)
+            .bind(env)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The environments whose data directory was ever seen holding anything.
+    pub async fn data_in_use(&self) -> Result<Vec<(String, String)>> {
+        Ok(
+            sqlx::query_as("SELECT service, name FROM environments WHERE data_in_use = 1")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn mark_seeded(&self, service: &str, env: &str) -> Result<()> {
@@ -422,6 +444,7 @@ impl Store {
             actor,
         } = new;
         let mut tx = self.begin().await?;
+        self.check_fence(&mut tx).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO deployments (service, environment, release_id, previous_release_id, strategy, cause, actor, status, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', $8) RETURNING id",
@@ -459,6 +482,7 @@ impl Store {
         reason: Option<&str>,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
+        self.check_fence(&mut tx).await?;
         sqlx::query("UPDATE deployments SET status = $1, reason = $2, finished_at = $3 WHERE id = $4 AND status = 'running'")
             .bind(status.as_str())
             .bind(reason)
@@ -525,6 +549,8 @@ impl Store {
     }
 
     pub async fn insert_instance(&self, instance: &Instance) -> Result<()> {
+        let mut tx = self.begin().await?;
+        self.check_fence(&mut tx).await?;
         sqlx::query(
             "INSERT INTO instances (id, service, environment, release_id, port, pid, start_ticks, state, restarts, config_hash, created_at)
              VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, 0, $7, $8)",
@@ -537,8 +563,9 @@ impl Store {
         .bind(instance.state.as_str())
         .bind(&instance.config_hash)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -704,6 +731,7 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.begin().await?;
+        self.check_fence(&mut tx).await?;
         let decided = if status.is_final() {
             Some(now_ms())
         } else {

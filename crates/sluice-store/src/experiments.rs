@@ -120,6 +120,7 @@ impl Store {
             serde_json::from_str(&before.decisions).unwrap_or_default();
         decisions.push(decision.clone());
         let mut tx = self.begin().await?;
+        self.check_fence(&mut tx).await?;
         let finished = if status.is_open() {
             None
         } else {

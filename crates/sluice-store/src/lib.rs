@@ -8,6 +8,7 @@
 mod agents;
 mod artifacts;
 mod changelog;
+mod controllers;
 mod deploy;
 mod experiments;
 mod incidents;
@@ -34,6 +35,7 @@ use sqlx::{AnyPool, Executor};
 pub use agents::{Agent, AgentHello, Expired, JobAttempt, JobLease, LeaseState};
 pub use artifacts::Artifact;
 pub use changelog::{ChangeEvent, ChangeQuery, NewChangeEvent};
+pub use controllers::{ControllersLease, Fence};
 pub use deploy::{
     Approval, Deployment, EnvState, Flag, Instance, NewDeployment, Promotion, Release,
 };
@@ -62,6 +64,8 @@ pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
     wakes: std::sync::Arc<wake::Wakes>,
+    /// The controllers' term this server's acting writes must still hold.
+    fence: controllers::FenceCell,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +86,10 @@ pub enum StoreError {
         "the database cannot be written ({0}); check its file's and directory's permissions, or that it is not a read-only replica"
     )]
     ReadOnly(String),
+    #[error(
+        "this server lost the controllers' lease (it held term {0}); another server runs them now"
+    )]
+    Fenced(i64),
     #[error("unsupported database URL `{0}`: expected sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
 }
@@ -131,6 +139,7 @@ impl Store {
             pool,
             dialect,
             wakes,
+            fence: Default::default(),
         };
         migrate::run(&store).await?;
         store.check_writable().await?;
@@ -157,6 +166,10 @@ impl Store {
             "sqlite://{}?mode=rwc",
             sluice_spec::Layout::new(data_dir).database().display()
         )
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     pub async fn close(&self) {

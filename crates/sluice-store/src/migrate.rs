@@ -5,7 +5,8 @@ use sqlx::{AssertSqlSafe, Executor};
 
 use crate::{Dialect, Result, Store, now_ms};
 
-/// `{id}` stands for an auto-increment primary key in the dialect at hand.
+/// `{id}` stands for an auto-increment primary key in the dialect at hand,
+/// `{blob}` for a column of bytes.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_foundation.sql")),
     (2, include_str!("migrations/0002_deploy.sql")),
@@ -17,12 +18,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("migrations/0008_experiment_users.sql")),
     (9, include_str!("migrations/0009_experiment_commands.sql")),
     (10, include_str!("migrations/0010_agents.sql")),
+    (11, include_str!("migrations/0011_controllers.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {
     let id = match store.dialect {
         Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
         Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
+    };
+    let blob = match store.dialect {
+        Dialect::Sqlite => "BLOB",
+        Dialect::Postgres => "BYTEA",
     };
     let mut conn = store.pool.acquire().await?;
     if store.dialect == Dialect::Postgres {
@@ -43,7 +49,7 @@ pub async fn run(store: &Store) -> Result<()> {
             }
             tracing::info!(version, "applying migration");
             conn.execute("BEGIN").await?;
-            let sql = sql.replace("{id}", id);
+            let sql = sql.replace("{id}", id).replace("{blob}", blob);
             for statement in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
                 if let Err(e) = conn.execute(AssertSqlSafe(statement)).await {
                     conn.execute("ROLLBACK").await?;

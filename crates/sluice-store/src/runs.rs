@@ -325,6 +325,8 @@ impl Store {
             Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
             Dialect::Sqlite => "",
         };
+        let mut tx = self.begin().await?;
+        self.check_fence(&mut tx).await?;
         let id: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
             "UPDATE runs SET status = 'running', started_at = $1
              WHERE id = (SELECT id FROM runs WHERE status = 'queued' ORDER BY id LIMIT 1 {lock})
@@ -332,8 +334,9 @@ impl Store {
              RETURNING id"
         )))
         .bind(now_ms())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         match id {
             Some(id) => Ok(Some(self.run(id).await?)),
             None => Ok(None),
@@ -426,6 +429,7 @@ impl Store {
         artifact: Option<&str>,
     ) -> Result<bool> {
         let mut tx = self.begin().await?;
+        self.check_fence(&mut tx).await?;
         let done = sqlx::query(
             "UPDATE runs SET status = $1, reason = $2, artifact_sha256 = $3, finished_at = $4
              WHERE id = $5 AND status IN ('queued', 'running')",

@@ -360,6 +360,17 @@ pub struct Serve {
     /// back (lost, and offered again).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub agent_lease: std::time::Duration,
+    /// With PostgreSQL, several servers may share the database: one runs
+    /// the controllers under a lease this long, renewed while it lives; the
+    /// others forward requests to it and one takes over within this time
+    /// (and a second) after it dies.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub controller_lease: std::time::Duration,
+    /// With PostgreSQL: the address the other servers forward requests to
+    /// while this one runs the controllers (`http://HOST:PORT`);
+    /// `http://LISTEN` by default.
+    #[arg(long, env = "SLUICE_ADVERTISE")]
+    pub advertise: Option<String>,
 }
 
 #[derive(Subcommand)]

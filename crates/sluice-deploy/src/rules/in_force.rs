@@ -29,7 +29,7 @@ pub(crate) async fn in_force(inner: &Arc<Inner>, release: &Release) -> anyhow::R
         .iter()
         .filter_map(from_record)
         .collect();
-    let dir = crate::release::unpack(&inner.layout, release).await?;
+    let dir = crate::release::unpack(&inner.store, &inner.layout, release).await?;
     if let Ok(text) = tokio::fs::read_to_string(dir.join(RULES_FILE)).await {
         let spec = sluice_spec::parse(sluice_spec::SPEC_FILE, &release.spec).ok();
         match sluice_spec::parse_rules(RULES_FILE, &text, spec.as_ref()) {

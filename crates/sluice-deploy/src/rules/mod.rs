@@ -277,7 +277,7 @@ async fn probe_release(
     );
     let scratch = inner.layout.replay(&id)?;
     let (data_dir, config_dir) = (scratch.join("data"), scratch.join("config"));
-    let release_dir = crate::release::unpack(&inner.layout, release).await?;
+    let release_dir = crate::release::unpack(&inner.store, &inner.layout, release).await?;
     let files = render::render(&spec, &env, &release.name(), &release_dir)?;
     render::write(&config_dir, &files)?;
     let uid = inner.env_uid(&release.service, &env.name);

@@ -21,7 +21,7 @@ pub async fn download(
     _caller: Caller,
     Path(sha256): Path<String>,
 ) -> ApiResult<Response> {
-    let path = state.ci.layout().artifact(&sha256).map_err(|e| {
+    state.ci.layout().artifact(&sha256).map_err(|e| {
         ApiError::bad_request(e.to_string())
             .with_hint("give the 64 hex digits a run's `artifact_sha256` shows")
     })?;
@@ -30,6 +30,11 @@ pub async fn download(
         .artifact(&sha256)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no artifact sha256:{sha256}")))?;
+    // Packed by another server sharing the database: fetched from it once.
+    let path =
+        sluice_ci::artifact::local_copy(&state.store, &state.ci.layout().artifacts(), &sha256)
+            .await
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
     let file = tokio::fs::File::open(&path).await.map_err(|e| {
         ApiError::internal(format!(
             "artifact {} is recorded but unreadable: {e}",

@@ -2,6 +2,7 @@
 //! is set) a real PostgreSQL server.
 
 mod changelog;
+mod controllers;
 mod experiment_commands;
 mod experiment_users;
 mod incidents;

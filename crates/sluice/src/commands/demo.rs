@@ -90,6 +90,8 @@ pub async fn demo(options: Demo) -> Result<ExitCode> {
         log_cap: sluice_ci::logs::DEFAULT_CAP,
         public_url: None,
         agent_lease: sluice_ci::DEFAULT_AGENT_LEASE,
+        controller_lease: std::time::Duration::from_secs(10),
+        advertise: None,
     })
     .await
     .context("the demo's server did not start (is the port taken? try --listen 127.0.0.1:0)")?;

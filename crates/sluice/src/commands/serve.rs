@@ -19,6 +19,8 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
         log_cap: options.log_cap,
         public_url: options.public_url,
         agent_lease: options.agent_lease,
+        controller_lease: options.controller_lease,
+        advertise: options.advertise,
         isolation: if options.isolation == "none" {
             sluice_ci::sandbox::Isolation::None
         } else {
@@ -39,6 +41,12 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
     )?;
     writeln!(out, "  data:     {}", data_dir.display())?;
     writeln!(out, "  database: {}", server.database)?;
+    if server.standing_by() {
+        writeln!(
+            out,
+            "  standing by: another server runs the controllers; requests are forwarded to it, and this one takes over if it stops"
+        )?;
+    }
     if let Some(token) = &server.initial_admin_token {
         writeln!(
             out,
@@ -51,7 +59,11 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
     }
     out.flush()?;
     drop(out);
-    server.run(shutdown_signal()).await?;
+    if let Err(e) = server.run(shutdown_signal()).await {
+        // At once: the engines' tasks must not act a moment longer.
+        eprintln!("sluice: {e:#}");
+        std::process::exit(75);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -23,6 +23,7 @@ mod init;
 mod metrics;
 mod notify;
 mod restart;
+mod servers;
 mod validate;
 mod wrong_answers;
 mod zero_downtime;

@@ -234,7 +234,7 @@ async fn an_experiment_goes_on_after_a_kill_9() {
     );
 }
 
-async fn wait_experiment(
+pub(crate) async fn wait_experiment(
     server: &Server,
     pick: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
@@ -249,7 +249,7 @@ async fn wait_experiment(
     }
 }
 
-async fn wait_both_variants(server: &Server) -> serde_json::Value {
+pub(crate) async fn wait_both_variants(server: &Server) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let status = server.get("/status?service=shop").await;

@@ -1,0 +1,320 @@
+//! A server standing by (another holds the controllers' lease): it answers
+//! every request by forwarding it to the holder, bodies streamed both ways
+//! (live logs and events included), as Vault's and Nomad's standbys do.
+//! So every server serves the API, the dashboard and webhooks, and one acts.
+//! Once this server takes the lease over, [`Switch`] sends requests to its
+//! own router instead.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sluice_store::Store;
+use tower::ServiceExt;
+
+use crate::ApiError;
+
+/// Set on a forwarded request: a standby never forwards one again, so a
+/// lease naming a server that is itself standing by cannot make a loop.
+const FORWARDED_BY: &str = "x-sluice-forwarded-by";
+
+/// The client's address a standby names on a forwarded request, and its
+/// signature by the servers' shared secret.
+const CLIENT: &str = "x-sluice-client";
+const CLIENT_SIGNATURE: &str = "x-sluice-client-signature";
+
+/// Signs and checks the client address a standby passes on, so that the
+/// server answering counts sign-in failures and connections by the real
+/// client, not by the standby (which would let one client lock out all
+/// the others that come through it). Anyone else's claim is ignored.
+pub struct Vouch {
+    key: Vec<u8>,
+}
+
+impl Vouch {
+    pub fn new(secret: &str) -> Vouch {
+        Vouch {
+            key: secret.as_bytes().to_vec(),
+        }
+    }
+
+    fn sign(&self, ip: &str) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key).expect("any key");
+        mac.update(ip.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Puts `ip` and its signature on a request about to be forwarded.
+    fn vouch_for(&self, headers: &mut axum::http::HeaderMap, ip: std::net::IpAddr) {
+        let ip = ip.to_string();
+        if let (Ok(named), Ok(signed)) = (
+            HeaderValue::from_str(&ip),
+            HeaderValue::from_str(&self.sign(&ip)),
+        ) {
+            headers.insert(HeaderName::from_static(CLIENT), named);
+            headers.insert(HeaderName::from_static(CLIENT_SIGNATURE), signed);
+        }
+    }
+
+    /// The client address a peer vouched for, when its signature holds.
+    pub fn vouched(&self, headers: &axum::http::HeaderMap) -> Option<std::net::IpAddr> {
+        use hmac::Mac;
+        let ip = headers.get(CLIENT)?.to_str().ok()?;
+        let given = hex::decode(headers.get(CLIENT_SIGNATURE)?.to_str().ok()?).ok()?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key).ok()?;
+        mac.update(ip.as_bytes());
+        mac.verify_slice(&given).ok()?;
+        ip.parse().ok()
+    }
+}
+
+/// Where requests go: to this server's own router once it holds the
+/// lease, else to the server that does.
+#[derive(Clone)]
+pub struct Switch {
+    own: Arc<RwLock<Option<Router>>>,
+    forwarder: Arc<Forwarder>,
+}
+
+impl Switch {
+    pub fn new(store: Store, me: String, vouch: Arc<Vouch>) -> Switch {
+        Switch {
+            own: Arc::default(),
+            forwarder: Arc::new(Forwarder::new(store, me, vouch)),
+        }
+    }
+
+    /// From now on this server answers itself.
+    pub fn serve_own(&self, router: Router) {
+        *self.own.write().unwrap() = Some(router);
+    }
+
+    /// The router that answers through this switch.
+    pub fn router(&self) -> Router {
+        Router::new().fallback(route).with_state(self.clone())
+    }
+}
+
+async fn route(State(switch): State<Switch>, request: Request) -> Response {
+    let own = switch.own.read().unwrap().clone();
+    match own {
+        Some(router) => match router.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        None => switch.forwarder.forward(request).await,
+    }
+}
+
+struct Forwarder {
+    store: Store,
+    /// This server's name in answers (`x-sluice-forwarded-by`).
+    me: String,
+    vouch: Arc<Vouch>,
+    client: Client<HttpConnector, Body>,
+}
+
+/// Headers of one connection, not of the request: not passed on.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+impl Forwarder {
+    fn new(store: Store, me: String, vouch: Arc<Vouch>) -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        Forwarder {
+            store,
+            me,
+            vouch,
+            // HTTP/2 to the holder: every forwarded request, live streams
+            // and agents' long polls included, shares one connection, far
+            // below the holder's limit of connections per address.
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+        }
+    }
+
+    async fn forward(&self, mut request: Request) -> Response {
+        if request.headers().contains_key(FORWARDED_BY) {
+            return unavailable(
+                "this request was forwarded already, to a server that is standing by itself",
+            );
+        }
+        let lease = match self.store.controllers().await {
+            Ok(Some(lease)) if lease.left_ms >= 0 => lease,
+            Ok(_) => {
+                return unavailable(
+                    "no server runs the controllers right now (the one that did stopped); one standing by takes over within the lease",
+                );
+            }
+            Err(e) => return ApiError::internal(e).into_response(),
+        };
+        if lease.holder == self.me {
+            return unavailable(
+                "this server is taking the controllers over and starts its engines now",
+            );
+        }
+        let Some(uri) = forwarded_uri(&lease.address, request.uri()) else {
+            return ApiError::internal(format!(
+                "the controllers' holder gave an address that is not http://HOST:PORT: {}",
+                lease.address
+            ))
+            .into_response();
+        };
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let headers = request.headers_mut();
+        strip_hop_by_hop(headers);
+        // What the client claims is dropped; what this server saw is signed.
+        headers.remove(CLIENT);
+        headers.remove(CLIENT_SIGNATURE);
+        if let Some(peer) = peer {
+            self.vouch.vouch_for(headers, peer);
+        }
+        if let Ok(me) = HeaderValue::from_str(&self.me) {
+            headers.insert(HeaderName::from_static(FORWARDED_BY), me);
+        }
+        *request.uri_mut() = uri;
+        match self.client.request(request).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, Body::new(body))
+            }
+            Err(e) => {
+                tracing::warn!(to = %lease.address, error = %e, "could not forward a request");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    format!(
+                        "the server that runs the controllers ({}) did not answer: {e}",
+                        lease.address
+                    ),
+                )
+                .with_hint(
+                    "retry in a few seconds: a server standing by takes over when it stays silent",
+                )
+                .into_response()
+            }
+        }
+    }
+}
+
+fn unavailable(message: &str) -> Response {
+    let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        .with_hint("retry in a few seconds")
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    response
+}
+
+fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
+    // Headers a `Connection:` header names are hop-by-hop too.
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()))
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+}
+
+/// `address` (`http://HOST:PORT`) with the request's path and query.
+fn forwarded_uri(address: &str, original: &Uri) -> Option<Uri> {
+    let base: Uri = address.parse().ok()?;
+    if base.scheme_str() != Some("http") || base.authority().is_none() {
+        return None;
+    }
+    let path = original.path_and_query().map_or("/", |p| p.as_str());
+    Uri::builder()
+        .scheme("http")
+        .authority(base.authority()?.clone())
+        .path_and_query(path)
+        .build()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_goes_to_the_holders_address_with_its_path_and_query() {
+        let original: Uri = "/api/v1/runs?repo=shop&limit=5".parse().unwrap();
+        let table = [
+            (
+                "http://10.0.0.2:7300",
+                Some("http://10.0.0.2:7300/api/v1/runs?repo=shop&limit=5"),
+            ),
+            (
+                "http://10.0.0.2:7300/ignored",
+                Some("http://10.0.0.2:7300/api/v1/runs?repo=shop&limit=5"),
+            ),
+            ("https://10.0.0.2:7300", None),
+            ("10.0.0.2:7300", None),
+            ("", None),
+        ];
+        for (address, expected) in table {
+            let got = forwarded_uri(address, &original).map(|u| u.to_string());
+            assert_eq!(got.as_deref(), expected, "{address}");
+        }
+    }
+
+    #[test]
+    fn only_a_peers_signature_names_the_client() {
+        let ours = Vouch::new("shared secret");
+        let mut headers = axum::http::HeaderMap::new();
+        ours.vouch_for(&mut headers, "203.0.113.9".parse().unwrap());
+        assert_eq!(ours.vouched(&headers), Some("203.0.113.9".parse().unwrap()));
+        // Another secret, a changed address, or no signature: not vouched.
+        assert_eq!(Vouch::new("guessed").vouched(&headers), None);
+        let mut changed = headers.clone();
+        changed.insert(CLIENT, HeaderValue::from_static("203.0.113.10"));
+        assert_eq!(ours.vouched(&changed), None);
+        let mut unsigned = headers.clone();
+        unsigned.remove(CLIENT_SIGNATURE);
+        assert_eq!(ours.vouched(&unsigned), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("close, x-private"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer t"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["authorization"]);
+    }
+}

@@ -1,0 +1,197 @@
+//! Several servers on one PostgreSQL: one runs the controllers under a
+//! lease and the others forward every request to it. kill -9 of it in the
+//! middle of an experiment: another takes over within 15 s and the
+//! experiment ends as it would have. A server frozen past its lease stops
+//! by itself when it wakes, having done nothing.
+
+use std::time::{Duration, Instant};
+
+use sluice_store::{ControllersLease, Store};
+
+use crate::restart::{instance_processes, wait_both_variants, wait_experiment};
+use crate::support::{GitRepo, Server, copy_fixture, free_port, tempdir};
+
+/// A fresh PostgreSQL database, or `None` (the test is skipped) when
+/// `SLUICE_TEST_POSTGRES` names no server; CI always sets it.
+async fn postgres(dir: &std::path::Path) -> Option<String> {
+    let url = sluice_store::testing::fresh_postgres(dir).await;
+    if url.is_none() {
+        eprintln!("skipped: several servers need PostgreSQL (SLUICE_TEST_POSTGRES)");
+    }
+    url
+}
+
+/// Waits until the lease names a holder other than `not`, alive.
+async fn wait_holder(store: &Store, not: &str, deadline: Duration) -> ControllersLease {
+    let since = Instant::now();
+    loop {
+        if let Some(lease) = store.controllers().await.unwrap()
+            && lease.holder != not
+            && lease.left_ms >= 0
+        {
+            return lease;
+        }
+        assert!(
+            since.elapsed() < deadline,
+            "no other server took the controllers over within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `server` answers itself (its engines started).
+async fn wait_answering(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = server
+            .request(reqwest::Method::GET, "/status", Some(&server.token))
+            .await
+            .send()
+            .await;
+        if response.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the server never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_goes_on() {
+    let dir = tempdir();
+    let Some(db) = postgres(dir.path()).await else {
+        return;
+    };
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = Server::start(&data_a, Some(&db));
+    let mut b = Server::start(&data_b, Some(&db));
+    b.token = a.token.clone();
+    let store = Store::connect(&db).await.unwrap();
+    let held = store.controllers().await.unwrap().unwrap();
+    assert_eq!(held.address, a.url, "the first server runs the controllers");
+
+    // Everything below goes through B, which forwards it to A.
+    let repo = GitRepo::new(dir.path(), "shop");
+    copy_fixture(&repo, "shop");
+    let port = free_port();
+    let spec = format!(
+        "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  health: {{ path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }}\nenvironments:\n  prod:\n    deploy: auto\n    instances: 1\n    listen: 127.0.0.1:{port}\n    strategy:\n      ab: {{ steps: [20, 100], min_requests: 1000000, max_step: 10m, metrics: [error_rate] }}\n"
+    );
+    // A live stream through B carries A's events as they happen.
+    let mut events = b
+        .request(reqwest::Method::GET, "/events", Some(&b.token))
+        .await
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    repo.commit("v1", &[("sluice.yaml", &spec)]);
+    b.add_repo(&repo);
+    let mut streamed = String::new();
+    while !streamed.contains("event: event") {
+        let chunk = events
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the stream stays open");
+        streamed.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(events);
+    b.wait_env("shop", "prod", 1, 1).await;
+    repo.commit("v2", &[("app/VERSION", "2\n")]);
+    let experiment = wait_experiment(&b, |x| x["status"] == "running").await;
+    let id = experiment["id"].as_i64().unwrap();
+    wait_both_variants(&b).await;
+
+    a.kill_hard();
+    // The lease runs out (10 s by default) and B, asking every second, takes it.
+    let taken = wait_holder(&store, &held.holder, Duration::from_secs(15)).await;
+    assert_eq!(
+        (taken.address.as_str(), taken.term),
+        (b.url.as_str(), held.term + 1)
+    );
+    wait_answering(&b).await;
+
+    // B goes on with the same experiment at its step, A and B beside each
+    // other behind the same address, from artifacts A packed (B fetched
+    // them from the database).
+    let prod = wait_both_variants(&b).await;
+    assert_eq!(prod["listen"], format!("127.0.0.1:{port}"));
+    let fetched = std::fs::read_dir(data_b.join("artifacts")).map_or(0, |d| d.count());
+    assert!(fetched > 0, "B deployed from artifacts it fetched");
+    let going_on = wait_experiment(&b, |x| x["id"] == id).await;
+    assert_eq!(
+        (going_on["status"].as_str(), going_on["weight_bp"].as_i64()),
+        (Some("running"), Some(2000)),
+        "{going_on:#}"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let answer = reqwest::get(format!("http://127.0.0.1:{port}/"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        seen.insert(
+            answer.headers()["x-sluice-release"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["v1", "v2"]);
+
+    // It ends as it would have: promoted by a person, its promotion done.
+    let out = b.cli(&["ab", "promote", &id.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.wait_env("shop", "prod", 2, 1).await;
+    let promotions = b.get("/promotions?service=shop&all=true").await;
+    assert!(
+        promotions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["release"] == 2 && p["status"] == "done"),
+        "{promotions:#}"
+    );
+    // What A's host still runs is A's to stop at its next start; here, the test's.
+    for (pid, _) in instance_processes(&data_a) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_server_frozen_past_its_lease_stops_by_itself_when_it_wakes() {
+    let dir = tempdir();
+    let Some(db) = postgres(dir.path()).await else {
+        return;
+    };
+    let lease = ["--controller-lease", "2s"];
+    let mut a = Server::start_with(&dir.path().join("a"), Some(&db), &lease);
+    let mut b = Server::start_with(&dir.path().join("b"), Some(&db), &lease);
+    b.token = a.token.clone();
+    let store = Store::connect(&db).await.unwrap();
+    let held = store.controllers().await.unwrap().unwrap();
+
+    // A freezes (a long pause, a host that stops answering): B takes over.
+    let pid = nix::unistd::Pid::from_raw(a.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let taken = wait_holder(&store, &held.holder, Duration::from_secs(15)).await;
+    assert_eq!(taken.address, b.url);
+
+    // A wakes: its renewal is refused, and it stops at once.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(a.wait_exit(), Some(75));
+    let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
+    assert!(log.contains("lost the controllers' lease"), "{log}");
+    wait_answering(&b).await;
+    assert!(b.get("/runs").await.is_array());
+    store.close().await;
+}
