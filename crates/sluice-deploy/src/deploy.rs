@@ -12,8 +12,8 @@ use anyhow::{Result, anyhow};
 use serde_json::json;
 use sluice_spec::{AbStrategy, Environment, Strategy};
 use sluice_store::{
-    Deployment, DeploymentCause, DeploymentStatus, DeploymentStrategy, Experiment, InstanceState,
-    NewDeployment, Promotion, PromotionStatus, Release, Topic,
+    Deployment, DeploymentCause, DeploymentStatus, DeploymentStrategy, Experiment, Instance,
+    InstanceState, NewDeployment, Promotion, PromotionStatus, Release, Topic,
 };
 use tokio::sync::OwnedMutexGuard;
 
@@ -434,19 +434,29 @@ pub(crate) async fn rollback(
 }
 
 impl Inner {
-    /// After a restart: kills the instances the old server left and ends
-    /// its unfinished deployments (each environment's recorded release then
-    /// starts again, see [`Inner::restart_environments`]), so that what runs
-    /// matches the store and nothing runs twice. What was asked for and not
-    /// done is taken up by each loop's first pass: a promotion still
-    /// `deploying` by the deployments loop, an open experiment by the
-    /// experiments loop.
-    pub(crate) async fn reconcile(self: &Arc<Self>) -> anyhow::Result<()> {
-        let killed = self.runtime.stop_leftovers();
+    /// After a restart: keeps the instances the old server left that still
+    /// match what the store wants (see [`Inner::keepable`]), kills the
+    /// rest, and ends its unfinished deployments (each environment's
+    /// recorded release then comes back, see [`Inner::restart_environments`]),
+    /// so that what runs matches the store and nothing runs twice. What was
+    /// asked for and not done is taken up by each loop's first pass: a
+    /// promotion still `deploying` by the deployments loop, an open
+    /// experiment by the experiments loop. Returns the instances kept.
+    pub(crate) async fn reconcile(self: &Arc<Self>) -> anyhow::Result<Vec<Instance>> {
+        let kept = self.keepable().await?;
+        let groups: Vec<i32> = kept
+            .iter()
+            .filter_map(|i| i.pid)
+            .map(|p| p as i32)
+            .collect();
+        let killed = self.runtime.stop_leftovers(&groups);
         if !killed.is_empty() {
             tracing::warn!(?killed, "stopped instances left by a previous server");
         }
         for instance in self.store.live_instances(None, None).await? {
+            if kept.iter().any(|k| k.id == instance.id) {
+                continue;
+            }
             self.store
                 .set_instance_state(&instance.id, InstanceState::Stopped)
                 .await?;
@@ -477,11 +487,158 @@ impl Inner {
                 )
                 .await?;
         }
+        Ok(kept)
+    }
+
+    /// Routes the instances kept through a restart behind the environment's
+    /// entry point again, under the deployment that started them, and tops
+    /// up to the declared count: nothing that runs is started again. On
+    /// failure, every one of them is stopped, for a deployment to start the
+    /// environment afresh.
+    async fn resume(
+        self: &Arc<Self>,
+        release: &Release,
+        env: &str,
+        kept: &[&Instance],
+    ) -> Result<()> {
+        let service = &release.service;
+        let (spec, environment) = release_env(release, env)?;
+        let deployment = self
+            .store
+            .deployments(
+                Some(service),
+                Some(env),
+                Some(DeploymentStatus::Succeeded),
+                1000,
+            )
+            .await?
+            .into_iter()
+            .find(|d| d.release == release.number)
+            .map_or(0, |d| d.id);
+        let route = match self.route(service, &environment).await {
+            Ok(route) => route,
+            Err(e) => {
+                self.give_up_kept(kept).await;
+                return Err(e);
+            }
+        };
+        let mut adopted = Vec::new();
+        let mut failure = None;
+        for instance in kept {
+            match instances::adopt_instance(
+                self,
+                release,
+                &spec,
+                &environment,
+                instance,
+                deployment,
+            )
+            .await
+            {
+                Ok(live) => {
+                    route.add(live.backend.clone());
+                    adopted.push(live);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let topped = match failure {
+            Some(e) => Err(e),
+            None => {
+                instances::top_up(
+                    self,
+                    release,
+                    &spec,
+                    &environment,
+                    &route,
+                    adopted.len(),
+                    deployment,
+                )
+                .await
+            }
+        };
+        if let Err(e) = topped {
+            for live in &adopted {
+                instances::stop_instance(self, &route, live).await;
+            }
+            self.give_up_kept(kept).await;
+            return Err(e);
+        }
+        let _ = self
+            .store
+            .append_change(sluice_store::NewChangeEvent {
+                actor: "sluice".into(),
+                kind: "instances.kept".into(),
+                service: Some(service.clone()),
+                environment: Some(env.to_string()),
+                subject: release.name(),
+                summary: format!(
+                    "{env} kept {} instance(s) of {} running through the server's restart",
+                    adopted.len(),
+                    release.name()
+                ),
+                before: None,
+                after: None,
+            })
+            .await;
         Ok(())
     }
 
-    /// Starts each environment's recorded release again (after [`Inner::reconcile`]).
-    pub(crate) async fn restart_environments(self: &Arc<Self>) {
+    /// Stops the kept instances not (or no longer) supervised, and records
+    /// them stopped.
+    async fn give_up_kept(&self, kept: &[&Instance]) {
+        for instance in kept {
+            if let (Some(pid), Some(ticks)) = (instance.pid, instance.start_ticks) {
+                crate::runtime::kill_group(pid as i32, ticks);
+            }
+            let _ = self
+                .store
+                .set_instance_state(&instance.id, InstanceState::Stopped)
+                .await;
+        }
+    }
+
+    /// The instances a previous server left running that this one can keep:
+    /// their process is the one recorded (pid and start time) and was
+    /// started by a server of this data directory (not by another server
+    /// sharing the database, whose paths are not this one's), they run
+    /// their environment's recorded release, and no experiment is open there
+    /// (B's instances and an A/A experiment's are started again with it).
+    async fn keepable(&self) -> anyhow::Result<Vec<Instance>> {
+        let states = self.store.env_states(None).await?;
+        let experimenting: Vec<(String, String)> = self
+            .store
+            .experiments(None, 1000)
+            .await?
+            .into_iter()
+            .filter(|x| x.is_open())
+            .map(|x| (x.service, x.environment))
+            .collect();
+        let mut kept = Vec::new();
+        for instance in self.store.live_instances(None, None).await? {
+            let key = (instance.service.clone(), instance.environment.clone());
+            let wanted = states
+                .iter()
+                .find(|s| s.service == key.0 && s.name == key.1)
+                .and_then(|s| s.release_id);
+            let alive = match (instance.pid, instance.start_ticks) {
+                (Some(pid), Some(ticks)) => self.runtime.can_adopt(pid as i32, ticks),
+                _ => false,
+            };
+            if alive && wanted == Some(instance.release_id) && !experimenting.contains(&key) {
+                kept.push(instance);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Brings each environment's recorded release back (after
+    /// [`Inner::reconcile`]): with the instances `kept` running through the
+    /// restart when it has any, else started again by a deployment.
+    pub(crate) async fn restart_environments(self: &Arc<Self>, kept: Vec<Instance>) {
         let Ok(states) = self.store.env_states(None).await else {
             return;
         };
@@ -492,6 +649,21 @@ impl Inner {
             let Ok(release) = self.store.release_by_id(release_id).await else {
                 continue;
             };
+            let mine: Vec<&Instance> = kept
+                .iter()
+                .filter(|i| i.service == state.service && i.environment == state.name)
+                .collect();
+            if !mine.is_empty() {
+                match self.resume(&release, &state.name, &mine).await {
+                    Ok(()) => {
+                        tracing::info!(service = %state.service, env = %state.name, release = %release.name(), kept = mine.len(), "environment kept running through the restart");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %state.service, env = %state.name, error = %format!("{e:#}"), "could not keep the environment's instances; starting it again");
+                    }
+                }
+            }
             match deploy(
                 self,
                 &release,

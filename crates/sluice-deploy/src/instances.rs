@@ -238,11 +238,6 @@ pub(crate) async fn start_instance(
     let n = inner.store.count_instances(service, &env.name).await? + 1;
     let id = instance_id(service, &env.name, &release.name(), n);
     let release_dir = inner.layout.release(service, release.number)?;
-    let data_dir = match data_dir {
-        Some(dir) => dir.to_path_buf(),
-        None => inner.layout.data(service, &env.name)?,
-    };
-    let config_dir = inner.layout.config(service, &env.name, release.number)?;
     let files = render::render(spec, env, &release.name(), &release_dir)?;
     let uid = inner.env_uid(service, &env.name);
     let workdir = inner.layout.instance_workdir(service, &env.name, &id)?;
@@ -251,17 +246,7 @@ pub(crate) async fn start_instance(
         tokio::task::spawn_blocking(move || crate::workdir::prepare(&release_dir, &workdir, uid))
             .await??;
     }
-    let mut vars = instance_env(
-        inner,
-        release,
-        env,
-        &id,
-        port,
-        &workdir,
-        &config_dir,
-        &data_dir,
-    );
-    vars.extend(instance_secrets(inner, release, &run.secrets).await?);
+    let process = process_spec(inner, release, env, run, &id, port, data_dir).await?;
     let record = Instance {
         id: id.clone(),
         service: service.clone(),
@@ -278,24 +263,109 @@ pub(crate) async fn start_instance(
         stopped_at: None,
     };
     inner.store.insert_instance(&record).await?;
-    inner
-        .runtime
-        .start(InstanceSpec {
-            id: id.clone(),
-            workdir,
-            command: run.command.clone(),
-            env: vars,
-            log: inner.layout.instance_log(service, &env.name, &id)?,
-            uid,
-        })
-        .await?;
-    let backend = Backend::new(id.clone(), ([127, 0, 0, 1], port).into(), release.name());
+    inner.runtime.start(process).await?;
+    Ok(watch(inner, release, env, run, &id, port, deployment, false).await)
+}
+
+/// Takes over an instance a previous server started and left running
+/// (see [`Inner::reconcile`](crate::Inner)): supervised and health-checked
+/// as one this server started, and routed at once when it was healthy.
+pub(crate) async fn adopt_instance(
+    inner: &Arc<Inner>,
+    release: &Release,
+    spec: &Spec,
+    env: &Environment,
+    instance: &Instance,
+    deployment: i64,
+) -> Result<Live> {
+    let run = spec
+        .run
+        .as_ref()
+        .context("sluice.yaml has no `run` section: there is nothing to keep")?;
+    let (Some(pid), Some(ticks)) = (instance.pid, instance.start_ticks) else {
+        bail!("instance {} has no recorded process", instance.id);
+    };
+    let port = u16::try_from(instance.port)?;
+    let process = process_spec(inner, release, env, run, &instance.id, port, None).await?;
+    inner.runtime.adopt(process, pid as i32, ticks).await?;
+    let healthy = instance.state == InstanceState::Healthy;
+    Ok(watch(
+        inner,
+        release,
+        env,
+        run,
+        &instance.id,
+        port,
+        deployment,
+        healthy,
+    )
+    .await)
+}
+
+/// How the runtime starts (and restarts) instance `id`.
+async fn process_spec(
+    inner: &Arc<Inner>,
+    release: &Release,
+    env: &Environment,
+    run: &sluice_spec::RunSpec,
+    id: &str,
+    port: u16,
+    data_dir: Option<&std::path::Path>,
+) -> Result<InstanceSpec> {
+    let service = &release.service;
+    let data_dir = match data_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => inner.layout.data(service, &env.name)?,
+    };
+    let config_dir = inner.layout.config(service, &env.name, release.number)?;
+    let workdir = inner.layout.instance_workdir(service, &env.name, id)?;
+    let mut vars = instance_env(
+        inner,
+        release,
+        env,
+        id,
+        port,
+        &workdir,
+        &config_dir,
+        &data_dir,
+    );
+    vars.extend(instance_secrets(inner, release, &run.secrets).await?);
+    Ok(InstanceSpec {
+        id: id.to_string(),
+        workdir,
+        command: run.command.clone(),
+        env: vars,
+        log: inner.layout.instance_log(service, &env.name, id)?,
+        uid: inner.env_uid(service, &env.name),
+    })
+}
+
+/// The instance's backend with its health checks (an incident raised when
+/// it stays unhealthy), kept among the server's live instances.
+#[allow(clippy::too_many_arguments)]
+async fn watch(
+    inner: &Arc<Inner>,
+    release: &Release,
+    env: &Environment,
+    run: &sluice_spec::RunSpec,
+    id: &str,
+    port: u16,
+    deployment: i64,
+    healthy: bool,
+) -> Live {
+    let service = &release.service;
+    let backend = Backend::new(
+        id.to_string(),
+        ([127, 0, 0, 1], port).into(),
+        release.name(),
+    );
+    backend.set_healthy(healthy);
     let checks = CancellationToken::new();
     let last_failure = Arc::new(std::sync::Mutex::new(None));
     let check = run.health.clone();
     let alarm = {
         let (inner, service, env) = (inner.clone(), service.clone(), env.name.clone());
-        let (instance, name) = (id.clone(), release.name());
+        let (instance, name) = (id.to_string(), release.name());
         health::Alarm {
             after: check
                 .as_ref()
@@ -332,8 +402,12 @@ pub(crate) async fn start_instance(
         checks,
         last_failure,
     };
-    inner.live.lock().unwrap().insert(id, live.clone());
-    Ok(live)
+    inner
+        .live
+        .lock()
+        .unwrap()
+        .insert(id.to_string(), live.clone());
+    live
 }
 
 /// What an instance finds in its environment: the server's own variables

@@ -309,14 +309,14 @@ impl Cd {
             followed: Mutex::default(),
             shutdown: CancellationToken::new(),
         });
-        inner.reconcile().await?;
+        let kept = inner.reconcile().await?;
         // What a kill left unasked is asked for before anyone else may ask
         // (it only writes rows; the loops that act on them start below).
         release_maker::catch_up(&inner).await;
         // Environments come back first, so that no promotion races them.
         let started = inner.clone();
         tokio::spawn(async move {
-            started.restart_environments().await;
+            started.restart_environments(kept).await;
             tokio::spawn(heal::keep(started.clone()));
             tokio::spawn(deploy::deployer(started.clone()));
             tokio::spawn(experiment::keeper(started.clone()));

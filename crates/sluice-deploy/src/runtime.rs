@@ -1,6 +1,8 @@
 //! The `Runtime`: where instances run. The local runtime starts each as a
 //! process group on this machine, appends its output to its log file, and
 //! restarts it with exponential backoff when it dies, until told to stop.
+//! After a restart of the server it adopts the instances a previous server
+//! left running that still match, instead of starting them again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,9 +43,31 @@ pub trait Runtime: Send + Sync {
     /// How many times the instance's process has exited (or failed to start) so far.
     fn exits(&self, id: &str) -> u32;
     /// At start: stops whatever a previous server of this data directory
-    /// left running, recorded or not; returns what it stopped (pids).
-    fn stop_leftovers(&self) -> Vec<i32> {
+    /// left running, recorded or not, but the process groups `keep` names;
+    /// returns what it stopped (pids).
+    fn stop_leftovers(&self, keep: &[i32]) -> Vec<i32> {
+        let _ = keep;
         Vec::new()
+    }
+    /// Whether process group `pid` (started at `start_ticks`) is an instance
+    /// a previous server of this data directory left running, which this
+    /// one may adopt: not a reused pid, not another server's.
+    fn can_adopt(&self, pid: i32, start_ticks: i64) -> bool {
+        let _ = (pid, start_ticks);
+        false
+    }
+    /// Takes over the supervision of an instance a previous server started
+    /// (process group `pid`, started at `start_ticks`): restarted from
+    /// `spec` when it dies, stopped by [`Runtime::stop`]. A runtime that
+    /// cannot adopt says so, and the instance is started again instead.
+    fn adopt(
+        &self,
+        spec: InstanceSpec,
+        pid: i32,
+        start_ticks: i64,
+    ) -> Boxed<'_, anyhow::Result<()>> {
+        let _ = (spec, pid, start_ticks);
+        Box::pin(async { anyhow::bail!("this runtime cannot adopt instances") })
     }
 }
 
@@ -79,34 +103,60 @@ impl LocalRuntime {
     }
 }
 
+impl LocalRuntime {
+    /// Supervises `spec`'s instance from now on: `adopted` is the process
+    /// a previous server started, to wait for before starting it again.
+    async fn supervise(&self, spec: InstanceSpec, adopted: Option<Adopted>) -> anyhow::Result<()> {
+        if let Some(parent) = spec.log.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let stop = CancellationToken::new();
+        let exits = Arc::new(AtomicU32::new(0));
+        let id = spec.id.clone();
+        // Checked and recorded under one lock, so that `stop_all` sees
+        // every instance that started.
+        let mut running = self.running.lock().unwrap();
+        if self.closed.load(Ordering::SeqCst) {
+            anyhow::bail!("the server is stopping; instance {id} was not started");
+        }
+        let task = tokio::spawn(supervise(
+            self.store.clone(),
+            spec,
+            adopted,
+            stop.clone(),
+            exits.clone(),
+        ));
+        running.insert(id, Supervised { stop, task, exits });
+        Ok(())
+    }
+}
+
 impl Runtime for LocalRuntime {
     fn start(&self, spec: InstanceSpec) -> Boxed<'_, anyhow::Result<()>> {
+        Box::pin(self.supervise(spec, None))
+    }
+
+    fn adopt(
+        &self,
+        spec: InstanceSpec,
+        pid: i32,
+        start_ticks: i64,
+    ) -> Boxed<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            if let Some(parent) = spec.log.parent() {
-                tokio::fs::create_dir_all(parent).await?;
+            if !self.can_adopt(pid, start_ticks) {
+                anyhow::bail!("instance {}'s process {pid} is gone", spec.id);
             }
-            let stop = CancellationToken::new();
-            let exits = Arc::new(AtomicU32::new(0));
-            let id = spec.id.clone();
-            // Checked and recorded under one lock, so that `stop_all` sees
-            // every instance that started.
-            let mut running = self.running.lock().unwrap();
-            if self.closed.load(Ordering::SeqCst) {
-                anyhow::bail!("the server is stopping; instance {id} was not started");
-            }
-            let task = tokio::spawn(supervise(
-                self.store.clone(),
-                spec,
-                stop.clone(),
-                exits.clone(),
-            ));
-            running.insert(id, Supervised { stop, task, exits });
-            Ok(())
+            self.supervise(spec, Some(Adopted { pid, start_ticks }))
+                .await
         })
     }
 
-    fn stop_leftovers(&self) -> Vec<i32> {
-        kill_leftovers(&self.home)
+    fn can_adopt(&self, pid: i32, start_ticks: i64) -> bool {
+        sluice_ci::executor::start_ticks(pid) == Some(start_ticks) && marked(pid, &self.home)
+    }
+
+    fn stop_leftovers(&self, keep: &[i32]) -> Vec<i32> {
+        kill_leftovers(&self.home, keep)
     }
 
     fn stop<'a>(&'a self, id: &'a str) -> Boxed<'a, ()> {
@@ -144,14 +194,73 @@ impl Runtime for LocalRuntime {
     }
 }
 
+/// A process a previous server started, adopted by this one.
+#[derive(Clone, Copy, Debug)]
+struct Adopted {
+    pid: i32,
+    start_ticks: i64,
+}
+
+impl Adopted {
+    fn alive(&self) -> bool {
+        sluice_ci::executor::start_ticks(self.pid) == Some(self.start_ticks)
+    }
+}
+
+/// How often an adopted process (not this server's child, so there is no
+/// exit to wait for) is looked at.
+const ADOPTED_POLL: Duration = Duration::from_millis(200);
+
+/// Waits for an adopted process to end, or stops it: whether it was stopped.
+async fn watch_adopted(spec: &InstanceSpec, process: Adopted, stop: &CancellationToken) -> bool {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ADOPTED_POLL) => {
+                if !process.alive() {
+                    return false;
+                }
+            }
+            _ = stop.cancelled() => {
+                let group = Pid::from_raw(process.pid);
+                let _ = killpg(group, Signal::SIGTERM);
+                let deadline = Instant::now() + STOP_GRACE;
+                while process.alive() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = killpg(group, Signal::SIGKILL);
+                note(spec, "stopped");
+                return true;
+            }
+        }
+    }
+}
+
 async fn supervise(
     store: Store,
     spec: InstanceSpec,
+    adopted: Option<Adopted>,
     stop: CancellationToken,
     exits: Arc<AtomicU32>,
 ) {
     let mut backoff = Duration::from_secs(1);
     let mut restarts = 0i64;
+    if let Some(process) = adopted {
+        note(
+            &spec,
+            &format!(
+                "kept running (process {}) through a restart of the server",
+                process.pid
+            ),
+        );
+        if watch_adopted(&spec, process, &stop).await {
+            return;
+        }
+        exits.fetch_add(1, Ordering::Relaxed);
+        let _ = killpg(Pid::from_raw(process.pid), Signal::SIGKILL);
+        note(&spec, "exited; restarting");
+        tracing::warn!(instance = %spec.id, "adopted instance exited; restarting");
+        restarts += 1;
+    }
     loop {
         let started = Instant::now();
         let mut child = match spawn(&spec) {
@@ -261,9 +370,9 @@ async fn terminate(pid: i32, child: &mut tokio::process::Child) {
 
 /// Kills every process group whose environment says it is an instance of
 /// the server whose data directory is `home` (`SLUICE_HOME`): what a previous
-/// server left running, even one it had not yet recorded. Returns the pids.
-pub fn kill_leftovers(home: &std::path::Path) -> Vec<i32> {
-    let marker = format!("SLUICE_HOME={}", home.display());
+/// server left running, even one it had not yet recorded, but the process
+/// groups in `keep` (adopted). Returns the pids.
+pub fn kill_leftovers(home: &std::path::Path, keep: &[i32]) -> Vec<i32> {
     let mut killed = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return killed;
@@ -276,13 +385,9 @@ pub fn kill_leftovers(home: &std::path::Path) -> Vec<i32> {
         else {
             continue;
         };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let ours = environ
-            .split(|b| *b == 0)
-            .any(|var| var == marker.as_bytes());
-        if ours && pid != std::process::id() as i32 {
+        let ours = marked(pid, home);
+        let kept = process_group(pid).is_some_and(|group| keep.contains(&group));
+        if ours && !kept && pid != std::process::id() as i32 {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
             killed.push(pid);
@@ -291,8 +396,37 @@ pub fn kill_leftovers(home: &std::path::Path) -> Vec<i32> {
     killed
 }
 
+/// Whether process `pid` is an instance of the server whose data directory
+/// is `home`: its environment carries `SLUICE_HOME=home`.
+fn marked(pid: i32, home: &std::path::Path) -> bool {
+    let marker = format!("SLUICE_HOME={}", home.display());
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+        environ
+            .split(|b| *b == 0)
+            .any(|var| var == marker.as_bytes())
+    })
+}
+
+/// Kills process group `pid` if its leader is still the process that
+/// started at `start_ticks` (a reused pid is left alone).
+pub fn kill_group(pid: i32, start_ticks: i64) {
+    if sluice_ci::executor::start_ticks(pid) == Some(start_ticks) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// The process group of `pid`, from `/proc/PID/stat`.
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // After the name: state, ppid, pgrp.
+    after_name.split_whitespace().nth(2)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::CommandExt;
+
     use super::*;
 
     #[tokio::test]
@@ -314,5 +448,64 @@ mod tests {
         let refused = runtime.start(spec).await.unwrap_err().to_string();
         assert!(refused.contains("the server is stopping"), "{refused}");
         assert!(runtime.running.lock().unwrap().is_empty());
+    }
+
+    /// A process group as an earlier server would have left it.
+    fn leftover(home: &std::path::Path) -> (i32, i64) {
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .env("SLUICE_HOME", home)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // Reaped by a thread, so that a killed one does not linger as a zombie.
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+        let ticks = loop {
+            if let Some(ticks) = sluice_ci::executor::start_ticks(pid) {
+                break ticks;
+            }
+        };
+        (pid, ticks)
+    }
+
+    #[tokio::test]
+    async fn only_this_data_directory_s_recorded_process_is_adopted_and_spared() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let store = Store::connect(&Store::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        let runtime = LocalRuntime::new(store, &home);
+        let (kept, kept_ticks) = leftover(&home);
+        let (other, other_ticks) = leftover(&dir.path().join("another-server"));
+        let (dropped, _) = leftover(&home);
+        assert!(runtime.can_adopt(kept, kept_ticks));
+        assert!(
+            !runtime.can_adopt(kept, kept_ticks + 1),
+            "a reused pid is not ours"
+        );
+        assert!(
+            !runtime.can_adopt(other, other_ticks),
+            "another server's is not ours"
+        );
+        assert_eq!(process_group(kept), Some(kept));
+
+        let killed = runtime.stop_leftovers(&[kept]);
+        assert_eq!(killed, vec![dropped]);
+        assert!(
+            runtime.can_adopt(kept, kept_ticks),
+            "the kept one still runs"
+        );
+        assert!(
+            sluice_ci::executor::start_ticks(other).is_some(),
+            "another server's is left alone"
+        );
+        for pid in [kept, other] {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 }

@@ -24,9 +24,11 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/health",
             get(|| async {
-                axum::Json(
-                    serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }),
-                )
+                axum::Json(serde_json::json!({
+                    "status": "ok",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "role": "controllers",
+                }))
             }),
         )
         .route("/openapi.json", get(openapi::serve))

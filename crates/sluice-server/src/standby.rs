@@ -111,6 +111,14 @@ async fn route(State(switch): State<Switch>, request: Request) -> Response {
             Ok(response) => response,
             Err(never) => match never {},
         },
+        // Each server answers for itself whether it is up, so that a load
+        // balancer keeps a standby while the holder is being replaced.
+        None if request.uri().path() == "/api/v1/health" => axum::Json(serde_json::json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "role": "standby",
+        }))
+        .into_response(),
         None => switch.forwarder.forward(request).await,
     }
 }

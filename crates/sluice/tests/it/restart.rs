@@ -136,6 +136,70 @@ async fn a_kill_9_during_a_deployment_is_reconciled_with_nothing_orphaned_or_dou
     .await;
 }
 
+/// A restart keeps what matches: the instances that run their
+/// environment's recorded release go on serving through a kill -9 of the
+/// server, the next one adopts them (the same processes, nothing
+/// restarted, no deployment), and supervises them as its own.
+#[tokio::test]
+async fn instances_that_match_keep_running_through_a_kill_9() {
+    each_database(|dir, db| async move {
+        let data = dir.join("data");
+        let mut server = Server::start(&data, db.as_deref());
+        let repo = GitRepo::new(&dir, "shop");
+        crate::support::copy_fixture(&repo, "shop");
+        // A service that takes 2 s to start: started again, it would be down that long.
+        let spec = "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  ready_timeout: 20s\n  health: { path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }\nenvironments:\n  dev:\n    deploy: auto\n    instances: 2\n    listen: 127.0.0.1:0\n    config: { STARTUP_DELAY: '2' }\n";
+        repo.commit("v1", &[("sluice.yaml", spec)]);
+        server.add_repo(&repo);
+        let dev = server.wait_env("shop", "dev", 1, 2).await;
+        let mut before = instance_processes(&data);
+        before.sort();
+        assert_eq!(before.len(), 2, "{before:?}");
+        let deployments = server.get("/deployments?service=shop&env=dev").await;
+
+        server.kill_hard();
+        assert_eq!(instance_processes(&data).len(), 2, "the instances outlive the server");
+        let restarted = Server::start(&data, db.as_deref());
+        let kept = restarted.wait_env("shop", "dev", 1, 2).await;
+        let mut after = instance_processes(&data);
+        after.sort();
+        assert_eq!(before, after, "the same processes serve, none started again");
+        let ids = |env: &serde_json::Value| {
+            let mut ids: Vec<String> = env["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&dev), ids(&kept));
+        assert_eq!(
+            restarted.get("/deployments?service=shop&env=dev").await,
+            deployments,
+            "no deployment was needed"
+        );
+        let url = format!("http://{}/", kept["listen"].as_str().unwrap());
+        for _ in 0..20 {
+            let answer = reqwest::get(&url).await.unwrap();
+            assert_eq!(answer.status(), 200);
+            assert_eq!(answer.headers()["x-sluice-release"], "v1");
+        }
+        let changes = restarted.get("/changelog?kind=instances.kept").await;
+        assert!(changes.to_string().contains("kept 2 instance(s) of v1"), "{changes:#}");
+
+        // Adopted, an instance is supervised as before: killed, it is started again.
+        let (pid, id) = after[0].clone();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = instance_processes(&data);
+            if now.len() == 2 && now.iter().any(|(p, i)| *i == id && *p != pid) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the adopted instance was not restarted: {now:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn an_experiment_goes_on_after_a_kill_9() {
     let dir = crate::support::tempdir();

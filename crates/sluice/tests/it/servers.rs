@@ -70,6 +70,24 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
     let held = store.controllers().await.unwrap().unwrap();
     assert_eq!(held.address, a.url, "the first server runs the controllers");
 
+    // Each answers for itself whether it acts.
+    let role = |server: &Server| {
+        let url = format!("{}/api/v1/health", server.url);
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()["role"]
+                .clone()
+        }
+    };
+    assert_eq!(
+        (role(&a).await, role(&b).await),
+        ("controllers".into(), "standby".into())
+    );
+
     // Everything below goes through B, which forwards it to A.
     let repo = GitRepo::new(dir.path(), "shop");
     copy_fixture(&repo, "shop");
@@ -111,6 +129,7 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
         (b.url.as_str(), held.term + 1)
     );
     wait_answering(&b).await;
+    assert_eq!(role(&b).await, "controllers");
 
     // B goes on with the same experiment at its step, A and B beside each
     // other behind the same address, from artifacts A packed (B fetched

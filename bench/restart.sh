@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# What a server restart costs an environment under load, on this machine:
+# kill -9 and start again (its instances are kept and adopted) against a
+# clean stop and start (its instances are stopped, then started again), for
+# a service that takes STARTUP seconds to start.
+#
+#   bench/restart.sh [ROUNDS] [STARTUP]     (default 5 rounds, 2 s; needs python3)
+#
+# For each round: the longest time the entry point gave no successful
+# answer, and how many requests failed, while a client sends one request
+# after another (a new connection each, 10 ms apart at most).
+set -euo pipefail
+rounds=${1:-5}
+startup=${2:-2}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cargo build --release --locked -p sluice --manifest-path "$root/Cargo.toml" >&2
+sluice="$root/target/release/sluice"
+work=$(mktemp -d)
+# A clean stop at the end stops the instances too.
+trap 'kill $(jobs -p) 2>/dev/null; [ -n "${server:-}" ] && kill -TERM "$server" 2>/dev/null && wait "$server"; rm -rf "$work"' EXIT
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+
+start_server() {
+  : >"$work/out"
+  "$sluice" serve --data-dir "$work/data" --listen 127.0.0.1:0 >"$work/out" 2>>"$work/err" &
+  server=$!
+  until grep -q 'listening on' "$work/out" 2>/dev/null; do sleep 0.02; done
+  export SLUICE_SERVER=$(sed -n 's/.*listening on //p' "$work/out")
+}
+start_server
+export SLUICE_TOKEN=$(cat "$work/data/initial-admin-token")
+
+repo="$work/shop"
+git init -q -b main "$repo"
+git -C "$repo" config user.email bench@example.com
+git -C "$repo" config user.name bench
+cp -a "$root/crates/sluice/tests/fixtures/shop/." "$repo"
+cat >"$repo/sluice.yaml" <<YAML
+service: shop
+pipeline:
+  jobs:
+    unit:
+      steps:
+        - run: 'true'
+  artifact:
+    paths: [app/]
+run:
+  command: exec python3 app/server.py
+  ready_timeout: 60s
+  health: { path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }
+environments:
+  prod:
+    deploy: auto
+    instances: 2
+    listen: 127.0.0.1:$port
+    config: { STARTUP_DELAY: '$startup' }
+YAML
+git -C "$repo" add -A && git -C "$repo" commit -q -m v1
+"$sluice" repo add "$repo" >/dev/null
+ready() {
+  until "$sluice" status --json 2>/dev/null | json "[e for e in d if e['environment']=='prod' and e['release']==1 and sum(i['healthy'] for i in e['instances'])==2] and 'yes' or ''" | grep -q yes; do sleep 0.1; done
+}
+ready
+
+# One request after another until told to stop; prints the longest gap
+# between successes (ms) and the failures, once the entry point answered again.
+cat >"$work/probe.py" <<'PY'
+import sys, time, urllib.request, os
+url, stop = sys.argv[1], sys.argv[2]
+last_ok, longest, failed = time.monotonic(), 0.0, 0
+while not os.path.exists(stop):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            r.read()
+        now = time.monotonic()
+        longest = max(longest, now - last_ok)
+        last_ok = now
+    except Exception:
+        failed += 1
+        time.sleep(0.01)
+print(f"{longest*1000:.0f} {failed}")
+PY
+
+measure() { # how: kill or stop
+  rm -f "$work/stop"
+  python3 "$work/probe.py" "http://127.0.0.1:$port/" "$work/stop" >"$work/probe.out" &
+  probe=$!
+  sleep 0.5
+  if [ "$1" = kill ]; then kill -9 "$server"; else kill -TERM "$server"; fi
+  wait "$server" 2>/dev/null || true
+  start_server
+  ready
+  sleep 0.5
+  touch "$work/stop"; wait $probe
+  cat "$work/probe.out"
+}
+
+declare -a kill_gap kill_failed stop_gap stop_failed
+for i in $(seq "$rounds"); do
+  read -r g f < <(measure kill); kill_gap+=("$g"); kill_failed+=("$f")
+  read -r g f < <(measure stop); stop_gap+=("$g"); stop_failed+=("$f")
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+kg=$(median "${kill_gap[@]}"); sg=$(median "${stop_gap[@]}")
+kf=$(median "${kill_failed[@]}"); sf=$(median "${stop_failed[@]}")
+ratio=$(python3 -c "print(f'{$sg/max($kg,1):.1f}')")
+
+cat <<MD
+Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr).
+Service start-up: ${startup} s (STARTUP_DELAY); 2 instances; medians of ${rounds} rounds.
+
+| restart | longest time without an answer | failed requests | each round (ms) |
+| --- | --- | --- | --- |
+| kill -9, then start (instances kept) | ${kg} ms | ${kf} | ${kill_gap[*]} |
+| SIGTERM, then start (instances started again) | ${sg} ms | ${sf} | ${stop_gap[*]} |
+
+Keeping the instances makes the restart's outage ${ratio}× shorter.
+MD
