@@ -25,6 +25,7 @@ mod render;
 mod rollout;
 mod rules;
 pub mod runtime;
+pub mod sockets;
 #[cfg(test)]
 mod testing;
 mod traffic;
@@ -167,6 +168,10 @@ pub struct CdConfig {
     pub look_interval: Duration,
     /// Whether each environment's instances run as a user of their own (as root).
     pub isolation: sluice_ci::sandbox::Isolation,
+    /// The program (this binary) whose `keep-sockets` keeps the entry points'
+    /// sockets through a crash of the server ([`sockets`]); none: the
+    /// sockets close with the server.
+    pub socket_keeper: Option<std::path::PathBuf>,
 }
 
 impl CdConfig {
@@ -178,6 +183,7 @@ impl CdConfig {
             heal_interval: Duration::from_secs(2),
             look_interval: Duration::from_secs(1),
             isolation: sluice_ci::sandbox::Isolation::User,
+            socket_keeper: None,
         }
     }
 }
@@ -190,6 +196,11 @@ pub struct Cd {
 
 /// `(service, environment)`.
 type EnvKey = (String, String);
+
+/// An entry point's name among the sockets kept through a crash.
+fn sockets_key(service: &str, env: &str) -> String {
+    format!("{service}/{env}")
+}
 
 /// The proxy's limits from `listen: { limits: … }`.
 fn entry_limits(limits: &sluice_spec::EntryLimits, drain: Duration) -> sluice_proxy::Limits {
@@ -233,6 +244,8 @@ pub(crate) struct Inner {
     taking_up: Mutex<std::collections::HashSet<i64>>,
     /// The promotions the deployments loop is deploying now.
     deploying: Mutex<std::collections::HashSet<i64>>,
+    /// What keeps the entry points' sockets through a crash, when started.
+    kept_sockets: Option<sockets::Keeper>,
     /// Incidents asked for from below the incidents module (see [`Alarm`]).
     alarms: tokio::sync::mpsc::UnboundedSender<Alarm>,
     shutdown: CancellationToken,
@@ -289,7 +302,13 @@ impl Cd {
     ) -> anyhow::Result<Cd> {
         let World { runtime, clock } = world;
         let (alarms, raised) = tokio::sync::mpsc::unbounded_channel();
+        let kept_sockets = config.socket_keeper.as_ref().and_then(|program| {
+            sockets::Keeper::connect_or_start(&config.data_dir, program)
+                .inspect_err(|e| tracing::warn!(error = %e, "could not start the keeper of the entry points' sockets; they close with the server"))
+                .ok()
+        });
         let inner = Arc::new(Inner {
+            kept_sockets,
             layout: Layout::new(&config.data_dir),
             store,
             config,
@@ -676,6 +695,10 @@ impl Cd {
             .map(|e| e.listener.shutdown())
             .collect();
         futures::future::join_all(draining).await;
+        // A clean stop closes the entry points for good.
+        if let Some(keeper) = &self.inner.kept_sockets {
+            keeper.quit();
+        }
         traffic::flush(&self.inner, true).await;
         self.inner.runtime.stop_all().await;
     }
@@ -809,17 +832,28 @@ impl Inner {
         };
         let listener = match replaced {
             Some(replaced) => replaced,
-            None => {
-                Listener::bind_tls(
-                    env.listen,
+            None => match self.kept_sockets_of(service, env) {
+                // What a previous server listened on, with what waits in it.
+                Some(kept) => Listener::from_sockets(
+                    kept,
                     route.clone(),
                     &env.name,
                     telemetry.clone(),
                     limits,
                     certificates,
-                )
-                .await
-            }
+                ),
+                None => {
+                    Listener::bind_tls(
+                        env.listen,
+                        route.clone(),
+                        &env.name,
+                        telemetry.clone(),
+                        limits,
+                        certificates,
+                    )
+                    .await
+                }
+            },
         }
         .map_err(|e| {
             anyhow::anyhow!(
@@ -850,6 +884,11 @@ impl Inner {
             None => None,
         };
         tracing::info!(service, env = %env.name, addr = %listener.addr, "environment entry point listening");
+        if let Some(keeper) = &self.kept_sockets
+            && let Err(e) = keeper.put(&sockets_key(service, &env.name), listener.sockets())
+        {
+            tracing::warn!(service, env = %env.name, error = %e, "could not give the entry point's sockets to their keeper; they close with the server");
+        }
         let mut entries = self.entries.lock().unwrap();
         // Claimed meanwhile by another environment: its claim came first.
         if let Some(owner) = owner_of(&entries, &key, env.listen) {
@@ -888,6 +927,28 @@ impl Inner {
             }
         }
         Ok(route)
+    }
+
+    /// The sockets a previous server's entry point listened on, kept
+    /// through its crash, when they are at the address `listen:` asks for.
+    fn kept_sockets_of(
+        &self,
+        service: &str,
+        env: &sluice_spec::Environment,
+    ) -> Option<Vec<std::net::TcpListener>> {
+        let keeper = self.kept_sockets.as_ref()?;
+        let key = sockets_key(service, &env.name);
+        let kept = keeper.take(&key).ok().filter(|k| !k.is_empty())?;
+        let at = kept[0].local_addr().ok()?;
+        let wanted = env.listen;
+        if at.ip() == wanted.ip() && (wanted.port() == 0 || wanted.port() == at.port()) {
+            tracing::info!(service, env = %env.name, addr = %at, "the entry point takes back the sockets a previous server listened on");
+            Some(kept)
+        } else {
+            // The address changed meanwhile: those sockets are done.
+            let _ = keeper.drop_key(&key);
+            None
+        }
     }
 
     /// The certificates `tls:` asks for: files read now (an error names the

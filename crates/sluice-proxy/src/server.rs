@@ -163,6 +163,39 @@ impl Listener {
         )
     }
 
+    /// A listener on sockets bound before (by a previous server, kept for
+    /// it by `sluice keep-sockets`), serving what waits in them.
+    pub fn from_sockets(
+        sockets: Vec<std::net::TcpListener>,
+        route: Route,
+        name: &str,
+        telemetry: Telemetry,
+        limits: Limits,
+        certificates: Option<Arc<Certificates>>,
+    ) -> std::io::Result<Listener> {
+        if sockets.is_empty() {
+            return Err(std::io::Error::other("no socket to listen on"));
+        }
+        for socket in &sockets {
+            socket.set_nonblocking(true)?;
+        }
+        let acceptor = acceptor(&certificates)?;
+        Listener::serve_on(
+            sockets,
+            route,
+            name,
+            telemetry,
+            limits,
+            acceptor,
+            certificates,
+        )
+    }
+
+    /// The listening sockets, to keep copies of.
+    pub fn sockets(&self) -> &[std::net::TcpListener] {
+        &self.sockets
+    }
+
     /// A listener on the same sockets with another configuration (limits,
     /// certificates), taking connections before this one is dropped. The
     /// sockets pass from one to the other and never close, so no connection

@@ -144,6 +144,9 @@ pub struct ServeOptions {
     /// With PostgreSQL: where the other servers forward requests while this
     /// one runs the controllers; `http://LISTEN` by default.
     pub advertise: Option<String>,
+    /// This binary, whose `keep-sockets` keeps the entry points' sockets
+    /// through a crash of the server; none: they close with it.
+    pub socket_keeper: Option<PathBuf>,
 }
 
 /// A server bound to its address, ready to serve.
@@ -407,6 +410,7 @@ async fn activate(
     let metrics = sluice_proxy::Metrics::register(&mut registry);
     let mut cd_config = CdConfig::new(data_dir);
     cd_config.isolation = options.isolation;
+    cd_config.socket_keeper = options.socket_keeper.clone();
     let cd = Cd::start(store.clone(), cd_config, metrics).await?;
     let ci = Ci::start(store.clone(), config, vec![Arc::new(cd.release_maker())]).await?;
     let public_url = options

@@ -39,6 +39,7 @@ impl Ui {
             agent_lease: sluice_ci::DEFAULT_AGENT_LEASE,
             controller_lease: std::time::Duration::from_secs(10),
             advertise: None,
+            socket_keeper: None,
         })
         .await
         .unwrap();

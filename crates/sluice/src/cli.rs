@@ -55,6 +55,13 @@ pub enum Command {
     },
     /// Run the server: API, CI engine and change detection.
     Serve(Serve),
+    /// Keep the entry points' listening sockets through a crash of the
+    /// server (started by `sluice serve` itself).
+    #[command(hide = true)]
+    KeepSockets {
+        #[arg(long)]
+        socket: std::path::PathBuf,
+    },
     /// Run an agent on this host: it connects out to --server with an agent
     /// token (--token), and runs the jobs whose `runs_on:` its labels match.
     Agent {

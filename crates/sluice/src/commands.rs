@@ -26,6 +26,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(options) => demo::demo(options).await,
         Command::Init { dir, force } => init::init(dir, force),
         Command::Serve(options) => serve::serve(&cli.global, options).await,
+        Command::KeepSockets { socket } => {
+            sluice_deploy::sockets::run_keeper(&socket)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Agent {
             name,
             labels,

@@ -92,6 +92,7 @@ pub async fn demo(options: Demo) -> Result<ExitCode> {
         agent_lease: sluice_ci::DEFAULT_AGENT_LEASE,
         controller_lease: std::time::Duration::from_secs(10),
         advertise: None,
+        socket_keeper: std::env::current_exe().ok(),
     })
     .await
     .context("the demo's server did not start (is the port taken? try --listen 127.0.0.1:0)")?;

@@ -21,6 +21,7 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
         agent_lease: options.agent_lease,
         controller_lease: options.controller_lease,
         advertise: options.advertise,
+        socket_keeper: std::env::current_exe().ok(),
         isolation: if options.isolation == "none" {
             sluice_ci::sandbox::Isolation::None
         } else {

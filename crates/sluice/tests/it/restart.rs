@@ -139,7 +139,8 @@ async fn a_kill_9_during_a_deployment_is_reconciled_with_nothing_orphaned_or_dou
 /// A restart keeps what matches: the instances that run their
 /// environment's recorded release go on serving through a kill -9 of the
 /// server, the next one adopts them (the same processes, nothing
-/// restarted, no deployment), and supervises them as its own.
+/// restarted, no deployment), and supervises them as its own; the entry
+/// point's sockets, kept meanwhile by `sluice keep-sockets`, refuse nothing.
 #[tokio::test]
 async fn instances_that_match_keep_running_through_a_kill_9() {
     each_database(|dir, db| async move {
@@ -157,10 +158,42 @@ async fn instances_that_match_keep_running_through_a_kill_9() {
         assert_eq!(before.len(), 2, "{before:?}");
         let deployments = server.get("/deployments?service=shop&env=dev").await;
 
+        // One request after another, each on a connection of its own, through
+        // the kill and the restart.
+        let url = format!("http://{}/", dev["listen"].as_str().unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+                let (mut ok, mut failed, mut slowest) = (0, Vec::new(), Duration::ZERO);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let sent = Instant::now();
+                    match client.get(&url).send().await {
+                        Ok(answer) if answer.status() == 200 => ok += 1,
+                        Ok(answer) => failed.push(answer.status().to_string()),
+                        Err(e) => failed.push(format!("{e:?}")),
+                    }
+                    slowest = slowest.max(sent.elapsed());
+                }
+                (ok, failed, slowest)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
         server.kill_hard();
         assert_eq!(instance_processes(&data).len(), 2, "the instances outlive the server");
         let restarted = Server::start(&data, db.as_deref());
         let kept = restarted.wait_env("shop", "dev", 1, 2).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (ok, failed, slowest) = load.await.unwrap();
+        eprintln!("through the kill -9 and restart: {ok} answered, {} failed, the slowest in {slowest:?}", failed.len());
+        // The entry point's sockets were kept: a connection made while no
+        // server ran waited for the next one instead of being refused. Only
+        // a request the killed server was answering can fail.
+        assert!(failed.len() <= 1, "{failed:?}");
+        assert_eq!(kept["listen"], dev["listen"], "the same address");
         let mut after = instance_processes(&data);
         after.sort();
         assert_eq!(before, after, "the same processes serve, none started again");
@@ -175,7 +208,6 @@ async fn instances_that_match_keep_running_through_a_kill_9() {
             deployments,
             "no deployment was needed"
         );
-        let url = format!("http://{}/", kept["listen"].as_str().unwrap());
         for _ in 0..20 {
             let answer = reqwest::get(&url).await.unwrap();
             assert_eq!(answer.status(), 200);

@@ -64,6 +64,7 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
     };
     let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
     let mut a = Server::start(&data_a, Some(&db));
+    let _leftovers = Leftovers(data_a.clone());
     let mut b = Server::start(&data_b, Some(&db));
     b.token = a.token.clone();
     let store = Store::connect(&db).await.unwrap();
@@ -176,14 +177,22 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
             .any(|p| p["release"] == 2 && p["status"] == "done"),
         "{promotions:#}"
     );
-    // What A's host still runs is A's to stop at its next start; here, the test's.
-    for (pid, _) in instance_processes(&data_a) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
     store.close().await;
+}
+
+/// What a killed server's host still runs is that server's to stop at its
+/// next start; here, the test's, even when it fails.
+struct Leftovers(std::path::PathBuf);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for (pid, _) in instance_processes(&self.0) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 #[tokio::test]
