@@ -16,6 +16,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --locked -p sluice --manifest-path "$root/Cargo.toml" >&2
 sluice="$root/target/release/sluice"
 work=$(mktemp -d)
+chmod 711 "$work" # as root, instances run as users of their own, who pass through it
 # A clean stop at the end stops the instances too.
 trap 'kill $(jobs -p) 2>/dev/null; [ -n "${server:-}" ] && kill -TERM "$server" 2>/dev/null && wait "$server"; rm -rf "$work"' EXIT
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
@@ -25,7 +26,10 @@ start_server() {
   : >"$work/out"
   "$sluice" serve --data-dir "$work/data" --listen 127.0.0.1:0 >"$work/out" 2>>"$work/err" &
   server=$!
-  until grep -q 'listening on' "$work/out" 2>/dev/null; do sleep 0.02; done
+  until grep -q 'listening on' "$work/out" 2>/dev/null; do
+    kill -0 "$server" 2>/dev/null || { cat "$work/err" >&2; exit 1; }
+    sleep 0.02
+  done
   export SLUICE_SERVER=$(sed -n 's/.*listening on //p' "$work/out")
 }
 start_server
@@ -93,13 +97,14 @@ measure() { # how: kill or stop
   ready
   sleep 0.5
   touch "$work/stop"; wait $probe
-  cat "$work/probe.out"
 }
 
+# (Called in this shell, not a subshell: it replaces $server.)
 declare -a kill_gap kill_failed stop_gap stop_failed
 for i in $(seq "$rounds"); do
-  read -r g f < <(measure kill); kill_gap+=("$g"); kill_failed+=("$f")
-  read -r g f < <(measure stop); stop_gap+=("$g"); stop_failed+=("$f")
+  measure kill; read -r g f <"$work/probe.out"; kill_gap+=("$g"); kill_failed+=("$f")
+  measure stop; read -r g f <"$work/probe.out"; stop_gap+=("$g"); stop_failed+=("$f")
+  echo "round $i: kill -9 ${kill_gap[-1]} ms, SIGTERM ${stop_gap[-1]} ms" >&2
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 kg=$(median "${kill_gap[@]}"); sg=$(median "${stop_gap[@]}")
