@@ -283,19 +283,8 @@ async fn an_experiment_goes_on_after_a_kill_9() {
     );
     let prod = wait_both_variants(&restarted).await;
     let url = format!("http://{}/", prod["listen"].as_str().unwrap());
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..60 {
-        let answer = reqwest::get(&url).await.unwrap();
-        assert_eq!(answer.status(), 200);
-        seen.insert(
-            answer.headers()["x-sluice-release"]
-                .to_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
     assert_eq!(
-        seen.into_iter().collect::<Vec<_>>(),
+        releases_answering(&url).await,
         ["v1", "v2"],
         "both variants answer"
     );
@@ -312,14 +301,36 @@ async fn an_experiment_goes_on_after_a_kill_9() {
     );
 
     // It ends as it would have: promoted by a person, its promotion done.
-    let out = restarted.cli(&["ab", "promote", &id.to_string()]);
+    promote_by_hand(&restarted, id).await;
+}
+
+/// The releases that answer 60 requests at `url`, each once.
+pub(crate) async fn releases_answering(url: &str) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let answer = reqwest::get(url).await.unwrap();
+        assert_eq!(answer.status(), 200);
+        seen.insert(
+            answer.headers()["x-sluice-release"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    seen.into_iter().collect()
+}
+
+/// Promotes experiment `id` as a person would, and waits for prod to run v2
+/// with its promotion done.
+pub(crate) async fn promote_by_hand(server: &Server, id: i64) {
+    let out = server.cli(&["ab", "promote", &id.to_string()]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    restarted.wait_env("shop", "prod", 2, 1).await;
-    let promotions = restarted.get("/promotions?service=shop&all=true").await;
+    server.wait_env("shop", "prod", 2, 1).await;
+    let promotions = server.get("/promotions?service=shop&all=true").await;
     assert!(
         promotions
             .as_array()

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use sluice_store::{ControllersLease, Store};
 
-use crate::restart::{instance_processes, wait_both_variants, wait_experiment};
+use crate::restart::{
+    instance_processes, promote_by_hand, releases_answering, wait_both_variants, wait_experiment,
+};
 use crate::support::{GitRepo, Server, copy_fixture, free_port, tempdir};
 
 /// A fresh PostgreSQL database, or `None` (the test is skipped) when
@@ -145,38 +147,11 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
         (Some("running"), Some(2000)),
         "{going_on:#}"
     );
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..60 {
-        let answer = reqwest::get(format!("http://127.0.0.1:{port}/"))
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), 200);
-        seen.insert(
-            answer.headers()["x-sluice-release"]
-                .to_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
-    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["v1", "v2"]);
+    let url = format!("http://127.0.0.1:{port}/");
+    assert_eq!(releases_answering(&url).await, ["v1", "v2"]);
 
     // It ends as it would have: promoted by a person, its promotion done.
-    let out = b.cli(&["ab", "promote", &id.to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    b.wait_env("shop", "prod", 2, 1).await;
-    let promotions = b.get("/promotions?service=shop&all=true").await;
-    assert!(
-        promotions
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["release"] == 2 && p["status"] == "done"),
-        "{promotions:#}"
-    );
+    promote_by_hand(&b, id).await;
     store.close().await;
 }
 
