@@ -683,6 +683,18 @@ impl Cd {
 
     /// Stops every instance, for a clean shutdown.
     pub async fn shutdown(&self) {
+        self.stop(false).await
+    }
+
+    /// Stops for the next server to take over (an upgrade): the entry
+    /// points stop accepting and finish what is under way, while their
+    /// sockets stay with their keeper, and the instances keep running, to be
+    /// adopted; connections made meanwhile wait for the next server.
+    pub async fn hand_over(&self) {
+        self.stop(true).await
+    }
+
+    async fn stop(&self, hand_over: bool) {
         self.inner.shutdown.cancel();
         // Entry points first: the requests under way get their answers from
         // instances still running, then the instances stop.
@@ -695,11 +707,16 @@ impl Cd {
             .map(|e| e.listener.shutdown())
             .collect();
         futures::future::join_all(draining).await;
+        traffic::flush(&self.inner, true).await;
+        if hand_over && let Some(keeper) = &self.inner.kept_sockets {
+            keeper.linger();
+            self.inner.runtime.release_all().await;
+            return;
+        }
         // A clean stop closes the entry points for good.
         if let Some(keeper) = &self.inner.kept_sockets {
             keeper.quit();
         }
-        traffic::flush(&self.inner, true).await;
         self.inner.runtime.stop_all().await;
     }
 }

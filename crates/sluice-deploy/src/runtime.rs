@@ -40,6 +40,12 @@ pub trait Runtime: Send + Sync {
     fn stop<'a>(&'a self, id: &'a str) -> Boxed<'a, ()>;
     /// Stops everything, for shutdown.
     fn stop_all(&self) -> Boxed<'_, ()>;
+    /// Stops supervising everything and leaves it running, for the next
+    /// server to adopt (a hand-over); a runtime that cannot leave its
+    /// instances behind stops them.
+    fn release_all(&self) -> Boxed<'_, ()> {
+        self.stop_all()
+    }
     /// How many times the instance's process has exited (or failed to start) so far.
     fn exits(&self, id: &str) -> u32;
     /// At start: stops whatever a previous server of this data directory
@@ -180,6 +186,21 @@ impl Runtime for LocalRuntime {
                 supervised.stop.cancel();
             }
             for (_, supervised) in all {
+                let _ = supervised.task.await;
+            }
+        })
+    }
+
+    fn release_all(&self) -> Boxed<'_, ()> {
+        Box::pin(async move {
+            let all: Vec<_> = {
+                let mut running = self.running.lock().unwrap();
+                self.closed.store(true, Ordering::SeqCst);
+                running.drain().collect()
+            };
+            // Dropping a supervisor drops its child without killing it.
+            for (_, supervised) in all {
+                supervised.task.abort();
                 let _ = supervised.task.await;
             }
         })

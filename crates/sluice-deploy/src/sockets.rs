@@ -8,10 +8,12 @@
 //! The keeper listens on a Unix socket in the data directory (mode 0600)
 //! and takes one request a connection: `HOLD` (kept open by the server
 //! while it lives), `PUT KEY` with the sockets (SCM_RIGHTS), `TAKE KEY`
-//! (answered with copies), `DROP KEY`, `QUIT`. With no server holding it for
-//! [`ORPHANED_FOR`], it exits and the sockets close: a server that does not
-//! come back must not leave clients waiting, nor hold an address another
-//! server (one that took the controllers over) will listen on.
+//! (answered with copies), `DROP KEY`, `LINGER` (a hand-over: wait longer),
+//! `QUIT`. With no server holding it for [`ORPHANED_FOR`] after a crash, or
+//! [`HANDED_OVER_FOR`] after a hand-over, it exits and the sockets close:
+//! a server that does not come back must not leave clients waiting, nor
+//! hold an address another server (one that took the controllers over)
+//! will listen on.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
@@ -29,6 +31,8 @@ use rustix::net::{
 
 /// How long the keeper waits for a server after the last one went away.
 pub const ORPHANED_FOR: Duration = Duration::from_secs(5);
+/// How long it waits after a server handed over (an upgrade under way).
+pub const HANDED_OVER_FOR: Duration = Duration::from_secs(60);
 /// The most sockets one entry point has (one per worker thread).
 const MAX_FDS: usize = 64;
 /// The longest request: a verb and a key.
@@ -79,6 +83,9 @@ struct Held {
     holders: usize,
     /// Since when no server holds it.
     orphaned_since: Option<Instant>,
+    /// How long it waits then: [`ORPHANED_FOR`], or [`HANDED_OVER_FOR`]
+    /// after a hand-over.
+    grace: Duration,
 }
 
 /// `sluice keep-sockets`: serves requests on `path` until told to quit or
@@ -92,6 +99,7 @@ pub fn run_keeper(path: &Path) -> std::io::Result<()> {
     }
     let held = Arc::new(Mutex::new(Held {
         orphaned_since: Some(Instant::now()),
+        grace: ORPHANED_FOR,
         ..Held::default()
     }));
     let watched = held.clone();
@@ -102,7 +110,7 @@ pub fn run_keeper(path: &Path) -> std::io::Result<()> {
             let held = watched.lock().unwrap();
             if held
                 .orphaned_since
-                .is_some_and(|since| since.elapsed() >= ORPHANED_FOR)
+                .is_some_and(|since| since.elapsed() >= held.grace)
             {
                 let _ = std::fs::remove_file(&own_path);
                 std::process::exit(0);
@@ -131,6 +139,7 @@ fn serve_one(stream: &UnixStream, held: &Mutex<Held>, path: &Path) -> std::io::R
                 let mut held = held.lock().unwrap();
                 held.holders += 1;
                 held.orphaned_since = None;
+                held.grace = ORPHANED_FOR;
             }
             send(stream, "OK", &[])?;
             // Until the server closes it, or dies.
@@ -160,6 +169,10 @@ fn serve_one(stream: &UnixStream, held: &Mutex<Held>, path: &Path) -> std::io::R
             }
             let borrowed: Vec<BorrowedFd<'_>> = copies.iter().map(|fd| fd.as_fd()).collect();
             send(stream, "OK", &borrowed)
+        }
+        "LINGER" => {
+            held.lock().unwrap().grace = HANDED_OVER_FOR;
+            send(stream, "OK", &[])
         }
         "DROP" => {
             held.lock().unwrap().sockets.remove(key);
@@ -271,6 +284,12 @@ impl Keeper {
     /// Stops keeping the sockets of `key`.
     pub fn drop_key(&self, key: &str) -> std::io::Result<()> {
         self.ask(&format!("DROP {key}"), &[]).map(|_| ())
+    }
+
+    /// Waits [`HANDED_OVER_FOR`] for the next server once this one is gone
+    /// (a hand-over), instead of [`ORPHANED_FOR`].
+    pub fn linger(&self) {
+        let _ = self.ask("LINGER", &[]);
     }
 
     /// Ends the keeper: its sockets close (a clean stop of the server).

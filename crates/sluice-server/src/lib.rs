@@ -165,6 +165,17 @@ pub struct Server {
     candidate: Option<lease::Candidate>,
 }
 
+/// How a server stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Everything: the entry points close and the instances stop.
+    Everything,
+    /// For the next server (an upgrade): the entry points finish what is
+    /// under way and their sockets stay with their keeper; the instances
+    /// keep running, for the next server to adopt.
+    HandOver,
+}
+
 /// What a server that runs the controllers has: its engines, and the
 /// lease's term it holds (with PostgreSQL).
 struct Active {
@@ -265,6 +276,18 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        self.run_until(async move {
+            shutdown.await;
+            Stop::Everything
+        })
+        .await
+    }
+
+    /// [`Server::run`], stopping as `shutdown` says.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = Stop> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Server {
             listener,
             store,
@@ -317,8 +340,12 @@ impl Server {
         // CI stops first: agents' long polls answer at once instead of
         // holding the graceful drain of connections.
         let stopping = (slot.clone(), stop.clone());
+        let handing_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let asked = handing_over.clone();
         let shutdown = async move {
-            shutdown.await;
+            if let Stop::HandOver = shutdown.await {
+                asked.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             stopping.1.cancel();
             if let Some(active) = stopping.0.lock().await.as_ref() {
                 active.state.ci.shutdown();
@@ -332,7 +359,11 @@ impl Server {
         }
         let active = slot.lock().await.take();
         if let Some(active) = active {
-            active.state.cd.shutdown().await;
+            if handing_over.load(std::sync::atomic::Ordering::SeqCst) {
+                active.state.cd.hand_over().await;
+            } else {
+                active.state.cd.shutdown().await;
+            }
             active.notifier.shutdown().await;
             if let (Some(candidate), Some(term)) = (&candidate, active.term)
                 && let Err(e) = store.release_controllers(&candidate.holder, term).await

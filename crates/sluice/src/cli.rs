@@ -54,6 +54,10 @@ pub enum Command {
         force: bool,
     },
     /// Run the server: API, CI engine and change detection.
+    ///
+    /// SIGTERM or Ctrl-C stops it with its environments; SIGUSR2 hands over
+    /// to the next server (an upgrade): the environments keep running and
+    /// serving.
     Serve(Serve),
     /// Keep the entry points' listening sockets through a crash of the
     /// server (started by `sluice serve` itself).

@@ -60,12 +60,26 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
     }
     out.flush()?;
     drop(out);
-    if let Err(e) = server.run(shutdown_signal()).await {
+    if let Err(e) = server.run_until(stop_signal()).await {
         // At once: the engines' tasks must not act a moment longer.
         eprintln!("sluice: {e:#}");
         std::process::exit(75);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or Ctrl-C stops everything; SIGUSR2 hands over to the next
+/// server (an upgrade): the environments keep running and serving.
+async fn stop_signal() -> sluice_server::Stop {
+    let mut hand_over =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok();
+    tokio::select! {
+        _ = shutdown_signal() => sluice_server::Stop::Everything,
+        _ = async { match hand_over.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
+            eprintln!("sluice: handing over; the environments keep running for the next server");
+            sluice_server::Stop::HandOver
+        }
+    }
 }
 
 pub(crate) async fn shutdown_signal() {

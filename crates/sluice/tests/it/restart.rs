@@ -161,24 +161,7 @@ async fn instances_that_match_keep_running_through_a_kill_9() {
         // One request after another, each on a connection of its own, through
         // the kill and the restart.
         let url = format!("http://{}/", dev["listen"].as_str().unwrap());
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let load = {
-            let (url, stop) = (url.clone(), stop.clone());
-            tokio::spawn(async move {
-                let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
-                let (mut ok, mut failed, mut slowest) = (0, Vec::new(), Duration::ZERO);
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let sent = Instant::now();
-                    match client.get(&url).send().await {
-                        Ok(answer) if answer.status() == 200 => ok += 1,
-                        Ok(answer) => failed.push(answer.status().to_string()),
-                        Err(e) => failed.push(format!("{e:?}")),
-                    }
-                    slowest = slowest.max(sent.elapsed());
-                }
-                (ok, failed, slowest)
-            })
-        };
+        let (stop, load) = sequential_load(url.clone());
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         server.kill_hard();
@@ -230,6 +213,80 @@ async fn instances_that_match_keep_running_through_a_kill_9() {
         }
     })
     .await;
+}
+
+/// An upgrade's hand-over (SIGUSR2): the server finishes what its entry
+/// point is answering and leaves, the instances and the entry point's
+/// sockets stay, and the next server (the upgraded binary) takes them over:
+/// no request fails and nothing is started again.
+#[tokio::test]
+async fn a_hand_over_fails_no_request_and_restarts_nothing() {
+    let dir = crate::support::tempdir();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, None);
+    let repo = GitRepo::new(dir.path(), "shop");
+    crate::support::copy_fixture(&repo, "shop");
+    let spec = "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  health: { path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }\nenvironments:\n  dev:\n    deploy: auto\n    instances: 2\n    listen: 127.0.0.1:0\n";
+    repo.commit("v1", &[("sluice.yaml", spec)]);
+    server.add_repo(&repo);
+    let dev = server.wait_env("shop", "dev", 1, 2).await;
+    let mut before = instance_processes(&data);
+    before.sort();
+    let url = format!("http://{}/", dev["listen"].as_str().unwrap());
+    let (stop, load) = sequential_load(url);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let pid = nix::unistd::Pid::from_raw(server.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2).unwrap();
+    assert_eq!(server.wait_exit(), Some(0));
+    let restarted = Server::start(&data, None);
+    restarted.wait_env("shop", "dev", 1, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed, slowest) = load.await.unwrap();
+    eprintln!(
+        "through the hand-over: {ok} answered, {} failed, the slowest in {slowest:?}",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    let mut after = instance_processes(&data);
+    after.sort();
+    assert_eq!(
+        before, after,
+        "the same processes serve, none started again"
+    );
+}
+
+/// One request after another to `url`, each on a connection of its own,
+/// until told to stop: how many were answered, the failures, the slowest.
+type LoadResult = (usize, Vec<String>, Duration);
+
+fn sequential_load(
+    url: String,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<LoadResult>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let load = tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let (mut ok, mut failed, mut slowest) = (0, Vec::new(), Duration::ZERO);
+        while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            let sent = Instant::now();
+            match client.get(&url).send().await {
+                Ok(answer) if answer.status() == 200 => ok += 1,
+                Ok(answer) => failed.push(answer.status().to_string()),
+                Err(e) => failed.push(format!("{e:?}")),
+            }
+            slowest = slowest.max(sent.elapsed());
+        }
+        (ok, failed, slowest)
+    });
+    (stop, load)
 }
 
 #[tokio::test]
