@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # What a server restart costs an environment under load, on this machine:
-# kill -9 and start again (its instances are kept and adopted) against a
-# clean stop and start (its instances are stopped, then started again), for
-# a service that takes STARTUP seconds to start.
+# a hand-over (SIGUSR2, an upgrade) and a kill -9, each followed by a start
+# (the instances are kept and adopted, the entry point's sockets kept by
+# sluice keep-sockets), against a clean stop and start (the instances are
+# stopped, then started again), for a service that takes STARTUP seconds to
+# start.
 #
 #   bench/restart.sh [ROUNDS] [STARTUP]     (default 5 rounds, 2 s; needs python3)
 #
@@ -91,7 +93,11 @@ measure() { # how: kill or stop
   python3 "$work/probe.py" "http://127.0.0.1:$port/" "$work/stop" >"$work/probe.out" &
   probe=$!
   sleep 0.5
-  if [ "$1" = kill ]; then kill -9 "$server"; else kill -TERM "$server"; fi
+  case $1 in
+    kill) kill -9 "$server" ;;
+    handover) kill -USR2 "$server" ;;
+    *) kill -TERM "$server" ;;
+  esac
   wait "$server" 2>/dev/null || true
   start_server
   ready
@@ -100,15 +106,16 @@ measure() { # how: kill or stop
 }
 
 # (Called in this shell, not a subshell: it replaces $server.)
-declare -a kill_gap kill_failed stop_gap stop_failed
+declare -a hand_gap hand_failed kill_gap kill_failed stop_gap stop_failed
 for i in $(seq "$rounds"); do
+  measure handover; read -r g f <"$work/probe.out"; hand_gap+=("$g"); hand_failed+=("$f")
   measure kill; read -r g f <"$work/probe.out"; kill_gap+=("$g"); kill_failed+=("$f")
   measure stop; read -r g f <"$work/probe.out"; stop_gap+=("$g"); stop_failed+=("$f")
-  echo "round $i: kill -9 ${kill_gap[-1]} ms, SIGTERM ${stop_gap[-1]} ms" >&2
+  echo "round $i: SIGUSR2 ${hand_gap[-1]} ms, kill -9 ${kill_gap[-1]} ms, SIGTERM ${stop_gap[-1]} ms" >&2
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-kg=$(median "${kill_gap[@]}"); sg=$(median "${stop_gap[@]}")
-kf=$(median "${kill_failed[@]}"); sf=$(median "${stop_failed[@]}")
+hg=$(median "${hand_gap[@]}"); kg=$(median "${kill_gap[@]}"); sg=$(median "${stop_gap[@]}")
+hf=$(median "${hand_failed[@]}"); kf=$(median "${kill_failed[@]}"); sf=$(median "${stop_failed[@]}")
 ratio=$(python3 -c "print(f'{$sg/max($kg,1):.1f}')")
 
 cat <<MD
@@ -117,8 +124,9 @@ Service start-up: ${startup} s (STARTUP_DELAY); 2 instances; medians of ${rounds
 
 | restart | longest time without an answer | failed requests | each round (ms) |
 | --- | --- | --- | --- |
+| SIGUSR2 (hand-over), then start | ${hg} ms | ${hf} | ${hand_gap[*]} |
 | kill -9, then start (instances kept) | ${kg} ms | ${kf} | ${kill_gap[*]} |
 | SIGTERM, then start (instances started again) | ${sg} ms | ${sf} | ${stop_gap[*]} |
 
-Keeping the instances makes the restart's outage ${ratio}× shorter.
+Keeping the instances makes a kill -9 restart's outage ${ratio}× shorter.
 MD
