@@ -110,6 +110,14 @@ impl LocalRuntime {
 }
 
 impl LocalRuntime {
+    /// Starts nothing more, and hands over every supervisor (for
+    /// [`Runtime::stop_all`] and [`Runtime::release_all`]).
+    fn close(&self) -> Vec<Supervised> {
+        let mut running = self.running.lock().unwrap();
+        self.closed.store(true, Ordering::SeqCst);
+        running.drain().map(|(_, supervised)| supervised).collect()
+    }
+
     /// Supervises `spec`'s instance from now on: `adopted` is the process
     /// a previous server started, to wait for before starting it again.
     async fn supervise(&self, spec: InstanceSpec, adopted: Option<Adopted>) -> anyhow::Result<()> {
@@ -177,15 +185,11 @@ impl Runtime for LocalRuntime {
 
     fn stop_all(&self) -> Boxed<'_, ()> {
         Box::pin(async move {
-            let all: Vec<_> = {
-                let mut running = self.running.lock().unwrap();
-                self.closed.store(true, Ordering::SeqCst);
-                running.drain().collect()
-            };
-            for (_, supervised) in &all {
+            let all = self.close();
+            for supervised in &all {
                 supervised.stop.cancel();
             }
-            for (_, supervised) in all {
+            for supervised in all {
                 let _ = supervised.task.await;
             }
         })
@@ -193,13 +197,9 @@ impl Runtime for LocalRuntime {
 
     fn release_all(&self) -> Boxed<'_, ()> {
         Box::pin(async move {
-            let all: Vec<_> = {
-                let mut running = self.running.lock().unwrap();
-                self.closed.store(true, Ordering::SeqCst);
-                running.drain().collect()
-            };
+            let all = self.close();
             // Dropping a supervisor drops its child without killing it.
-            for (_, supervised) in all {
+            for supervised in all {
                 supervised.task.abort();
                 let _ = supervised.task.await;
             }

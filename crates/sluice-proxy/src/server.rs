@@ -144,7 +144,6 @@ impl Listener {
         limits: Limits,
         certificates: Option<Arc<Certificates>>,
     ) -> std::io::Result<Listener> {
-        let acceptor = acceptor(&certificates)?;
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let first = reuse_port_socket(addr)?;
         let addr = first.local_addr()?;
@@ -152,15 +151,7 @@ impl Listener {
         for _ in 1..workers {
             sockets.push(reuse_port_socket(addr)?);
         }
-        Listener::serve_on(
-            sockets,
-            route,
-            name,
-            telemetry,
-            limits,
-            acceptor,
-            certificates,
-        )
+        Listener::from_sockets(sockets, route, name, telemetry, limits, certificates)
     }
 
     /// A listener on sockets bound before (by a previous server, kept for
