@@ -515,13 +515,8 @@ impl Inner {
             .into_iter()
             .find(|d| d.release == release.number)
             .map_or(0, |d| d.id);
-        let route = match self.route(service, &environment).await {
-            Ok(route) => route,
-            Err(e) => {
-                self.give_up_kept(kept).await;
-                return Err(e);
-            }
-        };
+        // Adopted before the entry point listens, so that its first request
+        // finds them routed rather than an empty table (a 503).
         let mut adopted = Vec::new();
         let mut failure = None;
         for instance in kept {
@@ -535,19 +530,23 @@ impl Inner {
             )
             .await
             {
-                Ok(live) => {
-                    route.add(live.backend.clone());
-                    adopted.push(live);
-                }
+                Ok(live) => adopted.push(live),
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
             }
         }
-        let topped = match failure {
+        let routed = match failure {
             Some(e) => Err(e),
             None => {
+                let backends: Vec<_> = adopted.iter().map(|l| l.backend.clone()).collect();
+                self.route_with(service, &environment, &backends).await
+            }
+        };
+        let route = routed.as_ref().cloned().unwrap_or_default();
+        let topped = match routed {
+            Ok(_) => {
                 instances::top_up(
                     self,
                     release,
@@ -559,6 +558,7 @@ impl Inner {
                 )
                 .await
             }
+            Err(e) => Err(e),
         };
         if let Err(e) = topped {
             for live in &adopted {

@@ -797,6 +797,18 @@ impl Inner {
     /// is bound before the old is released). An address belongs to one
     /// environment of one service: another's claim is refused.
     async fn route(&self, service: &str, env: &sluice_spec::Environment) -> anyhow::Result<Route> {
+        self.route_with(service, env, &[]).await
+    }
+
+    /// [`Inner::route`], with `first` routed before its listener answers
+    /// anything (instances kept through a restart, whose entry point must
+    /// not answer 503 in between).
+    async fn route_with(
+        &self,
+        service: &str,
+        env: &sluice_spec::Environment,
+        first: &[Arc<sluice_proxy::Backend>],
+    ) -> anyhow::Result<Route> {
         let key = (service.to_string(), env.name.clone());
         let existing = {
             let entries = self.entries.lock().unwrap();
@@ -814,8 +826,12 @@ impl Inner {
                 (e.route.clone(), e.telemetry.clone(), same)
             })
         };
+        let add_first = |route: &Route| first.iter().for_each(|b| route.add(b.clone()));
         let (route, telemetry) = match existing {
-            Some((route, _, true)) => return Ok(route),
+            Some((route, _, true)) => {
+                add_first(&route);
+                return Ok(route);
+            }
             Some((route, telemetry, false)) => (route, telemetry),
             None => {
                 let access_log = self.layout.access_log(service, &env.name)?;
@@ -830,6 +846,7 @@ impl Inner {
                 (Route::default(), telemetry)
             }
         };
+        add_first(&route);
         let (certificates, keeper) = self.certificates(service, env)?;
         let limits = entry_limits(&env.limits, self.config.drain_timeout);
         // At the same address, the new listener takes over the old one's
