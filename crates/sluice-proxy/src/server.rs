@@ -424,13 +424,16 @@ async fn accept<S>(
                 Ok(Ok(1..)) => {}
                 _ => return,
             }
+            let begun = CancellationToken::new();
+            let first_request = begun.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                first_request.cancel();
                 let mut request = request.map(|body| body.map_err(Into::into).boxed());
                 request.extensions_mut().insert(client.clone());
                 stack.clone().oneshot(request)
             });
             match tls {
-                None => serve(TokioIo::new(stream), service, limits, peer, stop).await,
+                None => serve(TokioIo::new(stream), service, limits, peer, stop, begun).await,
                 // The handshake has the head's time limit too.
                 Some(tls) => {
                     match tokio::time::timeout(limits.idle, tls.accept(stream)).await {
@@ -438,7 +441,7 @@ async fn accept<S>(
                         Ok(Ok(stream))
                             if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {}
                         Ok(Ok(stream)) => {
-                            serve(TokioIo::new(stream), service, limits, peer, stop).await
+                            serve(TokioIo::new(stream), service, limits, peer, stop, begun).await
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -465,13 +468,14 @@ async fn accept<S>(
 
 /// HTTP/1.1 or HTTP/2 (by its preface) on one connection, until the
 /// client closes it or `stop`: then gracefully (idle: closed at once; busy:
-/// after the answer under way).
+/// after the answer under way). `begun` is cancelled by its first request.
 async fn serve<I, S>(
     io: TokioIo<I>,
     service: S,
     limits: Limits,
     peer: SocketAddr,
     stop: CancellationToken,
+    begun: CancellationToken,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -497,10 +501,22 @@ async fn serve<I, S>(
     let ended = tokio::select! {
         ended = connection.as_mut() => ended,
         _ = stop.cancelled() => {
+            // Accepted in the instant before the stop, its first request
+            // (whose first byte has come) is not read yet: closed now as
+            // idle, it would fail. It is answered first.
+            let first = tokio::time::timeout(limits.idle, begun.cancelled());
+            tokio::select! {
+                ended = connection.as_mut() => return log_end(ended, peer),
+                _ = first => {}
+            }
             connection.as_mut().graceful_shutdown();
             connection.await
         }
     };
+    log_end(ended, peer);
+}
+
+fn log_end(ended: Result<(), Box<dyn std::error::Error + Send + Sync>>, peer: SocketAddr) {
     if let Err(e) = ended {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
@@ -528,7 +544,10 @@ pub async fn redirect_to_https(
                 _ = stop.cancelled() => return,
             };
             let challenges = challenges.clone();
+            let begun = CancellationToken::new();
+            let first_request = begun.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                first_request.cancel();
                 let answer = redirect(&request, https_port, challenges.as_deref());
                 async move { Ok::<_, std::convert::Infallible>(answer) }
             });
@@ -538,6 +557,7 @@ pub async fn redirect_to_https(
                 Limits::default(),
                 peer,
                 stop.clone(),
+                begun,
             ));
         }
     });

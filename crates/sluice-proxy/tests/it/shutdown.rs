@@ -106,3 +106,53 @@ async fn a_stopping_listener_lets_every_request_under_way_finish() {
     }
     drained.await.unwrap();
 }
+
+/// A connection taken in the instant before the stop, whose request was not
+/// read yet, is answered rather than closed as idle (the one request a
+/// hand-over between servers could fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_before_the_stop_gets_its_first_answer() {
+    use std::io::{Read, Write};
+    let (backend, _started, gate) = gated_backend().await;
+    gate.add_permits(100);
+    let route = Route::default();
+    route.add(healthy("prod-1", backend, "v1"));
+    let listener = Listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        route,
+        "prod",
+        Telemetry::detached("prod"),
+    )
+    .await
+    .unwrap();
+    let addr = listener.addr;
+    let mut early = std::net::TcpStream::connect(addr).unwrap();
+    // Connections are accepted in order: once a later one is answered, the
+    // early one is accepted too, waiting for its first byte.
+    let later = reqwest::Client::builder().http1_only().build().unwrap();
+    let answer = later
+        .get(format!("http://{addr}/held"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    drop(later);
+
+    let drained = tokio::spawn(listener.shutdown());
+    let answer = tokio::task::spawn_blocking(move || {
+        early
+            .write_all(b"GET /held HTTP/1.1\r\nhost: prod\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        early.read_to_end(&mut answer).unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.200}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer:.300}"
+    );
+    drained.await.unwrap();
+}

@@ -263,22 +263,11 @@ async fn jobs_run_on_the_agents_their_labels_name_and_a_lost_job_passes_on_anoth
     let run = server.wait_run("v4", |r| r["title"] == "v4").await;
     assert_eq!(run["status"], "success", "{run:#}");
     assert!(server.logs(&run).await.iter().any(|l| l == "finished"));
-    let exited = wait_exit(&mut draining.child).await;
+    let exited = crate::support::exited(&mut draining.child, "the agent").await;
     assert!(
         exited.success(),
         "the agent exits cleanly once drained: {exited}"
     );
-}
-
-async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the agent did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Whether a process with this command line runs.

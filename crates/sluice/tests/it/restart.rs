@@ -239,7 +239,7 @@ async fn a_hand_over_restarts_nothing_and_answers_what_waits() {
 
     let pid = nix::unistd::Pid::from_raw(server.pid());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2).unwrap();
-    assert_eq!(server.wait_exit(), Some(0));
+    assert_eq!(server.wait_exit().await, Some(0));
     let restarted = Server::start(&data, None);
     restarted.wait_env("shop", "dev", 1, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -249,10 +249,10 @@ async fn a_hand_over_restarts_nothing_and_answers_what_waits() {
         "through the hand-over: {ok} answered, {} failed, the slowest in {slowest:?}",
         failed.len()
     );
-    // A connection the old server accepted in the instant before it
-    // stopped, its request not yet read, is closed as idle by the drain
-    // (seen once in five by bench/restart.sh); every other one is answered.
-    assert!(failed.len() <= 1, "{failed:?}");
+    // Every request is answered: by the old server (its drain answers even
+    // a connection accepted in the instant before it stopped) or by the new
+    // one (connections wait in the kept sockets meanwhile).
+    assert!(failed.is_empty(), "{failed:?}");
     let mut after = instance_processes(&data);
     after.sort();
     assert_eq!(

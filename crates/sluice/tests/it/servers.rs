@@ -191,7 +191,7 @@ async fn a_server_frozen_past_its_lease_stops_by_itself_when_it_wakes() {
 
     // A wakes: its renewal is refused, and it stops at once.
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-    assert_eq!(a.wait_exit(), Some(75));
+    assert_eq!(a.wait_exit().await, Some(75));
     let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
     assert!(log.contains("lost the controllers' lease"), "{log}");
     wait_answering(&b).await;

@@ -106,8 +106,8 @@ impl Server {
     }
 
     /// Waits for the process to end by itself: its exit code.
-    pub fn wait_exit(&mut self) -> Option<i32> {
-        self.child.wait().ok().and_then(|s| s.code())
+    pub async fn wait_exit(&mut self) -> Option<i32> {
+        exited(&mut self.child, "the server").await.code()
     }
 
     /// Ends the process at once, as a crash would.
@@ -480,4 +480,17 @@ pub(crate) fn free_port() -> u16 {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
         })
+}
+
+/// Waits (up to 60 s) for `child` to end, without blocking the test's
+/// runtime: its other tasks (a client under load) go on meanwhile.
+pub async fn exited(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what} did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
