@@ -156,26 +156,25 @@ impl Tokens {
         let Some(record) = record.filter(|_| matched) else {
             return Err(invalid());
         };
-        if record.revoked_at.is_some() {
-            return Err(ApiError::unauthorized(format!(
-                "token `{}` was revoked",
-                record.name
-            )));
-        }
         if argon2 {
             let _ = store.set_token_hash(&record.id, &digest(id, token)).await;
         }
-        let caller = Caller {
-            groups: record.groups(),
-            token_id: record.id,
-            name: record.name,
-            role: record.role.0,
-        };
+        let caller = caller_of(record)?;
         self.cache
             .lock()
             .unwrap()
             .insert(key, (caller.clone(), Instant::now()));
         Ok(caller)
+    }
+
+    /// The caller token `id` (already verified, as a session's) stands for,
+    /// unless it was revoked meanwhile.
+    pub async fn caller_by_id(&self, store: &Store, id: &str) -> Result<Caller, ApiError> {
+        let record = store
+            .token(id)
+            .await
+            .map_err(|_| ApiError::unauthorized("the token is not valid"))?;
+        caller_of(record)
     }
 
     /// Forgets cached verifications of a token, so a revocation takes effect at once.
@@ -185,6 +184,22 @@ impl Tokens {
             .unwrap()
             .retain(|_, (caller, _)| caller.token_id != token_id);
     }
+}
+
+/// The caller a token's record stands for, unless it was revoked.
+fn caller_of(record: sluice_store::TokenRecord) -> Result<Caller, ApiError> {
+    if record.revoked_at.is_some() {
+        return Err(ApiError::unauthorized(format!(
+            "token `{}` was revoked",
+            record.name
+        )));
+    }
+    Ok(Caller {
+        groups: record.groups(),
+        token_id: record.id,
+        name: record.name,
+        role: record.role.0,
+    })
 }
 
 impl FromRequestParts<AppState> for Caller {

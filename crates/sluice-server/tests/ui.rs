@@ -25,7 +25,17 @@ struct Answer {
 
 impl Ui {
     async fn start() -> Ui {
-        let dir = tempfile::tempdir().unwrap();
+        Ui::start_in(tempfile::tempdir().unwrap()).await
+    }
+
+    /// Stops the server and starts another on the same data directory.
+    async fn restart(self) -> Ui {
+        let Ui { server, _dir, .. } = self;
+        server.run(async {}).await.unwrap();
+        Ui::start_in(_dir).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir) -> Ui {
         let server = Server::start(ServeOptions {
             data_dir: dir.path().join("data"),
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -193,6 +203,30 @@ async fn pages_need_a_session_and_sign_in_is_protected() {
         "{}",
         limited.body
     );
+}
+
+#[tokio::test]
+async fn a_session_outlives_a_restart_and_ends_with_its_token() {
+    let ui = Ui::start().await;
+    let token = ui.token("ada", Role::Approver).await;
+    let (cookie, csrf) = ui.sign_in(&token).await;
+    let ui = ui.restart().await;
+    let page = ui.get("/", &cookie).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(hidden(&page.body, "csrf"), csrf, "the same session");
+
+    // Revoked, the token ends its sessions at once.
+    let state = ui.server.state();
+    let id = token.split('_').nth(1).unwrap();
+    state.store.revoke_token(id, "test").await.unwrap();
+    let page = ui.get("/", &cookie).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert!(page.location.starts_with("/login"), "{}", page.location);
+    // A cookie nobody was given opens nothing.
+    let forged = ui
+        .get("/", &format!("sluice_session={}", "0".repeat(64)))
+        .await;
+    assert_eq!(forged.status, StatusCode::SEE_OTHER);
 }
 
 #[tokio::test]

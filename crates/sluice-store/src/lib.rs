@@ -19,6 +19,7 @@ mod processes;
 mod repos;
 mod rules;
 mod runs;
+mod sessions;
 mod status;
 mod tokens;
 mod traffic;
@@ -50,6 +51,7 @@ pub use processes::TrackedProcess;
 pub use repos::{NewRepo, Repo, Secret};
 pub use rules::{NewRule, RuleBlock, RuleRecord, parse_rule_id};
 pub use runs::{Change, Job, NewChange, PlannedJob, Run, RunDetail, RunFilter, RunStatus, Step};
+pub use sessions::UiSession;
 pub use status::{
     DeploymentCause, DeploymentStatus, DeploymentStrategy, ExperimentCommand, ExperimentStatus,
     IncidentStatus, IncidentTrigger, InstanceState, PromotionStatus,

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("migrations/0009_experiment_commands.sql")),
     (10, include_str!("migrations/0010_agents.sql")),
     (11, include_str!("migrations/0011_controllers.sql")),
+    (12, include_str!("migrations/0012_ui_sessions.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

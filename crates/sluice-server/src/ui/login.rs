@@ -98,9 +98,18 @@ pub async fn sign_in(
             )),
             StatusCode::FORBIDDEN,
         ),
-        Ok(_) => {
+        Ok(caller) => {
             state.sessions.sign_ins.succeeded(ip);
-            let id = state.sessions.open(form.token.trim());
+            let id = match session::open(&state.store, &caller).await {
+                Ok(id) => id,
+                Err(e) => {
+                    return page(
+                        next,
+                        Some(format!("Could not open a session: {e}. Try again.")),
+                        StatusCode::SERVICE_UNAVAILABLE,
+                    );
+                }
+            };
             let mut response = Redirect::to(&next).into_response();
             if let Ok(value) = session::session_cookie(&id).parse() {
                 response.headers_mut().append(header::SET_COOKIE, value);
@@ -130,7 +139,7 @@ pub async fn sign_out(
         return refused;
     }
     if let Some(id) = session::cookie(&headers, SESSION_COOKIE) {
-        state.sessions.close(&id);
+        session::close(&state.store, &id).await;
     }
     let mut response = Redirect::to("/login").into_response();
     if let Ok(value) = session::set_cookie(SESSION_COOKIE, "", Duration::ZERO).parse() {

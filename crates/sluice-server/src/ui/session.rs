@@ -2,10 +2,8 @@
 //! SameSite=Strict session cookie; a CSRF token per session checked on every
 //! form; failed sign-ins limited per client address.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
@@ -25,23 +23,16 @@ const SESSION_FOR: Duration = Duration::from_secs(12 * 3600);
 const MAX_FAILURES: u32 = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(300);
 
-struct Session {
-    /// Kept in memory only, so that a revoked token ends its sessions too.
-    token: String,
-    csrf: String,
-    since: Instant,
-}
-
-/// Every signed-in browser, and recent failed sign-ins by address.
+/// Recent failed sign-ins by address. The sessions themselves are rows in
+/// the store (see [`sluice_store::UiSession`]), so that a restart, a
+/// hand-over or a takeover by another server signs no one out.
 pub struct Sessions {
-    open: Mutex<HashMap<String, Session>>,
     pub sign_ins: crate::limit::Attempts,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
         Sessions {
-            open: Mutex::default(),
             sign_ins: crate::limit::Attempts::new(MAX_FAILURES, FAILURE_WINDOW),
         }
     }
@@ -52,33 +43,29 @@ pub fn random_token() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-impl Sessions {
-    /// Opens a session for a verified token; returns its id.
-    pub fn open(&self, token: &str) -> String {
-        let id = random_token();
-        let mut open = self.open.lock().unwrap();
-        open.retain(|_, s| s.since.elapsed() < SESSION_FOR);
-        open.insert(
-            id.clone(),
-            Session {
-                token: token.to_string(),
-                csrf: random_token(),
-                since: Instant::now(),
-            },
-        );
-        id
-    }
+/// How the store names the session of cookie `id`: only its digest is kept.
+fn session_digest(id: &str) -> String {
+    hex::encode(Sha256::digest(id.as_bytes()))
+}
 
-    pub fn close(&self, id: &str) {
-        self.open.lock().unwrap().remove(id);
-    }
+/// Opens a session for a verified caller; returns the cookie's value.
+pub async fn open(store: &sluice_store::Store, caller: &Caller) -> sluice_store::Result<String> {
+    let id = random_token();
+    let for_ms = i64::try_from(SESSION_FOR.as_millis()).unwrap_or(i64::MAX);
+    store
+        .open_session(
+            &session_digest(&id),
+            &caller.token_id,
+            &random_token(),
+            for_ms,
+        )
+        .await?;
+    Ok(id)
+}
 
-    /// The token and CSRF token of a live session.
-    fn get(&self, id: &str) -> Option<(String, String)> {
-        let open = self.open.lock().unwrap();
-        open.get(id)
-            .filter(|s| s.since.elapsed() < SESSION_FOR)
-            .map(|s| (s.token.clone(), s.csrf.clone()))
+pub async fn close(store: &sluice_store::Store, id: &str) {
+    if let Err(e) = store.close_session(&session_digest(id)).await {
+        tracing::warn!(error = %e, "could not end a dashboard session");
     }
 }
 
@@ -134,14 +121,19 @@ pub fn same_secret(a: &str, b: &str) -> bool {
         == 0
 }
 
-/// The caller behind a session cookie, if any.
+/// The caller behind a session cookie, if any: its token is read again,
+/// so that a revoked token ends its sessions at once.
 pub async fn caller_from_cookie(parts: &Parts, state: &AppState) -> Option<(Caller, String)> {
-    let id = cookie(&parts.headers, SESSION_COOKIE)?;
-    let (token, csrf) = state.sessions.get(&id)?;
-    match state.tokens.verify(&state.store, &token).await {
-        Ok(caller) => Some((caller, csrf)),
+    let id = cookie(&parts.headers, SESSION_COOKIE).filter(|id| id.len() <= 128)?;
+    let session = state.store.session(&session_digest(&id)).await.ok()??;
+    match state
+        .tokens
+        .caller_by_id(&state.store, &session.token_id)
+        .await
+    {
+        Ok(caller) => Some((caller, session.csrf)),
         Err(_) => {
-            state.sessions.close(&id);
+            close(&state.store, &id).await;
             None
         }
     }

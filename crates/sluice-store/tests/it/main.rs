@@ -9,6 +9,7 @@ mod incidents;
 mod leases;
 mod notify;
 mod runs;
+mod sessions;
 mod traffic;
 
 use sluice_store::Store;
