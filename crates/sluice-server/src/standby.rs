@@ -104,6 +104,10 @@ impl Switch {
     }
 }
 
+/// What a standby's `/metrics` says: that it stands by, and nothing of
+/// the holder's (environments, runs), which the holder's own serves.
+const STANDBY_METRICS: &str = "# HELP sluice_standby Whether this server stands by while another runs the controllers.\n# TYPE sluice_standby gauge\nsluice_standby 1\n";
+
 async fn route(State(switch): State<Switch>, request: Request) -> Response {
     let own = switch.own.read().unwrap().clone();
     match own {
@@ -119,6 +123,16 @@ async fn route(State(switch): State<Switch>, request: Request) -> Response {
             "role": "standby",
         }))
         .into_response(),
+        // Its own metrics too: the holder's, forwarded, would be counted
+        // once per server by a scraper of every server.
+        None if request.uri().path() == "/metrics" => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            STANDBY_METRICS,
+        )
+            .into_response(),
         None => switch.forwarder.forward(request).await,
     }
 }

@@ -119,6 +119,18 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
     }
     drop(events);
     b.wait_env("shop", "prod", 1, 1).await;
+    // And its metrics: a scraper of both counts A's environments once.
+    reqwest::get(format!("http://127.0.0.1:{port}/")).await.unwrap();
+    let metrics = |server: &Server| {
+        let url = format!("{}/metrics", server.url);
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    let (of_a, of_b) = (metrics(&a).await, metrics(&b).await);
+    assert!(of_a.contains("environment=\"prod\""), "{of_a}");
+    assert_eq!(
+        of_b,
+        "# HELP sluice_standby Whether this server stands by while another runs the controllers.\n# TYPE sluice_standby gauge\nsluice_standby 1\n"
+    );
     repo.commit("v2", &[("app/VERSION", "2\n")]);
     let experiment = wait_experiment(&b, |x| x["status"] == "running").await;
     let id = experiment["id"].as_i64().unwrap();
