@@ -122,11 +122,11 @@ cat <<MD
 Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr).
 Service start-up: ${startup} s (STARTUP_DELAY); 2 instances; medians of ${rounds} rounds.
 
-| restart | longest time without an answer | failed requests | each round (ms) |
-| --- | --- | --- | --- |
-| SIGUSR2 (hand-over), then start | ${hg} ms | ${hf} | ${hand_gap[*]} |
-| kill -9, then start (instances kept) | ${kg} ms | ${kf} | ${kill_gap[*]} |
-| SIGTERM, then start (instances started again) | ${sg} ms | ${sf} | ${stop_gap[*]} |
+| restart | longest time without an answer | failed requests | each round (ms) | each round (failed) |
+| --- | --- | --- | --- | --- |
+| SIGUSR2 (hand-over), then start | ${hg} ms | ${hf} | ${hand_gap[*]} | ${hand_failed[*]} |
+| kill -9, then start (instances kept) | ${kg} ms | ${kf} | ${kill_gap[*]} | ${kill_failed[*]} |
+| SIGTERM, then start (instances started again) | ${sg} ms | ${sf} | ${stop_gap[*]} | ${stop_failed[*]} |
 
 Keeping the instances makes a kill -9 restart's outage ${ratio}× shorter.
 MD
