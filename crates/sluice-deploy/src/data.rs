@@ -177,7 +177,7 @@ async fn run_script(
     if let Some(uid) = run_as.uid {
         command.uid(uid).gid(uid);
     }
-    let child = command.output();
+    let child = output_once_free(&mut command);
     let output = match tokio::time::timeout(timeout, child).await {
         Ok(output) => output.with_context(|| format!("could not run {script}"))?,
         Err(_) => bail!(
@@ -193,6 +193,26 @@ async fn run_script(
         );
     }
     Ok(printed)
+}
+
+/// Runs `command` to its end. A script unpacked a moment ago can be "busy"
+/// (ETXTBSY) for as long as another thread of the server is between a fork
+/// and its exec, holding a copy of the descriptor that wrote it: tried
+/// again after a short wait then.
+async fn output_once_free(
+    command: &mut tokio::process::Command,
+) -> std::io::Result<std::process::Output> {
+    let mut wait = std::time::Duration::from_millis(5);
+    for _ in 0..6 {
+        match command.output().await {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            done => return done,
+        }
+    }
+    command.output().await
 }
 
 /// The last lines a script printed, standard output then error, for a person to read.

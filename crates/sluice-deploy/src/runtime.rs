@@ -485,10 +485,15 @@ mod tests {
             let mut child = child;
             let _ = child.wait();
         });
+        // The spawn returns once exec has begun, before the kernel has set
+        // out the new environment that /proc shows: wait for it.
         let ticks = loop {
-            if let Some(ticks) = sluice_ci::executor::start_ticks(pid) {
+            if let Some(ticks) = sluice_ci::executor::start_ticks(pid)
+                && marked(pid, home)
+            {
                 break ticks;
             }
+            std::thread::yield_now();
         };
         (pid, ticks)
     }

@@ -120,7 +120,9 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
     drop(events);
     b.wait_env("shop", "prod", 1, 1).await;
     // And its metrics: a scraper of both counts A's environments once.
-    reqwest::get(format!("http://127.0.0.1:{port}/")).await.unwrap();
+    reqwest::get(format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
     let metrics = |server: &Server| {
         let url = format!("{}/metrics", server.url);
         async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
