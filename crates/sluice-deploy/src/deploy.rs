@@ -500,6 +500,7 @@ impl Inner {
         release: &Release,
         env: &str,
         kept: &[&Instance],
+        experiment: Option<(&sluice_store::Experiment, &[&Instance])>,
     ) -> Result<()> {
         let service = &release.service;
         let (spec, environment) = release_env(release, env)?;
@@ -527,6 +528,7 @@ impl Inner {
                 &environment,
                 instance,
                 deployment,
+                None,
             )
             .await
             {
@@ -537,13 +539,34 @@ impl Inner {
                 }
             }
         }
+        // An open experiment's B goes on too, at its split, routed with A.
+        let (b_group, split) = match (&failure, experiment) {
+            (None, Some((x, b_kept))) if !b_kept.is_empty() => {
+                match self.adopt_b(x, b_kept).await {
+                    Ok((group, split)) => (group, Some(split)),
+                    Err(e) => {
+                        tracing::warn!(service = %service, env, error = %format!("{e:#}"), "could not keep B's instances; the experiment starts them again");
+                        self.give_up_kept(b_kept).await;
+                        (Vec::new(), None)
+                    }
+                }
+            }
+            _ => (Vec::new(), None),
+        };
         let routed = match failure {
             Some(e) => Err(e),
             None => {
-                let backends: Vec<_> = adopted.iter().map(|l| l.backend.clone()).collect();
-                self.route_with(service, &environment, &backends).await
+                let backends: Vec<_> = adopted
+                    .iter()
+                    .chain(&b_group)
+                    .map(|l| l.backend.clone())
+                    .collect();
+                self.route_with(service, &environment, &backends, split)
+                    .await
             }
         };
+        let a_kept = adopted.len();
+        adopted.extend(b_group);
         let route = routed.as_ref().cloned().unwrap_or_default();
         let topped = match routed {
             Ok(_) => {
@@ -553,7 +576,7 @@ impl Inner {
                     &spec,
                     &environment,
                     &route,
-                    adopted.len(),
+                    a_kept,
                     deployment,
                 )
                 .await
@@ -565,6 +588,9 @@ impl Inner {
                 instances::stop_instance(self, &route, live).await;
             }
             self.give_up_kept(kept).await;
+            if let Some((_, b_kept)) = experiment {
+                self.give_up_kept(b_kept).await;
+            }
             return Err(e);
         }
         let _ = self
@@ -575,16 +601,49 @@ impl Inner {
                 service: Some(service.clone()),
                 environment: Some(env.to_string()),
                 subject: release.name(),
-                summary: format!(
-                    "{env} kept {} instance(s) of {} running through the server's restart",
-                    adopted.len(),
-                    release.name()
-                ),
+                summary: kept_summary(env, release, &adopted),
                 before: None,
                 after: None,
             })
             .await;
         Ok(())
+    }
+
+    /// Supervises an open experiment's B instances kept through a restart
+    /// again, marked as B, with the split its step gives; all or none.
+    async fn adopt_b(
+        self: &Arc<Self>,
+        x: &sluice_store::Experiment,
+        kept: &[&Instance],
+    ) -> Result<(Vec<crate::Live>, sluice_proxy::Split)> {
+        let plan = crate::experiment::plan::Plan::of(self, x).await?;
+        let (b_env, data_dir) = (plan.b_env(), plan.data_dir(self)?);
+        let mut group = Vec::new();
+        for instance in kept {
+            let adopted = instances::adopt_instance(
+                self,
+                &plan.b,
+                &plan.spec,
+                &b_env,
+                instance,
+                plan.deployment,
+                data_dir.as_deref(),
+            )
+            .await;
+            match adopted {
+                Ok(live) => {
+                    live.backend.set_variant(sluice_proxy::Variant::B);
+                    group.push(live);
+                }
+                Err(e) => {
+                    for live in &group {
+                        instances::stop_instance(self, &sluice_proxy::Route::default(), live).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok((group, plan.split()?))
     }
 
     /// Stops the kept instances not (or no longer) supervised, and records
@@ -604,35 +663,47 @@ impl Inner {
     /// The instances a previous server left running that this one can keep:
     /// their process is the one recorded (pid and start time) and was
     /// started by a server of this data directory (not by another server
-    /// sharing the database, whose paths are not this one's), they run
-    /// their environment's recorded release, and no experiment is open there
-    /// (B's instances and an A/A experiment's are started again with it).
+    /// sharing the database, whose paths are not this one's), and they run
+    /// their environment's recorded release (A) or, while an experiment is
+    /// open there, its B. An A/A experiment's instances (A and B the same
+    /// release, told apart nowhere but in the old server) start again.
     async fn keepable(&self) -> anyhow::Result<Vec<Instance>> {
         let states = self.store.env_states(None).await?;
-        let experimenting: Vec<(String, String)> = self
+        let open = self.open_experiments().await?;
+        let mut kept = Vec::new();
+        for instance in self.store.live_instances(None, None).await? {
+            let wanted = states
+                .iter()
+                .find(|s| s.service == instance.service && s.name == instance.environment)
+                .and_then(|s| s.release_id);
+            let experiment = open
+                .iter()
+                .find(|x| x.service == instance.service && x.environment == instance.environment);
+            let alive = match (instance.pid, instance.start_ticks) {
+                (Some(pid), Some(ticks)) => self.runtime.can_adopt(pid as i32, ticks),
+                _ => false,
+            };
+            let release = Some(instance.release_id);
+            let matches = match experiment {
+                None => release == wanted,
+                Some(x) if Some(x.release_id) == wanted => false,
+                Some(x) => release == wanted || instance.release_id == x.release_id,
+            };
+            if alive && matches {
+                kept.push(instance);
+            }
+        }
+        Ok(kept)
+    }
+
+    async fn open_experiments(&self) -> anyhow::Result<Vec<sluice_store::Experiment>> {
+        Ok(self
             .store
             .experiments(None, 1000)
             .await?
             .into_iter()
             .filter(|x| x.is_open())
-            .map(|x| (x.service, x.environment))
-            .collect();
-        let mut kept = Vec::new();
-        for instance in self.store.live_instances(None, None).await? {
-            let key = (instance.service.clone(), instance.environment.clone());
-            let wanted = states
-                .iter()
-                .find(|s| s.service == key.0 && s.name == key.1)
-                .and_then(|s| s.release_id);
-            let alive = match (instance.pid, instance.start_ticks) {
-                (Some(pid), Some(ticks)) => self.runtime.can_adopt(pid as i32, ticks),
-                _ => false,
-            };
-            if alive && wanted == Some(instance.release_id) && !experimenting.contains(&key) {
-                kept.push(instance);
-            }
-        }
-        Ok(kept)
+            .collect())
     }
 
     /// Brings each environment's recorded release back (after
@@ -642,6 +713,7 @@ impl Inner {
         let Ok(states) = self.store.env_states(None).await else {
             return;
         };
+        let open = self.open_experiments().await.unwrap_or_default();
         for state in states {
             let Some(release_id) = state.release_id else {
                 continue;
@@ -649,18 +721,29 @@ impl Inner {
             let Ok(release) = self.store.release_by_id(release_id).await else {
                 continue;
             };
-            let mine: Vec<&Instance> = kept
+            let here = |i: &&Instance| i.service == state.service && i.environment == state.name;
+            let (mine, b): (Vec<&Instance>, Vec<&Instance>) = kept
                 .iter()
-                .filter(|i| i.service == state.service && i.environment == state.name)
-                .collect();
-            if !mine.is_empty() {
-                match self.resume(&release, &state.name, &mine).await {
+                .filter(here)
+                .partition(|i| i.release_id == release_id);
+            let experiment = open
+                .iter()
+                .find(|x| x.service == state.service && x.environment == state.name)
+                .map(|x| (x, b.as_slice()));
+            if mine.is_empty() {
+                // B without A: the experiment starts its B again, once A is back.
+                self.give_up_kept(&b).await;
+            } else {
+                match self.resume(&release, &state.name, &mine, experiment).await {
                     Ok(()) => {
                         tracing::info!(service = %state.service, env = %state.name, release = %release.name(), kept = mine.len(), "environment kept running through the restart");
                         continue;
                     }
                     Err(e) => {
                         tracing::warn!(service = %state.service, env = %state.name, error = %format!("{e:#}"), "could not keep the environment's instances; starting it again");
+                        // (Already stopped, unless resume failed before adopting any.)
+                        self.give_up_kept(&mine).await;
+                        self.give_up_kept(&b).await;
                     }
                 }
             }
@@ -686,6 +769,27 @@ impl Inner {
             }
         }
     }
+}
+
+/// What a restart kept of an environment, for the change log.
+fn kept_summary(env: &str, release: &Release, kept: &[crate::Live]) -> String {
+    let b: Vec<&crate::Live> = kept
+        .iter()
+        .filter(|l| l.backend.variant() == sluice_proxy::Variant::B)
+        .collect();
+    let a = kept.len() - b.len();
+    let mut summary = format!(
+        "{env} kept {a} instance(s) of {} running through the server's restart",
+        release.name()
+    );
+    if let Some(first) = b.first() {
+        summary.push_str(&format!(
+            ", and {} of the experiment's B ({})",
+            b.len(),
+            first.backend.release
+        ));
+    }
+    summary
 }
 
 #[cfg(test)]

@@ -4,11 +4,10 @@
 //! rolled back by itself when worse, held for a person when inconclusive.
 
 use sluice_store::{DeploymentCause, DeploymentStatus, ExperimentCommand, ExperimentStatus, Topic};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use serde_json::json;
 use sluice_analysis::{
     Action, ErrorRateTest, Evidence, InstanceSecond, LatencyConfig, LatencyJudge, LogHistogram,
@@ -16,7 +15,7 @@ use sluice_analysis::{
 };
 use sluice_proxy::goals::{Goal, GoalTracker, RequestRule};
 use sluice_proxy::{Route, SecondWindow, Split, Sticky, Variant};
-use sluice_spec::{AbData, AbMode, AbStrategy, AbTest, Environment, Metric, Spec};
+use sluice_spec::{AbData, AbMode, AbStrategy, AbTest, Environment, Metric};
 use sluice_store::{Experiment, Release};
 
 use crate::aftermath;
@@ -24,6 +23,9 @@ use crate::{Inner, Live};
 use crate::{Outcome, instances, rollout};
 
 mod goals;
+pub(crate) mod plan;
+
+use plan::{Plan, sticky_of};
 
 /// The experiments loop: takes up every open experiment that nothing here
 /// follows, once, woken when one is opened and now and then. After a
@@ -84,47 +86,81 @@ async fn follow(inner: &Arc<Inner>, mut looker: Looker) -> Outcome {
     outcome
 }
 
-/// B's instance group, healthy and marked as variant B (not yet routed).
-async fn start_group(
-    inner: &Arc<Inner>,
-    b: &Release,
-    spec: &Spec,
-    env: &Environment,
-    overrides: &BTreeMap<String, String>,
-    deployment: i64,
-) -> Result<Vec<Live>> {
-    let state = inner.store.env_state(&b.service, &env.name).await?;
-    let mut b_env = env.clone();
-    b_env.config.extend(overrides.clone());
-    instances::prepare(inner, b, spec, &b_env, state.as_ref(), deployment).await?;
-    let copy = match &env.strategy {
-        sluice_spec::Strategy::Ab(ab) if ab.data == AbData::Copy => {
-            let copy = inner
-                .layout
-                .experiment_data(&b.service, &env.name, deployment)?;
-            let (data, uid) = (
-                inner.layout.data(&b.service, &env.name)?,
-                inner.env_uid(&b.service, &env.name),
-            );
-            let target = copy.clone();
-            tokio::task::spawn_blocking(move || {
-                crate::data::copy_for_experiment(&data, &target, uid)
-            })
-            .await??;
-            Some(copy)
-        }
-        _ => None,
-    };
-    let mut group = Vec::new();
-    for _ in 0..env.instances {
-        let live =
-            instances::start_instance(inner, b, spec, &b_env, deployment, copy.as_deref()).await?;
+/// B's instances that run already (kept through a restart), healthy, with
+/// as many more started as the environment declares; none when B has no
+/// instance running.
+async fn kept_group(inner: &Arc<Inner>, plan: &Plan) -> Result<Option<Vec<Live>>> {
+    let mut group: Vec<Live> = inner
+        .live_in(&plan.b.service, &plan.env.name)
+        .into_iter()
+        .filter(|l| l.deployment == plan.deployment && l.backend.variant() == Variant::B)
+        .collect();
+    if group.is_empty() {
+        return Ok(None);
+    }
+    let (b_env, data_dir) = (plan.b_env(), plan.data_dir(inner)?);
+    while group.len() < plan.env.instances as usize {
+        let live = instances::start_instance(
+            inner,
+            &plan.b,
+            &plan.spec,
+            &b_env,
+            plan.deployment,
+            data_dir.as_deref(),
+        )
+        .await?;
         live.backend.set_variant(Variant::B);
         group.push(live);
     }
     for live in &group {
-        instances::wait_healthy(inner, &live.backend, instances::ready_timeout(spec), false)
-            .await?;
+        let ready = instances::ready_timeout(&plan.spec);
+        instances::wait_healthy(inner, &live.backend, ready, false).await?;
+    }
+    Ok(Some(group))
+}
+
+/// B's instance group, healthy and marked as variant B (not yet routed),
+/// on a copy of the environment's data when the strategy says so.
+async fn start_group(inner: &Arc<Inner>, plan: &Plan) -> Result<Vec<Live>> {
+    let (b, env) = (&plan.b, &plan.env);
+    let state = inner.store.env_state(&b.service, &env.name).await?;
+    let b_env = plan.b_env();
+    instances::prepare(
+        inner,
+        b,
+        &plan.spec,
+        &b_env,
+        state.as_ref(),
+        plan.deployment,
+    )
+    .await?;
+    let copy = plan.data_dir(inner)?;
+    if let Some(copy) = &copy {
+        let (data, uid) = (
+            inner.layout.data(&b.service, &env.name)?,
+            inner.env_uid(&b.service, &env.name),
+        );
+        let target = copy.clone();
+        tokio::task::spawn_blocking(move || crate::data::copy_for_experiment(&data, &target, uid))
+            .await??;
+    }
+    let mut group = Vec::new();
+    for _ in 0..env.instances {
+        let live = instances::start_instance(
+            inner,
+            b,
+            &plan.spec,
+            &b_env,
+            plan.deployment,
+            copy.as_deref(),
+        )
+        .await?;
+        live.backend.set_variant(Variant::B);
+        group.push(live);
+    }
+    for live in &group {
+        let ready = instances::ready_timeout(&plan.spec);
+        instances::wait_healthy(inner, &live.backend, ready, false).await?;
     }
     Ok(group)
 }
@@ -160,16 +196,6 @@ fn latency_config(ab: &AbStrategy) -> LatencyConfig {
     }
 }
 
-fn sticky_of(ab: &AbStrategy) -> Result<Sticky> {
-    Ok(match &ab.sticky {
-        sluice_spec::Sticky::Cookie => Sticky::Cookie,
-        sluice_spec::Sticky::Header(name) => Sticky::Header(
-            name.parse()
-                .map_err(|_| anyhow!("`{name}` is not a header name"))?,
-        ),
-    })
-}
-
 /// Takes an open experiment up at the step it is at: B's group starts
 /// beside A, the split goes to the step's weight, and the experiment is
 /// watched until it ends. An experiment just opened (`starting`) and one a
@@ -177,40 +203,20 @@ fn sticky_of(ab: &AbStrategy) -> Result<Sticky> {
 /// evidence lived in that server, so it goes on afresh and the change log
 /// says so (`experiment.resumed`). The caller holds the environment's lock.
 pub(crate) async fn take_up(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcome> {
-    let b = inner.store.release_by_id(x.release_id).await?;
-    let (spec, env) = crate::release::release_env(&b, &x.environment)?;
-    let mut ab = match &env.strategy {
-        sluice_spec::Strategy::Ab(ab) => ab.ramp(),
-        _ => AbStrategy::default(),
-    };
-    // Goals given when it was started by hand replace the strategy's.
-    let given: Vec<String> = serde_json::from_str(&x.goals).unwrap_or_default();
-    if let Ok(goals) = given
-        .iter()
-        .map(|g| sluice_spec::parse_goal(g))
-        .collect::<Result<Vec<_>, _>>()
-        && !goals.is_empty()
-    {
-        ab.goals = goals;
-    }
-    let overrides: BTreeMap<String, String> =
-        serde_json::from_str(&x.overrides).unwrap_or_default();
-    let deployment = x
-        .deployment_id
-        .ok_or_else(|| anyhow!("experiment {} has no deployment", x.id))?;
-    let route = inner.route(&b.service, &env).await?;
-    let step = (x.step.max(0) as usize).min(ab.steps.len() - 1);
+    let plan = Plan::of(inner, x).await?;
+    let route = inner.route(&plan.b.service, &plan.env).await?;
     let started = async {
-        let group = start_group(inner, &b, &spec, &env, &overrides, deployment).await?;
-        let sticky = sticky_of(&ab)?;
-        let weight = f64::from(ab.steps[step]);
-        route.set_split(Some(
-            Split::new(weight, sticky.clone(), ab.allow_force).map_err(|e| anyhow!(e))?,
-        ));
+        // B's group kept through a restart (see `Inner::resume`) goes on as it is.
+        let group = match kept_group(inner, &plan).await? {
+            Some(group) => group,
+            None => start_group(inner, &plan).await?,
+        };
+        let sticky = sticky_of(&plan.ab)?;
+        route.set_split(Some(plan.split()?));
         for live in &group {
             route.add(live.backend.clone());
         }
-        route.set_goals(tracker(&ab));
+        route.set_goals(tracker(&plan.ab));
         anyhow::Ok(sticky)
     }
     .await;
@@ -218,9 +224,17 @@ pub(crate) async fn take_up(inner: &Arc<Inner>, x: &Experiment) -> Result<Outcom
         Ok(sticky) => sticky,
         Err(e) => {
             route.set_split(None);
-            return never_healthy(inner, x, &b, deployment, &format!("{e:#}")).await;
+            return never_healthy(inner, x, &plan.b, plan.deployment, &format!("{e:#}")).await;
         }
     };
+    let Plan {
+        b,
+        env,
+        ab,
+        deployment,
+        step,
+        ..
+    } = plan;
     let mut looker = Looker::new(
         inner.clone(),
         x.id,

@@ -277,6 +277,7 @@ pub(crate) async fn adopt_instance(
     env: &Environment,
     instance: &Instance,
     deployment: i64,
+    data_dir: Option<&std::path::Path>,
 ) -> Result<Live> {
     let run = spec
         .run
@@ -286,7 +287,7 @@ pub(crate) async fn adopt_instance(
         bail!("instance {} has no recorded process", instance.id);
     };
     let port = u16::try_from(instance.port)?;
-    let process = process_spec(inner, release, env, run, &instance.id, port, None).await?;
+    let process = process_spec(inner, release, env, run, &instance.id, port, data_dir).await?;
     inner.runtime.adopt(process, pid as i32, ticks).await?;
     let healthy = instance.state == InstanceState::Healthy;
     Ok(watch(

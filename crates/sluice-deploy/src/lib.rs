@@ -797,17 +797,19 @@ impl Inner {
     /// is bound before the old is released). An address belongs to one
     /// environment of one service: another's claim is refused.
     async fn route(&self, service: &str, env: &sluice_spec::Environment) -> anyhow::Result<Route> {
-        self.route_with(service, env, &[]).await
+        self.route_with(service, env, &[], None).await
     }
 
-    /// [`Inner::route`], with `first` routed before its listener answers
-    /// anything (instances kept through a restart, whose entry point must
-    /// not answer 503 in between).
+    /// [`Inner::route`], with `first` routed (and `split` set, when given)
+    /// before its listener answers anything: instances kept through a
+    /// restart, whose entry point must not answer 503 in between, nor send
+    /// an experiment's B users to A.
     async fn route_with(
         &self,
         service: &str,
         env: &sluice_spec::Environment,
         first: &[Arc<sluice_proxy::Backend>],
+        split: Option<sluice_proxy::Split>,
     ) -> anyhow::Result<Route> {
         let key = (service.to_string(), env.name.clone());
         let existing = {
@@ -826,7 +828,12 @@ impl Inner {
                 (e.route.clone(), e.telemetry.clone(), same)
             })
         };
-        let add_first = |route: &Route| first.iter().for_each(|b| route.add(b.clone()));
+        let add_first = |route: &Route| {
+            if split.is_some() {
+                route.set_split(split.clone());
+            }
+            first.iter().for_each(|b| route.add(b.clone()));
+        };
         let (route, telemetry) = match existing {
             Some((route, _, true)) => {
                 add_first(&route);

@@ -12,6 +12,7 @@ use std::path::Path;
 const BELOW: &[&str] = &[
     "certs",
     "data",
+    "experiment::plan",
     "exposure",
     "gates",
     "health",

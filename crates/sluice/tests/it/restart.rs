@@ -307,6 +307,14 @@ async fn an_experiment_goes_on_after_a_kill_9() {
     repo.commit("v2", &[("app/VERSION", "2\n")]);
     let experiment = wait_experiment(&server, |x| x["status"] == "running").await;
     let id = experiment["id"].as_i64().unwrap();
+    let prod = wait_both_variants(&server).await;
+    let url = format!("http://{}/", prod["listen"].as_str().unwrap());
+    let mut before = instance_processes(&data);
+    before.sort();
+    assert_eq!(before.len(), 2, "A and B: {before:?}");
+    let b_user = user_of_variant(&url, "b").await;
+    let (stop, load) = sequential_load(url.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     server.kill_hard();
     // A pause sent as the server died (in the store, not yet taken) is
@@ -326,6 +334,26 @@ async fn an_experiment_goes_on_after_a_kill_9() {
     assert!(
         paused["decisions"].to_string().contains("paused by ana"),
         "{paused:#}"
+    );
+    // A and B kept running through it, neither started again, and B's user
+    // stayed on B: only a request the killed server was answering can fail.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed, slowest) = load.await.unwrap();
+    eprintln!(
+        "through the kill -9 in the experiment: {ok} answered, {} failed, the slowest in {slowest:?}",
+        failed.len()
+    );
+    assert!(failed.len() <= 1, "{failed:?}");
+    let mut after = instance_processes(&data);
+    after.sort();
+    assert_eq!(before, after, "the same processes serve A and B");
+    assert_eq!(variant_for(&url, &b_user).await, "b");
+    let changes = restarted.get("/changelog?kind=instances.kept").await;
+    assert!(
+        changes
+            .to_string()
+            .contains("and 1 of the experiment's B (v2)"),
+        "{changes:#}"
     );
     let out = restarted.cli(&["ab", "resume", &id.to_string()]);
     assert!(
@@ -363,6 +391,33 @@ async fn an_experiment_goes_on_after_a_kill_9() {
 
     // It ends as it would have: promoted by a person, its promotion done.
     promote_by_hand(&restarted, id).await;
+}
+
+/// A user's sticky cookie (`sluice_key=…`) that the split gives `variant`.
+async fn user_of_variant(url: &str, variant: &str) -> String {
+    for _ in 0..500 {
+        let answer = reqwest::get(url).await.unwrap();
+        let cookie = answer.headers()["set-cookie"].to_str().unwrap();
+        if answer.headers()["x-sluice-variant"] == variant {
+            return cookie.split(';').next().unwrap().to_string();
+        }
+    }
+    panic!("no user got {variant} in 500");
+}
+
+/// The variant that answers the user whose cookie is `user`.
+async fn variant_for(url: &str, user: &str) -> String {
+    let answer = reqwest::Client::new()
+        .get(url)
+        .header("cookie", user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    answer.headers()["x-sluice-variant"]
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 /// The releases that answer 60 requests at `url`, each once.
