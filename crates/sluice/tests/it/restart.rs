@@ -218,8 +218,7 @@ async fn instances_that_match_keep_running_through_a_kill_9() {
 /// An upgrade's hand-over (SIGUSR2): the server finishes what its entry
 /// point is answering and leaves, the instances and the entry point's
 /// sockets stay, and the next server (the upgraded binary) takes them over:
-/// nothing is started again, and at most a request caught in the instant of
-/// the hand-over fails.
+/// nothing is started again, and no request fails.
 #[tokio::test]
 async fn a_hand_over_restarts_nothing_and_answers_what_waits() {
     let dir = crate::support::tempdir();
@@ -291,6 +290,52 @@ fn sequential_load(
         (ok, failed, slowest)
     });
     (stop, load)
+}
+
+/// An upgrade in the middle of an experiment: A and B go on as they are, at
+/// the same split, and no request fails.
+#[tokio::test]
+async fn a_hand_over_in_the_middle_of_an_experiment_keeps_a_and_b() {
+    let dir = crate::support::tempdir();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, None);
+    let repo = GitRepo::new(dir.path(), "shop");
+    crate::support::copy_fixture(&repo, "shop");
+    let spec = "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  health: { path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }\nenvironments:\n  prod:\n    deploy: auto\n    instances: 1\n    listen: 127.0.0.1:0\n    strategy:\n      ab: { steps: [20, 100], min_requests: 1000000, max_step: 10m, metrics: [error_rate] }\n";
+    repo.commit("v1", &[("sluice.yaml", spec)]);
+    server.add_repo(&repo);
+    server.wait_env("shop", "prod", 1, 1).await;
+    repo.commit("v2", &[("app/VERSION", "2\n")]);
+    let id = wait_experiment(&server, |x| x["status"] == "running").await["id"].clone();
+    let prod = wait_both_variants(&server).await;
+    let url = format!("http://{}/", prod["listen"].as_str().unwrap());
+    let mut before = instance_processes(&data);
+    before.sort();
+    let b_user = user_of_variant(&url, "b").await;
+    let (stop, load) = sequential_load(url.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let pid = nix::unistd::Pid::from_raw(server.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2).unwrap();
+    assert_eq!(server.wait_exit().await, Some(0));
+    let restarted = Server::start(&data, None);
+    let resumed = wait_experiment(&restarted, |x| {
+        x["decisions"].to_string().contains("the server restarted")
+    })
+    .await;
+    assert_eq!((&resumed["id"], &resumed["weight_bp"]), (&id, &2000.into()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed, slowest) = load.await.unwrap();
+    eprintln!(
+        "through the hand-over in the experiment: {ok} answered, {} failed, the slowest in {slowest:?}",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    let mut after = instance_processes(&data);
+    after.sort();
+    assert_eq!(before, after, "the same processes serve A and B");
+    assert_eq!(variant_for(&url, &b_user).await, "b");
 }
 
 #[tokio::test]
