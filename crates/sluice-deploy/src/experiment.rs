@@ -90,7 +90,7 @@ async fn follow(inner: &Arc<Inner>, mut looker: Looker) -> Outcome {
 /// as many more started as the environment declares; none when B has no
 /// instance running.
 async fn kept_group(inner: &Arc<Inner>, plan: &Plan) -> Result<Option<Vec<Live>>> {
-    let mut group: Vec<Live> = inner
+    let group: Vec<Live> = inner
         .live_in(&plan.b.service, &plan.env.name)
         .into_iter()
         .filter(|l| l.deployment == plan.deployment && l.backend.variant() == Variant::B)
@@ -98,25 +98,10 @@ async fn kept_group(inner: &Arc<Inner>, plan: &Plan) -> Result<Option<Vec<Live>>
     if group.is_empty() {
         return Ok(None);
     }
-    let (b_env, data_dir) = (plan.b_env(), plan.data_dir(inner)?);
-    while group.len() < plan.env.instances as usize {
-        let live = instances::start_instance(
-            inner,
-            &plan.b,
-            &plan.spec,
-            &b_env,
-            plan.deployment,
-            data_dir.as_deref(),
-        )
-        .await?;
-        live.backend.set_variant(Variant::B);
-        group.push(live);
-    }
-    for live in &group {
-        let ready = instances::ready_timeout(&plan.spec);
-        instances::wait_healthy(inner, &live.backend, ready, false).await?;
-    }
-    Ok(Some(group))
+    let data_dir = plan.data_dir(inner)?;
+    fill_group(inner, plan, group, data_dir.as_deref())
+        .await
+        .map(Some)
 }
 
 /// B's instance group, healthy and marked as variant B (not yet routed),
@@ -144,15 +129,26 @@ async fn start_group(inner: &Arc<Inner>, plan: &Plan) -> Result<Vec<Live>> {
         tokio::task::spawn_blocking(move || crate::data::copy_for_experiment(&data, &target, uid))
             .await??;
     }
-    let mut group = Vec::new();
-    for _ in 0..env.instances {
+    fill_group(inner, plan, Vec::new(), copy.as_deref()).await
+}
+
+/// `group` with as many more B instances started (on `data_dir`) as the
+/// environment declares, every one healthy and marked as variant B.
+async fn fill_group(
+    inner: &Arc<Inner>,
+    plan: &Plan,
+    mut group: Vec<Live>,
+    data_dir: Option<&std::path::Path>,
+) -> Result<Vec<Live>> {
+    let b_env = plan.b_env();
+    while group.len() < plan.env.instances as usize {
         let live = instances::start_instance(
             inner,
-            b,
+            &plan.b,
             &plan.spec,
             &b_env,
             plan.deployment,
-            copy.as_deref(),
+            data_dir,
         )
         .await?;
         live.backend.set_variant(Variant::B);
