@@ -297,18 +297,8 @@ fn sequential_load(
 #[tokio::test]
 async fn a_hand_over_in_the_middle_of_an_experiment_keeps_a_and_b() {
     let dir = crate::support::tempdir();
-    let data = dir.path().join("data");
-    let mut server = Server::start(&data, None);
-    let repo = GitRepo::new(dir.path(), "shop");
-    crate::support::copy_fixture(&repo, "shop");
-    let spec = "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  health: { path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }\nenvironments:\n  prod:\n    deploy: auto\n    instances: 1\n    listen: 127.0.0.1:0\n    strategy:\n      ab: { steps: [20, 100], min_requests: 1000000, max_step: 10m, metrics: [error_rate] }\n";
-    repo.commit("v1", &[("sluice.yaml", spec)]);
-    server.add_repo(&repo);
-    server.wait_env("shop", "prod", 1, 1).await;
-    repo.commit("v2", &[("app/VERSION", "2\n")]);
-    let id = wait_experiment(&server, |x| x["status"] == "running").await["id"].clone();
-    let prod = wait_both_variants(&server).await;
-    let url = format!("http://{}/", prod["listen"].as_str().unwrap());
+    let (mut server, data, id, url) = in_an_experiment(dir.path()).await;
+    let id = serde_json::Value::from(id);
     let mut before = instance_processes(&data);
     before.sort();
     let b_user = user_of_variant(&url, "b").await;
@@ -341,19 +331,7 @@ async fn a_hand_over_in_the_middle_of_an_experiment_keeps_a_and_b() {
 #[tokio::test]
 async fn an_experiment_goes_on_after_a_kill_9() {
     let dir = crate::support::tempdir();
-    let data = dir.path().join("data");
-    let mut server = Server::start(&data, None);
-    let repo = GitRepo::new(dir.path(), "shop");
-    crate::support::copy_fixture(&repo, "shop");
-    let spec = "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  health: { path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }\nenvironments:\n  prod:\n    deploy: auto\n    instances: 1\n    listen: 127.0.0.1:0\n    strategy:\n      ab: { steps: [20, 100], min_requests: 1000000, max_step: 10m, metrics: [error_rate] }\n";
-    repo.commit("v1", &[("sluice.yaml", spec)]);
-    server.add_repo(&repo);
-    server.wait_env("shop", "prod", 1, 1).await;
-    repo.commit("v2", &[("app/VERSION", "2\n")]);
-    let experiment = wait_experiment(&server, |x| x["status"] == "running").await;
-    let id = experiment["id"].as_i64().unwrap();
-    let prod = wait_both_variants(&server).await;
-    let url = format!("http://{}/", prod["listen"].as_str().unwrap());
+    let (mut server, data, id, url) = in_an_experiment(dir.path()).await;
     let mut before = instance_processes(&data);
     before.sort();
     assert_eq!(before.len(), 2, "A and B: {before:?}");
@@ -436,6 +414,25 @@ async fn an_experiment_goes_on_after_a_kill_9() {
 
     // It ends as it would have: promoted by a person, its promotion done.
     promote_by_hand(&restarted, id).await;
+}
+
+/// A server in `dir` whose shop runs v1 in prod (one instance) and an
+/// experiment of v2 at 20 %: the server, its data directory, the
+/// experiment's id and prod's entry point.
+async fn in_an_experiment(dir: &std::path::Path) -> (Server, std::path::PathBuf, i64, String) {
+    let data = dir.join("data");
+    let server = Server::start(&data, None);
+    let repo = GitRepo::new(dir, "shop");
+    crate::support::copy_fixture(&repo, "shop");
+    let spec = "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  health: { path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }\nenvironments:\n  prod:\n    deploy: auto\n    instances: 1\n    listen: 127.0.0.1:0\n    strategy:\n      ab: { steps: [20, 100], min_requests: 1000000, max_step: 10m, metrics: [error_rate] }\n";
+    repo.commit("v1", &[("sluice.yaml", spec)]);
+    server.add_repo(&repo);
+    server.wait_env("shop", "prod", 1, 1).await;
+    repo.commit("v2", &[("app/VERSION", "2\n")]);
+    let experiment = wait_experiment(&server, |x| x["status"] == "running").await;
+    let prod = wait_both_variants(&server).await;
+    let url = format!("http://{}/", prod["listen"].as_str().unwrap());
+    (server, data, experiment["id"].as_i64().unwrap(), url)
 }
 
 /// A user's sticky cookie (`sluice_key=…`) that the split gives `variant`.
