@@ -979,7 +979,11 @@ impl Inner {
     ) -> Option<Vec<std::net::TcpListener>> {
         let keeper = self.kept_sockets.as_ref()?;
         let key = sockets_key(service, &env.name);
-        let kept = keeper.take(&key).ok().filter(|k| !k.is_empty())?;
+        let kept = keeper
+            .take(&key)
+            .inspect_err(|e| tracing::warn!(service, env = %env.name, error = %e, "could not ask the keeper for the entry point's sockets; it listens afresh"))
+            .ok()
+            .filter(|k| !k.is_empty())?;
         let at = kept[0].local_addr().ok()?;
         let wanted = env.listen;
         if at.ip() == wanted.ip() && (wanted.port() == 0 || wanted.port() == at.port()) {

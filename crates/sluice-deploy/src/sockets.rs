@@ -50,7 +50,14 @@ fn receive(stream: &UnixStream) -> std::io::Result<(String, Vec<OwnedFd>)> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [IoSliceMut::new(&mut buffer)];
-    let message = recvmsg(stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)?;
+    // A signal (a child of the server exiting) interrupts a receive on a
+    // socket with a timeout even under SA_RESTART (signal(7)): read again.
+    let message = loop {
+        match recvmsg(stream, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Err(rustix::io::Errno::INTR) => continue,
+            received => break received?,
+        }
+    };
     let mut fds = Vec::new();
     for cmsg in control.drain() {
         if let RecvAncillaryMessage::ScmRights(received) = cmsg {
@@ -71,8 +78,12 @@ fn send(stream: &UnixStream, text: &str, fds: &[BorrowedFd<'_>]) -> std::io::Res
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(std::io::Error::other("too many sockets to pass at once"));
     }
-    sendmsg(stream, &iov, &mut control, SendFlags::empty())?;
-    Ok(())
+    loop {
+        match sendmsg(stream, &iov, &mut control, SendFlags::empty()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            sent => return sent.map(|_| ()).map_err(Into::into),
+        }
+    }
 }
 
 /// What the keeper holds.

@@ -60,8 +60,13 @@ impl Server {
             .env("SLUICE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            // Appended: a server started again on the same data directory
+            // (a restart) keeps the account of the one before it.
             .stderr(Stdio::from(
-                std::fs::File::create(data_dir.with_extension("log"))
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(data_dir.with_extension("log"))
                     .unwrap_or_else(|_| tempfile_log()),
             ));
         if let Some(url) = database {
@@ -251,12 +256,21 @@ impl Drop for Server {
         }
         if std::thread::panicking() {
             // The server's own account of what went wrong, for whoever reads the failure.
-            let log =
-                std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- last lines of the server's log:");
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
+            // (Those before it on this data directory, and the keeper of
+            // the entry points' sockets, included.)
+            for (what, path) in [
+                ("the server's log", self.data_dir.with_extension("log")),
+                (
+                    "the socket keeper's log",
+                    self.data_dir.join("keep-sockets.log"),
+                ),
+            ] {
+                let log = std::fs::read_to_string(path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                eprintln!("--- last lines of {what}:");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
             }
         }
     }
