@@ -488,15 +488,22 @@ pub(crate) async fn promote_by_hand(server: &Server, id: i64) {
         String::from_utf8_lossy(&out.stderr)
     );
     server.wait_env("shop", "prod", 2, 1).await;
-    let promotions = server.get("/promotions?service=shop&all=true").await;
-    assert!(
-        promotions
+    // The promotion is settled once the experiment's end is recorded, a
+    // moment after prod runs v2.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let promotions = server.get("/promotions?service=shop&all=true").await;
+        let done = promotions
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p["release"] == 2 && p["status"] == "done"),
-        "{promotions:#}"
-    );
+            .any(|p| p["release"] == 2 && p["status"] == "done");
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{promotions:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub(crate) async fn wait_experiment(
