@@ -36,6 +36,20 @@ async fn gated_backend() -> (SocketAddr, Arc<AtomicUsize>, Arc<Semaphore>) {
     (addr, started, gate)
 }
 
+/// prod's entry point, in front of `backend`.
+async fn listening_before(backend: SocketAddr) -> Listener {
+    let route = Route::default();
+    route.add(healthy("prod-1", backend, "v1"));
+    Listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        route,
+        "prod",
+        Telemetry::detached("prod"),
+    )
+    .await
+    .unwrap()
+}
+
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -47,16 +61,7 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_listener_lets_every_request_under_way_finish() {
     let (backend, started, gate) = gated_backend().await;
-    let route = Route::default();
-    route.add(healthy("prod-1", backend, "v1"));
-    let listener = Listener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        route,
-        "prod",
-        Telemetry::detached("prod"),
-    )
-    .await
-    .unwrap();
+    let listener = listening_before(backend).await;
     let url = format!("http://{}/held", listener.addr);
 
     let mut under_way = Vec::new();
@@ -115,16 +120,7 @@ async fn a_connection_accepted_before_the_stop_gets_its_first_answer() {
     use std::io::{Read, Write};
     let (backend, _started, gate) = gated_backend().await;
     gate.add_permits(100);
-    let route = Route::default();
-    route.add(healthy("prod-1", backend, "v1"));
-    let listener = Listener::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        route,
-        "prod",
-        Telemetry::detached("prod"),
-    )
-    .await
-    .unwrap();
+    let listener = listening_before(backend).await;
     let addr = listener.addr;
     // Several, as each met the stop or its request first by chance.
     let early: Vec<std::net::TcpStream> = (0..8)

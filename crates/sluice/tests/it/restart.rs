@@ -161,7 +161,7 @@ async fn instances_that_match_keep_running_through_a_kill_9() {
         // One request after another, each on a connection of its own, through
         // the kill and the restart.
         let url = format!("http://{}/", dev["listen"].as_str().unwrap());
-        let (stop, load) = sequential_load(url.clone());
+        let load = Load::start(url.clone());
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         server.kill_hard();
@@ -169,9 +169,7 @@ async fn instances_that_match_keep_running_through_a_kill_9() {
         let restarted = Server::start(&data, db.as_deref());
         let kept = restarted.wait_env("shop", "dev", 1, 2).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let (ok, failed, slowest) = load.await.unwrap();
-        eprintln!("through the kill -9 and restart: {ok} answered, {} failed, the slowest in {slowest:?}", failed.len());
+        let failed = load.finish("the kill -9 and restart").await;
         // The entry point's sockets were kept: a connection made while no
         // server ran waited for the next one instead of being refused. Only
         // a request the killed server was answering can fail.
@@ -233,7 +231,7 @@ async fn a_hand_over_restarts_nothing_and_answers_what_waits() {
     let mut before = instance_processes(&data);
     before.sort();
     let url = format!("http://{}/", dev["listen"].as_str().unwrap());
-    let (stop, load) = sequential_load(url);
+    let load = Load::start(url);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let pid = nix::unistd::Pid::from_raw(server.pid());
@@ -242,12 +240,7 @@ async fn a_hand_over_restarts_nothing_and_answers_what_waits() {
     let restarted = Server::start(&data, None);
     restarted.wait_env("shop", "dev", 1, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (ok, failed, slowest) = load.await.unwrap();
-    eprintln!(
-        "through the hand-over: {ok} answered, {} failed, the slowest in {slowest:?}",
-        failed.len()
-    );
+    let failed = load.finish("the hand-over").await;
     // Every request is answered: by the old server (its drain answers even
     // a connection accepted in the instant before it stopped) or by the new
     // one (connections wait in the kept sockets meanwhile).
@@ -261,35 +254,48 @@ async fn a_hand_over_restarts_nothing_and_answers_what_waits() {
 }
 
 /// One request after another to `url`, each on a connection of its own,
-/// until told to stop: how many were answered, the failures, the slowest.
-type LoadResult = (usize, Vec<String>, Duration);
+/// until [`Load::finish`].
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// How many were answered, the failures, the slowest.
+    task: tokio::task::JoinHandle<(usize, Vec<String>, Duration)>,
+}
 
-fn sequential_load(
-    url: String,
-) -> (
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-    tokio::task::JoinHandle<LoadResult>,
-) {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopping = stop.clone();
-    let load = tokio::spawn(async move {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap();
-        let (mut ok, mut failed, mut slowest) = (0, Vec::new(), Duration::ZERO);
-        while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
-            let sent = Instant::now();
-            match client.get(&url).send().await {
-                Ok(answer) if answer.status() == 200 => ok += 1,
-                Ok(answer) => failed.push(answer.status().to_string()),
-                Err(e) => failed.push(format!("{e:?}")),
+impl Load {
+    fn start(url: String) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let (mut ok, mut failed, mut slowest) = (0, Vec::new(), Duration::ZERO);
+            while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                let sent = Instant::now();
+                match client.get(&url).send().await {
+                    Ok(answer) if answer.status() == 200 => ok += 1,
+                    Ok(answer) => failed.push(answer.status().to_string()),
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+                slowest = slowest.max(sent.elapsed());
             }
-            slowest = slowest.max(sent.elapsed());
-        }
-        (ok, failed, slowest)
-    });
-    (stop, load)
+            (ok, failed, slowest)
+        });
+        Load { stop, task }
+    }
+
+    /// Stops it, says how it went `through` what the test did, and gives
+    /// the failures.
+    async fn finish(self, through: &str) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (ok, failed, slowest) = self.task.await.unwrap();
+        eprintln!(
+            "through {through}: {ok} answered, {} failed, the slowest in {slowest:?}",
+            failed.len()
+        );
+        failed
+    }
 }
 
 /// An upgrade in the middle of an experiment: A and B go on as they are, at
@@ -302,7 +308,7 @@ async fn a_hand_over_in_the_middle_of_an_experiment_keeps_a_and_b() {
     let mut before = instance_processes(&data);
     before.sort();
     let b_user = user_of_variant(&url, "b").await;
-    let (stop, load) = sequential_load(url.clone());
+    let load = Load::start(url.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let pid = nix::unistd::Pid::from_raw(server.pid());
@@ -315,12 +321,7 @@ async fn a_hand_over_in_the_middle_of_an_experiment_keeps_a_and_b() {
     .await;
     assert_eq!((&resumed["id"], &resumed["weight_bp"]), (&id, &2000.into()));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (ok, failed, slowest) = load.await.unwrap();
-    eprintln!(
-        "through the hand-over in the experiment: {ok} answered, {} failed, the slowest in {slowest:?}",
-        failed.len()
-    );
+    let failed = load.finish("the hand-over in the experiment").await;
     assert!(failed.is_empty(), "{failed:?}");
     let mut after = instance_processes(&data);
     after.sort();
@@ -336,7 +337,7 @@ async fn an_experiment_goes_on_after_a_kill_9() {
     before.sort();
     assert_eq!(before.len(), 2, "A and B: {before:?}");
     let b_user = user_of_variant(&url, "b").await;
-    let (stop, load) = sequential_load(url.clone());
+    let load = Load::start(url.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     server.kill_hard();
@@ -360,12 +361,7 @@ async fn an_experiment_goes_on_after_a_kill_9() {
     );
     // A and B kept running through it, neither started again, and B's user
     // stayed on B: only a request the killed server was answering can fail.
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (ok, failed, slowest) = load.await.unwrap();
-    eprintln!(
-        "through the kill -9 in the experiment: {ok} answered, {} failed, the slowest in {slowest:?}",
-        failed.len()
-    );
+    let failed = load.finish("the kill -9 in the experiment").await;
     assert!(failed.len() <= 1, "{failed:?}");
     let mut after = instance_processes(&data);
     after.sort();
