@@ -665,8 +665,7 @@ impl Inner {
     /// started by a server of this data directory (not by another server
     /// sharing the database, whose paths are not this one's), and they run
     /// their environment's recorded release (A) or, while an experiment is
-    /// open there, its B. An A/A experiment's instances (A and B the same
-    /// release, told apart nowhere but in the old server) start again.
+    /// open there, its B (see [`kept_as`]).
     async fn keepable(&self) -> anyhow::Result<Vec<Instance>> {
         let states = self.store.env_states(None).await?;
         let open = self.open_experiments().await?;
@@ -683,13 +682,7 @@ impl Inner {
                 (Some(pid), Some(ticks)) => self.runtime.can_adopt(pid as i32, ticks),
                 _ => false,
             };
-            let release = Some(instance.release_id);
-            let matches = match experiment {
-                None => release == wanted,
-                Some(x) if Some(x.release_id) == wanted => false,
-                Some(x) => release == wanted || instance.release_id == x.release_id,
-            };
-            if alive && matches {
+            if alive && kept_as(&instance, wanted, experiment).is_some() {
                 kept.push(instance);
             }
         }
@@ -722,14 +715,14 @@ impl Inner {
                 continue;
             };
             let here = |i: &&Instance| i.service == state.service && i.environment == state.name;
+            let open_here = open
+                .iter()
+                .find(|x| x.service == state.service && x.environment == state.name);
             let (mine, b): (Vec<&Instance>, Vec<&Instance>) = kept
                 .iter()
                 .filter(here)
-                .partition(|i| i.release_id == release_id);
-            let experiment = open
-                .iter()
-                .find(|x| x.service == state.service && x.environment == state.name)
-                .map(|x| (x, b.as_slice()));
+                .partition(|i| kept_as(i, Some(release_id), open_here) == Some(KeptAs::A));
+            let experiment = open_here.map(|x| (x, b.as_slice()));
             if mine.is_empty() {
                 // B without A: the experiment starts its B again, once A is back.
                 self.give_up_kept(&b).await;
@@ -771,6 +764,32 @@ impl Inner {
     }
 }
 
+/// What a restart may keep an instance left running as.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum KeptAs {
+    /// Its environment's own: it runs the recorded release.
+    A,
+    /// The B of the experiment open in its environment.
+    B,
+}
+
+/// What an instance left running is to its environment, which runs
+/// release `wanted` and may have `open` experiment: that experiment's B if
+/// it was started as such (even on the same release, when B tries a config
+/// change), else A if it runs the wanted release and is nobody's B (a
+/// promoted B is A again), else nothing to keep.
+fn kept_as(
+    instance: &Instance,
+    wanted: Option<i64>,
+    open: Option<&sluice_store::Experiment>,
+) -> Option<KeptAs> {
+    match (instance.experiment_id, open) {
+        (Some(of), Some(x)) if of == x.id => Some(KeptAs::B),
+        (None, _) if Some(instance.release_id) == wanted => Some(KeptAs::A),
+        _ => None,
+    }
+}
+
 /// What a restart kept of an environment, for the change log.
 fn kept_summary(env: &str, release: &Release, kept: &[crate::Live]) -> String {
     let b: Vec<&crate::Live> = kept
@@ -805,10 +824,57 @@ mod tests {
     use crate::testing::{FakeRuntime, Harness, at_each_action, kill, server_runtime, spec};
 
     #[test]
-    fn a_promotion_is_deployed_once_and_settled_by_its_experiment() {
-        use super::{Next, next};
-        use sluice_store::ExperimentStatus::{Promoted, RolledBack, Running, Starting};
-        let x = |status| sluice_store::Experiment {
+    fn a_restart_keeps_a_and_the_open_experiments_b_by_what_they_were_started_as() {
+        use super::{KeptAs, kept_as};
+        let instance = |release_id, experiment_id| sluice_store::Instance {
+            id: "shop-prod-v1-1".into(),
+            service: "shop".into(),
+            environment: "prod".into(),
+            release_id,
+            release: release_id,
+            port: 4000,
+            pid: Some(10),
+            start_ticks: Some(1),
+            state: sluice_store::InstanceState::Healthy,
+            restarts: 0,
+            config_hash: String::new(),
+            experiment_id,
+            created_at: 0,
+            stopped_at: None,
+        };
+        let open = |id, release_id| sluice_store::Experiment {
+            id,
+            release_id,
+            ..experiment(sluice_store::ExperimentStatus::Running)
+        };
+        let (of_v2, config_on_v1) = (open(7, 2), open(8, 1));
+        let table = [
+            // release, started as B of, wanted, open experiment → kept as
+            (1, None, Some(1), None, Some(KeptAs::A)),
+            (2, None, Some(1), None, None),
+            (1, None, None, None, None),
+            (2, Some(7), Some(1), Some(&of_v2), Some(KeptAs::B)),
+            (1, None, Some(1), Some(&of_v2), Some(KeptAs::A)),
+            // A config experiment on the same release: told apart all the same.
+            (1, Some(8), Some(1), Some(&config_on_v1), Some(KeptAs::B)),
+            (1, None, Some(1), Some(&config_on_v1), Some(KeptAs::A)),
+            // The B of an experiment no longer open (rolled back as the
+            // server died): not kept, even on the wanted release.
+            (1, Some(8), Some(1), None, None),
+            (1, Some(8), Some(1), Some(&of_v2), None),
+        ];
+        for (release, of, wanted, x, expected) in table {
+            assert_eq!(
+                kept_as(&instance(release, of), wanted, x),
+                expected,
+                "v{release} started as B of {of:?}, wanted {wanted:?}, open {:?}",
+                x.map(|x| x.id)
+            );
+        }
+    }
+
+    fn experiment(status: sluice_store::ExperimentStatus) -> sluice_store::Experiment {
+        sluice_store::Experiment {
             id: 7,
             service: "shop".into(),
             environment: "prod".into(),
@@ -827,7 +893,14 @@ mod tests {
             created_at: 0,
             step_started_at: 0,
             finished_at: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_promotion_is_deployed_once_and_settled_by_its_experiment() {
+        use super::{Next, next};
+        use sluice_store::ExperimentStatus::{Promoted, RolledBack, Running, Starting};
+        let x = experiment;
         let (starting, running, promoted, rolled_back) =
             (x(Starting), x(Running), x(Promoted), x(RolledBack));
         let table = [

@@ -148,7 +148,10 @@ async fn fill_group(
             &plan.spec,
             &b_env,
             plan.deployment,
-            data_dir,
+            Some(instances::OfB {
+                experiment: plan.id,
+                data_dir,
+            }),
         )
         .await?;
         live.backend.set_variant(Variant::B);
@@ -977,6 +980,8 @@ impl Looker {
         for live in &a_group {
             instances::stop_instance(&inner, &self.route, live).await;
         }
+        // B's instances are the environment's own now, for a restart too.
+        let _ = inner.store.instances_become_a(self.id).await;
         let _ = inner
             .store
             .set_env_release(&service, &env, &self.b, "sluice", "env.release")

@@ -211,17 +211,26 @@ pub(crate) async fn stop_deployment(inner: &Arc<Inner>, service: &str, env: &str
     }
 }
 
+/// An open experiment's B, as its instances are started and recorded: the
+/// experiment, and B's copy of the environment's data if it has one.
+#[derive(Clone, Copy)]
+pub(crate) struct OfB<'a> {
+    pub experiment: i64,
+    pub data_dir: Option<&'a std::path::Path>,
+}
+
 /// Starts one instance of `release` in `env` for `deployment`, with its
-/// port, environment and health checks; its `DATA_DIR` is the
-/// environment's unless `data_dir` gives another (an experiment's copy).
+/// port, environment and health checks: the environment's own, or the B of
+/// an experiment (`b`), whose `DATA_DIR` may be a copy.
 pub(crate) async fn start_instance(
     inner: &Arc<Inner>,
     release: &Release,
     spec: &Spec,
     env: &Environment,
     deployment: i64,
-    data_dir: Option<&std::path::Path>,
+    b: Option<OfB<'_>>,
 ) -> Result<Live> {
+    let data_dir = b.and_then(|b| b.data_dir);
     let service = &release.service;
     let run = spec
         .run
@@ -259,6 +268,7 @@ pub(crate) async fn start_instance(
         state: InstanceState::Starting,
         restarts: 0,
         config_hash: render::config_hash(&env.config, &files),
+        experiment_id: b.map(|b| b.experiment),
         created_at: 0,
         stopped_at: None,
     };

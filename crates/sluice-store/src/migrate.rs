@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("migrations/0010_agents.sql")),
     (11, include_str!("migrations/0011_controllers.sql")),
     (12, include_str!("migrations/0012_ui_sessions.sql")),
+    (13, include_str!("migrations/0013_instance_experiment.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

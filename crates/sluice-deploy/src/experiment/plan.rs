@@ -18,6 +18,8 @@ use crate::Inner;
 /// those given by hand), the deployment B's instances belong to, and the
 /// step it is at.
 pub(crate) struct Plan {
+    /// The experiment's id.
+    pub id: i64,
     pub b: Release,
     pub spec: Spec,
     pub env: Environment,
@@ -51,6 +53,7 @@ impl Plan {
             .ok_or_else(|| anyhow!("experiment {} has no deployment", x.id))?;
         let step = (x.step.max(0) as usize).min(ab.steps.len() - 1);
         Ok(Plan {
+            id: x.id,
             b,
             spec,
             env,

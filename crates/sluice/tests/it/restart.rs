@@ -412,10 +412,78 @@ async fn an_experiment_goes_on_after_a_kill_9() {
     promote_by_hand(&restarted, id).await;
 }
 
+/// A config experiment: B runs the release A runs, with a config value
+/// changed. A restart tells them apart by what each was started as.
+#[tokio::test]
+async fn a_config_experiment_on_the_running_release_goes_on_after_a_kill_9() {
+    let dir = crate::support::tempdir();
+    let (mut server, data, _repo) = serving_v1(dir.path()).await;
+    let out = server.cli(&[
+        "ab",
+        "start",
+        "shop",
+        "prod",
+        "--release",
+        "1",
+        "--set",
+        "GREETING=hi",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let experiment = wait_experiment(&server, |x| x["status"] == "running").await;
+    let prod = wait_prod_healthy(&server, |releases| releases == [1, 1]).await;
+    let url = format!("http://{}/", prod["listen"].as_str().unwrap());
+    let mut before = instance_processes(&data);
+    before.sort();
+    assert_eq!(before.len(), 2, "A and B: {before:?}");
+    let b_user = user_of_variant(&url, "b").await;
+    let load = Load::start(url.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    server.kill_hard();
+    let restarted = Server::start(&data, None);
+    let resumed = wait_experiment(&restarted, |x| {
+        x["decisions"].to_string().contains("the server restarted")
+    })
+    .await;
+    assert_eq!(
+        (&resumed["id"], &resumed["status"], &resumed["weight_bp"]),
+        (&experiment["id"], &"running".into(), &2000.into())
+    );
+    let failed = load.finish("the kill -9 in the config experiment").await;
+    assert!(failed.len() <= 1, "{failed:?}");
+    let mut after = instance_processes(&data);
+    after.sort();
+    assert_eq!(before, after, "the same processes serve A and B");
+    assert_eq!(variant_for(&url, &b_user).await, "b");
+    let changes = restarted.get("/changelog?kind=instances.kept").await;
+    assert!(
+        changes
+            .to_string()
+            .contains("kept 1 instance(s) of v1 running through the server's restart, and 1 of the experiment's B (v1)"),
+        "{changes:#}"
+    );
+}
+
 /// A server in `dir` whose shop runs v1 in prod (one instance) and an
 /// experiment of v2 at 20 %: the server, its data directory, the
 /// experiment's id and prod's entry point.
 async fn in_an_experiment(dir: &std::path::Path) -> (Server, std::path::PathBuf, i64, String) {
+    let (server, data, repo) = serving_v1(dir).await;
+    repo.commit("v2", &[("app/VERSION", "2\n")]);
+    let experiment = wait_experiment(&server, |x| x["status"] == "running").await;
+    let prod = wait_both_variants(&server).await;
+    let url = format!("http://{}/", prod["listen"].as_str().unwrap());
+    (server, data, experiment["id"].as_i64().unwrap(), url)
+}
+
+/// A server in `dir` whose shop runs v1 in prod (one instance), with an A/B
+/// strategy that stays at its first step (20 %): the server, its data
+/// directory and the shop's repository.
+async fn serving_v1(dir: &std::path::Path) -> (Server, std::path::PathBuf, GitRepo) {
     let data = dir.join("data");
     let server = Server::start(&data, None);
     let repo = GitRepo::new(dir, "shop");
@@ -424,11 +492,7 @@ async fn in_an_experiment(dir: &std::path::Path) -> (Server, std::path::PathBuf,
     repo.commit("v1", &[("sluice.yaml", spec)]);
     server.add_repo(&repo);
     server.wait_env("shop", "prod", 1, 1).await;
-    repo.commit("v2", &[("app/VERSION", "2\n")]);
-    let experiment = wait_experiment(&server, |x| x["status"] == "running").await;
-    let prod = wait_both_variants(&server).await;
-    let url = format!("http://{}/", prod["listen"].as_str().unwrap());
-    (server, data, experiment["id"].as_i64().unwrap(), url)
+    (server, data, repo)
 }
 
 /// A user's sticky cookie (`sluice_key=…`) that the split gives `variant`.
@@ -518,6 +582,14 @@ pub(crate) async fn wait_experiment(
 }
 
 pub(crate) async fn wait_both_variants(server: &Server) -> serde_json::Value {
+    wait_prod_healthy(server, |releases| {
+        releases.contains(&1) && releases.contains(&2)
+    })
+    .await
+}
+
+/// Prod's status once the releases of its healthy instances are `wanted`.
+async fn wait_prod_healthy(server: &Server, wanted: impl Fn(&[i64]) -> bool) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let status = server.get("/status?service=shop").await;
@@ -535,7 +607,7 @@ pub(crate) async fn wait_both_variants(server: &Server) -> serde_json::Value {
                 .filter(|i| i["healthy"] == true)
                 .map(|i| i["release"].as_i64().unwrap())
                 .collect();
-            if healthy.contains(&1) && healthy.contains(&2) {
+            if wanted(&healthy) {
                 return prod;
             }
         }
