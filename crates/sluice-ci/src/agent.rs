@@ -38,6 +38,9 @@ pub struct AgentConfig {
     /// Whether steps run as a user of their repository's own (when the
     /// agent is root), as on the server.
     pub isolation: crate::sandbox::Isolation,
+    /// The IP address its host's instances listen on; none: the one the
+    /// server sees it connect from.
+    pub address: Option<String>,
 }
 
 /// How long a claim waits at the server before asking again.
@@ -402,6 +405,7 @@ impl Client {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             memory_mb: memory_mb(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            address: config.address.clone(),
         };
         let response = self.post("/agents").json(&hello).send().await?;
         Ok(answer(response).await?.json().await?)

@@ -54,12 +54,19 @@ pub enum AgentError {
 
 impl Ci {
     /// Registers the agent `hello` names, under the token `token_id`.
+    /// `peer` is the address it connected from, its address unless it
+    /// names one.
     pub async fn register_agent(
         &self,
         token_id: &str,
         hello: &Hello,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<Registered, AgentError> {
         check_hello(hello)?;
+        let address = match &hello.address {
+            Some(address) => address.clone(),
+            None => peer.map(|ip| ip.to_string()).unwrap_or_default(),
+        };
         let agent = self
             .engine
             .store
@@ -70,6 +77,7 @@ impl Ci {
                 cores: i64::from(hello.cores),
                 memory_mb: hello.memory_mb.min(i64::MAX as u64) as i64,
                 version: &hello.version,
+                address: &address,
             })
             .await
             .map_err(|e| match e {
@@ -441,6 +449,16 @@ fn stale(job_id: i64, generation: i64) -> AgentError {
 
 fn check_hello(hello: &Hello) -> Result<(), AgentError> {
     let invalid = |why: String| Err(AgentError::Invalid(why));
+    if let Some(address) = &hello.address
+        && !address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| !ip.is_unspecified())
+    {
+        return invalid(format!(
+            "`{}` is not an address instances can be reached at: give the host's IP address",
+            address.chars().take(80).collect::<String>().escape_debug()
+        ));
+    }
     if !sluice_spec::is_label(&hello.name) {
         return invalid(format!(
             "`{}` is not a valid agent name: use 1 to 63 letters, digits, `.`, `_` or `-`",
@@ -768,6 +786,7 @@ mod tests {
             cores,
             memory_mb: 1024,
             version: "0.1.0".to_string(),
+            address: None,
         }
     }
 

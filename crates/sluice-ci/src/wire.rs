@@ -22,6 +22,10 @@ pub struct Hello {
     pub cores: u32,
     pub memory_mb: u64,
     pub version: String,
+    /// The IP address its host's instances listen on and the server and
+    /// entry points reach them at; by default, the one it connects from.
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 /// The server's answer to a hello: how often to be heard from.

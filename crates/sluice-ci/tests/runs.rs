@@ -231,10 +231,11 @@ async fn agent(world: &World, name: &str, role: &str) {
         cores: 2,
         memory_mb: 1024,
         version: "test".into(),
+        address: None,
     };
     world
         .ci
-        .register_agent(&format!("token-{name}"), &hello)
+        .register_agent(&format!("token-{name}"), &hello, None)
         .await
         .unwrap();
 }

@@ -446,6 +446,7 @@ impl Inner {
         let kept = self.keepable().await?;
         let groups: Vec<i32> = kept
             .iter()
+            .filter(|i| i.agent.is_none())
             .filter_map(|i| i.pid)
             .map(|p| p as i32)
             .collect();
@@ -460,6 +461,10 @@ impl Inner {
             self.store
                 .set_instance_state(&instance.id, InstanceState::Stopped)
                 .await?;
+            if instance.agent.is_some() {
+                // Its agent stops it when it next reports.
+                self.store.ask_stop(&instance.id).await?;
+            }
             instances::remove_workdir(self, &instance.service, &instance.environment, &instance.id)
                 .await;
         }
@@ -650,7 +655,9 @@ impl Inner {
     /// them stopped.
     async fn give_up_kept(&self, kept: &[&Instance]) {
         for instance in kept {
-            if let (Some(pid), Some(ticks)) = (instance.pid, instance.start_ticks) {
+            if instance.agent.is_some() {
+                let _ = self.store.ask_stop(&instance.id).await;
+            } else if let (Some(pid), Some(ticks)) = (instance.pid, instance.start_ticks) {
                 crate::runtime::kill_group(pid as i32, ticks);
             }
             let _ = self
@@ -678,8 +685,14 @@ impl Inner {
             let experiment = open
                 .iter()
                 .find(|x| x.service == instance.service && x.environment == instance.environment);
-            let alive = match (instance.pid, instance.start_ticks) {
-                (Some(pid), Some(ticks)) => self.runtime.can_adopt(pid as i32, ticks),
+            let alive = match (&instance.agent, instance.pid, instance.start_ticks) {
+                // On an agent's host: as the agent last reported it.
+                (Some(_), _, _) => self
+                    .store
+                    .placement(&instance.id)
+                    .await?
+                    .is_some_and(|p| p.running == 1 && p.stop_asked == 0),
+                (None, Some(pid), Some(ticks)) => self.runtime.can_adopt(pid as i32, ticks),
                 _ => false,
             };
             if alive && kept_as(&instance, wanted, experiment).is_some() {
@@ -839,6 +852,7 @@ mod tests {
             restarts: 0,
             config_hash: String::new(),
             experiment_id,
+            agent: None,
             created_at: 0,
             stopped_at: None,
         };

@@ -244,14 +244,19 @@ pub(crate) async fn start_instance(
         .map(|l| l.backend.addr.port())
         .collect();
     let port = free_port(&taken, run.ports)?;
+    let host = match &env.hosts {
+        Some(hosts) => Some(inner.hosts.place(&env.name, hosts, service).await?),
+        None => None,
+    };
     let n = inner.store.count_instances(service, &env.name).await? + 1;
     let id = instance_id(service, &env.name, &release.name(), n);
     let release_dir = inner.layout.release(service, release.number)?;
     let files = render::render(spec, env, &release.name(), &release_dir)?;
     let uid = inner.env_uid(service, &env.name);
-    let workdir = inner.layout.instance_workdir(service, &env.name, &id)?;
-    {
-        let (release_dir, workdir) = (release_dir.clone(), workdir.clone());
+    // An agent's host gets the release's files from the server instead.
+    if host.is_none() {
+        let workdir = inner.layout.instance_workdir(service, &env.name, &id)?;
+        let release_dir = release_dir.clone();
         tokio::task::spawn_blocking(move || crate::workdir::prepare(&release_dir, &workdir, uid))
             .await??;
     }
@@ -269,12 +274,24 @@ pub(crate) async fn start_instance(
         restarts: 0,
         config_hash: render::config_hash(&env.config, &files),
         experiment_id: b.map(|b| b.experiment),
+        agent: host.as_ref().map(|h| h.agent.clone()),
         created_at: 0,
         stopped_at: None,
     };
     inner.store.insert_instance(&record).await?;
-    inner.runtime.start(process).await?;
-    Ok(watch(inner, release, env, run, &id, port, deployment, false).await)
+    let address = match &host {
+        Some(host) => {
+            let of = (service.as_str(), env.name.as_str());
+            inner.hosts.start(host, &process, of, port).await?;
+            host.address
+        }
+        None => {
+            inner.runtime.start(process).await?;
+            std::net::Ipv4Addr::LOCALHOST.into()
+        }
+    };
+    let addr = std::net::SocketAddr::new(address, port);
+    Ok(watch(inner, release, env, run, &id, addr, deployment, false).await)
 }
 
 /// Takes over an instance a previous server started and left running
@@ -293,12 +310,27 @@ pub(crate) async fn adopt_instance(
         .run
         .as_ref()
         .context("sluice.yaml has no `run` section: there is nothing to keep")?;
-    let (Some(pid), Some(ticks)) = (instance.pid, instance.start_ticks) else {
-        bail!("instance {} has no recorded process", instance.id);
-    };
     let port = u16::try_from(instance.port)?;
-    let process = process_spec(inner, release, env, run, &instance.id, port, data_dir).await?;
-    inner.runtime.adopt(process, pid as i32, ticks).await?;
+    let address = match &instance.agent {
+        // Its agent runs it on: this server watches it again.
+        Some(agent) => {
+            let placed = inner.store.placement(&instance.id).await?;
+            inner
+                .hosts
+                .adopt(&instance.id, placed.map_or(0, |p| p.exits as u32));
+            inner.store.agent_named(agent).await?.address.parse()?
+        }
+        None => {
+            let (Some(pid), Some(ticks)) = (instance.pid, instance.start_ticks) else {
+                bail!("instance {} has no recorded process", instance.id);
+            };
+            let process =
+                process_spec(inner, release, env, run, &instance.id, port, data_dir).await?;
+            inner.runtime.adopt(process, pid as i32, ticks).await?;
+            std::net::Ipv4Addr::LOCALHOST.into()
+        }
+    };
+    let addr = std::net::SocketAddr::new(address, port);
     let healthy = instance.state == InstanceState::Healthy;
     Ok(watch(
         inner,
@@ -306,7 +338,7 @@ pub(crate) async fn adopt_instance(
         env,
         run,
         &instance.id,
-        port,
+        addr,
         deployment,
         healthy,
     )
@@ -360,16 +392,12 @@ async fn watch(
     env: &Environment,
     run: &sluice_spec::RunSpec,
     id: &str,
-    port: u16,
+    addr: std::net::SocketAddr,
     deployment: i64,
     healthy: bool,
 ) -> Live {
     let service = &release.service;
-    let backend = Backend::new(
-        id.to_string(),
-        ([127, 0, 0, 1], port).into(),
-        release.name(),
-    );
+    let backend = Backend::new(id.to_string(), addr, release.name());
     backend.set_healthy(healthy);
     let checks = CancellationToken::new();
     let last_failure = Arc::new(std::sync::Mutex::new(None));
@@ -541,7 +569,7 @@ pub(crate) async fn wait_healthy(
     };
     let number: i64 = backend.release.trim_start_matches('v').parse().unwrap_or(0);
     while !backend.is_healthy() {
-        let exits = inner.runtime.exits(&backend.id);
+        let exits = inner.exits(&backend.id);
         let crash_looping = exits >= CRASH_LOOP_EXITS;
         let newer = give_way
             .then(|| inner.superseded_by(&service, &env, number))
@@ -587,6 +615,10 @@ pub(crate) async fn wait_healthy(
 /// Tells (in the change log and the instance's log) when a healthy instance
 /// also listens beyond loopback: it answers past the entry point.
 async fn warn_if_exposed(inner: &Arc<Inner>, backend: &Backend) {
+    // On an agent's host it listens on the host's address by design.
+    if !backend.addr.ip().is_loopback() {
+        return;
+    }
     let exposed = crate::exposure::exposed(backend.addr.port());
     let Some(live) = inner.live.lock().unwrap().get(&backend.id).cloned() else {
         return;
@@ -678,7 +710,7 @@ pub(crate) async fn drain(inner: &Arc<Inner>, route: &Route, live: &Live) {
 pub(crate) async fn stop_instance(inner: &Arc<Inner>, route: &Route, live: &Live) {
     route.remove(&live.backend.id);
     live.checks.cancel();
-    inner.runtime.stop(&live.backend.id).await;
+    inner.stop_process(&live.backend.id).await;
     inner.live.lock().unwrap().remove(&live.backend.id);
     remove_workdir(inner, &live.service, &live.env, &live.backend.id).await;
     let _ = inner

@@ -16,6 +16,7 @@ mod exposure;
 mod gates;
 mod heal;
 mod health;
+pub mod hosts;
 mod incidents;
 mod instances;
 mod promote;
@@ -172,6 +173,8 @@ pub struct CdConfig {
     /// sockets through a crash of the server ([`sockets`]); none: the
     /// sockets close with the server.
     pub socket_keeper: Option<std::path::PathBuf>,
+    /// An agent silent this long gets no instances.
+    pub agent_lease: Duration,
 }
 
 impl CdConfig {
@@ -184,6 +187,7 @@ impl CdConfig {
             look_interval: Duration::from_secs(1),
             isolation: sluice_ci::sandbox::Isolation::User,
             socket_keeper: None,
+            agent_lease: sluice_ci::DEFAULT_AGENT_LEASE,
         }
     }
 }
@@ -220,6 +224,8 @@ pub(crate) struct Inner {
     layout: Layout,
     config: CdConfig,
     runtime: Arc<dyn Runtime>,
+    /// The instances on agents' hosts.
+    hosts: hosts::Hosts,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     /// One listener and route per (service, environment).
@@ -310,6 +316,7 @@ impl Cd {
         let inner = Arc::new(Inner {
             kept_sockets,
             layout: Layout::new(&config.data_dir),
+            hosts: hosts::Hosts::new(store.clone(), config.agent_lease),
             store,
             config,
             runtime,
@@ -337,6 +344,7 @@ impl Cd {
         tokio::spawn(async move {
             started.restart_environments(kept).await;
             tokio::spawn(heal::keep(started.clone()));
+            tokio::spawn(hosts::lost::watch(started.clone()));
             tokio::spawn(deploy::deployer(started.clone()));
             tokio::spawn(experiment::keeper(started.clone()));
             promote::gatekeeper(started).await;
@@ -417,6 +425,41 @@ impl Cd {
             .set_pinned(service, env, false, None, &actor.name)
             .await?;
         Ok(())
+    }
+
+    /// Takes agent `agent`'s report of its host's instances and answers
+    /// what the host is to run (see [`hosts`]). The caller checked that
+    /// the agent is the caller's.
+    pub async fn host_report(
+        &self,
+        agent: &str,
+        report: &hosts::wire::HostReport,
+        wait: Duration,
+    ) -> CdResult<hosts::wire::HostWork> {
+        Ok(self.inner.hosts.report(agent, report, wait).await?)
+    }
+
+    /// The files instance `id` starts from on agent `agent`'s host, as a
+    /// tar: the release's (`work/`) and its rendered config (`config/`).
+    pub async fn hosted_files(&self, agent: &str, id: &str) -> CdResult<Vec<u8>> {
+        let inner = &self.inner;
+        let placed = inner.store.placement(id).await?;
+        if placed.is_none_or(|p| p.agent != agent) {
+            return Err(CdError::NotFound(format!(
+                "agent `{agent}` runs no instance `{id}`"
+            )));
+        }
+        let instance = inner.store.instance(id).await?;
+        let release = inner.layout.release(&instance.service, instance.release)?;
+        let config =
+            inner
+                .layout
+                .config(&instance.service, &instance.environment, instance.release)?;
+        Ok(
+            tokio::task::spawn_blocking(move || hosts::files(&release, &config))
+                .await
+                .map_err(anyhow::Error::from)??,
+        )
     }
 
     pub async fn status(&self, service: Option<&str>) -> CdResult<Vec<EnvStatus>> {
@@ -772,6 +815,24 @@ impl Inner {
     }
 
     /// The user an environment's instances, seeds and replays run as, if any.
+    /// How often an instance's process exited, wherever it runs.
+    fn exits(&self, id: &str) -> u32 {
+        if self.hosts.runs(id) {
+            self.hosts.exits(id)
+        } else {
+            self.runtime.exits(id)
+        }
+    }
+
+    /// Stops an instance's process, wherever it runs.
+    async fn stop_process(&self, id: &str) {
+        if self.hosts.runs(id) {
+            self.hosts.stop(id).await;
+        } else {
+            self.runtime.stop(id).await;
+        }
+    }
+
     fn env_uid(&self, service: &str, env: &str) -> Option<u32> {
         sluice_ci::sandbox::env_uid(service, env, self.config.isolation)
     }

@@ -31,7 +31,7 @@ pub struct InstanceSpec {
     pub uid: Option<u32>,
 }
 
-type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub trait Runtime: Send + Sync {
     /// Starts an instance and keeps it running until [`Runtime::stop`].
@@ -77,16 +77,49 @@ pub trait Runtime: Send + Sync {
     }
 }
 
+/// Where the local runtime notes each process it starts for an instance:
+/// the store on a server (so that the next one can adopt it), the agent's
+/// memory on an agent (which reports it to the server).
+pub trait Recorder: Send + Sync {
+    fn started<'a>(
+        &'a self,
+        id: &'a str,
+        pid: i32,
+        start_ticks: i64,
+        restarts: i64,
+    ) -> Boxed<'a, ()>;
+}
+
+impl Recorder for Store {
+    fn started<'a>(
+        &'a self,
+        id: &'a str,
+        pid: i32,
+        start_ticks: i64,
+        restarts: i64,
+    ) -> Boxed<'a, ()> {
+        Box::pin(async move {
+            if let Err(e) = self
+                .set_instance_process(id, pid.into(), start_ticks, restarts)
+                .await
+            {
+                tracing::warn!(instance = %id, error = %e, "could not record the instance's process");
+            }
+        })
+    }
+}
+
 /// How long an instance gets to exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct LocalRuntime {
-    store: Store,
+    recorder: Arc<dyn Recorder>,
     /// Set by [`Runtime::stop_all`]: nothing starts after it, so that a
     /// deployment still under way at shutdown leaves no process behind.
     closed: std::sync::atomic::AtomicBool,
-    /// The server's data directory, which its instances' `SLUICE_HOME` names.
+    /// The server's (or agent's) data directory, which its instances'
+    /// `SLUICE_HOME` names.
     home: PathBuf,
     running: Mutex<HashMap<String, Supervised>>,
 }
@@ -100,8 +133,13 @@ struct Supervised {
 
 impl LocalRuntime {
     pub fn new(store: Store, home: &std::path::Path) -> Self {
+        Self::recording_to(Arc::new(store), home)
+    }
+
+    /// A runtime that notes its processes in `recorder`.
+    pub fn recording_to(recorder: Arc<dyn Recorder>, home: &std::path::Path) -> Self {
         LocalRuntime {
-            store,
+            recorder,
             home: home.to_path_buf(),
             closed: std::sync::atomic::AtomicBool::new(false),
             running: Mutex::new(HashMap::new()),
@@ -134,7 +172,7 @@ impl LocalRuntime {
             anyhow::bail!("the server is stopping; instance {id} was not started");
         }
         let task = tokio::spawn(supervise(
-            self.store.clone(),
+            self.recorder.clone(),
             spec,
             adopted,
             stop.clone(),
@@ -257,7 +295,7 @@ async fn watch_adopted(spec: &InstanceSpec, process: Adopted, stop: &Cancellatio
 }
 
 async fn supervise(
-    store: Store,
+    recorder: Arc<dyn Recorder>,
     spec: InstanceSpec,
     adopted: Option<Adopted>,
     stop: CancellationToken,
@@ -299,12 +337,7 @@ async fn supervise(
         };
         let pid = child.id().unwrap_or_default() as i32;
         let ticks = sluice_ci::executor::start_ticks(pid).unwrap_or(0);
-        if let Err(e) = store
-            .set_instance_process(&spec.id, pid.into(), ticks, restarts)
-            .await
-        {
-            tracing::warn!(instance = %spec.id, error = %e, "could not record the instance's process");
-        }
+        recorder.started(&spec.id, pid, ticks, restarts).await;
         let status = tokio::select! {
             status = child.wait() => status,
             _ = stop.cancelled() => {

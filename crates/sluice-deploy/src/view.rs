@@ -1,6 +1,7 @@
 //! What runs where: each environment's status with its drift from the
 //! desired state, and two environments side by side on all five facets.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -36,8 +37,11 @@ pub struct InstanceStatus {
     pub state: sluice_store::InstanceState,
     pub healthy: bool,
     pub port: i64,
+    /// Its process on its host.
     pub pid: Option<i64>,
     pub restarts: i64,
+    /// The agent whose host runs it; none: the server's.
+    pub host: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -52,6 +56,13 @@ pub struct PendingPromotion {
 pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResult<Vec<EnvStatus>> {
     let mut out = Vec::new();
     let promotions = inner.store.promotions(service, true, 1000).await?;
+    let placed: HashMap<String, sluice_store::Placement> = inner
+        .store
+        .placements(None)
+        .await?
+        .into_iter()
+        .map(|p| (p.instance_id.clone(), p))
+        .collect();
     for state in inner.store.env_states(service).await? {
         let release = match state.release_id {
             Some(id) => Some(inner.store.release_by_id(id).await?),
@@ -72,14 +83,19 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
                     .unwrap()
                     .get(&i.id)
                     .is_some_and(|l| l.backend.is_healthy());
+                let pid = match &i.agent {
+                    Some(_) => placed.get(&i.id).and_then(|p| p.pid),
+                    None => i.pid,
+                };
                 InstanceStatus {
                     id: i.id,
                     release: i.release,
                     state: i.state,
                     healthy,
                     port: i.port,
-                    pid: i.pid,
+                    pid,
                     restarts: i.restarts,
+                    host: i.agent,
                 }
             })
             .collect();

@@ -94,6 +94,14 @@ pub fn routes() -> Router<AppState> {
             "/agents/{name}/jobs/{job}/artifact",
             put(needs(Operation::AgentWork, agents::artifact)),
         )
+        .route(
+            "/agents/{name}/instances",
+            post(needs(Operation::AgentWork, agents::instances)),
+        )
+        .route(
+            "/agents/{name}/instances/{id}/files",
+            get(needs(Operation::AgentWork, agents::instance_files)),
+        )
         .route("/changes", get(runs::changes))
         .route("/runs", get(runs::list))
         .route("/runs/{id}", get(runs::show))

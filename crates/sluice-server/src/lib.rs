@@ -442,6 +442,7 @@ async fn activate(
     let mut cd_config = CdConfig::new(data_dir);
     cd_config.isolation = options.isolation;
     cd_config.socket_keeper = options.socket_keeper.clone();
+    cd_config.agent_lease = options.agent_lease;
     let cd = Cd::start(store.clone(), cd_config, metrics).await?;
     let ci = Ci::start(store.clone(), config, vec![Arc::new(cd.release_maker())]).await?;
     let public_url = options

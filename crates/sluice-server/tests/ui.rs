@@ -701,12 +701,13 @@ async fn the_openapi_description_covers_every_endpoint_once() {
         }
     }
     // Every route of api.rs but the description itself, each method once.
-    assert_eq!(ids.len(), 69, "{ids:?}");
+    assert_eq!(ids.len(), 71, "{ids:?}");
     for path in [
         "/runs/{id}/logs/raw",
         "/repos/{name}/secrets/{secret}",
         "/experiments/{id}/{verb}",
         "/agents/{name}/jobs/{job}/source",
+        "/agents/{name}/instances/{id}/files",
     ] {
         assert!(paths.contains_key(path), "{path}");
     }

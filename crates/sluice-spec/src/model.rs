@@ -219,6 +219,19 @@ pub struct Environment {
     pub config: BTreeMap<String, String>,
     pub data: DataSpec,
     pub strategy: Strategy,
+    /// The agents' hosts its instances run on (`hosts:`); `None`: the
+    /// server's own host.
+    pub hosts: Option<HostsSpec>,
+}
+
+/// `hosts: { labels: { role: web }, spread: true }`: an environment's
+/// instances run on the agents whose labels include every one named here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HostsSpec {
+    pub labels: BTreeMap<String, String>,
+    /// Spread over as many matching hosts as there are (default), or kept
+    /// together on one.
+    pub spread: bool,
 }
 
 /// What an entry point's clients may take, and its instances to answer

@@ -120,6 +120,16 @@ pub struct RawEnvironment {
     pub config: Entries<Scalar>,
     pub data: Option<RawData>,
     pub strategy: Option<Spanned<RawStrategy>>,
+    pub hosts: Option<Spanned<RawHosts>>,
+}
+
+/// `hosts: { labels: { KEY: VALUE }, spread: BOOL }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHosts {
+    #[serde(default)]
+    pub labels: Entries<Scalar>,
+    pub spread: Option<bool>,
 }
 
 /// `listen: ADDR`, or `listen: { address: ADDR, tls: …, redirect_from: ADDR }`.

@@ -306,20 +306,23 @@ fn job_spec(c: &mut Checker, name: &Spanned<String>, job: &RawJob, names: &HashS
             kind,
             branches: job.branches.iter().map(|b| b.value.clone()).collect(),
         },
-        runs_on: job.runs_on.as_ref().map(|wanted| labels(c, wanted)),
+        runs_on: job
+            .runs_on
+            .as_ref()
+            .map(|wanted| labels(c, wanted, "runs_on")),
         retry_lost: retry_lost(c, job.retry.as_ref()),
     }
 }
 
-/// `runs_on:`'s labels, each key and value checked.
-fn labels(c: &mut Checker, raw: &Entries<Scalar>) -> BTreeMap<String, String> {
+/// Agents' labels (`runs_on:`, `hosts: { labels }`), each key and value checked.
+fn labels(c: &mut Checker, raw: &Entries<Scalar>, field: &str) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
     for (key, value) in &raw.0 {
         for (text, what) in [(&key.value, "key"), (&value.0, "value")] {
             if !crate::model::is_label(text) {
                 c.error(
                     key,
-                    format!("`{text}` is not a valid label {what} in `runs_on`"),
+                    format!("`{text}` is not a valid label {what} in `{field}`"),
                     Some("use 1 to 63 letters, digits, `.`, `_` or `-`".to_string()),
                 );
             }
@@ -622,6 +625,11 @@ fn environments(
             None => 1,
         };
         let data = data_spec(c, &env.data, name, &names);
+        let strategy = strategy(c, &env.strategy);
+        let hosts = env
+            .hosts
+            .as_ref()
+            .map(|raw| hosts_spec(c, raw, &data, &strategy));
         out.push(Environment {
             name: name.value.clone(),
             from: env.from.as_ref().map(|f| f.value.clone()),
@@ -632,11 +640,44 @@ fn environments(
             limits,
             config: env_map(c, &env.config),
             data,
-            strategy: strategy(c, &env.strategy),
+            strategy,
+            hosts,
         });
     }
     from_cycle(c, &raw);
     out
+}
+
+/// `hosts:`. Its instances' data lives on each host, where nothing seeds
+/// or copies it yet: those settings are refused rather than done on the
+/// server's host, where the instances would not see them.
+fn hosts_spec(
+    c: &mut Checker,
+    raw: &Spanned<RawHosts>,
+    data: &DataSpec,
+    strategy: &Strategy,
+) -> HostsSpec {
+    let not_yet = "an environment on `hosts` keeps its data on each host, which Sluice does not seed, copy or snapshot yet";
+    if data.seed.is_some() || data.copy_from.is_some() {
+        c.error(
+            raw,
+            "`data.seed` and `data.copy_from` are not built for an environment on `hosts`",
+            Some(format!("{not_yet}; seed it from the release's own start-up, or run the environment on the server's host")),
+        );
+    }
+    if let Strategy::Ab(ab) = strategy
+        && ab.data == AbData::Copy
+    {
+        c.error(
+            raw,
+            "`strategy.ab.data: copy` is not built for an environment on `hosts`",
+            Some(format!("{not_yet}; use `data: shared`")),
+        );
+    }
+    HostsSpec {
+        labels: labels(c, &raw.value.labels, "hosts.labels"),
+        spread: raw.value.spread.unwrap_or(true),
+    }
 }
 
 /// An environment's address, unique among the file's (port 0 aside).

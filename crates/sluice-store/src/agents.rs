@@ -25,6 +25,8 @@ pub struct Agent {
     pub version: String,
     pub registered_at: i64,
     pub seen_at: i64,
+    /// The address its host's instances listen on and are reached at.
+    pub address: String,
 }
 
 impl Agent {
@@ -131,7 +133,7 @@ pub enum Expired {
 }
 
 const AGENT_COLUMNS: &str =
-    "id, name, token_id, labels, cores, memory_mb, version, registered_at, seen_at";
+    "id, name, token_id, labels, cores, memory_mb, version, registered_at, seen_at, address";
 const LEASE_COLUMNS: &str = "job_id, run_id, labels, offer, state, agent_id, generation, lease_until, lost_left, cancel_asked, outcome, artifact, created_at";
 
 /// Who registers, as the agent says it.
@@ -143,6 +145,7 @@ pub struct AgentHello<'a> {
     pub cores: i64,
     pub memory_mb: i64,
     pub version: &'a str,
+    pub address: &'a str,
 }
 
 impl Store {
@@ -165,18 +168,19 @@ impl Store {
                 )));
             }
             Some((id, _)) => {
-                sqlx::query("UPDATE agents SET labels = $1, cores = $2, memory_mb = $3, version = $4, seen_at = $5 WHERE id = $6")
+                sqlx::query("UPDATE agents SET labels = $1, cores = $2, memory_mb = $3, version = $4, seen_at = $5, address = $6 WHERE id = $7")
                     .bind(&labels)
                     .bind(hello.cores)
                     .bind(hello.memory_mb)
                     .bind(hello.version)
                     .bind(now)
+                    .bind(hello.address)
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
             }
             None => {
-                sqlx::query("INSERT INTO agents (name, token_id, labels, cores, memory_mb, version, registered_at, seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)")
+                sqlx::query("INSERT INTO agents (name, token_id, labels, cores, memory_mb, version, registered_at, seen_at, address) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)")
                     .bind(hello.name)
                     .bind(hello.token_id)
                     .bind(&labels)
@@ -184,6 +188,7 @@ impl Store {
                     .bind(hello.memory_mb)
                     .bind(hello.version)
                     .bind(now)
+                    .bind(hello.address)
                     .execute(&mut *tx)
                     .await?;
                 let event = NewChangeEvent {

@@ -110,6 +110,8 @@ pub struct Instance {
     /// environment's own (a promoted B's become so); -1: not known (a
     /// config experiment's, started by a version that did not record it).
     pub experiment_id: Option<i64>,
+    /// The agent whose host runs it; `None`: the server's own host.
+    pub agent: Option<String>,
     pub created_at: i64,
     pub stopped_at: Option<i64>,
 }
@@ -171,7 +173,7 @@ const DEPLOYMENT_SELECT: &str = "SELECT d.id, d.service, d.environment, d.releas
         d.strategy, d.cause, d.actor, d.status, d.reason, d.created_at, d.finished_at
     FROM deployments d JOIN releases r ON r.id = d.release_id";
 const INSTANCE_SELECT: &str = "SELECT i.id, i.service, i.environment, i.release_id, r.number AS release, i.port, i.pid, i.start_ticks,
-        i.state, i.restarts, i.config_hash, i.experiment_id, i.created_at, i.stopped_at
+        i.state, i.restarts, i.config_hash, i.experiment_id, i.agent, i.created_at, i.stopped_at
     FROM instances i JOIN releases r ON r.id = i.release_id";
 const PROMOTION_SELECT: &str = "SELECT p.id, p.service, p.environment, p.release_id, r.number AS release, p.requested_by, p.status,
         p.blocked_by, p.reason, p.override_by, p.override_reason, p.deployment_id, p.created_at, p.decided_at
@@ -556,8 +558,8 @@ impl Store {
         let mut tx = self.begin().await?;
         self.check_fence(&mut tx).await?;
         sqlx::query(
-            "INSERT INTO instances (id, service, environment, release_id, port, pid, start_ticks, state, restarts, config_hash, experiment_id, created_at)
-             VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, 0, $7, $8, $9)",
+            "INSERT INTO instances (id, service, environment, release_id, port, pid, start_ticks, state, restarts, config_hash, experiment_id, agent, created_at)
+             VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, 0, $7, $8, $9, $10)",
         )
         .bind(&instance.id)
         .bind(&instance.service)
@@ -567,6 +569,7 @@ impl Store {
         .bind(instance.state.as_str())
         .bind(&instance.config_hash)
         .bind(instance.experiment_id)
+        .bind(&instance.agent)
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;

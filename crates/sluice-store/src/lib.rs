@@ -15,6 +15,7 @@ mod incidents;
 mod logs;
 mod migrate;
 mod notify;
+mod placements;
 mod processes;
 mod repos;
 mod rules;
@@ -47,6 +48,7 @@ pub use notify::{
     Attempt, AttemptResult, Channel, GIVE_UP_AFTER_MS, Message, MessageStatus, NewChannel,
     RouteRow, Unbatched,
 };
+pub use placements::{Placement, Reported};
 pub use processes::TrackedProcess;
 pub use repos::{NewRepo, Repo, Secret};
 pub use rules::{NewRule, RuleBlock, RuleRecord, parse_rule_id};

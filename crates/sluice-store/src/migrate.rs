@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("migrations/0011_controllers.sql")),
     (12, include_str!("migrations/0012_ui_sessions.sql")),
     (13, include_str!("migrations/0013_instance_experiment.sql")),
+    (14, include_str!("migrations/0014_placements.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

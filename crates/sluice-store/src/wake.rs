@@ -31,15 +31,19 @@ pub enum Topic {
     ExperimentCommand,
     /// A job was offered to agents (their long polls look).
     JobOffered,
+    /// An instance was placed on an agent's host, or asked to stop there
+    /// (that agent's long poll answers).
+    PlacementChanged,
 }
 
-const TOPICS: [Topic; 6] = [
+const TOPICS: [Topic; 7] = [
     Topic::PromotionAsked,
     Topic::PromotionOpened,
     Topic::ExperimentOpened,
     Topic::ExperimentEnded,
     Topic::ExperimentCommand,
     Topic::JobOffered,
+    Topic::PlacementChanged,
 ];
 
 impl Topic {
@@ -51,6 +55,7 @@ impl Topic {
             Topic::ExperimentEnded => "experiment-ended",
             Topic::ExperimentCommand => "experiment-command",
             Topic::JobOffered => "job-offered",
+            Topic::PlacementChanged => "placement-changed",
         }
     }
 

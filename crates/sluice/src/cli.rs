@@ -83,6 +83,11 @@ pub enum Command {
         /// `none`: as the agent's own user.
         #[arg(long, env = "SLUICE_ISOLATION", default_value = "user", value_parser = ["user", "none"])]
         isolation: String,
+        /// The IP address the instances of environments on this host
+        /// (`hosts:`) listen on, which the server reaches them at; by
+        /// default the one the server sees this agent connect from.
+        #[arg(long)]
+        address: Option<std::net::IpAddr>,
     },
     /// Run the load balancer alone, in front of fixed backends (for benchmarks and trials).
     Proxy {

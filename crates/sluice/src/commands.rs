@@ -35,7 +35,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             labels,
             jobs,
             isolation,
-        } => agent::agent(&cli.global, name, labels, jobs, &isolation).await,
+            address,
+        } => agent::agent(&cli.global, name, labels, jobs, &isolation, address).await,
         Command::Validate { file } => validate::validate(&file),
         Command::Proxy {
             listen,

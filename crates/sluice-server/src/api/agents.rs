@@ -63,10 +63,17 @@ pub async fn list(State(state): State<AppState>, _caller: Caller) -> ApiResult<J
 pub async fn register(
     State(state): State<AppState>,
     caller: Caller,
+    extensions: axum::http::Extensions,
     Json(hello): Json<Hello>,
 ) -> ApiResult<Json<Registered>> {
+    let peer = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|p| p.0.ip());
     Ok(Json(
-        state.ci.register_agent(&caller.token_id, &hello).await?,
+        state
+            .ci
+            .register_agent(&caller.token_id, &hello, peer)
+            .await?,
     ))
 }
 
@@ -251,4 +258,59 @@ pub async fn artifact(
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReportQuery {
+    /// How long to wait for a change when the host runs what it is to run,
+    /// in milliseconds (at most 30 000).
+    wait_ms: Option<u64>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/agents/{name}/instances",
+    tag = "agents",
+    params(("name" = String, Path, description = "the agent's name"), ReportQuery),
+    request_body = sluice_deploy::hosts::wire::HostReport,
+    responses((status = 200, description = "every instance the agent's host is to run", body = sluice_deploy::hosts::wire::HostWork))
+)]
+pub async fn instances(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<ReportQuery>,
+    Json(report): Json<sluice_deploy::hosts::wire::HostReport>,
+) -> ApiResult<Json<sluice_deploy::hosts::wire::HostWork>> {
+    // Also what says the agent is the caller's, and alive.
+    state.ci.agent_heartbeat(&caller.token_id, &name).await?;
+    if report.running.len() > 10_000 {
+        return Err(ApiError::bad_request(
+            "a report names at most 10000 instances",
+        ));
+    }
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(sluice_deploy::hosts::MAX_WAIT);
+    Ok(Json(state.cd.host_report(&name, &report, wait).await?))
+}
+
+#[utoipa::path(
+    get,
+    path = "/agents/{name}/instances/{id}/files",
+    tag = "agents",
+    params(("name" = String, Path, description = "the agent's name"), ("id" = String, Path, description = "the instance's id")),
+    responses((status = 200, description = "the release's files (`work/`) and the rendered config (`config/`), as a tar", content_type = "application/x-tar"))
+)]
+pub async fn instance_files(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    state.ci.agent_heartbeat(&caller.token_id, &name).await?;
+    let tar = state.cd.hosted_files(&name, &id).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-tar")],
+        Bytes::from(tar),
+    )
+        .into_response())
 }

@@ -33,6 +33,7 @@ use super::*;
         channels::message, channels::retry,
         agents::list, agents::register, agents::heartbeat, agents::claim, agents::renew,
         agents::log, agents::step, agents::finish, agents::source, agents::artifact,
+        agents::instances, agents::instance_files,
     ),
     components(schemas(ErrorBody, ErrorDetail))
 )]

@@ -17,6 +17,7 @@ async fn agent(store: &Store, name: &str, role: &str) -> sluice_store::Agent {
             cores: 2,
             memory_mb: 1024,
             version: "test",
+            address: "",
         })
         .await
         .unwrap()
@@ -150,6 +151,7 @@ async fn an_agent_name_belongs_to_the_token_that_registered_it() {
                 cores: 1,
                 memory_mb: 1,
                 version: "test",
+                address: "",
             })
             .await
             .unwrap_err();

@@ -8,6 +8,7 @@ mod experiment_users;
 mod incidents;
 mod leases;
 mod notify;
+mod placements;
 mod runs;
 mod sessions;
 mod traffic;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use sluice_ci::agent::{AgentConfig, Stop};
+use sluice_deploy::hosts::agent::HostConfig;
 
 use crate::cli::Global;
 use crate::client::Client;
@@ -59,6 +60,7 @@ pub async fn agent(
     labels: Vec<(String, String)>,
     jobs: usize,
     isolation: &str,
+    address: Option<std::net::IpAddr>,
 ) -> Result<ExitCode> {
     let Some(token) = global.token.clone() else {
         bail!(
@@ -79,6 +81,18 @@ pub async fn agent(
     let data_dir = std::path::absolute(&global.data_dir)?
         .join("agents")
         .join(&name);
+    let isolation = if isolation == "none" {
+        sluice_ci::sandbox::Isolation::None
+    } else {
+        sluice_ci::sandbox::Isolation::User
+    };
+    let hosting = HostConfig {
+        server: global.server.clone(),
+        token: token.clone(),
+        name: name.clone(),
+        data_dir: data_dir.join("host"),
+        isolation,
+    };
     let config = AgentConfig {
         server: global.server.clone(),
         token,
@@ -86,11 +100,8 @@ pub async fn agent(
         labels: labels.into_iter().collect(),
         data_dir,
         jobs,
-        isolation: if isolation == "none" {
-            sluice_ci::sandbox::Isolation::None
-        } else {
-            sluice_ci::sandbox::Isolation::User
-        },
+        isolation,
+        address: address.map(|a| a.to_string()),
     };
     // The first SIGTERM or Ctrl-C drains (no new job; those under way
     // finish), the second cancels them.
@@ -103,6 +114,13 @@ pub async fn agent(
         super::serve::shutdown_signal().await;
         signals.cancel.cancel();
     });
-    sluice_ci::agent::run(config, stop).await?;
+    // The instances of environments on this host run beside the jobs, and
+    // stop once the jobs are done and the agent exits.
+    let done = tokio_util::sync::CancellationToken::new();
+    let instances = tokio::spawn(sluice_deploy::hosts::agent::run(hosting, done.clone()));
+    let ran = sluice_ci::agent::run(config, stop).await;
+    done.cancel();
+    instances.await??;
+    ran?;
     Ok(ExitCode::SUCCESS)
 }

@@ -15,6 +15,7 @@ mod demo;
 mod detection;
 mod experiments;
 mod goals;
+mod hosted;
 mod hostile;
 mod hosts;
 mod https;

@@ -255,14 +255,14 @@ async fn a_hand_over_restarts_nothing_and_answers_what_waits() {
 
 /// One request after another to `url`, each on a connection of its own,
 /// until [`Load::finish`].
-struct Load {
+pub(crate) struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// How many were answered, the failures, the slowest.
     task: tokio::task::JoinHandle<(usize, Vec<String>, Duration)>,
 }
 
 impl Load {
-    fn start(url: String) -> Load {
+    pub(crate) fn start(url: String) -> Load {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = stop.clone();
         let task = tokio::spawn(async move {
@@ -287,7 +287,7 @@ impl Load {
 
     /// Stops it, says how it went `through` what the test did, and gives
     /// the failures.
-    async fn finish(self, through: &str) -> Vec<String> {
+    pub(crate) async fn finish(self, through: &str) -> Vec<String> {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let (ok, failed, slowest) = self.task.await.unwrap();
         eprintln!(

@@ -1,0 +1,275 @@
+//! Instances on agents' hosts (an environment's `hosts:`), the server's
+//! side: which agent takes an instance, what each agent is asked to run,
+//! what it reports, and the files an instance starts from. The agent's
+//! side is [`agent`]. Health checks and routing stay the server's: an
+//! instance on a host listens on the agent's address, which the entry
+//! point and the health checks reach over the network.
+
+pub mod agent;
+pub(crate) mod lost;
+mod place;
+pub mod wire;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sluice_spec::HostsSpec;
+use sluice_store::{Reported, Store, Topic};
+
+use crate::runtime::InstanceSpec;
+use wire::{AGENT_SETS, HostReport, HostWork, Hosted};
+
+/// How long the server waits for an agent to stop an instance before it
+/// forgets the instance (the agent stops it when it next reports).
+const STOP_WAIT: Duration = Duration::from_secs(10);
+/// The longest an agent's report waits for a change.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// The host an instance is placed on.
+#[derive(Clone, Debug)]
+pub(crate) struct Host {
+    pub agent: String,
+    pub address: IpAddr,
+}
+
+/// The server's side of the instances on agents' hosts.
+pub(crate) struct Hosts {
+    store: Store,
+    /// An agent silent this long is not given instances, and loses those
+    /// it has ([`lost`]).
+    pub(crate) lease: Duration,
+    /// How often each instance's process exited, as its agent last said.
+    exits: Mutex<HashMap<String, u32>>,
+}
+
+impl Hosts {
+    pub(crate) fn new(store: Store, lease: Duration) -> Hosts {
+        Hosts {
+            store,
+            lease,
+            exits: Mutex::default(),
+        }
+    }
+
+    /// The host the environment's next instance goes to: an online agent
+    /// whose labels match, chosen by [`place::choose`].
+    pub(crate) async fn place(&self, env: &str, hosts: &HostsSpec, service: &str) -> Result<Host> {
+        let now = sluice_store::now_ms();
+        let lease = self.lease.as_millis() as i64;
+        let placements = self.store.placements(None).await?;
+        let instances: HashMap<String, (String, String)> = self
+            .store
+            .live_instances(None, None)
+            .await?
+            .into_iter()
+            .map(|i| (i.id, (i.service, i.environment)))
+            .collect();
+        let agents = self.store.agents().await?;
+        let candidates: Vec<place::Candidate> = agents
+            .iter()
+            .filter(|a| now - a.seen_at <= lease && a.matches(&hosts.labels))
+            .filter(|a| a.address.parse::<IpAddr>().is_ok())
+            .map(|a| {
+                let mine: Vec<_> = placements
+                    .iter()
+                    .filter(|p| p.agent == a.name && p.stop_asked == 0)
+                    .collect();
+                let of_env = mine
+                    .iter()
+                    .filter(|p| {
+                        instances.get(&p.instance_id)
+                            == Some(&(service.to_string(), env.to_string()))
+                    })
+                    .count();
+                place::Candidate {
+                    name: a.name.clone(),
+                    of_env,
+                    total: mine.len(),
+                }
+            })
+            .collect();
+        let Some(chosen) = place::choose(&candidates, hosts.spread) else {
+            bail!(
+                "no agent whose labels include {} is online to run {env}'s instances; start one with `sluice agent{}` (docs/agents.md)",
+                labels_text(&hosts.labels),
+                hosts
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!(" --label {k}={v}"))
+                    .collect::<String>()
+            );
+        };
+        let address = agents
+            .iter()
+            .find(|a| a.name == chosen.name)
+            .and_then(|a| a.address.parse().ok())
+            .context("the chosen agent has no address")?;
+        Ok(Host {
+            agent: chosen.name.clone(),
+            address,
+        })
+    }
+
+    /// Asks `host`'s agent to run the instance of `service`'s `environment`
+    /// that `spec` describes, listening on the host's address at `port`.
+    pub(crate) async fn start(
+        &self,
+        host: &Host,
+        spec: &InstanceSpec,
+        (service, environment): (&str, &str),
+        port: u16,
+    ) -> Result<()> {
+        let hosted = Hosted {
+            id: spec.id.clone(),
+            service: service.to_string(),
+            environment: environment.to_string(),
+            command: spec.command.clone(),
+            env: spec
+                .env
+                .iter()
+                .filter(|(k, _)| !AGENT_SETS.contains(&k.as_str()))
+                .cloned()
+                .collect(),
+            address: host.address,
+            port,
+        };
+        self.store
+            .place(&spec.id, &host.agent, &serde_json::to_string(&hosted)?)
+            .await?;
+        self.exits.lock().unwrap().insert(spec.id.clone(), 0);
+        self.store.wake(Topic::PlacementChanged).await;
+        Ok(())
+    }
+
+    /// Whether the instance is one of an agent's.
+    pub(crate) fn runs(&self, id: &str) -> bool {
+        self.exits.lock().unwrap().contains_key(id)
+    }
+
+    /// Takes an instance an agent runs under this server's watch again
+    /// (after a restart of the server).
+    pub(crate) fn adopt(&self, id: &str, exits: u32) {
+        self.exits.lock().unwrap().insert(id.to_string(), exits);
+    }
+
+    /// Asks its agent to stop the instance, and waits until it says it did
+    /// (or a while: an agent out of reach stops it when it next reports,
+    /// as it is no longer among what it is to run).
+    pub(crate) async fn stop(&self, id: &str) {
+        self.exits.lock().unwrap().remove(id);
+        if self.store.ask_stop(id).await.is_err() {
+            return;
+        }
+        self.store.wake(Topic::PlacementChanged).await;
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            match self.store.placement(id).await {
+                Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => return,
+            }
+        }
+        tracing::warn!(instance = %id, "its agent did not say it stopped the instance; forgetting it");
+        let _ = self.store.drop_placement(id).await;
+    }
+
+    /// Lets go of an instance whose agent went silent: no longer watched,
+    /// and among what its agent is to stop when it comes back.
+    pub(crate) async fn forget(&self, id: &str) {
+        self.exits.lock().unwrap().remove(id);
+        let _ = self.store.ask_stop(id).await;
+    }
+
+    pub(crate) fn exits(&self, id: &str) -> u32 {
+        self.exits.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+
+    /// Takes an agent's report and answers what its host is to run, at
+    /// once when that differs from what it runs, else when it changes or
+    /// `wait` has passed.
+    pub(crate) async fn report(
+        &self,
+        agent: &str,
+        report: &HostReport,
+        wait: Duration,
+    ) -> Result<HostWork> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let running: Vec<Reported> = report
+            .running
+            .iter()
+            .map(|r| Reported {
+                instance_id: r.id.clone(),
+                pid: r.pid,
+                exits: i64::from(r.exits),
+            })
+            .collect();
+        let reported: HashSet<&str> = report.running.iter().map(|r| r.id.as_str()).collect();
+        loop {
+            let woken = self.store.woken(Topic::PlacementChanged);
+            let wanted = self.store.take_report(agent, &running).await?;
+            {
+                let mut exits = self.exits.lock().unwrap();
+                for r in &report.running {
+                    if let Some(count) = exits.get_mut(&r.id) {
+                        *count = r.exits;
+                    }
+                }
+            }
+            let work = HostWork {
+                instances: wanted
+                    .iter()
+                    .filter_map(|p| serde_json::from_str(&p.spec).ok())
+                    .collect(),
+            };
+            let same = work.instances.len() == reported.len()
+                && work
+                    .instances
+                    .iter()
+                    .all(|h: &Hosted| reported.contains(h.id.as_str()));
+            if !same {
+                return Ok(work);
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(work),
+            }
+        }
+    }
+}
+
+/// The largest tar of an instance's files an agent is sent.
+const MAX_FILES: u64 = 4 << 30;
+
+/// A tar of an instance's files: `work/` from the release's, `config/`
+/// from its rendered config.
+pub(crate) fn files(release: &std::path::Path, config: &std::path::Path) -> Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    tar.append_dir_all("work", release)
+        .with_context(|| format!("cannot read {}", release.display()))?;
+    if config.exists() {
+        tar.append_dir_all("config", config)
+            .with_context(|| format!("cannot read {}", config.display()))?;
+    }
+    let bytes = tar.into_inner()?;
+    if bytes.len() as u64 > MAX_FILES {
+        bail!(
+            "the instance's files come to {} bytes, more than an agent is sent",
+            bytes.len()
+        );
+    }
+    Ok(bytes)
+}
+
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "any".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,55 @@
+//! What an agent and the server say about the instances on the agent's
+//! host, as JSON: the agent reports what runs; the server answers what is
+//! to run.
+
+use serde::{Deserialize, Serialize};
+
+/// An instance the server asks an agent to run. Its paths (`HOME`,
+/// `SLUICE_CONFIG_DIR`, `DATA_DIR`) and the address it listens on are the
+/// agent's own, added there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Hosted {
+    pub id: String,
+    pub service: String,
+    pub environment: String,
+    /// A shell command line, run in the instance's files.
+    pub command: String,
+    /// Its environment variables, but the paths and the address.
+    pub env: Vec<(String, String)>,
+    /// Where it listens: the agent's address, at which the server reaches it.
+    #[schema(value_type = String)]
+    pub address: std::net::IpAddr,
+    pub port: u16,
+}
+
+/// What an agent's host runs now, as the agent reports it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostReport {
+    pub running: Vec<RunningInstance>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunningInstance {
+    pub id: String,
+    /// Its process (group), once started.
+    pub pid: Option<i64>,
+    /// How often its process exited (or failed to start) so far.
+    pub exits: u32,
+}
+
+/// The server's answer to a report: every instance the host is to run
+/// (any other it runs, it stops).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostWork {
+    pub instances: Vec<Hosted>,
+}
+
+/// Environment variables an agent sets itself for each instance.
+pub const AGENT_SETS: [&str; 6] = [
+    "HOME",
+    "SLUICE_CONFIG_DIR",
+    "DATA_DIR",
+    "SLUICE_HOME",
+    "HOST",
+    "PORT",
+];
