@@ -245,7 +245,12 @@ pub(crate) async fn start_instance(
         .collect();
     let port = free_port(&taken, run.ports)?;
     let host = match &env.hosts {
-        Some(hosts) => Some(inner.hosts.place(&env.name, hosts, service).await?),
+        Some(hosts) => Some(
+            inner
+                .hosts
+                .place((service, &env.name), release.id, hosts)
+                .await?,
+        ),
         None => None,
     };
     let n = inner.store.count_instances(service, &env.name).await? + 1;
@@ -282,7 +287,10 @@ pub(crate) async fn start_instance(
     let address = match &host {
         Some(host) => {
             let of = (service.as_str(), env.name.as_str());
-            inner.hosts.start(host, &process, of, port).await?;
+            inner
+                .hosts
+                .start(host, &process, of, port, &run.secrets)
+                .await?;
             host.address
         }
         None => {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::wire::{HostReport, HostWork, Hosted, RunningInstance};
@@ -31,21 +32,35 @@ pub struct HostConfig {
     pub isolation: sluice_ci::sandbox::Isolation,
 }
 
-/// The processes the runtime started, as the agent reports them.
+/// The processes the runtime started (pid, start time), as the agent
+/// reports them and keeps them on disk for the next agent process.
 #[derive(Default)]
-struct Started(Mutex<HashMap<String, i64>>);
+struct Started(Mutex<HashMap<String, (i32, i64)>>);
 
 impl Recorder for Started {
     fn started<'a>(
         &'a self,
         id: &'a str,
         pid: i32,
-        _start_ticks: i64,
+        start_ticks: i64,
         _restarts: i64,
     ) -> crate::runtime::Boxed<'a, ()> {
-        self.0.lock().unwrap().insert(id.to_string(), pid.into());
+        self.0
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), (pid, start_ticks));
         Box::pin(async {})
     }
+}
+
+/// One instance as the agent keeps it on disk (`running.json`), so that
+/// the next agent process adopts it after a crash instead of starting it
+/// again.
+#[derive(Serialize, Deserialize)]
+struct Kept {
+    hosted: Hosted,
+    pid: i32,
+    start_ticks: i64,
 }
 
 struct HostAgent {
@@ -57,17 +72,17 @@ struct HostAgent {
     running: Mutex<HashMap<String, Hosted>>,
 }
 
-/// Runs the host's instances until `stop`; then stops them.
-pub async fn run(config: HostConfig, stop: CancellationToken) -> Result<()> {
+/// Runs the host's instances until `stop`; then stops them, unless
+/// `hand_over` was cancelled first (an upgrade): then they run on for the
+/// next agent process. Those a previous agent process of this directory
+/// left running (a hand-over, or a crash) are adopted, not started again.
+pub async fn run(
+    config: HostConfig,
+    stop: CancellationToken,
+    hand_over: CancellationToken,
+) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
-    let killed = crate::runtime::kill_leftovers(&config.data_dir, &[]);
-    if !killed.is_empty() {
-        tracing::warn!(
-            killed = killed.len(),
-            "stopped the instances a previous agent left running"
-        );
-    }
     let started = Arc::new(Started::default());
     let agent = HostAgent {
         runtime: LocalRuntime::recording_to(started.clone(), &config.data_dir),
@@ -80,6 +95,7 @@ pub async fn run(config: HostConfig, stop: CancellationToken) -> Result<()> {
         running: Mutex::default(),
         config,
     };
+    agent.adopt_left().await;
     loop {
         let work = tokio::select! {
             work = agent.report() => work,
@@ -96,11 +112,111 @@ pub async fn run(config: HostConfig, stop: CancellationToken) -> Result<()> {
             }
         }
     }
-    agent.runtime.stop_all().await;
+    if hand_over.is_cancelled() {
+        agent.runtime.release_all().await;
+        agent.keep();
+        tracing::info!("the instances run on for the next agent");
+    } else {
+        agent.runtime.stop_all().await;
+    }
     Ok(())
 }
 
 impl HostAgent {
+    fn kept_file(&self) -> PathBuf {
+        self.config.data_dir.join("running.json")
+    }
+
+    /// Adopts what a killed agent process left running and still is (the
+    /// same process, by pid and start time), and stops every other
+    /// instance process of this directory.
+    async fn adopt_left(&self) {
+        let left: Vec<Kept> = std::fs::read(self.kept_file())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let mut adopted = Vec::new();
+        for kept in left {
+            if !self.runtime.can_adopt(kept.pid, kept.start_ticks) {
+                continue;
+            }
+            let spec = match self.spec_of(&kept.hosted) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::warn!(instance = %kept.hosted.id, error = %format!("{e:#}"), "cannot adopt an instance");
+                    continue;
+                }
+            };
+            if self
+                .runtime
+                .adopt(spec, kept.pid, kept.start_ticks)
+                .await
+                .is_ok()
+            {
+                let id = kept.hosted.id.clone();
+                self.started
+                    .0
+                    .lock()
+                    .unwrap()
+                    .insert(id.clone(), (kept.pid, kept.start_ticks));
+                self.running.lock().unwrap().insert(id, kept.hosted);
+                adopted.push(kept.pid);
+            }
+        }
+        if !adopted.is_empty() {
+            tracing::info!(
+                adopted = adopted.len(),
+                "kept the instances a previous agent left running"
+            );
+        }
+        let killed = crate::runtime::kill_leftovers(&self.config.data_dir, &adopted);
+        if !killed.is_empty() {
+            tracing::warn!(
+                killed = killed.len(),
+                "stopped the instances a previous agent left running"
+            );
+        }
+    }
+
+    /// Writes what runs to disk, for the next agent process.
+    fn keep(&self) {
+        let started = self.started.0.lock().unwrap().clone();
+        let kept: Vec<Kept> = self
+            .running
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|hosted| {
+                let (pid, start_ticks) = *started.get(&hosted.id)?;
+                Some(Kept {
+                    hosted: hosted.clone(),
+                    pid,
+                    start_ticks,
+                })
+            })
+            .collect();
+        let file = self.kept_file();
+        let written = serde_json::to_vec(&kept)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let temporary = file.with_extension("json.new");
+                // It holds the instances' secrets: for the agent's user only.
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&temporary)?
+                    .write_all(&bytes)?;
+                std::fs::rename(&temporary, &file)
+            });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot keep the list of running instances");
+        }
+    }
+
     /// Says what runs; hears what is to run.
     async fn report(&self) -> Result<HostWork> {
         let report = HostReport {
@@ -111,7 +227,13 @@ impl HostAgent {
                 .keys()
                 .map(|id| RunningInstance {
                     id: id.clone(),
-                    pid: self.started.0.lock().unwrap().get(id).copied(),
+                    pid: self
+                        .started
+                        .0
+                        .lock()
+                        .unwrap()
+                        .get(id)
+                        .map(|(pid, _)| i64::from(*pid)),
                     exits: self.runtime.exits(id),
                 })
                 .collect(),
@@ -135,8 +257,14 @@ impl HostAgent {
         Ok(response.json().await?)
     }
 
-    /// Starts what is new, stops what is no longer asked for.
+    /// Starts what is new, stops what is no longer asked for, and keeps
+    /// the list on disk.
     async fn reconcile(&self, work: HostWork) {
+        self.start_and_stop(work).await;
+        self.keep();
+    }
+
+    async fn start_and_stop(&self, work: HostWork) {
         let gone: Vec<String> = {
             let running = self.running.lock().unwrap();
             running
@@ -176,14 +304,7 @@ impl HostAgent {
     /// Fetches the instance's files and starts it, with its paths and
     /// address this host's own.
     async fn start(&self, hosted: &Hosted) -> Result<()> {
-        for name in [&hosted.id, &hosted.service, &hosted.environment] {
-            if !is_safe_name(name) {
-                bail!(
-                    "the server sent an instance named `{}`",
-                    name.escape_debug()
-                );
-            }
-        }
+        check_names(hosted)?;
         let dir = self.instance_dir(&hosted.id);
         let tar = self.files(&hosted.id).await?;
         let unpack_to = dir.clone();
@@ -195,44 +316,54 @@ impl HostAgent {
             Ok(())
         })
         .await??;
-        let data = self
-            .config
+        let spec = self.spec_of(hosted)?;
+        std::fs::create_dir_all(self.data_of(hosted))?;
+        if let Some(uid) = spec.uid {
+            for owned in [&dir, &self.data_of(hosted)] {
+                sluice_ci::sandbox::give(owned, uid)?;
+            }
+        }
+        self.runtime.start(spec).await
+    }
+
+    /// The environment's data directory on this host.
+    fn data_of(&self, hosted: &Hosted) -> PathBuf {
+        self.config
             .data_dir
             .join("data")
             .join(&hosted.service)
-            .join(&hosted.environment);
-        std::fs::create_dir_all(&data)?;
+            .join(&hosted.environment)
+    }
+
+    /// How the runtime runs the instance here: in its unpacked files, with
+    /// its paths and address this host's own.
+    fn spec_of(&self, hosted: &Hosted) -> Result<InstanceSpec> {
+        check_names(hosted)?;
+        let dir = self.instance_dir(&hosted.id);
         let uid = sluice_ci::sandbox::env_uid(
             &hosted.service,
             &hosted.environment,
             self.config.isolation,
         );
-        if let Some(uid) = uid {
-            for owned in [&dir, &data] {
-                sluice_ci::sandbox::give(owned, uid)?;
-            }
-        }
         let path = |p: &Path| p.to_string_lossy().into_owned();
         let work = dir.join("work");
         let mut env = hosted.env.clone();
         env.extend([
             ("HOME".to_string(), path(&work)),
             ("SLUICE_CONFIG_DIR".to_string(), path(&dir.join("config"))),
-            ("DATA_DIR".to_string(), path(&data)),
+            ("DATA_DIR".to_string(), path(&self.data_of(hosted))),
             ("SLUICE_HOME".to_string(), path(&self.config.data_dir)),
             ("HOST".to_string(), hosted.address.to_string()),
             ("PORT".to_string(), hosted.port.to_string()),
         ]);
-        self.runtime
-            .start(InstanceSpec {
-                id: hosted.id.clone(),
-                workdir: work,
-                command: hosted.command.clone(),
-                env,
-                log: dir.join("instance.log"),
-                uid,
-            })
-            .await
+        Ok(InstanceSpec {
+            id: hosted.id.clone(),
+            workdir: work,
+            command: hosted.command.clone(),
+            env,
+            log: dir.join("instance.log"),
+            uid,
+        })
     }
 
     async fn files(&self, id: &str) -> Result<Vec<u8>> {
@@ -255,6 +386,20 @@ impl HostAgent {
         }
         Ok(response.bytes().await?.to_vec())
     }
+}
+
+/// Refuses an instance whose names, which become directories, are not
+/// plain names.
+fn check_names(hosted: &Hosted) -> Result<()> {
+    for name in [&hosted.id, &hosted.service, &hosted.environment] {
+        if !is_safe_name(name) {
+            bail!(
+                "the server sent an instance named `{}`",
+                name.escape_debug()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A name the server sent that may become a directory.

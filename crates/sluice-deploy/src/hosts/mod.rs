@@ -54,19 +54,27 @@ impl Hosts {
         }
     }
 
-    /// The host the environment's next instance goes to: an online agent
-    /// whose labels match, chosen by [`place::choose`].
-    pub(crate) async fn place(&self, env: &str, hosts: &HostsSpec, service: &str) -> Result<Host> {
+    /// The host the next instance of `service`'s release `release_id` in
+    /// `env` goes to: an online agent whose labels match, chosen by
+    /// [`place::choose`] (spread by that release's instances, so that a
+    /// rolling deployment spreads the new release as it replaces the old).
+    pub(crate) async fn place(
+        &self,
+        (service, env): (&str, &str),
+        release_id: i64,
+        hosts: &HostsSpec,
+    ) -> Result<Host> {
         let now = sluice_store::now_ms();
         let lease = self.lease.as_millis() as i64;
         let placements = self.store.placements(None).await?;
-        let instances: HashMap<String, (String, String)> = self
+        let instances: HashMap<String, (String, String, i64)> = self
             .store
             .live_instances(None, None)
             .await?
             .into_iter()
-            .map(|i| (i.id, (i.service, i.environment)))
+            .map(|i| (i.id, (i.service, i.environment, i.release_id)))
             .collect();
+        let same = (service.to_string(), env.to_string(), release_id);
         let agents = self.store.agents().await?;
         let candidates: Vec<place::Candidate> = agents
             .iter()
@@ -79,10 +87,7 @@ impl Hosts {
                     .collect();
                 let of_env = mine
                     .iter()
-                    .filter(|p| {
-                        instances.get(&p.instance_id)
-                            == Some(&(service.to_string(), env.to_string()))
-                    })
+                    .filter(|p| instances.get(&p.instance_id) == Some(&same))
                     .count();
                 place::Candidate {
                     name: a.name.clone(),
@@ -114,13 +119,16 @@ impl Hosts {
     }
 
     /// Asks `host`'s agent to run the instance of `service`'s `environment`
-    /// that `spec` describes, listening on the host's address at `port`.
+    /// that `spec` describes, listening on the host's address at `port`;
+    /// `secrets` names the variables of `spec` that are secrets, which are
+    /// not stored with the placement.
     pub(crate) async fn start(
         &self,
         host: &Host,
         spec: &InstanceSpec,
         (service, environment): (&str, &str),
         port: u16,
+        secrets: &[String],
     ) -> Result<()> {
         let hosted = Hosted {
             id: spec.id.clone(),
@@ -130,9 +138,10 @@ impl Hosts {
             env: spec
                 .env
                 .iter()
-                .filter(|(k, _)| !AGENT_SETS.contains(&k.as_str()))
+                .filter(|(k, _)| !AGENT_SETS.contains(&k.as_str()) && !secrets.contains(k))
                 .cloned()
                 .collect(),
+            secrets: secrets.to_vec(),
             address: host.address,
             port,
         };
@@ -229,11 +238,11 @@ impl Hosts {
                     .iter()
                     .all(|h: &Hosted| reported.contains(h.id.as_str()));
             if !same {
-                return Ok(work);
+                return self.with_secrets(work).await;
             }
             tokio::select! {
                 _ = woken => {}
-                _ = tokio::time::sleep_until(deadline) => return Ok(work),
+                _ = tokio::time::sleep_until(deadline) => return self.with_secrets(work).await,
             }
         }
     }
@@ -261,6 +270,24 @@ pub(crate) fn files(release: &std::path::Path, config: &std::path::Path) -> Resu
         );
     }
     Ok(bytes)
+}
+
+impl Hosts {
+    /// `work` with the values of each instance's secrets, read now from its
+    /// release's repository (a secret unset since is left out).
+    async fn with_secrets(&self, mut work: HostWork) -> Result<HostWork> {
+        for hosted in work.instances.iter_mut().filter(|h| !h.secrets.is_empty()) {
+            let instance = self.store.instance(&hosted.id).await?;
+            let release = self.store.release_by_id(instance.release_id).await?;
+            let mut values = self.store.secrets(release.repo_id).await?;
+            for name in &hosted.secrets {
+                if let Some(secret) = values.remove(name) {
+                    hosted.env.push((name.clone(), secret.value));
+                }
+            }
+        }
+        Ok(work)
+    }
 }
 
 fn labels_text(labels: &BTreeMap<String, String>) -> String {

@@ -5,7 +5,8 @@
 #[derive(Clone, Debug)]
 pub(crate) struct Candidate {
     pub name: String,
-    /// The environment's instances its host runs now.
+    /// The instances of the environment's release being placed that its
+    /// host runs now.
     pub of_env: usize,
     /// Every instance its host runs now.
     pub total: usize,

@@ -16,6 +16,11 @@ pub struct Hosted {
     pub command: String,
     /// Its environment variables, but the paths and the address.
     pub env: Vec<(String, String)>,
+    /// The names of the secrets (`run.secrets`) among them: their values
+    /// are added when the agent is answered, and never stored with the
+    /// placement.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     /// Where it listens: the agent's address, at which the server reaches it.
     #[schema(value_type = String)]
     pub address: std::net::IpAddr,

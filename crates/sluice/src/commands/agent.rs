@@ -104,20 +104,35 @@ pub async fn agent(
         address: address.map(|a| a.to_string()),
     };
     // The first SIGTERM or Ctrl-C drains (no new job; those under way
-    // finish), the second cancels them.
+    // finish), the second cancels them. SIGUSR2 drains too, and leaves the
+    // host's instances running for the next agent process (an upgrade).
     let stop = Stop::default();
     let signals = stop.clone();
+    let hand_over = tokio_util::sync::CancellationToken::new();
+    let handing = hand_over.clone();
     tokio::spawn(async move {
-        super::serve::shutdown_signal().await;
+        let mut usr2 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()).ok();
+        tokio::select! {
+            _ = super::serve::shutdown_signal() => {}
+            _ = async { match usr2.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
+                eprintln!("sluice: handing over; this host's instances keep running for the next agent");
+                handing.cancel();
+            }
+        }
         tracing::info!("draining: no new job; a second signal cancels the jobs under way");
         signals.drain.cancel();
         super::serve::shutdown_signal().await;
         signals.cancel.cancel();
     });
     // The instances of environments on this host run beside the jobs, and
-    // stop once the jobs are done and the agent exits.
+    // stop once the jobs are done and the agent exits (but on a hand-over).
     let done = tokio_util::sync::CancellationToken::new();
-    let instances = tokio::spawn(sluice_deploy::hosts::agent::run(hosting, done.clone()));
+    let instances = tokio::spawn(sluice_deploy::hosts::agent::run(
+        hosting,
+        done.clone(),
+        hand_over,
+    ));
     let ran = sluice_ci::agent::run(config, stop).await;
     done.cancel();
     instances.await??;

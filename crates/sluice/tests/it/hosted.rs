@@ -85,6 +85,73 @@ async fn prod_runs_on_the_hosts_its_labels_name_and_outlives_a_kill_9_of_the_ser
         changes.to_string().contains("kept 2 instance(s) of v2"),
         "{changes:#}"
     );
+
+    // An agent killed and started again adopts its instance: the same
+    // process serves on, and nothing fails.
+    let load = Load::start(url.clone());
+    let _ = cluster.agents[0].kill();
+    let _ = cluster.agents[0].wait();
+    cluster.agents[0] = cluster.spawn_agent(0);
+    let log = cluster.dir.path().join("agent-0.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("kept the instances a previous agent left running")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never kept its instance: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its next report, once it runs again, names the same process.
+    let reports = cluster.server.get("/agents").await;
+    let web_1 = |agents: &Value| {
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "web-1")
+            .map(|a| a["seen_at"].as_i64().unwrap())
+            .unwrap()
+    };
+    let seen = web_1(&reports);
+    while web_1(&cluster.server.get("/agents").await) == seen {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed = load.finish("the kill -9 of an agent").await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let prod = wait_reported(&cluster.server, 2).await;
+    assert_eq!(placed(&prod), before, "the agent started nothing again");
+
+    // An upgrade of the other agent: SIGUSR2 leaves its instance running,
+    // and the next agent process takes it over.
+    let load = Load::start(url.clone());
+    let agent = nix::unistd::Pid::from_raw(cluster.agents[1].id() as i32);
+    nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGUSR2).unwrap();
+    let exit = crate::support::exited(&mut cluster.agents[1], "the agent").await;
+    assert_eq!(exit.code(), Some(0));
+    assert!(
+        namespace_pids(&cluster.hosts[1]).contains(&before["web-2"]),
+        "handed over, its instance runs on"
+    );
+    cluster.agents[1] = cluster.spawn_agent(1);
+    let log = cluster.dir.path().join("agent-1.log");
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("kept the instances a previous agent left running")
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed = load.finish("the hand-over of an agent").await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let prod = wait_reported(&cluster.server, 2).await;
+    assert_eq!(
+        placed(&prod),
+        before,
+        "the next agent started nothing again"
+    );
 }
 
 #[tokio::test]
@@ -92,8 +159,30 @@ async fn a_host_cut_off_has_its_instances_replaced_and_stops_them_when_it_is_bac
     let Some(cluster) = Cluster::start(&["web", "web"]).await else {
         return;
     };
-    cluster.serve_shop().await;
+    let secret = "s3cret-for-the-instances-only";
+    cluster.serve_shop_with_secret(secret).await;
     let before = placed(&wait_reported(&cluster.server, 2).await);
+    // The instances have the secret; the store keeps it with no placement.
+    for pid in before.values() {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let marker = format!("SHOP_SECRET={secret}");
+        assert!(
+            environ
+                .split(|b| *b == 0)
+                .any(|var| var == marker.as_bytes()),
+            "instance {pid} has the secret"
+        );
+    }
+    let store = sluice_store::Store::connect(&sluice_store::Store::sqlite_url(&cluster.data))
+        .await
+        .unwrap();
+    let placements = store.placements(None).await.unwrap();
+    assert!(!placements.is_empty());
+    assert!(
+        placements.iter().all(|p| !p.spec.contains(secret)),
+        "{placements:?}"
+    );
+    store.close().await;
     let (cut, left) = (&cluster.hosts[0], &cluster.hosts[1]);
     let stale = before["web-1"];
 
@@ -157,6 +246,8 @@ struct Cluster {
     data: std::path::PathBuf,
     hosts: Vec<Host>,
     agents: Vec<Child>,
+    /// Each agent's command line.
+    commands: Vec<Vec<String>>,
     dir: tempfile::TempDir,
 }
 
@@ -176,41 +267,61 @@ impl Cluster {
         let server = Server::start_on(&listen, &data, None, &OPTIONS);
         let port = server.url.rsplit(':').next().unwrap().to_string();
         let hosts: Vec<Host> = roles.iter().map(|_| Host::make()).collect();
-        let mut agents = Vec::new();
-        for (index, (host, role)) in hosts.iter().zip(roles).enumerate() {
-            let name = format!("{role}-{}", index + 1);
-            let token = server.token_for(&name, "agent", &[]).await;
-            let url = format!("http://{}:{port}", host.gateway);
-            let label = format!("role={role}");
-            let log = dir.path().join(format!("{name}.log"));
-            let agent_data = dir.path().join(&name);
-            agents.push(host.spawn(
-                crate::support::SLUICE,
-                &[
-                    "agent",
-                    "--server",
-                    &url,
-                    "--token",
-                    &token,
-                    "--name",
-                    &name,
-                    "--label",
-                    &label,
-                    "--data-dir",
-                    agent_data.to_str().unwrap(),
-                ],
-                &log,
-            ));
-        }
-        wait_online(&server, roles.len()).await;
-        Some(Cluster {
+        let mut cluster = Cluster {
             server,
             listen,
             data,
             hosts,
-            agents,
+            agents: Vec::new(),
+            commands: Vec::new(),
             dir,
-        })
+        };
+        for (index, role) in roles.iter().enumerate() {
+            let name = format!("{role}-{}", index + 1);
+            let token = cluster.server.token_for(&name, "agent", &[]).await;
+            let url = format!("http://{}:{port}", cluster.hosts[index].gateway);
+            let agent_data = cluster.dir.path().join(&name);
+            let args = [
+                "agent",
+                "--server",
+                &url,
+                "--token",
+                &token,
+                "--name",
+                &name,
+                "--label",
+                &format!("role={role}"),
+                "--data-dir",
+                agent_data.to_str().unwrap(),
+            ];
+            cluster
+                .commands
+                .push(args.iter().map(|a| a.to_string()).collect());
+            let agent = cluster.spawn_agent(index);
+            cluster.agents.push(agent);
+        }
+        wait_online(&cluster.server, roles.len()).await;
+        Some(cluster)
+    }
+
+    /// Starts agent `index` in its host (again), its output appended to its log.
+    fn spawn_agent(&self, index: usize) -> Child {
+        let args: Vec<&str> = self.commands[index].iter().map(String::as_str).collect();
+        let log = self.dir.path().join(format!("agent-{index}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        self.hosts[index]
+            .command(crate::support::SLUICE)
+            .args(&args)
+            .env("SLUICE_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap()
     }
 
     /// The shop, its v1 running in prod on two instances.
@@ -219,6 +330,39 @@ impl Cluster {
         copy_fixture(&repo, "shop");
         repo.commit("v1", &[("sluice.yaml", SPEC)]);
         self.server.add_repo(&repo);
+        self.server.wait_env("shop", "prod", 1, 2).await;
+        repo
+    }
+
+    /// The shop with a secret its instances get (`run.secrets`): first a
+    /// commit that only registers the repository, then the secret, then
+    /// v1 (release 1) in prod.
+    async fn serve_shop_with_secret(&self, value: &str) -> GitRepo {
+        let repo = GitRepo::new(self.dir.path(), "shop");
+        copy_fixture(&repo, "shop");
+        let first =
+            "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n";
+        repo.commit("v0", &[("sluice.yaml", first)]);
+        self.server.add_repo(&repo);
+        self.server.wait_run("v0", |r| r["title"] == "v0").await;
+        let set = self
+            .server
+            .request(
+                reqwest::Method::PUT,
+                "/repos/shop/secrets/SHOP_SECRET",
+                Some(&self.server.token),
+            )
+            .await
+            .json(&serde_json::json!({ "value": value }))
+            .send()
+            .await
+            .unwrap();
+        assert!(set.status().is_success(), "{:?}", set.text().await);
+        let spec = SPEC.replace(
+            "  command: exec python3 app/server.py\n",
+            "  command: exec python3 app/server.py\n  secrets: [SHOP_SECRET]\n",
+        );
+        repo.commit("v1", &[("sluice.yaml", &spec)]);
         self.server.wait_env("shop", "prod", 1, 2).await;
         repo
     }
