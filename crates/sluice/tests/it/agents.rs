@@ -354,7 +354,7 @@ async fn refusals(server: &Server, agents: &[Agent]) {
     assert_eq!(status, 403, "nor an admin's: {body:#}");
 }
 
-async fn wait_online(server: &Server, count: usize) {
+pub(crate) async fn wait_online(server: &Server, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let agents = server.get("/agents").await;

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::agents::wait_online;
 use crate::hosts::{Host, missing};
-use crate::restart::Load;
+use crate::restart::{Load, wait_prod};
 use crate::support::{GitRepo, Server, copy_fixture, free_port, tempdir};
 
 const SPEC: &str = "service: shop
@@ -380,23 +381,11 @@ impl Drop for Cluster {
 /// prod's status once `count` instances run, each with the process its
 /// agent reported.
 async fn wait_reported(server: &Server, count: usize) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = server.get("/status?service=shop").await;
-        let prod = status
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["environment"] == "prod")
-            .cloned()
-            .unwrap_or_default();
+    wait_prod(server, "every instance reported", |prod| {
         let instances = prod["instances"].as_array().cloned().unwrap_or_default();
-        if instances.len() == count && instances.iter().all(|i| i["pid"].is_i64()) {
-            return prod;
-        }
-        assert!(Instant::now() < deadline, "{status:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        instances.len() == count && instances.iter().all(|i| i["pid"].is_i64())
+    })
+    .await
 }
 
 /// prod's instances by the agent whose host runs each: its process.
@@ -433,22 +422,4 @@ async fn answering_instances(url: &str) -> BTreeSet<String> {
         seen.insert(answer["instance"].as_str().unwrap_or_default().to_string());
     }
     seen
-}
-
-async fn wait_online(server: &Server, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let agents = server.get("/agents").await;
-        let online = agents
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["online"] == true)
-            .count();
-        if online == count {
-            return;
-        }
-        assert!(Instant::now() < deadline, "agents: {agents:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -590,6 +590,25 @@ pub(crate) async fn wait_both_variants(server: &Server) -> serde_json::Value {
 
 /// Prod's status once the releases of its healthy instances are `wanted`.
 async fn wait_prod_healthy(server: &Server, wanted: impl Fn(&[i64]) -> bool) -> serde_json::Value {
+    wait_prod(server, "A and B running again", |prod| {
+        let healthy: Vec<i64> = prod["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["healthy"] == true)
+            .filter_map(|i| i["release"].as_i64())
+            .collect();
+        wanted(&healthy)
+    })
+    .await
+}
+
+/// The shop's prod status once `done` says it is as awaited (`what`).
+pub(crate) async fn wait_prod(
+    server: &Server,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let status = server.get("/status?service=shop").await;
@@ -599,22 +618,10 @@ async fn wait_prod_healthy(server: &Server, wanted: impl Fn(&[i64]) -> bool) -> 
             .iter()
             .find(|e| e["environment"] == "prod")
             .cloned();
-        if let Some(prod) = prod {
-            let healthy: Vec<i64> = prod["instances"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|i| i["healthy"] == true)
-                .map(|i| i["release"].as_i64().unwrap())
-                .collect();
-            if wanted(&healthy) {
-                return prod;
-            }
+        if let Some(prod) = prod.filter(|p| done(p)) {
+            return prod;
         }
-        assert!(
-            Instant::now() < deadline,
-            "A and B never ran again: {status:#}"
-        );
+        assert!(Instant::now() < deadline, "never {what}: {status:#}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
