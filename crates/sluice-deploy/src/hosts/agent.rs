@@ -70,6 +70,8 @@ struct HostAgent {
     started: Arc<Started>,
     /// What runs here now, by id.
     running: Mutex<HashMap<String, Hosted>>,
+    /// What `running.json` holds, so that it is written only on a change.
+    kept: Mutex<Vec<u8>>,
 }
 
 /// Runs the host's instances until `stop`; then stops them, unless
@@ -93,6 +95,7 @@ pub async fn run(
             .timeout(REPORT_WAIT + Duration::from_secs(5))
             .build()?,
         running: Mutex::default(),
+        kept: Mutex::default(),
         config,
     };
     agent.adopt_left().await;
@@ -178,10 +181,10 @@ impl HostAgent {
         }
     }
 
-    /// Writes what runs to disk, for the next agent process.
+    /// Writes what runs to disk, for the next agent process, when it changed.
     fn keep(&self) {
         let started = self.started.0.lock().unwrap().clone();
-        let kept: Vec<Kept> = self
+        let mut kept: Vec<Kept> = self
             .running
             .lock()
             .unwrap()
@@ -195,25 +198,18 @@ impl HostAgent {
                 })
             })
             .collect();
-        let file = self.kept_file();
-        let written = serde_json::to_vec(&kept)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                let temporary = file.with_extension("json.new");
-                // It holds the instances' secrets: for the agent's user only.
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&temporary)?
-                    .write_all(&bytes)?;
-                std::fs::rename(&temporary, &file)
-            });
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "cannot keep the list of running instances");
+        kept.sort_by(|a, b| a.hosted.id.cmp(&b.hosted.id));
+        let Ok(bytes) = serde_json::to_vec(&kept) else {
+            return;
+        };
+        if *self.kept.lock().unwrap() == bytes {
+            return;
+        }
+        // It holds the instances' secrets: for the agent's user only.
+        let written = write_private(&self.kept_file(), &bytes);
+        match written {
+            Ok(()) => *self.kept.lock().unwrap() = bytes,
+            Err(e) => tracing::warn!(error = %e, "cannot keep the list of running instances"),
         }
     }
 
@@ -386,6 +382,21 @@ impl HostAgent {
         }
         Ok(response.bytes().await?.to_vec())
     }
+}
+
+/// Writes `file` whole (through a rename), readable by this user only.
+fn write_private(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = file.with_extension("json.new");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?
+        .write_all(bytes)?;
+    std::fs::rename(&temporary, file)
 }
 
 /// Refuses an instance whose names, which become directories, are not
