@@ -235,6 +235,70 @@ async fn a_host_cut_off_has_its_instances_replaced_and_stops_them_when_it_is_bac
     assert_eq!(answering_instances(&url).await.len(), 2);
 }
 
+/// An experiment on the hosts: B's instances are placed there like A's; a
+/// healthy B ramps and is promoted, a failing one is rolled back, and the
+/// only requests that fail are B's own errors.
+#[tokio::test]
+async fn experiments_on_the_hosts_ramp_and_roll_back() {
+    let Some(cluster) = Cluster::start(&["web", "web"]).await else {
+        return;
+    };
+    let spec = format!(
+        "{SPEC}    strategy:\n      ab: {{ steps: [10, 50, 100], min_requests: 40, min_duration: 1s, max_step: 60s, metrics: [error_rate] }}\n"
+    );
+    let repo = cluster.serve_shop_as(&spec).await;
+    let prod = wait_reported(&cluster.server, 2).await;
+    let url = format!("http://{}/", prod["listen"].as_str().unwrap());
+    let load = Load::start(url);
+
+    repo.commit("v2", &[("app/VERSION", "2\n")]);
+    let both = wait_prod(&cluster.server, "B beside A on the hosts", |prod| {
+        let releases: BTreeSet<i64> = prod["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["host"].is_string())
+            .filter_map(|i| i["release"].as_i64())
+            .collect();
+        releases == [1, 2].into()
+    })
+    .await;
+    assert_eq!(both["instances"].as_array().unwrap().len(), 4, "{both:#}");
+    let ended = |release: i64| {
+        let server = &cluster.server;
+        async move {
+            server
+                .wait_for("/experiments?service=shop", "the experiment ended", |x| {
+                    x["release"] == release
+                        && ["promoted", "rolled_back", "broken", "held"]
+                            .contains(&x["status"].as_str().unwrap_or_default())
+                })
+                .await
+        }
+    };
+    let promoted = ended(2).await;
+    assert_eq!(promoted["status"], "promoted", "{promoted:#}");
+    cluster.server.wait_env("shop", "prod", 2, 2).await;
+
+    repo.commit("v3 fails some", &[("app/ERROR_RATE", "0.05\n")]);
+    let rolled = ended(3).await;
+    assert_eq!(rolled["status"], "rolled_back", "{rolled:#}");
+    let prod = cluster.server.wait_env("shop", "prod", 2, 2).await;
+    assert!(
+        prod["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["release"] == 2 && i["host"].is_string()),
+        "{prod:#}"
+    );
+    let failed = load.finish("two experiments on the hosts").await;
+    assert!(
+        failed.iter().all(|f| f == "500 v3"),
+        "only B's own errors: {failed:?}"
+    );
+}
+
 const OPTIONS: [&str; 2] = ["--agent-lease", "3s"];
 
 /// A server in the root namespace and an agent in a host of its own for
@@ -327,9 +391,14 @@ impl Cluster {
 
     /// The shop, its v1 running in prod on two instances.
     async fn serve_shop(&self) -> GitRepo {
+        self.serve_shop_as(SPEC).await
+    }
+
+    /// The shop by `spec`, its v1 running in prod on two instances.
+    async fn serve_shop_as(&self, spec: &str) -> GitRepo {
         let repo = GitRepo::new(self.dir.path(), "shop");
         copy_fixture(&repo, "shop");
-        repo.commit("v1", &[("sluice.yaml", SPEC)]);
+        repo.commit("v1", &[("sluice.yaml", spec)]);
         self.server.add_repo(&repo);
         self.server.wait_env("shop", "prod", 1, 2).await;
         repo

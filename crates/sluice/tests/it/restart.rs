@@ -275,7 +275,16 @@ impl Load {
                 let sent = Instant::now();
                 match client.get(&url).send().await {
                     Ok(answer) if answer.status() == 200 => ok += 1,
-                    Ok(answer) => failed.push(answer.status().to_string()),
+                    // With the release that answered, when one did.
+                    Ok(answer) => failed.push(format!(
+                        "{} {}",
+                        answer.status().as_u16(),
+                        answer
+                            .headers()
+                            .get("x-sluice-release")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                    )),
                     Err(e) => failed.push(format!("{e:?}")),
                 }
                 slowest = slowest.max(sent.elapsed());
