@@ -299,6 +299,56 @@ async fn experiments_on_the_hosts_ramp_and_roll_back() {
     );
 }
 
+/// Two servers on one PostgreSQL: a kill -9 of the one holding the
+/// controllers, and the other takes prod on the hosts over as it runs.
+#[tokio::test]
+async fn a_takeover_keeps_the_instances_on_the_hosts() {
+    let Some((cluster, mut holder)) = Cluster::start_two_servers(&["web", "web"]).await else {
+        return;
+    };
+    cluster.serve_shop().await;
+    let before = placed(&wait_reported(&cluster.server, 2).await);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    holder.kill_hard();
+    // The standby takes the lease over (10 s) and keeps what the agents run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let health = cluster.server.get("/health").await;
+        if health["role"] == "controllers" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{health:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.server.wait_env("shop", "prod", 1, 2).await;
+    let prod = wait_prod(&cluster.server, "the same instances reported", |p| {
+        placed(p) == before
+    })
+    .await;
+    let url = format!("http://{}/", prod["listen"].as_str().unwrap());
+    assert_eq!(answering_instances(&url).await.len(), 2);
+    let changes = cluster.server.get("/changelog?kind=instances.kept").await;
+    assert!(
+        changes.to_string().contains("kept 2 instance(s) of v1"),
+        "{changes:#}"
+    );
+}
+
+/// A temporary directory for a test that makes hosts, or `None` (the test
+/// is skipped) where hosts cannot be made, which CI never allows.
+fn hosts_here() -> Option<tempfile::TempDir> {
+    if let Some(what) = missing() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the hosts' tests, but {what} is missing"
+        );
+        eprintln!("skipped: {what} is missing");
+        return None;
+    }
+    Some(tempdir())
+}
+
 const OPTIONS: [&str; 2] = ["--agent-lease", "3s"];
 
 /// A server in the root namespace and an agent in a host of its own for
@@ -318,18 +368,42 @@ struct Cluster {
 
 impl Cluster {
     async fn start(roles: &[&str]) -> Option<Cluster> {
-        if let Some(what) = missing() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must run the hosts' tests, but {what} is missing"
-            );
-            eprintln!("skipped: {what} is missing");
+        let dir = hosts_here()?;
+        Some(Cluster::around(dir, None, roles).await)
+    }
+
+    /// Two servers on one PostgreSQL: the first holds the controllers; the
+    /// agents talk to the second, which forwards them to the first while it
+    /// stands by. `None` without hosts or PostgreSQL.
+    async fn start_two_servers(roles: &[&str]) -> Option<(Cluster, Server)> {
+        let dir = hosts_here()?;
+        let Some(db) = sluice_store::testing::fresh_postgres(dir.path()).await else {
+            eprintln!("skipped: several servers need PostgreSQL (SLUICE_TEST_POSTGRES)");
             return None;
-        }
-        let dir = tempdir();
+        };
+        let holder = Server::start_on(
+            "127.0.0.1:0",
+            &dir.path().join("holder"),
+            Some(&db),
+            &OPTIONS,
+        );
+        let cluster = Cluster::around(dir, Some((&db, &holder.token)), roles).await;
+        Some((cluster, holder))
+    }
+
+    /// A server in `dir` (on `database`, with its admin token, when given)
+    /// and the agents.
+    async fn around(
+        dir: tempfile::TempDir,
+        database: Option<(&str, &str)>,
+        roles: &[&str],
+    ) -> Cluster {
         let data = dir.path().join("data");
         let listen = format!("0.0.0.0:{}", free_port());
-        let server = Server::start_on(&listen, &data, None, &OPTIONS);
+        let mut server = Server::start_on(&listen, &data, database.map(|d| d.0), &OPTIONS);
+        if let Some((_, token)) = database {
+            server.token = token.to_string();
+        }
         let port = server.url.rsplit(':').next().unwrap().to_string();
         let hosts: Vec<Host> = roles.iter().map(|_| Host::make()).collect();
         let mut cluster = Cluster {
@@ -366,7 +440,7 @@ impl Cluster {
             cluster.agents.push(agent);
         }
         wait_online(&cluster.server, roles.len()).await;
-        Some(cluster)
+        cluster
     }
 
     /// Starts agent `index` in its host (again), its output appended to its log.
