@@ -59,6 +59,25 @@ async fn prod_runs_on_the_hosts_its_labels_name_and_outlives_a_kill_9_of_the_ser
     let url = format!("http://{}/", prod["listen"].as_str().unwrap());
     let answered = answering_instances(&url).await;
     assert_eq!(answered.len(), 2, "both hosts answer: {answered:?}");
+    // The dashboard says where each instance runs.
+    let page_path = "/services/shop/environments/prod";
+    let (session, _) =
+        crate::notify::sign_in(&cluster.server.url, &cluster.server.token, page_path).await;
+    let page = reqwest::Client::new()
+        .get(format!("{}{page_path}", cluster.server.url))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in ["web-1", "web-2"] {
+        assert!(
+            page.contains(&format!("agent <code>{name}</code>")),
+            "{page}"
+        );
+    }
 
     // A rolling deployment onto the hosts, under load: nothing fails.
     let load = Load::start(url.clone());

@@ -509,7 +509,7 @@ async fn email_goes_over_starttls_with_a_login_to_a_real_smtp_server() {
 }
 
 /// Signs a browser in with a token; answers its session cookie and where it was sent.
-async fn sign_in(base: &str, token: &str, next: &str) -> (String, String) {
+pub(crate) async fn sign_in(base: &str, token: &str, next: &str) -> (String, String) {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
