@@ -248,7 +248,7 @@ pub(crate) async fn start_instance(
         Some(hosts) => Some(
             inner
                 .hosts
-                .place((service, &env.name), release.id, hosts)
+                .place((service, &env.name), release.id, hosts, run.memory_mb)
                 .await?,
         ),
         None => None,
@@ -287,10 +287,7 @@ pub(crate) async fn start_instance(
     let address = match &host {
         Some(host) => {
             let of = (service.as_str(), env.name.as_str());
-            inner
-                .hosts
-                .start(host, &process, of, port, &run.secrets)
-                .await?;
+            inner.hosts.start(host, &process, of, port, run).await?;
             host.address
         }
         None => {

@@ -162,6 +162,9 @@ pub struct RunSpec {
     /// The loopback ports instances are given (`run.ports: 20000-20999`);
     /// none: any free port from 10000 up to the kernel's ephemeral range.
     pub ports: Option<(u16, u16)>,
+    /// The memory one instance needs, in MiB (`run.memory: 512MiB`): an
+    /// instance is placed only on an agent's host with that much left.
+    pub memory_mb: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -89,6 +89,7 @@ pub struct RawRun {
     #[serde(default)]
     pub secrets: Vec<Spanned<String>>,
     pub ports: Option<Spanned<String>>,
+    pub memory: Option<Spanned<Scalar>>,
 }
 
 #[derive(Debug, Deserialize)]

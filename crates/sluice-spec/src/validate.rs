@@ -558,9 +558,24 @@ fn run_spec(c: &mut Checker, raw: RawRun) -> RunSpec {
         }
         parsed
     });
+    let memory_mb = raw.memory.as_ref().and_then(|memory| {
+        let mib = parse_size(&memory.value.0).map(|bytes| bytes >> 20);
+        if !mib.is_some_and(|mib| (1..=1 << 20).contains(&mib)) {
+            c.error(
+                memory,
+                format!(
+                    "`run.memory`: `{}` is not a size from 1MiB to 1024GiB",
+                    memory.value.0.escape_debug()
+                ),
+                Some("write a number and MiB or GiB: `512MiB`, `2GiB`".into()),
+            );
+        }
+        mib
+    });
     RunSpec {
         ports,
         secrets,
+        memory_mb,
         ready_timeout: c.duration(
             &raw.ready_timeout,
             "ready_timeout",

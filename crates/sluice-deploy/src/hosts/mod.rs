@@ -63,6 +63,7 @@ impl Hosts {
         (service, env): (&str, &str),
         release_id: i64,
         hosts: &HostsSpec,
+        need_mb: Option<u64>,
     ) -> Result<Host> {
         let now = sluice_store::now_ms();
         let lease = self.lease.as_millis() as i64;
@@ -89,14 +90,28 @@ impl Hosts {
                     .iter()
                     .filter(|p| instances.get(&p.instance_id) == Some(&same))
                     .count();
+                let used: u64 = mine
+                    .iter()
+                    .filter_map(|p| serde_json::from_str::<Hosted>(&p.spec).ok()?.memory_mb)
+                    .sum();
                 place::Candidate {
                     name: a.name.clone(),
                     of_env,
                     total: mine.len(),
+                    free_mb: (a.memory_mb.max(0) as u64).saturating_sub(used),
                 }
             })
             .collect();
-        let Some(chosen) = place::choose(&candidates, hosts.spread) else {
+        if let (Some(need), false) = (need_mb, candidates.is_empty())
+            && place::choose(&candidates, hosts.spread, need_mb).is_none()
+        {
+            bail!(
+                "none of the {} online agents whose labels include {} has {need} MiB free (`run.memory`) for another of {env}'s instances; start another such agent, or stop what runs there",
+                candidates.len(),
+                labels_text(&hosts.labels),
+            );
+        }
+        let Some(chosen) = place::choose(&candidates, hosts.spread, need_mb) else {
             bail!(
                 "no agent whose labels include {} is online to run {env}'s instances; start one with `sluice agent{}` (docs/agents.md)",
                 labels_text(&hosts.labels),
@@ -119,8 +134,8 @@ impl Hosts {
     }
 
     /// Asks `host`'s agent to run the instance of `service`'s `environment`
-    /// that `spec` describes, listening on the host's address at `port`;
-    /// `secrets` names the variables of `spec` that are secrets, which are
+    /// that `spec` describes (by `run`), listening on the host's address at
+    /// `port`. The variables of `spec` that are secrets (`run.secrets`) are
     /// not stored with the placement.
     pub(crate) async fn start(
         &self,
@@ -128,8 +143,9 @@ impl Hosts {
         spec: &InstanceSpec,
         (service, environment): (&str, &str),
         port: u16,
-        secrets: &[String],
+        run: &sluice_spec::RunSpec,
     ) -> Result<()> {
+        let secrets = &run.secrets;
         let hosted = Hosted {
             id: spec.id.clone(),
             service: service.to_string(),
@@ -142,6 +158,7 @@ impl Hosts {
                 .cloned()
                 .collect(),
             secrets: secrets.to_vec(),
+            memory_mb: run.memory_mb,
             address: host.address,
             port,
         };

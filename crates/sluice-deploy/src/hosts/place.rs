@@ -10,14 +10,22 @@ pub(crate) struct Candidate {
     pub of_env: usize,
     /// Every instance its host runs now.
     pub total: usize,
+    /// Its host's memory that the instances placed there leave, in MiB (as
+    /// far as they declare theirs, `run.memory`).
+    pub free_mb: u64,
 }
 
-/// Spread: the host with the fewest of the environment's instances (then
-/// the fewest in all, then by name, so that the choice is stable).
-/// Together: the host that already runs the environment, else the least
-/// busy.
-pub(crate) fn choose(candidates: &[Candidate], spread: bool) -> Option<&Candidate> {
-    candidates.iter().min_by(|a, b| {
+/// Among the hosts with `need_mb` free (when the instance declares it):
+/// spread, the host with the fewest of the release's instances (then the
+/// fewest in all, then by name, so that the choice is stable); together,
+/// the host that already runs it, else the least busy.
+pub(crate) fn choose(
+    candidates: &[Candidate],
+    spread: bool,
+    need_mb: Option<u64>,
+) -> Option<&Candidate> {
+    let room = |c: &&Candidate| need_mb.is_none_or(|need| c.free_mb >= need);
+    candidates.iter().filter(room).min_by(|a, b| {
         let key = |c: &Candidate| {
             let together = if spread {
                 c.of_env
@@ -40,8 +48,20 @@ mod tests {
                 name: name.to_string(),
                 of_env: *of_env,
                 total: *total,
+                free_mb: 1024,
             })
             .collect()
+    }
+
+    #[test]
+    fn an_instance_goes_only_where_its_memory_is_free() {
+        let mut candidates = hosts(&[("web-1", 0, 0), ("web-2", 1, 1)]);
+        candidates[0].free_mb = 256;
+        let chosen = |need| choose(&candidates, true, need).map(|c| c.name.as_str());
+        assert_eq!(chosen(None), Some("web-1"), "no need declared: by count");
+        assert_eq!(chosen(Some(256)), Some("web-1"));
+        assert_eq!(chosen(Some(512)), Some("web-2"), "web-1 is too full");
+        assert_eq!(chosen(Some(2048)), None, "no host has room");
     }
 
     #[test]
@@ -62,7 +82,7 @@ mod tests {
         for (candidates, spread, expected) in table {
             let candidates = hosts(candidates);
             assert_eq!(
-                choose(&candidates, *spread).map(|c| c.name.as_str()),
+                choose(&candidates, *spread, None).map(|c| c.name.as_str()),
                 *expected,
                 "{candidates:?}, spread {spread}"
             );

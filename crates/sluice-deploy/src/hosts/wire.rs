@@ -21,6 +21,9 @@ pub struct Hosted {
     /// placement.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// The memory it needs on its host, in MiB, when declared (`run.memory`).
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
     /// Where it listens: the agent's address, at which the server reaches it.
     #[schema(value_type = String)]
     pub address: std::net::IpAddr,

@@ -354,6 +354,39 @@ async fn a_takeover_keeps_the_instances_on_the_hosts() {
     );
 }
 
+/// An instance that declares more memory than any matching host has free
+/// is placed nowhere: its deployment fails saying so.
+#[tokio::test]
+async fn an_instance_too_big_for_every_host_is_placed_nowhere() {
+    let Some(cluster) = Cluster::start(&["web"]).await else {
+        return;
+    };
+    let repo = GitRepo::new(cluster.dir.path(), "shop");
+    copy_fixture(&repo, "shop");
+    let spec = SPEC.replace(
+        "  command: exec python3 app/server.py\n",
+        "  command: exec python3 app/server.py\n  memory: 1024GiB\n",
+    );
+    repo.commit("v1", &[("sluice.yaml", &spec)]);
+    cluster.server.add_repo(&repo);
+    let failed = cluster
+        .server
+        .wait_for("/deployments?service=shop", "the deployment failed", |d| {
+            d["status"] == "failed"
+        })
+        .await;
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("has 1048576 MiB free (`run.memory`)"),
+        "{failed:#}"
+    );
+    let placements = cluster.server.get("/status?service=shop").await;
+    assert!(
+        placements.to_string().contains("\"instances\":[]"),
+        "{placements:#}"
+    );
+}
+
 /// A temporary directory for a test that makes hosts, or `None` (the test
 /// is skipped) where hosts cannot be made, which CI never allows.
 fn hosts_here() -> Option<tempfile::TempDir> {
