@@ -93,10 +93,11 @@ pub async fn heartbeat(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A long poll's wait.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ClaimQuery {
-    /// How long to wait for a job, in milliseconds (at most 30 000).
+pub struct WaitQuery {
+    /// How long to wait for something to do, in milliseconds (at most 30 000).
     wait_ms: Option<u64>,
 }
 
@@ -104,7 +105,7 @@ pub struct ClaimQuery {
     post,
     path = "/agents/{name}/claim",
     tag = "agents",
-    params(("name" = String, Path, description = "the agent's name"), ClaimQuery),
+    params(("name" = String, Path, description = "the agent's name"), WaitQuery),
     responses(
         (status = 200, description = "a job, claimed under a lease", body = sluice_ci::wire::Claimed),
         (status = 204, description = "no job came within the wait")
@@ -114,7 +115,7 @@ pub async fn claim(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Query(q): Query<ClaimQuery>,
+    Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
     match state.ci.claim_job(&caller.token_id, &name, wait).await? {
@@ -260,19 +261,11 @@ pub async fn artifact(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ReportQuery {
-    /// How long to wait for a change when the host runs what it is to run,
-    /// in milliseconds (at most 30 000).
-    wait_ms: Option<u64>,
-}
-
 #[utoipa::path(
     post,
     path = "/agents/{name}/instances",
     tag = "agents",
-    params(("name" = String, Path, description = "the agent's name"), ReportQuery),
+    params(("name" = String, Path, description = "the agent's name"), WaitQuery),
     request_body = sluice_deploy::hosts::wire::HostReport,
     responses((status = 200, description = "every instance the agent's host is to run", body = sluice_deploy::hosts::wire::HostWork))
 )]
@@ -280,7 +273,7 @@ pub async fn instances(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Query(q): Query<ReportQuery>,
+    Query(q): Query<WaitQuery>,
     Json(report): Json<sluice_deploy::hosts::wire::HostReport>,
 ) -> ApiResult<Json<sluice_deploy::hosts::wire::HostWork>> {
     // Also what says the agent is the caller's, and alive.

@@ -91,11 +91,11 @@ async fn prod_runs_on_the_hosts_its_labels_name_and_outlives_a_kill_9_of_the_ser
     // The server killed and started again: the agents kept their
     // instances, and the server keeps them (the same processes).
     let load = Load::start(url.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.served(20).await;
     cluster.server.kill_hard();
     cluster.server = Server::start_on(&cluster.listen, &cluster.data, None, &OPTIONS);
     cluster.server.wait_env("shop", "prod", 2, 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.served(20).await;
     let failed = load.finish("the kill -9 of the server").await;
     assert!(failed.len() <= 1, "{failed:?}");
     let prod = wait_reported(&cluster.server, 2).await;

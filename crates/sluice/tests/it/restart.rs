@@ -162,13 +162,13 @@ async fn instances_that_match_keep_running_through_a_kill_9() {
         // the kill and the restart.
         let url = format!("http://{}/", dev["listen"].as_str().unwrap());
         let load = Load::start(url.clone());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        load.served(20).await;
 
         server.kill_hard();
         assert_eq!(instance_processes(&data).len(), 2, "the instances outlive the server");
         let restarted = Server::start(&data, db.as_deref());
         let kept = restarted.wait_env("shop", "dev", 1, 2).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        load.served(20).await;
         let failed = load.finish("the kill -9 and restart").await;
         // The entry point's sockets were kept: a connection made while no
         // server ran waited for the next one instead of being refused. Only
@@ -232,14 +232,14 @@ async fn a_hand_over_restarts_nothing_and_answers_what_waits() {
     before.sort();
     let url = format!("http://{}/", dev["listen"].as_str().unwrap());
     let load = Load::start(url);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.served(20).await;
 
     let pid = nix::unistd::Pid::from_raw(server.pid());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2).unwrap();
     assert_eq!(server.wait_exit().await, Some(0));
     let restarted = Server::start(&data, None);
     restarted.wait_env("shop", "dev", 1, 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.served(20).await;
     let failed = load.finish("the hand-over").await;
     // Every request is answered: by the old server (its drain answers even
     // a connection accepted in the instant before it stopped) or by the new
@@ -257,6 +257,8 @@ async fn a_hand_over_restarts_nothing_and_answers_what_waits() {
 /// until [`Load::finish`].
 pub(crate) struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// How many were answered (200) so far.
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// How many were answered, the failures, the slowest.
     task: tokio::task::JoinHandle<(usize, Vec<String>, Duration)>,
 }
@@ -264,7 +266,8 @@ pub(crate) struct Load {
 impl Load {
     pub(crate) fn start(url: String) -> Load {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopping = stop.clone();
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stopping, counting) = (stop.clone(), answered.clone());
         let task = tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
@@ -274,7 +277,10 @@ impl Load {
             while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 let sent = Instant::now();
                 match client.get(&url).send().await {
-                    Ok(answer) if answer.status() == 200 => ok += 1,
+                    Ok(answer) if answer.status() == 200 => {
+                        ok += 1;
+                        counting.store(ok, std::sync::atomic::Ordering::SeqCst);
+                    }
                     // With the release that answered, when one did.
                     Ok(answer) => failed.push(format!(
                         "{} {}",
@@ -291,7 +297,26 @@ impl Load {
             }
             (ok, failed, slowest)
         });
-        Load { stop, task }
+        Load {
+            stop,
+            answered,
+            task,
+        }
+    }
+
+    /// Waits until `more` requests were answered from now: the load runs
+    /// through what the test does next (or, after it, goes on again).
+    pub(crate) async fn served(&self, more: usize) {
+        let count = || self.answered.load(std::sync::atomic::Ordering::SeqCst);
+        let (from, deadline) = (count(), Instant::now() + Duration::from_secs(60));
+        while count() < from + more {
+            assert!(
+                Instant::now() < deadline,
+                "the load got {} answers in 60 s",
+                count() - from
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops it, says how it went `through` what the test did, and gives
@@ -314,11 +339,7 @@ async fn a_hand_over_in_the_middle_of_an_experiment_keeps_a_and_b() {
     let dir = crate::support::tempdir();
     let (mut server, data, id, url) = in_an_experiment(dir.path()).await;
     let id = serde_json::Value::from(id);
-    let mut before = instance_processes(&data);
-    before.sort();
-    let b_user = user_of_variant(&url, "b").await;
-    let load = Load::start(url.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running = AandB::under_load(&data, &url).await;
 
     let pid = nix::unistd::Pid::from_raw(server.pid());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2).unwrap();
@@ -329,25 +350,15 @@ async fn a_hand_over_in_the_middle_of_an_experiment_keeps_a_and_b() {
     })
     .await;
     assert_eq!((&resumed["id"], &resumed["weight_bp"]), (&id, &2000.into()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let failed = load.finish("the hand-over in the experiment").await;
-    assert!(failed.is_empty(), "{failed:?}");
-    let mut after = instance_processes(&data);
-    after.sort();
-    assert_eq!(before, after, "the same processes serve A and B");
-    assert_eq!(variant_for(&url, &b_user).await, "b");
+    running.kept("the hand-over in the experiment", 0).await;
 }
 
 #[tokio::test]
 async fn an_experiment_goes_on_after_a_kill_9() {
     let dir = crate::support::tempdir();
     let (mut server, data, id, url) = in_an_experiment(dir.path()).await;
-    let mut before = instance_processes(&data);
-    before.sort();
-    assert_eq!(before.len(), 2, "A and B: {before:?}");
-    let b_user = user_of_variant(&url, "b").await;
-    let load = Load::start(url.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running = AandB::under_load(&data, &url).await;
+    assert_eq!(running.before.len(), 2, "A and B: {:?}", running.before);
 
     server.kill_hard();
     // A pause sent as the server died (in the store, not yet taken) is
@@ -370,12 +381,7 @@ async fn an_experiment_goes_on_after_a_kill_9() {
     );
     // A and B kept running through it, neither started again, and B's user
     // stayed on B: only a request the killed server was answering can fail.
-    let failed = load.finish("the kill -9 in the experiment").await;
-    assert!(failed.len() <= 1, "{failed:?}");
-    let mut after = instance_processes(&data);
-    after.sort();
-    assert_eq!(before, after, "the same processes serve A and B");
-    assert_eq!(variant_for(&url, &b_user).await, "b");
+    running.kept("the kill -9 in the experiment", 1).await;
     let changes = restarted.get("/changelog?kind=instances.kept").await;
     assert!(
         changes
@@ -445,12 +451,8 @@ async fn a_config_experiment_on_the_running_release_goes_on_after_a_kill_9() {
     let experiment = wait_experiment(&server, |x| x["status"] == "running").await;
     let prod = wait_prod_healthy(&server, |releases| releases == [1, 1]).await;
     let url = format!("http://{}/", prod["listen"].as_str().unwrap());
-    let mut before = instance_processes(&data);
-    before.sort();
-    assert_eq!(before.len(), 2, "A and B: {before:?}");
-    let b_user = user_of_variant(&url, "b").await;
-    let load = Load::start(url.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running = AandB::under_load(&data, &url).await;
+    assert_eq!(running.before.len(), 2, "A and B: {:?}", running.before);
 
     server.kill_hard();
     let restarted = Server::start(&data, None);
@@ -462,12 +464,9 @@ async fn a_config_experiment_on_the_running_release_goes_on_after_a_kill_9() {
         (&resumed["id"], &resumed["status"], &resumed["weight_bp"]),
         (&experiment["id"], &"running".into(), &2000.into())
     );
-    let failed = load.finish("the kill -9 in the config experiment").await;
-    assert!(failed.len() <= 1, "{failed:?}");
-    let mut after = instance_processes(&data);
-    after.sort();
-    assert_eq!(before, after, "the same processes serve A and B");
-    assert_eq!(variant_for(&url, &b_user).await, "b");
+    running
+        .kept("the kill -9 in the config experiment", 1)
+        .await;
     let changes = restarted.get("/changelog?kind=instances.kept").await;
     assert!(
         changes
@@ -475,6 +474,45 @@ async fn a_config_experiment_on_the_running_release_goes_on_after_a_kill_9() {
             .contains("kept 1 instance(s) of v1 running through the server's restart, and 1 of the experiment's B (v1)"),
         "{changes:#}"
     );
+}
+
+/// An experiment's A and B as a restart finds them: their processes, a
+/// user the split gives B, and a load through the entry point.
+struct AandB {
+    data: std::path::PathBuf,
+    url: String,
+    before: Vec<(i32, String)>,
+    b_user: String,
+    load: Load,
+}
+
+impl AandB {
+    async fn under_load(data: &std::path::Path, url: &str) -> AandB {
+        let mut before = instance_processes(data);
+        before.sort();
+        let b_user = user_of_variant(url, "b").await;
+        let load = Load::start(url.to_string());
+        load.served(20).await;
+        AandB {
+            data: data.to_path_buf(),
+            url: url.to_string(),
+            before,
+            b_user,
+            load,
+        }
+    }
+
+    /// After the restart (`through`): at most `failures` requests failed,
+    /// the same processes serve A and B, and B's user is still on B.
+    async fn kept(self, through: &str, failures: usize) {
+        self.load.served(20).await;
+        let failed = self.load.finish(through).await;
+        assert!(failed.len() <= failures, "{failed:?}");
+        let mut after = instance_processes(&self.data);
+        after.sort();
+        assert_eq!(self.before, after, "the same processes serve A and B");
+        assert_eq!(variant_for(&self.url, &self.b_user).await, "b");
+    }
 }
 
 /// A server in `dir` whose shop runs v1 in prod (one instance) and an
