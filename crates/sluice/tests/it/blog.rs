@@ -161,6 +161,7 @@ fn cli_exit(server: &Server, args: &[&str]) -> (Option<i32>, String) {
 
 #[tokio::test]
 async fn a_blog_with_a_database_goes_through_sluice_under_load() {
+    let _alone = crate::support::machine_to_myself().await;
     let dir = crate::support::tempdir();
     let server = Server::start(&dir.path().join("data"), None);
     let repo = GitRepo::new(dir.path(), "blog");

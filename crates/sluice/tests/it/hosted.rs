@@ -416,6 +416,8 @@ struct Cluster {
     /// Each agent's command line.
     commands: Vec<Vec<String>>,
     dir: tempfile::TempDir,
+    /// The machine, shared with no latency-judging test meanwhile.
+    _alone: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
@@ -450,6 +452,7 @@ impl Cluster {
         database: Option<(&str, &str)>,
         roles: &[&str],
     ) -> Cluster {
+        let alone = crate::support::machine_to_myself().await;
         let data = dir.path().join("data");
         let listen = format!("0.0.0.0:{}", free_port());
         let mut server = Server::start_on(&listen, &data, database.map(|d| d.0), &OPTIONS);
@@ -466,6 +469,7 @@ impl Cluster {
             agents: Vec::new(),
             commands: Vec::new(),
             dir,
+            _alone: alone,
         };
         for (index, role) in roles.iter().enumerate() {
             let name = format!("{role}-{}", index + 1);

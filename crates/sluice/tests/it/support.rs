@@ -342,6 +342,16 @@ pub fn writable_by_steps(path: &Path) -> &Path {
 
 /// A temporary directory that other users may enter, as the instances of
 /// each environment run as a user of their own when the tests run as root.
+/// Held by the test that judges latency on a real application and by the
+/// tests that load the machine most (several hosts, each with its agent,
+/// instances and load), so that neither runs during the other: on two
+/// cores, one's load is the other's slowdown, and a B judged slower for it
+/// is rolled back.
+pub async fn machine_to_myself() -> tokio::sync::MutexGuard<'static, ()> {
+    static MACHINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    MACHINE.lock().await
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
