@@ -1,15 +1,51 @@
 //! A latency histogram with buckets 1% wide (relative), mergeable, from which
 //! quantiles are read as upper bounds.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const GROWTH: f64 = 1.01;
+/// The most buckets a histogram read from outside may have: 1.01^4096
+/// microseconds is far past any latency worth counting.
+const MAX_BUCKETS: usize = 4096;
 
-#[derive(Clone, Debug, Default, Serialize)]
+/// Read from outside (an agent's entry point sends its windows), a
+/// histogram is checked: bounded, and its total the sum of its counts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(try_from = "UncheckedHistogram")]
 pub struct LogHistogram {
     /// Bucket `i` holds values in `[GROWTH^i, GROWTH^(i+1))` microseconds; bucket 0 also holds smaller ones.
     counts: Vec<u64>,
     total: u64,
+}
+
+#[derive(Deserialize)]
+struct UncheckedHistogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl TryFrom<UncheckedHistogram> for LogHistogram {
+    type Error = String;
+
+    fn try_from(raw: UncheckedHistogram) -> Result<Self, String> {
+        if raw.counts.len() > MAX_BUCKETS {
+            return Err(format!(
+                "a latency histogram has at most {MAX_BUCKETS} buckets, not {}",
+                raw.counts.len()
+            ));
+        }
+        let sum = raw
+            .counts
+            .iter()
+            .try_fold(0u64, |sum, c| sum.checked_add(*c));
+        if sum != Some(raw.total) {
+            return Err("a latency histogram's total is not the sum of its counts".into());
+        }
+        Ok(LogHistogram {
+            counts: raw.counts,
+            total: raw.total,
+        })
+    }
 }
 
 fn bucket(micros: f64) -> usize {
@@ -131,6 +167,24 @@ impl LogHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_read_from_outside_is_checked() {
+        let mut h = LogHistogram::default();
+        h.record(1500.0);
+        let text = serde_json::to_string(&h).unwrap();
+        let back: LogHistogram = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back.quantile(0.5), h.quantile(0.5));
+        let lying = r#"{"counts":[1,2],"total":5}"#;
+        let error = serde_json::from_str::<LogHistogram>(lying).unwrap_err();
+        assert!(error.to_string().contains("not the sum"), "{error}");
+        let overflowing = format!(r#"{{"counts":[{},1],"total":0}}"#, u64::MAX);
+        assert!(serde_json::from_str::<LogHistogram>(&overflowing).is_err());
+        let huge = format!(r#"{{"counts":[{}],"total":0}}"#, vec!["0"; 5000].join(","));
+        let error = serde_json::from_str::<LogHistogram>(&huge).unwrap_err();
+        assert!(error.to_string().contains("at most 4096"), "{error}");
+    }
 
     #[test]
     fn quantiles_within_a_percent() {

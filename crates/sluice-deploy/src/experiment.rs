@@ -704,12 +704,16 @@ impl Looker {
 
     /// Feeds the seconds that ended since the last look to the analysis and acts on its decision.
     async fn look(&mut self) -> Option<Outcome> {
-        let now = unix_second(&self.inner);
+        let (service, env) = (&self.b.service, &self.env.name);
+        // Only seconds every entry point has sent: a host's come a report late.
+        let complete = self
+            .inner
+            .complete_before(service, env, unix_second(&self.inner));
         let windows: Vec<SecondWindow> = self
             .inner
-            .windows(&self.b.service, &self.env.name, self.last_second)
+            .windows(service, env, self.last_second)
             .into_iter()
-            .filter(|w| w.second < now)
+            .filter(|w| w.second < complete)
             .collect();
         for w in &windows {
             self.ingest(w);

@@ -710,6 +710,21 @@ pub(crate) async fn drain(inner: &Arc<Inner>, route: &Route, live: &Live) {
     {
         tracing::warn!(instance = %live.backend.id, "drain timed out; stopping anyway");
     }
+    // The entry points on hosts route by the server's table a report later.
+    let key = (live.service.clone(), live.env.clone());
+    let hosts = &inner.hosts;
+    if !hosts
+        .entries
+        .let_go(
+            &key,
+            &live.backend.id,
+            hosts.lease,
+            inner.config.drain_timeout,
+        )
+        .await
+    {
+        tracing::warn!(instance = %live.backend.id, "an entry point on a host still routes to it; stopping anyway");
+    }
 }
 
 pub(crate) async fn stop_instance(inner: &Arc<Inner>, route: &Route, live: &Live) {

@@ -252,6 +252,9 @@ pub(crate) struct Inner {
     deploying: Mutex<std::collections::HashSet<i64>>,
     /// What keeps the entry points' sockets through a crash, when started.
     kept_sockets: Option<sockets::Keeper>,
+    /// Cancelled once the environments are back after a start: until then
+    /// the agents' entry points are not told what to serve.
+    environments_back: CancellationToken,
     /// Incidents asked for from below the incidents module (see [`Alarm`]).
     alarms: tokio::sync::mpsc::UnboundedSender<Alarm>,
     shutdown: CancellationToken,
@@ -273,6 +276,8 @@ struct Entry {
     telemetry: Telemetry,
     /// The windows of seconds before this are in the store (see [`traffic`]).
     stored_until: u64,
+    /// The agents' hosts that serve this entry point too (`hosts:`).
+    hosts: Option<sluice_spec::HostsSpec>,
 }
 
 #[derive(Clone)]
@@ -333,6 +338,7 @@ impl Cd {
             taking_up: Mutex::default(),
             alarms,
             followed: Mutex::default(),
+            environments_back: CancellationToken::new(),
             shutdown: CancellationToken::new(),
         });
         let kept = inner.reconcile().await?;
@@ -343,6 +349,7 @@ impl Cd {
         let started = inner.clone();
         tokio::spawn(async move {
             started.restart_environments(kept).await;
+            started.environments_back.cancel();
             tokio::spawn(heal::keep(started.clone()));
             tokio::spawn(hosts::lost::watch(started.clone()));
             tokio::spawn(deploy::deployer(started.clone()));
@@ -436,7 +443,7 @@ impl Cd {
         report: &hosts::wire::HostReport,
         wait: Duration,
     ) -> CdResult<hosts::wire::HostWork> {
-        Ok(self.inner.hosts.report(agent, report, wait).await?)
+        Ok(hosts::answer(&self.inner, agent, report, wait).await?)
     }
 
     /// The files instance `id` starts from on agent `agent`'s host, as a
@@ -508,6 +515,11 @@ impl Cd {
             .map_err(|_| CdError::NotFound(format!("{service} has no release v{number}")))?;
         let (_, environment) =
             release::release_env(&release, env).map_err(|e| CdError::Invalid(format!("{e:#}")))?;
+        if environment.hosts.is_some() && !given.is_empty() {
+            return Err(CdError::Invalid(format!(
+                "{env} runs on agents' hosts, whose entry points do not count goals yet; start the experiment without `--goal`"
+            )));
+        }
         let state = self.inner.store.env_state(service, env).await?;
         let Some(baseline) = state.and_then(|s| s.release_id) else {
             return Err(CdError::Conflict(format!(
@@ -898,6 +910,9 @@ impl Inner {
         let (route, telemetry) = match existing {
             Some((route, _, true)) => {
                 add_first(&route);
+                if let Some(entry) = self.entries.lock().unwrap().get_mut(&key) {
+                    entry.hosts = env.hosts.clone();
+                }
                 return Ok(route);
             }
             Some((route, telemetry, false)) => (route, telemetry),
@@ -1010,6 +1025,7 @@ impl Inner {
                 entry.limits = env.limits;
                 entry._redirect = redirect;
                 entry.keeper = keeper;
+                entry.hosts = env.hosts.clone();
             }
             None => {
                 entries.insert(
@@ -1024,6 +1040,7 @@ impl Inner {
                         keeper,
                         telemetry,
                         stored_until: 0,
+                        hosts: env.hosts.clone(),
                     },
                 );
             }
@@ -1114,6 +1131,45 @@ impl Inner {
         entries
             .get(&(service.to_string(), env.to_string()))
             .map(|e| (e.listen, e.listener.addr))
+    }
+
+    /// The environments on hosts whose `hosts:` `matches`, with their
+    /// routes; `None` until the environments are back after a start.
+    fn served_by(
+        &self,
+        matches: impl Fn(&sluice_spec::HostsSpec) -> bool,
+    ) -> Option<Vec<hosts::Served>> {
+        if !self.environments_back.is_cancelled() {
+            return None;
+        }
+        let entries = self.entries.lock().unwrap();
+        let mut served: Vec<hosts::Served> = entries
+            .iter()
+            .filter(|(_, e)| e.hosts.as_ref().is_some_and(&matches))
+            .map(|(key, e)| hosts::Served {
+                key: key.clone(),
+                port: e.listener.addr.port(),
+                route: e.route.clone(),
+            })
+            .collect();
+        served.sort_by(|a, b| a.key.cmp(&b.key));
+        Some(served)
+    }
+
+    /// Adds the windows an agent's entry point counted to its environment's.
+    fn absorb(&self, key: &EnvKey, windows: &[sluice_proxy::SecondWindow]) {
+        if let Some(entry) = self.entries.lock().unwrap().get(key) {
+            entry.telemetry.absorb(windows);
+        }
+    }
+
+    /// The first second (before `now`) whose traffic may not be in yet from
+    /// every entry point of the environment: the hosts' come a report late.
+    fn complete_before(&self, service: &str, env: &str, now: u64) -> u64 {
+        let key = (service.to_string(), env.to_string());
+        self.hosts
+            .entries
+            .complete_before(&key, now, self.hosts.lease)
     }
 
     fn windows(&self, service: &str, env: &str, after: u64) -> Vec<sluice_proxy::SecondWindow> {

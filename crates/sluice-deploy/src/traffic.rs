@@ -44,14 +44,15 @@ pub(crate) async fn keep(inner: Arc<Inner>) {
 /// or with `everything` (at shutdown) all of them.
 pub(crate) async fn flush(inner: &Inner, everything: bool) {
     let now = sluice_store::now_ms().max(0) as u64 / 1000;
-    // A second's window is final once the clock has left it; a bucket once
-    // all its seconds are.
-    let until = if everything {
-        now + 1
-    } else {
-        now.saturating_sub(1) / BUCKET_SECONDS * BUCKET_SECONDS
-    };
     for (key, telemetry, from) in inner.unstored() {
+        // A second's window is final once the clock has left it and every
+        // entry point has sent it; a bucket once all its seconds are.
+        let complete = inner.complete_before(&key.0, &key.1, now);
+        let until = if everything {
+            now + 1
+        } else {
+            complete.saturating_sub(1) / BUCKET_SECONDS * BUCKET_SECONDS
+        };
         let windows = telemetry.windows_after(from.saturating_sub(1));
         let buckets = buckets(&key.0, &key.1, &windows, from, until);
         match inner.store.add_traffic(&buckets).await {

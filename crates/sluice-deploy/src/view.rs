@@ -23,6 +23,9 @@ pub struct EnvStatus {
     pub instances: Vec<InstanceStatus>,
     pub desired_instances: u32,
     pub listen: Option<String>,
+    /// The entry points on agents' hosts that serve it too, as they reported.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_entry_points: Vec<HostEntryPoint>,
     pub pinned: bool,
     pub pin_reason: Option<String>,
     pub pending_promotions: Vec<PendingPromotion>,
@@ -42,6 +45,12 @@ pub struct InstanceStatus {
     pub restarts: i64,
     /// The agent whose host runs it; none: the server's.
     pub host: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HostEntryPoint {
+    pub agent: String,
+    pub address: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -116,7 +125,19 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
             .unwrap()
             .get(&(state.service.clone(), state.name.clone()))
             .map(|e| e.listener.addr.to_string());
+        let key = (state.service.clone(), state.name.clone());
+        let host_entry_points = inner
+            .hosts
+            .entries
+            .addresses(&key, inner.hosts.lease)
+            .into_iter()
+            .map(|(agent, address)| HostEntryPoint {
+                agent,
+                address: address.to_string(),
+            })
+            .collect();
         out.push(EnvStatus {
+            host_entry_points,
             desired_instances: desired.as_ref().map_or(0, |(_, e)| e.instances),
             pending_promotions: pending(&promotions, &state.service, &state.name),
             service: state.service,
@@ -183,6 +204,7 @@ async fn undeployed(
                 continue;
             }
             out.push(EnvStatus {
+                host_entry_points: Vec::new(),
                 service: name.clone(),
                 environment: env.name.clone(),
                 release: None,

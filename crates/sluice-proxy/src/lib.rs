@@ -11,6 +11,7 @@ mod layers;
 mod route;
 mod server;
 mod split;
+mod table;
 mod telemetry;
 pub mod tls;
 
@@ -18,6 +19,7 @@ pub use access_log::AccessLog;
 pub use route::{Backend, EJECT_AFTER, EJECT_FOR, Route};
 pub use server::{Limits, Listener, redirect_to_https};
 pub use split::{COOKIE, FORCE_HEADER, Split, Sticky, Variant, bucket};
+pub use table::{RouteTable, TableBackend, TableSplit};
 pub use telemetry::{
     AccessEntry, InstanceWindow, Metrics, SecondClock, SecondWindow, Telemetry, VariantWindow,
     WINDOW_SECONDS, system_second,

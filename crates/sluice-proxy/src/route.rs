@@ -34,6 +34,24 @@ pub struct Backend {
     /// Its id and release as header values, for attributing each answer.
     pub(crate) id_header: Option<HeaderValue>,
     pub(crate) release_header: Option<HeaderValue>,
+    /// The changes of the route it was added to, told of its own.
+    changes: std::sync::OnceLock<Changes>,
+}
+
+/// A count of a route's changes, which its watchers wait on.
+#[derive(Clone, Debug)]
+struct Changes(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for Changes {
+    fn default() -> Changes {
+        Changes(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl Changes {
+    fn tell(&self) {
+        self.0.send_modify(|count| *count += 1);
+    }
 }
 
 /// Consecutive failures that eject a backend, and for how long.
@@ -66,11 +84,21 @@ impl Backend {
             failures: std::sync::atomic::AtomicU32::new(0),
             ejected_until: std::sync::atomic::AtomicU64::new(0),
             metrics: InstanceSlots::default(),
+            changes: std::sync::OnceLock::new(),
         })
     }
 
+    /// Tells its route's watchers, when it has a route.
+    fn changed(&self) {
+        if let Some(changes) = self.changes.get() {
+            changes.tell();
+        }
+    }
+
     pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::SeqCst);
+        if self.healthy.swap(healthy, Ordering::SeqCst) != healthy {
+            self.changed();
+        }
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -78,8 +106,17 @@ impl Backend {
     }
 
     pub fn set_variant(&self, variant: Variant) {
-        self.variant
-            .store(if variant == Variant::B { 1 } else { 0 }, Ordering::SeqCst);
+        let to = if variant == Variant::B { 1 } else { 0 };
+        if self.variant.swap(to, Ordering::SeqCst) != to {
+            self.changed();
+        }
+    }
+
+    /// Sends it no new requests; it is removed once those in flight are done.
+    pub(crate) fn set_draining(&self) {
+        if !self.draining.swap(true, Ordering::SeqCst) {
+            self.changed();
+        }
     }
 
     pub fn variant(&self) -> Variant {
@@ -170,6 +207,7 @@ struct Shared {
     backends: ArcSwap<Vec<Arc<Backend>>>,
     split: ArcSwapOption<Split>,
     goals: ArcSwapOption<GoalTracker>,
+    changes: Changes,
 }
 
 impl Route {
@@ -185,7 +223,14 @@ impl Route {
         &self.0.shared
     }
 
+    /// A watch on the route's changes (backends, their health, variant and
+    /// draining, the split): its value counts them.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared().changes.0.subscribe()
+    }
+
     pub fn add(&self, backend: Arc<Backend>) {
+        let _ = backend.changes.set(self.shared().changes.clone());
         self.shared().backends.rcu(|backends| {
             let mut backends: Vec<Arc<Backend>> = backends
                 .iter()
@@ -195,6 +240,7 @@ impl Route {
             backends.push(backend.clone());
             backends
         });
+        self.shared().changes.tell();
     }
 
     pub fn backends(&self) -> Vec<Arc<Backend>> {
@@ -212,7 +258,10 @@ impl Route {
 
     /// Sets (or, with `None`, ends) the split between A and B.
     pub fn set_split(&self, split: Option<Split>) {
-        self.shared().split.store(split.map(Arc::new));
+        if self.split() != split {
+            self.shared().split.store(split.map(Arc::new));
+            self.shared().changes.tell();
+        }
     }
 
     pub fn split(&self) -> Option<Split> {
@@ -266,7 +315,7 @@ impl Route {
         let Some(backend) = self.get(id) else {
             return true;
         };
-        backend.draining.store(true, Ordering::SeqCst);
+        backend.set_draining();
         let deadline = tokio::time::Instant::now() + limit;
         let drained = loop {
             if backend.in_flight() == 0 {
@@ -282,13 +331,16 @@ impl Route {
     }
 
     pub fn remove(&self, id: &str) {
-        self.shared().backends.rcu(|backends| {
+        let before = self.shared().backends.rcu(|backends| {
             backends
                 .iter()
                 .filter(|b| b.id != id)
                 .cloned()
                 .collect::<Vec<_>>()
         });
+        if before.iter().any(|b| b.id == id) {
+            self.shared().changes.tell();
+        }
     }
 }
 

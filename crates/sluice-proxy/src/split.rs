@@ -10,7 +10,7 @@ pub const COOKIE: &str = "sluice_key";
 /// The header a tester may force a variant with, when the environment allows it.
 pub const FORCE_HEADER: &str = "x-sluice-variant";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
     A,

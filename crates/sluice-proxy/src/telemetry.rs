@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sluice_analysis::LogHistogram;
 use tokio::sync::mpsc;
 
@@ -53,6 +53,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Metrics counted but not registered anywhere (nothing serves them).
+    pub fn unregistered() -> Metrics {
+        Metrics::register(&mut Registry::default())
+    }
+
     /// Registers the metrics under `sluice_proxy_…`.
     pub fn register(registry: &mut Registry) -> Metrics {
         let metrics = Metrics {
@@ -95,7 +100,7 @@ impl Metrics {
 }
 
 /// One variant's requests in one second.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct VariantWindow {
     pub requests: u64,
     /// 5xx answers, the proxy's own included.
@@ -104,7 +109,7 @@ pub struct VariantWindow {
 }
 
 /// One second of an environment's traffic.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SecondWindow {
     /// Seconds since the Unix epoch.
     pub second: u64,
@@ -115,12 +120,12 @@ pub struct SecondWindow {
     pub b: VariantWindow,
     /// The same requests by the instance that answered them (none for the
     /// proxy's own answers when no instance could).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceWindow>,
 }
 
 /// One instance's requests in one second.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InstanceWindow {
     pub instance: String,
     pub variant: Variant,
@@ -213,6 +218,8 @@ struct Shared {
     metrics: Metrics,
     /// Per-second windows, one deque per worker, merged when read.
     windows: Vec<Mutex<VecDeque<SecondWindow>>>,
+    /// Windows counted elsewhere: the entry points on agents' hosts.
+    absorbed: Mutex<std::collections::BTreeMap<u64, SecondWindow>>,
     /// The metrics of requests no instance answered.
     unserved: InstanceSlots,
     access: Option<mpsc::UnboundedSender<String>>,
@@ -267,6 +274,7 @@ impl Telemetry {
             environment: environment.to_string(),
             metrics,
             windows: (0..shards).map(|_| Mutex::default()).collect(),
+            absorbed: Mutex::default(),
             unserved: InstanceSlots::default(),
             access,
         };
@@ -278,12 +286,7 @@ impl Telemetry {
 
     /// A telemetry that only counts, for tests and tools.
     pub fn detached(environment: &str) -> Telemetry {
-        Telemetry::new(
-            "test",
-            environment,
-            Metrics::register(&mut Registry::default()),
-            None,
-        )
+        Telemetry::new("test", environment, Metrics::unregistered(), None)
     }
 
     /// The same telemetry, recording its windows in worker `worker`'s shard.
@@ -388,20 +391,41 @@ impl Telemetry {
     }
 
     /// The windows of seconds after `after` (seconds since the epoch), oldest
-    /// first, each the sum of every worker's.
+    /// first, each the sum of every worker's and of those absorbed.
     pub fn windows_after(&self, after: u64) -> Vec<SecondWindow> {
         let mut seconds = std::collections::BTreeMap::<u64, SecondWindow>::new();
         for shard in &self.shared().windows {
             for window in shard.lock().unwrap().iter().filter(|w| w.second > after) {
-                match seconds.entry(window.second) {
-                    Entry::Vacant(vacant) => {
-                        vacant.insert(window.clone());
-                    }
-                    Entry::Occupied(mut sum) => sum.get_mut().merge(window),
-                }
+                add_to(&mut seconds, window);
             }
         }
+        let absorbed = self.shared().absorbed.lock().unwrap();
+        for window in absorbed.range(after.saturating_add(1)..).map(|(_, w)| w) {
+            add_to(&mut seconds, window);
+        }
         seconds.into_values().collect()
+    }
+
+    /// Adds windows counted elsewhere (by an entry point on an agent's
+    /// host) to these, keeping as many seconds as the workers' own.
+    pub fn absorb(&self, windows: &[SecondWindow]) {
+        let mut absorbed = self.shared().absorbed.lock().unwrap();
+        for window in windows {
+            add_to(&mut absorbed, window);
+        }
+        while absorbed.len() > WINDOW_SECONDS {
+            absorbed.pop_first();
+        }
+    }
+}
+
+/// Adds `window` to the sum of its second in `seconds`.
+fn add_to(seconds: &mut std::collections::BTreeMap<u64, SecondWindow>, window: &SecondWindow) {
+    match seconds.entry(window.second) {
+        Entry::Vacant(vacant) => {
+            vacant.insert(window.clone());
+        }
+        Entry::Occupied(mut sum) => sum.get_mut().merge(window),
     }
 }
 
@@ -452,5 +476,40 @@ impl VariantWindow {
         self.requests += other.requests;
         self.errors += other.errors;
         self.latency.merge(&other.latency);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(second: u64, requests: u64) -> SecondWindow {
+        SecondWindow {
+            second,
+            a: VariantWindow {
+                requests,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn windows_absorbed_from_hosts_are_summed_with_the_workers_own() {
+        let telemetry = Telemetry::detached("prod");
+        telemetry.absorb(&[window(10, 2), window(11, 1)]);
+        telemetry.absorb(&[window(10, 3)]);
+        let seconds: Vec<(u64, u64)> = telemetry
+            .windows_after(0)
+            .iter()
+            .map(|w| (w.second, w.a.requests))
+            .collect();
+        assert_eq!(seconds, [(10, 5), (11, 1)]);
+        assert_eq!(telemetry.windows_after(10).len(), 1);
+        let old: Vec<SecondWindow> = (0..WINDOW_SECONDS as u64 + 5)
+            .map(|s| window(100 + s, 1))
+            .collect();
+        telemetry.absorb(&old);
+        assert_eq!(telemetry.windows_after(0).len(), WINDOW_SECONDS);
     }
 }

@@ -644,7 +644,7 @@ fn environments(
         let hosts = env
             .hosts
             .as_ref()
-            .map(|raw| hosts_spec(c, raw, &data, &strategy));
+            .map(|raw| hosts_spec(c, raw, (&data, &strategy, tls.is_some())));
         out.push(Environment {
             name: name.value.clone(),
             from: env.from.as_ref().map(|f| f.value.clone()),
@@ -665,12 +665,12 @@ fn environments(
 
 /// `hosts:`. Its instances' data lives on each host, where nothing seeds
 /// or copies it yet: those settings are refused rather than done on the
-/// server's host, where the instances would not see them.
+/// server's host, where the instances would not see them. Each host's entry
+/// point serves plain HTTP and counts no goals yet: those are refused too.
 fn hosts_spec(
     c: &mut Checker,
     raw: &Spanned<RawHosts>,
-    data: &DataSpec,
-    strategy: &Strategy,
+    (data, strategy, tls): (&DataSpec, &Strategy, bool),
 ) -> HostsSpec {
     let not_yet = "an environment on `hosts` keeps its data on each host, which Sluice does not seed, copy or snapshot yet";
     if data.seed.is_some() || data.copy_from.is_some() {
@@ -687,6 +687,22 @@ fn hosts_spec(
             raw,
             "`strategy.ab.data: copy` is not built for an environment on `hosts`",
             Some(format!("{not_yet}; use `data: shared`")),
+        );
+    }
+    if let Strategy::Ab(ab) = strategy
+        && !ab.goals.is_empty()
+    {
+        c.error(
+            raw,
+            "`strategy.ab.goals` are not counted by the entry points on `hosts` yet",
+            Some("leave `goals` out: the experiment still judges B by its errors and latency on every host".into()),
+        );
+    }
+    if tls {
+        c.error(
+            raw,
+            "`listen.tls` is not built for the entry points on `hosts`: they serve plain HTTP",
+            Some("end TLS at the load balancer in front of the hosts (docs/agents.md)".into()),
         );
     }
     HostsSpec {

@@ -1,8 +1,9 @@
 //! The agent's side of the instances on its host: it reports what runs,
-//! is told what is to run, fetches each new instance's files, starts it
-//! with the local runtime (restarted with backoff when it dies) and stops
-//! what it is no longer to run. When the server is out of reach, what runs
-//! goes on running.
+//! is told what is to run and serve, fetches each new instance's files,
+//! starts it with the local runtime (restarted with backoff when it dies),
+//! stops what it is no longer to run, and serves the environments' entry
+//! points ([`super::entry_points`]). When the server is out of reach, what
+//! runs goes on running and the entry points go on routing.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::entry_points::EntryPoints;
 use super::wire::{HostReport, HostWork, Hosted, RunningInstance};
 use crate::runtime::{InstanceSpec, LocalRuntime, Recorder, Runtime};
 
@@ -72,6 +74,7 @@ struct HostAgent {
     running: Mutex<HashMap<String, Hosted>>,
     /// What `running.json` holds, so that it is written only on a change.
     kept: Mutex<Vec<u8>>,
+    entry_points: EntryPoints,
 }
 
 /// Runs the host's instances until `stop`; then stops them, unless
@@ -96,6 +99,7 @@ pub async fn run(
             .build()?,
         running: Mutex::default(),
         kept: Mutex::default(),
+        entry_points: EntryPoints::default(),
         config,
     };
     agent.adopt_left().await;
@@ -115,6 +119,7 @@ pub async fn run(
             }
         }
     }
+    agent.entry_points.close().await;
     if hand_over.is_cancelled() {
         agent.runtime.release_all().await;
         agent.keep();
@@ -233,6 +238,7 @@ impl HostAgent {
                     exits: self.runtime.exits(id),
                 })
                 .collect(),
+            entries: self.entry_points.reports(sluice_proxy::system_second()),
         };
         let url = format!(
             "{}/api/v1/agents/{}/instances?wait_ms={}",
@@ -250,14 +256,18 @@ impl HostAgent {
         if !response.status().is_success() {
             bail!("the server answered {}", response.status());
         }
-        Ok(response.json().await?)
+        let work = response.json().await?;
+        self.entry_points.taken(&report.entries);
+        Ok(work)
     }
 
     /// Starts what is new, stops what is no longer asked for, and keeps
     /// the list on disk.
-    async fn reconcile(&self, work: HostWork) {
+    async fn reconcile(&self, mut work: HostWork) {
+        let entries = work.entries.take();
         self.start_and_stop(work).await;
         self.keep();
+        self.entry_points.serve(entries).await;
     }
 
     async fn start_and_stop(&self, work: HostWork) {

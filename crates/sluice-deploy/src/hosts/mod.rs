@@ -1,11 +1,15 @@
 //! Instances on agents' hosts (an environment's `hosts:`), the server's
-//! side: which agent takes an instance, what each agent is asked to run,
-//! what it reports, and the files an instance starts from. The agent's
-//! side is [`agent`]. Health checks and routing stay the server's: an
-//! instance on a host listens on the agent's address, which the entry
-//! point and the health checks reach over the network.
+//! side: which agent takes an instance, what each agent is asked to run
+//! and serve, what it reports, and the files an instance starts from. The
+//! agent's side is [`agent`]. Health checks and the routing table stay the
+//! server's: an instance on a host listens on the agent's address, which
+//! the health checks and the entry points reach over the network. Each
+//! host serves the environment's entry point too, routing by the server's
+//! table ([`entries`]), so that it goes on serving while the server is away.
 
 pub mod agent;
+pub(crate) mod entries;
+mod entry_points;
 pub(crate) mod lost;
 mod place;
 pub mod wire;
@@ -43,6 +47,10 @@ pub(crate) struct Hosts {
     pub(crate) lease: Duration,
     /// How often each instance's process exited, as its agent last said.
     exits: Mutex<HashMap<String, u32>>,
+    /// What each agent said of its entry points.
+    pub(crate) entries: entries::HostEntries,
+    /// Tells one table from another server's in [`wire::HostEntry::version`].
+    epoch: u64,
 }
 
 impl Hosts {
@@ -51,6 +59,8 @@ impl Hosts {
             store,
             lease,
             exits: Mutex::default(),
+            entries: entries::HostEntries::default(),
+            epoch: rand::random(),
         }
     }
 
@@ -212,56 +222,141 @@ impl Hosts {
         self.exits.lock().unwrap().get(id).copied().unwrap_or(0)
     }
 
-    /// Takes an agent's report and answers what its host is to run, at
-    /// once when that differs from what it runs, else when it changes or
-    /// `wait` has passed.
-    pub(crate) async fn report(
-        &self,
-        agent: &str,
-        report: &HostReport,
-        wait: Duration,
-    ) -> Result<HostWork> {
-        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
-        let running: Vec<Reported> = report
-            .running
-            .iter()
-            .map(|r| Reported {
-                instance_id: r.id.clone(),
-                pid: r.pid,
-                exits: i64::from(r.exits),
-            })
-            .collect();
-        let reported: HashSet<&str> = report.running.iter().map(|r| r.id.as_str()).collect();
-        loop {
-            let woken = self.store.woken(Topic::PlacementChanged);
-            let wanted = self.store.take_report(agent, &running).await?;
-            {
-                let mut exits = self.exits.lock().unwrap();
-                for r in &report.running {
-                    if let Some(count) = exits.get_mut(&r.id) {
-                        *count = r.exits;
-                    }
-                }
-            }
-            let work = HostWork {
-                instances: wanted
+    /// The version of a route's table: its count of changes, from this server.
+    fn version(&self, count: u64) -> String {
+        format!("{:x}-{count}", self.epoch)
+    }
+}
+
+/// An environment whose entry point an agent is to serve.
+pub(crate) struct Served {
+    pub key: crate::EnvKey,
+    /// The port of its `listen:`.
+    pub port: u16,
+    pub route: sluice_proxy::Route,
+}
+
+/// Takes agent `agent`'s report and answers what its host is to run and
+/// serve: at once when that differs from what it runs and serves, else
+/// when it changes or `wait` has passed.
+pub(crate) async fn answer(
+    inner: &crate::Inner,
+    agent: &str,
+    report: &HostReport,
+    wait: Duration,
+) -> Result<HostWork> {
+    let hosts = &inner.hosts;
+    let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+    let me = hosts
+        .store
+        .agents()
+        .await?
+        .into_iter()
+        .find(|a| a.name == agent);
+    let address = me.as_ref().and_then(|a| a.address.parse::<IpAddr>().ok());
+    let served_by_me = || match (&me, address) {
+        (Some(me), Some(_)) => inner.served_by(|spec| me.matches(&spec.labels)),
+        _ => Some(Vec::new()),
+    };
+    // Only what the agent is asked to serve counts: no other environment's traffic.
+    let asked: Vec<crate::EnvKey> = served_by_me()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    let reported: Vec<&wire::EntryReport> = report
+        .entries
+        .iter()
+        .filter(|r| asked.contains(&(r.service.clone(), r.environment.clone())))
+        .collect();
+    let second = sluice_store::now_ms().max(0) as u64 / 1000;
+    hosts
+        .entries
+        .take(agent, &reported, second, |key, windows| {
+            inner.absorb(key, windows)
+        })?;
+    let running: Vec<Reported> = report
+        .running
+        .iter()
+        .map(|r| Reported {
+            instance_id: r.id.clone(),
+            pid: r.pid,
+            exits: i64::from(r.exits),
+        })
+        .collect();
+    hosts.note_exits(report);
+    loop {
+        let woken = hosts.store.woken(Topic::PlacementChanged);
+        let served = served_by_me();
+        // Watched before the tables are read, so that no change is missed.
+        let mut watches: Vec<_> = served.iter().flatten().map(|s| s.route.watch()).collect();
+        let wanted = hosts.store.take_report(agent, &running).await?;
+        let work = HostWork {
+            instances: wanted
+                .iter()
+                .filter_map(|p| serde_json::from_str(&p.spec).ok())
+                .collect(),
+            entries: served.map(|served| {
+                served
                     .iter()
-                    .filter_map(|p| serde_json::from_str(&p.spec).ok())
-                    .collect(),
-            };
-            let same = work.instances.len() == reported.len()
-                && work
-                    .instances
-                    .iter()
-                    .all(|h: &Hosted| reported.contains(h.id.as_str()));
-            if !same {
-                return self.with_secrets(work).await;
+                    .map(|s| wire::HostEntry {
+                        service: s.key.0.clone(),
+                        environment: s.key.1.clone(),
+                        listen: std::net::SocketAddr::new(address.expect("served"), s.port),
+                        version: hosts.version(*s.route.watch().borrow()),
+                        table: s.route.table(),
+                    })
+                    .collect()
+            }),
+        };
+        if !hosts.as_reported(&work, report) {
+            return hosts.with_secrets(work).await;
+        }
+        let route_changed = async {
+            if watches.is_empty() {
+                std::future::pending::<()>().await
             }
-            tokio::select! {
-                _ = woken => {}
-                _ = tokio::time::sleep_until(deadline) => return self.with_secrets(work).await,
+            let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
+            let _ = futures::future::select_all(changes).await;
+        };
+        tokio::select! {
+            _ = woken => {}
+            _ = route_changed => {}
+            _ = tokio::time::sleep_until(deadline) => return hosts.with_secrets(work).await,
+        }
+    }
+}
+
+impl Hosts {
+    /// Keeps how often each instance's process exited, as its agent says.
+    fn note_exits(&self, report: &HostReport) {
+        let mut exits = self.exits.lock().unwrap();
+        for r in &report.running {
+            if let Some(count) = exits.get_mut(&r.id) {
+                *count = r.exits;
             }
         }
+    }
+
+    /// Whether the host runs and serves what `work` asks, as `report` says.
+    fn as_reported(&self, work: &HostWork, report: &HostReport) -> bool {
+        let reported: HashSet<&str> = report.running.iter().map(|r| r.id.as_str()).collect();
+        let runs = work.instances.len() == reported.len()
+            && work
+                .instances
+                .iter()
+                .all(|h: &Hosted| reported.contains(h.id.as_str()));
+        let serves = work.entries.as_ref().is_none_or(|entries| {
+            entries.len() == report.entries.len()
+                && entries.iter().all(|e| {
+                    report.entries.iter().any(|r| {
+                        r.service == e.service
+                            && r.environment == e.environment
+                            && r.version == e.version
+                    })
+                })
+        });
+        runs && serves
     }
 }
 

@@ -34,7 +34,33 @@ pub struct Hosted {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostReport {
     pub running: Vec<RunningInstance>,
+    /// Its entry points, one per environment it serves.
+    #[serde(default)]
+    pub entries: Vec<EntryReport>,
 }
+
+/// One entry point on an agent's host: where it listens, which instances
+/// it may still send requests to, and its windows of traffic not sent yet.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EntryReport {
+    pub service: String,
+    pub environment: String,
+    #[schema(value_type = Option<String>)]
+    pub address: Option<std::net::SocketAddr>,
+    /// The version of the table it routes by.
+    pub version: String,
+    /// The instances it routes to or waits on (see `Route::holding`).
+    pub holding: Vec<String>,
+    /// Its windows of the seconds from `from` (the first not sent before)
+    /// to `through` (the first not sent now), at most [`MAX_WINDOWS`].
+    pub from: u64,
+    pub through: u64,
+    #[schema(value_type = Vec<Object>)]
+    pub windows: Vec<sluice_proxy::SecondWindow>,
+}
+
+/// The most windows of seconds one report carries; more wait for the next.
+pub const MAX_WINDOWS: usize = 60;
 
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunningInstance {
@@ -50,6 +76,24 @@ pub struct RunningInstance {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostWork {
     pub instances: Vec<Hosted>,
+    /// The entry points the host is to serve; `None` while the server does
+    /// not know yet (it is starting): those serving go on as they are.
+    #[serde(default)]
+    pub entries: Option<Vec<HostEntry>>,
+}
+
+/// An environment's entry point on a host: the same routing table as the
+/// server's entry point, at the host's address and the port of `listen:`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostEntry {
+    pub service: String,
+    pub environment: String,
+    #[schema(value_type = String)]
+    pub listen: std::net::SocketAddr,
+    /// Which table this is: a report carrying another answers at once.
+    pub version: String,
+    #[schema(value_type = Object)]
+    pub table: sluice_proxy::RouteTable,
 }
 
 /// Environment variables an agent sets itself for each instance.

@@ -80,6 +80,15 @@ pub async fn status(client: &Client, service: Option<String>, json: bool) -> Res
                 text(d)
             );
         }
+        for entry in e["host_entry_points"].as_array().into_iter().flatten() {
+            say!(
+                "{}/{} is also served on host {} at {}",
+                text(&e["service"]),
+                text(&e["environment"]),
+                text(&entry["agent"]),
+                text(&entry["address"])
+            );
+        }
         if let Some(reason) = e["pin_reason"].as_str() {
             say!(
                 "{}/{} is pinned: {reason}",

@@ -1,8 +1,9 @@
 //! Environments on agents' hosts (`hosts:`), on real hosts: two network
 //! namespaces, an agent in each, the server in the root namespace. prod's
 //! instances run on the agents whose labels match, spread over both, behind
-//! the server's entry point; a rolling deployment moves them with no failed
-//! request, and a kill -9 of the server restarts none of them.
+//! the server's entry point and each host's own; a rolling deployment moves
+//! them with no failed request, and a kill -9 of the server restarts none
+//! of them and fails no request through the hosts' entry points.
 
 use std::collections::BTreeSet;
 use std::process::Child;
@@ -59,6 +60,11 @@ async fn prod_runs_on_the_hosts_its_labels_name_and_outlives_a_kill_9_of_the_ser
     let url = format!("http://{}/", prod["listen"].as_str().unwrap());
     let answered = answering_instances(&url).await;
     assert_eq!(answered.len(), 2, "both hosts answer: {answered:?}");
+    // Each host serves prod's entry point too, routing to both.
+    let hosts = host_entry_points(&cluster.server).await;
+    for host in &hosts {
+        assert_eq!(answering_instances(host).await, answered, "through {host}");
+    }
     // The dashboard says where each instance runs.
     let page_path = "/services/shop/environments/prod";
     let (session, _) =
@@ -79,25 +85,49 @@ async fn prod_runs_on_the_hosts_its_labels_name_and_outlives_a_kill_9_of_the_ser
         );
     }
 
-    // A rolling deployment onto the hosts, under load: nothing fails.
-    let load = Load::start(url.clone());
+    // A rolling deployment onto the hosts, under load through every entry
+    // point: nothing fails.
+    let loads: Vec<Load> = [&url]
+        .into_iter()
+        .chain(&hosts)
+        .map(|u| Load::start(u.clone()))
+        .collect();
     repo.commit("v2", &[("app/VERSION", "2\n")]);
     cluster.server.wait_env("shop", "prod", 2, 2).await;
-    let failed = load.finish("the rolling deployment on the hosts").await;
-    assert!(failed.is_empty(), "{failed:?}");
+    for (load, through) in loads.into_iter().zip([&url].into_iter().chain(&hosts)) {
+        let failed = load.finish("the rolling deployment on the hosts").await;
+        assert!(failed.is_empty(), "through {through}: {failed:?}");
+    }
     let before = placed(&wait_reported(&cluster.server, 2).await);
     assert_eq!(before.len(), 2, "spread again: {before:?}");
 
     // The server killed and started again: the agents kept their
-    // instances, and the server keeps them (the same processes).
+    // instances, and the server keeps them (the same processes). The
+    // hosts' entry points serve on throughout; the server's own may fail
+    // the one request it was answering when killed.
     let load = Load::start(url.clone());
+    let through_hosts: Vec<Load> = hosts.iter().map(|h| Load::start(h.clone())).collect();
     load.served(20).await;
     cluster.server.kill_hard();
+    for host in &through_hosts {
+        host.served(20).await;
+    }
     cluster.server = Server::start_on(&cluster.listen, &cluster.data, None, &OPTIONS);
     cluster.server.wait_env("shop", "prod", 2, 2).await;
     load.served(20).await;
     let failed = load.finish("the kill -9 of the server").await;
     assert!(failed.len() <= 1, "{failed:?}");
+    for host in through_hosts {
+        let failed = host
+            .finish("the kill -9 of the server, through a host")
+            .await;
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+    let hosts_again = host_entry_points(&cluster.server).await;
+    assert_eq!(
+        hosts_again, hosts,
+        "the same entry points report to the next server"
+    );
     let prod = wait_reported(&cluster.server, 2).await;
     assert_eq!(placed(&prod), before, "no instance was started again");
     let changes = cluster.server.get("/changelog?kind=instances.kept").await;
@@ -266,9 +296,11 @@ async fn experiments_on_the_hosts_ramp_and_roll_back() {
         "{SPEC}    strategy:\n      ab: {{ steps: [10, 50, 100], min_requests: 40, min_duration: 1s, max_step: 60s, metrics: [error_rate] }}\n"
     );
     let repo = cluster.serve_shop_as(&spec).await;
-    let prod = wait_reported(&cluster.server, 2).await;
-    let url = format!("http://{}/", prod["listen"].as_str().unwrap());
-    let load = Load::start(url);
+    wait_reported(&cluster.server, 2).await;
+    // All the load goes through the hosts' entry points: the analysis
+    // judges B only by what the hosts send the server.
+    let hosts = host_entry_points(&cluster.server).await;
+    let loads: Vec<Load> = hosts.iter().map(|h| Load::start(h.clone())).collect();
 
     repo.commit("v2", &[("app/VERSION", "2\n")]);
     let both = wait_prod(&cluster.server, "B beside A on the hosts", |prod| {
@@ -283,6 +315,7 @@ async fn experiments_on_the_hosts_ramp_and_roll_back() {
     })
     .await;
     assert_eq!(both["instances"].as_array().unwrap().len(), 4, "{both:#}");
+    the_same_variant_through_every_host(&hosts).await;
     let ended = |release: i64| {
         let server = &cluster.server;
         async move {
@@ -311,11 +344,13 @@ async fn experiments_on_the_hosts_ramp_and_roll_back() {
             .all(|i| i["release"] == 2 && i["host"].is_string()),
         "{prod:#}"
     );
-    let failed = load.finish("two experiments on the hosts").await;
-    assert!(
-        failed.iter().all(|f| f == "500 v3"),
-        "only B's own errors: {failed:?}"
-    );
+    for load in loads {
+        let failed = load.finish("two experiments on the hosts").await;
+        assert!(
+            failed.iter().all(|f| f == "500 v3"),
+            "only B's own errors: {failed:?}"
+        );
+    }
 }
 
 /// Two servers on one PostgreSQL: a kill -9 of the one holding the
@@ -595,6 +630,71 @@ fn placed(prod: &Value) -> std::collections::BTreeMap<String, i64> {
         .iter()
         .filter_map(|i| Some((i["host"].as_str()?.to_string(), i["pid"].as_i64()?)))
         .collect()
+}
+
+/// The URLs of prod's entry points on the hosts, once both report one.
+async fn host_entry_points(server: &Server) -> Vec<String> {
+    let prod = wait_prod(server, "an entry point on each host", |prod| {
+        prod["host_entry_points"]
+            .as_array()
+            .is_some_and(|e| e.len() == 2)
+    })
+    .await;
+    prod["host_entry_points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("http://{}/", e["address"].as_str().unwrap()))
+        .collect()
+}
+
+/// A user the first host puts on A and one it puts on B (by the split's
+/// cookie) are put on the same variant by every other host.
+async fn the_same_variant_through_every_host(hosts: &[String]) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let variant = |answer: &reqwest::Response| {
+        let header = answer.headers().get("x-sluice-variant");
+        header
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    };
+    let mut checked = BTreeSet::new();
+    for _ in 0..1000 {
+        let answer = client.get(&hosts[0]).send().await.unwrap();
+        let first = variant(&answer);
+        let Some(cookie) = answer.headers().get("set-cookie") else {
+            continue;
+        };
+        let cookie = cookie
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        if !checked.insert(first.clone()) {
+            continue;
+        }
+        for host in &hosts[1..] {
+            for _ in 0..5 {
+                let again = client
+                    .get(host)
+                    .header("cookie", &cookie)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(variant(&again), first, "{cookie} through {host}");
+            }
+        }
+        if checked.len() == 2 {
+            return;
+        }
+    }
+    panic!("the first host put no user on B in 1000 requests: {checked:?}");
 }
 
 /// The processes inside `host`'s namespace.

@@ -1,6 +1,9 @@
 //! Real hosts on one machine: each a network namespace joined to the root
 //! namespace by a veth pair, with an address of its own and a link that a
-//! test can cut. Needs root and iproute2; `.ci/run` has both.
+//! test can cut. The root namespace forwards between the hosts' links only
+//! (each link's own `forwarding`; the machine's `ip_forward` is left as it
+//! is), so hosts reach each other as on one network. Needs root and
+//! iproute2; `.ci/run` has both.
 
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
@@ -53,9 +56,13 @@ impl Host {
         ip(&["link", "set", &inner, "netns", &ns]);
         ip(&["addr", "add", &format!("{gateway}/30"), "dev", &link]);
         ip(&["link", "set", &link, "up"]);
+        let forwarding = format!("/proc/sys/net/ipv4/conf/{link}/forwarding");
+        std::fs::write(&forwarding, "1").unwrap_or_else(|e| panic!("{forwarding}: {e}"));
         in_ns(&ns, &["addr", "add", &format!("{addr}/30"), "dev", &inner]);
         in_ns(&ns, &["link", "set", &inner, "up"]);
         in_ns(&ns, &["link", "set", "lo", "up"]);
+        let others = format!("{}.{}.0.0/16", base[0], base[1]);
+        in_ns(&ns, &["route", "add", &others, "via", &gateway.to_string()]);
         host
     }
 
