@@ -32,6 +32,9 @@ pub struct HostConfig {
     /// Where instances' files, data and logs go: the agent's own.
     pub data_dir: PathBuf,
     pub isolation: sluice_ci::sandbox::Isolation,
+    /// The program that keeps the entry points' sockets through a restart
+    /// of the agent (`sluice keep-sockets`: this binary); none, they close.
+    pub socket_keeper: Option<PathBuf>,
 }
 
 /// The processes the runtime started (pid, start time), as the agent
@@ -99,7 +102,7 @@ pub async fn run(
             .build()?,
         running: Mutex::default(),
         kept: Mutex::default(),
-        entry_points: EntryPoints::default(),
+        entry_points: EntryPoints::new(&config.data_dir, config.socket_keeper.as_deref()),
         config,
     };
     agent.adopt_left().await;
@@ -119,7 +122,7 @@ pub async fn run(
             }
         }
     }
-    agent.entry_points.close().await;
+    agent.entry_points.close(hand_over.is_cancelled()).await;
     if hand_over.is_cancelled() {
         agent.runtime.release_all().await;
         agent.keep();

@@ -2,16 +2,21 @@
 //! host's address and the port of the environment's `listen:`, routing by
 //! the server's table. Each counts its traffic in windows of seconds,
 //! sent with the agent's reports until the server has taken them. When the
-//! server is out of reach, they go on routing by the last table.
+//! server is out of reach, they go on routing by the last table. Their
+//! sockets are kept by `sluice keep-sockets` (as the server's are), so that
+//! through a kill -9 or a hand-over of the agent clients wait in them
+//! instead of being refused, and the next agent process answers them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use sluice_proxy::{Listener, Metrics, Route, Telemetry};
+use sluice_proxy::{Limits, Listener, Metrics, Route, Telemetry};
 
 use super::wire::{EntryReport, HostEntry, MAX_WINDOWS};
 use crate::EnvKey;
+use crate::sockets::Keeper;
 
 struct EntryPoint {
     listen: SocketAddr,
@@ -28,18 +33,38 @@ pub(crate) struct EntryPoints {
     serving: Mutex<HashMap<EnvKey, EntryPoint>>,
     /// The entry points' own Prometheus metrics (not served by the agent yet).
     metrics: Metrics,
-}
-
-impl Default for EntryPoints {
-    fn default() -> EntryPoints {
-        EntryPoints {
-            serving: Mutex::default(),
-            metrics: Metrics::unregistered(),
-        }
-    }
+    /// What keeps their sockets through a restart of the agent: started
+    /// (or found) with the first entry point, with `program` in `data_dir`.
+    keeper: std::sync::OnceLock<Option<Keeper>>,
+    program: Option<PathBuf>,
+    data_dir: PathBuf,
 }
 
 impl EntryPoints {
+    /// Entry points whose sockets the keeper of `data_dir` keeps, started
+    /// with `program` when none runs yet.
+    pub(crate) fn new(data_dir: &Path, program: Option<&Path>) -> EntryPoints {
+        EntryPoints {
+            serving: Mutex::default(),
+            metrics: Metrics::unregistered(),
+            keeper: std::sync::OnceLock::new(),
+            program: program.map(Path::to_path_buf),
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// The keeper, found or started on first use; none without a program.
+    fn keeper(&self) -> Option<&Keeper> {
+        self.keeper
+            .get_or_init(|| {
+                let program = self.program.as_ref()?;
+                Keeper::connect_or_start(&self.data_dir, program)
+                    .inspect_err(|e| tracing::warn!(error = %e, "could not start the keeper of the entry points' sockets; they close with the agent"))
+                    .ok()
+            })
+            .as_ref()
+    }
+
     /// What each entry point reports: where it listens, what it holds, and
     /// its windows of the seconds that ended and were not taken yet.
     pub(crate) fn reports(&self, now: u64) -> Vec<EntryReport> {
@@ -130,11 +155,17 @@ impl EntryPoints {
             });
             if !kept {
                 tracing::info!(service = %key.0, env = %key.1, "closing an entry point the server no longer asks for");
+                if let Some(keeper) = self.keeper() {
+                    let _ = keeper.drop_key(&sockets_key(key));
+                }
             }
             kept
         });
     }
 
+    /// Listens for `entry`: on the sockets a previous agent process left
+    /// with the keeper, when they are at its address, else afresh (and
+    /// the keeper keeps copies).
     async fn bind(&self, entry: &HostEntry) -> std::io::Result<EntryPoint> {
         let route = Route::default();
         route.apply(&entry.table).map_err(std::io::Error::other)?;
@@ -144,13 +175,35 @@ impl EntryPoints {
             self.metrics.clone(),
             None,
         );
-        let listener = Listener::bind(
-            entry.listen,
-            route.clone(),
-            &entry.environment,
-            telemetry.clone(),
-        )
-        .await?;
+        let key = sockets_key(&(entry.service.clone(), entry.environment.clone()));
+        let listener = match self.kept(&key, entry.listen) {
+            Some(kept) => {
+                tracing::info!(service = %entry.service, env = %entry.environment, "the entry point takes back the sockets a previous agent listened on");
+                Listener::from_sockets(
+                    kept,
+                    route.clone(),
+                    &entry.environment,
+                    telemetry.clone(),
+                    Limits::default(),
+                    None,
+                )?
+            }
+            None => {
+                let listener = Listener::bind(
+                    entry.listen,
+                    route.clone(),
+                    &entry.environment,
+                    telemetry.clone(),
+                )
+                .await?;
+                if let Some(keeper) = self.keeper()
+                    && let Err(e) = keeper.put(&key, listener.sockets())
+                {
+                    tracing::warn!(service = %entry.service, env = %entry.environment, error = %e, "could not give the entry point's sockets to their keeper; they close with the agent");
+                }
+                listener
+            }
+        };
         Ok(EntryPoint {
             listen: entry.listen,
             listener,
@@ -161,8 +214,22 @@ impl EntryPoints {
         })
     }
 
+    /// The sockets the keeper has for `key`, when they are at `listen`.
+    fn kept(&self, key: &str, listen: SocketAddr) -> Option<Vec<std::net::TcpListener>> {
+        let keeper = self.keeper()?;
+        let kept = keeper.take(key).ok().filter(|k| !k.is_empty())?;
+        if kept[0].local_addr().ok()? == listen {
+            Some(kept)
+        } else {
+            let _ = keeper.drop_key(key);
+            None
+        }
+    }
+
     /// Closes every entry point, letting the requests under way finish.
-    pub(crate) async fn close(&self) {
+    /// Handing over, the keeper keeps their sockets for the next agent
+    /// process; else it ends and they close.
+    pub(crate) async fn close(&self, handing_over: bool) {
         let closing: Vec<EntryPoint> = self
             .serving
             .lock()
@@ -170,6 +237,19 @@ impl EntryPoints {
             .drain()
             .map(|(_, e)| e)
             .collect();
+        // Not started for a host that serves no entry point.
+        if let Some(Some(keeper)) = self.keeper.get() {
+            if handing_over {
+                keeper.linger();
+            } else {
+                keeper.quit();
+            }
+        }
         futures::future::join_all(closing.iter().map(|e| e.listener.shutdown())).await;
     }
+}
+
+/// The keeper's name for an environment's sockets.
+fn sockets_key((service, env): &EnvKey) -> String {
+    format!("{service}/{env}")
 }

@@ -92,6 +92,7 @@ pub async fn agent(
         name: name.clone(),
         data_dir: data_dir.join("host"),
         isolation,
+        socket_keeper: std::env::current_exe().ok(),
     };
     let config = AgentConfig {
         server: global.server.clone(),

@@ -137,8 +137,11 @@ async fn prod_runs_on_the_hosts_its_labels_name_and_outlives_a_kill_9_of_the_ser
     );
 
     // An agent killed and started again adopts its instance: the same
-    // process serves on, and nothing fails.
+    // process serves on, and nothing fails, through the server's entry
+    // point or the host's own (its sockets wait with their keeper).
     let load = Load::start(url.clone());
+    let through_host = Load::start(hosts[0].clone());
+    through_host.served(20).await;
     let _ = cluster.agents[0].kill();
     let _ = cluster.agents[0].wait();
     cluster.agents[0] = cluster.spawn_agent(0);
@@ -170,14 +173,22 @@ async fn prod_runs_on_the_hosts_its_labels_name_and_outlives_a_kill_9_of_the_ser
     while web_1(&cluster.server.get("/agents").await) == seen {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    through_host.served(20).await;
     let failed = load.finish("the kill -9 of an agent").await;
     assert!(failed.is_empty(), "{failed:?}");
+    // Only the request the killed agent was answering may fail with it.
+    let failed = through_host
+        .finish("the kill -9 of an agent, through its host")
+        .await;
+    assert!(failed.len() <= 1, "{failed:?}");
     let prod = wait_reported(&cluster.server, 2).await;
     assert_eq!(placed(&prod), before, "the agent started nothing again");
 
     // An upgrade of the other agent: SIGUSR2 leaves its instance running,
-    // and the next agent process takes it over.
+    // and the next agent process takes it over, and its entry point's sockets.
     let load = Load::start(url.clone());
+    let through_host = Load::start(hosts[1].clone());
+    through_host.served(20).await;
     let agent = nix::unistd::Pid::from_raw(cluster.agents[1].id() as i32);
     nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGUSR2).unwrap();
     let exit = crate::support::exited(&mut cluster.agents[1], "the agent").await;
@@ -194,7 +205,12 @@ async fn prod_runs_on_the_hosts_its_labels_name_and_outlives_a_kill_9_of_the_ser
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    through_host.served(20).await;
     let failed = load.finish("the hand-over of an agent").await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let failed = through_host
+        .finish("the hand-over of an agent, through its host")
+        .await;
     assert!(failed.is_empty(), "{failed:?}");
     let prod = wait_reported(&cluster.server, 2).await;
     assert_eq!(
