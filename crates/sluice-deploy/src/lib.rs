@@ -515,11 +515,6 @@ impl Cd {
             .map_err(|_| CdError::NotFound(format!("{service} has no release v{number}")))?;
         let (_, environment) =
             release::release_env(&release, env).map_err(|e| CdError::Invalid(format!("{e:#}")))?;
-        if environment.hosts.is_some() && !given.is_empty() {
-            return Err(CdError::Invalid(format!(
-                "{env} runs on agents' hosts, whose entry points do not count goals yet; start the experiment without `--goal`"
-            )));
-        }
         let state = self.inner.store.env_state(service, env).await?;
         let Some(baseline) = state.and_then(|s| s.release_id) else {
             return Err(CdError::Conflict(format!(
@@ -1156,10 +1151,17 @@ impl Inner {
         Some(served)
     }
 
-    /// Adds the windows an agent's entry point counted to its environment's.
-    fn absorb(&self, key: &EnvKey, windows: &[sluice_proxy::SecondWindow]) {
-        if let Some(entry) = self.entries.lock().unwrap().get(key) {
-            entry.telemetry.absorb(windows);
+    /// Adds what an agent's entry point counted to its environment's: its
+    /// windows, and its goal events when the experiment's tracker is the
+    /// one they were counted for.
+    fn absorb(&self, fresh: hosts::entries::Fresh) {
+        let (telemetry, goals) = match self.entries.lock().unwrap().get(&fresh.key) {
+            Some(entry) => (entry.telemetry.clone(), entry.route.goals()),
+            None => return,
+        };
+        telemetry.absorb(&fresh.windows);
+        if let Some(tracker) = goals.filter(|t| t.id() == fresh.tracker) {
+            fresh.goals.iter().for_each(|event| tracker.apply(event));
         }
     }
 

@@ -5,7 +5,10 @@
 //! `Sluice-Goal` header the application answers with (removed before the
 //! answer leaves), or by `POST /_sluice/goal` from the browser. Each
 //! variant's [`Arm`] per goal is kept as users change, so reading them
-//! costs nothing per user.
+//! costs nothing per user. A tracker at an entry point on an agent's host
+//! also records what it counted as [`GoalEvent`]s, which the server's
+//! tracker of the same experiment applies: so goals are counted over every
+//! host.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -30,6 +33,23 @@ pub const MAX_VALUE: f64 = 1e9;
 
 /// Users are spread over this many locks, so that workers rarely meet.
 const SHARDS: usize = 16;
+
+/// The most events a recording tracker holds before the oldest go.
+pub const MAX_EVENTS: usize = 200_000;
+
+/// What a tracker on an agent's host counted, for the server's tracker.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GoalEvent {
+    /// A user's exposure: their first request while the experiment runs.
+    Exposed { user: u64, b: bool, share_b: f64 },
+    /// A user reached goal number `goal`, worth `value` for a value goal.
+    Reached {
+        user: u64,
+        goal: u8,
+        value: Option<f64>,
+    },
+}
 
 /// One goal of an experiment.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,6 +151,11 @@ impl Shard {
 pub struct GoalTracker {
     goals: Vec<Goal>,
     shards: Vec<Mutex<Shard>>,
+    /// Tells this tracker from another experiment's: a host's tracker has
+    /// the id of the server's it counts for.
+    id: u64,
+    /// On a host: what it counted, until taken ([`GoalTracker::take_events`]).
+    events: Option<Mutex<std::collections::VecDeque<GoalEvent>>>,
 }
 
 impl std::fmt::Debug for GoalTracker {
@@ -143,6 +168,20 @@ impl std::fmt::Debug for GoalTracker {
 
 impl GoalTracker {
     pub fn new(goals: Vec<Goal>) -> Result<GoalTracker, String> {
+        GoalTracker::made(goals, rand::random(), None)
+    }
+
+    /// A tracker on an agent's host, counting for the server's tracker
+    /// `id`: it records what it counts as events.
+    pub fn recording(goals: Vec<Goal>, id: u64) -> Result<GoalTracker, String> {
+        GoalTracker::made(goals, id, Some(Mutex::default()))
+    }
+
+    fn made(
+        goals: Vec<Goal>,
+        id: u64,
+        events: Option<Mutex<std::collections::VecDeque<GoalEvent>>>,
+    ) -> Result<GoalTracker, String> {
         if goals.is_empty() || goals.len() > MAX_GOALS {
             return Err(format!("an experiment has 1 to {MAX_GOALS} goals"));
         }
@@ -154,11 +193,59 @@ impl GoalTracker {
                 })
             })
             .collect();
-        Ok(GoalTracker { goals, shards })
+        Ok(GoalTracker {
+            goals,
+            shards,
+            id,
+            events,
+        })
     }
 
     pub fn goals(&self) -> &[Goal] {
         &self.goals
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Keeps `event` for the server, when recording.
+    fn record(&self, event: GoalEvent) {
+        if let Some(events) = &self.events {
+            let mut events = events.lock().unwrap();
+            if events.len() >= MAX_EVENTS {
+                events.pop_front();
+            }
+            events.push_back(event);
+        }
+    }
+
+    /// What this tracker counted since the last call (on a host).
+    pub fn take_events(&self) -> Vec<GoalEvent> {
+        self.events
+            .as_ref()
+            .map(|events| events.lock().unwrap().drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    /// Counts what a host's tracker counted, as if seen here: an exposure
+    /// of a user already exposed (on another host) and a conversion
+    /// already reached count nothing again.
+    pub fn apply(&self, event: &GoalEvent) {
+        match *event {
+            GoalEvent::Exposed { user, b, share_b } => {
+                let variant = if b { Variant::B } else { Variant::A };
+                let share_b = if share_b.is_finite() {
+                    share_b.clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                self.expose(user, variant, share_b);
+            }
+            GoalEvent::Reached { user, goal, value } => {
+                self.reach(user, usize::from(goal), value);
+            }
+        }
     }
 
     fn shard(&self, user: u64) -> std::sync::MutexGuard<'_, Shard> {
@@ -178,6 +265,8 @@ impl GoalTracker {
         let b = variant == Variant::B;
         shard.add(user, b, share_b);
         shard.changed.insert(user);
+        drop(shard);
+        self.record(GoalEvent::Exposed { user, b, share_b });
     }
 
     /// Users kept before a restart, counted again as they were.
@@ -263,6 +352,12 @@ impl GoalTracker {
         state.reached |= bit;
         shard.users.insert(user, state);
         shard.changed.insert(user);
+        drop(shard);
+        self.record(GoalEvent::Reached {
+            user,
+            goal: index as u8,
+            value,
+        });
         true
     }
 
@@ -382,6 +477,53 @@ mod tests {
             },
         ])
         .unwrap()
+    }
+
+    #[test]
+    fn what_hosts_count_adds_up_at_the_server_once() {
+        let server = tracker();
+        let goals = || server.goals().to_vec();
+        let (one, two) = (
+            GoalTracker::recording(goals(), server.id()).unwrap(),
+            GoalTracker::recording(goals(), server.id()).unwrap(),
+        );
+        assert_eq!(one.id(), server.id());
+        // A user lands on host one as B, checks out and buys on host two.
+        one.expose(7, Variant::B, 0.1);
+        two.expose(7, Variant::B, 0.2);
+        two.reach(7, 0, None);
+        two.reach(7, 0, None);
+        two.reach(7, 1, Some(10.0));
+        one.reach(7, 1, Some(2.5));
+        // Another lands on host two as A and does nothing more.
+        two.expose(8, Variant::A, 0.2);
+        for event in one.take_events().iter().chain(&two.take_events()) {
+            server.apply(event);
+        }
+        assert!(one.take_events().is_empty(), "taken once");
+        let arms = server.arms();
+        assert_eq!((arms[0].a.users, arms[0].b.users), (1, 1));
+        assert_eq!(arms[0].b.sum, 1.0, "one conversion, once");
+        assert_eq!(arms[1].b.sum, 12.5, "values add up over the hosts");
+        let (a, b, expected_b) = server.split();
+        assert_eq!((a, b), (1, 1), "exposed once each");
+        assert!(
+            (expected_b - 0.3).abs() < 1e-9,
+            "at their first share: {expected_b}"
+        );
+        server.apply(&GoalEvent::Exposed {
+            user: 9,
+            b: true,
+            share_b: f64::NAN,
+        });
+        assert!(
+            (server.split().2 - 0.3).abs() < 1e-9,
+            "a share from outside is checked"
+        );
+        assert!(
+            server.take_events().is_empty(),
+            "the server's tracker records nothing"
+        );
     }
 
     #[test]

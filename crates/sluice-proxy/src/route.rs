@@ -270,7 +270,15 @@ impl Route {
 
     /// Sets (or, with `None`, ends) the goals counted per user.
     pub fn set_goals(&self, goals: Option<Arc<GoalTracker>>) {
-        self.shared().goals.store(goals);
+        let before = self.shared().goals.swap(goals.clone());
+        let same = match (&before, &goals) {
+            (Some(before), Some(after)) => Arc::ptr_eq(before, after),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.shared().changes.tell();
+        }
     }
 
     /// The goals counted now, if any.

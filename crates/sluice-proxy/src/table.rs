@@ -1,12 +1,14 @@
 //! A route as data: what one entry point routes by (backends, their
-//! health, variant and draining, and the split), so that another entry
-//! point (one on an agent's host) routes by the same.
+//! health, variant and draining, the split, and the goals it counts), so
+//! that another entry point (one on an agent's host) routes by the same.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
+use crate::goals::{Goal, GoalTracker, RequestRule};
 use crate::route::{Backend, Route};
 use crate::split::{Split, Sticky, Variant};
 
@@ -15,6 +17,25 @@ use crate::split::{Split, Sticky, Variant};
 pub struct RouteTable {
     pub backends: Vec<TableBackend>,
     pub split: Option<TableSplit>,
+    /// The experiment's goals, counted for the tracker `id` of the server.
+    #[serde(default)]
+    pub goals: Option<TableGoals>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableGoals {
+    pub id: u64,
+    pub goals: Vec<TableGoal>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableGoal {
+    pub name: String,
+    /// `POST /checkout`, reached by such a request when given.
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub status_class: Option<u16>,
+    pub value: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,7 +80,15 @@ impl Route {
             },
             allow_force: split.allow_force,
         });
-        RouteTable { backends, split }
+        let goals = self.goals().map(|tracker| TableGoals {
+            id: tracker.id(),
+            goals: tracker.goals().iter().map(table_goal).collect(),
+        });
+        RouteTable {
+            backends,
+            split,
+            goals,
+        }
     }
 
     /// Routes by `table` from now on. A backend no longer in it, or
@@ -67,6 +96,11 @@ impl Route {
     /// at the next [`Route::sweep`] after its last one is answered.
     pub fn apply(&self, table: &RouteTable) -> Result<(), String> {
         let split = table.split.as_ref().map(split_of).transpose()?;
+        let goals = match &table.goals {
+            None => None,
+            Some(wanted) if self.goals().is_some_and(|g| g.id() == wanted.id) => self.goals(),
+            Some(wanted) => Some(Arc::new(tracker_of(wanted)?)),
+        };
         for wanted in &table.backends {
             let backend = match self.get(&wanted.id) {
                 Some(backend) if backend.addr == wanted.addr => backend,
@@ -88,6 +122,7 @@ impl Route {
             }
         }
         self.set_split(split);
+        self.set_goals(goals);
         Ok(())
     }
 
@@ -109,6 +144,41 @@ impl Route {
             .map(|b| b.id.clone())
             .collect()
     }
+}
+
+fn table_goal(goal: &Goal) -> TableGoal {
+    TableGoal {
+        name: goal.name.clone(),
+        method: goal.on.as_ref().map(|r| r.method.to_string()),
+        path: goal.on.as_ref().map(|r| r.path.clone()),
+        status_class: goal.on.as_ref().and_then(|r| r.status_class),
+        value: goal.value,
+    }
+}
+
+/// A tracker recording what it counts for the server's tracker.
+fn tracker_of(table: &TableGoals) -> Result<GoalTracker, String> {
+    let goals = table
+        .goals
+        .iter()
+        .map(|goal| {
+            let on = match (&goal.method, &goal.path) {
+                (Some(method), Some(path)) => Some(RequestRule {
+                    method: http::Method::from_bytes(method.as_bytes())
+                        .map_err(|_| format!("`{}` is not a method", method.escape_debug()))?,
+                    path: path.clone(),
+                    status_class: goal.status_class,
+                }),
+                _ => None,
+            };
+            Ok(Goal {
+                name: goal.name.clone(),
+                on,
+                value: goal.value,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    GoalTracker::recording(goals, table.id)
 }
 
 fn split_of(table: &TableSplit) -> Result<Split, String> {
@@ -148,9 +218,39 @@ mod tests {
         server.add(b);
         let header = Sticky::Header(HeaderName::from_static("x-user"));
         server.set_split(Some(Split::new(12.5, header, true).unwrap()));
+        let checkout = Goal {
+            name: "checkout".into(),
+            on: Some(RequestRule {
+                method: http::Method::POST,
+                path: "/checkout".into(),
+                status_class: Some(2),
+            }),
+            value: false,
+        };
+        let goals = vec![
+            checkout,
+            Goal {
+                name: "spent".into(),
+                on: None,
+                value: true,
+            },
+        ];
+        server.set_goals(Some(Arc::new(GoalTracker::new(goals).unwrap())));
         let host = Route::default();
         host.apply(&server.table()).unwrap();
         assert_eq!(host.table(), server.table());
+        let counting = host.goals().unwrap();
+        host.apply(&server.table()).unwrap();
+        assert!(
+            Arc::ptr_eq(&counting, &host.goals().unwrap()),
+            "the same experiment's tracker is kept"
+        );
+        counting.expose(1, Variant::B, 0.1);
+        assert_eq!(
+            counting.take_events().len(),
+            1,
+            "a host's tracker records what it counts"
+        );
         assert_eq!(host.get("b").unwrap().variant(), Variant::B);
         assert!(!host.get("b").unwrap().is_healthy());
         assert_eq!(host.split().unwrap().percent(), 12.5);
@@ -165,6 +265,7 @@ mod tests {
                 backend("b", 2, Variant::A, true),
             ],
             split: None,
+            goals: None,
         };
         host.apply(&table).unwrap();
         assert_eq!(host.holding(), ["a", "b"]);
@@ -208,6 +309,7 @@ mod tests {
                 header: Some("not a header\n".into()),
                 allow_force: false,
             }),
+            goals: None,
         };
         let error = Route::default().apply(&table).unwrap_err();
         assert!(error.contains("is not a header name"), "{error}");

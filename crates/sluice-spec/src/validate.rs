@@ -666,7 +666,7 @@ fn environments(
 /// `hosts:`. Its instances' data lives on each host, where nothing seeds
 /// or copies it yet: those settings are refused rather than done on the
 /// server's host, where the instances would not see them. Each host's entry
-/// point serves plain HTTP and counts no goals yet: those are refused too.
+/// point serves plain HTTP: `listen.tls` is refused too.
 fn hosts_spec(
     c: &mut Checker,
     raw: &Spanned<RawHosts>,
@@ -687,15 +687,6 @@ fn hosts_spec(
             raw,
             "`strategy.ab.data: copy` is not built for an environment on `hosts`",
             Some(format!("{not_yet}; use `data: shared`")),
-        );
-    }
-    if let Strategy::Ab(ab) = strategy
-        && !ab.goals.is_empty()
-    {
-        c.error(
-            raw,
-            "`strategy.ab.goals` are not counted by the entry points on `hosts` yet",
-            Some("leave `goals` out: the experiment still judges B by its errors and latency on every host".into()),
         );
     }
     if tls {

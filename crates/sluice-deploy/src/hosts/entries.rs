@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::wire::{EntryReport, MAX_WINDOWS};
+use super::wire::{EntryReport, MAX_GOAL_EVENTS, MAX_WINDOWS};
 use crate::EnvKey;
 
 /// How far ahead of the server's clock a host's may be, in seconds.
@@ -25,34 +25,58 @@ struct Seen {
     holding: HashSet<String>,
     /// Its seconds before this are in.
     through: u64,
+    /// The version of the table it routes by.
+    version: String,
+    /// The goals tracker it counts for, and the number of its next event.
+    goals: (u64, u64),
 }
+
+/// What a report brought that was not taken before.
+#[derive(Default)]
+pub(crate) struct Fresh {
+    pub key: EnvKey,
+    pub windows: Vec<sluice_proxy::SecondWindow>,
+    /// Goal events for the server's tracker `tracker`.
+    pub tracker: u64,
+    pub goals: Vec<sluice_proxy::goals::GoalEvent>,
+}
+
+/// How many of an environment's latest tables are remembered with when
+/// each was first sent.
+const SENT_KEPT: usize = 32;
 
 #[derive(Default)]
 pub(crate) struct HostEntries {
     seen: Mutex<HashMap<(String, EnvKey), Seen>>,
     reported: tokio::sync::Notify,
+    /// Each environment's latest tables and when each was first sent, to
+    /// tell how long a route change takes to reach every host.
+    sent: Mutex<HashMap<EnvKey, std::collections::VecDeque<(String, Instant)>>>,
 }
 
 impl HostEntries {
-    /// Takes `agent`'s report of its entry points, giving `absorb` the
-    /// windows of each not absorbed before, up to a few seconds past `second` (now)
-    /// (the clocks of hosts differ a little, not more). Refuses a report
-    /// that carries more windows than an agent sends. The caller keeps only
-    /// the entry points the agent was asked to serve.
+    /// Takes `agent`'s report of its entry points: what each brought
+    /// that was not taken before (windows up to a few seconds past `second`,
+    /// now: the clocks of hosts differ a little, not more; goal events).
+    /// Refuses a report that carries more than an agent sends. The caller
+    /// keeps only the entry points the agent was asked to serve.
     pub(crate) fn take(
         &self,
         agent: &str,
         reports: &[&EntryReport],
         second: u64,
-        absorb: impl Fn(&EnvKey, &[sluice_proxy::SecondWindow]),
-    ) -> anyhow::Result<()> {
-        if let Some(report) = reports.iter().find(|r| r.windows.len() > MAX_WINDOWS) {
-            anyhow::bail!(
-                "the report of {}'s entry point carries {} windows; an agent sends at most {MAX_WINDOWS}",
-                report.environment,
-                report.windows.len()
-            );
+    ) -> anyhow::Result<Vec<Fresh>> {
+        for report in reports {
+            let events = report.goals.as_ref().map_or(0, |g| g.events.len());
+            if report.windows.len() > MAX_WINDOWS || events > MAX_GOAL_EVENTS {
+                anyhow::bail!(
+                    "the report of {}'s entry point carries {} windows and {events} goal events; an agent sends at most {MAX_WINDOWS} and {MAX_GOAL_EVENTS}",
+                    report.environment,
+                    report.windows.len()
+                );
+            }
         }
+        let mut fresh = Vec::new();
         let now = Instant::now();
         let mut seen = self.seen.lock().unwrap();
         // An entry point it no longer reports, it closed.
@@ -64,19 +88,34 @@ impl HostEntries {
         });
         for report in reports {
             let key = (report.service.clone(), report.environment.clone());
-            let before = seen
-                .get(&(agent.to_string(), key.clone()))
-                .map_or(0, |s| s.through);
+            let last = seen.get(&(agent.to_string(), key.clone()));
+            if last.is_none_or(|s| s.version != report.version) {
+                self.applied(agent, &key, &report.version, now);
+            }
+            let before = last.map_or(0, |s| s.through);
             let through = report.through.min(second + CLOCK_SKEW);
-            let new: Vec<_> = report
+            let windows: Vec<_> = report
                 .windows
                 .iter()
                 .filter(|w| w.second >= before && w.second < through)
                 .cloned()
                 .collect();
-            if !new.is_empty() {
-                absorb(&key, &new);
-            }
+            let (tracker, next) = last.map_or((0, 0), |s| s.goals);
+            let (goals, goals_seen) = match &report.goals {
+                Some(g) => {
+                    let next = if g.tracker == tracker { next } else { 0 };
+                    let skip = next.saturating_sub(g.first) as usize;
+                    let new = g.events.iter().skip(skip).cloned().collect();
+                    (new, (g.tracker, next.max(g.first + g.events.len() as u64)))
+                }
+                None => (Vec::new(), (tracker, next)),
+            };
+            fresh.push(Fresh {
+                key: key.clone(),
+                windows,
+                tracker: goals_seen.0,
+                goals,
+            });
             seen.insert(
                 (agent.to_string(), key),
                 Seen {
@@ -84,12 +123,41 @@ impl HostEntries {
                     address: report.address,
                     holding: report.holding.iter().cloned().collect(),
                     through: before.max(through),
+                    version: report.version.clone(),
+                    goals: goals_seen,
                 },
             );
         }
         drop(seen);
         self.reported.notify_waiters();
-        Ok(())
+        Ok(fresh)
+    }
+
+    /// Notes that table `version` of `key` is being sent, the first time.
+    pub(crate) fn sending(&self, key: &EnvKey, version: &str) {
+        let mut sent = self.sent.lock().unwrap();
+        let tables = sent.entry(key.clone()).or_default();
+        if tables.iter().any(|(v, _)| v == version) {
+            return;
+        }
+        tables.push_back((version.to_string(), Instant::now()));
+        if tables.len() > SENT_KEPT {
+            tables.pop_front();
+        }
+    }
+
+    /// Tells (at debug level) how long table `version` took to reach
+    /// `agent`'s entry point: from the first answer carrying it to the
+    /// report that it routes by it (`bench/routes.sh` reads these).
+    fn applied(&self, agent: &str, key: &EnvKey, version: &str, now: Instant) {
+        let sent = self.sent.lock().unwrap();
+        let first = sent
+            .get(key)
+            .and_then(|tables| tables.iter().find(|(v, _)| v == version));
+        if let Some((_, at)) = first {
+            let micros = (now - *at).as_micros() as u64;
+            tracing::debug!(agent, service = %key.0, env = %key.1, version, micros, "a host's entry point routes by the new table");
+        }
     }
 
     /// Waits (up to `limit`) until no host that reported within `lease`
@@ -164,6 +232,8 @@ mod tests {
             environment: "prod".into(),
             address: None,
             version: String::new(),
+            goals: None,
+            more: false,
             holding: holding.iter().map(|h| h.to_string()).collect(),
             from: 0,
             through,
@@ -181,29 +251,26 @@ mod tests {
         ("shop".into(), "prod".into())
     }
 
+    /// The seconds of the windows a report brought that were new.
+    fn seconds(fresh: Vec<Fresh>) -> Vec<u64> {
+        fresh
+            .iter()
+            .flat_map(|f| f.windows.iter().map(|w| w.second))
+            .collect()
+    }
+
     #[test]
     fn a_window_sent_twice_is_absorbed_once() {
         let entries = HostEntries::default();
-        let absorbed = Mutex::new(Vec::new());
-        let absorb = |_: &EnvKey, w: &[SecondWindow]| {
-            absorbed.lock().unwrap().extend(w.iter().map(|w| w.second))
+        let take = |agent: &str, report: EntryReport| {
+            seconds(entries.take(agent, &[&report], 20).unwrap())
         };
-        entries
-            .take("web-1", &[&report(&[], &[10, 11], 12)], 20, absorb)
-            .unwrap();
+        assert_eq!(take("web-1", report(&[], &[10, 11], 12)), [10, 11]);
         // The answer was lost: the agent sends them again, with one more.
-        entries
-            .take("web-1", &[&report(&[], &[10, 11, 12], 13)], 20, absorb)
-            .unwrap();
-        entries
-            .take("web-2", &[&report(&[], &[11], 12)], 20, absorb)
-            .unwrap();
-        assert_eq!(*absorbed.lock().unwrap(), [10, 11, 12, 11]);
+        assert_eq!(take("web-1", report(&[], &[10, 11, 12], 13)), [12]);
+        assert_eq!(take("web-2", report(&[], &[11], 12)), [11]);
         // One from too far ahead of the server's clock is not taken.
-        entries
-            .take("web-2", &[&report(&[], &[12, 40], 41)], 20, absorb)
-            .unwrap();
-        assert_eq!(*absorbed.lock().unwrap(), [10, 11, 12, 11, 12]);
+        assert_eq!(take("web-2", report(&[], &[12, 40], 41)), [12]);
         let lease = Duration::from_secs(10);
         assert_eq!(
             entries.complete_before(&key(), 30, lease),
@@ -214,12 +281,45 @@ mod tests {
     }
 
     #[test]
+    fn goal_events_sent_again_or_of_another_experiment_count_once() {
+        use sluice_proxy::goals::GoalEvent;
+        let entries = HostEntries::default();
+        let exposed = |user| GoalEvent::Exposed {
+            user,
+            b: true,
+            share_b: 0.1,
+        };
+        let with_goals = |tracker, first, users: &[u64]| EntryReport {
+            goals: Some(super::super::wire::GoalsReport {
+                tracker,
+                first,
+                events: users.iter().map(|u| exposed(*u)).collect(),
+            }),
+            ..report(&[], &[], 0)
+        };
+        let take = |report: EntryReport| {
+            let fresh = entries.take("web-1", &[&report], 20).unwrap();
+            (fresh[0].tracker, fresh[0].goals.clone())
+        };
+        assert_eq!(
+            take(with_goals(7, 0, &[1, 2])),
+            (7, vec![exposed(1), exposed(2)])
+        );
+        // Sent again with one more: only the new one.
+        assert_eq!(take(with_goals(7, 0, &[1, 2, 3])), (7, vec![exposed(3)]));
+        assert_eq!(take(with_goals(7, 3, &[4])), (7, vec![exposed(4)]));
+        // A new experiment's tracker numbers its events afresh.
+        assert_eq!(take(with_goals(8, 0, &[5])), (8, vec![exposed(5)]));
+    }
+
+    #[test]
     fn too_many_windows_are_refused() {
         let entries = HostEntries::default();
         let seconds: Vec<u64> = (0..MAX_WINDOWS as u64 + 1).collect();
         let error = entries
-            .take("web-1", &[&report(&[], &seconds, 100)], 200, |_, _| {})
-            .unwrap_err();
+            .take("web-1", &[&report(&[], &seconds, 100)], 200)
+            .err()
+            .unwrap();
         assert!(error.to_string().contains("at most 60"), "{error}");
     }
 
@@ -228,10 +328,10 @@ mod tests {
         let entries = std::sync::Arc::new(HostEntries::default());
         let lease = Duration::from_secs(10);
         entries
-            .take("web-1", &[&report(&["a", "b"], &[], 0)], 20, |_, _| {})
+            .take("web-1", &[&report(&["a", "b"], &[], 0)], 20)
             .unwrap();
         entries
-            .take("web-2", &[&report(&["b"], &[], 0)], 20, |_, _| {})
+            .take("web-2", &[&report(&["b"], &[], 0)], 20)
             .unwrap();
         let waiting = tokio::spawn({
             let entries = entries.clone();
@@ -242,13 +342,11 @@ mod tests {
             }
         });
         entries
-            .take("web-1", &[&report(&["a"], &[], 0)], 20, |_, _| {})
+            .take("web-1", &[&report(&["a"], &[], 0)], 20)
             .unwrap();
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "web-2 still holds b");
-        entries
-            .take("web-2", &[&report(&[], &[], 0)], 20, |_, _| {})
-            .unwrap();
+        entries.take("web-2", &[&report(&[], &[], 0)], 20).unwrap();
         assert!(waiting.await.unwrap());
         assert!(
             !entries.let_go(&key(), "a", lease, Duration::ZERO).await,

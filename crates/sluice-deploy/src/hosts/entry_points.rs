@@ -7,14 +7,15 @@
 //! through a kill -9 or a hand-over of the agent clients wait in them
 //! instead of being refused, and the next agent process answers them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use sluice_proxy::goals::{self, GoalEvent, GoalTracker};
 use sluice_proxy::{Limits, Listener, Metrics, Route, Telemetry};
 
-use super::wire::{EntryReport, HostEntry, MAX_WINDOWS};
+use super::wire::{EntryReport, GoalsReport, HostEntry, MAX_GOAL_EVENTS, MAX_WINDOWS};
 use crate::EnvKey;
 use crate::sockets::Keeper;
 
@@ -27,6 +28,63 @@ struct EntryPoint {
     version: String,
     /// Its seconds before this the server has taken.
     sent_through: u64,
+    /// What its goals tracker counted that the server has not taken.
+    goals: GoalQueue,
+}
+
+/// A host's goal events for the server's tracker `tracker`, numbered from
+/// `first`: taken from the entry point's tracker, sent until the server
+/// has them.
+#[derive(Default)]
+struct GoalQueue {
+    tracker: u64,
+    first: u64,
+    events: VecDeque<GoalEvent>,
+}
+
+impl GoalQueue {
+    /// Adds what `tracker` counted since; a new experiment's starts afresh.
+    fn fill(&mut self, tracker: Option<Arc<GoalTracker>>) {
+        let Some(tracker) = tracker else {
+            return;
+        };
+        if tracker.id() != self.tracker {
+            *self = GoalQueue {
+                tracker: tracker.id(),
+                ..GoalQueue::default()
+            };
+        }
+        self.events.extend(tracker.take_events());
+        while self.events.len() > goals::MAX_EVENTS {
+            self.events.pop_front();
+            self.first += 1;
+        }
+    }
+
+    /// The next events to send, and whether more wait.
+    fn report(&self) -> (Option<GoalsReport>, bool) {
+        if self.tracker == 0 {
+            return (None, false);
+        }
+        let events: Vec<GoalEvent> = self.events.iter().take(MAX_GOAL_EVENTS).cloned().collect();
+        let more = self.events.len() > events.len();
+        let report = GoalsReport {
+            tracker: self.tracker,
+            first: self.first,
+            events,
+        };
+        (Some(report), more)
+    }
+
+    /// The server took `report`: its events are not sent again.
+    fn taken(&mut self, report: &GoalsReport) {
+        if report.tracker != self.tracker || report.first != self.first {
+            return;
+        }
+        let count = report.events.len().min(self.events.len());
+        self.events.drain(..count);
+        self.first += count as u64;
+    }
 }
 
 pub(crate) struct EntryPoints {
@@ -65,14 +123,16 @@ impl EntryPoints {
             .as_ref()
     }
 
-    /// What each entry point reports: where it listens, what it holds, and
-    /// its windows of the seconds that ended and were not taken yet.
+    /// What each entry point reports: where it listens, what it holds, its
+    /// windows of the seconds that ended and its goal events, not taken yet.
     pub(crate) fn reports(&self, now: u64) -> Vec<EntryReport> {
-        let serving = self.serving.lock().unwrap();
+        let mut serving = self.serving.lock().unwrap();
         serving
-            .iter()
+            .iter_mut()
             .map(|(key, entry)| {
                 entry.route.sweep();
+                entry.goals.fill(entry.route.goals());
+                let (goals, more) = entry.goals.report();
                 let mut windows = entry
                     .telemetry
                     .windows_after(entry.sent_through.saturating_sub(1));
@@ -90,7 +150,9 @@ impl EntryPoints {
                     holding: entry.route.holding(),
                     from: entry.sent_through,
                     through: through.max(entry.sent_through),
+                    more: more || windows.len() == MAX_WINDOWS,
                     windows,
+                    goals,
                 }
             })
             .collect()
@@ -103,6 +165,9 @@ impl EntryPoints {
             let key = (report.service.clone(), report.environment.clone());
             if let Some(entry) = serving.get_mut(&key) {
                 entry.sent_through = entry.sent_through.max(report.through);
+                if let Some(goals) = &report.goals {
+                    entry.goals.taken(goals);
+                }
             }
         }
     }
@@ -211,6 +276,7 @@ impl EntryPoints {
             telemetry,
             version: entry.version.clone(),
             sent_through: 0,
+            goals: GoalQueue::default(),
         })
     }
 

@@ -270,11 +270,9 @@ pub(crate) async fn answer(
         .filter(|r| asked.contains(&(r.service.clone(), r.environment.clone())))
         .collect();
     let second = sluice_store::now_ms().max(0) as u64 / 1000;
-    hosts
-        .entries
-        .take(agent, &reported, second, |key, windows| {
-            inner.absorb(key, windows)
-        })?;
+    for fresh in hosts.entries.take(agent, &reported, second)? {
+        inner.absorb(fresh);
+    }
     let running: Vec<Reported> = report
         .running
         .iter()
@@ -309,6 +307,10 @@ pub(crate) async fn answer(
                     .collect()
             }),
         };
+        for entry in work.entries.iter().flatten() {
+            let key = (entry.service.clone(), entry.environment.clone());
+            hosts.entries.sending(&key, &entry.version);
+        }
         if !hosts.as_reported(&work, report) {
             return hosts.with_secrets(work).await;
         }
@@ -346,16 +348,18 @@ impl Hosts {
                 .instances
                 .iter()
                 .all(|h: &Hosted| reported.contains(h.id.as_str()));
-        let serves = work.entries.as_ref().is_none_or(|entries| {
-            entries.len() == report.entries.len()
-                && entries.iter().all(|e| {
-                    report.entries.iter().any(|r| {
-                        r.service == e.service
-                            && r.environment == e.environment
-                            && r.version == e.version
+        let more = report.entries.iter().any(|e| e.more);
+        let serves = !more
+            && work.entries.as_ref().is_none_or(|entries| {
+                entries.len() == report.entries.len()
+                    && entries.iter().all(|e| {
+                        report.entries.iter().any(|r| {
+                            r.service == e.service
+                                && r.environment == e.environment
+                                && r.version == e.version
+                        })
                     })
-                })
-        });
+            });
         runs && serves
     }
 }

@@ -57,10 +57,28 @@ pub struct EntryReport {
     pub through: u64,
     #[schema(value_type = Vec<Object>)]
     pub windows: Vec<sluice_proxy::SecondWindow>,
+    /// What its goals tracker counted and the server has not taken yet.
+    #[serde(default)]
+    pub goals: Option<GoalsReport>,
+    /// It holds more than this report carries: answer at once.
+    #[serde(default)]
+    pub more: bool,
+}
+
+/// A host's goal events for the server's tracker `tracker`, numbered from
+/// `first` (the events before were taken).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GoalsReport {
+    pub tracker: u64,
+    pub first: u64,
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<sluice_proxy::goals::GoalEvent>,
 }
 
 /// The most windows of seconds one report carries; more wait for the next.
 pub const MAX_WINDOWS: usize = 60;
+/// The most goal events one report carries.
+pub const MAX_GOAL_EVENTS: usize = 5000;
 
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunningInstance {

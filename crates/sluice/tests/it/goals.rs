@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::support::{GitRepo, Server, copy_fixture};
 
-const SPEC: &str = r#"service: shop
+pub(crate) const SPEC: &str = r#"service: shop
 pipeline:
   jobs:
     unit:
@@ -51,7 +51,7 @@ environments:
 /// that depends on the release it sees (v1: 20%, v2: 40%, later ones 60%
 /// when `b_better`, else 20% everywhere), buys for 10 after a checkout, and
 /// one in three signs up from the browser.
-struct Users {
+pub(crate) struct Users {
     stop: Arc<AtomicBool>,
     /// Answers that carried `Sluice-Goal` out of the entry point.
     leaked: Arc<AtomicU64>,
@@ -60,18 +60,26 @@ struct Users {
 
 impl Users {
     fn start(base: String, b_better: bool) -> Users {
+        Users::across(vec![base], b_better)
+    }
+
+    /// Users of several entry points: user `n` lands on `bases[n % len]`
+    /// and reaches their goals through the next one.
+    pub(crate) fn across(bases: Vec<String>, b_better: bool) -> Users {
         let stop = Arc::new(AtomicBool::new(false));
         let leaked = Arc::new(AtomicU64::new(0));
         let workers = (0..8u64)
             .map(|worker| {
-                let (base, stop, leaked) = (base.clone(), stop.clone(), leaked.clone());
+                let (bases, stop, leaked) = (bases.clone(), stop.clone(), leaked.clone());
                 tokio::spawn(async move {
                     let client = reqwest::Client::new();
                     let deadline = Instant::now() + Duration::from_secs(240);
                     let mut n = worker;
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                         n += 8;
-                        let _ = visit(&client, &base, n, b_better, &leaked).await;
+                        let at = n as usize % bases.len();
+                        let through = (bases[at].as_str(), bases[(at + 1) % bases.len()].as_str());
+                        let _ = visit(&client, through, n, b_better, &leaked).await;
                     }
                 })
             })
@@ -83,7 +91,7 @@ impl Users {
         }
     }
 
-    async fn finish(self) -> u64 {
+    pub(crate) async fn finish(self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         for worker in self.workers {
             worker.await.unwrap();
@@ -92,10 +100,11 @@ impl Users {
     }
 }
 
-/// One user's visit; `n` makes their choices (a fixed, spread sequence).
+/// One user's visit, landing on `base` and reaching goals through
+/// `goals_at`; `n` makes their choices (a fixed, spread sequence).
 async fn visit(
     client: &reqwest::Client,
-    base: &str,
+    (base, goals_at): (&str, &str),
     n: u64,
     b_better: bool,
     leaked: &AtomicU64,
@@ -124,7 +133,7 @@ async fn visit(
     if checks_out {
         let post = |path: &str| {
             client
-                .post(format!("{base}{path}"))
+                .post(format!("{goals_at}{path}"))
                 .header("cookie", &cookie)
         };
         post("/checkout").send().await?;
@@ -135,7 +144,7 @@ async fn visit(
     }
     if draw.is_multiple_of(3) {
         client
-            .post(format!("{base}/_sluice/goal"))
+            .post(format!("{goals_at}/_sluice/goal"))
             .header("cookie", &cookie)
             .body(r#"{"goal":"signup"}"#)
             .send()
@@ -144,7 +153,7 @@ async fn visit(
     Ok(())
 }
 
-async fn experiment_ended(server: &Server, release: i64) -> Value {
+pub(crate) async fn experiment_ended(server: &Server, release: i64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(200);
     loop {
         let all = server.get("/experiments?service=shop").await;
@@ -170,7 +179,7 @@ async fn experiment_ended(server: &Server, release: i64) -> Value {
     }
 }
 
-fn goal<'a>(report: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn goal<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["goals"]
         .as_array()
         .unwrap()

@@ -369,6 +369,54 @@ async fn experiments_on_the_hosts_ramp_and_roll_back() {
     }
 }
 
+/// Goals counted over every host: each user lands on one host's entry
+/// point and checks out, buys and signs up through the other's; the
+/// server's tracker counts each user once, in the variant of their first
+/// request, and the test promotes the B that converts better.
+#[tokio::test]
+async fn goals_are_counted_over_every_host() {
+    let Some(cluster) = Cluster::start(&["web", "web"]).await else {
+        return;
+    };
+    let listen = "    listen: 127.0.0.1:0\n";
+    let spec = crate::goals::SPEC.replace(
+        listen,
+        &format!("{listen}    hosts: {{ labels: {{ role: web }} }}\n"),
+    );
+    let repo = cluster.serve_shop_as(&spec).await;
+    wait_reported(&cluster.server, 2).await;
+    let hosts: Vec<String> = host_entry_points(&cluster.server)
+        .await
+        .iter()
+        .map(|h| h.trim_end_matches('/').to_string())
+        .collect();
+    let users = crate::goals::Users::across(hosts, true);
+    repo.commit("v2, a clearer checkout", &[("app/VERSION", "2\n")]);
+    let x = crate::goals::experiment_ended(&cluster.server, 2).await;
+    assert_eq!(x["status"], "promoted", "{x:#}");
+    let reason = x["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("B is better") && reason.contains("checkout"),
+        "{reason}"
+    );
+    let checkout = crate::goals::goal(&x["report"], "checkout");
+    assert!(
+        checkout["a"]["users"].as_u64().unwrap() >= 500,
+        "{checkout:#}"
+    );
+    // Every signup came through the other host than the user's landing:
+    // about a third of each side's users, each counted once.
+    let signup = crate::goals::goal(&x["report"], "signup");
+    for side in ["a", "b"] {
+        let (users, reached) = (
+            signup[side]["users"].as_f64().unwrap(),
+            signup[side]["reached"].as_f64().unwrap(),
+        );
+        assert!((0.2..0.5).contains(&(reached / users)), "{signup:#}");
+    }
+    assert_eq!(users.finish().await, 0, "no Sluice-Goal header left a host");
+}
+
 /// Two servers on one PostgreSQL: a kill -9 of the one holding the
 /// controllers, and the other takes prod on the hosts over as it runs.
 #[tokio::test]
