@@ -16,6 +16,7 @@
 #   bench/routes.sh [CHANGES]   (default 200; builds the release binary first)
 # Prints Markdown tables for docs/benchmarks.md. Needs root (PostgreSQL is
 # started as its own user, as .ci/postgres.sh does), nginx and python3.
+# BENCH_KEEP=1 keeps the work directory (the logs) and says where.
 set -euo pipefail
 changes=${1:-200}
 hosts=8
@@ -36,7 +37,7 @@ cleanup() {
   done
   kill $(jobs -p) 2>/dev/null || true
   runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$work"
+  [ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -84,7 +85,7 @@ pipeline:
     paths: [app/]
 run:
   command: exec python3 app/server.py
-  health: { path: /healthz, interval: 100ms, timeout: 500ms, healthy: 1, unhealthy: 1 }
+  health: { path: /healthz, interval: 100ms, timeout: 100ms, healthy: 1, unhealthy: 1 }
 environments:
   prod:
     deploy: auto
@@ -100,21 +101,23 @@ git -C "$repo" add -A && git -C "$repo" commit -q -m v1
 log="$dir/err"
 applied() { grep -c "routes by the new table" "$log" || true; }
 # Every host serves prod, each of its instances healthy.
-for _ in $(seq 1200); do
+ready() {
   "$sluice" status --json 2>/dev/null | python3 -c '
 import json, sys
 envs = json.load(sys.stdin)
 prod = [e for e in envs if e["environment"] == "prod"]
 ok = prod and len(prod[0].get("host_entry_points", [])) == '"$hosts"' \
   and sum(1 for i in prod[0]["instances"] if i["healthy"]) == '"$hosts"'
-sys.exit(0 if ok else 1)' && break
-  sleep 0.1
-done
+sys.exit(0 if ok else 1)'
+}
+for _ in $(seq 1200); do ready && break; sleep 0.1; done
+ready || { echo "prod never came up on the $hosts hosts; see $dir/err" >&2; exit 1; }
 # Each change: one host's instance goes down (or back up); wait until every
 # host's entry point reported routing by the table that says so.
+[ -n "${BENCH_KEEP:-}" ] && echo "kept in $work" >&2
 for c in $(seq "$changes"); do
   i=$(( (c - 1) / 2 % hosts + 1 ))
-  down="$dir/host-$i/host/data/shop/prod/down"
+  down="$dir/host-$i/agents/host-$i/host/data/shop/prod/down"
   before=$(applied)
   if [ $((c % 2)) -eq 1 ]; then touch "$down"; else rm -f "$down"; fi
   for _ in $(seq 2000); do
