@@ -300,19 +300,27 @@ async fn a_host_cut_off_has_its_instances_replaced_and_stops_them_when_it_is_bac
     assert_eq!(answering_instances(&url).await.len(), 2);
 }
 
-/// An experiment on the hosts: B's instances are placed there like A's; a
-/// healthy B ramps and is promoted, a failing one is rolled back, and the
-/// only requests that fail are B's own errors.
+/// An experiment on the hosts, two instances of A on each and B's placed
+/// there like A's: under load through both hosts' entry points, a healthy
+/// B ramps and is promoted, a failing one is rolled back, and the only
+/// requests that fail are B's own errors.
 #[tokio::test]
 async fn experiments_on_the_hosts_ramp_and_roll_back() {
     let Some(cluster) = Cluster::start(&["web", "web"]).await else {
         return;
     };
     let spec = format!(
-        "{SPEC}    strategy:\n      ab: {{ steps: [10, 50, 100], min_requests: 40, min_duration: 1s, max_step: 60s, metrics: [error_rate] }}\n"
+        "{}    strategy:\n      ab: {{ steps: [10, 50, 100], min_requests: 40, min_duration: 1s, max_step: 60s, metrics: [error_rate] }}\n",
+        SPEC.replace("instances: 2", "instances: 4")
     );
     let repo = cluster.serve_shop_as(&spec).await;
-    wait_reported(&cluster.server, 2).await;
+    // Two instances on each host.
+    let placed = wait_reported(&cluster.server, 4).await;
+    let on = |host: &str| {
+        let instances = placed["instances"].as_array().unwrap();
+        instances.iter().filter(|i| i["host"] == host).count()
+    };
+    assert_eq!((on("web-1"), on("web-2")), (2, 2), "{placed:#}");
     // All the load goes through the hosts' entry points: the analysis
     // judges B only by what the hosts send the server.
     let hosts = host_entry_points(&cluster.server).await;
@@ -330,7 +338,15 @@ async fn experiments_on_the_hosts_ramp_and_roll_back() {
         releases == [1, 2].into()
     })
     .await;
-    assert_eq!(both["instances"].as_array().unwrap().len(), 4, "{both:#}");
+    // B's instances are spread over both hosts too.
+    let b_hosts: BTreeSet<&str> = both["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["release"] == 2)
+        .filter_map(|i| i["host"].as_str())
+        .collect();
+    assert_eq!(b_hosts, ["web-1", "web-2"].into(), "{both:#}");
     the_same_variant_through_every_host(&hosts).await;
     let ended = |release: i64| {
         let server = &cluster.server;
@@ -346,12 +362,12 @@ async fn experiments_on_the_hosts_ramp_and_roll_back() {
     };
     let promoted = ended(2).await;
     assert_eq!(promoted["status"], "promoted", "{promoted:#}");
-    cluster.server.wait_env("shop", "prod", 2, 2).await;
+    cluster.server.wait_env("shop", "prod", 2, 4).await;
 
     repo.commit("v3 fails some", &[("app/ERROR_RATE", "0.05\n")]);
     let rolled = ended(3).await;
     assert_eq!(rolled["status"], "rolled_back", "{rolled:#}");
-    let prod = cluster.server.wait_env("shop", "prod", 2, 2).await;
+    let prod = cluster.server.wait_env("shop", "prod", 2, 4).await;
     assert!(
         prod["instances"]
             .as_array()
@@ -629,7 +645,11 @@ impl Cluster {
         copy_fixture(&repo, "shop");
         repo.commit("v1", &[("sluice.yaml", spec)]);
         self.server.add_repo(&repo);
-        self.server.wait_env("shop", "prod", 1, 2).await;
+        let instances = spec
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("instances: ")?.parse().ok())
+            .unwrap_or(1);
+        self.server.wait_env("shop", "prod", 1, instances).await;
         repo
     }
 
