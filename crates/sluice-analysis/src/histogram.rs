@@ -8,42 +8,64 @@ const GROWTH: f64 = 1.01;
 /// microseconds is far past any latency worth counting.
 const MAX_BUCKETS: usize = 4096;
 
-/// Read from outside (an agent's entry point sends its windows), a
-/// histogram is checked: bounded, and its total the sum of its counts.
+/// Sent as its buckets that hold anything (an agent's entry point sends
+/// its windows: most of a histogram's buckets are empty) and, read from
+/// outside, checked: bounded, and its total the sum of its counts.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(try_from = "UncheckedHistogram")]
+#[serde(into = "SparseHistogram", try_from = "SparseHistogram")]
 pub struct LogHistogram {
     /// Bucket `i` holds values in `[GROWTH^i, GROWTH^(i+1))` microseconds; bucket 0 also holds smaller ones.
     counts: Vec<u64>,
     total: u64,
 }
 
-#[derive(Deserialize)]
-struct UncheckedHistogram {
-    counts: Vec<u64>,
+/// A histogram as sent: `[bucket, count]` for each bucket holding anything.
+#[derive(Serialize, Deserialize)]
+struct SparseHistogram {
+    buckets: Vec<(u32, u64)>,
     total: u64,
 }
 
-impl TryFrom<UncheckedHistogram> for LogHistogram {
+impl From<LogHistogram> for SparseHistogram {
+    fn from(h: LogHistogram) -> SparseHistogram {
+        let buckets = (h.counts.iter().enumerate())
+            .filter(|(_, count)| **count > 0)
+            .map(|(i, count)| (i as u32, *count))
+            .collect();
+        SparseHistogram {
+            buckets,
+            total: h.total,
+        }
+    }
+}
+
+impl TryFrom<SparseHistogram> for LogHistogram {
     type Error = String;
 
-    fn try_from(raw: UncheckedHistogram) -> Result<Self, String> {
-        if raw.counts.len() > MAX_BUCKETS {
-            return Err(format!(
-                "a latency histogram has at most {MAX_BUCKETS} buckets, not {}",
-                raw.counts.len()
-            ));
+    fn try_from(sent: SparseHistogram) -> Result<Self, String> {
+        let mut counts = Vec::new();
+        let mut sum: u64 = 0;
+        for (index, count) in sent.buckets {
+            let index = index as usize;
+            if index >= MAX_BUCKETS {
+                return Err(format!(
+                    "a latency histogram has at most {MAX_BUCKETS} buckets, not bucket {index}"
+                ));
+            }
+            if counts.len() <= index {
+                counts.resize(index + 1, 0);
+            }
+            counts[index] += count;
+            sum = sum
+                .checked_add(count)
+                .ok_or("a latency histogram's counts overflow")?;
         }
-        let sum = raw
-            .counts
-            .iter()
-            .try_fold(0u64, |sum, c| sum.checked_add(*c));
-        if sum != Some(raw.total) {
+        if sum != sent.total {
             return Err("a latency histogram's total is not the sum of its counts".into());
         }
         Ok(LogHistogram {
-            counts: raw.counts,
-            total: raw.total,
+            counts,
+            total: sent.total,
         })
     }
 }
@@ -176,13 +198,17 @@ mod tests {
         let back: LogHistogram = serde_json::from_str(&text).unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(back.quantile(0.5), h.quantile(0.5));
-        let lying = r#"{"counts":[1,2],"total":5}"#;
+        assert_eq!(
+            text, r#"{"buckets":[[734,1]],"total":1}"#,
+            "only what holds anything"
+        );
+        let lying = r#"{"buckets":[[0,1],[1,2]],"total":5}"#;
         let error = serde_json::from_str::<LogHistogram>(lying).unwrap_err();
         assert!(error.to_string().contains("not the sum"), "{error}");
-        let overflowing = format!(r#"{{"counts":[{},1],"total":0}}"#, u64::MAX);
+        let overflowing = format!(r#"{{"buckets":[[0,{}],[1,1]],"total":0}}"#, u64::MAX);
         assert!(serde_json::from_str::<LogHistogram>(&overflowing).is_err());
-        let huge = format!(r#"{{"counts":[{}],"total":0}}"#, vec!["0"; 5000].join(","));
-        let error = serde_json::from_str::<LogHistogram>(&huge).unwrap_err();
+        let far = r#"{"buckets":[[5000,1]],"total":1}"#;
+        let error = serde_json::from_str::<LogHistogram>(far).unwrap_err();
         assert!(error.to_string().contains("at most 4096"), "{error}");
     }
 

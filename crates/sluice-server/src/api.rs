@@ -96,7 +96,10 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/agents/{name}/instances",
-            post(needs(Operation::AgentWork, agents::instances)),
+            // A report may carry each entry point's windows and goal events.
+            post(needs(Operation::AgentWork, agents::instances)).layer(
+                axum::extract::DefaultBodyLimit::max(agents::MAX_REPORT_BYTES),
+            ),
         )
         .route(
             "/agents/{name}/instances/{id}/files",

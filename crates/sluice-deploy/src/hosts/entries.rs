@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::wire::{EntryReport, MAX_GOAL_EVENTS, MAX_WINDOWS};
+use super::wire::EntryReport;
 use crate::EnvKey;
 
 /// How far ahead of the server's clock a host's may be, in seconds.
@@ -67,14 +67,7 @@ impl HostEntries {
         second: u64,
     ) -> anyhow::Result<Vec<Fresh>> {
         for report in reports {
-            let events = report.goals.as_ref().map_or(0, |g| g.events.len());
-            if report.windows.len() > MAX_WINDOWS || events > MAX_GOAL_EVENTS {
-                anyhow::bail!(
-                    "the report of {}'s entry point carries {} windows and {events} goal events; an agent sends at most {MAX_WINDOWS} and {MAX_GOAL_EVENTS}",
-                    report.environment,
-                    report.windows.len()
-                );
-            }
+            report.check().map_err(anyhow::Error::msg)?;
         }
         let mut fresh = Vec::new();
         let now = Instant::now();
@@ -223,6 +216,7 @@ impl HostEntries {
 
 #[cfg(test)]
 mod tests {
+    use super::super::wire::MAX_WINDOWS;
     use super::*;
     use sluice_proxy::SecondWindow;
 

@@ -79,6 +79,35 @@ pub struct GoalsReport {
 pub const MAX_WINDOWS: usize = 60;
 /// The most goal events one report carries.
 pub const MAX_GOAL_EVENTS: usize = 5000;
+/// The most instances and entry points one report names.
+pub const MAX_REPORTED: usize = 10_000;
+
+impl HostReport {
+    /// Refuses a report carrying more than an agent sends.
+    pub fn check(&self) -> Result<(), String> {
+        if self.running.len() > MAX_REPORTED || self.entries.len() > MAX_REPORTED {
+            return Err(format!(
+                "a report names at most {MAX_REPORTED} instances and {MAX_REPORTED} entry points"
+            ));
+        }
+        self.entries.iter().try_for_each(EntryReport::check)
+    }
+}
+
+impl EntryReport {
+    /// Refuses a report of an entry point carrying more than an agent sends.
+    pub fn check(&self) -> Result<(), String> {
+        let events = self.goals.as_ref().map_or(0, |g| g.events.len());
+        if self.windows.len() > MAX_WINDOWS || events > MAX_GOAL_EVENTS {
+            return Err(format!(
+                "the report of {}'s entry point carries {} windows and {events} goal events; an agent sends at most {MAX_WINDOWS} and {MAX_GOAL_EVENTS}",
+                self.environment,
+                self.windows.len()
+            ));
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunningInstance {

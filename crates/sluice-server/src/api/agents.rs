@@ -261,6 +261,10 @@ pub async fn artifact(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The largest report of a host: each entry point's windows and goal
+/// events, within their limits, for a few dozen environments.
+pub const MAX_REPORT_BYTES: usize = 16 << 20;
+
 #[utoipa::path(
     post,
     path = "/agents/{name}/instances",
@@ -278,11 +282,7 @@ pub async fn instances(
 ) -> ApiResult<Json<sluice_deploy::hosts::wire::HostWork>> {
     // Also what says the agent is the caller's, and alive.
     state.ci.agent_heartbeat(&caller.token_id, &name).await?;
-    if report.running.len() > 10_000 {
-        return Err(ApiError::bad_request(
-            "a report names at most 10000 instances",
-        ));
-    }
+    report.check().map_err(ApiError::bad_request)?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(sluice_deploy::hosts::MAX_WAIT);
     Ok(Json(state.cd.host_report(&name, &report, wait).await?))
 }
