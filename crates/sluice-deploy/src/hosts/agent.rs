@@ -112,7 +112,16 @@ pub async fn run(
             _ = stop.cancelled() => break,
         };
         match work {
-            Ok(work) => agent.reconcile(work).await,
+            Ok(work) => {
+                // What could not be started or bound is tried again at the
+                // next report: a second from now, not at once in a loop.
+                if !agent.reconcile(work).await {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                }
+            }
             Err(e) => {
                 tracing::debug!(error = %format!("{e:#}"), "cannot reach the server; the instances go on");
                 tokio::select! {
@@ -264,16 +273,19 @@ impl HostAgent {
         Ok(work)
     }
 
-    /// Starts what is new, stops what is no longer asked for, and keeps
-    /// the list on disk.
-    async fn reconcile(&self, mut work: HostWork) {
+    /// Starts what is new, stops what is no longer asked for, keeps the
+    /// list on disk, and serves the entry points asked for. Whether all of
+    /// it was done.
+    async fn reconcile(&self, mut work: HostWork) -> bool {
         let entries = work.entries.take();
-        self.start_and_stop(work).await;
+        let started = self.start_and_stop(work).await;
         self.keep();
-        self.entry_points.serve(entries).await;
+        let serving = self.entry_points.serve(entries).await;
+        started && serving
     }
 
-    async fn start_and_stop(&self, work: HostWork) {
+    /// Whether every instance asked for runs.
+    async fn start_and_stop(&self, work: HostWork) -> bool {
         let gone: Vec<String> = {
             let running = self.running.lock().unwrap();
             running
@@ -289,6 +301,7 @@ impl HostAgent {
             self.started.0.lock().unwrap().remove(&id);
             let _ = tokio::fs::remove_dir_all(self.instance_dir(&id)).await;
         }
+        let mut all = true;
         for hosted in work.instances {
             if self.running.lock().unwrap().contains_key(&hosted.id) {
                 continue;
@@ -300,10 +313,12 @@ impl HostAgent {
                     self.running.lock().unwrap().insert(id, hosted);
                 }
                 Err(e) => {
+                    all = false;
                     tracing::warn!(instance = %id, error = %format!("{e:#}"), "could not start an instance; trying again at the next report")
                 }
             }
         }
+        all
     }
 
     fn instance_dir(&self, id: &str) -> PathBuf {

@@ -174,16 +174,19 @@ impl EntryPoints {
 
     /// Serves `entries` from now on: binds the new ones, routes each by
     /// its table, and closes those no longer asked for. `None` (a server
-    /// starting) leaves every entry point as it is.
-    pub(crate) async fn serve(&self, entries: Option<Vec<HostEntry>>) {
+    /// starting) leaves every entry point as it is. Whether every one
+    /// asked for serves.
+    pub(crate) async fn serve(&self, entries: Option<Vec<HostEntry>>) -> bool {
         let Some(entries) = entries else {
-            return;
+            return true;
         };
+        let mut all = true;
         self.close_all_but(&entries);
         for entry in entries {
             let key = (entry.service.clone(), entry.environment.clone());
             if let Err(e) = self.route(&key, &entry) {
                 tracing::warn!(service = %key.0, env = %key.1, error = %e, "cannot route by the server's table");
+                all = false;
                 continue;
             }
             if self.serving.lock().unwrap().contains_key(&key) {
@@ -195,10 +198,12 @@ impl EntryPoints {
                     self.serving.lock().unwrap().insert(key, bound);
                 }
                 Err(e) => {
+                    all = false;
                     tracing::warn!(service = %key.0, env = %key.1, listen = %entry.listen, error = %e, "cannot listen; trying again at the next report")
                 }
             }
         }
+        all
     }
 
     /// Routes an entry point already serving by `entry`'s table.
