@@ -146,7 +146,7 @@ async fn record_flip(watch: &Watch, healthy: bool, why: Option<&Failure>) {
 }
 
 /// One look at an instance: its own check, then each rule's; the first failure says why.
-async fn probe(
+pub(crate) async fn probe(
     client: &reqwest::Client,
     backend: &Backend,
     check: &HealthCheck,

@@ -432,7 +432,7 @@ async fn watch(
         service: service.clone(),
         env: env.name.clone(),
         backend: backend.clone(),
-        check,
+        check: check.clone(),
         rules: crate::rules::in_force::health_rules(inner, release, &env.name).await,
         last_failure: last_failure.clone(),
         alarm: Some(alarm),
@@ -443,6 +443,7 @@ async fn watch(
         env: env.name.clone(),
         deployment,
         backend,
+        check,
         checks,
         last_failure,
     };

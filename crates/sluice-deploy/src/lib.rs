@@ -288,6 +288,9 @@ struct Live {
     /// instance belongs to it, never to its release, which A and B may share.
     deployment: i64,
     backend: Arc<Backend>,
+    /// Its health check (`run.health`; none: a TCP connect), which the
+    /// entry points on hosts run too.
+    check: Option<sluice_spec::HealthCheck>,
     checks: CancellationToken,
     /// Why the instance's last health probe failed.
     last_failure: Arc<Mutex<Option<health::Failure>>>,
@@ -1138,12 +1141,22 @@ impl Inner {
             return None;
         }
         let entries = self.entries.lock().unwrap();
+        let live = self.live.lock().unwrap();
+        let check_of = |id: &str| {
+            let check = live.get(id)?.check.clone();
+            Some(hosts::wire::HostCheck::of(
+                &check.unwrap_or_else(sluice_spec::HealthCheck::connect_only),
+            ))
+        };
         let mut served: Vec<hosts::Served> = entries
             .iter()
             .filter(|(_, e)| e.hosts.as_ref().is_some_and(&matches))
             .map(|(key, e)| hosts::Served {
                 key: key.clone(),
                 port: e.listener.addr.port(),
+                checks: (e.route.backends().iter())
+                    .filter_map(|b| Some((b.id.clone(), check_of(&b.id)?)))
+                    .collect(),
                 route: e.route.clone(),
             })
             .collect();

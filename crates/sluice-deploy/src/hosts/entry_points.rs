@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use sluice_proxy::goals::{self, GoalEvent, GoalTracker};
 use sluice_proxy::{Limits, Listener, Metrics, Route, Telemetry};
 
+use super::checks::Checks;
 use super::wire::{EntryReport, GoalsReport, HostEntry, MAX_GOAL_EVENTS, MAX_WINDOWS};
 use crate::EnvKey;
 use crate::sockets::Keeper;
@@ -30,6 +31,20 @@ struct EntryPoint {
     sent_through: u64,
     /// What its goals tracker counted that the server has not taken.
     goals: GoalQueue,
+    /// This host's own checks of the instances it routes to.
+    checks: Checks,
+}
+
+impl EntryPoint {
+    /// Routes by `entry`'s table, where this host's checks agree, and
+    /// checks the instances it names.
+    fn follow(&self, entry: &HostEntry) -> Result<(), String> {
+        let mut table = entry.table.clone();
+        self.checks.filter(&mut table);
+        self.route.apply(&table)?;
+        self.checks.keep_checking(&self.route, &entry.checks);
+        Ok(())
+    }
 }
 
 /// A host's goal events for the server's tracker `tracker`, numbered from
@@ -212,7 +227,7 @@ impl EntryPoints {
         let Some(serving) = serving.get_mut(key) else {
             return Ok(());
         };
-        serving.route.apply(&entry.table)?;
+        serving.follow(entry)?;
         serving.version = entry.version.clone();
         Ok(())
     }
@@ -237,8 +252,11 @@ impl EntryPoints {
     /// with the keeper, when they are at its address, else afresh (and
     /// the keeper keeps copies).
     async fn bind(&self, entry: &HostEntry) -> std::io::Result<EntryPoint> {
-        let route = Route::default();
-        route.apply(&entry.table).map_err(std::io::Error::other)?;
+        let (route, checks) = (Route::default(), Checks::default());
+        let mut table = entry.table.clone();
+        checks.filter(&mut table);
+        route.apply(&table).map_err(std::io::Error::other)?;
+        checks.keep_checking(&route, &entry.checks);
         let telemetry = Telemetry::new(
             &entry.service,
             &entry.environment,
@@ -282,6 +300,7 @@ impl EntryPoints {
             version: entry.version.clone(),
             sent_through: 0,
             goals: GoalQueue::default(),
+            checks,
         })
     }
 

@@ -8,6 +8,7 @@
 //! table ([`entries`]), so that it goes on serving while the server is away.
 
 pub mod agent;
+mod checks;
 pub(crate) mod entries;
 mod entry_points;
 pub(crate) mod lost;
@@ -234,6 +235,8 @@ pub(crate) struct Served {
     /// The port of its `listen:`.
     pub port: u16,
     pub route: sluice_proxy::Route,
+    /// Each instance's health check, which the hosts run too.
+    pub checks: BTreeMap<String, wire::HostCheck>,
 }
 
 /// Takes agent `agent`'s report and answers what its host is to run and
@@ -303,6 +306,7 @@ pub(crate) async fn answer(
                         listen: std::net::SocketAddr::new(address.expect("served"), s.port),
                         version: hosts.version(*s.route.watch().borrow()),
                         table: s.route.table(),
+                        checks: s.checks.clone(),
                     })
                     .collect()
             }),

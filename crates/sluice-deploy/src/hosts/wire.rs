@@ -141,6 +141,53 @@ pub struct HostEntry {
     pub version: String,
     #[schema(value_type = Object)]
     pub table: sluice_proxy::RouteTable,
+    /// Each instance's health check, which the host's entry point runs
+    /// too: it routes to an instance only when the table and its own
+    /// check both say it is healthy.
+    #[serde(default)]
+    pub checks: std::collections::BTreeMap<String, HostCheck>,
+}
+
+/// An instance's health check (`run.health`), as a host runs it: an HTTP
+/// GET of `path` (empty: a TCP connect) every `interval_ms`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostCheck {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub healthy: u32,
+    pub unhealthy: u32,
+}
+
+impl HostCheck {
+    pub fn of(check: &sluice_spec::HealthCheck) -> HostCheck {
+        HostCheck {
+            path: check.path.clone(),
+            interval_ms: check.interval.as_millis() as u64,
+            timeout_ms: check.timeout.as_millis() as u64,
+            healthy: check.healthy,
+            unhealthy: check.unhealthy,
+        }
+    }
+
+    /// The check to run, its numbers held to sane bounds (it came over
+    /// the network): every 50 ms to 1 h, a timeout up to the interval.
+    pub fn to_check(&self) -> sluice_spec::HealthCheck {
+        let interval = self.interval_ms.clamp(50, 3_600_000);
+        // A path, never what would make the URL another host's.
+        let path = match self.path.starts_with('/') && !self.path.contains(['@', ' ', '\\']) {
+            true => self.path.clone(),
+            false => String::new(),
+        };
+        sluice_spec::HealthCheck {
+            path,
+            interval: std::time::Duration::from_millis(interval),
+            timeout: std::time::Duration::from_millis(self.timeout_ms.clamp(1, interval)),
+            healthy: self.healthy.clamp(1, 100),
+            unhealthy: self.unhealthy.clamp(1, 100),
+            incident_after: sluice_spec::INCIDENT_AFTER,
+        }
+    }
 }
 
 /// Environment variables an agent sets itself for each instance.

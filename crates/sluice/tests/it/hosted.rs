@@ -385,6 +385,104 @@ async fn experiments_on_the_hosts_ramp_and_roll_back() {
     }
 }
 
+/// While the server is away, the hosts' entry points check the instances
+/// themselves: one that stops answering (SIGSTOP) is taken out on every
+/// host, after which nothing fails, and put back once it answers again.
+#[tokio::test]
+async fn the_hosts_take_out_an_instance_that_hangs_while_the_server_is_away() {
+    let Some(mut cluster) = Cluster::start(&["web", "web"]).await else {
+        return;
+    };
+    cluster.serve_shop().await;
+    let prod = wait_reported(&cluster.server, 2).await;
+    let instance = |host: &str| {
+        let instances = prod["instances"].as_array().unwrap();
+        let on = instances.iter().find(|i| i["host"] == host).unwrap();
+        (
+            on["id"].as_str().unwrap().to_string(),
+            on["pid"].as_i64().unwrap(),
+        )
+    };
+    let ((hung, pid), (other, _)) = (instance("web-1"), instance("web-2"));
+    let hosts = host_entry_points(&cluster.server).await;
+    cluster.server.kill_hard();
+    let process = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(process, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // Each host's own check says so, and its entry point sends it nothing.
+    cluster
+        .wait_agents_log(&format!("instance={hung} healthy=false"))
+        .await;
+    for host in &hosts {
+        answered_only_by(host, &other).await;
+    }
+    let loads: Vec<Load> = hosts.iter().map(|h| Load::start(h.clone())).collect();
+    for load in &loads {
+        load.served(100).await;
+    }
+    for load in loads {
+        let failed = load.finish("a hung instance taken out by the hosts").await;
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+    nix::sys::signal::kill(process, nix::sys::signal::Signal::SIGCONT).unwrap();
+    cluster
+        .wait_agents_log(&format!("instance={hung} healthy=true"))
+        .await;
+    for host in &hosts {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !answering_instances(host).await.contains(&hung) {
+            assert!(
+                Instant::now() < deadline,
+                "{hung} never came back through {host}"
+            );
+        }
+    }
+    cluster.server = Server::start_on(&cluster.listen, &cluster.data, None, &OPTIONS);
+    cluster.server.wait_env("shop", "prod", 1, 2).await;
+}
+
+/// `text` without its terminal colours.
+fn strip_colours(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// Waits until 20 requests in a row through `url` are answered by
+/// `instance` (each given 2 s: one sent to a hung instance times out).
+async fn answered_only_by(url: &str, instance: &str) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut in_a_row = 0;
+    while in_a_row < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "{url} kept sending to others than {instance}"
+        );
+        let answer = client.get(url).send().await;
+        let by = match answer {
+            Ok(answer) => answer.json::<Value>().await.ok(),
+            Err(_) => None,
+        };
+        let by = by.as_ref().and_then(|b| b["instance"].as_str());
+        in_a_row = if by == Some(instance) {
+            in_a_row + 1
+        } else {
+            0
+        };
+    }
+}
+
 /// Goals counted over every host: each user lands on one host's entry
 /// point and checks out, buys and signs up through the other's; the
 /// server's tracker counts each user once, in the variant of their first
@@ -632,6 +730,25 @@ impl Cluster {
             .stderr(out)
             .spawn()
             .unwrap()
+    }
+
+    /// Waits until every agent's log has a line with `words`.
+    async fn wait_agents_log(&self, words: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for index in 0..self.agents.len() {
+            let log = self.dir.path().join(format!("agent-{index}.log"));
+            let plain = || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                strip_colours(&text).contains(words)
+            };
+            while !plain() {
+                assert!(
+                    Instant::now() < deadline,
+                    "agent {index}'s log never said {words}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     /// The shop, its v1 running in prod on two instances.
