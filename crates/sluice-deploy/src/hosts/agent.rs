@@ -2,7 +2,7 @@
 //! is told what is to run and serve, fetches each new instance's files,
 //! starts it with the local runtime (restarted with backoff when it dies),
 //! stops what it is no longer to run, and serves the environments' entry
-//! points ([`super::entry_points`]). When the server is out of reach, what
+//! points (`entry_points`). When the server is out of reach, what
 //! runs goes on running and the entry points go on routing.
 
 use std::collections::HashMap;

@@ -1,11 +1,13 @@
 //! Instances on agents' hosts (an environment's `hosts:`), the server's
 //! side: which agent takes an instance, what each agent is asked to run
 //! and serve, what it reports, and the files an instance starts from. The
-//! agent's side is [`agent`]. Health checks and the routing table stay the
-//! server's: an instance on a host listens on the agent's address, which
-//! the health checks and the entry points reach over the network. Each
-//! host serves the environment's entry point too, routing by the server's
-//! table ([`entries`]), so that it goes on serving while the server is away.
+//! agent's side is [`agent`], its entry points `entry_points` and their
+//! checks `checks`. The routing table and the health checks that decide
+//! deployments stay the server's: an instance on a host listens on the
+//! agent's address, which they reach over the network. Each host serves
+//! the environment's entry point too, routing by the server's table where
+//! its own checks agree (`entries` is the server's side of them), so
+//! that it goes on serving while the server is away.
 
 pub mod agent;
 mod checks;

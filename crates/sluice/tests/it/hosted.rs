@@ -84,6 +84,10 @@ async fn prod_runs_on_the_hosts_its_labels_name_and_outlives_a_kill_9_of_the_ser
             "{page}"
         );
     }
+    for host in &hosts {
+        let address = host.trim_start_matches("http://").trim_end_matches('/');
+        assert!(page.contains(&format!("<code>{address}</code>")), "{page}");
+    }
 
     // A rolling deployment onto the hosts, under load through every entry
     // point: nothing fails.
