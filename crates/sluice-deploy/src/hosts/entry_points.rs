@@ -35,16 +35,14 @@ struct EntryPoint {
     checks: Checks,
 }
 
-impl EntryPoint {
-    /// Routes by `entry`'s table, where this host's checks agree, and
-    /// checks the instances it names.
-    fn follow(&self, entry: &HostEntry) -> Result<(), String> {
-        let mut table = entry.table.clone();
-        self.checks.filter(&mut table);
-        self.route.apply(&table)?;
-        self.checks.keep_checking(&self.route, &entry.checks);
-        Ok(())
-    }
+/// Routes `route` by `entry`'s table, where this host's `checks` agree,
+/// and checks the instances it names.
+fn follow(route: &Route, checks: &Checks, entry: &HostEntry) -> Result<(), String> {
+    let mut table = entry.table.clone();
+    checks.filter(&mut table);
+    route.apply(&table)?;
+    checks.keep_checking(route, &entry.checks);
+    Ok(())
 }
 
 /// A host's goal events for the server's tracker `tracker`, numbered from
@@ -227,7 +225,7 @@ impl EntryPoints {
         let Some(serving) = serving.get_mut(key) else {
             return Ok(());
         };
-        serving.follow(entry)?;
+        follow(&serving.route, &serving.checks, entry)?;
         serving.version = entry.version.clone();
         Ok(())
     }
@@ -253,10 +251,8 @@ impl EntryPoints {
     /// the keeper keeps copies).
     async fn bind(&self, entry: &HostEntry) -> std::io::Result<EntryPoint> {
         let (route, checks) = (Route::default(), Checks::default());
-        let mut table = entry.table.clone();
-        checks.filter(&mut table);
-        route.apply(&table).map_err(std::io::Error::other)?;
-        checks.keep_checking(&route, &entry.checks);
+        // Routed before it listens: its first request finds the instances.
+        follow(&route, &checks, entry).map_err(std::io::Error::other)?;
         let telemetry = Telemetry::new(
             &entry.service,
             &entry.environment,
