@@ -116,13 +116,7 @@ async fn visit(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let Some(cookie) = landing
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_string)
-    else {
+    let Some(cookie) = crate::support::cookie_of(&landing) else {
         return Ok(());
     };
     // A spread number in 0..100 per user.

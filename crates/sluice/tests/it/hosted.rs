@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::agents::wait_online;
 use crate::hosts::{Host, missing};
 use crate::restart::{Load, wait_prod};
-use crate::support::{GitRepo, Server, copy_fixture, free_port, tempdir};
+use crate::support::{GitRepo, Server, cookie_of, copy_fixture, free_port, tempdir};
 
 const SPEC: &str = "service: shop
 pipeline:
@@ -461,8 +461,7 @@ fn strip_colours(text: &str) -> String {
 /// Waits until 20 requests in a row through `url` are answered by
 /// `instance` (each given 2 s: one sent to a hung instance times out).
 async fn answered_only_by(url: &str, instance: &str) {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
+    let client = a_connection_a_request()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
@@ -856,10 +855,7 @@ async fn host_entry_points(server: &Server) -> Vec<String> {
 /// A user the first host puts on A and one it puts on B (by the split's
 /// cookie) are put on the same variant by every other host.
 async fn the_same_variant_through_every_host(hosts: &[String]) {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let client = a_connection_a_request().build().unwrap();
     let variant = |answer: &reqwest::Response| {
         let header = answer.headers().get("x-sluice-variant");
         header
@@ -871,16 +867,9 @@ async fn the_same_variant_through_every_host(hosts: &[String]) {
     for _ in 0..1000 {
         let answer = client.get(&hosts[0]).send().await.unwrap();
         let first = variant(&answer);
-        let Some(cookie) = answer.headers().get("set-cookie") else {
+        let Some(cookie) = cookie_of(&answer) else {
             continue;
         };
-        let cookie = cookie
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
         if !checked.insert(first.clone()) {
             continue;
         }
@@ -914,12 +903,15 @@ fn namespace_pids(host: &Host) -> Vec<i64> {
         .collect()
 }
 
+/// A client that opens a connection for each request, so that each is
+/// routed afresh.
+fn a_connection_a_request() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().pool_max_idle_per_host(0)
+}
+
 /// The instances that answer at `url`, over 40 requests.
 async fn answering_instances(url: &str) -> BTreeSet<String> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let client = a_connection_a_request().build().unwrap();
     let mut seen = BTreeSet::new();
     for _ in 0..40 {
         let answer: Value = client.get(url).send().await.unwrap().json().await.unwrap();

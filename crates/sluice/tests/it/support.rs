@@ -518,3 +518,9 @@ pub async fn exited(child: &mut Child, what: &str) -> std::process::ExitStatus {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The `name=value` of the cookie an answer sets, if it sets one.
+pub fn cookie_of(answer: &reqwest::Response) -> Option<String> {
+    let set = answer.headers().get("set-cookie")?.to_str().ok()?;
+    set.split(';').next().map(str::to_string)
+}
