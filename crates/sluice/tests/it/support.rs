@@ -429,7 +429,8 @@ impl Server {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    /// Waits until an environment runs `release` with `healthy` healthy instances; returns its status.
+    /// Waits until an environment runs `release` with `healthy` healthy
+    /// instances behind its bound entry point; returns its status.
     pub async fn wait_env(&self, service: &str, env: &str, release: i64, healthy: usize) -> Value {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -447,7 +448,10 @@ impl Server {
                     .filter(|i| i["healthy"] == true && i["release"] == release)
                     .count();
                 let total = e["instances"].as_array().unwrap().len();
-                if e["release"] == release && ok == healthy && total == healthy {
+                // Serving means its entry point is bound too: a restarted
+                // server lists adopted instances a moment before it binds.
+                let bound = e["listen"].is_string();
+                if e["release"] == release && ok == healthy && total == healthy && bound {
                     return e.clone();
                 }
             }
