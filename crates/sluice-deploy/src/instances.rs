@@ -248,7 +248,12 @@ pub(crate) async fn start_instance(
         Some(hosts) => Some(
             inner
                 .hosts
-                .place((service, &env.name), release.id, hosts, run.memory_mb)
+                .place(
+                    (service, &env.name),
+                    release.id,
+                    hosts,
+                    crate::hosts::place::Need::of(run),
+                )
                 .await?,
         ),
         None => None,

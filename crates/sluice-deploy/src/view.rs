@@ -51,6 +51,8 @@ pub struct InstanceStatus {
 pub struct HostEntryPoint {
     pub agent: String,
     pub address: String,
+    /// The instances that host's own health check takes out of it.
+    pub failing: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -129,11 +131,12 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
         let host_entry_points = inner
             .hosts
             .entries
-            .addresses(&key, inner.hosts.lease)
+            .points(&key, inner.hosts.lease)
             .into_iter()
-            .map(|(agent, address)| HostEntryPoint {
-                agent,
-                address: address.to_string(),
+            .map(|point| HostEntryPoint {
+                agent: point.agent,
+                address: point.address.to_string(),
+                failing: point.failing,
             })
             .collect();
         out.push(EnvStatus {

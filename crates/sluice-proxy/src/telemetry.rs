@@ -52,6 +52,12 @@ pub struct Metrics {
     ejections: Family<InstanceLabels, Counter>,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
 impl Metrics {
     /// Metrics counted but not registered anywhere (nothing serves them).
     pub fn unregistered() -> Metrics {

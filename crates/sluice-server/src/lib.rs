@@ -79,9 +79,15 @@ async fn security_headers(mut response: axum::response::Response) -> axum::respo
 async fn metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::response::Response {
+    metrics_page(&state.registry)
+}
+
+/// `registry` in Prometheus's text format, as `/metrics` answers it (an
+/// agent serves its entry points' metrics the same way).
+pub fn metrics_page(registry: &prometheus_client::registry::Registry) -> axum::response::Response {
     use axum::response::IntoResponse;
     let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+    match prometheus_client::encoding::text::encode(&mut text, registry) {
         Ok(()) => (
             [(
                 axum::http::header::CONTENT_TYPE,

@@ -165,6 +165,9 @@ pub struct RunSpec {
     /// The memory one instance needs, in MiB (`run.memory: 512MiB`): an
     /// instance is placed only on an agent's host with that much left.
     pub memory_mb: Option<u64>,
+    /// The share of a host's cores one instance needs, in thousandths of a
+    /// core (`run.cores: 0.5` is 500): placed as `memory_mb` is.
+    pub millicores: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -90,6 +90,7 @@ pub struct RawRun {
     pub secrets: Vec<Spanned<String>>,
     pub ports: Option<Spanned<String>>,
     pub memory: Option<Spanned<Scalar>>,
+    pub cores: Option<Spanned<Scalar>>,
 }
 
 #[derive(Debug, Deserialize)]

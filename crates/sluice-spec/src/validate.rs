@@ -572,10 +572,25 @@ fn run_spec(c: &mut Checker, raw: RawRun) -> RunSpec {
         }
         mib
     });
+    let millicores = raw.cores.as_ref().and_then(|cores| {
+        let millicores = parse_cores(&cores.value.0);
+        if millicores.is_none() {
+            c.error(
+                cores,
+                format!(
+                    "`run.cores`: `{}` is not a number of cores from 0.001 to 1024",
+                    cores.value.0.escape_debug()
+                ),
+                Some("write how many of a host's cores one instance needs: `0.5`, `2`".into()),
+            );
+        }
+        millicores
+    });
     RunSpec {
         ports,
         secrets,
         memory_mb,
+        millicores,
         ready_timeout: c.duration(
             &raw.ready_timeout,
             "ready_timeout",
@@ -877,6 +892,20 @@ fn entry_limits<T>(c: &mut Checker, node: &Spanned<T>, raw: &RawLimits) -> Entry
 }
 
 /// `1048576`, `64KiB`, `10MiB` or `1GiB`, in bytes.
+/// A number of cores (`0.5`, `2`) in thousandths: at least one, at most
+/// 1024 cores.
+fn parse_cores(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() || !text.chars().all(|ch| ch.is_ascii_digit() || ch == '.') {
+        return None;
+    }
+    let cores: f64 = text.parse().ok()?;
+    let millicores = (cores * 1000.0).round();
+    (1.0..=1_024_000.0)
+        .contains(&millicores)
+        .then_some(millicores as u64)
+}
+
 fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
@@ -1558,6 +1587,29 @@ mod tests {
         assert_eq!(parse_goal("signup").unwrap().request, None);
         for bad in ["", "a b", "x=post /y", "x=POST y", "<b>:value"] {
             assert!(parse_goal(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cores_are_counted_in_thousandths() {
+        let table: &[(&str, Option<u64>)] = &[
+            ("1", Some(1000)),
+            ("0.5", Some(500)),
+            (" 2 ", Some(2000)),
+            ("0.001", Some(1)),
+            ("1024", Some(1_024_000)),
+            ("0.0001", None),
+            ("0", None),
+            ("1025", None),
+            ("-1", None),
+            ("1e3", None),
+            ("NaN", None),
+            ("inf", None),
+            ("", None),
+            ("500m", None),
+        ];
+        for (text, millicores) in table {
+            assert_eq!(parse_cores(text), *millicores, "{text:?}");
         }
     }
 }

@@ -68,27 +68,7 @@ pub enum Command {
     },
     /// Run an agent on this host: it connects out to --server with an agent
     /// token (--token), and runs the jobs whose `runs_on:` its labels match.
-    Agent {
-        /// The agent's name; the host's name by default.
-        #[arg(long)]
-        name: Option<String>,
-        /// A label jobs' `runs_on:` may name, KEY=VALUE; repeat for more.
-        #[arg(long = "label", value_parser = parse_label)]
-        labels: Vec<(String, String)>,
-        /// Jobs run at once.
-        #[arg(long, default_value_t = 1)]
-        jobs: usize,
-        /// `user`: when the agent runs as root, each repository's steps run
-        /// as a user of their own that owns the work tree and nothing else.
-        /// `none`: as the agent's own user.
-        #[arg(long, env = "SLUICE_ISOLATION", default_value = "user", value_parser = ["user", "none"])]
-        isolation: String,
-        /// The IP address the instances of environments on this host
-        /// (`hosts:`) listen on, which the server reaches them at; by
-        /// default the one the server sees this agent connect from.
-        #[arg(long)]
-        address: Option<std::net::IpAddr>,
-    },
+    Agent(AgentArgs),
     /// Run the load balancer alone, in front of fixed backends (for benchmarks and trials).
     Proxy {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -814,4 +794,31 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         }
     }
     Ok((key.to_string(), value.to_string()))
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The agent's name; the host's name by default.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A label jobs' `runs_on:` may name, KEY=VALUE; repeat for more.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// `user`: when the agent runs as root, each repository's steps run
+    /// as a user of their own that owns the work tree and nothing else.
+    /// `none`: as the agent's own user.
+    #[arg(long, env = "SLUICE_ISOLATION", default_value = "user", value_parser = ["user", "none"])]
+    pub isolation: String,
+    /// The IP address the instances of environments on this host
+    /// (`hosts:`) listen on, which the server reaches them at; by
+    /// default the one the server sees this agent connect from.
+    #[arg(long)]
+    pub address: Option<std::net::IpAddr>,
+    /// Serve the Prometheus metrics of this host's entry points at
+    /// http://ADDR/metrics (by default none: an agent needs no inbound port).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }

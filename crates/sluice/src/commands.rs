@@ -30,13 +30,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             sluice_deploy::sockets::run_keeper(&socket)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Agent {
-            name,
-            labels,
-            jobs,
-            isolation,
-            address,
-        } => agent::agent(&cli.global, name, labels, jobs, &isolation, address).await,
+        Command::Agent(args) => agent::agent(&cli.global, args).await,
         Command::Validate { file } => validate::validate(&file),
         Command::Proxy {
             listen,

@@ -35,6 +35,8 @@ pub struct HostConfig {
     /// The program that keeps the entry points' sockets through a restart
     /// of the agent (`sluice keep-sockets`: this binary); none, they close.
     pub socket_keeper: Option<PathBuf>,
+    /// Where the entry points count their Prometheus metrics.
+    pub metrics: sluice_proxy::Metrics,
 }
 
 /// The processes the runtime started (pid, start time), as the agent
@@ -102,7 +104,11 @@ pub async fn run(
             .build()?,
         running: Mutex::default(),
         kept: Mutex::default(),
-        entry_points: EntryPoints::new(&config.data_dir, config.socket_keeper.as_deref()),
+        entry_points: EntryPoints::new(
+            &config.data_dir,
+            config.socket_keeper.as_deref(),
+            config.metrics.clone(),
+        ),
         config,
     };
     agent.adopt_left().await;

@@ -75,6 +75,18 @@ impl Checks {
         }
     }
 
+    /// The instances this host's check took out, sorted.
+    pub(crate) fn failing(&self) -> Vec<String> {
+        let verdicts = self.verdicts.lock().unwrap();
+        let mut failing: Vec<String> = verdicts
+            .iter()
+            .filter(|(_, v)| v.ours == Some(false))
+            .map(|(id, _)| id.clone())
+            .collect();
+        failing.sort();
+        failing
+    }
+
     pub(crate) fn stop_all(&self) {
         for (_, stop) in self.running.lock().unwrap().drain() {
             stop.cancel();
@@ -178,6 +190,7 @@ mod tests {
         let mut again = table(&[("a", true), ("b", false)]);
         checks.filter(&mut again);
         assert_eq!(healthy(&again), [false, false], "either one says no");
+        assert_eq!(checks.failing(), ["a"], "what the host's check took out");
         let mut gone = table(&[("b", true)]);
         checks.filter(&mut gone);
         assert_eq!(healthy(&gone), [true]);

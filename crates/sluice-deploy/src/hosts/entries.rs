@@ -23,6 +23,8 @@ struct Seen {
     at: Instant,
     address: Option<SocketAddr>,
     holding: HashSet<String>,
+    /// The instances its own health check takes out.
+    failing: Vec<String>,
     /// Its seconds before this are in.
     through: u64,
     /// The version of the table it routes by.
@@ -85,6 +87,8 @@ impl HostEntries {
             if last.is_none_or(|s| s.version != report.version) {
                 self.applied(agent, &key, &report.version, now);
             }
+            let failing_before = last.map_or(&[][..], |s| &s.failing[..]);
+            say_checks_changed(agent, &key, failing_before, &report.failing);
             let before = last.map_or(0, |s| s.through);
             let through = report.through.min(second + CLOCK_SKEW);
             let windows: Vec<_> = report
@@ -115,6 +119,7 @@ impl HostEntries {
                     at: now,
                     address: report.address,
                     holding: report.holding.iter().cloned().collect(),
+                    failing: report.failing.clone(),
                     through: before.max(through),
                     version: report.version.clone(),
                     goals: goals_seen,
@@ -197,20 +202,46 @@ impl HostEntries {
             .fold(now, u64::min)
     }
 
-    /// Each agent's entry point of `key` and where it listens, as last
-    /// reported within `lease`.
-    pub(crate) fn addresses(&self, key: &EnvKey, lease: Duration) -> Vec<(String, SocketAddr)> {
+    /// Each agent's entry point of `key` as last reported within `lease`,
+    /// by agent.
+    pub(crate) fn points(&self, key: &EnvKey, lease: Duration) -> Vec<HostPoint> {
         let now = Instant::now();
-        let mut addresses: Vec<_> = self
+        let mut points: Vec<_> = self
             .seen
             .lock()
             .unwrap()
             .iter()
             .filter(|((_, k), s)| k == key && now - s.at <= lease)
-            .filter_map(|((agent, _), s)| Some((agent.clone(), s.address?)))
+            .filter_map(|((agent, _), s)| {
+                Some(HostPoint {
+                    agent: agent.clone(),
+                    address: s.address?,
+                    failing: s.failing.clone(),
+                })
+            })
             .collect();
-        addresses.sort();
-        addresses
+        points.sort_by(|a, b| a.agent.cmp(&b.agent));
+        points
+    }
+}
+
+/// An agent's entry point of an environment, as it last reported it.
+pub(crate) struct HostPoint {
+    pub agent: String,
+    pub address: SocketAddr,
+    /// The instances its own health check takes out.
+    pub failing: Vec<String>,
+}
+
+/// Logs each instance a host's own check took out or put back since its
+/// last report: the server's check may see it otherwise (a network
+/// between two hosts that fails, not between the server and either).
+fn say_checks_changed(agent: &str, key: &EnvKey, before: &[String], now: &[String]) {
+    for id in now.iter().filter(|id| !before.contains(id)) {
+        tracing::warn!(agent, service = %key.0, env = %key.1, instance = %id, "a host's own check takes an instance out of its entry point");
+    }
+    for id in before.iter().filter(|id| !now.contains(id)) {
+        tracing::info!(agent, service = %key.0, env = %key.1, instance = %id, "a host's own check puts an instance back in its entry point");
     }
 }
 
@@ -229,6 +260,7 @@ mod tests {
             goals: None,
             more: false,
             holding: holding.iter().map(|h| h.to_string()).collect(),
+            failing: Vec::new(),
             from: 0,
             through,
             windows: windows

@@ -1,7 +1,9 @@
 //! The agent's entry points: one per environment its host serves, at the
 //! host's address and the port of the environment's `listen:`, routing by
 //! the server's table. Each counts its traffic in windows of seconds,
-//! sent with the agent's reports until the server has taken them. When the
+//! sent with the agent's reports until the server has taken them, and
+//! keeps an access log on the host (`envs/SERVICE/ENV/access.log` in the
+//! agent's data directory, as the server's entry points do). When the
 //! server is out of reach, they go on routing by the last table. Their
 //! sockets are kept by `sluice keep-sockets` (as the server's are), so that
 //! through a kill -9 or a hand-over of the agent clients wait in them
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sluice_proxy::goals::{self, GoalEvent, GoalTracker};
-use sluice_proxy::{Limits, Listener, Metrics, Route, Telemetry};
+use sluice_proxy::{AccessLog, Limits, Listener, Metrics, Route, Telemetry};
 
 use super::checks::Checks;
 use super::wire::{EntryReport, GoalsReport, HostEntry, MAX_GOAL_EVENTS, MAX_WINDOWS};
@@ -102,7 +104,7 @@ impl GoalQueue {
 
 pub(crate) struct EntryPoints {
     serving: Mutex<HashMap<EnvKey, EntryPoint>>,
-    /// The entry points' own Prometheus metrics (not served by the agent yet).
+    /// The entry points' Prometheus metrics (`sluice agent --metrics`).
     metrics: Metrics,
     /// What keeps their sockets through a restart of the agent: started
     /// (or found) with the first entry point, with `program` in `data_dir`.
@@ -113,11 +115,11 @@ pub(crate) struct EntryPoints {
 
 impl EntryPoints {
     /// Entry points whose sockets the keeper of `data_dir` keeps, started
-    /// with `program` when none runs yet.
-    pub(crate) fn new(data_dir: &Path, program: Option<&Path>) -> EntryPoints {
+    /// with `program` when none runs yet, counting into `metrics`.
+    pub(crate) fn new(data_dir: &Path, program: Option<&Path>, metrics: Metrics) -> EntryPoints {
         EntryPoints {
             serving: Mutex::default(),
-            metrics: Metrics::unregistered(),
+            metrics,
             keeper: std::sync::OnceLock::new(),
             program: program.map(Path::to_path_buf),
             data_dir: data_dir.to_path_buf(),
@@ -161,6 +163,7 @@ impl EntryPoints {
                     address: Some(entry.listener.addr),
                     version: entry.version.clone(),
                     holding: entry.route.holding(),
+                    failing: entry.checks.failing(),
                     from: entry.sent_through,
                     through: through.max(entry.sent_through),
                     more: more || windows.len() == MAX_WINDOWS,
@@ -253,11 +256,14 @@ impl EntryPoints {
         let (route, checks) = (Route::default(), Checks::default());
         // Routed before it listens: its first request finds the instances.
         follow(&route, &checks, entry).map_err(std::io::Error::other)?;
+        let access_log = sluice_spec::Layout::new(&self.data_dir)
+            .access_log(&entry.service, &entry.environment)
+            .map_err(std::io::Error::other)?;
         let telemetry = Telemetry::new(
             &entry.service,
             &entry.environment,
             self.metrics.clone(),
-            None,
+            Some(AccessLog::new(access_log)),
         );
         let key = sockets_key(&(entry.service.clone(), entry.environment.clone()));
         let listener = match self.kept(&key, entry.listen) {

@@ -14,7 +14,7 @@ mod checks;
 pub(crate) mod entries;
 mod entry_points;
 pub(crate) mod lost;
-mod place;
+pub(crate) mod place;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -76,7 +76,7 @@ impl Hosts {
         (service, env): (&str, &str),
         release_id: i64,
         hosts: &HostsSpec,
-        need_mb: Option<u64>,
+        need: place::Need,
     ) -> Result<Host> {
         let now = sluice_store::now_ms();
         let lease = self.lease.as_millis() as i64;
@@ -103,28 +103,35 @@ impl Hosts {
                     .iter()
                     .filter(|p| instances.get(&p.instance_id) == Some(&same))
                     .count();
-                let used: u64 = mine
+                let declared: Vec<Hosted> = mine
                     .iter()
-                    .filter_map(|p| serde_json::from_str::<Hosted>(&p.spec).ok()?.memory_mb)
-                    .sum();
+                    .filter_map(|p| serde_json::from_str::<Hosted>(&p.spec).ok())
+                    .collect();
+                let used_mb: u64 = declared.iter().filter_map(|h| h.memory_mb).sum();
+                let used_millicores: u64 = declared.iter().filter_map(|h| h.millicores).sum();
                 place::Candidate {
                     name: a.name.clone(),
                     of_env,
                     total: mine.len(),
-                    free_mb: (a.memory_mb.max(0) as u64).saturating_sub(used),
+                    free_mb: (a.memory_mb.max(0) as u64).saturating_sub(used_mb),
+                    free_millicores: (a.cores.max(0) as u64)
+                        .saturating_mul(1000)
+                        .saturating_sub(used_millicores),
                 }
             })
             .collect();
-        if let (Some(need), false) = (need_mb, candidates.is_empty())
-            && place::choose(&candidates, hosts.spread, need_mb).is_none()
+        if need.is_declared()
+            && !candidates.is_empty()
+            && place::choose(&candidates, hosts.spread, need).is_none()
         {
             bail!(
-                "none of the {} online agents whose labels include {} has {need} MiB free (`run.memory`) for another of {env}'s instances; start another such agent, or stop what runs there",
+                "none of the {} online agents whose labels include {} has {} free for another of {env}'s instances; start another such agent, or stop what runs there",
                 candidates.len(),
                 labels_text(&hosts.labels),
+                need_text(need),
             );
         }
-        let Some(chosen) = place::choose(&candidates, hosts.spread, need_mb) else {
+        let Some(chosen) = place::choose(&candidates, hosts.spread, need) else {
             bail!(
                 "no agent whose labels include {} is online to run {env}'s instances; start one with `sluice agent{}` (docs/agents.md)",
                 labels_text(&hosts.labels),
@@ -172,6 +179,7 @@ impl Hosts {
                 .collect(),
             secrets: secrets.to_vec(),
             memory_mb: run.memory_mb,
+            millicores: run.millicores,
             address: host.address,
             port,
         };
@@ -410,6 +418,21 @@ impl Hosts {
         }
         Ok(work)
     }
+}
+
+/// What an instance declares it needs, as a refusal names it.
+fn need_text(need: place::Need) -> String {
+    let mut parts = Vec::new();
+    if let Some(mb) = need.memory_mb {
+        parts.push(format!("{mb} MiB (`run.memory`)"));
+    }
+    if let Some(millicores) = need.millicores {
+        parts.push(format!(
+            "{} cores (`run.cores`)",
+            millicores as f64 / 1000.0
+        ));
+    }
+    parts.join(" and ")
 }
 
 fn labels_text(labels: &BTreeMap<String, String>) -> String {

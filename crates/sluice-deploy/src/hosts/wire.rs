@@ -24,6 +24,9 @@ pub struct Hosted {
     /// The memory it needs on its host, in MiB, when declared (`run.memory`).
     #[serde(default)]
     pub memory_mb: Option<u64>,
+    /// The thousandths of its host's cores it needs, when declared (`run.cores`).
+    #[serde(default)]
+    pub millicores: Option<u64>,
     /// Where it listens: the agent's address, at which the server reaches it.
     #[schema(value_type = String)]
     pub address: std::net::IpAddr,
@@ -51,6 +54,10 @@ pub struct EntryReport {
     pub version: String,
     /// The instances it routes to or waits on (see `Route::holding`).
     pub holding: Vec<String>,
+    /// The instances this host's own health check takes out, whatever
+    /// the table says of them.
+    #[serde(default)]
+    pub failing: Vec<String>,
     /// Its windows of the seconds from `from` (the first not sent before)
     /// to `through` (the first not sent now), at most [`MAX_WINDOWS`].
     pub from: u64,
@@ -98,6 +105,12 @@ impl EntryReport {
     /// Refuses a report of an entry point carrying more than an agent sends.
     pub fn check(&self) -> Result<(), String> {
         let events = self.goals.as_ref().map_or(0, |g| g.events.len());
+        if self.holding.len() > MAX_REPORTED || self.failing.len() > MAX_REPORTED {
+            return Err(format!(
+                "the report of {}'s entry point names more than {MAX_REPORTED} instances",
+                self.environment
+            ));
+        }
         if self.windows.len() > MAX_WINDOWS || events > MAX_GOAL_EVENTS {
             return Err(format!(
                 "the report of {}'s entry point carries {} windows and {events} goal events; an agent sends at most {MAX_WINDOWS} and {MAX_GOAL_EVENTS}",

@@ -3,11 +3,11 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use sluice_ci::agent::{AgentConfig, Stop};
 use sluice_deploy::hosts::agent::HostConfig;
 
-use crate::cli::Global;
+use crate::cli::{AgentArgs, Global};
 use crate::client::Client;
 use crate::output::{print_json, rows_of, table, text, time};
 
@@ -54,14 +54,15 @@ pub async fn list(client: &Client, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn agent(
-    global: &Global,
-    name: Option<String>,
-    labels: Vec<(String, String)>,
-    jobs: usize,
-    isolation: &str,
-    address: Option<std::net::IpAddr>,
-) -> Result<ExitCode> {
+pub async fn agent(global: &Global, args: AgentArgs) -> Result<ExitCode> {
+    let AgentArgs {
+        name,
+        labels,
+        jobs,
+        isolation,
+        address,
+        metrics,
+    } = args;
     let Some(token) = global.token.clone() else {
         bail!(
             "an agent needs its token: --token or SLUICE_TOKEN (an admin makes one with `sluice token create --name NAME --role agent`)"
@@ -86,7 +87,13 @@ pub async fn agent(
     } else {
         sluice_ci::sandbox::Isolation::User
     };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let entry_metrics = sluice_proxy::Metrics::register(&mut registry);
+    if let Some(addr) = metrics {
+        serve_metrics(addr, registry).await?;
+    }
     let hosting = HostConfig {
+        metrics: entry_metrics,
         server: global.server.clone(),
         token: token.clone(),
         name: name.clone(),
@@ -139,4 +146,22 @@ pub async fn agent(
     instances.await??;
     ran?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves `registry` at `http://addr/metrics` until the agent exits.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    registry: prometheus_client::registry::Registry,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve metrics at {addr} (--metrics)"))?;
+    let registry = std::sync::Arc::new(registry);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move { sluice_server::metrics_page(&registry) }),
+    );
+    tracing::info!(addr = %listener.local_addr()?, "serving the entry points' metrics at /metrics");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(())
 }

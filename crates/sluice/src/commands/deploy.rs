@@ -81,8 +81,18 @@ pub async fn status(client: &Client, service: Option<String>, json: bool) -> Res
             );
         }
         for entry in e["host_entry_points"].as_array().into_iter().flatten() {
+            let failing: Vec<String> = entry["failing"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect();
+            let taken_out = match failing.is_empty() {
+                true => String::new(),
+                false => format!("; its own check takes out {}", failing.join(", ")),
+            };
             say!(
-                "{}/{} is also served on host {} at {}",
+                "{}/{} is also served on host {} at {}{taken_out}",
                 text(&e["service"]),
                 text(&e["environment"]),
                 text(&entry["agent"]),

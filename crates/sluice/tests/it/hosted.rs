@@ -392,6 +392,8 @@ async fn experiments_on_the_hosts_ramp_and_roll_back() {
 /// While the server is away, the hosts' entry points check the instances
 /// themselves: one that stops answering (SIGSTOP) is taken out on every
 /// host, after which nothing fails, and put back once it answers again.
+/// Each host's access log and metrics show who served; the server, back,
+/// shows what each host's check took out.
 #[tokio::test]
 async fn the_hosts_take_out_an_instance_that_hangs_while_the_server_is_away() {
     let Some(mut cluster) = Cluster::start(&["web", "web"]).await else {
@@ -427,6 +429,53 @@ async fn the_hosts_take_out_an_instance_that_hangs_while_the_server_is_away() {
         let failed = load.finish("a hung instance taken out by the hosts").await;
         assert!(failed.is_empty(), "{failed:?}");
     }
+    for (index, host) in cluster.hosts.iter().enumerate() {
+        let log = cluster
+            .dir
+            .path()
+            .join(format!("web-{}", index + 1))
+            .join("agents")
+            .join(format!("web-{}", index + 1))
+            .join("host/envs/shop/prod/access.log");
+        let served_by = |instance: &str| {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|l| l["instance"] == instance && l["status"] == 200)
+                .count()
+        };
+        // Written off the request path: wait for the lines to land.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while served_by(&other) < 100 {
+            assert!(Instant::now() < deadline, "{} lacks lines", log.display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let metrics = format!("http://{}:{METRICS_PORT}/metrics", host.addr);
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        let served = text.lines().find(|l| {
+            l.starts_with("sluice_proxy_requests_total{")
+                && l.contains(&format!("instance=\"{other}\""))
+                && l.contains("class=\"2xx\"")
+        });
+        let count: f64 = served
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0);
+        assert!(count >= 100.0, "{metrics}:\n{text}");
+    }
+    // The server, back while the instance still hangs, shows what each
+    // host's own check takes out.
+    cluster.server = Server::start_on(&cluster.listen, &cluster.data, None, &OPTIONS);
+    wait_prod(&cluster.server, "each host's check reported", |prod| {
+        let points = prod["host_entry_points"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        points.len() == 2
+            && points
+                .iter()
+                .all(|p| p["failing"] == serde_json::json!([hung]))
+    })
+    .await;
     nix::sys::signal::kill(process, nix::sys::signal::Signal::SIGCONT).unwrap();
     cluster
         .wait_agents_log(&format!("instance={hung} healthy=true"))
@@ -440,8 +489,19 @@ async fn the_hosts_take_out_an_instance_that_hangs_while_the_server_is_away() {
             );
         }
     }
-    cluster.server = Server::start_on(&cluster.listen, &cluster.data, None, &OPTIONS);
     cluster.server.wait_env("shop", "prod", 1, 2).await;
+    wait_prod(
+        &cluster.server,
+        "no host's check takes anything out",
+        |prod| {
+            let points = prod["host_entry_points"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            points.len() == 2 && points.iter().all(|p| p["failing"] == serde_json::json!([]))
+        },
+    )
+    .await;
 }
 
 /// `text` without its terminal colours.
@@ -570,8 +630,8 @@ async fn a_takeover_keeps_the_instances_on_the_hosts() {
     );
 }
 
-/// An instance that declares more memory than any matching host has free
-/// is placed nowhere: its deployment fails saying so.
+/// An instance that declares more memory or cores than any matching host
+/// has free is placed nowhere: its deployment fails saying so.
 #[tokio::test]
 async fn an_instance_too_big_for_every_host_is_placed_nowhere() {
     let Some(cluster) = Cluster::start(&["web"]).await else {
@@ -579,23 +639,28 @@ async fn an_instance_too_big_for_every_host_is_placed_nowhere() {
     };
     let repo = GitRepo::new(cluster.dir.path(), "shop");
     copy_fixture(&repo, "shop");
-    let spec = SPEC.replace(
-        "  command: exec python3 app/server.py\n",
-        "  command: exec python3 app/server.py\n  memory: 1024GiB\n",
-    );
-    repo.commit("v1", &[("sluice.yaml", &spec)]);
-    cluster.server.add_repo(&repo);
-    let failed = cluster
-        .server
-        .wait_for("/deployments?service=shop", "the deployment failed", |d| {
-            d["status"] == "failed"
-        })
-        .await;
-    let reason = failed["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains("has 1048576 MiB free (`run.memory`)"),
-        "{failed:#}"
-    );
+    let too_big = [
+        ("memory: 1024GiB", "has 1048576 MiB (`run.memory`) free"),
+        ("cores: 1000", "has 1000 cores (`run.cores`) free"),
+    ];
+    for (release, (need, said)) in (1..).zip(too_big) {
+        let spec = SPEC.replace(
+            "  command: exec python3 app/server.py\n",
+            &format!("  command: exec python3 app/server.py\n  {need}\n"),
+        );
+        repo.commit(&format!("v{release}"), &[("sluice.yaml", &spec)]);
+        if release == 1 {
+            cluster.server.add_repo(&repo);
+        }
+        let failed = cluster
+            .server
+            .wait_for("/deployments?service=shop", "the deployment failed", |d| {
+                d["status"] == "failed" && d["release"] == release
+            })
+            .await;
+        let reason = failed["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(said), "{failed:#}");
+    }
     let placements = cluster.server.get("/status?service=shop").await;
     assert!(
         placements.to_string().contains("\"instances\":[]"),
@@ -618,6 +683,9 @@ fn hosts_here() -> Option<tempfile::TempDir> {
 }
 
 const OPTIONS: [&str; 2] = ["--agent-lease", "3s"];
+
+/// Where each agent serves its entry points' metrics, in its host.
+const METRICS_PORT: u16 = 9464;
 
 /// A server in the root namespace and an agent in a host of its own for
 /// each role given (`web` agents are named web-1, web-2, …).
@@ -704,6 +772,9 @@ impl Cluster {
                 &format!("role={role}"),
                 "--data-dir",
                 agent_data.to_str().unwrap(),
+                // The host's own namespace: no other process has its ports.
+                "--metrics",
+                &format!("0.0.0.0:{METRICS_PORT}"),
             ];
             cluster
                 .commands

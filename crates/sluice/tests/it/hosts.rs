@@ -24,7 +24,6 @@ pub struct Host {
     /// The namespace's name, which `ip netns identify` prints inside it.
     pub ns: String,
     /// Its address; the root namespace's end of the link is `gateway`.
-    #[allow(dead_code)]
     pub addr: Ipv4Addr,
     pub gateway: Ipv4Addr,
     /// The root namespace's end of the veth pair.
