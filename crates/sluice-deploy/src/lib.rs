@@ -1158,6 +1158,10 @@ impl Inner {
                     .filter_map(|b| Some((b.id.clone(), check_of(&b.id)?)))
                     .collect(),
                 route: e.route.clone(),
+                limits: hosts::wire::HostLimits::of(&entry_limits(
+                    &e.limits,
+                    self.config.drain_timeout,
+                )),
             })
             .collect();
         served.sort_by(|a, b| a.key.cmp(&b.key));

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sluice_proxy::goals::{self, GoalEvent, GoalTracker};
-use sluice_proxy::{AccessLog, Limits, Listener, Metrics, Route, Telemetry};
+use sluice_proxy::{AccessLog, Listener, Metrics, Route, Telemetry};
 
 use super::checks::Checks;
-use super::wire::{EntryReport, GoalsReport, HostEntry, MAX_GOAL_EVENTS, MAX_WINDOWS};
+use super::wire::{EntryReport, GoalsReport, HostEntry, HostLimits, MAX_GOAL_EVENTS, MAX_WINDOWS};
 use crate::EnvKey;
 use crate::sockets::Keeper;
 
@@ -35,6 +35,8 @@ struct EntryPoint {
     goals: GoalQueue,
     /// This host's own checks of the instances it routes to.
     checks: Checks,
+    /// What its listener holds clients to.
+    limits: HostLimits,
 }
 
 /// Routes `route` by `entry`'s table, where this host's `checks` agree,
@@ -222,7 +224,10 @@ impl EntryPoints {
         all
     }
 
-    /// Routes an entry point already serving by `entry`'s table.
+    /// Routes an entry point already serving by `entry`'s table, and holds
+    /// its clients to `entry`'s limits: changed, a listener with them takes
+    /// over the same sockets (as the server's does), so no client waiting
+    /// to be accepted is refused.
     fn route(&self, key: &EnvKey, entry: &HostEntry) -> Result<(), String> {
         let mut serving = self.serving.lock().unwrap();
         let Some(serving) = serving.get_mut(key) else {
@@ -230,6 +235,21 @@ impl EntryPoints {
         };
         follow(&serving.route, &serving.checks, entry)?;
         serving.version = entry.version.clone();
+        if serving.limits != entry.limits {
+            // The old listener stops accepting; its connections finish.
+            serving.listener = serving
+                .listener
+                .replace(
+                    serving.route.clone(),
+                    &entry.environment,
+                    serving.telemetry.clone(),
+                    entry.limits.to_limits(),
+                    None,
+                )
+                .map_err(|e| format!("cannot apply the entry point's new limits: {e}"))?;
+            serving.limits = entry.limits.clone();
+            tracing::info!(service = %key.0, env = %key.1, "the entry point holds clients to new limits");
+        }
         Ok(())
     }
 
@@ -274,16 +294,17 @@ impl EntryPoints {
                     route.clone(),
                     &entry.environment,
                     telemetry.clone(),
-                    Limits::default(),
+                    entry.limits.to_limits(),
                     None,
                 )?
             }
             None => {
-                let listener = Listener::bind(
+                let listener = Listener::bind_with(
                     entry.listen,
                     route.clone(),
                     &entry.environment,
                     telemetry.clone(),
+                    entry.limits.to_limits(),
                 )
                 .await?;
                 if let Some(keeper) = self.keeper()
@@ -303,6 +324,7 @@ impl EntryPoints {
             sent_through: 0,
             goals: GoalQueue::default(),
             checks,
+            limits: entry.limits.clone(),
         })
     }
 

@@ -247,6 +247,8 @@ pub(crate) struct Served {
     pub route: sluice_proxy::Route,
     /// Each instance's health check, which the hosts run too.
     pub checks: BTreeMap<String, wire::HostCheck>,
+    /// What its entry point holds clients to.
+    pub limits: wire::HostLimits,
 }
 
 /// Takes agent `agent`'s report and answers what its host is to run and
@@ -317,6 +319,7 @@ pub(crate) async fn answer(
                         version: hosts.version(*s.route.watch().borrow()),
                         table: s.route.table(),
                         checks: s.checks.clone(),
+                        limits: s.limits.clone(),
                     })
                     .collect()
             }),

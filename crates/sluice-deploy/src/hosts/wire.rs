@@ -159,6 +159,58 @@ pub struct HostEntry {
     /// check both say it is healthy.
     #[serde(default)]
     pub checks: std::collections::BTreeMap<String, HostCheck>,
+    /// What the entry point holds clients to (`listen.limits`), as the
+    /// server's does.
+    #[serde(default)]
+    pub limits: HostLimits,
+}
+
+/// An entry point's limits on clients (`listen.limits`, and the drain),
+/// in milliseconds and bytes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostLimits {
+    pub idle_ms: u64,
+    pub request_body_ms: u64,
+    pub answer_ms: u64,
+    pub max_body: u64,
+    pub max_header_bytes: u64,
+    pub max_headers: u64,
+    pub drain_ms: u64,
+}
+
+impl Default for HostLimits {
+    fn default() -> HostLimits {
+        HostLimits::of(&sluice_proxy::Limits::default())
+    }
+}
+
+impl HostLimits {
+    pub fn of(limits: &sluice_proxy::Limits) -> HostLimits {
+        HostLimits {
+            idle_ms: limits.idle.as_millis() as u64,
+            request_body_ms: limits.request_body.as_millis() as u64,
+            answer_ms: limits.answer.as_millis() as u64,
+            max_body: limits.max_body,
+            max_header_bytes: limits.max_header_bytes as u64,
+            max_headers: limits.max_headers as u64,
+            drain_ms: limits.drain.as_millis() as u64,
+        }
+    }
+
+    /// The limits to apply, held to the bounds `listen.limits` allows (they
+    /// came over the network).
+    pub fn to_limits(&self) -> sluice_proxy::Limits {
+        let ms = |ms: u64, most: u64| std::time::Duration::from_millis(ms.clamp(1000, most));
+        sluice_proxy::Limits {
+            idle: ms(self.idle_ms, 3_600_000),
+            request_body: ms(self.request_body_ms, 3_600_000),
+            answer: ms(self.answer_ms, 86_400_000),
+            max_body: self.max_body.min(64 << 30),
+            max_header_bytes: self.max_header_bytes.clamp(8 << 10, 1 << 20) as usize,
+            max_headers: self.max_headers.clamp(1, 1000) as usize,
+            drain: std::time::Duration::from_millis(self.drain_ms.min(3_600_000)),
+        }
+    }
 }
 
 /// An instance's health check (`run.health`), as a host runs it: an HTTP
@@ -212,3 +264,32 @@ pub const AGENT_SETS: [&str; 6] = [
     "HOST",
     "PORT",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_cross_the_wire_unchanged_and_hostile_ones_are_held_to_bounds() {
+        let limits = sluice_proxy::Limits::default();
+        let crossed = HostLimits::of(&limits).to_limits();
+        assert_eq!(HostLimits::of(&crossed), HostLimits::of(&limits));
+        let hostile = HostLimits {
+            idle_ms: 0,
+            request_body_ms: u64::MAX,
+            answer_ms: u64::MAX,
+            max_body: u64::MAX,
+            max_header_bytes: 0,
+            max_headers: u64::MAX,
+            drain_ms: u64::MAX,
+        }
+        .to_limits();
+        assert_eq!(hostile.idle, std::time::Duration::from_secs(1));
+        assert_eq!(hostile.request_body, std::time::Duration::from_secs(3600));
+        assert_eq!(hostile.answer, std::time::Duration::from_secs(86_400));
+        assert_eq!(hostile.max_body, 64 << 30);
+        assert_eq!(hostile.max_header_bytes, 8 << 10);
+        assert_eq!(hostile.max_headers, 1000);
+        assert_eq!(hostile.drain, std::time::Duration::from_secs(3600));
+    }
+}

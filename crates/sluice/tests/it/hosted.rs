@@ -630,6 +630,55 @@ async fn a_takeover_keeps_the_instances_on_the_hosts() {
     );
 }
 
+/// Each host's entry point holds clients to the environment's limits, as
+/// the server's does: a body past `max_body` is refused (413) through the
+/// host, and a release that raises the limit raises it there too.
+#[tokio::test]
+async fn the_hosts_entry_points_hold_clients_to_the_limits() {
+    let Some(cluster) = Cluster::start(&["web"]).await else {
+        return;
+    };
+    let with_limit = |max_body: &str| {
+        SPEC.replace(
+            "    listen: 127.0.0.1:0\n",
+            &format!(
+                "    listen: {{ address: 127.0.0.1:0, limits: {{ max_body: {max_body} }} }}\n"
+            ),
+        )
+        .replace("instances: 2", "instances: 1")
+    };
+    let repo = cluster.serve_shop_as(&with_limit("1KiB")).await;
+    let hosts = wait_prod(&cluster.server, "an entry point on the host", |prod| {
+        prod["host_entry_points"]
+            .as_array()
+            .is_some_and(|e| e.len() == 1)
+    })
+    .await;
+    let host = format!(
+        "http://{}/checkout",
+        hosts["host_entry_points"][0]["address"].as_str().unwrap()
+    );
+    let post = |bytes: usize| {
+        let host = host.clone();
+        async move {
+            let client = a_connection_a_request().build().unwrap();
+            let answer = client.post(&host).body(vec![b'x'; bytes]).send().await;
+            answer.map(|a| a.status().as_u16()).unwrap_or(0)
+        }
+    };
+    assert_eq!(post(512).await, 200);
+    assert_eq!(post(2048).await, 413, "past max_body, through the host");
+    repo.commit("v2", &[("sluice.yaml", &with_limit("4KiB"))]);
+    cluster.server.wait_env("shop", "prod", 2, 1).await;
+    // The new limits come with the host's next answer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post(2048).await != 200 {
+        assert!(Instant::now() < deadline, "the host kept the old limit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(post(8192).await, 413);
+}
+
 /// An instance that declares more memory or cores than any matching host
 /// has free is placed nowhere: its deployment fails saying so.
 #[tokio::test]
