@@ -1162,6 +1162,12 @@ impl Inner {
                     &e.limits,
                     self.config.drain_timeout,
                 )),
+                tls: e.tls.as_ref().and_then(|tls| match &tls.certs {
+                    sluice_spec::CertSource::Files(paths) => {
+                        Some((paths.clone(), tls.redirect_from.map(|a| a.port())))
+                    }
+                    sluice_spec::CertSource::Acme(_) => None,
+                }),
             })
             .collect();
         served.sort_by(|a, b| a.key.cmp(&b.key));

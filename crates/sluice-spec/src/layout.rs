@@ -87,6 +87,12 @@ impl Layout {
         inside(&inside(&self.root.join("envs"), service)?, env)
     }
 
+    /// The certificates an agent's host serves for the environment's entry
+    /// point, as the server sent them.
+    pub fn host_tls(&self, service: &str, env: &str) -> Checked {
+        Ok(self.env(service, env)?.join("tls"))
+    }
+
     /// The environment's data: its instances' `DATA_DIR`, and nobody else's.
     pub fn data(&self, service: &str, env: &str) -> Checked {
         Ok(self.env(service, env)?.join("data"))

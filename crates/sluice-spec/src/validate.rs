@@ -656,10 +656,12 @@ fn environments(
         };
         let data = data_spec(c, &env.data, name, &names);
         let strategy = strategy(c, &env.strategy);
-        let hosts = env
-            .hosts
-            .as_ref()
-            .map(|raw| hosts_spec(c, raw, (&data, &strategy, tls.is_some())));
+        let hosts = env.hosts.as_ref().map(|raw| {
+            let acme = tls
+                .as_ref()
+                .is_some_and(|t| matches!(t.certs, CertSource::Acme(_)));
+            hosts_spec(c, raw, (&data, &strategy, acme))
+        });
         out.push(Environment {
             name: name.value.clone(),
             from: env.from.as_ref().map(|f| f.value.clone()),
@@ -680,12 +682,13 @@ fn environments(
 
 /// `hosts:`. Its instances' data lives on each host, where nothing seeds
 /// or copies it yet: those settings are refused rather than done on the
-/// server's host, where the instances would not see them. Each host's entry
-/// point serves plain HTTP: `listen.tls` is refused too.
+/// server's host, where the instances would not see them. The hosts' entry
+/// points serve the certificate files the server sends them, but answer no
+/// ACME challenge: `listen.tls.acme` is refused too.
 fn hosts_spec(
     c: &mut Checker,
     raw: &Spanned<RawHosts>,
-    (data, strategy, tls): (&DataSpec, &Strategy, bool),
+    (data, strategy, acme): (&DataSpec, &Strategy, bool),
 ) -> HostsSpec {
     let not_yet = "an environment on `hosts` keeps its data on each host, which Sluice does not seed, copy or snapshot yet";
     if data.seed.is_some() || data.copy_from.is_some() {
@@ -704,11 +707,11 @@ fn hosts_spec(
             Some(format!("{not_yet}; use `data: shared`")),
         );
     }
-    if tls {
+    if acme {
         c.error(
             raw,
-            "`listen.tls` is not built for the entry points on `hosts`: they serve plain HTTP",
-            Some("end TLS at the load balancer in front of the hosts (docs/agents.md)".into()),
+            "`listen.tls.acme` is not built for the entry points on `hosts`: they answer no ACME challenge",
+            Some("give the certificate as files (`tls: { cert: PATH, key: PATH }`), which the server sends to each host, or end TLS at the load balancer in front of the hosts (docs/agents.md)".into()),
         );
     }
     HostsSpec {

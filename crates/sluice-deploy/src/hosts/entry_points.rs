@@ -18,7 +18,10 @@ use sluice_proxy::goals::{self, GoalEvent, GoalTracker};
 use sluice_proxy::{AccessLog, Listener, Metrics, Route, Telemetry};
 
 use super::checks::Checks;
-use super::wire::{EntryReport, GoalsReport, HostEntry, HostLimits, MAX_GOAL_EVENTS, MAX_WINDOWS};
+use super::tls;
+use super::wire::{
+    EntryReport, GoalsReport, HostEntry, HostLimits, HostTls, MAX_GOAL_EVENTS, MAX_WINDOWS,
+};
 use crate::EnvKey;
 use crate::sockets::Keeper;
 
@@ -37,6 +40,11 @@ struct EntryPoint {
     checks: Checks,
     /// What its listener holds clients to.
     limits: HostLimits,
+    /// The HTTPS it serves, as the server last sent it.
+    tls: Option<HostTls>,
+    /// The plain listener sending clients on to HTTPS, on its port; stops
+    /// when dropped.
+    redirect: Option<(u16, tokio_util::sync::DropGuard)>,
 }
 
 /// Routes `route` by `entry`'s table, where this host's `checks` agree,
@@ -207,21 +215,53 @@ impl EntryPoints {
                 all = false;
                 continue;
             }
-            if self.serving.lock().unwrap().contains_key(&key) {
-                continue;
-            }
-            match self.bind(&entry).await {
-                Ok(bound) => {
-                    tracing::info!(service = %key.0, env = %key.1, addr = %bound.listener.addr, "entry point listening on this host");
-                    self.serving.lock().unwrap().insert(key, bound);
+            if !self.serving.lock().unwrap().contains_key(&key) {
+                match self.bind(&entry).await {
+                    Ok(bound) => {
+                        tracing::info!(service = %key.0, env = %key.1, addr = %bound.listener.addr, https = entry.tls.is_some(), "entry point listening on this host");
+                        self.serving.lock().unwrap().insert(key.clone(), bound);
+                    }
+                    Err(e) => {
+                        all = false;
+                        tracing::warn!(service = %key.0, env = %key.1, listen = %entry.listen, error = %e, "cannot listen; trying again at the next report");
+                        continue;
+                    }
                 }
-                Err(e) => {
-                    all = false;
-                    tracing::warn!(service = %key.0, env = %key.1, listen = %entry.listen, error = %e, "cannot listen; trying again at the next report")
-                }
             }
+            all &= self.redirect(&key, &entry).await;
         }
         all
+    }
+
+    /// Sends plain HTTP on to HTTPS at the port `entry` names, when it
+    /// names one (and stops doing so when it no longer does). Whether that
+    /// is so.
+    async fn redirect(&self, key: &EnvKey, entry: &HostEntry) -> bool {
+        let wanted = entry.tls.as_ref().and_then(|t| t.redirect_port);
+        let https_port = match self.serving.lock().unwrap().get(key) {
+            Some(serving) if serving.redirect.as_ref().map(|r| r.0) != wanted => {
+                serving.listener.addr.port()
+            }
+            _ => return true,
+        };
+        let redirect = match wanted {
+            Some(port) => {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let from = SocketAddr::new(entry.listen.ip(), port);
+                match sluice_proxy::redirect_to_https(from, https_port, None, stop.clone()).await {
+                    Ok(_) => Some((port, stop.drop_guard())),
+                    Err(e) => {
+                        tracing::warn!(service = %key.0, env = %key.1, %from, error = %e, "cannot listen to send plain HTTP on to HTTPS; trying again at the next report");
+                        return false;
+                    }
+                }
+            }
+            None => None,
+        };
+        if let Some(serving) = self.serving.lock().unwrap().get_mut(key) {
+            serving.redirect = redirect;
+        }
+        true
     }
 
     /// Routes an entry point already serving by `entry`'s table, and holds
@@ -235,7 +275,20 @@ impl EntryPoints {
         };
         follow(&serving.route, &serving.checks, entry)?;
         serving.version = entry.version.clone();
-        if serving.limits != entry.limits {
+        let dir = tls::dir(&self.data_dir, &key.0, &key.1).map_err(|e| e.to_string())?;
+        if let Some(sent) = &entry.tls
+            && serving.tls.as_ref() != Some(sent)
+        {
+            // Its listener reads them again (as the server's reads its files).
+            tls::write(&dir, &sent.pairs)
+                .map_err(|e| format!("cannot write the certificates: {e}"))?;
+        }
+        let https_changed = serving.tls.is_some() != entry.tls.is_some();
+        if serving.limits != entry.limits || https_changed {
+            let certificates = match entry.tls {
+                Some(_) => Some(tls::load(&dir).map_err(|e| format!("cannot serve HTTPS: {e}"))?),
+                None => None,
+            };
             // The old listener stops accepting; its connections finish.
             serving.listener = serving
                 .listener
@@ -244,12 +297,13 @@ impl EntryPoints {
                     &entry.environment,
                     serving.telemetry.clone(),
                     entry.limits.to_limits(),
-                    None,
+                    certificates,
                 )
                 .map_err(|e| format!("cannot apply the entry point's new limits: {e}"))?;
             serving.limits = entry.limits.clone();
-            tracing::info!(service = %key.0, env = %key.1, "the entry point holds clients to new limits");
+            tracing::info!(service = %key.0, env = %key.1, https = entry.tls.is_some(), "the entry point holds clients to new limits");
         }
+        serving.tls = entry.tls.clone();
         Ok(())
     }
 
@@ -285,6 +339,14 @@ impl EntryPoints {
             self.metrics.clone(),
             Some(AccessLog::new(access_log)),
         );
+        let certificates = match &entry.tls {
+            Some(sent) => {
+                let dir = tls::dir(&self.data_dir, &entry.service, &entry.environment)?;
+                tls::write(&dir, &sent.pairs)?;
+                Some(tls::load(&dir)?)
+            }
+            None => None,
+        };
         let key = sockets_key(&(entry.service.clone(), entry.environment.clone()));
         let listener = match self.kept(&key, entry.listen) {
             Some(kept) => {
@@ -295,16 +357,17 @@ impl EntryPoints {
                     &entry.environment,
                     telemetry.clone(),
                     entry.limits.to_limits(),
-                    None,
+                    certificates,
                 )?
             }
             None => {
-                let listener = Listener::bind_with(
+                let listener = Listener::bind_tls(
                     entry.listen,
                     route.clone(),
                     &entry.environment,
                     telemetry.clone(),
                     entry.limits.to_limits(),
+                    certificates,
                 )
                 .await?;
                 if let Some(keeper) = self.keeper()
@@ -325,6 +388,8 @@ impl EntryPoints {
             goals: GoalQueue::default(),
             checks,
             limits: entry.limits.clone(),
+            tls: entry.tls.clone(),
+            redirect: None,
         })
     }
 

@@ -15,6 +15,7 @@ pub(crate) mod entries;
 mod entry_points;
 pub(crate) mod lost;
 pub(crate) mod place;
+mod tls;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -249,6 +250,8 @@ pub(crate) struct Served {
     pub checks: BTreeMap<String, wire::HostCheck>,
     /// What its entry point holds clients to.
     pub limits: wire::HostLimits,
+    /// Its certificate files and the port of `redirect_from`, with HTTPS.
+    pub tls: Option<(Vec<sluice_spec::CertPaths>, Option<u16>)>,
 }
 
 /// Takes agent `agent`'s report and answers what its host is to run and
@@ -320,6 +323,10 @@ pub(crate) async fn answer(
                         table: s.route.table(),
                         checks: s.checks.clone(),
                         limits: s.limits.clone(),
+                        tls: s
+                            .tls
+                            .as_ref()
+                            .map(|(paths, redirect)| wire::HostTls::read(paths, *redirect)),
                     })
                     .collect()
             }),

@@ -163,6 +163,68 @@ pub struct HostEntry {
     /// server's does.
     #[serde(default)]
     pub limits: HostLimits,
+    /// HTTPS, when `listen.tls` names certificate files.
+    #[serde(default)]
+    pub tls: Option<HostTls>,
+}
+
+/// HTTPS at a host's entry point: the certificates the server's entry point
+/// serves, sent as PEM (read again from their files for every answer, so a
+/// renewal reaches the hosts), and the port of `redirect_from`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostTls {
+    /// Empty when the server could not read them now: the host keeps
+    /// serving those it has.
+    pub pairs: Vec<HostCertPair>,
+    pub redirect_port: Option<u16>,
+}
+
+/// A certificate chain and its private key, as PEM.
+#[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostCertPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for HostCertPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostCertPair")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The most a certificate or key file sent to a host may weigh.
+pub const MAX_PEM_BYTES: u64 = 1 << 20;
+
+impl HostTls {
+    /// Reads the certificate files `listen.tls` names: all of them, or
+    /// none (a renewal half written, a file gone: the hosts keep theirs).
+    pub fn read(paths: &[sluice_spec::CertPaths], redirect_port: Option<u16>) -> HostTls {
+        let read = |path: &std::path::Path| -> std::io::Result<String> {
+            use std::io::Read;
+            let mut text = String::new();
+            std::fs::File::open(path)?
+                .take(MAX_PEM_BYTES)
+                .read_to_string(&mut text)?;
+            Ok(text)
+        };
+        let pairs: std::io::Result<Vec<HostCertPair>> = paths
+            .iter()
+            .map(|p| {
+                Ok(HostCertPair {
+                    cert_pem: read(&p.cert)?,
+                    key_pem: read(&p.key)?,
+                })
+            })
+            .collect();
+        HostTls {
+            pairs: pairs
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot read the certificate files to send to the hosts; they keep theirs"))
+                .unwrap_or_default(),
+            redirect_port,
+        }
+    }
 }
 
 /// An entry point's limits on clients (`listen.limits`, and the drain),

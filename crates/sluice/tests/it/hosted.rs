@@ -679,6 +679,87 @@ async fn the_hosts_entry_points_hold_clients_to_the_limits() {
     assert_eq!(post(8192).await, 413);
 }
 
+/// Each host's entry point serves HTTPS with the certificate files the
+/// server's entry point serves, sent by the server, and sends plain HTTP on
+/// to HTTPS at `redirect_from`'s port; a certificate renewed on the server
+/// is served by the hosts too.
+#[tokio::test]
+async fn the_hosts_entry_points_serve_https_with_the_servers_certificates() {
+    let Some(cluster) = Cluster::start(&["web"]).await else {
+        return;
+    };
+    let certificate = |dir: &std::path::Path| {
+        let made = rcgen::generate_simple_self_signed(vec!["shop.test".to_string()]).unwrap();
+        std::fs::write(dir.join("shop.key"), made.signing_key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("shop.crt"), made.cert.pem()).unwrap();
+        reqwest::Certificate::from_pem(made.cert.pem().as_bytes()).unwrap()
+    };
+    let first = certificate(cluster.dir.path());
+    let plain = free_port();
+    let listen = format!(
+        "    listen: {{ address: 127.0.0.1:0, tls: {{ cert: {dir}/shop.crt, key: {dir}/shop.key }}, redirect_from: 127.0.0.1:{plain} }}\n",
+        dir = cluster.dir.path().display()
+    );
+    let spec = SPEC
+        .replace("    listen: 127.0.0.1:0\n", &listen)
+        .replace("instances: 2", "instances: 1");
+    cluster.serve_shop_as(&spec).await;
+    let prod = wait_prod(&cluster.server, "an entry point on the host", |prod| {
+        prod["host_entry_points"]
+            .as_array()
+            .is_some_and(|e| e.len() == 1)
+    })
+    .await;
+    let host: std::net::SocketAddr = prod["host_entry_points"][0]["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let https = |trusted: reqwest::Certificate| async move {
+        let client = reqwest::Client::builder()
+            .resolve("shop.test", host)
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(trusted)
+            .build()
+            .unwrap();
+        let url = format!("https://shop.test:{}/", host.port());
+        client.get(url).send().await
+    };
+    let answer = https(first).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.headers()["x-sluice-release"], "v1");
+
+    let redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("http://{}:{plain}/cart", host.ip()))
+        .header("host", "shop.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), 308);
+    assert_eq!(
+        redirect.headers()["location"],
+        format!("https://shop.test:{}/cart", host.port())
+    );
+
+    // Renewed on the server: the host serves the new certificate.
+    let renewed = certificate(cluster.dir.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !https(renewed.clone())
+        .await
+        .is_ok_and(|a| a.status() == 200)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the host kept the old certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An instance that declares more memory or cores than any matching host
 /// has free is placed nowhere: its deployment fails saying so.
 #[tokio::test]
