@@ -51,14 +51,15 @@ pub(crate) async fn prepare(
             .map(|from| inner.layout.data(service, from))
             .transpose()?;
         let run_as = seed_run_as(service, env, &data_dir, inner.env_uid(service, &env.name));
-        let filled = data::fill(
-            &env.data,
-            &data_dir,
-            &release_dir,
-            source.as_deref(),
-            &run_as,
-        )
-        .await?;
+        // On agents' hosts, each host seeds its own data directory.
+        let here = match env.hosts {
+            Some(_) => sluice_spec::DataSpec {
+                seed: None,
+                ..env.data.clone()
+            },
+            None => env.data.clone(),
+        };
+        let filled = data::fill(&here, &data_dir, &release_dir, source.as_deref(), &run_as).await?;
         tracing::info!(service, env = %env.name, ?filled, "data prepared for the first deployment");
         let summary = match &filled {
             data::Filled::Seeded(seed, printed) if printed.is_empty() => {
@@ -292,7 +293,10 @@ pub(crate) async fn start_instance(
     let address = match &host {
         Some(host) => {
             let of = (service.as_str(), env.name.as_str());
-            inner.hosts.start(host, &process, of, port, run).await?;
+            inner
+                .hosts
+                .start(host, &process, of, port, run, &env.data)
+                .await?;
             host.address
         }
         None => {

@@ -690,12 +690,14 @@ fn hosts_spec(
     raw: &Spanned<RawHosts>,
     (data, strategy, acme): (&DataSpec, &Strategy, bool),
 ) -> HostsSpec {
-    let not_yet = "an environment on `hosts` keeps its data on each host, which Sluice does not seed, copy or snapshot yet";
-    if data.seed.is_some() || data.copy_from.is_some() {
+    let not_yet = "an environment on `hosts` keeps its data on each host, which Sluice seeds there (`data.seed`) but does not copy or snapshot yet";
+    if data.copy_from.is_some() {
         c.error(
             raw,
-            "`data.seed` and `data.copy_from` are not built for an environment on `hosts`",
-            Some(format!("{not_yet}; seed it from the release's own start-up, or run the environment on the server's host")),
+            "`data.copy_from` is not built for an environment on `hosts`",
+            Some(format!(
+                "{not_yet}; seed it with `data.seed`, or run the environment on the server's host"
+            )),
         );
     }
     if let Strategy::Ab(ab) = strategy

@@ -347,13 +347,57 @@ impl HostAgent {
         })
         .await??;
         let spec = self.spec_of(hosted)?;
-        std::fs::create_dir_all(self.data_of(hosted))?;
+        self.prepare_data(hosted, &spec).await?;
         if let Some(uid) = spec.uid {
             for owned in [&dir, &self.data_of(hosted)] {
                 sluice_ci::sandbox::give(owned, uid)?;
             }
         }
         self.runtime.start(spec).await
+    }
+
+    /// Fills the environment's data directory on this host the first time
+    /// one of its instances starts here: with its seed (`data.seed`), run
+    /// in the instance's files as the server runs it, then marked done. A
+    /// seed that fails leaves nothing behind and runs again at the next
+    /// start. Data already there (a seed added by a later release) is
+    /// never seeded over.
+    async fn prepare_data(&self, hosted: &Hosted, spec: &InstanceSpec) -> Result<()> {
+        let data_dir = self.data_of(hosted);
+        let done = data_dir.with_extension("seeded");
+        let holds_data = std::fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some());
+        let Some(seed) = hosted
+            .seed
+            .as_ref()
+            .filter(|_| !done.exists() && !holds_data)
+        else {
+            std::fs::create_dir_all(&data_dir)?;
+            return Ok(());
+        };
+        let data = sluice_spec::DataSpec {
+            seed: Some(seed.script.clone()),
+            copy_from: None,
+            scrub: None,
+            snapshots: 0,
+            seed_timeout: Duration::from_millis(seed.timeout_ms.clamp(1000, 86_400_000)),
+        };
+        // The instance's variables but where it listens: the seed serves nothing.
+        let vars = spec
+            .env
+            .iter()
+            .filter(|(k, _)| !["HOST", "PORT", "DATA_DIR"].contains(&k.as_str()))
+            .cloned()
+            .collect();
+        let run_as = crate::data::RunAs {
+            uid: spec.uid,
+            vars,
+        };
+        let filled = crate::data::fill(&data, &data_dir, &spec.workdir, None, &run_as)
+            .await
+            .with_context(|| format!("{}'s data on this host", hosted.environment))?;
+        std::fs::write(&done, &seed.script)?;
+        tracing::info!(service = %hosted.service, env = %hosted.environment, ?filled, "the environment's data seeded on this host");
+        Ok(())
     }
 
     /// The environment's data directory on this host.

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::wire::EntryReport;
 use crate::EnvKey;
+use crate::incidents::failures::FailureCount;
 
 /// How far ahead of the server's clock a host's may be, in seconds.
 const CLOCK_SKEW: u64 = 5;
@@ -25,6 +26,8 @@ struct Seen {
     holding: HashSet<String>,
     /// The instances its own health check takes out.
     failing: Vec<String>,
+    /// The requests that failed most lately at it.
+    failures: Vec<FailureCount>,
     /// Its seconds before this are in.
     through: u64,
     /// The version of the table it routes by.
@@ -120,6 +123,7 @@ impl HostEntries {
                     address: report.address,
                     holding: report.holding.iter().cloned().collect(),
                     failing: report.failing.clone(),
+                    failures: report.failures.clone(),
                     through: before.max(through),
                     version: report.version.clone(),
                     goals: goals_seen,
@@ -202,6 +206,19 @@ impl HostEntries {
             .fold(now, u64::min)
     }
 
+    /// What each host's entry point of `key` that reported within `lease`
+    /// said failed most lately.
+    pub(crate) fn failures(&self, key: &EnvKey, lease: Duration) -> Vec<Vec<FailureCount>> {
+        let now = Instant::now();
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((_, k), s)| k == key && now - s.at <= lease)
+            .map(|(_, s)| s.failures.clone())
+            .collect()
+    }
+
     /// Each agent's entry point of `key` as last reported within `lease`,
     /// by agent.
     pub(crate) fn points(&self, key: &EnvKey, lease: Duration) -> Vec<HostPoint> {
@@ -261,6 +278,7 @@ mod tests {
             more: false,
             holding: holding.iter().map(|h| h.to_string()).collect(),
             failing: Vec::new(),
+            failures: Vec::new(),
             from: 0,
             through,
             windows: windows

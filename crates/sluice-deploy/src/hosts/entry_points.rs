@@ -23,6 +23,7 @@ use super::wire::{
     EntryReport, GoalsReport, HostEntry, HostLimits, HostTls, MAX_GOAL_EVENTS, MAX_WINDOWS,
 };
 use crate::EnvKey;
+use crate::incidents::failures::{self, FailureCount};
 use crate::sockets::Keeper;
 
 struct EntryPoint {
@@ -45,6 +46,30 @@ struct EntryPoint {
     /// The plain listener sending clients on to HTTPS, on its port; stops
     /// when dropped.
     redirect: Option<(u16, tokio_util::sync::DropGuard)>,
+    /// Its access log, and what failed most in it when last read.
+    access_log: PathBuf,
+    failures: (Option<std::time::Instant>, Vec<FailureCount>),
+}
+
+/// How often a host reads its access log again for what failed most.
+const FAILURES_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl EntryPoint {
+    /// What failed most lately in its access log (its last MiB), read
+    /// again at most every [`FAILURES_EVERY`].
+    fn recent_failures(&mut self) -> Vec<FailureCount> {
+        let (read_at, failures) = &mut self.failures;
+        if read_at.is_none_or(|at| at.elapsed() >= FAILURES_EVERY) {
+            let tail = sluice_proxy::access_log::recent(&self.access_log, 1 << 20);
+            *failures = failures::count(&tail)
+                .into_iter()
+                .filter(|f| f.request.len() <= failures::MAX_REQUEST_CHARS)
+                .take(failures::MAX_REPORTED)
+                .collect();
+            *read_at = Some(std::time::Instant::now());
+        }
+        failures.clone()
+    }
 }
 
 /// Routes `route` by `entry`'s table, where this host's `checks` agree,
@@ -174,6 +199,7 @@ impl EntryPoints {
                     version: entry.version.clone(),
                     holding: entry.route.holding(),
                     failing: entry.checks.failing(),
+                    failures: entry.recent_failures(),
                     from: entry.sent_through,
                     through: through.max(entry.sent_through),
                     more: more || windows.len() == MAX_WINDOWS,
@@ -337,7 +363,7 @@ impl EntryPoints {
             &entry.service,
             &entry.environment,
             self.metrics.clone(),
-            Some(AccessLog::new(access_log)),
+            Some(AccessLog::new(access_log.clone())),
         );
         let certificates = match &entry.tls {
             Some(sent) => {
@@ -390,6 +416,8 @@ impl EntryPoints {
             limits: entry.limits.clone(),
             tls: entry.tls.clone(),
             redirect: None,
+            access_log,
+            failures: (None, Vec::new()),
         })
     }
 

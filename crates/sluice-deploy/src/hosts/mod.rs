@@ -165,6 +165,7 @@ impl Hosts {
         (service, environment): (&str, &str),
         port: u16,
         run: &sluice_spec::RunSpec,
+        data: &sluice_spec::DataSpec,
     ) -> Result<()> {
         let secrets = &run.secrets;
         let hosted = Hosted {
@@ -181,6 +182,10 @@ impl Hosts {
             secrets: secrets.to_vec(),
             memory_mb: run.memory_mb,
             millicores: run.millicores,
+            seed: data.seed.as_ref().map(|script| wire::HostedSeed {
+                script: script.clone(),
+                timeout_ms: data.seed_timeout.as_millis() as u64,
+            }),
             address: host.address,
             port,
         };

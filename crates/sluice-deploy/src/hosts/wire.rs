@@ -27,10 +27,22 @@ pub struct Hosted {
     /// The thousandths of its host's cores it needs, when declared (`run.cores`).
     #[serde(default)]
     pub millicores: Option<u64>,
+    /// What fills the environment's data directory on a host the first
+    /// time one of its instances starts there (`data.seed`).
+    #[serde(default)]
+    pub seed: Option<HostedSeed>,
     /// Where it listens: the agent's address, at which the server reaches it.
     #[schema(value_type = String)]
     pub address: std::net::IpAddr,
     pub port: u16,
+}
+
+/// A seed script of the release (`data.seed`) and how long it may run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostedSeed {
+    /// A path in the release's files.
+    pub script: String,
+    pub timeout_ms: u64,
 }
 
 /// What an agent's host runs now, as the agent reports it.
@@ -58,6 +70,10 @@ pub struct EntryReport {
     /// the table says of them.
     #[serde(default)]
     pub failing: Vec<String>,
+    /// The requests that failed most lately at it (from its access log),
+    /// for the incidents the server opens.
+    #[serde(default)]
+    pub failures: Vec<crate::incidents::failures::FailureCount>,
     /// Its windows of the seconds from `from` (the first not sent before)
     /// to `through` (the first not sent now), at most [`MAX_WINDOWS`].
     pub from: u64,
@@ -108,6 +124,18 @@ impl EntryReport {
         if self.holding.len() > MAX_REPORTED || self.failing.len() > MAX_REPORTED {
             return Err(format!(
                 "the report of {}'s entry point names more than {MAX_REPORTED} instances",
+                self.environment
+            ));
+        }
+        use crate::incidents::failures::{MAX_REPORTED as MAX_FAILURES, MAX_REQUEST_CHARS};
+        if self.failures.len() > MAX_FAILURES
+            || self
+                .failures
+                .iter()
+                .any(|f| f.request.len() > MAX_REQUEST_CHARS)
+        {
+            return Err(format!(
+                "the report of {}'s entry point names more than {MAX_FAILURES} failed requests, or one longer than {MAX_REQUEST_CHARS} bytes",
                 self.environment
             ));
         }

@@ -4,13 +4,13 @@
 //! proxy's windows, ranked suspect changes with their diffs, a postmortem,
 //! and the rules that came from it.
 
+pub mod failures;
 pub mod postmortem;
 pub mod suspects;
 
 use sluice_store::IncidentStatus;
 use sluice_store::IncidentTrigger;
 use sluice_store::{DeploymentCause, DeploymentStatus};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -176,35 +176,20 @@ pub(crate) async fn take_alarms(
     }
 }
 
-/// The requests that failed most in the environment's recent access log:
-/// `GET /checkout (57 of 60 failures)`.
+/// The requests that failed most lately at the environment's entry points:
+/// the server's recent access log, and what each agent's host that serves
+/// it last reported of its own: `GET /checkout (57 of 60 failures)`.
 fn failing_paths(inner: &Inner, service: &str, env: &str) -> Vec<String> {
-    let Ok(path) = inner.layout.access_log(service, env) else {
-        return Vec::new();
-    };
-    // The last MiB, across a rotation: never the whole log.
-    let tail = sluice_proxy::access_log::recent(&path, 1 << 20);
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut total = 0u64;
-    for line in tail.lines().rev().take(5000) {
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if entry["status"].as_u64().is_some_and(|s| s >= 500) {
-            let path = entry["path"].as_str().unwrap_or("?");
-            let path = path.split('?').next().unwrap_or(path);
-            let key = format!("{} {path}", entry["method"].as_str().unwrap_or("?"));
-            *counts.entry(key).or_default() += 1;
-            total += 1;
-        }
+    let key = (service.to_string(), env.to_string());
+    let mut counts = inner.hosts.entries.failures(&key, inner.hosts.lease);
+    if let Ok(path) = inner.layout.access_log(service, env) {
+        // The last MiB, across a rotation: never the whole log.
+        counts.push(failures::count(&sluice_proxy::access_log::recent(
+            &path,
+            1 << 20,
+        )));
     }
-    let mut ranked: Vec<(String, u64)> = counts.into_iter().collect();
-    ranked.sort_by_key(|r| std::cmp::Reverse(r.1));
-    ranked
-        .into_iter()
-        .take(3)
-        .map(|(key, n)| format!("{key} ({n} of {total} failures)"))
-        .collect()
+    failures::worst(&counts)
 }
 
 pub(crate) async fn transition(

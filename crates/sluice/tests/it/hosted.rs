@@ -371,6 +371,19 @@ async fn experiments_on_the_hosts_ramp_and_roll_back() {
     repo.commit("v3 fails some", &[("app/ERROR_RATE", "0.05\n")]);
     let rolled = ended(3).await;
     assert_eq!(rolled["status"], "rolled_back", "{rolled:#}");
+    // The incident names what failed, though it failed only at the hosts'
+    // entry points: each sends what failed most in its access log.
+    let incident = cluster
+        .server
+        .wait_for("/incidents?service=shop", "an incident", |i| {
+            i["environment"] == "prod"
+        })
+        .await;
+    let detail = incident["trigger_detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("the failing requests were GET / ("),
+        "{incident:#}"
+    );
     let prod = cluster.server.wait_env("shop", "prod", 2, 4).await;
     assert!(
         prod["instances"]
@@ -757,6 +770,63 @@ async fn the_hosts_entry_points_serve_https_with_the_servers_certificates() {
             "the host kept the old certificate"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each host seeds the environment's data directory the first time one of
+/// its instances starts there (`data.seed`), and never again: what the
+/// instances wrote is still there after the next release.
+#[tokio::test]
+async fn each_host_seeds_its_data_once() {
+    let Some(cluster) = Cluster::start(&["web", "web"]).await else {
+        return;
+    };
+    // The seed is not among `artifact.paths`: it is added by itself.
+    let spec = SPEC.replace(
+        "    hosts: { labels: { role: web } }\n",
+        "    hosts: { labels: { role: web } }\n    data: { seed: fixtures/seed.txt }\n",
+    );
+    let repo = cluster.serve_shop_as(&spec).await;
+    let hosts = host_entry_points(&cluster.server).await;
+    // Through one host's entry point, which routes to the instances on both.
+    let data_of_each = |path: &'static str| {
+        let url = format!("{}{}", hosts[0], path.trim_start_matches('/'));
+        async move {
+            let client = a_connection_a_request().build().unwrap();
+            let mut seen = std::collections::BTreeMap::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while seen.len() < 2 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{url} reached one instance: {seen:?}"
+                );
+                let answer: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+                seen.insert(
+                    answer["instance"].as_str().unwrap().to_string(),
+                    answer["data"].clone(),
+                );
+            }
+            seen
+        }
+    };
+    for (instance, data) in data_of_each("/visit").await {
+        assert!(data.to_string().contains("seed.txt"), "{instance}: {data}");
+    }
+    for name in ["web-1", "web-2"] {
+        let done = cluster
+            .dir
+            .path()
+            .join(format!("{name}/agents/{name}/host/data/shop/prod.seeded"));
+        assert!(done.exists(), "{} is missing", done.display());
+    }
+    repo.commit("v2", &[("app/VERSION", "2\n")]);
+    cluster.server.wait_env("shop", "prod", 2, 2).await;
+    for (instance, data) in data_of_each("/").await {
+        assert_eq!(
+            data,
+            serde_json::json!(["seed.txt", "visits"]),
+            "{instance}"
+        );
     }
 }
 
