@@ -58,6 +58,9 @@ pub struct CiConfig {
     pub log_cap: u64,
     /// How long an agent may be silent before its jobs are taken back.
     pub agent_lease: Duration,
+    /// Jobs without `runs_on:` run on any agent (as `runs_on: {}`), never
+    /// on the server's host.
+    pub jobs_on_agents: bool,
 }
 
 impl CiConfig {
@@ -72,6 +75,7 @@ impl CiConfig {
             isolation: sandbox::Isolation::User,
             log_cap: logs::DEFAULT_CAP,
             agent_lease: DEFAULT_AGENT_LEASE,
+            jobs_on_agents: false,
         }
     }
 }

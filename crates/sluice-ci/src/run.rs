@@ -108,7 +108,7 @@ async fn prepare_and_run(
         }
     };
     let spec = match sluice_spec::parse(sluice_spec::SPEC_FILE, &text) {
-        Ok(spec) => spec,
+        Ok(spec) => on_agents_by_default(spec, engine.config.jobs_on_agents),
         Err(errors) => {
             for line in errors.to_string().lines() {
                 log.line("stderr", line);
@@ -470,6 +470,17 @@ pub(crate) struct JobContext {
     pub(crate) cancel: Cancel,
     /// What its agent packs and uploads, when the artifact comes from it.
     pub(crate) pack: Option<crate::wire::Pack>,
+}
+
+/// `spec` with every job that names no agent (`runs_on:`) sent to any
+/// agent, when the server runs no job itself.
+fn on_agents_by_default(mut spec: Spec, on_agents: bool) -> Spec {
+    if on_agents {
+        for job in &mut spec.pipeline.jobs {
+            job.runs_on.get_or_insert_with(Default::default);
+        }
+    }
+    spec
 }
 
 /// Runs one job: on an agent when it names labels (`runs_on:`), else here.

@@ -144,6 +144,8 @@ pub struct ServeOptions {
     pub public_url: Option<String>,
     /// How long an agent may be silent before its jobs are taken back.
     pub agent_lease: Duration,
+    /// Jobs without `runs_on:` run on any agent, never on this host.
+    pub jobs_on_agents: bool,
     /// With PostgreSQL: how long the controllers' lease lasts unless
     /// renewed (another server takes over within it after this one dies).
     pub controller_lease: Duration,
@@ -439,6 +441,7 @@ async fn activate(
     config.isolation = options.isolation;
     config.log_cap = options.log_cap;
     config.agent_lease = options.agent_lease;
+    config.jobs_on_agents = options.jobs_on_agents;
     if let Some(parallelism) = options.parallelism {
         config.parallelism = parallelism;
     }

@@ -47,6 +47,7 @@ impl Ui {
             log_cap: 16 << 20,
             public_url: None,
             agent_lease: sluice_ci::DEFAULT_AGENT_LEASE,
+            jobs_on_agents: false,
             controller_lease: std::time::Duration::from_secs(10),
             advertise: None,
             socket_keeper: None,

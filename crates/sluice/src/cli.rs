@@ -356,6 +356,11 @@ pub struct Serve {
     /// back (lost, and offered again).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub agent_lease: std::time::Duration,
+    /// Where jobs without `runs_on:` run. `server`: on this host. `agents`:
+    /// on any agent (`runs_on: {}`), so that no commit's code runs where
+    /// the database and the tokens are; with none online they wait.
+    #[arg(long, default_value = "server", value_parser = ["server", "agents"])]
+    pub jobs_on: String,
     /// With PostgreSQL, several servers may share the database: one runs
     /// the controllers under a lease this long, renewed while it lives; the
     /// others forward requests to it and one takes over within this time

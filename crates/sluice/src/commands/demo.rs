@@ -90,6 +90,7 @@ pub async fn demo(options: Demo) -> Result<ExitCode> {
         log_cap: sluice_ci::logs::DEFAULT_CAP,
         public_url: None,
         agent_lease: sluice_ci::DEFAULT_AGENT_LEASE,
+        jobs_on_agents: false,
         controller_lease: std::time::Duration::from_secs(10),
         advertise: None,
         socket_keeper: std::env::current_exe().ok(),

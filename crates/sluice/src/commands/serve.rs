@@ -19,6 +19,7 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
         log_cap: options.log_cap,
         public_url: options.public_url,
         agent_lease: options.agent_lease,
+        jobs_on_agents: options.jobs_on == "agents",
         controller_lease: options.controller_lease,
         advertise: options.advertise,
         socket_keeper: std::env::current_exe().ok(),

@@ -280,6 +280,66 @@ fn sleeping(command: &str) -> bool {
 }
 
 /// The run titled `title` once its log has a line containing `text`.
+/// `sluice serve --jobs-on agents` runs no job on its own host: one without
+/// `runs_on:` waits for an agent, any agent, and passes there.
+#[tokio::test]
+async fn with_jobs_on_agents_a_job_without_runs_on_waits_for_any_agent() {
+    let dir = tempdir();
+    let server = Server::start_on(
+        "127.0.0.1:0",
+        &dir.path().join("data"),
+        None,
+        &["--jobs-on", "agents"],
+    );
+    let repo = GitRepo::new(dir.path(), "shop");
+    let spec = "service: shop\npipeline:\n  jobs:\n    hello:\n      steps:\n        - run: echo \"hello from $PWD\"\n";
+    repo.commit("v0", &[("sluice.yaml", spec)]);
+    server.add_repo(&repo);
+    // With no agent, the job is offered and waits: it is not run here.
+    let waiting = server
+        .wait_for("/runs", "the run waiting for an agent", |r| {
+            r["title"] == "v0" && r["status"] == "running"
+        })
+        .await;
+    let detail = server.get(&format!("/runs/{}", waiting["id"])).await;
+    let hello = &detail["jobs"][0];
+    assert!(
+        hello["attempts"].as_array().is_none_or(|a| a.is_empty()),
+        "{detail:#}"
+    );
+    assert!(
+        !server
+            .logs(&waiting)
+            .await
+            .iter()
+            .any(|l| l.contains("hello from")),
+        "a step ran on the server's host"
+    );
+    let token = server.token_for("anywhere", "agent", &[]).await;
+    let agent_data = dir.path().join("agent");
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let mut agent = std::process::Command::new(crate::support::SLUICE)
+        .args(["agent", "--server", &server.url, "--token", &token])
+        .args(["--name", "anywhere", "--isolation", "none", "--data-dir"])
+        .arg(&agent_data)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let run = server.wait_run("v0", |r| r["title"] == "v0").await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(run["status"], "success", "{run:#}");
+    let attempts = run["jobs"][0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{run:#}");
+    assert_eq!(attempts[0]["agent"], "anywhere");
+    let logs = server.logs(&run).await.join("\n");
+    assert!(
+        logs.contains(&format!("hello from {}", agent_data.display())),
+        "the step ran in the agent's work tree: {logs}"
+    );
+}
+
 async fn wait_log_line(server: &Server, title: &str, text: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
