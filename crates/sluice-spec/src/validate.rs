@@ -690,7 +690,7 @@ fn hosts_spec(
     raw: &Spanned<RawHosts>,
     (data, strategy, acme): (&DataSpec, &Strategy, bool),
 ) -> HostsSpec {
-    let not_yet = "an environment on `hosts` keeps its data on each host, which Sluice seeds there (`data.seed`) but does not copy or snapshot yet";
+    let not_yet = "an environment on `hosts` keeps its data on each host, which Sluice seeds and snapshots there but does not copy yet";
     if data.copy_from.is_some() {
         c.error(
             raw,

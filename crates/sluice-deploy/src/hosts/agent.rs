@@ -347,7 +347,8 @@ impl HostAgent {
         })
         .await??;
         let spec = self.spec_of(hosted)?;
-        self.prepare_data(hosted, &spec).await?;
+        self.seed_data(hosted, &spec).await?;
+        self.snapshot_data(hosted).await?;
         if let Some(uid) = spec.uid {
             for owned in [&dir, &self.data_of(hosted)] {
                 sluice_ci::sandbox::give(owned, uid)?;
@@ -362,7 +363,7 @@ impl HostAgent {
     /// seed that fails leaves nothing behind and runs again at the next
     /// start. Data already there (a seed added by a later release) is
     /// never seeded over.
-    async fn prepare_data(&self, hosted: &Hosted, spec: &InstanceSpec) -> Result<()> {
+    async fn seed_data(&self, hosted: &Hosted, spec: &InstanceSpec) -> Result<()> {
         let data_dir = self.data_of(hosted);
         let done = data_dir.with_extension("seeded");
         let holds_data = std::fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some());
@@ -397,6 +398,38 @@ impl HostAgent {
             .with_context(|| format!("{}'s data on this host", hosted.environment))?;
         std::fs::write(&done, &seed.script)?;
         tracing::info!(service = %hosted.service, env = %hosted.environment, ?filled, "the environment's data seeded on this host");
+        Ok(())
+    }
+
+    /// Snapshots the environment's data on this host before the first
+    /// instance of a release starts here (`envs/SERVICE/ENV/snapshots/
+    /// before-vN.tar.gz`, the newest `data.snapshots` kept), as the server
+    /// does before each deployment: what to go back to when a release
+    /// damages it.
+    async fn snapshot_data(&self, hosted: &Hosted) -> Result<()> {
+        let release = hosted.env.iter().find(|(k, _)| k == "SLUICE_RELEASE");
+        let Some((_, release)) = release.filter(|_| hosted.snapshots > 0) else {
+            return Ok(());
+        };
+        if !is_safe_name(release) {
+            bail!(
+                "the server sent a release named `{}`",
+                release.escape_debug()
+            );
+        }
+        let dir = sluice_spec::Layout::new(&self.config.data_dir)
+            .snapshots(&hosted.service, &hosted.environment)?;
+        let name = format!("before-{release}");
+        if dir.join(format!("{name}.tar.gz")).exists() {
+            return Ok(());
+        }
+        let (data, keep) = (self.data_of(hosted), hosted.snapshots);
+        let taken =
+            tokio::task::spawn_blocking(move || crate::data::snapshot(&data, &dir, &name, keep))
+                .await??;
+        if let Some(path) = taken {
+            tracing::info!(service = %hosted.service, env = %hosted.environment, path = %path.display(), "data snapshot taken on this host");
+        }
         Ok(())
     }
 

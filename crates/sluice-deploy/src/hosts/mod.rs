@@ -182,6 +182,7 @@ impl Hosts {
             secrets: secrets.to_vec(),
             memory_mb: run.memory_mb,
             millicores: run.millicores,
+            snapshots: data.snapshots,
             seed: data.seed.as_ref().map(|script| wire::HostedSeed {
                 script: script.clone(),
                 timeout_ms: data.seed_timeout.as_millis() as u64,

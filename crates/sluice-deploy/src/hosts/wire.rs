@@ -31,6 +31,11 @@ pub struct Hosted {
     /// time one of its instances starts there (`data.seed`).
     #[serde(default)]
     pub seed: Option<HostedSeed>,
+    /// How many snapshots of the environment's data a host keeps: one is
+    /// taken before the first instance of each release starts there
+    /// (`data.snapshots`).
+    #[serde(default)]
+    pub snapshots: u32,
     /// Where it listens: the agent's address, at which the server reaches it.
     #[schema(value_type = String)]
     pub address: std::net::IpAddr,

@@ -775,9 +775,10 @@ async fn the_hosts_entry_points_serve_https_with_the_servers_certificates() {
 
 /// Each host seeds the environment's data directory the first time one of
 /// its instances starts there (`data.seed`), and never again: what the
-/// instances wrote is still there after the next release.
+/// instances wrote is still there after the next release, which each host
+/// snapshots before its first instance starts.
 #[tokio::test]
-async fn each_host_seeds_its_data_once() {
+async fn each_host_seeds_its_data_once_and_snapshots_it_before_a_release() {
     let Some(cluster) = Cluster::start(&["web", "web"]).await else {
         return;
     };
@@ -827,6 +828,22 @@ async fn each_host_seeds_its_data_once() {
             serde_json::json!(["seed.txt", "visits"]),
             "{instance}"
         );
+    }
+    for name in ["web-1", "web-2"] {
+        let snapshot = cluster.dir.path().join(format!(
+            "{name}/agents/{name}/host/envs/shop/prod/snapshots/before-v2.tar.gz"
+        ));
+        let file = std::fs::File::open(&snapshot)
+            .unwrap_or_else(|e| panic!("{}: {e}", snapshot.display()));
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        let mut names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .filter(|p| p != "./" && p != ".")
+            .collect();
+        names.sort();
+        assert_eq!(names, ["seed.txt", "visits"], "{name}");
     }
 }
 
