@@ -293,9 +293,12 @@ pub(crate) async fn start_instance(
     let address = match &host {
         Some(host) => {
             let of = (service.as_str(), env.name.as_str());
+            // B on a copy of the data: the host makes its own copy.
+            let copy_for = data_dir.map(|_| deployment);
+            let data = crate::hosts::wire::HostedData::of(&env.data, copy_for);
             inner
                 .hosts
-                .start(host, &process, of, port, run, &env.data)
+                .start(host, &process, of, port, run, data)
                 .await?;
             host.address
         }

@@ -660,7 +660,7 @@ fn environments(
             let acme = tls
                 .as_ref()
                 .is_some_and(|t| matches!(t.certs, CertSource::Acme(_)));
-            hosts_spec(c, raw, (&data, &strategy, acme))
+            hosts_spec(c, raw, &data, acme)
         });
         out.push(Environment {
             name: name.value.clone(),
@@ -680,33 +680,18 @@ fn environments(
     out
 }
 
-/// `hosts:`. Its instances' data lives on each host, where nothing seeds
-/// or copies it yet: those settings are refused rather than done on the
-/// server's host, where the instances would not see them. The hosts' entry
-/// points serve the certificate files the server sends them, but answer no
-/// ACME challenge: `listen.tls.acme` is refused too.
-fn hosts_spec(
-    c: &mut Checker,
-    raw: &Spanned<RawHosts>,
-    (data, strategy, acme): (&DataSpec, &Strategy, bool),
-) -> HostsSpec {
-    let not_yet = "an environment on `hosts` keeps its data on each host, which Sluice seeds and snapshots there but does not copy yet";
+/// `hosts:`. Its instances' data lives on each host, which seeds it,
+/// snapshots it and copies it for an experiment's B, but has no other
+/// environment's to copy: `data.copy_from` is refused rather than done on
+/// the server's host, where the instances would not see it. The hosts'
+/// entry points serve the certificate files the server sends them, but
+/// answer no ACME challenge: `listen.tls.acme` is refused too.
+fn hosts_spec(c: &mut Checker, raw: &Spanned<RawHosts>, data: &DataSpec, acme: bool) -> HostsSpec {
     if data.copy_from.is_some() {
         c.error(
             raw,
             "`data.copy_from` is not built for an environment on `hosts`",
-            Some(format!(
-                "{not_yet}; seed it with `data.seed`, or run the environment on the server's host"
-            )),
-        );
-    }
-    if let Strategy::Ab(ab) = strategy
-        && ab.data == AbData::Copy
-    {
-        c.error(
-            raw,
-            "`strategy.ab.data: copy` is not built for an environment on `hosts`",
-            Some(format!("{not_yet}; use `data: shared`")),
+            Some("an environment on `hosts` keeps its data on each host, where Sluice does not copy another environment's; seed it with `data.seed`, or run the environment on the server's host".into()),
         );
     }
     if acme {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::entry_points::EntryPoints;
+use super::host_data::HostData;
 use super::wire::{HostReport, HostWork, Hosted, RunningInstance};
 use crate::runtime::{InstanceSpec, LocalRuntime, Recorder, Runtime};
 
@@ -80,6 +81,7 @@ struct HostAgent {
     /// What `running.json` holds, so that it is written only on a change.
     kept: Mutex<Vec<u8>>,
     entry_points: EntryPoints,
+    data: HostData,
 }
 
 /// Runs the host's instances until `stop`; then stops them, unless
@@ -109,6 +111,7 @@ pub async fn run(
             config.socket_keeper.as_deref(),
             config.metrics.clone(),
         ),
+        data: HostData::new(&config.data_dir),
         config,
     };
     agent.adopt_left().await;
@@ -284,7 +287,9 @@ impl HostAgent {
     /// it was done.
     async fn reconcile(&self, mut work: HostWork) -> bool {
         let entries = work.entries.take();
+        let wanted = work.instances.clone();
         let started = self.start_and_stop(work).await;
+        self.data.drop_unused_copies(&wanted);
         self.keep();
         let serving = self.entry_points.serve(entries).await;
         started && serving
@@ -347,99 +352,13 @@ impl HostAgent {
         })
         .await??;
         let spec = self.spec_of(hosted)?;
-        self.seed_data(hosted, &spec).await?;
-        self.snapshot_data(hosted).await?;
+        self.data.prepare(hosted, &spec).await?;
         if let Some(uid) = spec.uid {
-            for owned in [&dir, &self.data_of(hosted)] {
+            for owned in [&dir, &self.data.dir_of(hosted)] {
                 sluice_ci::sandbox::give(owned, uid)?;
             }
         }
         self.runtime.start(spec).await
-    }
-
-    /// Fills the environment's data directory on this host the first time
-    /// one of its instances starts here: with its seed (`data.seed`), run
-    /// in the instance's files as the server runs it, then marked done. A
-    /// seed that fails leaves nothing behind and runs again at the next
-    /// start. Data already there (a seed added by a later release) is
-    /// never seeded over.
-    async fn seed_data(&self, hosted: &Hosted, spec: &InstanceSpec) -> Result<()> {
-        let data_dir = self.data_of(hosted);
-        let done = data_dir.with_extension("seeded");
-        let holds_data = std::fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some());
-        let Some(seed) = hosted
-            .seed
-            .as_ref()
-            .filter(|_| !done.exists() && !holds_data)
-        else {
-            std::fs::create_dir_all(&data_dir)?;
-            return Ok(());
-        };
-        let data = sluice_spec::DataSpec {
-            seed: Some(seed.script.clone()),
-            copy_from: None,
-            scrub: None,
-            snapshots: 0,
-            seed_timeout: Duration::from_millis(seed.timeout_ms.clamp(1000, 86_400_000)),
-        };
-        // The instance's variables but where it listens: the seed serves nothing.
-        let vars = spec
-            .env
-            .iter()
-            .filter(|(k, _)| !["HOST", "PORT", "DATA_DIR"].contains(&k.as_str()))
-            .cloned()
-            .collect();
-        let run_as = crate::data::RunAs {
-            uid: spec.uid,
-            vars,
-        };
-        let filled = crate::data::fill(&data, &data_dir, &spec.workdir, None, &run_as)
-            .await
-            .with_context(|| format!("{}'s data on this host", hosted.environment))?;
-        std::fs::write(&done, &seed.script)?;
-        tracing::info!(service = %hosted.service, env = %hosted.environment, ?filled, "the environment's data seeded on this host");
-        Ok(())
-    }
-
-    /// Snapshots the environment's data on this host before the first
-    /// instance of a release starts here (`envs/SERVICE/ENV/snapshots/
-    /// before-vN.tar.gz`, the newest `data.snapshots` kept), as the server
-    /// does before each deployment: what to go back to when a release
-    /// damages it.
-    async fn snapshot_data(&self, hosted: &Hosted) -> Result<()> {
-        let release = hosted.env.iter().find(|(k, _)| k == "SLUICE_RELEASE");
-        let Some((_, release)) = release.filter(|_| hosted.snapshots > 0) else {
-            return Ok(());
-        };
-        if !is_safe_name(release) {
-            bail!(
-                "the server sent a release named `{}`",
-                release.escape_debug()
-            );
-        }
-        let dir = sluice_spec::Layout::new(&self.config.data_dir)
-            .snapshots(&hosted.service, &hosted.environment)?;
-        let name = format!("before-{release}");
-        if dir.join(format!("{name}.tar.gz")).exists() {
-            return Ok(());
-        }
-        let (data, keep) = (self.data_of(hosted), hosted.snapshots);
-        let taken =
-            tokio::task::spawn_blocking(move || crate::data::snapshot(&data, &dir, &name, keep))
-                .await??;
-        if let Some(path) = taken {
-            tracing::info!(service = %hosted.service, env = %hosted.environment, path = %path.display(), "data snapshot taken on this host");
-        }
-        Ok(())
-    }
-
-    /// The environment's data directory on this host.
-    fn data_of(&self, hosted: &Hosted) -> PathBuf {
-        self.config
-            .data_dir
-            .join("data")
-            .join(&hosted.service)
-            .join(&hosted.environment)
     }
 
     /// How the runtime runs the instance here: in its unpacked files, with
@@ -458,7 +377,7 @@ impl HostAgent {
         env.extend([
             ("HOME".to_string(), path(&work)),
             ("SLUICE_CONFIG_DIR".to_string(), path(&dir.join("config"))),
-            ("DATA_DIR".to_string(), path(&self.data_of(hosted))),
+            ("DATA_DIR".to_string(), path(&self.data.dir_of(hosted))),
             ("SLUICE_HOME".to_string(), path(&self.config.data_dir)),
             ("HOST".to_string(), hosted.address.to_string()),
             ("PORT".to_string(), hosted.port.to_string()),
@@ -525,6 +444,6 @@ fn check_names(hosted: &Hosted) -> Result<()> {
 }
 
 /// A name the server sent that may become a directory.
-fn is_safe_name(name: &str) -> bool {
+pub(super) fn is_safe_name(name: &str) -> bool {
     sluice_spec::is_label(name) && name != "." && name != ".."
 }

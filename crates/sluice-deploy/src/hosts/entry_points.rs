@@ -23,7 +23,7 @@ use super::wire::{
     EntryReport, GoalsReport, HostEntry, HostLimits, HostTls, MAX_GOAL_EVENTS, MAX_WINDOWS,
 };
 use crate::EnvKey;
-use crate::incidents::failures::{self, FailureCount};
+use crate::incidents::failures::{self, FailureCount, FailureTail};
 use crate::sockets::Keeper;
 
 struct EntryPoint {
@@ -46,29 +46,19 @@ struct EntryPoint {
     /// The plain listener sending clients on to HTTPS, on its port; stops
     /// when dropped.
     redirect: Option<(u16, tokio_util::sync::DropGuard)>,
-    /// Its access log, and what failed most in it when last read.
-    access_log: PathBuf,
-    failures: (Option<std::time::Instant>, Vec<FailureCount>),
+    /// What failed lately, as its access log grows.
+    failures: FailureTail,
 }
 
-/// How often a host reads its access log again for what failed most.
-const FAILURES_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl EntryPoint {
-    /// What failed most lately in its access log (its last MiB), read
-    /// again at most every [`FAILURES_EVERY`].
+    /// What failed most lately at it, as much as a report carries.
     fn recent_failures(&mut self) -> Vec<FailureCount> {
-        let (read_at, failures) = &mut self.failures;
-        if read_at.is_none_or(|at| at.elapsed() >= FAILURES_EVERY) {
-            let tail = sluice_proxy::access_log::recent(&self.access_log, 1 << 20);
-            *failures = failures::count(&tail)
-                .into_iter()
-                .filter(|f| f.request.len() <= failures::MAX_REQUEST_CHARS)
-                .take(failures::MAX_REPORTED)
-                .collect();
-            *read_at = Some(std::time::Instant::now());
-        }
-        failures.clone()
+        self.failures
+            .read()
+            .into_iter()
+            .filter(|f| f.request.len() <= failures::MAX_REQUEST_CHARS)
+            .take(failures::MAX_REPORTED)
+            .collect()
     }
 }
 
@@ -416,8 +406,7 @@ impl EntryPoints {
             limits: entry.limits.clone(),
             tls: entry.tls.clone(),
             redirect: None,
-            access_log,
-            failures: (None, Vec::new()),
+            failures: FailureTail::new(&access_log),
         })
     }
 

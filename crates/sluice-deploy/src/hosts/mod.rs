@@ -13,6 +13,7 @@ pub mod agent;
 mod checks;
 pub(crate) mod entries;
 mod entry_points;
+mod host_data;
 pub(crate) mod lost;
 pub(crate) mod place;
 mod tls;
@@ -165,7 +166,7 @@ impl Hosts {
         (service, environment): (&str, &str),
         port: u16,
         run: &sluice_spec::RunSpec,
-        data: &sluice_spec::DataSpec,
+        data: wire::HostedData,
     ) -> Result<()> {
         let secrets = &run.secrets;
         let hosted = Hosted {
@@ -182,11 +183,7 @@ impl Hosts {
             secrets: secrets.to_vec(),
             memory_mb: run.memory_mb,
             millicores: run.millicores,
-            snapshots: data.snapshots,
-            seed: data.seed.as_ref().map(|script| wire::HostedSeed {
-                script: script.clone(),
-                timeout_ms: data.seed_timeout.as_millis() as u64,
-            }),
+            data,
             address: host.address,
             port,
         };

@@ -27,19 +27,45 @@ pub struct Hosted {
     /// The thousandths of its host's cores it needs, when declared (`run.cores`).
     #[serde(default)]
     pub millicores: Option<u64>,
-    /// What fills the environment's data directory on a host the first
-    /// time one of its instances starts there (`data.seed`).
+    /// What its host does with the environment's data for it.
     #[serde(default)]
-    pub seed: Option<HostedSeed>,
-    /// How many snapshots of the environment's data a host keeps: one is
-    /// taken before the first instance of each release starts there
-    /// (`data.snapshots`).
-    #[serde(default)]
-    pub snapshots: u32,
+    pub data: HostedData,
     /// Where it listens: the agent's address, at which the server reaches it.
     #[schema(value_type = String)]
     pub address: std::net::IpAddr,
     pub port: u16,
+}
+
+/// What a host does with an environment's data for an instance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostedData {
+    /// What fills the environment's data directory on a host the first
+    /// time one of its instances starts there (`data.seed`).
+    pub seed: Option<HostedSeed>,
+    /// How many snapshots of the environment's data a host keeps: one is
+    /// taken before the first instance of each release starts there
+    /// (`data.snapshots`).
+    pub snapshots: u32,
+    /// The copy of the environment's data an experiment's B works on
+    /// (`strategy.ab.data: copy`), by name (`experiment-N`): made on a host
+    /// the first time one of B's instances starts there, dropped once none
+    /// runs there.
+    pub copy: Option<String>,
+}
+
+impl HostedData {
+    /// For an instance of an environment with `data`; B's of experiment
+    /// deployment `copy_for` when B works on a copy.
+    pub fn of(data: &sluice_spec::DataSpec, copy_for: Option<i64>) -> HostedData {
+        HostedData {
+            seed: data.seed.as_ref().map(|script| HostedSeed {
+                script: script.clone(),
+                timeout_ms: data.seed_timeout.as_millis() as u64,
+            }),
+            snapshots: data.snapshots,
+            copy: copy_for.map(|deployment| format!("experiment-{deployment}")),
+        }
+    }
 }
 
 /// A seed script of the release (`data.seed`) and how long it may run.

@@ -331,15 +331,17 @@ async fn experiments_on_the_hosts_ramp_and_roll_back() {
     let loads: Vec<Load> = hosts.iter().map(|h| Load::start(h.clone())).collect();
 
     repo.commit("v2", &[("app/VERSION", "2\n")]);
+    // B's group whole (its instances are placed one after another) beside A.
     let both = wait_prod(&cluster.server, "B beside A on the hosts", |prod| {
-        let releases: BTreeSet<i64> = prod["instances"]
+        let on_hosts: Vec<i64> = prod["instances"]
             .as_array()
             .into_iter()
             .flatten()
             .filter(|i| i["host"].is_string())
             .filter_map(|i| i["release"].as_i64())
             .collect();
-        releases == [1, 2].into()
+        let count = |release| on_hosts.iter().filter(|r| **r == release).count();
+        count(1) == 4 && count(2) == 4
     })
     .await;
     // B's instances are spread over both hosts too.
@@ -817,7 +819,7 @@ async fn each_host_seeds_its_data_once_and_snapshots_it_before_a_release() {
         let done = cluster
             .dir
             .path()
-            .join(format!("{name}/agents/{name}/host/data/shop/prod.seeded"));
+            .join(format!("{name}/agents/{name}/host/seeded/shop/prod"));
         assert!(done.exists(), "{} is missing", done.display());
     }
     repo.commit("v2", &[("app/VERSION", "2\n")]);
@@ -844,6 +846,101 @@ async fn each_host_seeds_its_data_once_and_snapshots_it_before_a_release() {
             .collect();
         names.sort();
         assert_eq!(names, ["seed.txt", "visits"], "{name}");
+    }
+}
+
+/// An experiment's B works on a copy of the data (`strategy.ab.data:
+/// copy`) made on each host that runs B: what B writes, A does not see,
+/// and the copies go from every host when the experiment ends.
+#[tokio::test]
+async fn b_works_on_a_copy_of_each_hosts_data_that_goes_when_it_ends() {
+    let Some(cluster) = Cluster::start(&["web", "web"]).await else {
+        return;
+    };
+    let spec = format!(
+        "{}    data: {{ seed: fixtures/seed.txt }}\n    strategy:\n      ab: {{ steps: [50, 100], min_requests: 100000, min_duration: 1h, max_step: 2h, allow_force: true, data: copy }}\n",
+        SPEC
+    );
+    cluster.serve_shop_as(&spec).await;
+    let hosts = host_entry_points(&cluster.server).await;
+    let (status, body) = cluster
+        .server
+        .post(
+            "/experiments",
+            serde_json::json!({ "service": "shop", "env": "prod", "release": 1 }),
+        )
+        .await;
+    assert_eq!(status, 202, "{body:#}");
+    let running = cluster
+        .server
+        .wait_for("/experiments?service=shop", "B running", |x| {
+            x["status"] == "running"
+        })
+        .await;
+    let copies = |name: &str| {
+        let dir = cluster
+            .dir
+            .path()
+            .join(format!("{name}/agents/{name}/host/copies/shop/prod"));
+        std::fs::read_dir(dir).map_or(0, |d| d.count())
+    };
+    assert_eq!(
+        (copies("web-1"), copies("web-2")),
+        (1, 1),
+        "B spread, a copy on each host"
+    );
+    // Through either host: B writes into its copy; A does not see it.
+    let client = a_connection_a_request().build().unwrap();
+    let data_as = |host: &String, variant: &'static str, path: &'static str| {
+        let request = client
+            .get(format!("{host}{}", path.trim_start_matches('/')))
+            .header("x-sluice-variant", variant);
+        async move {
+            let answer: Value = request.send().await.unwrap().json().await.unwrap();
+            answer["data"].clone()
+        }
+    };
+    for host in &hosts {
+        for _ in 0..4 {
+            data_as(host, "b", "/visit").await;
+        }
+    }
+    for host in &hosts {
+        for _ in 0..4 {
+            assert_eq!(
+                data_as(host, "a", "/").await,
+                serde_json::json!(["seed.txt"])
+            );
+            assert_eq!(
+                data_as(host, "b", "/").await,
+                serde_json::json!(["seed.txt", "visits"])
+            );
+        }
+    }
+    let (status, body) = cluster
+        .server
+        .post(
+            &format!("/experiments/{}/abort", running["id"]),
+            serde_json::json!({}),
+        )
+        .await;
+    assert!(status < 300, "{status} {body:#}");
+    cluster
+        .server
+        .wait_for("/experiments?service=shop", "the experiment ended", |x| {
+            x["status"] == "aborted"
+        })
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (copies("web-1"), copies("web-2")) != (0, 0) {
+        assert!(Instant::now() < deadline, "B's copies stayed on the hosts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for host in &hosts {
+        assert_eq!(
+            data_as(host, "a", "/").await,
+            serde_json::json!(["seed.txt"])
+        );
     }
 }
 
