@@ -36,7 +36,7 @@ pub fn count(tail: &str) -> Vec<FailureCount> {
 /// failed (5xx).
 pub fn failed(line: &str) -> Option<String> {
     let entry = serde_json::from_str::<serde_json::Value>(line).ok()?;
-    if !entry["status"].as_u64().is_some_and(|s| s >= 500) {
+    if entry["status"].as_u64().is_none_or(|s| s < 500) {
         return None;
     }
     let path = entry["path"].as_str().unwrap_or("?");
