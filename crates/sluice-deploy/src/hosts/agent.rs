@@ -433,7 +433,7 @@ fn write_private(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// plain names.
 fn check_names(hosted: &Hosted) -> Result<()> {
     for name in [&hosted.id, &hosted.service, &hosted.environment] {
-        if !is_safe_name(name) {
+        if !super::wire::is_safe_name(name) {
             bail!(
                 "the server sent an instance named `{}`",
                 name.escape_debug()
@@ -441,9 +441,4 @@ fn check_names(hosted: &Hosted) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A name the server sent that may become a directory.
-pub(super) fn is_safe_name(name: &str) -> bool {
-    sluice_spec::is_label(name) && name != "." && name != ".."
 }

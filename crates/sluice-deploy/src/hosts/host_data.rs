@@ -57,7 +57,7 @@ impl HostData {
     /// and B's copy made (once per experiment).
     pub(crate) async fn prepare(&self, hosted: &Hosted, spec: &InstanceSpec) -> Result<()> {
         if let Some(copy) = &hosted.data.copy
-            && !(copy.starts_with(COPY_PREFIX) && super::agent::is_safe_name(copy))
+            && !(copy.starts_with(COPY_PREFIX) && super::wire::is_safe_name(copy))
         {
             bail!(
                 "the server sent a copy of data named `{}`",
@@ -125,7 +125,7 @@ impl HostData {
         let Some((_, release)) = release.filter(|_| hosted.data.snapshots > 0) else {
             return Ok(());
         };
-        if !super::agent::is_safe_name(release) {
+        if !super::wire::is_safe_name(release) {
             bail!(
                 "the server sent a release named `{}`",
                 release.escape_debug()

@@ -376,6 +376,11 @@ impl HostCheck {
     }
 }
 
+/// A name the server sent that may become a directory on a host.
+pub fn is_safe_name(name: &str) -> bool {
+    sluice_spec::is_label(name) && name != "." && name != ".."
+}
+
 /// Environment variables an agent sets itself for each instance.
 pub const AGENT_SETS: [&str; 6] = [
     "HOME",
