@@ -1190,16 +1190,18 @@ mod tests {
             })
             .await;
         assert_eq!(world.answer("prod").await, "v2");
-        let promotions = world
-            .store()
-            .promotions(Some("shop"), false, 10)
-            .await
-            .unwrap();
-        assert!(
-            promotions
-                .iter()
-                .any(|p| p.release == 2 && p.status == PromotionStatus::Done)
-        );
+        // Marked done once the deployment that carried it out has ended,
+        // which the environment's status may show a moment before.
+        world
+            .until("the promotion done", || async {
+                let promotions = world.store().promotions(Some("shop"), false, 10).await;
+                promotions
+                    .ok()?
+                    .iter()
+                    .any(|p| p.release == 2 && p.status == PromotionStatus::Done)
+                    .then_some(())
+            })
+            .await;
     }
 
     #[tokio::test]
