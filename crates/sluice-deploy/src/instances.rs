@@ -52,7 +52,7 @@ pub(crate) async fn prepare(
             .transpose()?;
         let run_as = seed_run_as(service, env, &data_dir, inner.env_uid(service, &env.name));
         // On agents' hosts, each host seeds its own data directory.
-        let here = match env.hosts {
+        let here = match inner.hosts_of(env) {
             Some(_) => sluice_spec::DataSpec {
                 seed: None,
                 ..env.data.clone()
@@ -245,7 +245,7 @@ pub(crate) async fn start_instance(
         .map(|l| l.backend.addr.port())
         .collect();
     let port = free_port(&taken, run.ports)?;
-    let host = match &env.hosts {
+    let host = match &inner.hosts_of(env) {
         Some(hosts) => Some(
             inner
                 .hosts

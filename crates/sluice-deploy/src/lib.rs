@@ -151,7 +151,8 @@ impl Entry {
                     || mine.ip().is_unspecified()
                     || addr.ip().is_unspecified())
         };
-        addr.port() != 0 && (overlaps(self.listen) || overlaps(self.listener.addr))
+        let bound = self.listener.as_ref().map(|l| l.addr);
+        addr.port() != 0 && (overlaps(self.listen) || bound.is_some_and(overlaps))
     }
 }
 
@@ -175,6 +176,10 @@ pub struct CdConfig {
     pub socket_keeper: Option<std::path::PathBuf>,
     /// An agent silent this long gets no instances.
     pub agent_lease: Duration,
+    /// Where environments without `hosts:` run: the agents these select
+    /// (the server's local agent, `sluice serve --local-agent`), which
+    /// serve their entry points alone. None: in this server's process.
+    pub local_agent: Option<sluice_spec::HostsSpec>,
 }
 
 impl CdConfig {
@@ -188,6 +193,7 @@ impl CdConfig {
             isolation: sluice_ci::sandbox::Isolation::User,
             socket_keeper: None,
             agent_lease: sluice_ci::DEFAULT_AGENT_LEASE,
+            local_agent: None,
         }
     }
 }
@@ -264,7 +270,8 @@ struct Entry {
     route: Route,
     /// The address `listen:` asked for (port 0: any), as bound by `listener`.
     listen: std::net::SocketAddr,
-    listener: Listener,
+    /// None when the local agent serves it alone (`CdConfig::local_agent`).
+    listener: Option<Listener>,
     /// The HTTPS `listen:` asked for, as served by `listener`.
     tls: Option<sluice_spec::TlsSpec>,
     /// The limits `listen:` asked for, as `listener` holds clients to.
@@ -757,7 +764,7 @@ impl Cd {
             .lock()
             .unwrap()
             .values()
-            .map(|e| e.listener.shutdown())
+            .filter_map(|e| e.listener.as_ref().map(|l| l.shutdown()))
             .collect();
         futures::future::join_all(draining).await;
         traffic::flush(&self.inner, true).await;
@@ -894,8 +901,12 @@ impl Inner {
                     env.name
                 );
             }
+            let here = self.local_agent_for(env).is_none();
             entries.get(&key).map(|e| {
-                let same = e.listen == env.listen && e.tls == env.tls && e.limits == env.limits;
+                let same = e.listen == env.listen
+                    && e.tls == env.tls
+                    && e.limits == env.limits
+                    && e.listener.is_some() == here;
                 (e.route.clone(), e.telemetry.clone(), same)
             })
         };
@@ -909,7 +920,7 @@ impl Inner {
             Some((route, _, true)) => {
                 add_first(&route);
                 if let Some(entry) = self.entries.lock().unwrap().get_mut(&key) {
-                    entry.hosts = env.hosts.clone();
+                    entry.hosts = self.hosts_of(env);
                 }
                 return Ok(route);
             }
@@ -928,6 +939,10 @@ impl Inner {
             }
         };
         add_first(&route);
+        if self.local_agent_for(env).is_some() {
+            self.leave_to_local_agent(key, env, route.clone(), telemetry);
+            return Ok(route);
+        }
         let (certificates, keeper) = self.certificates(service, env)?;
         let limits = entry_limits(&env.limits, self.config.drain_timeout);
         // At the same address, the new listener takes over the old one's
@@ -935,8 +950,9 @@ impl Inner {
         let replaced = {
             let entries = self.entries.lock().unwrap();
             let same_address = entries.get(&key).filter(|e| e.listen == env.listen);
-            same_address.map(|entry| {
-                entry.listener.replace(
+            let listening = same_address.and_then(|e| e.listener.as_ref());
+            listening.map(|listener| {
+                listener.replace(
                     route.clone(),
                     &env.name,
                     telemetry.clone(),
@@ -1018,12 +1034,12 @@ impl Inner {
             // The old listener is dropped here, after the new one listens.
             Some(entry) => {
                 entry.listen = env.listen;
-                entry.listener = listener;
+                entry.listener = Some(listener);
                 entry.tls = env.tls.clone();
                 entry.limits = env.limits;
                 entry._redirect = redirect;
                 entry.keeper = keeper;
-                entry.hosts = env.hosts.clone();
+                entry.hosts = self.hosts_of(env);
             }
             None => {
                 entries.insert(
@@ -1031,19 +1047,72 @@ impl Inner {
                     Entry {
                         route: route.clone(),
                         listen: env.listen,
-                        listener,
+                        listener: Some(listener),
                         tls: env.tls.clone(),
                         limits: env.limits,
                         _redirect: redirect,
                         keeper,
                         telemetry,
                         stored_until: 0,
-                        hosts: env.hosts.clone(),
+                        hosts: self.hosts_of(env),
                     },
                 );
             }
         }
         Ok(route)
+    }
+
+    /// The agents `env`'s instances run on: those its `hosts:` select, or
+    /// the local agent for an environment it serves; none: this process.
+    fn hosts_of(&self, env: &sluice_spec::Environment) -> Option<sluice_spec::HostsSpec> {
+        env.hosts
+            .clone()
+            .or_else(|| self.local_agent_for(env).cloned())
+    }
+
+    /// The local agent, when `env` runs there and only there: it has no
+    /// `hosts:` of its own, and needs nothing the hosts do not do yet.
+    fn local_agent_for(&self, env: &sluice_spec::Environment) -> Option<&sluice_spec::HostsSpec> {
+        let local = self.config.local_agent.as_ref()?;
+        (env.hosts.is_none() && env.runs_on_hosts()).then_some(local)
+    }
+
+    /// Makes `env`'s entry point the local agent's alone: this process
+    /// routes and counts for it but listens nowhere, and lets its former
+    /// listener and kept sockets go so that the agent can bind the address.
+    fn leave_to_local_agent(
+        &self,
+        key: EnvKey,
+        env: &sluice_spec::Environment,
+        route: Route,
+        telemetry: Telemetry,
+    ) {
+        if let Some(keeper) = &self.kept_sockets {
+            let _ = keeper.drop_key(&sockets_key(&key.0, &key.1));
+        }
+        let mut entries = self.entries.lock().unwrap();
+        let entry = entries.entry(key).or_insert_with(|| Entry {
+            route,
+            listen: env.listen,
+            listener: None,
+            tls: None,
+            limits: env.limits,
+            _redirect: None,
+            keeper: None,
+            telemetry,
+            stored_until: 0,
+            hosts: None,
+        });
+        entry.listen = env.listen;
+        entry.tls = env.tls.clone();
+        entry.limits = env.limits;
+        entry.hosts = self.hosts_of(env);
+        entry._redirect = None;
+        entry.keeper = None;
+        // Dropped, it stops accepting; what it accepted is answered.
+        if let Some(listener) = entry.listener.take() {
+            tokio::spawn(listener.shutdown());
+        }
     }
 
     /// The sockets a previous server's entry point listened on, kept
@@ -1062,7 +1131,7 @@ impl Inner {
             .filter(|k| !k.is_empty())?;
         let at = kept[0].local_addr().ok()?;
         let wanted = env.listen;
-        if at.ip() == wanted.ip() && (wanted.port() == 0 || wanted.port() == at.port()) {
+        if sockets::serve_as(at, wanted) {
             tracing::info!(service, env = %env.name, addr = %at, "the entry point takes back the sockets a previous server listened on");
             Some(kept)
         } else {
@@ -1126,9 +1195,20 @@ impl Inner {
         env: &str,
     ) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
         let entries = self.entries.lock().unwrap();
-        entries
-            .get(&(service.to_string(), env.to_string()))
-            .map(|e| (e.listen, e.listener.addr))
+        let key = (service.to_string(), env.to_string());
+        let entry = entries.get(&key)?;
+        let bound = match &entry.listener {
+            Some(listener) => listener.addr,
+            // The local agent's, as it reports it.
+            None => {
+                self.hosts
+                    .entries
+                    .points(&key, self.hosts.lease)
+                    .first()?
+                    .address
+            }
+        };
+        Some((entry.listen, bound))
     }
 
     /// The environments on hosts whose `hosts:` `matches`, with their
@@ -1153,7 +1233,10 @@ impl Inner {
             .filter(|(_, e)| e.hosts.as_ref().is_some_and(&matches))
             .map(|(key, e)| hosts::Served {
                 key: key.clone(),
-                port: e.listener.addr.port(),
+                listen: match &e.listener {
+                    Some(listener) => hosts::Listen::Port(listener.addr.port()),
+                    None => hosts::Listen::At(e.listen),
+                },
                 checks: (e.route.backends().iter())
                     .filter_map(|b| Some((b.id.clone(), check_of(&b.id)?)))
                     .collect(),

@@ -38,6 +38,12 @@ const MAX_FDS: usize = 64;
 /// The longest request: a verb and a key.
 const MAX_REQUEST: usize = 512;
 
+/// Whether kept sockets bound at `at` serve a `listen:` of `wanted`: the
+/// same address, or any port of its IP when it asks for port 0.
+pub fn serve_as(at: std::net::SocketAddr, wanted: std::net::SocketAddr) -> bool {
+    at.ip() == wanted.ip() && (wanted.port() == 0 || wanted.port() == at.port())
+}
+
 /// The keeper's Unix socket under a data directory.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("entry-sockets.sock")
@@ -312,6 +318,24 @@ impl Keeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_sockets_serve_the_same_address_or_any_port_asked_for() {
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        for (kept, wanted, serves) in [
+            ("127.0.0.1:4100", "127.0.0.1:4100", true),
+            ("127.0.0.1:4100", "127.0.0.1:0", true),
+            ("127.0.0.1:4100", "127.0.0.1:4101", false),
+            ("127.0.0.1:4100", "0.0.0.0:4100", false),
+            ("0.0.0.0:4100", "127.0.0.1:0", false),
+        ] {
+            assert_eq!(
+                serve_as(at(kept), at(wanted)),
+                serves,
+                "{kept} for {wanted}"
+            );
+        }
+    }
 
     /// The keeper's loop in a thread of the test, as the process would run it.
     fn keeper_in(dir: &Path) -> PathBuf {

@@ -122,11 +122,8 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
             _ => Vec::new(),
         };
         let listen = inner
-            .entries
-            .lock()
-            .unwrap()
-            .get(&(state.service.clone(), state.name.clone()))
-            .map(|e| e.listener.addr.to_string());
+            .entry_point(&state.service, &state.name)
+            .map(|(_, bound)| bound.to_string());
         let key = (state.service.clone(), state.name.clone());
         let host_entry_points = inner
             .hosts

@@ -10,6 +10,7 @@ mod ids;
 mod lease;
 mod limit;
 mod listen;
+pub mod local_agent;
 mod standby;
 pub mod ui;
 
@@ -155,6 +156,9 @@ pub struct ServeOptions {
     /// This binary, whose `keep-sockets` keeps the entry points' sockets
     /// through a crash of the server; none: they close with it.
     pub socket_keeper: Option<PathBuf>,
+    /// Run the environments without `hosts:` on a local agent, a process
+    /// of its own that outlives this one (`--local-agent`).
+    pub local_agent: Option<local_agent::LocalAgent>,
 }
 
 /// A server bound to its address, ready to serve.
@@ -244,6 +248,10 @@ impl Server {
                 .map_err(|e| anyhow::anyhow!(e.message))?,
             None => None,
         };
+        // After the admin's token: the first token made is the admin's.
+        if let Some(active) = &active {
+            start_local_agent(&active.state, &options, &data_dir, addr).await?;
+        }
         Ok(Server {
             addr,
             initial_admin_token,
@@ -255,6 +263,12 @@ impl Server {
             active,
             candidate,
         })
+    }
+
+    /// Where the local agent logs, when this server runs one.
+    pub fn local_agent_log(&self) -> Option<PathBuf> {
+        let running = self.active.is_some() && self.options.local_agent.is_some();
+        running.then(|| local_agent::log_path(&self.data_dir))
     }
 
     /// Whether another server runs the controllers: this one forwards
@@ -307,6 +321,7 @@ impl Server {
             ..
         } = self;
         let (stop, lost) = (CancellationToken::new(), CancellationToken::new());
+        let local_agent = (options.local_agent.clone(), data_dir.clone());
         let slot = Arc::new(tokio::sync::Mutex::new(active));
         let peers = match &candidate {
             Some(_) => Some(Arc::new(standby::Vouch::new(&store.peer_secret().await?))),
@@ -371,6 +386,9 @@ impl Server {
                 active.state.cd.hand_over().await;
             } else {
                 active.state.cd.shutdown().await;
+                if let (Some(agent), data_dir) = &local_agent {
+                    local_agent::stop(data_dir, agent).await;
+                }
             }
             active.notifier.shutdown().await;
             if let (Some(candidate), Some(term)) = (&candidate, active.term)
@@ -415,6 +433,12 @@ impl Takeover {
         .await
         {
             Ok(active) => {
+                let local =
+                    start_local_agent(&active.state, &self.options, &self.data_dir, self.addr)
+                        .await;
+                if let Err(e) = local {
+                    tracing::error!(error = %format!("{e:#}"), "could not start the local agent");
+                }
                 self.switch.serve_own(router(active.state.clone()));
                 *slot = Some(active);
                 tracing::info!(term, "took the controllers over");
@@ -425,6 +449,25 @@ impl Takeover {
             }
         }
     }
+}
+
+/// Starts the local agent, when asked for, reaching this server at `addr`.
+async fn start_local_agent(
+    state: &AppState,
+    options: &ServeOptions,
+    data_dir: &std::path::Path,
+    addr: SocketAddr,
+) -> anyhow::Result<()> {
+    let Some(agent) = &options.local_agent else {
+        return Ok(());
+    };
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let url = format!("http://{}", SocketAddr::new(host, addr.port()));
+    let name = data_dir::server_name(data_dir)?;
+    local_agent::ensure(state, agent, data_dir, &name, &url).await
 }
 
 /// Recovers what a previous holder left and starts the engines.
@@ -452,6 +495,10 @@ async fn activate(
     cd_config.isolation = options.isolation;
     cd_config.socket_keeper = options.socket_keeper.clone();
     cd_config.agent_lease = options.agent_lease;
+    if options.local_agent.is_some() {
+        let name = data_dir::server_name(data_dir)?;
+        cd_config.local_agent = Some(local_agent::selector(&name));
+    }
     let cd = Cd::start(store.clone(), cd_config, metrics).await?;
     let ci = Ci::start(store.clone(), config, vec![Arc::new(cd.release_maker())]).await?;
     let public_url = options

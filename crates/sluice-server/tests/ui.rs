@@ -51,6 +51,7 @@ impl Ui {
             controller_lease: std::time::Duration::from_secs(10),
             advertise: None,
             socket_keeper: None,
+            local_agent: None,
         })
         .await
         .unwrap();

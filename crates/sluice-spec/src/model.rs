@@ -230,6 +230,15 @@ pub struct Environment {
     pub hosts: Option<HostsSpec>,
 }
 
+impl Environment {
+    /// Whether agents' hosts can run it: they copy no other environment's
+    /// data (`data.copy_from`) and answer no ACME challenge.
+    pub fn runs_on_hosts(&self) -> bool {
+        let acme = (self.tls.as_ref()).is_some_and(|t| matches!(t.certs, CertSource::Acme(_)));
+        self.data.copy_from.is_none() && !acme
+    }
+}
+
 /// `hosts: { labels: { role: web }, spread: true }`: an environment's
 /// instances run on the agents whose labels include every one named here.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

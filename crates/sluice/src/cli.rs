@@ -361,6 +361,13 @@ pub struct Serve {
     /// the database and the tokens are; with none online they wait.
     #[arg(long, default_value = "server", value_parser = ["server", "agents"])]
     pub jobs_on: String,
+    /// Run the environments without `hosts:` on a local agent: a process
+    /// of its own, started by this server, that supervises their instances
+    /// and serves their entry points, and keeps them serving while this
+    /// server is down (a crash, an upgrade). A clean stop of the server
+    /// stops it too.
+    #[arg(long, env = "SLUICE_LOCAL_AGENT")]
+    pub local_agent: bool,
     /// With PostgreSQL, several servers may share the database: one runs
     /// the controllers under a lease this long, renewed while it lives; the
     /// others forward requests to it and one takes over within this time

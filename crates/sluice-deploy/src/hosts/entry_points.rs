@@ -414,7 +414,7 @@ impl EntryPoints {
     fn kept(&self, key: &str, listen: SocketAddr) -> Option<Vec<std::net::TcpListener>> {
         let keeper = self.keeper()?;
         let kept = keeper.take(key).ok().filter(|k| !k.is_empty())?;
-        if kept[0].local_addr().ok()? == listen {
+        if crate::sockets::serve_as(kept[0].local_addr().ok()?, listen) {
             Some(kept)
         } else {
             let _ = keeper.drop_key(key);

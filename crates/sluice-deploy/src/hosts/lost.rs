@@ -16,32 +16,35 @@ use crate::{Inner, Live};
 /// How often agents' silences are looked at.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
-/// The agents silent past `lease` at `now` (milliseconds).
-fn silent(agents: &[Agent], now: i64, lease: Duration) -> Vec<&str> {
+/// The agents silent past `lease` at `now` (milliseconds), to a server
+/// listening since `since`: one that was down heard nobody meanwhile, and
+/// gives every agent a lease from its start to be heard again.
+fn silent(agents: &[Agent], now: i64, since: i64, lease: Duration) -> Vec<&str> {
     let lease = lease.as_millis() as i64;
     agents
         .iter()
-        .filter(|a| now - a.seen_at > lease)
+        .filter(|a| now - a.seen_at.max(since) > lease)
         .map(|a| a.name.as_str())
         .collect()
 }
 
 /// Looks for lost hosts until the server stops.
 pub(crate) async fn watch(inner: Arc<Inner>) {
+    let since = sluice_store::now_ms();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(LOOK_EVERY) => {}
             _ = inner.shutdown.cancelled() => return,
         }
-        if let Err(e) = look(&inner).await {
+        if let Err(e) = look(&inner, since).await {
             tracing::warn!(error = %format!("{e:#}"), "could not look for lost hosts");
         }
     }
 }
 
-async fn look(inner: &Arc<Inner>) -> anyhow::Result<()> {
+async fn look(inner: &Arc<Inner>, since: i64) -> anyhow::Result<()> {
     let agents = inner.store.agents().await?;
-    let silent = silent(&agents, sluice_store::now_ms(), inner.hosts.lease);
+    let silent = silent(&agents, sluice_store::now_ms(), since, inner.hosts.lease);
     if silent.is_empty() {
         return Ok(());
     }
@@ -120,9 +123,8 @@ async fn lose(
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_agent_is_silent_once_its_lease_has_passed() {
-        let agent = |name: &str, seen_at| Agent {
+    fn agent(name: &str, seen_at: i64) -> Agent {
+        Agent {
             id: 1,
             name: name.into(),
             token_id: String::new(),
@@ -133,12 +135,25 @@ mod tests {
             registered_at: 0,
             seen_at,
             address: String::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn an_agent_is_silent_once_its_lease_has_passed() {
         let agents = [
             agent("heard", 9_000),
             agent("at-the-edge", 7_000),
             agent("gone", 6_999),
         ];
-        assert_eq!(silent(&agents, 10_000, Duration::from_secs(3)), ["gone"]);
+        assert_eq!(silent(&agents, 10_000, 0, Duration::from_secs(3)), ["gone"]);
+    }
+
+    #[test]
+    fn a_server_that_was_down_gives_every_agent_a_lease_from_its_start() {
+        // Heard last at 1 s; the server was down from then until 60 s.
+        let agents = [agent("waited-for", 1_000)];
+        let lease = Duration::from_secs(3);
+        assert!(silent(&agents, 62_000, 60_000, lease).is_empty());
+        assert_eq!(silent(&agents, 63_001, 60_000, lease), ["waited-for"]);
     }
 }

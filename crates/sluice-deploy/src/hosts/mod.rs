@@ -94,7 +94,7 @@ impl Hosts {
         let agents = self.store.agents().await?;
         let candidates: Vec<place::Candidate> = agents
             .iter()
-            .filter(|a| now - a.seen_at <= lease && a.matches(&hosts.labels))
+            .filter(|a| now - a.seen_at <= lease && selects(hosts, a))
             .filter(|a| a.address.parse::<IpAddr>().is_ok())
             .map(|a| {
                 let mine: Vec<_> = placements
@@ -243,11 +243,32 @@ impl Hosts {
     }
 }
 
+/// The label of the local agent `sluice serve --local-agent` starts; its
+/// value is the server's name.
+pub const LOCAL_LABEL: &str = "sluice.local";
+
+/// Whether `agent` is one of the hosts `hosts` selects. The local agent
+/// runs only what is left to it: an environment that names its hosts
+/// means others, and its entry point on the server's host is the server's.
+fn selects(hosts: &sluice_spec::HostsSpec, agent: &sluice_store::Agent) -> bool {
+    let local = |labels: &BTreeMap<String, String>| labels.contains_key(LOCAL_LABEL);
+    agent.matches(&hosts.labels) && (local(&hosts.labels) || !local(&agent.labels()))
+}
+
+/// Where a host's entry point listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Listen {
+    /// On the host's address, at the port of the server's own.
+    Port(u16),
+    /// Exactly at the address `listen:` declares: the local agent, which
+    /// serves it in the server's place.
+    At(std::net::SocketAddr),
+}
+
 /// An environment whose entry point an agent is to serve.
 pub(crate) struct Served {
     pub key: crate::EnvKey,
-    /// The port of its `listen:`.
-    pub port: u16,
+    pub listen: Listen,
     pub route: sluice_proxy::Route,
     /// Each instance's health check, which the hosts run too.
     pub checks: BTreeMap<String, wire::HostCheck>,
@@ -276,7 +297,7 @@ pub(crate) async fn answer(
         .find(|a| a.name == agent);
     let address = me.as_ref().and_then(|a| a.address.parse::<IpAddr>().ok());
     let served_by_me = || match (&me, address) {
-        (Some(me), Some(_)) => inner.served_by(|spec| me.matches(&spec.labels)),
+        (Some(me), Some(_)) => inner.served_by(|spec| selects(spec, me)),
         _ => Some(Vec::new()),
     };
     // Only what the agent is asked to serve counts: no other environment's traffic.
@@ -321,7 +342,12 @@ pub(crate) async fn answer(
                     .map(|s| wire::HostEntry {
                         service: s.key.0.clone(),
                         environment: s.key.1.clone(),
-                        listen: std::net::SocketAddr::new(address.expect("served"), s.port),
+                        listen: match s.listen {
+                            Listen::Port(port) => {
+                                std::net::SocketAddr::new(address.expect("served"), port)
+                            }
+                            Listen::At(addr) => addr,
+                        },
                         version: hosts.version(*s.route.watch().borrow()),
                         table: s.route.table(),
                         checks: s.checks.clone(),

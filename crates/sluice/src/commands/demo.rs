@@ -94,6 +94,7 @@ pub async fn demo(options: Demo) -> Result<ExitCode> {
         controller_lease: std::time::Duration::from_secs(10),
         advertise: None,
         socket_keeper: std::env::current_exe().ok(),
+        local_agent: None,
     })
     .await
     .context("the demo's server did not start (is the port taken? try --listen 127.0.0.1:0)")?;

@@ -9,6 +9,11 @@ use sluice_server::{ServeOptions, Server};
 use crate::cli::{Global, Serve};
 
 pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
+    let isolation = if options.isolation == "none" {
+        sluice_ci::sandbox::Isolation::None
+    } else {
+        sluice_ci::sandbox::Isolation::User
+    };
     let server = Server::start(ServeOptions {
         data_dir: global.data_dir.clone(),
         listen: options.listen,
@@ -23,10 +28,13 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
         controller_lease: options.controller_lease,
         advertise: options.advertise,
         socket_keeper: std::env::current_exe().ok(),
-        isolation: if options.isolation == "none" {
-            sluice_ci::sandbox::Isolation::None
-        } else {
-            sluice_ci::sandbox::Isolation::User
+        isolation,
+        local_agent: match options.local_agent {
+            true => Some(sluice_server::local_agent::LocalAgent {
+                program: std::env::current_exe()?,
+                isolation,
+            }),
+            false => None,
         },
     })
     .await?;
@@ -43,6 +51,13 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
     )?;
     writeln!(out, "  data:     {}", data_dir.display())?;
     writeln!(out, "  database: {}", server.database)?;
+    if let Some(log) = server.local_agent_log() {
+        writeln!(
+            out,
+            "  local agent: runs the environments without `hosts:` and outlives this server (log: {})",
+            log.display()
+        )?;
+    }
     if server.standing_by() {
         writeln!(
             out,

@@ -213,6 +213,164 @@ async fn instances_that_match_keep_running_through_a_kill_9() {
     .await;
 }
 
+/// `sluice serve --local-agent`: the environments without `hosts:` run on
+/// an agent process of the server's, which serves their entry points too.
+/// A kill -9 of the server fails no request (the killed server was
+/// answering none), and the next server keeps the agent and its instances;
+/// a clean stop stops them all.
+#[tokio::test]
+async fn with_a_local_agent_a_kill_9_of_the_server_fails_no_request() {
+    let dir = crate::support::tempdir();
+    let data = dir.path().join("data");
+    let mut server = Server::start_with(&data, None, &["--local-agent"]);
+    let agent = LocalAgentProcess(data.join("local-agent/pid"));
+    let repo = GitRepo::new(dir.path(), "shop");
+    crate::support::copy_fixture(&repo, "shop");
+    // A service that takes 2 s to start: started again, it would be down that long.
+    let spec = "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  ready_timeout: 20s\n  health: { path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }\nenvironments:\n  dev:\n    deploy: auto\n    instances: 2\n    listen: 127.0.0.1:0\n    config: { STARTUP_DELAY: '2' }\n";
+    repo.commit("v1", &[("sluice.yaml", spec)]);
+    server.add_repo(&repo);
+    let dev = server.wait_env("shop", "dev", 1, 2).await;
+
+    // The instances are the local agent's, and so is the only entry point.
+    let agents = server.get("/agents").await;
+    let name = agents[0]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("local-"), "{agents:#}");
+    assert_eq!(agents.as_array().unwrap().len(), 1, "{agents:#}");
+    for instance in dev["instances"].as_array().unwrap() {
+        assert_eq!(instance["host"], name.as_str(), "{dev:#}");
+    }
+    assert_eq!(
+        dev["host_entry_points"][0]["address"], dev["listen"],
+        "{dev:#}"
+    );
+    let home = data.join("agents").join(&name).join("host");
+    let mut before = instance_processes(&home);
+    before.sort();
+    assert_eq!(before.len(), 2, "{before:?}");
+    let agent_pid = agent.pid();
+    for (pid, _) in &before {
+        assert_eq!(
+            parent_of(*pid),
+            agent_pid,
+            "an instance is the agent's child"
+        );
+    }
+
+    let url = format!("http://{}/", dev["listen"].as_str().unwrap());
+    let load = Load::start(url.clone());
+    load.served(20).await;
+    let address = server.url.trim_start_matches("http://").to_string();
+    server.kill_hard();
+    // Served while no server runs at all.
+    load.served(50).await;
+    let restarted = Server::start_on(&address, &data, None, &["--local-agent"]);
+    let kept = restarted.wait_env("shop", "dev", 1, 2).await;
+    load.served(20).await;
+    let failed = load.finish("the kill -9 and restart").await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(kept["listen"], dev["listen"], "the same address");
+    let mut after = instance_processes(&home);
+    after.sort();
+    assert_eq!(
+        before, after,
+        "the same processes serve, none started again"
+    );
+    assert_eq!(agent.pid(), agent_pid, "the same agent");
+    let changes = restarted.get("/changelog?kind=instances.lost").await;
+    assert_eq!(
+        changes.as_array().unwrap().len(),
+        0,
+        "nothing was lost: {changes:#}"
+    );
+
+    // The server comes back at another address: its agent hands its host
+    // over to one that reaches it there, and nothing starts again.
+    let mut restarted = restarted;
+    restarted.kill_hard();
+    let load = Load::start(url.clone());
+    let mut moved = Server::start_with(&data, None, &["--local-agent"]);
+    assert_ne!(moved.url, restarted.url);
+    let kept = moved.wait_env("shop", "dev", 1, 2).await;
+    assert_ne!(agent.pid(), agent_pid, "a new agent");
+    assert!(
+        !process_alive(agent_pid),
+        "the old agent handed over and left"
+    );
+    let agent_pid = agent.pid();
+    load.served(50).await;
+    let failed = load.finish("the hand-over to a new local agent").await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(kept["listen"], dev["listen"], "the same address");
+    let mut after = instance_processes(&home);
+    after.sort();
+    assert_eq!(
+        before, after,
+        "the same processes serve, none started again"
+    );
+
+    // A clean stop of the server stops its agent, and the agent its instances.
+    moved.stop();
+    assert!(
+        !process_alive(agent_pid),
+        "the local agent stopped with the server"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !instance_processes(&home).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the instances outlived the agent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The local agent a server started; stopped at the end of a test that
+/// left it running (a kill -9 of the server leaves it, as it should).
+struct LocalAgentProcess(std::path::PathBuf);
+
+impl LocalAgentProcess {
+    fn pid(&self) -> i32 {
+        std::fs::read_to_string(&self.0)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for LocalAgentProcess {
+    fn drop(&mut self) {
+        let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(pid);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while process_alive(pid.as_raw()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// The parent of process `pid`.
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// An upgrade's hand-over (SIGUSR2): the server finishes what its entry
 /// point is answering and leaves, the instances and the entry point's
 /// sockets stay, and the next server (the upgraded binary) takes them over:
