@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # What a server restart costs an environment under load, on this machine:
-# a hand-over (SIGUSR2, an upgrade) and a kill -9, each followed by a start
-# (the instances are kept and adopted, the entry point's sockets kept by
-# sluice keep-sockets), against a clean stop and start (the instances are
-# stopped, then started again), for a service that takes STARTUP seconds to
-# start.
+# a hand-over (SIGUSR2, an upgrade) and a kill -9, each followed by a start,
+# against a clean stop and start (the instances are stopped, then started
+# again), for a service that takes STARTUP seconds to start. LOCAL_AGENT
+# `on` (the default with SQLite): the environment runs on the server's
+# local agent, which goes on serving; `off`: in the server's process (the
+# instances are kept and adopted, the entry point's sockets kept by
+# sluice keep-sockets).
 #
-#   bench/restart.sh [ROUNDS] [STARTUP]     (default 5 rounds, 2 s; needs python3)
+#   bench/restart.sh [ROUNDS] [STARTUP] [LOCAL_AGENT]   (default 5, 2 s, on; needs python3)
 #
 # For each round: the longest time the entry point gave no successful
 # answer, and how many requests failed, while a client sends one request
@@ -14,6 +16,7 @@
 set -euo pipefail
 rounds=${1:-5}
 startup=${2:-2}
+local_agent=${3:-on}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --locked -p sluice --manifest-path "$root/Cargo.toml" >&2
 sluice="$root/target/release/sluice"
@@ -22,11 +25,15 @@ chmod 711 "$work" # as root, instances run as users of their own, who pass throu
 # A clean stop at the end stops the instances too.
 trap 'kill $(jobs -p) 2>/dev/null; [ -n "${server:-}" ] && kill -TERM "$server" 2>/dev/null && wait "$server"; rm -rf "$work"' EXIT
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+# The server comes back where it was, as a service does: its local agent goes on.
+server_port=$(free_port)
 
 start_server() {
   : >"$work/out"
-  "$sluice" serve --data-dir "$work/data" --listen 127.0.0.1:0 >"$work/out" 2>>"$work/err" &
+  "$sluice" serve --data-dir "$work/data" --listen "127.0.0.1:$server_port" \
+    --local-agent "$local_agent" >"$work/out" 2>>"$work/err" &
   server=$!
   until grep -q 'listening on' "$work/out" 2>/dev/null; do
     kill -0 "$server" 2>/dev/null || { cat "$work/err" >&2; exit 1; }
@@ -69,21 +76,23 @@ ready() {
 }
 ready
 
-# One request after another until told to stop; prints the longest gap
-# between successes (ms) and the failures, once the entry point answered again.
+# One request after another until told to stop and the entry point
+# answers again (60 s at most); prints the longest gap between successes
+# (ms) and the failures.
 cat >"$work/probe.py" <<'PY'
 import sys, time, urllib.request, os
 url, stop = sys.argv[1], sys.argv[2]
-last_ok, longest, failed = time.monotonic(), 0.0, 0
-while not os.path.exists(stop):
+last_ok, longest, failed, ok = time.monotonic(), 0.0, 0, False
+while not (ok and os.path.exists(stop)) and time.monotonic() - last_ok < 60:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
             r.read()
         now = time.monotonic()
         longest = max(longest, now - last_ok)
-        last_ok = now
+        last_ok, ok = now, True
     except Exception:
         failed += 1
+        ok = False
         time.sleep(0.01)
 print(f"{longest*1000:.0f} {failed}")
 PY
@@ -120,7 +129,7 @@ ratio=$(python3 -c "print(f'{$sg/max($kg,1):.1f}')")
 
 cat <<MD
 Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr).
-Service start-up: ${startup} s (STARTUP_DELAY); 2 instances; medians of ${rounds} rounds.
+Service start-up: ${startup} s (STARTUP_DELAY); 2 instances; medians of ${rounds} rounds; local agent: ${local_agent}.
 
 | restart | longest time without an answer | failed requests | each round (ms) | each round (failed) |
 | --- | --- | --- | --- | --- |

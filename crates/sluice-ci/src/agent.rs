@@ -98,9 +98,13 @@ pub async fn run(config: AgentConfig, stop: Stop) -> Result<()> {
         cancel: stop.cancel.clone(),
     });
     let beating = tokio::spawn(heartbeat(agent.clone()));
-    let workers: Vec<_> = (0..config.jobs.max(1))
+    let workers: Vec<_> = (0..config.jobs)
         .map(|_| tokio::spawn(work(agent.clone())))
         .collect();
+    // No job at all (the server's local agent): heard from until stopped.
+    if workers.is_empty() {
+        shutdown.cancelled().await;
+    }
     for worker in workers {
         let _ = worker.await;
     }

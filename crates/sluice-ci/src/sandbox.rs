@@ -369,7 +369,12 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        // The mark is in the child's environment from its first instruction on.
+        // The mark is in the child's environment once it has exec'd (until
+        // then /proc shows the parent's, which a busy machine makes last).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while marked(&marker).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!(marked(&marker), [pid]);
         assert_eq!(kill_marked(&marker), [pid]);
         assert!(!child.wait().unwrap().success());

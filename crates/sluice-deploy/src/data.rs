@@ -16,6 +16,22 @@ pub enum Filled {
     Copied(String),
 }
 
+impl Filled {
+    /// What the change log says of it; empty when nothing was done.
+    pub fn summary(&self, env: &str) -> String {
+        match self {
+            Filled::Seeded(seed, printed) if printed.is_empty() => {
+                format!("{env}'s data seeded with {seed}")
+            }
+            Filled::Seeded(seed, printed) => {
+                format!("{env}'s data seeded with {seed}, which printed:\n{printed}")
+            }
+            Filled::Copied(from) => format!("{env}'s data copied from {from}"),
+            Filled::Nothing => String::new(),
+        }
+    }
+}
+
 /// Who a seed or scrub script runs as: the environment's user (when the
 /// server is root), with the environment's variables only, for a bounded time.
 #[derive(Clone, Debug, Default)]

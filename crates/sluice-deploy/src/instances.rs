@@ -61,19 +61,7 @@ pub(crate) async fn prepare(
         };
         let filled = data::fill(&here, &data_dir, &release_dir, source.as_deref(), &run_as).await?;
         tracing::info!(service, env = %env.name, ?filled, "data prepared for the first deployment");
-        let summary = match &filled {
-            data::Filled::Seeded(seed, printed) if printed.is_empty() => {
-                format!("{}'s data seeded with {seed}", env.name)
-            }
-            data::Filled::Seeded(seed, printed) => {
-                format!(
-                    "{}'s data seeded with {seed}, which printed:\n{printed}",
-                    env.name
-                )
-            }
-            data::Filled::Copied(from) => format!("{}'s data copied from {from}", env.name),
-            data::Filled::Nothing => String::new(),
-        };
+        let summary = filled.summary(&env.name);
         // Empty data is nothing to tell.
         if !summary.is_empty() {
             inner
@@ -189,9 +177,30 @@ pub(crate) async fn top_up(
     for _ in have..env.instances as usize {
         let new = start_instance(inner, release, spec, env, deployment, None).await?;
         wait_healthy(inner, &new.backend, ready_timeout(spec), false).await?;
-        route.add(new.backend.clone());
+        admit(inner, route, &new).await;
     }
     Ok(())
+}
+
+/// Routes a healthy new instance, and waits until the hosts' entry points
+/// route to it too (a report later): what comes next in a deployment, the
+/// old instance's drain or its end, must not leave a host with less.
+pub(crate) async fn admit(inner: &Arc<Inner>, route: &Route, new: &Live) {
+    route.add(new.backend.clone());
+    let key = (new.service.clone(), new.env.clone());
+    let hosts = &inner.hosts;
+    if !hosts
+        .entries
+        .take_up(
+            &key,
+            &new.backend.id,
+            hosts.lease,
+            inner.config.drain_timeout,
+        )
+        .await
+    {
+        tracing::warn!(instance = %new.backend.id, "an entry point on a host does not route to it yet; going on");
+    }
 }
 
 /// Stops every instance deployment `deployment` started in the environment.

@@ -620,11 +620,13 @@ impl Cd {
                 x.status
             )));
         }
-        let tracker = {
+        let (tracker, on_hosts) = {
             let entries = self.inner.entries.lock().unwrap();
-            entries
-                .get(&(x.service.clone(), x.environment.clone()))
-                .and_then(|e| e.route.goals())
+            let entry = entries.get(&(x.service.clone(), x.environment.clone()));
+            (
+                entry.and_then(|e| e.route.goals()),
+                entry.is_some_and(|e| e.hosts.is_some()),
+            )
         };
         let Some(tracker) = tracker else {
             return Err(CdError::Conflict(format!(
@@ -638,7 +640,24 @@ impl Cd {
                 names.join(", ")
             )));
         };
-        Ok(tracker.reach(sluice_proxy::goals::user_id(user), index, value))
+        // The hosts' entry points tell of the users they expose with their
+        // next report: a user exposed there a moment ago is waited for.
+        let wait = if on_hosts {
+            hosts::agent::REPORT_WAIT + Duration::from_secs(1)
+        } else {
+            Duration::ZERO
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let user = sluice_proxy::goals::user_id(user);
+        loop {
+            if tracker.reach(user, index, value) {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// What an open experiment has seen at its current step, before any
@@ -776,6 +795,9 @@ impl Cd {
         // A clean stop closes the entry points for good.
         if let Some(keeper) = &self.inner.kept_sockets {
             keeper.quit();
+        }
+        if let Err(e) = hosts::stop_local(&self.inner).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not stop the local agent's instances");
         }
         self.inner.runtime.stop_all().await;
     }
@@ -1071,10 +1093,11 @@ impl Inner {
     }
 
     /// The local agent, when `env` runs there and only there: it has no
-    /// `hosts:` of its own, and needs nothing the hosts do not do yet.
+    /// `hosts:` of its own, and its certificate is not ACME's, whose
+    /// challenges only this process answers.
     fn local_agent_for(&self, env: &sluice_spec::Environment) -> Option<&sluice_spec::HostsSpec> {
         let local = self.config.local_agent.as_ref()?;
-        (env.hosts.is_none() && env.runs_on_hosts()).then_some(local)
+        (env.hosts.is_none() && !env.acme()).then_some(local)
     }
 
     /// Makes `env`'s entry point the local agent's alone: this process

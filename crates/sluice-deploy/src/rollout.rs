@@ -13,7 +13,7 @@ use sluice_spec::{Environment, Spec, Strategy};
 use sluice_store::{DeploymentCause, DeploymentStatus, NewDeployment, Release};
 
 use crate::instances::{
-    drain_then_stop, prepare, ready_timeout, retire, start_instance, stop_deployment,
+    admit, drain_then_stop, prepare, ready_timeout, retire, start_instance, stop_deployment,
     stop_instance, top_up, wait_healthy,
 };
 use crate::release::release_env;
@@ -133,7 +133,7 @@ async fn rolling(
         for _ in 0..env.instances {
             let new = start_instance(inner, release, spec, env, deployment, None).await?;
             wait_healthy(inner, &new.backend, ready_timeout(spec), give_way).await?;
-            route.add(new.backend.clone());
+            admit(inner, route, &new).await;
             if let Some(retired) = old.pop() {
                 stopping.push(drain_then_stop(inner, route, retired).await);
             }
@@ -173,9 +173,7 @@ async fn blue_green(
             return Err(e);
         }
     }
-    for new in &green {
-        route.add(new.backend.clone());
-    }
+    futures::future::join_all(green.iter().map(|new| admit(inner, route, new))).await;
     futures::future::join_all(old.iter().map(|l| retire(inner, route, l))).await;
     Ok(())
 }

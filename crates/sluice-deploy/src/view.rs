@@ -94,9 +94,10 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
                     .unwrap()
                     .get(&i.id)
                     .is_some_and(|l| l.backend.is_healthy());
-                let pid = match &i.agent {
-                    Some(_) => placed.get(&i.id).and_then(|p| p.pid),
-                    None => i.pid,
+                // On a host, as its agent last reported it.
+                let (pid, restarts) = match &i.agent {
+                    Some(_) => placed.get(&i.id).map_or((None, 0), |p| (p.pid, p.exits)),
+                    None => (i.pid, i.restarts),
                 };
                 InstanceStatus {
                     id: i.id,
@@ -105,7 +106,7 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
                     healthy,
                     port: i.port,
                     pid,
-                    restarts: i.restarts,
+                    restarts,
                     host: i.agent,
                 }
             })

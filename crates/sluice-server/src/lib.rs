@@ -11,6 +11,7 @@ mod lease;
 mod limit;
 mod listen;
 pub mod local_agent;
+mod metrics;
 mod standby;
 pub mod ui;
 
@@ -28,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{ApiError, ApiResult};
+pub use metrics::metrics_page;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -42,6 +44,9 @@ pub struct AppState {
     pub sessions: Arc<ui::Sessions>,
     /// The dashboard's address as people reach it, for links in messages.
     pub public_url: String,
+    /// The data directory whose local agent serves entry points for this
+    /// server: their metrics are part of its `/metrics`.
+    pub local_agent: Option<PathBuf>,
 }
 
 /// The whole HTTP surface.
@@ -49,7 +54,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api::routes())
         .merge(ui::routes())
-        .route("/metrics", axum::routing::get(metrics))
+        .route("/metrics", axum::routing::get(metrics::page))
         .layer(axum::middleware::map_response(security_headers))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -73,58 +78,6 @@ async fn security_headers(mut response: axum::response::Response) -> axum::respo
         headers.insert(name, HeaderValue::from_static(value));
     }
     response
-}
-
-/// The Prometheus text format of every metric. Read without a token, as
-/// scrapers do; it names services, environments and instances, no secrets.
-async fn metrics(
-    axum::extract::State(state): axum::extract::State<AppState>,
-) -> axum::response::Response {
-    metrics_page(&state.registry)
-}
-
-/// `registry` in Prometheus's text format, as `/metrics` answers it (an
-/// agent serves its entry points' metrics the same way).
-pub fn metrics_page(registry: &prometheus_client::registry::Registry) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, registry) {
-        Ok(()) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            prometheus_text(&text),
-        )
-            .into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
-    }
-}
-
-/// OpenMetrics text as Prometheus's own format: a counter's HELP and TYPE
-/// name its `_total` series, and there is no `# EOF`.
-fn prometheus_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
 }
 
 /// How `sluice serve` was asked to run.
@@ -521,6 +474,7 @@ async fn activate(
             tokens: Arc::default(),
             sessions: Arc::default(),
             public_url,
+            local_agent: options.local_agent.as_ref().map(|_| data_dir.to_path_buf()),
         },
         notifier,
         term,
@@ -543,15 +497,6 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn counters_are_named_by_their_total_series() {
-        let open = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total 5\n# TYPE x_in_flight gauge\nx_in_flight 1\n# EOF\n";
-        assert_eq!(
-            super::prometheus_text(open),
-            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total 5\n# TYPE x_in_flight gauge\nx_in_flight 1\n"
-        );
-    }
-
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(

@@ -54,6 +54,27 @@ pub fn log_path(data_dir: &Path) -> PathBuf {
     Files::of(data_dir).log()
 }
 
+/// Where the local agent of the server with `data_dir` serves its entry
+/// points' metrics, while it runs.
+pub fn metrics_address(data_dir: &Path) -> Option<std::net::SocketAddr> {
+    let pid: i32 = std::fs::read_to_string(Files::of(data_dir).pid())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let name = args.windows(2).find(|w| w[0] == "--name")?[1].clone();
+    if !sluice_spec::is_label(&name) {
+        return None;
+    }
+    let written = data_dir.join("agents").join(name).join("metrics-address");
+    std::fs::read_to_string(written).ok()?.trim().parse().ok()
+}
+
 /// The local agent's name and the value of its label: the random part of
 /// the server's name, so that servers sharing a database each have their own.
 pub fn name(server_name: &str) -> String {
@@ -79,9 +100,10 @@ pub fn selector(server_name: &str) -> sluice_spec::HostsSpec {
 }
 
 /// Starts the local agent, reaching this server at `url`, unless the one
-/// started before still runs and reaches it there too: then it goes on,
-/// its instances and entry points untouched. One pointed elsewhere (the
-/// server moved) hands its host over to the new one.
+/// started before still runs this binary and reaches it there too: then it
+/// goes on, its instances and entry points untouched. One pointed
+/// elsewhere (the server moved) or running the binary an upgrade replaced
+/// hands its host over to the new one.
 pub async fn ensure(
     state: &AppState,
     agent: &LocalAgent,
@@ -94,14 +116,18 @@ pub async fn ensure(
         .with_context(|| format!("could not make {}", files.dir.display()))?;
     let running = running(&files, &agent.program);
     if let Some((pid, ref args)) = running {
-        if args.windows(2).any(|w| w == ["--server", url]) {
+        let here = args.windows(2).any(|w| w == ["--server", url]);
+        let current = runs_current(pid, &agent.program);
+        if here && current {
             tracing::info!(pid, "the local agent runs on");
             return Ok(());
         }
-        tracing::info!(
-            pid,
-            "the local agent reaches another address; it hands over to a new one"
-        );
+        let why = if here {
+            "runs a binary since replaced"
+        } else {
+            "reaches another address"
+        };
+        tracing::info!(pid, "the local agent {why}; it hands over to a new one");
         hand_over(pid).await;
     }
     let token = token(state, &files).await?;
@@ -120,8 +146,13 @@ pub async fn ensure(
             sluice_deploy::hosts::LOCAL_LABEL,
             name(server_name)
         ))
+        // The server's own host: no commit's code runs there by way of it.
+        .arg("--jobs=0")
         .arg("--address=127.0.0.1")
+        .arg("--metrics=127.0.0.1:0")
         .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--server-data-dir")
         .arg(data_dir)
         .arg("--isolation")
         .arg(match agent.isolation {
@@ -176,6 +207,17 @@ fn running(files: &Files, program: &Path) -> Option<(i32, Vec<String>)> {
     let ours = args.first().map(Path::new).and_then(Path::file_name) == program.file_name()
         && args.get(1).map(String::as_str) == Some("agent");
     ours.then_some((pid, args))
+}
+
+/// Whether process `pid` runs `program` as the file is now: an upgrade
+/// puts a new file in its place, and the old process's shows it deleted.
+fn runs_current(pid: i32, program: &Path) -> bool {
+    let running = std::fs::read_link(format!("/proc/{pid}/exe"));
+    match (running, std::fs::canonicalize(program)) {
+        (Ok(running), Ok(now)) => running == now,
+        // Nothing to compare by: kept, rather than handed over for nothing.
+        _ => true,
+    }
 }
 
 /// Asks the agent `pid` to hand over (its instances keep running for the

@@ -231,11 +231,9 @@ pub struct Environment {
 }
 
 impl Environment {
-    /// Whether agents' hosts can run it: they copy no other environment's
-    /// data (`data.copy_from`) and answer no ACME challenge.
-    pub fn runs_on_hosts(&self) -> bool {
-        let acme = (self.tls.as_ref()).is_some_and(|t| matches!(t.certs, CertSource::Acme(_)));
-        self.data.copy_from.is_none() && !acme
+    /// Whether its certificate comes from ACME (`listen.tls.acme`).
+    pub fn acme(&self) -> bool {
+        (self.tls.as_ref()).is_some_and(|t| matches!(t.certs, CertSource::Acme(_)))
     }
 }
 

@@ -361,13 +361,15 @@ pub struct Serve {
     /// the database and the tokens are; with none online they wait.
     #[arg(long, default_value = "server", value_parser = ["server", "agents"])]
     pub jobs_on: String,
-    /// Run the environments without `hosts:` on a local agent: a process
-    /// of its own, started by this server, that supervises their instances
-    /// and serves their entry points, and keeps them serving while this
-    /// server is down (a crash, an upgrade). A clean stop of the server
-    /// stops it too.
-    #[arg(long, env = "SLUICE_LOCAL_AGENT")]
-    pub local_agent: bool,
+    /// `on`: the environments without `hosts:` run on a local agent, a
+    /// process of its own that this server starts, which supervises their
+    /// instances and serves their entry points, and keeps them serving
+    /// while this server is down (a crash, an upgrade); a clean stop of the
+    /// server stops it too. `off`: they run in this server's process. On by
+    /// default with SQLite, off with PostgreSQL, where servers that take
+    /// the controllers over from one another run them on their own hosts.
+    #[arg(long, env = "SLUICE_LOCAL_AGENT", value_parser = ["on", "off"])]
+    pub local_agent: Option<String>,
     /// With PostgreSQL, several servers may share the database: one runs
     /// the controllers under a lease this long, renewed while it lives; the
     /// others forward requests to it and one takes over within this time
@@ -816,7 +818,7 @@ pub struct AgentArgs {
     /// A label jobs' `runs_on:` may name, KEY=VALUE; repeat for more.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// Jobs run at once.
+    /// Jobs run at once; 0: none (an agent for environments only).
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
     /// `user`: when the agent runs as root, each repository's steps run
@@ -833,4 +835,8 @@ pub struct AgentArgs {
     /// http://ADDR/metrics (by default none: an agent needs no inbound port).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// The local agent's (`sluice serve --local-agent` starts it): the
+    /// server's data directory, where environments' data stays in place.
+    #[arg(long, hide = true)]
+    pub server_data_dir: Option<PathBuf>,
 }

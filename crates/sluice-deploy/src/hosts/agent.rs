@@ -21,7 +21,7 @@ use crate::runtime::{InstanceSpec, LocalRuntime, Recorder, Runtime};
 
 /// How long a report waits at the server for a change: an instance's exits
 /// reach the server at least this often.
-const REPORT_WAIT: Duration = Duration::from_secs(2);
+pub const REPORT_WAIT: Duration = Duration::from_secs(2);
 
 /// How the agent runs its host's instances.
 #[derive(Clone, Debug)]
@@ -38,6 +38,10 @@ pub struct HostConfig {
     pub socket_keeper: Option<PathBuf>,
     /// Where the entry points count their Prometheus metrics.
     pub metrics: sluice_proxy::Metrics,
+    /// The local agent's: the data directory of the server beside it,
+    /// whose layout the environments' data follows in place, so that the
+    /// server fills, snapshots and replays it as its own.
+    pub server_data_dir: Option<PathBuf>,
 }
 
 /// The processes the runtime started (pid, start time), as the agent
@@ -82,6 +86,10 @@ struct HostAgent {
     kept: Mutex<Vec<u8>>,
     entry_points: EntryPoints,
     data: HostData,
+    /// What of each instance's log the server has.
+    logs: super::logs::Sent,
+    /// The data seeded here that the server has not heard of yet.
+    seeded: Mutex<Vec<super::wire::DataSeeded>>,
 }
 
 /// Runs the host's instances until `stop`; then stops them, unless
@@ -111,7 +119,9 @@ pub async fn run(
             config.socket_keeper.as_deref(),
             config.metrics.clone(),
         ),
-        data: HostData::new(&config.data_dir),
+        data: HostData::new(&config.data_dir, config.server_data_dir.as_deref()),
+        logs: super::logs::Sent::default(),
+        seeded: Mutex::default(),
         config,
     };
     agent.adopt_left().await;
@@ -257,9 +267,11 @@ impl HostAgent {
                         .get(id)
                         .map(|(pid, _)| i64::from(*pid)),
                     exits: self.runtime.exits(id),
+                    log: self.logs.next(id, &self.log_of(id)),
                 })
                 .collect(),
             entries: self.entry_points.reports(sluice_proxy::system_second()),
+            seeded: self.seeded.lock().unwrap().clone(),
         };
         let url = format!(
             "{}/api/v1/agents/{}/instances?wait_ms={}",
@@ -279,6 +291,10 @@ impl HostAgent {
         }
         let work = response.json().await?;
         self.entry_points.taken(&report.entries);
+        let logs = report.running.iter();
+        self.logs
+            .taken(logs.filter_map(|r| Some((r.id.as_str(), r.log.as_ref()?))));
+        self.seeded.lock().unwrap().drain(..report.seeded.len());
         Ok(work)
     }
 
@@ -310,6 +326,7 @@ impl HostAgent {
             self.runtime.stop(&id).await;
             self.running.lock().unwrap().remove(&id);
             self.started.0.lock().unwrap().remove(&id);
+            self.logs.forget(&id);
             let _ = tokio::fs::remove_dir_all(self.instance_dir(&id)).await;
         }
         let mut all = true;
@@ -336,6 +353,11 @@ impl HostAgent {
         self.config.data_dir.join("instances").join(id)
     }
 
+    /// Where the instance's output goes on this host.
+    fn log_of(&self, id: &str) -> PathBuf {
+        self.instance_dir(id).join("instance.log")
+    }
+
     /// Fetches the instance's files and starts it, with its paths and
     /// address this host's own.
     async fn start(&self, hosted: &Hosted) -> Result<()> {
@@ -352,7 +374,9 @@ impl HostAgent {
         })
         .await??;
         let spec = self.spec_of(hosted)?;
-        self.data.prepare(hosted, &spec).await?;
+        if let Some(seeded) = self.data.prepare(hosted, &spec).await? {
+            self.seeded.lock().unwrap().push(seeded);
+        }
         if let Some(uid) = spec.uid {
             for owned in [&dir, &self.data.dir_of(hosted)] {
                 sluice_ci::sandbox::give(owned, uid)?;
@@ -387,7 +411,7 @@ impl HostAgent {
             workdir: work,
             command: hosted.command.clone(),
             env,
-            log: dir.join("instance.log"),
+            log: self.log_of(&hosted.id),
             uid,
         })
     }

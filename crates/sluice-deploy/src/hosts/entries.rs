@@ -184,6 +184,39 @@ impl HostEntries {
         }
     }
 
+    /// Waits (up to `limit`) until every host that reported within `lease`
+    /// routes to instance `id` of `key`, as the server's table now does: a
+    /// deployment goes on (and takes an older instance away) only once the
+    /// hosts send requests to the new one. Returns whether they all do.
+    pub(crate) async fn take_up(
+        &self,
+        key: &EnvKey,
+        id: &str,
+        lease: Duration,
+        limit: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let reported = self.reported.notified();
+            if self.everywhere(key, id, lease, Instant::now()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, reported).await.is_err() {
+                return self.everywhere(key, id, lease, Instant::now());
+            }
+        }
+    }
+
+    /// Whether every host that reported within `lease` of `now` holds `id`.
+    fn everywhere(&self, key: &EnvKey, id: &str, lease: Duration, now: Instant) -> bool {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((_, k), s)| k == key && now - s.at <= lease)
+            .all(|(_, s)| s.holding.contains(id))
+    }
+
     /// Whether a host that reported within `lease` of `now` holds `id`.
     fn held(&self, key: &EnvKey, id: &str, lease: Duration, now: Instant) -> bool {
         self.seen

@@ -3,14 +3,16 @@
 //! starts there (then marked in `host/seeded/SERVICE/ENV`), snapshotted
 //! before the first instance of each release, copied for an experiment's B
 //! that works on a copy (`host/copies/SERVICE/ENV/experiment-N`), and the
-//! copies dropped once no instance uses them.
+//! copies dropped once no instance uses them. The local agent keeps the
+//! data where the server beside it does (`envs/SERVICE/ENV/data` in the
+//! server's data directory), which fills and snapshots it as its own.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::wire::Hosted;
+use super::wire::{DataSeeded, Hosted};
 use crate::runtime::InstanceSpec;
 
 /// The start of the name of B's copy of an environment's data.
@@ -20,22 +22,29 @@ const COPY_PREFIX: &str = "experiment-";
 pub(crate) struct HostData {
     /// The agent's data directory.
     root: PathBuf,
+    /// The local agent's: the layout of the server beside it.
+    server: Option<sluice_spec::Layout>,
 }
 
 impl HostData {
-    pub(crate) fn new(root: &Path) -> HostData {
+    pub(crate) fn new(root: &Path, server_data_dir: Option<&Path>) -> HostData {
         HostData {
             root: root.to_path_buf(),
+            server: server_data_dir.map(sluice_spec::Layout::new),
         }
     }
 
     /// The environment's data directory on this host. The names were
     /// checked when the instance arrived.
     fn env_dir(&self, hosted: &Hosted) -> PathBuf {
-        self.root
-            .join("data")
-            .join(&hosted.service)
-            .join(&hosted.environment)
+        let in_place = (self.server.as_ref())
+            .and_then(|layout| layout.data(&hosted.service, &hosted.environment).ok());
+        in_place.unwrap_or_else(|| {
+            self.root
+                .join("data")
+                .join(&hosted.service)
+                .join(&hosted.environment)
+        })
     }
 
     /// The directory the instance works on (its `DATA_DIR`): B's copy when
@@ -55,7 +64,12 @@ impl HostData {
     /// Makes the instance's data directory ready before it starts: the
     /// environment's seeded (once) and snapshotted (once per release),
     /// and B's copy made (once per experiment).
-    pub(crate) async fn prepare(&self, hosted: &Hosted, spec: &InstanceSpec) -> Result<()> {
+    /// What it seeded, when it did.
+    pub(crate) async fn prepare(
+        &self,
+        hosted: &Hosted,
+        spec: &InstanceSpec,
+    ) -> Result<Option<DataSeeded>> {
         if let Some(copy) = &hosted.data.copy
             && !(copy.starts_with(COPY_PREFIX) && super::wire::is_safe_name(copy))
         {
@@ -64,9 +78,10 @@ impl HostData {
                 copy.escape_debug()
             );
         }
-        self.seed(hosted, spec).await?;
+        let seeded = self.seed(hosted, spec).await?;
         self.snapshot(hosted).await?;
-        self.copy(hosted, spec.uid).await
+        self.copy(hosted, spec.uid).await?;
+        Ok(seeded)
     }
 
     /// Fills the environment's data directory on this host the first time
@@ -75,7 +90,7 @@ impl HostData {
     /// seed that fails leaves nothing behind and runs again at the next
     /// start. Data already there (a seed added by a later release) is
     /// never seeded over.
-    async fn seed(&self, hosted: &Hosted, spec: &InstanceSpec) -> Result<()> {
+    async fn seed(&self, hosted: &Hosted, spec: &InstanceSpec) -> Result<Option<DataSeeded>> {
         let data_dir = self.env_dir(hosted);
         let done = self
             .root
@@ -86,7 +101,7 @@ impl HostData {
         let Some(seed) = (hosted.data.seed.as_ref()).filter(|_| !done.exists() && !holds_data)
         else {
             std::fs::create_dir_all(&data_dir)?;
-            return Ok(());
+            return Ok(None);
         };
         let data = sluice_spec::DataSpec {
             seed: Some(seed.script.clone()),
@@ -112,7 +127,15 @@ impl HostData {
         std::fs::create_dir_all(done.parent().context("a mark has a parent")?)?;
         std::fs::write(&done, &seed.script)?;
         tracing::info!(service = %hosted.service, env = %hosted.environment, ?filled, "the environment's data seeded on this host");
-        Ok(())
+        Ok(match filled {
+            crate::data::Filled::Seeded(seed, printed) => Some(DataSeeded {
+                service: hosted.service.clone(),
+                environment: hosted.environment.clone(),
+                seed,
+                printed,
+            }),
+            _ => None,
+        })
     }
 
     /// Snapshots the environment's data on this host before the first
@@ -122,7 +145,10 @@ impl HostData {
     /// damages it.
     async fn snapshot(&self, hosted: &Hosted) -> Result<()> {
         let release = hosted.env.iter().find(|(k, _)| k == "SLUICE_RELEASE");
-        let Some((_, release)) = release.filter(|_| hosted.data.snapshots > 0) else {
+        // The server beside the local agent takes them itself.
+        let Some((_, release)) =
+            release.filter(|_| hosted.data.snapshots > 0 && self.server.is_none())
+        else {
             return Ok(());
         };
         if !super::wire::is_safe_name(release) {

@@ -14,6 +14,7 @@ mod checks;
 pub(crate) mod entries;
 mod entry_points;
 mod host_data;
+mod logs;
 pub(crate) mod lost;
 pub(crate) mod place;
 mod tls;
@@ -54,6 +55,8 @@ pub(crate) struct Hosts {
     exits: Mutex<HashMap<String, u32>>,
     /// What each agent said of its entry points.
     pub(crate) entries: entries::HostEntries,
+    /// How far the server's copy of each instance's log goes.
+    logs: logs::Copies,
     /// Tells one table from another server's in [`wire::HostEntry::version`].
     epoch: u64,
 }
@@ -65,6 +68,7 @@ impl Hosts {
             lease,
             exits: Mutex::default(),
             entries: entries::HostEntries::default(),
+            logs: logs::Copies::default(),
             epoch: rand::random(),
         }
     }
@@ -73,6 +77,8 @@ impl Hosts {
     /// `env` goes to: an online agent whose labels match, chosen by
     /// [`place::choose`] (spread by that release's instances, so that a
     /// rolling deployment spreads the new release as it replaces the old).
+    /// With none online, it waits for one up to the agents' lease: one
+    /// starting (the local agent after a restart of the server) comes.
     pub(crate) async fn place(
         &self,
         (service, env): (&str, &str),
@@ -80,6 +86,54 @@ impl Hosts {
         hosts: &HostsSpec,
         need: place::Need,
     ) -> Result<Host> {
+        let deadline = tokio::time::Instant::now() + self.lease;
+        let (agents, candidates) = loop {
+            let found = self.candidates((service, env), release_id, hosts).await?;
+            if !found.1.is_empty() || tokio::time::Instant::now() >= deadline {
+                break found;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if need.is_declared()
+            && !candidates.is_empty()
+            && place::choose(&candidates, hosts.spread, need).is_none()
+        {
+            bail!(
+                "none of the {} online agents whose labels include {} has {} free for another of {env}'s instances; start another such agent, or stop what runs there",
+                candidates.len(),
+                labels_text(&hosts.labels),
+                need_text(need),
+            );
+        }
+        let Some(chosen) = place::choose(&candidates, hosts.spread, need) else {
+            bail!(
+                "no agent whose labels include {} is online to run {env}'s instances; start one with `sluice agent{}` (docs/agents.md)",
+                labels_text(&hosts.labels),
+                hosts
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!(" --label {k}={v}"))
+                    .collect::<String>()
+            );
+        };
+        let address = agents
+            .iter()
+            .find(|a| a.name == chosen.name)
+            .and_then(|a| a.address.parse().ok())
+            .context("the chosen agent has no address")?;
+        Ok(Host {
+            agent: chosen.name.clone(),
+            address,
+        })
+    }
+
+    /// The online agents `hosts` selects, with what each runs.
+    async fn candidates(
+        &self,
+        (service, env): (&str, &str),
+        release_id: i64,
+        hosts: &HostsSpec,
+    ) -> Result<(Vec<sluice_store::Agent>, Vec<place::Candidate>)> {
         let now = sluice_store::now_ms();
         let lease = self.lease.as_millis() as i64;
         let placements = self.store.placements(None).await?;
@@ -122,37 +176,7 @@ impl Hosts {
                 }
             })
             .collect();
-        if need.is_declared()
-            && !candidates.is_empty()
-            && place::choose(&candidates, hosts.spread, need).is_none()
-        {
-            bail!(
-                "none of the {} online agents whose labels include {} has {} free for another of {env}'s instances; start another such agent, or stop what runs there",
-                candidates.len(),
-                labels_text(&hosts.labels),
-                need_text(need),
-            );
-        }
-        let Some(chosen) = place::choose(&candidates, hosts.spread, need) else {
-            bail!(
-                "no agent whose labels include {} is online to run {env}'s instances; start one with `sluice agent{}` (docs/agents.md)",
-                labels_text(&hosts.labels),
-                hosts
-                    .labels
-                    .iter()
-                    .map(|(k, v)| format!(" --label {k}={v}"))
-                    .collect::<String>()
-            );
-        };
-        let address = agents
-            .iter()
-            .find(|a| a.name == chosen.name)
-            .and_then(|a| a.address.parse().ok())
-            .context("the chosen agent has no address")?;
-        Ok(Host {
-            agent: chosen.name.clone(),
-            address,
-        })
+        Ok((agents, candidates))
     }
 
     /// Asks `host`'s agent to run the instance of `service`'s `environment`
@@ -255,6 +279,37 @@ fn selects(hosts: &sluice_spec::HostsSpec, agent: &sluice_store::Agent) -> bool 
     agent.matches(&hosts.labels) && (local(&hosts.labels) || !local(&agent.labels()))
 }
 
+/// A clean stop of the server: the local agent's instances stop with it
+/// (the agent stops too), as the server's own would, so that the next
+/// start starts them again rather than counting them kept.
+pub(crate) async fn stop_local(inner: &crate::Inner) -> anyhow::Result<()> {
+    let Some(local) = &inner.config.local_agent else {
+        return Ok(());
+    };
+    let agents = inner.store.agents().await?;
+    let local: Vec<&str> = (agents.iter())
+        .filter(|a| selects(local, a))
+        .map(|a| a.name.as_str())
+        .collect();
+    for instance in inner.store.live_instances(None, None).await? {
+        if instance
+            .agent
+            .as_deref()
+            .is_some_and(|a| local.contains(&a))
+        {
+            inner.hosts.forget(&instance.id).await;
+            (inner.store)
+                .set_instance_state(&instance.id, sluice_store::InstanceState::Stopped)
+                .await?;
+        }
+    }
+    inner
+        .store
+        .wake(sluice_store::Topic::PlacementChanged)
+        .await;
+    Ok(())
+}
+
 /// Where a host's entry point listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Listen {
@@ -324,6 +379,9 @@ pub(crate) async fn answer(
             exits: i64::from(r.exits),
         })
         .collect();
+    // Before the exits: a deployment that fails on them shows the log's end.
+    hosts.copy_logs(&inner.layout, agent, report).await;
+    hosts.note_seeded(agent, report).await?;
     hosts.note_exits(report);
     loop {
         let woken = hosts.store.woken(Topic::PlacementChanged);
@@ -374,9 +432,13 @@ pub(crate) async fn answer(
             let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
             let _ = futures::future::select_all(changes).await;
         };
+        // Until the environments are back after a start, entry points are
+        // left as they are; once they are, the host hears of them at once.
+        let back = inner.environments_back.cancelled();
         tokio::select! {
             _ = woken => {}
             _ = route_changed => {}
+            _ = back, if work.entries.is_none() => {}
             _ = tokio::time::sleep_until(deadline) => return hosts.with_secrets(work).await,
         }
     }
@@ -384,6 +446,60 @@ pub(crate) async fn answer(
 
 impl Hosts {
     /// Keeps how often each instance's process exited, as its agent says.
+    /// Appends what `agent` sent of its instances' logs to the server's
+    /// copies of them.
+    async fn copy_logs(&self, layout: &sluice_spec::Layout, agent: &str, report: &HostReport) {
+        for running in &report.running {
+            let Some(chunk) = running.log.as_ref().filter(|c| c.bounded()) else {
+                continue;
+            };
+            // Only an instance placed on this agent.
+            let Ok(instance) = self.store.instance(&running.id).await else {
+                continue;
+            };
+            if instance.agent.as_deref() != Some(agent) {
+                continue;
+            }
+            let path = layout.instance_log(&instance.service, &instance.environment, &instance.id);
+            let copied = path
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|path| self.logs.append(&instance.id, &path, chunk));
+            if let Err(e) = copied {
+                tracing::warn!(instance = %instance.id, error = %e, "could not keep the instance's log as its host sent it");
+            }
+        }
+    }
+
+    /// Says in the change log what `agent` seeded: the data of an
+    /// environment it runs instances of.
+    async fn note_seeded(&self, agent: &str, report: &HostReport) -> Result<()> {
+        for seeded in report.seeded.iter().filter(|s| s.bounded()) {
+            let runs_there = self
+                .store
+                .live_instances(Some(&seeded.service), Some(&seeded.environment))
+                .await?
+                .iter()
+                .any(|i| i.agent.as_deref() == Some(agent));
+            if !runs_there {
+                continue;
+            }
+            let filled = crate::data::Filled::Seeded(seeded.seed.clone(), seeded.printed.clone());
+            self.store
+                .append_change(sluice_store::NewChangeEvent {
+                    actor: "sluice".into(),
+                    kind: "data.prepared".into(),
+                    service: Some(seeded.service.clone()),
+                    environment: Some(seeded.environment.clone()),
+                    subject: format!("host {agent}"),
+                    summary: filled.summary(&seeded.environment),
+                    before: None,
+                    after: None,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     fn note_exits(&self, report: &HostReport) {
         let mut exits = self.exits.lock().unwrap();
         for r in &report.running {

@@ -83,6 +83,27 @@ pub struct HostReport {
     /// Its entry points, one per environment it serves.
     #[serde(default)]
     pub entries: Vec<EntryReport>,
+    /// The environments' data it seeded, until the server has heard of it.
+    #[serde(default)]
+    pub seeded: Vec<DataSeeded>,
+}
+
+/// An environment's data seeded on a host, for the change log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DataSeeded {
+    pub service: String,
+    pub environment: String,
+    /// The seed script.
+    pub seed: String,
+    /// The end of what it printed.
+    pub printed: String,
+}
+
+impl DataSeeded {
+    /// Whether it is as much as an agent sends.
+    pub fn bounded(&self) -> bool {
+        self.seed.len() <= 4096 && self.printed.len() <= 64 * 1024
+    }
 }
 
 /// One entry point on an agent's host: where it listens, which instances
@@ -188,6 +209,26 @@ pub struct RunningInstance {
     pub pid: Option<i64>,
     /// How often its process exited (or failed to start) so far.
     pub exits: u32,
+    /// Its log's lines the server does not have yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogChunk>,
+}
+
+/// Part of an instance's log: whole lines, from byte `from` of the log on
+/// its host, `bytes` of it there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogChunk {
+    pub from: u64,
+    pub bytes: u64,
+    pub text: String,
+}
+
+impl LogChunk {
+    /// Whether it is as much as an agent sends (its text is at most three
+    /// times its bytes: each byte not UTF-8 is shown as one `�`).
+    pub fn bounded(&self) -> bool {
+        self.bytes <= super::logs::MAX_CHUNK as u64 && self.text.len() as u64 <= 3 * self.bytes
+    }
 }
 
 /// The server's answer to a report: every instance the host is to run

@@ -62,6 +62,7 @@ pub async fn agent(global: &Global, args: AgentArgs) -> Result<ExitCode> {
         isolation,
         address,
         metrics,
+        server_data_dir,
     } = args;
     let Some(token) = global.token.clone() else {
         bail!(
@@ -90,7 +91,10 @@ pub async fn agent(global: &Global, args: AgentArgs) -> Result<ExitCode> {
     let mut registry = prometheus_client::registry::Registry::default();
     let entry_metrics = sluice_proxy::Metrics::register(&mut registry);
     if let Some(addr) = metrics {
-        serve_metrics(addr, registry).await?;
+        let bound = serve_metrics(addr, registry).await?;
+        // Where it listens, for whoever asked for port 0 (the local agent's server).
+        std::fs::create_dir_all(&data_dir)?;
+        std::fs::write(data_dir.join("metrics-address"), format!("{bound}\n"))?;
     }
     let hosting = HostConfig {
         metrics: entry_metrics,
@@ -100,6 +104,7 @@ pub async fn agent(global: &Global, args: AgentArgs) -> Result<ExitCode> {
         data_dir: data_dir.join("host"),
         isolation,
         socket_keeper: std::env::current_exe().ok(),
+        server_data_dir,
     };
     let config = AgentConfig {
         server: global.server.clone(),
@@ -148,11 +153,12 @@ pub async fn agent(global: &Global, args: AgentArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Serves `registry` at `http://addr/metrics` until the agent exits.
+/// Serves `registry` at `http://addr/metrics` until the agent exits;
+/// returns where it listens.
 async fn serve_metrics(
     addr: std::net::SocketAddr,
     registry: prometheus_client::registry::Registry,
-) -> Result<()> {
+) -> Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot serve metrics at {addr} (--metrics)"))?;
@@ -161,7 +167,8 @@ async fn serve_metrics(
         "/metrics",
         axum::routing::get(move || async move { sluice_server::metrics_page(&registry) }),
     );
-    tracing::info!(addr = %listener.local_addr()?, "serving the entry points' metrics at /metrics");
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "serving the entry points' metrics at /metrics");
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(())
+    Ok(bound)
 }

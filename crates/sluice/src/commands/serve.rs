@@ -14,6 +14,17 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
     } else {
         sluice_ci::sandbox::Isolation::User
     };
+    let on = match options.local_agent.as_deref() {
+        Some(asked) => asked == "on",
+        None => options.database.is_none(),
+    };
+    let local_agent = match on {
+        true => Some(sluice_server::local_agent::LocalAgent {
+            program: std::env::current_exe()?,
+            isolation,
+        }),
+        false => None,
+    };
     let server = Server::start(ServeOptions {
         data_dir: global.data_dir.clone(),
         listen: options.listen,
@@ -29,13 +40,7 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
         advertise: options.advertise,
         socket_keeper: std::env::current_exe().ok(),
         isolation,
-        local_agent: match options.local_agent {
-            true => Some(sluice_server::local_agent::LocalAgent {
-                program: std::env::current_exe()?,
-                isolation,
-            }),
-            false => None,
-        },
+        local_agent,
     })
     .await?;
     let data_dir = global

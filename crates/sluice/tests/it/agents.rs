@@ -414,6 +414,8 @@ async fn refusals(server: &Server, agents: &[Agent]) {
     assert_eq!(status, 403, "nor an admin's: {body:#}");
 }
 
+/// Waits until `count` agents the test started are online (the server's
+/// local agent, which runs no job, aside).
 pub(crate) async fn wait_online(server: &Server, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -422,7 +424,7 @@ pub(crate) async fn wait_online(server: &Server, count: usize) {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|a| a["online"] == true)
+            .filter(|a| a["online"] == true && a["labels"]["sluice.local"].is_null())
             .count();
         if online == count {
             return;

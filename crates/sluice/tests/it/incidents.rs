@@ -431,8 +431,10 @@ async fn an_instance_that_stays_unhealthy_opens_an_incident() {
 
     // The service's own check starts failing (the fixture reads app/BROKEN
     // at each check, in the instance's working directory).
-    let instance = dev["instances"][0]["id"].as_str().unwrap();
-    let broken = data.join(format!("envs/shop/dev/instances/{instance}/app/BROKEN"));
+    // Its working directory, wherever it runs (the server's or its agent's).
+    let pid = dev["instances"][0]["pid"].as_i64().unwrap();
+    let workdir = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    let broken = workdir.join("app/BROKEN");
     std::fs::write(&broken, "disk full\n").unwrap();
     let incident = server
         .wait_for("/incidents?service=shop", "a health incident", |i| {

@@ -52,9 +52,16 @@ async fn a_run_interrupted_by_kill_9_ends_as_error_with_its_logs_and_no_leftover
     .await;
 }
 
-/// Pids of the live processes that are instances of the server with this data directory.
+/// What the tests of the server's own instances start it with: the
+/// environments in its process, not on its local agent.
+const IN_PROCESS: &[&str] = &["--local-agent", "off"];
+
+/// Pids of the live processes that are instances of the server with this
+/// data directory, its local agent's included (whose `SLUICE_HOME` is its
+/// own directory under `agents/`).
 pub fn instance_processes(data: &std::path::Path) -> Vec<(i32, String)> {
     let home = format!("SLUICE_HOME={}", data.canonicalize().unwrap().display());
+    let agents = format!("{home}/agents/");
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry
@@ -68,7 +75,8 @@ pub fn instance_processes(data: &std::path::Path) -> Vec<(i32, String)> {
             continue;
         };
         let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        if vars.contains(&home.as_bytes()) && process_alive(pid) {
+        let ours = |v: &&[u8]| *v == home.as_bytes() || v.starts_with(agents.as_bytes());
+        if vars.iter().any(ours) && process_alive(pid) {
             let instance = vars
                 .iter()
                 .find_map(|v| v.strip_prefix(b"SLUICE_INSTANCE="))
@@ -84,7 +92,7 @@ pub fn instance_processes(data: &std::path::Path) -> Vec<(i32, String)> {
 async fn a_kill_9_during_a_deployment_is_reconciled_with_nothing_orphaned_or_doubled() {
     each_database(|dir, db| async move {
         let data = dir.join("data");
-        let mut server = Server::start(&data, db.as_deref());
+        let mut server = Server::start_with(&data, db.as_deref(), IN_PROCESS);
         let repo = GitRepo::new(&dir, "shop");
         crate::support::copy_fixture(&repo, "shop");
         let spec = |delay: &str| {
@@ -114,7 +122,7 @@ async fn a_kill_9_during_a_deployment_is_reconciled_with_nothing_orphaned_or_dou
         let orphans = instance_processes(&data);
         assert!(orphans.len() >= 3, "the instances outlive the server: {orphans:?}");
 
-        let restarted = Server::start(&data, db.as_deref());
+        let restarted = Server::start_with(&data, db.as_deref(), IN_PROCESS);
         // The interrupted deployment is recorded as such, and then completes.
         let dev = restarted.wait_env("shop", "dev", 2, 2).await;
         let deployments = restarted.get("/deployments?service=shop&env=dev").await;
@@ -145,7 +153,7 @@ async fn a_kill_9_during_a_deployment_is_reconciled_with_nothing_orphaned_or_dou
 async fn instances_that_match_keep_running_through_a_kill_9() {
     each_database(|dir, db| async move {
         let data = dir.join("data");
-        let mut server = Server::start(&data, db.as_deref());
+        let mut server = Server::start_with(&data, db.as_deref(), IN_PROCESS);
         let repo = GitRepo::new(&dir, "shop");
         crate::support::copy_fixture(&repo, "shop");
         // A service that takes 2 s to start: started again, it would be down that long.
@@ -166,7 +174,7 @@ async fn instances_that_match_keep_running_through_a_kill_9() {
 
         server.kill_hard();
         assert_eq!(instance_processes(&data).len(), 2, "the instances outlive the server");
-        let restarted = Server::start(&data, db.as_deref());
+        let restarted = Server::start_with(&data, db.as_deref(), IN_PROCESS);
         let kept = restarted.wait_env("shop", "dev", 1, 2).await;
         load.served(20).await;
         let failed = load.finish("the kill -9 and restart").await;
@@ -222,8 +230,7 @@ async fn instances_that_match_keep_running_through_a_kill_9() {
 async fn with_a_local_agent_a_kill_9_of_the_server_fails_no_request() {
     let dir = crate::support::tempdir();
     let data = dir.path().join("data");
-    let mut server = Server::start_with(&data, None, &["--local-agent"]);
-    let agent = LocalAgentProcess(data.join("local-agent/pid"));
+    let mut server = Server::start_with(&data, None, &["--local-agent", "on"]);
     let repo = GitRepo::new(dir.path(), "shop");
     crate::support::copy_fixture(&repo, "shop");
     // A service that takes 2 s to start: started again, it would be down that long.
@@ -248,7 +255,7 @@ async fn with_a_local_agent_a_kill_9_of_the_server_fails_no_request() {
     let mut before = instance_processes(&home);
     before.sort();
     assert_eq!(before.len(), 2, "{before:?}");
-    let agent_pid = agent.pid();
+    let agent_pid = local_agent_pid(&data);
     for (pid, _) in &before {
         assert_eq!(
             parent_of(*pid),
@@ -264,7 +271,7 @@ async fn with_a_local_agent_a_kill_9_of_the_server_fails_no_request() {
     server.kill_hard();
     // Served while no server runs at all.
     load.served(50).await;
-    let restarted = Server::start_on(&address, &data, None, &["--local-agent"]);
+    let restarted = Server::start_on(&address, &data, None, &["--local-agent", "on"]);
     let kept = restarted.wait_env("shop", "dev", 1, 2).await;
     load.served(20).await;
     let failed = load.finish("the kill -9 and restart").await;
@@ -276,7 +283,7 @@ async fn with_a_local_agent_a_kill_9_of_the_server_fails_no_request() {
         before, after,
         "the same processes serve, none started again"
     );
-    assert_eq!(agent.pid(), agent_pid, "the same agent");
+    assert_eq!(local_agent_pid(&data), agent_pid, "the same agent");
     let changes = restarted.get("/changelog?kind=instances.lost").await;
     assert_eq!(
         changes.as_array().unwrap().len(),
@@ -289,15 +296,15 @@ async fn with_a_local_agent_a_kill_9_of_the_server_fails_no_request() {
     let mut restarted = restarted;
     restarted.kill_hard();
     let load = Load::start(url.clone());
-    let mut moved = Server::start_with(&data, None, &["--local-agent"]);
+    let mut moved = Server::start_with(&data, None, &["--local-agent", "on"]);
     assert_ne!(moved.url, restarted.url);
     let kept = moved.wait_env("shop", "dev", 1, 2).await;
-    assert_ne!(agent.pid(), agent_pid, "a new agent");
+    assert_ne!(local_agent_pid(&data), agent_pid, "a new agent");
     assert!(
         !process_alive(agent_pid),
         "the old agent handed over and left"
     );
-    let agent_pid = agent.pid();
+    let agent_pid = local_agent_pid(&data);
     load.served(50).await;
     let failed = load.finish("the hand-over to a new local agent").await;
     assert!(failed.is_empty(), "{failed:?}");
@@ -323,39 +330,22 @@ async fn with_a_local_agent_a_kill_9_of_the_server_fails_no_request() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // Started again, the server starts a new agent, and the agent the
+    // instances: the entry point (at a new port: `listen` asks for any)
+    // answers once they are ready.
+    let again = Server::start_with(&data, None, &["--local-agent", "on"]);
+    let dev = again.wait_env("shop", "dev", 1, 2).await;
+    assert!(process_alive(local_agent_pid(&data)), "a new local agent");
+    let load = Load::start(format!("http://{}/", dev["listen"].as_str().unwrap()));
+    load.served(20).await;
+    load.finish("a start after a clean stop").await;
 }
 
-/// The local agent a server started; stopped at the end of a test that
-/// left it running (a kill -9 of the server leaves it, as it should).
-struct LocalAgentProcess(std::path::PathBuf);
-
-impl LocalAgentProcess {
-    fn pid(&self) -> i32 {
-        std::fs::read_to_string(&self.0)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for LocalAgentProcess {
-    fn drop(&mut self) {
-        let Some(pid) = std::fs::read_to_string(&self.0)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        else {
-            return;
-        };
-        let pid = nix::unistd::Pid::from_raw(pid);
-        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while process_alive(pid.as_raw()) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
+/// The process id of the local agent of the server with data directory `data`.
+fn local_agent_pid(data: &std::path::Path) -> i32 {
+    let pid = std::fs::read_to_string(data.join("local-agent/pid")).unwrap();
+    pid.trim().parse().unwrap()
 }
 
 /// The parent of process `pid`.
@@ -379,7 +369,7 @@ fn parent_of(pid: i32) -> i32 {
 async fn a_hand_over_restarts_nothing_and_answers_what_waits() {
     let dir = crate::support::tempdir();
     let data = dir.path().join("data");
-    let mut server = Server::start(&data, None);
+    let mut server = Server::start_with(&data, None, IN_PROCESS);
     let repo = GitRepo::new(dir.path(), "shop");
     crate::support::copy_fixture(&repo, "shop");
     let spec = "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  health: { path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }\nenvironments:\n  dev:\n    deploy: auto\n    instances: 2\n    listen: 127.0.0.1:0\n";
@@ -395,7 +385,7 @@ async fn a_hand_over_restarts_nothing_and_answers_what_waits() {
     let pid = nix::unistd::Pid::from_raw(server.pid());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2).unwrap();
     assert_eq!(server.wait_exit().await, Some(0));
-    let restarted = Server::start(&data, None);
+    let restarted = Server::start_with(&data, None, IN_PROCESS);
     restarted.wait_env("shop", "dev", 1, 2).await;
     load.served(20).await;
     let failed = load.finish("the hand-over").await;
@@ -502,7 +492,7 @@ async fn a_hand_over_in_the_middle_of_an_experiment_keeps_a_and_b() {
     let pid = nix::unistd::Pid::from_raw(server.pid());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2).unwrap();
     assert_eq!(server.wait_exit().await, Some(0));
-    let restarted = Server::start(&data, None);
+    let restarted = Server::start_with(&data, None, IN_PROCESS);
     let resumed = wait_experiment(&restarted, |x| {
         x["decisions"].to_string().contains("the server restarted")
     })
@@ -531,7 +521,7 @@ async fn an_experiment_goes_on_after_a_kill_9() {
             .unwrap();
         store.close().await;
     }
-    let restarted = Server::start(&data, None);
+    let restarted = Server::start_with(&data, None, IN_PROCESS);
     let paused = wait_experiment(&restarted, |x| x["status"] == "paused").await;
     assert!(
         paused["decisions"].to_string().contains("paused by ana"),
@@ -613,7 +603,7 @@ async fn a_config_experiment_on_the_running_release_goes_on_after_a_kill_9() {
     assert_eq!(running.before.len(), 2, "A and B: {:?}", running.before);
 
     server.kill_hard();
-    let restarted = Server::start(&data, None);
+    let restarted = Server::start_with(&data, None, IN_PROCESS);
     let resumed = wait_experiment(&restarted, |x| {
         x["decisions"].to_string().contains("the server restarted")
     })
@@ -690,7 +680,7 @@ async fn in_an_experiment(dir: &std::path::Path) -> (Server, std::path::PathBuf,
 /// directory and the shop's repository.
 async fn serving_v1(dir: &std::path::Path) -> (Server, std::path::PathBuf, GitRepo) {
     let data = dir.join("data");
-    let server = Server::start(&data, None);
+    let server = Server::start_with(&data, None, IN_PROCESS);
     let repo = GitRepo::new(dir, "shop");
     crate::support::copy_fixture(&repo, "shop");
     let spec = "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  health: { path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }\nenvironments:\n  prod:\n    deploy: auto\n    instances: 1\n    listen: 127.0.0.1:0\n    strategy:\n      ab: { steps: [20, 100], min_requests: 1000000, max_step: 10m, metrics: [error_rate] }\n";

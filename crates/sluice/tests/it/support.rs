@@ -242,6 +242,7 @@ impl Drop for Server {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        stop_orphaned_local_agent(&self.data_dir);
         // A server killed here after the 10 s (its drain waits for clients
         // this blocked thread cannot serve) leaves its instances running, as
         // a crash would for the next start; no next start comes, so they go
@@ -379,6 +380,41 @@ where
         );
         scenario(sub, database).await;
     }
+}
+
+/// Stops the local agent of the data directory `data_dir` once no server
+/// runs there: one killed (`kill_hard`) and never started again leaves it
+/// serving, as it should in production, but a test must not.
+pub fn stop_orphaned_local_agent(data_dir: &Path) {
+    let Some(pid) = std::fs::read_to_string(data_dir.join("local-agent/pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|pid| process_alive(*pid))
+    else {
+        return;
+    };
+    let dir = data_dir.as_os_str().as_encoded_bytes();
+    let serving = std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        args.get(1) == Some(&&b"serve"[..])
+            && args.contains(&dir)
+            && entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+                .is_some_and(process_alive)
+    });
+    if serving {
+        return;
+    }
+    let agent = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = nix::sys::signal::kill(agent, nix::sys::signal::Signal::SIGKILL);
 }
 
 pub fn process_alive(pid: i32) -> bool {

@@ -462,8 +462,11 @@ fn as_root_a_data_directory_environments_cannot_reach_is_refused_at_start() {
         &mut first,
     )
     .unwrap();
-    let _ = child.kill();
+    // Stopped as an operator would: its local agent stops with it.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let _ = child.wait();
+    crate::support::stop_orphaned_local_agent(&closed.join("data"));
     assert!(!first.is_empty(), "it started with --isolation none");
 }
 
