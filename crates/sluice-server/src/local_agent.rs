@@ -57,16 +57,7 @@ pub fn log_path(data_dir: &Path) -> PathBuf {
 /// Where the local agent of the server with `data_dir` serves its entry
 /// points' metrics, while it runs.
 pub fn metrics_address(data_dir: &Path) -> Option<std::net::SocketAddr> {
-    let pid: i32 = std::fs::read_to_string(Files::of(data_dir).pid())
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let (_, args) = recorded(&Files::of(data_dir))?;
     let name = args.windows(2).find(|w| w[0] == "--name")?[1].clone();
     if !sluice_spec::is_label(&name) {
         return None;
@@ -193,20 +184,27 @@ pub async fn stop(data_dir: &Path, agent: &LocalAgent) {
 /// The local agent this server started, when it still runs: its process
 /// id and arguments.
 fn running(files: &Files, program: &Path) -> Option<(i32, Vec<String>)> {
+    let (pid, args) = recorded(files)?;
+    // A recycled process id is someone else's process.
+    let ours = args.first().map(Path::new).and_then(Path::file_name) == program.file_name()
+        && args.get(1).map(String::as_str) == Some("agent");
+    ours.then_some((pid, args))
+}
+
+/// The process whose id the pid file holds, while one has it: its id and
+/// arguments.
+fn recorded(files: &Files) -> Option<(i32, Vec<String>)> {
     let pid: i32 = std::fs::read_to_string(files.pid())
         .ok()?
         .trim()
         .parse()
         .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> = cmdline
+    let args = cmdline
         .split(|b| *b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    // A recycled process id is someone else's process.
-    let ours = args.first().map(Path::new).and_then(Path::file_name) == program.file_name()
-        && args.get(1).map(String::as_str) == Some("agent");
-    ours.then_some((pid, args))
+    Some((pid, args))
 }
 
 /// Whether process `pid` runs `program` as the file is now: an upgrade

@@ -172,16 +172,8 @@ impl HostEntries {
         lease: Duration,
         limit: Duration,
     ) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            let reported = self.reported.notified();
-            if !self.held(key, id, lease, Instant::now()) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, reported).await.is_err() {
-                return !self.held(key, id, lease, Instant::now());
-            }
-        }
+        self.until(limit, |now| !self.held(key, id, lease, now))
+            .await
     }
 
     /// Waits (up to `limit`) until every host that reported within `lease`
@@ -195,14 +187,21 @@ impl HostEntries {
         lease: Duration,
         limit: Duration,
     ) -> bool {
+        self.until(limit, |now| self.everywhere(key, id, lease, now))
+            .await
+    }
+
+    /// Waits (up to `limit`) until the hosts' reports make `holds` true,
+    /// looking again at each report. Returns whether it holds.
+    async fn until(&self, limit: Duration, holds: impl Fn(Instant) -> bool) -> bool {
         let deadline = Instant::now() + limit;
         loop {
             let reported = self.reported.notified();
-            if self.everywhere(key, id, lease, Instant::now()) {
+            if holds(Instant::now()) {
                 return true;
             }
             if tokio::time::timeout_at(deadline, reported).await.is_err() {
-                return self.everywhere(key, id, lease, Instant::now());
+                return holds(Instant::now());
             }
         }
     }

@@ -10,10 +10,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::wire::LogChunk;
-
-/// The most of one instance's log a report carries.
-pub const MAX_CHUNK: usize = 64 * 1024;
+use super::wire::{LogChunk, MAX_CHUNK};
 
 /// The agent's side: what of each instance's log the server has.
 #[derive(Default)]

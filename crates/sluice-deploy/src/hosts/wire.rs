@@ -214,6 +214,9 @@ pub struct RunningInstance {
     pub log: Option<LogChunk>,
 }
 
+/// The most of one instance's log a report carries.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
 /// Part of an instance's log: whole lines, from byte `from` of the log on
 /// its host, `bytes` of it there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -227,7 +230,7 @@ impl LogChunk {
     /// Whether it is as much as an agent sends (its text is at most three
     /// times its bytes: each byte not UTF-8 is shown as one `�`).
     pub fn bounded(&self) -> bool {
-        self.bytes <= super::logs::MAX_CHUNK as u64 && self.text.len() as u64 <= 3 * self.bytes
+        self.bytes <= MAX_CHUNK as u64 && self.text.len() as u64 <= 3 * self.bytes
     }
 }
 
