@@ -16,7 +16,8 @@ dir=$(mktemp -d)
 chmod 755 "$dir"
 "$sluice" serve --data-dir "$dir/data" --listen 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
 server=$!
-trap 'kill $server 2>/dev/null; rm -rf "$dir"' EXIT
+# Waited for: its clean stop stops its local agent, whose files are in $dir.
+trap 'kill $server 2>/dev/null && wait $server; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do
   grep -q 'listening on ' "$dir/out" 2>/dev/null && break
   sleep 0.1

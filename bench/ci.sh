@@ -16,7 +16,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --locked -p sluice --manifest-path "$root/Cargo.toml" >&2
 sluice="$root/target/release/sluice"
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+# Waited for: a server's clean stop stops its local agent, whose files are in $work.
+trap 'kill $(jobs -p) 2>/dev/null; wait; rm -rf "$work"' EXIT
 now() { date +%s%N; }
 
 start_server() { # $1 data dir, $2 poll interval

@@ -15,7 +15,8 @@ command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; ex
 cargo build --release --locked -p sluice --manifest-path "$root/Cargo.toml" >&2
 sluice="$root/target/release/sluice"
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+# Waited for: a server's clean stop stops its local agent, whose files are in $work.
+trap 'kill $(jobs -p) 2>/dev/null; wait; rm -rf "$work"' EXIT
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 # The service's own start-up time, without sluice: median of 5.
