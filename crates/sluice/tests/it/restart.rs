@@ -252,8 +252,7 @@ async fn with_a_local_agent_a_kill_9_of_the_server_fails_no_request() {
         "{dev:#}"
     );
     let home = data.join("agents").join(&name).join("host");
-    let mut before = instance_processes(&home);
-    before.sort();
+    let before = sorted_processes(&home);
     assert_eq!(before.len(), 2, "{before:?}");
     let agent_pid = local_agent_pid(&data);
     for (pid, _) in &before {
@@ -277,10 +276,9 @@ async fn with_a_local_agent_a_kill_9_of_the_server_fails_no_request() {
     let failed = load.finish("the kill -9 and restart").await;
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(kept["listen"], dev["listen"], "the same address");
-    let mut after = instance_processes(&home);
-    after.sort();
     assert_eq!(
-        before, after,
+        before,
+        sorted_processes(&home),
         "the same processes serve, none started again"
     );
     assert_eq!(local_agent_pid(&data), agent_pid, "the same agent");
@@ -309,10 +307,9 @@ async fn with_a_local_agent_a_kill_9_of_the_server_fails_no_request() {
     let failed = load.finish("the hand-over to a new local agent").await;
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(kept["listen"], dev["listen"], "the same address");
-    let mut after = instance_processes(&home);
-    after.sort();
     assert_eq!(
-        before, after,
+        before,
+        sorted_processes(&home),
         "the same processes serve, none started again"
     );
 
@@ -340,6 +337,13 @@ async fn with_a_local_agent_a_kill_9_of_the_server_fails_no_request() {
     let load = Load::start(format!("http://{}/", dev["listen"].as_str().unwrap()));
     load.served(20).await;
     load.finish("a start after a clean stop").await;
+}
+
+/// The instance processes under `home`, in order.
+fn sorted_processes(home: &std::path::Path) -> Vec<(i32, String)> {
+    let mut processes = instance_processes(home);
+    processes.sort();
+    processes
 }
 
 /// The process id of the local agent of the server with data directory `data`.
