@@ -173,6 +173,11 @@ impl Ci {
         self.engine.events.subscribe()
     }
 
+    /// Where the engine's events go out, for a stream to subscribe to.
+    pub fn events(&self) -> broadcast::Sender<Event> {
+        self.engine.events.clone()
+    }
+
     /// Where things are under the data directory.
     pub fn layout(&self) -> sluice_spec::Layout {
         sluice_spec::Layout::new(&self.engine.config.data_dir)
@@ -226,6 +231,11 @@ impl Engine {
             return;
         };
         self.emit(run_id, run.status);
+        let notice = sluice_store::Notice::Run {
+            run_id,
+            status: run.status,
+        };
+        self.store.tell(&notice).await;
         if let Ok(repo) = self.store.repo_by_id(run.repo_id).await {
             for notifier in &self.notifiers {
                 notifier.run_changed(&repo, &run).await;

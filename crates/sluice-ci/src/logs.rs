@@ -183,10 +183,21 @@ impl LogSink {
 }
 
 async fn flush(store: &Store, run_id: i64, pending: &mut Vec<LogLine>, stored: &mut Stored) {
-    let Some(last) = pending.last() else { return };
+    let (Some(first), Some(last)) = (pending.first(), pending.last()) else {
+        return;
+    };
     let bytes = pending.iter().map(size).sum();
     match store.append_log_chunk(run_id, pending).await {
-        Ok(()) => stored.add(last.seq, bytes),
+        Ok(()) => {
+            stored.add(last.seq, bytes);
+            // Other servers' streams read the lines from the store.
+            let notice = sluice_store::Notice::Logs {
+                run_id,
+                from: first.seq,
+                through: last.seq,
+            };
+            store.tell(&notice).await;
+        }
         Err(e) => tracing::error!(run_id, error = %e, "could not store log lines"),
     }
     pending.clear();

@@ -5,7 +5,7 @@ mod artifacts;
 mod changelog;
 mod channels;
 mod deploy;
-mod events;
+pub mod events;
 mod hooks;
 mod incidents;
 pub mod openapi;
@@ -114,8 +114,6 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/runs/{id}/logs", get(runs::logs))
         .route("/runs/{id}/logs/raw", get(runs::raw_log))
-        .route("/runs/{id}/logs/stream", get(events::run_logs))
-        .route("/events", get(events::all))
         .route("/artifacts/{sha256}", get(artifacts::download))
         .route("/changelog", get(changelog::list))
         .route("/releases", get(deploy::releases))
@@ -208,6 +206,7 @@ pub fn routes() -> Router<AppState> {
             "/messages/{id}/retry",
             post(needs(Operation::RetryMessage, channels::retry)),
         )
+        .merge(events::routes())
         .fallback(|| async {
             ApiError::not_found("no such endpoint")
                 .with_hint("the endpoints are listed in docs/api.md")
@@ -231,7 +230,7 @@ pub fn limit(asked: Option<i64>, default: i64) -> Result<i64, ApiError> {
 /// Errors axum answers by itself (a path or query that does not parse, a
 /// body that is not JSON, a method not allowed) in the documented shape:
 /// `{"error": {"code", "message", "hint"}}`.
-async fn json_errors(response: axum::response::Response) -> axum::response::Response {
+pub(crate) async fn json_errors(response: axum::response::Response) -> axum::response::Response {
     use axum::response::IntoResponse;
     let status = response.status();
     let is_json = response

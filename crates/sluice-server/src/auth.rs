@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -202,14 +202,32 @@ fn caller_of(record: sluice_store::TokenRecord) -> Result<Caller, ApiError> {
     })
 }
 
-impl FromRequestParts<AppState> for Caller {
+/// What checking who asks needs: the store (tokens, sessions) and the
+/// token cache. A server standing by has this without the engines, so it
+/// checks the callers of what it serves itself (live streams).
+#[derive(Clone)]
+pub struct Gate {
+    pub store: Store,
+    pub tokens: Arc<Tokens>,
+}
+
+impl FromRef<AppState> for Gate {
+    fn from_ref(state: &AppState) -> Gate {
+        Gate {
+            store: state.store.clone(),
+            tokens: state.tokens.clone(),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller
+where
+    Gate: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let caller = authenticate(parts, state).await?;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let caller = authenticate(parts, &Gate::from_ref(state)).await?;
         // The route names what it does (`access::needs`); a route that names
         // nothing only reads.
         let operation = parts
@@ -223,14 +241,14 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// Who the request's token (or, for reading, its session cookie) says is asking.
-async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+async fn authenticate(parts: &mut Parts, state: &Gate) -> Result<Caller, ApiError> {
     {
         let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
             // A signed-in browser may read (its pages follow live events),
             // but changes need a token: a cookie alone could be a forged form.
             if parts.method == axum::http::Method::GET
                 && let Some((caller, _)) =
-                    crate::ui::session::caller_from_cookie(parts, state).await
+                    crate::ui::session::caller_from_cookie(parts, &state.store, &state.tokens).await
             {
                 return Ok(caller);
             }

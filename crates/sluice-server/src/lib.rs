@@ -12,6 +12,7 @@ mod limit;
 mod listen;
 pub mod local_agent;
 mod metrics;
+mod relay;
 mod standby;
 pub mod ui;
 
@@ -282,8 +283,13 @@ impl Server {
         };
         let router = match (&candidate, &peers) {
             (Some(candidate), Some(peers)) => {
-                let switch =
-                    standby::Switch::new(store.clone(), candidate.holder.clone(), peers.clone());
+                let events = relay::start(store.clone(), stop.clone());
+                let switch = standby::Switch::new(
+                    store.clone(),
+                    candidate.holder.clone(),
+                    peers.clone(),
+                    events,
+                );
                 let held = slot
                     .lock()
                     .await

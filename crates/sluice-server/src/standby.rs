@@ -1,9 +1,10 @@
-//! A server standing by (another holds the controllers' lease): it answers
-//! every request by forwarding it to the holder, bodies streamed both ways
-//! (live logs and events included), as Vault's and Nomad's standbys do.
-//! So every server serves the API, the dashboard and webhooks, and one acts.
-//! Once this server takes the lease over, [`Switch`] sends requests to its
-//! own router instead.
+//! A server standing by (another holds the controllers' lease): it serves
+//! the live streams (events, a run's log) itself from what the holder tells
+//! over PostgreSQL ([`crate::relay`]), and forwards every other request to
+//! the holder, bodies streamed both ways, as Vault's and Nomad's standbys
+//! do. So every server serves the API, the dashboard and webhooks, and one
+//! acts. Once this server takes the lease over, [`Switch`] sends requests
+//! to its own router instead; the streams it serves go on.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -11,9 +12,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, FromRef, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -21,6 +24,8 @@ use sluice_store::Store;
 use tower::ServiceExt;
 
 use crate::ApiError;
+use crate::api::events::Live;
+use crate::auth::Gate;
 
 /// Set on a forwarded request: a standby never forwards one again, so a
 /// lease naming a server that is itself standing by cannot make a loop.
@@ -78,18 +83,62 @@ impl Vouch {
 }
 
 /// Where requests go: to this server's own router once it holds the
-/// lease, else to the server that does.
+/// lease, else to what a standby serves itself or forwards.
 #[derive(Clone)]
 pub struct Switch {
     own: Arc<RwLock<Option<Router>>>,
+    standby: Router,
+}
+
+/// What a standby's own routes reach.
+#[derive(Clone)]
+struct Standby {
+    gate: Gate,
+    live: Live,
     forwarder: Arc<Forwarder>,
 }
 
+impl FromRef<Standby> for Gate {
+    fn from_ref(standby: &Standby) -> Gate {
+        standby.gate.clone()
+    }
+}
+
+impl FromRef<Standby> for Live {
+    fn from_ref(standby: &Standby) -> Live {
+        standby.live.clone()
+    }
+}
+
 impl Switch {
-    pub fn new(store: Store, me: String, vouch: Arc<Vouch>) -> Switch {
+    /// A switch for server `me`, whose streams show `events` while it
+    /// stands by.
+    pub fn new(
+        store: Store,
+        me: String,
+        vouch: Arc<Vouch>,
+        events: tokio::sync::broadcast::Sender<sluice_ci::Event>,
+    ) -> Switch {
+        let standby = Standby {
+            gate: Gate {
+                store: store.clone(),
+                tokens: Arc::default(),
+            },
+            live: Live {
+                store: store.clone(),
+                events,
+            },
+            forwarder: Arc::new(Forwarder::new(store, me, vouch)),
+        };
+        let streams = crate::api::events::routes().layer(map_response(crate::api::json_errors));
         Switch {
             own: Arc::default(),
-            forwarder: Arc::new(Forwarder::new(store, me, vouch)),
+            standby: Router::new()
+                .route("/api/v1/health", get(health))
+                .route("/metrics", get(metrics))
+                .nest("/api/v1", streams)
+                .fallback(forward)
+                .with_state(standby),
         }
     }
 
@@ -110,31 +159,39 @@ const STANDBY_METRICS: &str = "# HELP sluice_standby Whether this server stands 
 
 async fn route(State(switch): State<Switch>, request: Request) -> Response {
     let own = switch.own.read().unwrap().clone();
-    match own {
-        Some(router) => match router.oneshot(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        },
-        // Each server answers for itself whether it is up, so that a load
-        // balancer keeps a standby while the holder is being replaced.
-        None if request.uri().path() == "/api/v1/health" => axum::Json(serde_json::json!({
-            "status": "ok",
-            "version": env!("CARGO_PKG_VERSION"),
-            "role": "standby",
-        }))
-        .into_response(),
-        // Its own metrics too: the holder's, forwarded, would be counted
-        // once per server by a scraper of every server.
-        None if request.uri().path() == "/metrics" => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            STANDBY_METRICS,
-        )
-            .into_response(),
-        None => switch.forwarder.forward(request).await,
+    let router = own.unwrap_or(switch.standby);
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
     }
+}
+
+/// Each server answers for itself whether it is up, so that a load
+/// balancer keeps a standby while the holder is being replaced.
+async fn health() -> Response {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "role": "standby",
+    }))
+    .into_response()
+}
+
+/// Its own metrics too: the holder's, forwarded, would be counted once
+/// per server by a scraper of every server.
+async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        STANDBY_METRICS,
+    )
+        .into_response()
+}
+
+async fn forward(State(standby): State<Standby>, request: Request) -> Response {
+    standby.forwarder.forward(request).await
 }
 
 struct Forwarder {

@@ -60,7 +60,7 @@ pub use status::{
 };
 pub use tokens::{Role, TokenRecord};
 pub use traffic::{TRAFFIC_BUCKET_MS, TrafficBucket};
-pub use wake::Topic;
+pub use wake::{Notice, Topic};
 
 /// The database sluice keeps its state in.
 #[derive(Clone)]

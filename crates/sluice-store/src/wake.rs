@@ -4,17 +4,42 @@
 //! PostgreSQL a wake-up also goes out by `NOTIFY`, so that a loop on
 //! another server sharing the database hears it. A wake-up is only a hint:
 //! every loop also looks now and then, so a lost one delays, never loses.
+//!
+//! On PostgreSQL the server that runs CI also tells every server what its
+//! live streams show ([`Notice`]: a run's state, a stored piece of a log),
+//! so that a server standing by serves those streams itself.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
+use tokio::sync::{Notify, broadcast};
 
 use crate::{Dialect, Store};
 
 /// The PostgreSQL channel wake-ups travel on.
 const CHANNEL: &str = "sluice_wake";
+/// The PostgreSQL channel notices travel on.
+const NOTICES: &str = "sluice_notices";
+
+/// What a live stream shows, as the server running CI tells every server
+/// sharing the database. Small by design (`NOTIFY` carries under 8000
+/// bytes): a log's lines are read from the store, where they already are.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Notice {
+    /// A run is now in `status`.
+    Run {
+        run_id: i64,
+        status: crate::RunStatus,
+    },
+    /// Lines `from` to `through` of a run's log are stored.
+    Logs {
+        run_id: i64,
+        from: i64,
+        through: i64,
+    },
+}
 
 /// What changed, named by who waits for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,11 +89,14 @@ impl Topic {
     }
 }
 
-/// One process's side of the wake-ups.
+/// One process's side of the wake-ups and notices.
 pub(crate) struct Wakes {
     topics: [Notify; TOPICS.len()],
     /// Names this process in what it sends, so that it skips its own echo.
     sender: String,
+    /// Every notice heard on PostgreSQL, this server's own included (one
+    /// that stands by and then takes over keeps its streams going).
+    notices: broadcast::Sender<Notice>,
 }
 
 impl Wakes {
@@ -76,7 +104,15 @@ impl Wakes {
         Arc::new(Wakes {
             topics: Default::default(),
             sender: uuid::Uuid::new_v4().simple().to_string(),
+            notices: broadcast::channel(4096).0,
         })
+    }
+
+    /// A notice as it came over the channel; anything else is ignored.
+    fn heard_notice(&self, payload: &str) {
+        if let Ok(notice) = serde_json::from_str::<Notice>(payload) {
+            let _ = self.notices.send(notice);
+        }
     }
 
     /// Wakes whoever waits now, and the next to wait if nobody does (a
@@ -124,6 +160,30 @@ impl Store {
     pub fn woken(&self, topic: Topic) -> Notified<'_> {
         self.wakes.topics[topic.index()].notified()
     }
+
+    /// Tells every server sharing the database what a live stream shows.
+    /// With SQLite there is one server, which has its own events: nothing
+    /// goes out. A notice that fails to go out is a stream a step behind,
+    /// which the store catches up with at the run's end.
+    pub async fn tell(&self, notice: &Notice) {
+        if self.dialect != Dialect::Postgres {
+            return;
+        }
+        let payload = serde_json::to_string(notice).unwrap_or_default();
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTICES)
+            .bind(payload)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::debug!(error = %e, "a notice did not go out");
+        }
+    }
+
+    /// The notices heard from now on (PostgreSQL only; with SQLite none come).
+    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.wakes.notices.subscribe()
+    }
 }
 
 /// Hears other servers' wake-ups on PostgreSQL for as long as the store
@@ -142,7 +202,7 @@ pub(crate) fn listen(url: String, wakes: Weak<Wakes>) {
                     continue;
                 }
             };
-            if listener.listen(CHANNEL).await.is_err() {
+            if listener.listen_all([CHANNEL, NOTICES]).await.is_err() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -153,6 +213,9 @@ pub(crate) fn listen(url: String, wakes: Weak<Wakes>) {
                     return;
                 };
                 match heard {
+                    Ok(Ok(notification)) if notification.channel() == NOTICES => {
+                        wakes.heard_notice(notification.payload())
+                    }
                     Ok(Ok(notification)) => wakes.heard(notification.payload()),
                     Ok(Err(_)) => break,
                     Err(_) => {}
@@ -193,6 +256,26 @@ mod tests {
                 tokio::time::timeout(Duration::from_secs(10), woken)
                     .await
                     .expect("the other server heard the wake-up");
+                // It listens by now: a notice reaches it, and the teller too.
+                let (mut theirs, mut ours) = (there.notices(), here.notices());
+                let notice = Notice::Logs {
+                    run_id: 7,
+                    from: 0,
+                    through: 12,
+                };
+                here.tell(&notice).await;
+                for heard in [&mut theirs, &mut ours] {
+                    let got = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await;
+                    assert_eq!(got.expect("a notice within 10 s").unwrap(), notice);
+                }
+            } else {
+                let mut heard = here.notices();
+                here.tell(&Notice::Run {
+                    run_id: 1,
+                    status: crate::RunStatus::Success,
+                })
+                .await;
+                assert!(heard.try_recv().is_err(), "with SQLite no notice goes out");
             }
         }
     }

@@ -1,20 +1,56 @@
 //! Live events over SSE: every event, or one run's log (stored lines first,
-//! then live ones, ending when the run does).
+//! then live ones, ending when the run does). Every server serves these
+//! itself: a server standing by reads what the one running CI tells over
+//! PostgreSQL ([`crate::relay`]), so a stream lasts through a takeover.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::Router;
+use axum::extract::{FromRef, Path, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use futures::Stream;
 use sluice_ci::Event;
+use sluice_store::Store;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Gate};
 use crate::{ApiResult, AppState};
 
-fn live(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static) -> Response {
+/// What the live streams read: the store, and events as they happen (the
+/// CI engine's, or those relayed to a server standing by).
+#[derive(Clone)]
+pub struct Live {
+    pub store: Store,
+    pub events: broadcast::Sender<Event>,
+}
+
+impl FromRef<AppState> for Live {
+    fn from_ref(state: &AppState) -> Live {
+        Live {
+            store: state.store.clone(),
+            events: state.ci.events(),
+        }
+    }
+}
+
+/// The live streams' routes, for any server that can check callers and
+/// has events.
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Live: FromRef<S>,
+    Gate: FromRef<S>,
+{
+    Router::new()
+        .route("/runs/{id}/logs/stream", get(run_logs))
+        .route("/events", get(all))
+}
+
+fn sse(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static) -> Response {
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
@@ -32,8 +68,8 @@ fn json_event(name: &str, value: &impl serde::Serialize) -> SseEvent {
     tag = "events",
     responses((status = 200, description = "server-sent events: runs, deployments, promotions, experiments", body = String, content_type = "text/event-stream"))
 )]
-pub async fn all(State(state): State<AppState>, _caller: Caller) -> ApiResult<Response> {
-    let mut events = state.ci.subscribe();
+pub async fn all(State(live): State<Live>, _caller: Caller) -> ApiResult<Response> {
+    let mut events = live.events.subscribe();
     let stream = async_stream::stream! {
         loop {
             match events.recv().await {
@@ -43,7 +79,7 @@ pub async fn all(State(state): State<AppState>, _caller: Caller) -> ApiResult<Re
             }
         }
     };
-    Ok(live(stream))
+    Ok(sse(stream))
 }
 
 #[utoipa::path(
@@ -54,14 +90,14 @@ pub async fn all(State(state): State<AppState>, _caller: Caller) -> ApiResult<Re
     responses((status = 200, description = "server-sent events: each line, then the end", body = String, content_type = "text/event-stream"))
 )]
 pub async fn run_logs(
-    State(state): State<AppState>,
+    State(live): State<Live>,
     _caller: Caller,
     Path(id): Path<i64>,
 ) -> ApiResult<Response> {
-    state.store.run(id).await?;
+    live.store.run(id).await?;
     // Subscribe before reading the stored lines, so that none falls in between.
-    let mut events = state.ci.subscribe();
-    let store = state.store.clone();
+    let mut events = live.events.subscribe();
+    let store = live.store.clone();
     let stream = async_stream::stream! {
         let mut last = -1;
         for line in store.logs(id, -1).await.unwrap_or_default() {
@@ -93,5 +129,5 @@ pub async fn run_logs(
             }
         }
     };
-    Ok(live(stream))
+    Ok(sse(stream))
 }

@@ -10,10 +10,11 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use sha2::{Digest, Sha256};
+use sluice_store::Store;
 
 use crate::AppState;
 use crate::access::{Operation, capitalised};
-use crate::auth::Caller;
+use crate::auth::{Caller, Tokens};
 
 pub const SESSION_COOKIE: &str = "sluice_session";
 /// Carries the sign-in form's CSRF token until the form comes back.
@@ -123,17 +124,17 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 
 /// The caller behind a session cookie, if any: its token is read again,
 /// so that a revoked token ends its sessions at once.
-pub async fn caller_from_cookie(parts: &Parts, state: &AppState) -> Option<(Caller, String)> {
+pub async fn caller_from_cookie(
+    parts: &Parts,
+    store: &Store,
+    tokens: &Tokens,
+) -> Option<(Caller, String)> {
     let id = cookie(&parts.headers, SESSION_COOKIE).filter(|id| id.len() <= 128)?;
-    let session = state.store.session(&session_digest(&id)).await.ok()??;
-    match state
-        .tokens
-        .caller_by_id(&state.store, &session.token_id)
-        .await
-    {
+    let session = store.session(&session_digest(&id)).await.ok()??;
+    match tokens.caller_by_id(store, &session.token_id).await {
         Ok(caller) => Some((caller, session.csrf)),
         Err(_) => {
-            close(&state.store, &id).await;
+            close(store, &id).await;
             None
         }
     }
@@ -186,7 +187,7 @@ impl FromRequestParts<AppState> for Viewer {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if let Some((caller, csrf)) = caller_from_cookie(parts, state).await {
+        if let Some((caller, csrf)) = caller_from_cookie(parts, &state.store, &state.tokens).await {
             // Every page reads; a token that may not read sees none.
             if !crate::access::Operation::Read.allows(caller.role) {
                 return Err(super::error_page(

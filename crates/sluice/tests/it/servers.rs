@@ -1,7 +1,8 @@
 //! Several servers on one PostgreSQL: one runs the controllers under a
-//! lease and the others forward every request to it. kill -9 of it in the
-//! middle of an experiment: another takes over within 15 s and the
-//! experiment ends as it would have. A server frozen past its lease stops
+//! lease and the others serve live streams themselves and forward every
+//! other request to it. kill -9 of it in the middle of an experiment:
+//! another takes over within 15 s, the experiment ends as it would have,
+//! and a stream opened on the other before the kill goes on. A server frozen past its lease stops
 //! by itself when it wakes, having done nothing.
 
 use std::time::{Duration, Instant};
@@ -96,28 +97,19 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
     copy_fixture(&repo, "shop");
     let port = free_port();
     let spec = format!(
-        "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'true'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  health: {{ path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }}\nenvironments:\n  prod:\n    deploy: auto\n    instances: 1\n    listen: 127.0.0.1:{port}\n    strategy:\n      ab: {{ steps: [20, 100], min_requests: 1000000, max_step: 10m, metrics: [error_rate] }}\n"
+        "service: shop\npipeline:\n  jobs:\n    unit:\n      steps:\n        - run: 'echo unit-tests-passed'\n  artifact:\n    paths: [app/]\nrun:\n  command: exec python3 app/server.py\n  health: {{ path: /healthz, interval: 200ms, timeout: 200ms, healthy: 1, unhealthy: 2 }}\nenvironments:\n  prod:\n    deploy: auto\n    instances: 1\n    listen: 127.0.0.1:{port}\n    strategy:\n      ab: {{ steps: [20, 100], min_requests: 1000000, max_step: 10m, metrics: [error_rate] }}\n"
     );
-    // A live stream through B carries A's events as they happen.
-    let mut events = b
-        .request(reqwest::Method::GET, "/events", Some(&b.token))
-        .await
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(events.status(), 200);
+    // B serves a live stream itself: A's CI events as A tells them over
+    // PostgreSQL, the log's lines read from the database.
+    let mut events = Stream::open(&b, "/events").await;
     repo.commit("v1", &[("sluice.yaml", &spec)]);
     b.add_repo(&repo);
-    let mut streamed = String::new();
-    while !streamed.contains("event: event") {
-        let chunk = events
-            .chunk()
-            .await
-            .unwrap()
-            .expect("the stream stays open");
-        streamed.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    drop(events);
+    events
+        .until(|seen| seen.contains("unit-tests-passed"))
+        .await;
+    events
+        .until(|seen| seen.contains(r#""status":"success""#))
+        .await;
     b.wait_env("shop", "prod", 1, 1).await;
     // And its metrics: a scraper of both counts A's environments once.
     reqwest::get(format!("http://127.0.0.1:{port}/"))
@@ -166,7 +158,66 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
 
     // It ends as it would have: promoted by a person, its promotion done.
     promote_by_hand(&b, id).await;
+
+    // The stream opened on B before the kill goes on: B's own CI events
+    // now, told over PostgreSQL like A's were.
+    let runs = b.get("/runs").await;
+    let before = (runs.as_array().unwrap().iter())
+        .filter_map(|run| run["id"].as_i64())
+        .max()
+        .expect("runs before the kill");
+    repo.commit("v3", &[("app/VERSION", "3\n")]);
+    events
+        .until(|seen| run_ids(seen).into_iter().any(|run| run > before))
+        .await;
     store.close().await;
+}
+
+/// An SSE stream as read so far.
+struct Stream {
+    response: reqwest::Response,
+    seen: String,
+}
+
+impl Stream {
+    async fn open(server: &Server, path: &str) -> Stream {
+        let response = server
+            .request(reqwest::Method::GET, path, Some(&server.token))
+            .await
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        Stream {
+            response,
+            seen: String::new(),
+        }
+    }
+
+    /// Reads on until what was read satisfies `done`; returns it. Fails
+    /// when the stream ends or a minute goes by.
+    async fn until(&mut self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !done(&self.seen) {
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("not seen within a minute:\n{}", self.seen))
+                .expect("the stream is not cut")
+                .expect("the stream stays open");
+            self.seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        self.seen.clone()
+    }
+}
+
+/// The runs a stream's run events name.
+fn run_ids(seen: &str) -> Vec<i64> {
+    seen.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .filter(|event| event["type"] == "run")
+        .filter_map(|event| event["run_id"].as_i64())
+        .collect()
 }
 
 /// What a killed server's host still runs is that server's to stop at its
