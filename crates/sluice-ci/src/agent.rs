@@ -26,8 +26,8 @@ use crate::wire::{
 /// How the agent was started.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// The server's base URL (`http://host:port`).
-    pub server: String,
+    /// The servers it reaches: the one given (`http://host:port`) first.
+    pub servers: Arc<crate::servers::Servers>,
     pub token: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -87,7 +87,7 @@ pub async fn run(config: AgentConfig, stop: Stop) -> Result<()> {
             }
         }
     };
-    tracing::info!(agent = %config.name, server = %config.server, "registered");
+    tracing::info!(agent = %config.name, server = %config.servers.current(), "registered");
     let agent = Arc::new(Agent {
         client,
         executor: LocalExecutor::for_agent(&config.data_dir),
@@ -383,7 +383,7 @@ async fn send_log(
 #[derive(Clone)]
 struct Client {
     http: reqwest::Client,
-    base: String,
+    servers: Arc<crate::servers::Servers>,
     token: String,
     name: String,
 }
@@ -396,7 +396,7 @@ impl Client {
             .build()?;
         Ok(Client {
             http,
-            base: format!("{}/api/v1", config.server.trim_end_matches('/')),
+            servers: config.servers.clone(),
             token: config.token.clone(),
             name: config.name.clone(),
         })
@@ -411,13 +411,13 @@ impl Client {
             version: env!("CARGO_PKG_VERSION").to_string(),
             address: config.address.clone(),
         };
-        let response = self.post("/agents").json(&hello).send().await?;
-        Ok(answer(response).await?.json().await?)
+        let sent = self.post("/agents").json(&hello).send().await;
+        Ok(self.answer(sent).await?.json().await?)
     }
 
     async fn heartbeat(&self) -> Result<()> {
         let path = format!("/agents/{}/heartbeat", self.name);
-        answer(self.post(&path).send().await?).await?;
+        self.answer(self.post(&path).send().await).await?;
         Ok(())
     }
 
@@ -427,7 +427,7 @@ impl Client {
             self.name,
             CLAIM_WAIT.as_millis()
         );
-        let response = answer(self.post(&path).send().await?).await?;
+        let response = self.answer(self.post(&path).send().await).await?;
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
@@ -439,7 +439,8 @@ impl Client {
         let body = Generation {
             generation: job.generation,
         };
-        Ok(answer(self.post(&path).json(&body).send().await?)
+        Ok(self
+            .answer(self.post(&path).json(&body).send().await)
             .await?
             .json()
             .await?)
@@ -450,13 +451,8 @@ impl Client {
             generation: job.generation,
             lines,
         };
-        answer(
-            self.post(&self.job_path(job, "log"))
-                .json(&body)
-                .send()
-                .await?,
-        )
-        .await?;
+        let sent = self.post(&self.job_path(job, "log")).json(&body).send();
+        self.answer(sent.await).await?;
         Ok(())
     }
 
@@ -473,13 +469,8 @@ impl Client {
             status,
             exit_code,
         };
-        answer(
-            self.post(&self.job_path(job, "steps"))
-                .json(&body)
-                .send()
-                .await?,
-        )
-        .await?;
+        let sent = self.post(&self.job_path(job, "steps")).json(&body).send();
+        self.answer(sent.await).await?;
         Ok(())
     }
 
@@ -493,12 +484,10 @@ impl Client {
                 .json(finished)
                 .send()
                 .await;
-            match sent {
-                Ok(response) => {
-                    answer(response).await?;
-                    return Ok(());
-                }
-                Err(e) if tokio::time::Instant::now() >= give_up => return Err(e.into()),
+            match self.answer(sent).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
+                Err(e) if tokio::time::Instant::now() >= give_up => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
@@ -512,14 +501,14 @@ impl Client {
         );
         let file = tokio::fs::File::open(file).await?;
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
-        let response = self
+        let sent = self
             .http
-            .put(format!("{}{path}", self.base))
+            .put(self.url(&path))
             .bearer_auth(&self.token)
             .body(body)
             .send()
-            .await?;
-        answer(response).await?;
+            .await;
+        self.answer(sent).await?;
         Ok(())
     }
 
@@ -529,13 +518,13 @@ impl Client {
             self.job_path(job, "source"),
             job.generation
         );
-        let response = self
+        let sent = self
             .http
-            .get(format!("{}{path}", self.base))
+            .get(self.url(&path))
             .bearer_auth(&self.token)
             .send()
-            .await?;
-        Ok(answer(response).await?.bytes().await?.to_vec())
+            .await;
+        Ok(self.answer(sent).await?.bytes().await?.to_vec())
     }
 
     fn job_path(&self, job: &Claimed, what: &str) -> String {
@@ -543,32 +532,55 @@ impl Client {
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+        self.http.post(self.url(path)).bearer_auth(&self.token)
     }
-}
 
-/// The response when it succeeded; a refusal (4xx) as [`Refused`], with the
-/// server's message.
-async fn answer(response: reqwest::Response) -> Result<reqwest::Response> {
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
+    /// Where `path` of the API is, on the server reached now.
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.servers.current())
     }
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    let message = body["error"]["message"]
-        .as_str()
-        .unwrap_or("no message")
-        .to_string();
-    // Not ours, or no longer: the token, the name, a claim taken over.
-    if matches!(
-        status,
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::CONFLICT
-    ) {
-        return Err(Refused(format!("{status}: {message}")).into());
+
+    /// The response when it succeeded; a refusal (4xx) as [`Refused`],
+    /// with the server's message. A server out of reach or unavailable
+    /// moves the next requests on to another.
+    async fn answer(&self, sent: reqwest::Result<reqwest::Response>) -> Result<reqwest::Response> {
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                if let Some(url) = e.url().filter(|_| e.is_connect() || e.is_timeout()) {
+                    self.servers.unreachable(url.as_str());
+                }
+                return Err(e.into());
+            }
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let url = response.url().to_string();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_string();
+        let given = self.servers.is_given(&url);
+        if matches!(
+            status,
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+        ) || (!given && matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN))
+        {
+            // A standby with no server acting behind it, or a learned
+            // address that is not one of ours.
+            self.servers.unreachable(&url);
+        } else if matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::CONFLICT
+        ) {
+            // Not ours, or no longer: the token, the name, a claim taken over.
+            return Err(Refused(format!("{status}: {message}")).into());
+        }
+        bail!("the server answered {status}: {message}")
     }
-    bail!("the server answered {status}: {message}")
 }
 
 /// The host's memory in MiB, from `/proc/meminfo`.

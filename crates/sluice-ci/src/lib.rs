@@ -17,6 +17,7 @@ pub mod remote;
 mod rules;
 mod run;
 pub mod sandbox;
+pub mod servers;
 pub mod webhook;
 pub mod wire;
 

@@ -126,3 +126,20 @@ impl Candidate {
         self.ttl * 6 / 10
     }
 }
+
+/// How often a server says it is up (see [`Store::note_server`]).
+const SAY_UP_EVERY: Duration = Duration::from_secs(5);
+
+/// Says this server is up, and where, until `stop`: agents hear of every
+/// server, to turn to another when the one they reach is gone.
+pub async fn say_up(store: Store, me: Candidate, stop: CancellationToken) {
+    loop {
+        if let Err(e) = store.note_server(&me.holder, &me.address).await {
+            tracing::debug!(error = %e, "could not say this server is up");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SAY_UP_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -281,6 +281,13 @@ impl Server {
             Some(_) => Some(Arc::new(standby::Vouch::new(&store.peer_secret().await?))),
             None => None,
         };
+        if let Some(candidate) = &candidate {
+            tokio::spawn(lease::say_up(
+                store.clone(),
+                candidate.clone(),
+                stop.clone(),
+            ));
+        }
         let router = match (&candidate, &peers) {
             (Some(candidate), Some(peers)) => {
                 let events = relay::start(store.clone(), stop.clone());
@@ -355,6 +362,11 @@ impl Server {
             {
                 tracing::warn!(error = %e, "could not give the controllers' lease up");
             }
+        }
+        if let Some(candidate) = &candidate
+            && !handing_over.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            let _ = store.forget_server(&candidate.holder).await;
         }
         Ok(())
     }

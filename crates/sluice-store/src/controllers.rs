@@ -92,6 +92,43 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Says that server `name` is up and reached at `address`, so that
+    /// agents learn where to turn when the server they reach is gone.
+    pub async fn note_server(&self, name: &str, address: &str) -> Result<()> {
+        let now = self.db_now();
+        let sql = format!(
+            "INSERT INTO servers (name, address, seen_at) VALUES ($1, $2, {now}) \
+             ON CONFLICT (name) DO UPDATE SET address = excluded.address, seen_at = excluded.seen_at"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .bind(address)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A server that stops cleanly is no longer one to turn to.
+    pub async fn forget_server(&self, name: &str) -> Result<()> {
+        sqlx::query("DELETE FROM servers WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Where the servers heard from within `within` are reached, by name.
+    pub async fn servers(&self, within: std::time::Duration) -> Result<Vec<String>> {
+        let now = self.db_now();
+        let sql = format!(
+            "SELECT address FROM servers WHERE seen_at >= {now} - $1 ORDER BY name LIMIT 64"
+        );
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(i64::try_from(within.as_millis()).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// Gives the lease up at once (a clean shutdown), so that another server
     /// takes it over without waiting for it to run out.
     pub async fn release_controllers(&self, holder: &str, term: i64) -> Result<()> {

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("migrations/0012_ui_sessions.sql")),
     (13, include_str!("migrations/0013_instance_experiment.sql")),
     (14, include_str!("migrations/0014_placements.sql")),
+    (15, include_str!("migrations/0015_servers.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

@@ -365,9 +365,9 @@ pub struct Serve {
     /// process of its own that this server starts, which supervises their
     /// instances and serves their entry points, and keeps them serving
     /// while this server is down (a crash, an upgrade); a clean stop of the
-    /// server stops it too. `off`: they run in this server's process. On by
-    /// default with SQLite, off with PostgreSQL, where servers that take
-    /// the controllers over from one another run them on their own hosts.
+    /// server stops it too. `off`: they run in this server's process. With
+    /// several servers on PostgreSQL, the agent turns to another server
+    /// when this one is gone, which keeps its instances where they run.
     #[arg(long, env = "SLUICE_LOCAL_AGENT", value_parser = ["on", "off"])]
     pub local_agent: Option<String>,
     /// With PostgreSQL, several servers may share the database: one runs

@@ -26,8 +26,8 @@ pub const REPORT_WAIT: Duration = Duration::from_secs(2);
 /// How the agent runs its host's instances.
 #[derive(Clone, Debug)]
 pub struct HostConfig {
-    /// The server's base URL (`http://host:port`).
-    pub server: String,
+    /// The servers it reaches, shared with the agent's CI side.
+    pub servers: std::sync::Arc<sluice_ci::servers::Servers>,
     pub token: String,
     pub name: String,
     /// Where instances' files, data and logs go: the agent's own.
@@ -273,23 +273,14 @@ impl HostAgent {
             entries: self.entry_points.reports(sluice_proxy::system_second()),
             seeded: self.seeded.lock().unwrap().clone(),
         };
-        let url = format!(
-            "{}/api/v1/agents/{}/instances?wait_ms={}",
-            self.config.server.trim_end_matches('/'),
+        let path = format!(
+            "/agents/{}/instances?wait_ms={}",
             self.config.name,
             REPORT_WAIT.as_millis()
         );
-        let response = self
-            .http
-            .post(url)
-            .bearer_auth(&self.config.token)
-            .json(&report)
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!("the server answered {}", response.status());
-        }
-        let work = response.json().await?;
+        let request = self.http.post(self.url(&path)).json(&report);
+        let work: HostWork = self.send(request).await?.json().await?;
+        self.config.servers.learn(&work.servers);
         self.entry_points.taken(&report.entries);
         let logs = report.running.iter();
         self.logs
@@ -417,24 +408,41 @@ impl HostAgent {
     }
 
     async fn files(&self, id: &str) -> Result<Vec<u8>> {
-        let url = format!(
-            "{}/api/v1/agents/{}/instances/{id}/files",
-            self.config.server.trim_end_matches('/'),
-            self.config.name,
-        );
-        let response = self
-            .http
-            .get(url)
-            .bearer_auth(&self.config.token)
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!(
-                "the server answered {} for instance {id}'s files",
-                response.status()
-            );
-        }
+        let path = format!("/agents/{}/instances/{id}/files", self.config.name);
+        let response = self.send(self.http.get(self.url(&path))).await;
+        let response = response.with_context(|| format!("instance {id}'s files"))?;
         Ok(response.bytes().await?.to_vec())
+    }
+
+    /// Where `path` of the API is, on the server reached now.
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.config.servers.current())
+    }
+
+    /// Sends `request` with the agent's token; its response when it
+    /// succeeded. A server out of reach or unavailable moves the next
+    /// requests on to another.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let servers = &self.config.servers;
+        match request.bearer_auth(&self.config.token).send().await {
+            Ok(response) if response.status().is_success() => Ok(response),
+            Ok(response) => {
+                let status = response.status();
+                let url = response.url().as_str();
+                if matches!(status.as_u16(), 502 | 503)
+                    || (!servers.is_given(url) && matches!(status.as_u16(), 401 | 403))
+                {
+                    servers.unreachable(url);
+                }
+                bail!("the server answered {status}")
+            }
+            Err(e) => {
+                if let Some(url) = e.url().filter(|_| e.is_connect() || e.is_timeout()) {
+                    servers.unreachable(url.as_str());
+                }
+                Err(e.into())
+            }
+        }
     }
 }
 

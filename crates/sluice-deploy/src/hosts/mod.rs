@@ -267,6 +267,9 @@ impl Hosts {
     }
 }
 
+/// The servers an agent hears of: those heard from this recently.
+const SERVERS_HEARD_WITHIN: Duration = Duration::from_secs(60);
+
 /// The label of the local agent `sluice serve --local-agent` starts; its
 /// value is the server's name.
 pub const LOCAL_LABEL: &str = "sluice.local";
@@ -383,6 +386,8 @@ pub(crate) async fn answer(
     hosts.copy_logs(&inner.layout, agent, report).await;
     hosts.note_seeded(agent, report).await?;
     hosts.note_exits(report);
+    // Whom the agent may turn to when this server is gone.
+    let servers = hosts.store.servers(SERVERS_HEARD_WITHIN).await?;
     loop {
         let woken = hosts.store.woken(Topic::PlacementChanged);
         let served = served_by_me();
@@ -417,6 +422,7 @@ pub(crate) async fn answer(
                     })
                     .collect()
             }),
+            servers: servers.clone(),
         };
         for entry in work.entries.iter().flatten() {
             let key = (entry.service.clone(), entry.environment.clone());

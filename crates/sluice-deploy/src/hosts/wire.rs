@@ -243,6 +243,10 @@ pub struct HostWork {
     /// not know yet (it is starting): those serving go on as they are.
     #[serde(default)]
     pub entries: Option<Vec<HostEntry>>,
+    /// Every server sharing the database (`http://host:port`), which the
+    /// agent turns to when the one it reaches is gone.
+    #[serde(default)]
+    pub servers: Vec<String>,
 }
 
 /// An environment's entry point on a host: the same routing table as the

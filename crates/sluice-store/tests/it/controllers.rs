@@ -144,3 +144,33 @@ async fn an_artifacts_bytes_kept_in_the_database_come_back_whole() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn agents_hear_of_the_servers_up_and_not_of_one_that_stopped() {
+    crate::each_store(|store| async move {
+        store
+            .note_server("b-2", "http://10.0.0.2:7300")
+            .await
+            .unwrap();
+        store
+            .note_server("a-1", "http://10.0.0.1:7300")
+            .await
+            .unwrap();
+        // Said again from elsewhere: the latest address counts.
+        store
+            .note_server("a-1", "http://10.0.0.9:7300")
+            .await
+            .unwrap();
+        let within = std::time::Duration::from_secs(60);
+        assert_eq!(
+            store.servers(within).await.unwrap(),
+            ["http://10.0.0.9:7300", "http://10.0.0.2:7300"]
+        );
+        store.forget_server("a-1").await.unwrap();
+        assert_eq!(
+            store.servers(within).await.unwrap(),
+            ["http://10.0.0.2:7300"]
+        );
+    })
+    .await;
+}

@@ -96,9 +96,12 @@ pub async fn agent(global: &Global, args: AgentArgs) -> Result<ExitCode> {
         std::fs::create_dir_all(&data_dir)?;
         std::fs::write(data_dir.join("metrics-address"), format!("{bound}\n"))?;
     }
+    // One list for both sides: what the host side hears of other servers
+    // serves the CI side too.
+    let servers = sluice_ci::servers::Servers::new(&global.server);
     let hosting = HostConfig {
         metrics: entry_metrics,
-        server: global.server.clone(),
+        servers: servers.clone(),
         token: token.clone(),
         name: name.clone(),
         data_dir: data_dir.join("host"),
@@ -107,7 +110,7 @@ pub async fn agent(global: &Global, args: AgentArgs) -> Result<ExitCode> {
         server_data_dir,
     };
     let config = AgentConfig {
-        server: global.server.clone(),
+        servers,
         token,
         name,
         labels: labels.into_iter().collect(),

@@ -14,10 +14,7 @@ pub async fn serve(global: &Global, options: Serve) -> Result<ExitCode> {
     } else {
         sluice_ci::sandbox::Isolation::User
     };
-    let on = match options.local_agent.as_deref() {
-        Some(asked) => asked == "on",
-        None => options.database.is_none(),
-    };
+    let on = options.local_agent.as_deref() != Some("off");
     let local_agent = match on {
         true => Some(sluice_server::local_agent::LocalAgent {
             program: std::env::current_exe()?,

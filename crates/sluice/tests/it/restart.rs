@@ -340,7 +340,7 @@ async fn with_a_local_agent_a_kill_9_of_the_server_fails_no_request() {
 }
 
 /// The instance processes under `home`, in order.
-fn sorted_processes(home: &std::path::Path) -> Vec<(i32, String)> {
+pub(crate) fn sorted_processes(home: &std::path::Path) -> Vec<(i32, String)> {
     let mut processes = instance_processes(home);
     processes.sort();
     processes

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use sluice_store::{ControllersLease, Store};
 
 use crate::restart::{
-    instance_processes, promote_by_hand, releases_answering, wait_both_variants, wait_experiment,
+    instance_processes, promote_by_hand, releases_answering, sorted_processes, wait_both_variants,
+    wait_experiment, wait_prod,
 };
 use crate::support::{GitRepo, Server, copy_fixture, free_port, tempdir};
 
@@ -129,6 +130,9 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
     let experiment = wait_experiment(&b, |x| x["status"] == "running").await;
     let id = experiment["id"].as_i64().unwrap();
     wait_both_variants(&b).await;
+    // A's local agent runs them, in processes of their own.
+    let running = sorted_processes(&data_a);
+    assert_eq!(running.len(), 2, "{running:?}");
 
     a.kill_hard();
     // The lease runs out (10 s by default) and B, asking every second, takes it.
@@ -137,16 +141,36 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
         (taken.address.as_str(), taken.term),
         (b.url.as_str(), held.term + 1)
     );
+    let taken_at = sluice_store::now_ms();
     wait_answering(&b).await;
     assert_eq!(role(&b).await, "controllers");
+    // A's local agent turns to B, which it heard of from A.
+    let local_a = running_agent_of(&data_a);
+    wait_heard(&b, &local_a, taken_at).await;
 
     // B goes on with the same experiment at its step, A and B beside each
-    // other behind the same address, from artifacts A packed (B fetched
-    // them from the database).
-    let prod = wait_both_variants(&b).await;
-    assert_eq!(prod["listen"], format!("127.0.0.1:{port}"));
-    let fetched = std::fs::read_dir(data_b.join("artifacts")).map_or(0, |d| d.count());
-    assert!(fetched > 0, "B deployed from artifacts it fetched");
+    // other behind the same address: the same instances, which A's local
+    // agent keeps running, reaching B now. The entry point is B's local
+    // agent's; A's gave the address up.
+    let prod = wait_prod(&b, "prod served by B's local agent", |prod| {
+        prod["listen"] == format!("127.0.0.1:{port}")
+            && prod["host_entry_points"].as_array().map(Vec::len) == Some(1)
+    })
+    .await;
+    assert_eq!(
+        sorted_processes(&data_a),
+        running,
+        "no instance started again"
+    );
+    assert_eq!(instance_processes(&data_b), [], "nothing runs twice");
+    let points = &prod["host_entry_points"];
+    assert_ne!(points[0]["agent"], local_a, "{points:#}");
+    let holders = listening(port);
+    let of_a = data_a.canonicalize().unwrap().display().to_string();
+    assert!(
+        !holders.is_empty() && holders.iter().all(|(_, cmd)| !cmd.contains(&of_a)),
+        "only B's local agent listens at the address: {holders:#?}"
+    );
     let going_on = wait_experiment(&b, |x| x["id"] == id).await;
     assert_eq!(
         (going_on["status"].as_str(), going_on["weight_bp"].as_i64()),
@@ -171,6 +195,58 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
         .until(|seen| run_ids(seen).into_iter().any(|run| run > before))
         .await;
     store.close().await;
+}
+
+/// Waits until `server` heard from agent `name` after `since` (ms).
+async fn wait_heard(server: &Server, name: &str, since: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let agents = server.get("/agents").await;
+        let heard = (agents.as_array().into_iter().flatten())
+            .any(|a| a["name"] == name && a["seen_at"].as_i64() > Some(since));
+        if heard {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} was not heard: {agents:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The processes that hold a socket listening at `port`, with their
+/// command lines.
+fn listening(port: u16) -> Vec<(i32, String)> {
+    let ss = std::process::Command::new("ss")
+        .args(["-ltnpH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&ss.stdout);
+    let mut pids: Vec<i32> = (text.split("pid=").skip(1))
+        .filter_map(|rest| rest.split(',').next()?.parse().ok())
+        .collect();
+    pids.sort();
+    pids.dedup();
+    (pids.into_iter())
+        .map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            (pid, String::from_utf8_lossy(&cmd).replace('\0', " "))
+        })
+        .collect()
+}
+
+/// The name of the local agent the server of `data` started.
+fn running_agent_of(data: &std::path::Path) -> String {
+    let args = std::fs::read_to_string(data.join("local-agent/pid"))
+        .ok()
+        .and_then(|pid| std::fs::read(format!("/proc/{}/cmdline", pid.trim())).ok())
+        .expect("the local agent runs");
+    let args: Vec<String> = (args.split(|b| *b == 0))
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let at = args.iter().position(|a| a == "--name").expect("--name");
+    args[at + 1].clone()
 }
 
 /// An SSE stream as read so far.
