@@ -410,6 +410,7 @@ impl Client {
             memory_mb: memory_mb(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             address: config.address.clone(),
+            jobs: u32::try_from(config.jobs).unwrap_or(u32::MAX),
         };
         let sent = self.post("/agents").json(&hello).send().await;
         Ok(self.answer(sent).await?.json().await?)

@@ -78,6 +78,7 @@ impl Ci {
                 memory_mb: hello.memory_mb.min(i64::MAX as u64) as i64,
                 version: &hello.version,
                 address: &address,
+                jobs: i64::from(hello.jobs),
             })
             .await
             .map_err(|e| match e {
@@ -556,10 +557,10 @@ pub(crate) async fn run_on_agent(
         .await
         .unwrap_or_default()
         .into_iter()
-        .any(|(a, online)| online && a.matches(&labels));
+        .any(|(a, online)| online && a.jobs > 0 && a.matches(&labels));
     if !online {
         cx.log.note(
-            "no agent with these labels is online; the job waits for one, within its timeout",
+            "no agent with these labels that runs jobs is online; the job waits for one, within its timeout",
         );
     }
     store.wake(Topic::JobOffered).await;
@@ -787,6 +788,7 @@ mod tests {
             memory_mb: 1024,
             version: "0.1.0".to_string(),
             address: None,
+            jobs: 1,
         }
     }
 

@@ -26,6 +26,14 @@ pub struct Hello {
     /// entry points reach them at; by default, the one it connects from.
     #[serde(default)]
     pub address: Option<String>,
+    /// How many jobs it runs at once; 0: none (environments only). A job
+    /// waiting for an agent counts only those that run jobs.
+    #[serde(default = "one_job")]
+    pub jobs: u32,
+}
+
+fn one_job() -> u32 {
+    1
 }
 
 /// The server's answer to a hello: how often to be heard from.

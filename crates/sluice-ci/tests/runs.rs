@@ -225,6 +225,11 @@ async fn a_cancel_reaches_the_step_and_ends_the_run_cancelled() {
 
 /// Registers an agent under its own token id, with `role`.
 async fn agent(world: &World, name: &str, role: &str) {
+    agent_running(world, name, role, 1).await;
+}
+
+/// Registers an agent that runs `jobs` jobs at once.
+async fn agent_running(world: &World, name: &str, role: &str, jobs: u32) {
     let hello = Hello {
         name: name.into(),
         labels: [("role".to_string(), role.to_string())].into(),
@@ -232,6 +237,7 @@ async fn agent(world: &World, name: &str, role: &str) {
         memory_mb: 1024,
         version: "test".into(),
         address: None,
+        jobs,
     };
     world
         .ci
@@ -311,6 +317,38 @@ async fn a_job_lost_with_its_agent_passes_on_another_and_the_late_report_is_refu
         .map(|a| (a.agent.as_str(), a.state.as_str()))
         .collect();
     assert_eq!(seen, [("a1", "lost"), ("a2", "ended")]);
+}
+
+#[tokio::test]
+async fn a_job_waiting_for_any_agent_counts_only_agents_that_run_jobs() {
+    let world = World::with(&spec(
+        "    remote:\n      runs_on: {}\n      steps:\n        - run: pass\n",
+    ))
+    .await;
+    // The server's local agent, say: online, but for environments only.
+    agent_running(&world, "environments-only", "web", 0).await;
+    world.add_repo().await;
+    let run = world.run(|r| r.status == RunStatus::Running).await;
+    let waiting = "no agent with these labels that runs jobs is online";
+    let noted = |lines: &[sluice_store::LogLine]| lines.iter().any(|l| l.line.contains(waiting));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !noted(&world.ci.store().logs(run.id, -1).await.unwrap()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never said the job waits"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One that runs jobs takes it.
+    agent(&world, "builder", "build").await;
+    let job = claim(&world, "builder", Duration::from_secs(10))
+        .await
+        .unwrap();
+    finish(&world, "builder", &job, RunStatus::Success)
+        .await
+        .unwrap();
+    let run = world.run(|r| r.status.is_finished()).await;
+    assert_eq!(run.status, RunStatus::Success, "{:?}", run.reason);
 }
 
 #[tokio::test]

@@ -27,6 +27,8 @@ pub struct Agent {
     pub seen_at: i64,
     /// The address its host's instances listen on and are reached at.
     pub address: String,
+    /// The jobs it runs at once; 0: none (environments only).
+    pub jobs: i64,
 }
 
 impl Agent {
@@ -133,7 +135,7 @@ pub enum Expired {
 }
 
 const AGENT_COLUMNS: &str =
-    "id, name, token_id, labels, cores, memory_mb, version, registered_at, seen_at, address";
+    "id, name, token_id, labels, cores, memory_mb, version, registered_at, seen_at, address, jobs";
 const LEASE_COLUMNS: &str = "job_id, run_id, labels, offer, state, agent_id, generation, lease_until, lost_left, cancel_asked, outcome, artifact, created_at";
 
 /// Who registers, as the agent says it.
@@ -146,6 +148,7 @@ pub struct AgentHello<'a> {
     pub memory_mb: i64,
     pub version: &'a str,
     pub address: &'a str,
+    pub jobs: i64,
 }
 
 impl Store {
@@ -168,19 +171,20 @@ impl Store {
                 )));
             }
             Some((id, _)) => {
-                sqlx::query("UPDATE agents SET labels = $1, cores = $2, memory_mb = $3, version = $4, seen_at = $5, address = $6 WHERE id = $7")
+                sqlx::query("UPDATE agents SET labels = $1, cores = $2, memory_mb = $3, version = $4, seen_at = $5, address = $6, jobs = $7 WHERE id = $8")
                     .bind(&labels)
                     .bind(hello.cores)
                     .bind(hello.memory_mb)
                     .bind(hello.version)
                     .bind(now)
                     .bind(hello.address)
+                    .bind(hello.jobs)
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
             }
             None => {
-                sqlx::query("INSERT INTO agents (name, token_id, labels, cores, memory_mb, version, registered_at, seen_at, address) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)")
+                sqlx::query("INSERT INTO agents (name, token_id, labels, cores, memory_mb, version, registered_at, seen_at, address, jobs) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)")
                     .bind(hello.name)
                     .bind(hello.token_id)
                     .bind(&labels)
@@ -189,6 +193,7 @@ impl Store {
                     .bind(hello.version)
                     .bind(now)
                     .bind(hello.address)
+                    .bind(hello.jobs)
                     .execute(&mut *tx)
                     .await?;
                 let event = NewChangeEvent {

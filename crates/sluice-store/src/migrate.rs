@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("migrations/0013_instance_experiment.sql")),
     (14, include_str!("migrations/0014_placements.sql")),
     (15, include_str!("migrations/0015_servers.sql")),
+    (16, include_str!("migrations/0016_agent_jobs.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

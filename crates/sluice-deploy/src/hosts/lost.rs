@@ -135,6 +135,7 @@ mod tests {
             registered_at: 0,
             seen_at,
             address: String::new(),
+            jobs: 1,
         }
     }
 

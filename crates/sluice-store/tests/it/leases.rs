@@ -18,6 +18,7 @@ async fn agent(store: &Store, name: &str, role: &str) -> sluice_store::Agent {
             memory_mb: 1024,
             version: "test",
             address: "",
+            jobs: 1,
         })
         .await
         .unwrap()
@@ -152,6 +153,7 @@ async fn an_agent_name_belongs_to_the_token_that_registered_it() {
                 memory_mb: 1,
                 version: "test",
                 address: "",
+                jobs: 1,
             })
             .await
             .unwrap_err();

@@ -36,6 +36,7 @@ pub async fn list(client: &Client, json: bool) -> Result<ExitCode> {
             } else {
                 labels.join(",")
             },
+            text(&a["jobs"]),
             text(&a["cores"]),
             format!("{} MiB", text(&a["memory_mb"])),
             time(&a["seen_at"]),
@@ -47,7 +48,7 @@ pub async fn list(client: &Client, json: bool) -> Result<ExitCode> {
         );
     } else {
         table(
-            &["AGENT", "STATE", "LABELS", "CORES", "MEMORY", "LAST HEARD"],
+            &["AGENT", "STATE", "LABELS", "JOBS", "CORES", "MEMORY", "LAST HEARD"],
             &rows,
         );
     }
