@@ -133,6 +133,7 @@ impl HostData {
                 environment: hosted.environment.clone(),
                 seed,
                 printed,
+                at: sluice_store::now_ms(),
             }),
             _ => None,
         })

@@ -57,6 +57,9 @@ pub(crate) struct Hosts {
     pub(crate) entries: entries::HostEntries,
     /// How far the server's copy of each instance's log goes.
     logs: logs::Copies,
+    /// The seeds told in the change log lately, by agent and time: one
+    /// sent again (its answer was lost) is not told twice.
+    seeds_told: SeedsTold,
     /// Tells one table from another server's in [`wire::HostEntry::version`].
     epoch: u64,
 }
@@ -69,6 +72,7 @@ impl Hosts {
             exits: Mutex::default(),
             entries: entries::HostEntries::default(),
             logs: logs::Copies::default(),
+            seeds_told: SeedsTold::default(),
             epoch: rand::random(),
         }
     }
@@ -264,6 +268,33 @@ impl Hosts {
     /// The version of a route's table: its count of changes, from this server.
     fn version(&self, count: u64) -> String {
         format!("{:x}-{count}", self.epoch)
+    }
+}
+
+/// The seeds remembered as told (far more than arrive between two reports).
+const MAX_SEEDS_TOLD: usize = 256;
+
+/// The seeds told in the change log lately, by agent and the host's time.
+#[derive(Default)]
+struct SeedsTold(Mutex<std::collections::VecDeque<(String, i64)>>);
+
+impl SeedsTold {
+    /// Whether `agent`'s seed of `at` is told for the first time; notes
+    /// it. An agent that sends no time (`0`, an older one) is always told.
+    fn first(&self, agent: &str, at: i64) -> bool {
+        let mut told = self.0.lock().unwrap();
+        let key = (agent.to_string(), at);
+        if at == 0 {
+            return true;
+        }
+        if told.contains(&key) {
+            return false;
+        }
+        if told.len() >= MAX_SEEDS_TOLD {
+            told.pop_front();
+        }
+        told.push_back(key);
+        true
     }
 }
 
@@ -486,7 +517,7 @@ impl Hosts {
                 .await?
                 .iter()
                 .any(|i| i.agent.as_deref() == Some(agent));
-            if !runs_there {
+            if !runs_there || !self.seeds_told.first(agent, seeded.at) {
                 continue;
             }
             let filled = crate::data::Filled::Seeded(seeded.seed.clone(), seeded.printed.clone());
@@ -605,4 +636,31 @@ fn labels_text(labels: &BTreeMap<String, String>) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_sent_again_is_told_once() {
+        let told = SeedsTold::default();
+        let table = [
+            // agent, the host's time → told
+            ("web-1", 5, true),
+            ("web-1", 5, false),
+            ("web-2", 5, true),
+            ("web-1", 6, true),
+            // An agent that sends no time: always told.
+            ("old", 0, true),
+            ("old", 0, true),
+        ];
+        for (agent, at, first) in table {
+            assert_eq!(told.first(agent, at), first, "{agent} {at}");
+        }
+        for at in 100..100 + MAX_SEEDS_TOLD as i64 {
+            told.first("busy", at);
+        }
+        assert!(told.first("web-1", 5), "forgotten past the bound");
+    }
 }

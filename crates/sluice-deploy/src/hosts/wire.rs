@@ -97,6 +97,10 @@ pub struct DataSeeded {
     pub seed: String,
     /// The end of what it printed.
     pub printed: String,
+    /// When, by the host's clock (ms): sent again after a lost answer,
+    /// the same seed is told once.
+    #[serde(default)]
+    pub at: i64,
 }
 
 impl DataSeeded {

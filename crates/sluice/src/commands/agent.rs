@@ -48,7 +48,15 @@ pub async fn list(client: &Client, json: bool) -> Result<ExitCode> {
         );
     } else {
         table(
-            &["AGENT", "STATE", "LABELS", "JOBS", "CORES", "MEMORY", "LAST HEARD"],
+            &[
+                "AGENT",
+                "STATE",
+                "LABELS",
+                "JOBS",
+                "CORES",
+                "MEMORY",
+                "LAST HEARD",
+            ],
             &rows,
         );
     }
