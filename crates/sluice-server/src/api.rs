@@ -14,9 +14,12 @@ mod runs;
 mod tokens;
 
 use axum::Router;
+use axum::extract::FromRef;
 use axum::routing::{get, post, put};
+use sluice_store::Store;
 
 use crate::access::{Operation, needs};
+use crate::auth::Gate;
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -105,17 +108,11 @@ pub fn routes() -> Router<AppState> {
             "/agents/{name}/instances/{id}/files",
             get(needs(Operation::AgentWork, agents::instance_files)),
         )
-        .route("/changes", get(runs::changes))
-        .route("/runs", get(runs::list))
-        .route("/runs/{id}", get(runs::show))
         .route(
             "/runs/{id}/cancel",
             post(needs(Operation::CancelRun, runs::cancel)),
         )
-        .route("/runs/{id}/logs", get(runs::logs))
-        .route("/runs/{id}/logs/raw", get(runs::raw_log))
         .route("/artifacts/{sha256}", get(artifacts::download))
-        .route("/changelog", get(changelog::list))
         .route("/releases", get(deploy::releases))
         .route("/status", get(deploy::status))
         .route("/deployments", get(deploy::deployments))
@@ -207,11 +204,29 @@ pub fn routes() -> Router<AppState> {
             post(needs(Operation::RetryMessage, channels::retry)),
         )
         .merge(events::routes())
+        .merge(store_reads())
         .fallback(|| async {
             ApiError::not_found("no such endpoint")
                 .with_hint("the endpoints are listed in docs/api.md")
         })
         .layer(axum::middleware::map_response(json_errors))
+}
+
+/// The reads that need nothing but the store: every server answers them
+/// itself, a standby too (and while no server acts, during a takeover).
+pub fn store_reads<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Store: FromRef<S>,
+    Gate: FromRef<S>,
+{
+    Router::new()
+        .route("/changes", get(runs::changes))
+        .route("/runs", get(runs::list))
+        .route("/runs/{id}", get(runs::show))
+        .route("/runs/{id}/logs", get(runs::logs))
+        .route("/runs/{id}/logs/raw", get(runs::raw_log))
+        .route("/changelog", get(changelog::list))
 }
 
 /// The most rows a list answers with.

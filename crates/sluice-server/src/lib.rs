@@ -50,6 +50,12 @@ pub struct AppState {
     pub local_agent: Option<PathBuf>,
 }
 
+impl axum::extract::FromRef<AppState> for Store {
+    fn from_ref(state: &AppState) -> Store {
+        state.store.clone()
+    }
+}
+
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     Router::new()

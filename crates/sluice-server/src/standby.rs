@@ -1,10 +1,12 @@
-//! A server standing by (another holds the controllers' lease): it serves
+//! A server standing by (another holds the controllers' lease). It serves
 //! the live streams (events, a run's log) itself from what the holder tells
-//! over PostgreSQL ([`crate::relay`]), and forwards every other request to
-//! the holder, bodies streamed both ways, as Vault's and Nomad's standbys
-//! do. So every server serves the API, the dashboard and webhooks, and one
-//! acts. Once this server takes the lease over, [`Switch`] sends requests
-//! to its own router instead; the streams it serves go on.
+//! over PostgreSQL ([`crate::relay`]), and the reads that need only the
+//! store (runs, their logs, changes, the change log), even while no server
+//! acts. Every other request it forwards to the holder, bodies streamed
+//! both ways, as Vault's and Nomad's standbys do. So every server serves
+//! the API, the dashboard and webhooks, and one acts. Once this server
+//! takes the lease over, [`Switch`] sends requests to its own router
+//! instead; the streams it serves go on.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -104,6 +106,12 @@ impl FromRef<Standby> for Gate {
     }
 }
 
+impl FromRef<Standby> for Store {
+    fn from_ref(standby: &Standby) -> Store {
+        standby.gate.store.clone()
+    }
+}
+
 impl FromRef<Standby> for Live {
     fn from_ref(standby: &Standby) -> Live {
         standby.live.clone()
@@ -130,13 +138,15 @@ impl Switch {
             },
             forwarder: Arc::new(Forwarder::new(store, me, vouch)),
         };
-        let streams = crate::api::events::routes().layer(map_response(crate::api::json_errors));
+        let own = (crate::api::events::routes())
+            .merge(crate::api::store_reads())
+            .layer(map_response(crate::api::json_errors));
         Switch {
             own: Arc::default(),
             standby: Router::new()
                 .route("/api/v1/health", get(health))
                 .route("/metrics", get(metrics))
-                .nest("/api/v1", streams)
+                .nest("/api/v1", own)
                 .fallback(forward)
                 .with_state(standby),
         }

@@ -4,10 +4,10 @@ use axum::Json;
 use axum::extract::{Query, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_store::ChangeQuery;
+use sluice_store::{ChangeQuery, Store};
 
 use crate::auth::Caller;
-use crate::{ApiError, ApiResult, AppState};
+use crate::{ApiError, ApiResult};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -28,7 +28,7 @@ pub struct LogQuery {
     responses((status = 200, description = "change-log events, newest first", body = serde_json::Value))
 )]
 pub async fn list(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Json<Value>> {
@@ -49,5 +49,5 @@ pub async fn list(
         since_ms,
         limit: super::limit(q.limit, 200)?,
     };
-    Ok(Json(json!(state.store.changes_log(&query).await?)))
+    Ok(Json(json!(store.changes_log(&query).await?)))
 }

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_store::{RunFilter, RunStatus};
+use sluice_store::{RunFilter, RunStatus, Store};
 
 use crate::auth::Caller;
 use crate::{ApiError, ApiResult, AppState};
@@ -26,13 +26,12 @@ pub struct ListQuery {
     responses((status = 200, description = "changes, newest first", body = serde_json::Value))
 )]
 pub async fn changes(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(json!(
-        state
-            .store
+        store
             .changes(q.repo.as_deref(), super::limit(q.limit, 100)?)
             .await?
     )))
@@ -46,7 +45,7 @@ pub async fn changes(
     responses((status = 200, description = "runs, newest first", body = serde_json::Value))
 )]
 pub async fn list(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
@@ -62,7 +61,7 @@ pub async fn list(
         status,
         limit: super::limit(q.limit, 100)?,
     };
-    Ok(Json(json!(state.store.runs(&filter).await?)))
+    Ok(Json(json!(store.runs(&filter).await?)))
 }
 
 #[utoipa::path(
@@ -73,11 +72,11 @@ pub async fn list(
     responses((status = 200, description = "the run with its jobs and steps", body = serde_json::Value))
 )]
 pub async fn show(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(state.store.run_detail(id).await?)))
+    Ok(Json(json!(store.run_detail(id).await?)))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -100,7 +99,7 @@ const LOG_PAGE: usize = 10_000;
     responses((status = 200, description = "a page of the log", body = serde_json::Value))
 )]
 pub async fn logs(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Path(id): Path<i64>,
     Query(q): Query<LogQuery>,
@@ -110,9 +109,8 @@ pub async fn logs(
         return Err(ApiError::bad_request(format!("`limit` is {limit}"))
             .with_hint(format!("ask for 1 to {LOG_PAGE} lines a page")));
     }
-    let run = state.store.run(id).await?;
-    let mut lines = state
-        .store
+    let run = store.run(id).await?;
+    let mut lines = store
         .logs_page(id, q.after.unwrap_or(-1), limit + 1)
         .await?;
     let more = lines.len() > limit;
@@ -133,12 +131,12 @@ pub async fn logs(
     responses((status = 200, description = "the stored log as text", body = String, content_type = "text/plain"))
 )]
 pub async fn raw_log(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Path(id): Path<i64>,
 ) -> ApiResult<axum::response::Response> {
-    state.store.run(id).await?;
-    let store = state.store.clone();
+    store.run(id).await?;
+    let store = store.clone();
     let pages = futures::stream::unfold(Some(-1i64), move |after| {
         let store = store.clone();
         async move {

@@ -135,6 +135,22 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
     assert_eq!(running.len(), 2, "{running:?}");
 
     a.kill_hard();
+    // While no server acts, B answers what needs only the database itself.
+    let runs = b.get("/runs").await;
+    assert!(runs.as_array().is_some_and(|r| r.len() >= 2), "{runs:#}");
+    let run = runs[0]["id"].as_i64().unwrap();
+    assert_eq!(b.get(&format!("/runs/{run}")).await["id"], run);
+    let log = b.get(&format!("/runs/{run}/logs")).await;
+    assert!(
+        log["lines"].to_string().contains("unit-tests-passed"),
+        "{log:#}"
+    );
+    assert!(
+        b.get("/changelog?service=shop")
+            .await
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    );
     // The lease runs out (10 s by default) and B, asking every second, takes it.
     let taken = wait_holder(&store, &held.holder, Duration::from_secs(15)).await;
     assert_eq!(
