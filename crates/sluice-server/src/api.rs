@@ -49,7 +49,6 @@ pub fn routes() -> Router<AppState> {
             "/repos",
             get(repos::list).post(needs(Operation::AddRepository, repos::add)),
         )
-        .route("/repos/{name}", get(repos::show))
         .route("/repos/{name}/notify", post(repos::notify))
         .route(
             "/repos/{name}/secrets",
@@ -113,9 +112,7 @@ pub fn routes() -> Router<AppState> {
             post(needs(Operation::CancelRun, runs::cancel)),
         )
         .route("/artifacts/{sha256}", get(artifacts::download))
-        .route("/releases", get(deploy::releases))
         .route("/status", get(deploy::status))
-        .route("/deployments", get(deploy::deployments))
         .route("/instances/{id}/logs", get(deploy::instance_log))
         .route("/services/{service}/diff", get(deploy::diff))
         .route(
@@ -197,8 +194,6 @@ pub fn routes() -> Router<AppState> {
             "/channels/{name}/test",
             post(needs(Operation::ManageChannels, channels::test)),
         )
-        .route("/messages", get(channels::messages))
-        .route("/messages/{id}", get(channels::message))
         .route(
             "/messages/{id}/retry",
             post(needs(Operation::RetryMessage, channels::retry)),
@@ -227,6 +222,11 @@ where
         .route("/runs/{id}/logs", get(runs::logs))
         .route("/runs/{id}/logs/raw", get(runs::raw_log))
         .route("/changelog", get(changelog::list))
+        .route("/repos/{name}", get(repos::show))
+        .route("/releases", get(deploy::releases))
+        .route("/deployments", get(deploy::deployments))
+        .route("/messages", get(channels::messages))
+        .route("/messages/{id}", get(channels::message))
 }
 
 /// The most rows a list answers with.

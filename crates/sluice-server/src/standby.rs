@@ -1,12 +1,12 @@
 //! A server standing by (another holds the controllers' lease). It serves
 //! the live streams (events, a run's log) itself from what the holder tells
 //! over PostgreSQL ([`crate::relay`]), and the reads that need only the
-//! store (runs, their logs, changes, the change log), even while no server
-//! acts. Every other request it forwards to the holder, bodies streamed
-//! both ways, as Vault's and Nomad's standbys do. So every server serves
-//! the API, the dashboard and webhooks, and one acts. Once this server
-//! takes the lease over, [`Switch`] sends requests to its own router
-//! instead; the streams it serves go on.
+//! store ([`crate::api::store_reads`]), even while no server acts. Every
+//! other request it forwards to the holder, bodies streamed both ways, as
+//! Vault's and Nomad's standbys do. So every server serves the API, the
+//! dashboard and webhooks, and one acts. Once this server takes the lease
+//! over, [`Switch`] sends requests to its own router instead; the streams
+//! it serves go on.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};

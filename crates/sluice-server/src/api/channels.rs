@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_notify::ChannelInput;
+use sluice_store::Store;
 
 use crate::auth::Caller;
 use crate::{ApiError, ApiResult, AppState};
@@ -97,13 +98,13 @@ pub struct MessageQuery {
     responses((status = 200, description = "the latest messages, newest first", body = serde_json::Value))
 )]
 pub async fn messages(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Query(q): Query<MessageQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = super::limit(q.limit, 50)?;
     Ok(Json(json!(
-        state.store.messages(q.channel.as_deref(), limit).await?
+        store.messages(q.channel.as_deref(), limit).await?
     )))
 }
 
@@ -115,13 +116,13 @@ pub async fn messages(
     responses((status = 200, description = "a message, its events and every attempt", body = serde_json::Value))
 )]
 pub async fn message(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Value>> {
-    let message = state.store.message(id).await?;
-    let events = state.store.message_events(id).await?;
-    let attempts = state.store.message_attempts(id).await?;
+    let message = store.message(id).await?;
+    let events = store.message_events(id).await?;
+    let attempts = store.message_attempts(id).await?;
     Ok(Json(
         json!({ "message": message, "events": events, "attempts": attempts }),
     ))

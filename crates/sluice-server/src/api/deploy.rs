@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_deploy::{CdError, PromoteRequest};
+use sluice_store::Store;
 
 use crate::auth::Caller;
 use crate::{ApiError, ApiResult, AppState};
@@ -43,13 +44,12 @@ pub struct ServiceQuery {
     responses((status = 200, description = "releases, newest first", body = serde_json::Value))
 )]
 pub async fn releases(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Query(q): Query<ServiceQuery>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(json!(
-        state
-            .store
+        store
             .releases(q.service.as_deref(), super::limit(q.limit, 50)?)
             .await?
     )))
@@ -78,13 +78,12 @@ pub async fn status(
     responses((status = 200, description = "deployments, newest first", body = serde_json::Value))
 )]
 pub async fn deployments(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Query(q): Query<ServiceQuery>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(json!(
-        state
-            .store
+        store
             .deployments(
                 q.service.as_deref(),
                 q.env.as_deref(),

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_ci::AddRepo;
+use sluice_store::Store;
 
 use crate::auth::Caller;
 use crate::{ApiError, ApiResult, AppState};
@@ -56,11 +57,11 @@ pub async fn list(State(state): State<AppState>, _caller: Caller) -> ApiResult<J
     responses((status = 200, description = "the repository", body = serde_json::Value))
 )]
 pub async fn show(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(state.store.repo(&name).await?)))
+    Ok(Json(json!(store.repo(&name).await?)))
 }
 
 /// The git hook's poke. It carries no data, only "look again", so it needs no

@@ -145,12 +145,17 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
         log["lines"].to_string().contains("unit-tests-passed"),
         "{log:#}"
     );
-    assert!(
-        b.get("/changelog?service=shop")
-            .await
-            .as_array()
-            .is_some_and(|c| !c.is_empty())
-    );
+    for read in [
+        "/changelog?service=shop",
+        "/releases?service=shop",
+        "/deployments",
+    ] {
+        let answer = b.get(read).await;
+        assert!(
+            answer.as_array().is_some_and(|a| !a.is_empty()),
+            "{read}: {answer:#}"
+        );
+    }
     // The lease runs out (10 s by default) and B, asking every second, takes it.
     let taken = wait_holder(&store, &held.holder, Duration::from_secs(15)).await;
     assert_eq!(
