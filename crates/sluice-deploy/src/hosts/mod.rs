@@ -344,6 +344,41 @@ pub(crate) async fn stop_local(inner: &crate::Inner) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How recently another host must have said it serves an entry point for
+/// one that no longer should to let it go.
+const TAKEN_WITHIN: Duration = Duration::from_secs(5);
+
+/// Make before break: an entry point `agent` serves (`report`) that is no
+/// longer among `mine` stays with it until another host says it serves it,
+/// so that no moment passes with nobody listening (the local agent of a
+/// server whose controllers another took over, whose successor's local
+/// agent binds the same address beside it; an environment whose `hosts:`
+/// changed).
+fn keep_until_taken(
+    inner: &crate::Inner,
+    agent: &str,
+    report: &HostReport,
+    mut mine: Vec<Served>,
+) -> Vec<Served> {
+    let letting_go: Vec<crate::EnvKey> = (report.entries.iter())
+        .map(|e| (e.service.clone(), e.environment.clone()))
+        .filter(|key| !mine.iter().any(|s| &s.key == key))
+        .collect();
+    if letting_go.is_empty() {
+        return mine;
+    }
+    let taken = |key: &crate::EnvKey| {
+        (inner.hosts.entries.points(key, TAKEN_WITHIN).iter()).any(|p| p.agent != agent)
+    };
+    for served in inner.served_by(|_| true).unwrap_or_default() {
+        if letting_go.contains(&served.key) && !taken(&served.key) {
+            mine.push(served);
+        }
+    }
+    mine.sort_by(|a, b| a.key.cmp(&b.key));
+    mine
+}
+
 /// Where a host's entry point listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Listen {
@@ -386,7 +421,9 @@ pub(crate) async fn answer(
         .find(|a| a.name == agent);
     let address = me.as_ref().and_then(|a| a.address.parse::<IpAddr>().ok());
     let served_by_me = || match (&me, address) {
-        (Some(me), Some(_)) => inner.served_by(|spec| selects(spec, me)),
+        (Some(me), Some(_)) => inner
+            .served_by(|spec| selects(spec, me))
+            .map(|mine| keep_until_taken(inner, agent, report, mine)),
         _ => Some(Vec::new()),
     };
     // Only what the agent is asked to serve counts: no other environment's traffic.

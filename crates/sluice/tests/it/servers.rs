@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use sluice_store::{ControllersLease, Store};
 
 use crate::restart::{
-    instance_processes, promote_by_hand, releases_answering, sorted_processes, wait_both_variants,
-    wait_experiment, wait_prod,
+    Load, instance_processes, promote_by_hand, releases_answering, sorted_processes,
+    wait_both_variants, wait_experiment, wait_prod,
 };
 use crate::support::{GitRepo, Server, copy_fixture, free_port, tempdir};
 
@@ -133,6 +133,8 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
     // A's local agent runs them, in processes of their own.
     let running = sorted_processes(&data_a);
     assert_eq!(running.len(), 2, "{running:?}");
+    let load = Load::start(format!("http://127.0.0.1:{port}/"));
+    load.served(20).await;
 
     a.kill_hard();
     // While no server acts, B answers what needs only the database itself.
@@ -172,20 +174,24 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
     // B goes on with the same experiment at its step, A and B beside each
     // other behind the same address: the same instances, which A's local
     // agent keeps running, reaching B now. The entry point is B's local
-    // agent's; A's gave the address up.
-    let prod = wait_prod(&b, "prod served by B's local agent", |prod| {
+    // agent's; A's served it until B's did, then gave the address up, and
+    // no request failed on the way.
+    wait_prod(&b, "prod served by B's local agent alone", |prod| {
+        let points = &prod["host_entry_points"];
         prod["listen"] == format!("127.0.0.1:{port}")
-            && prod["host_entry_points"].as_array().map(Vec::len) == Some(1)
+            && points.as_array().map(Vec::len) == Some(1)
+            && points[0]["agent"] != local_a.as_str()
     })
     .await;
+    load.served(100).await;
+    let failed = load.finish("a kill -9 of the holder and a takeover").await;
+    assert_eq!(failed, Vec::<String>::new());
     assert_eq!(
         sorted_processes(&data_a),
         running,
         "no instance started again"
     );
     assert_eq!(instance_processes(&data_b), [], "nothing runs twice");
-    let points = &prod["host_entry_points"];
-    assert_ne!(points[0]["agent"], local_a, "{points:#}");
     let holders = listening(port);
     let of_a = data_a.canonicalize().unwrap().display().to_string();
     assert!(
