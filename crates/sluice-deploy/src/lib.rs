@@ -1234,6 +1234,15 @@ impl Inner {
         Some((entry.listen, bound))
     }
 
+    /// The version of the routing table the hosts of `key` are sent now;
+    /// none when it runs on no agent's host.
+    fn hosts_table_version(&self, key: &EnvKey) -> Option<String> {
+        let entries = self.entries.lock().unwrap();
+        let entry = entries.get(key).filter(|e| e.hosts.is_some())?;
+        let count = *entry.route.watch().borrow();
+        Some(self.hosts.version(count))
+    }
+
     /// The environments on hosts whose `hosts:` `matches`, with their
     /// routes; `None` until the environments are back after a start.
     fn served_by(

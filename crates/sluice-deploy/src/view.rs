@@ -26,6 +26,9 @@ pub struct EnvStatus {
     /// The entry points on agents' hosts that serve it too, as they reported.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub host_entry_points: Vec<HostEntryPoint>,
+    /// The routing table the server sends the hosts now (with hosts only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_version: Option<String>,
     pub pinned: bool,
     pub pin_reason: Option<String>,
     pub pending_promotions: Vec<PendingPromotion>,
@@ -51,6 +54,9 @@ pub struct InstanceStatus {
 pub struct HostEntryPoint {
     pub agent: String,
     pub address: String,
+    /// The routing table it routes by: the environment's `table_version`
+    /// once the latest change reached it.
+    pub version: String,
     /// The instances that host's own health check takes out of it.
     pub failing: Vec<String>,
 }
@@ -135,10 +141,12 @@ pub(crate) async fn status(inner: &Arc<Inner>, service: Option<&str>) -> CdResul
                 agent: point.agent,
                 address: point.address.to_string(),
                 failing: point.failing,
+                version: point.version,
             })
             .collect();
         out.push(EnvStatus {
             host_entry_points,
+            table_version: inner.hosts_table_version(&key),
             desired_instances: desired.as_ref().map_or(0, |(_, e)| e.instances),
             pending_promotions: pending(&promotions, &state.service, &state.name),
             service: state.service,
@@ -206,6 +214,7 @@ async fn undeployed(
             }
             out.push(EnvStatus {
                 host_entry_points: Vec::new(),
+                table_version: None,
                 service: name.clone(),
                 environment: env.name.clone(),
                 release: None,

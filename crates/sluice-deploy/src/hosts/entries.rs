@@ -266,6 +266,7 @@ impl HostEntries {
                     agent: agent.clone(),
                     address: s.address?,
                     failing: s.failing.clone(),
+                    version: s.version.clone(),
                 })
             })
             .collect();
@@ -278,6 +279,8 @@ impl HostEntries {
 pub(crate) struct HostPoint {
     pub agent: String,
     pub address: SocketAddr,
+    /// The version of the table it routes by.
+    pub version: String,
     /// The instances its own health check takes out.
     pub failing: Vec<String>,
 }

@@ -266,7 +266,7 @@ impl Hosts {
     }
 
     /// The version of a route's table: its count of changes, from this server.
-    fn version(&self, count: u64) -> String {
+    pub(crate) fn version(&self, count: u64) -> String {
         format!("{:x}-{count}", self.epoch)
     }
 }

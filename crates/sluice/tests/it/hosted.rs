@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::agents::wait_online;
 use crate::hosts::{Host, missing};
@@ -314,7 +314,7 @@ async fn experiments_on_the_hosts_ramp_and_roll_back() {
         return;
     };
     let spec = format!(
-        "{}    strategy:\n      ab: {{ steps: [10, 50, 100], min_requests: 40, min_duration: 1s, max_step: 60s, metrics: [error_rate] }}\n",
+        "{}    strategy:\n      ab: {{ steps: [10, 50, 100], min_requests: 40, min_duration: 2s, max_step: 60s, metrics: [error_rate] }}\n",
         SPEC.replace("instances: 2", "instances: 4")
     );
     let repo = cluster.serve_shop_as(&spec).await;
@@ -353,7 +353,36 @@ async fn experiments_on_the_hosts_ramp_and_roll_back() {
         .filter_map(|i| i["host"].as_str())
         .collect();
     assert_eq!(b_hosts, ["web-1", "web-2"].into(), "{both:#}");
+    // Paused at a step, once every host routes by the same table: a user
+    // gets the same variant through either (while the ramp moves, a host
+    // a table behind another would split by other weights for a moment).
+    let x = (cluster.server)
+        .wait_for("/experiments?service=shop", "B getting users", |x| {
+            x["release"] == 2 && x["status"] == "running"
+        })
+        .await;
+    let id = x["id"].as_i64().unwrap();
+    let (status, body) = (cluster.server)
+        .post(&format!("/experiments/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body:#}");
+    let paused = |x: &Value| x["id"] == id && x["status"] == "paused";
+    (cluster.server)
+        .wait_for("/experiments?service=shop", "paused", paused)
+        .await;
+    wait_prod(&cluster.server, "every host on the same table", |prod| {
+        let points = prod["host_entry_points"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        points.len() == 2 && points.iter().all(|p| p["version"] == prod["table_version"])
+    })
+    .await;
     the_same_variant_through_every_host(&hosts).await;
+    let (status, body) = (cluster.server)
+        .post(&format!("/experiments/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body:#}");
     let ended = |release: i64| {
         let server = &cluster.server;
         async move {
