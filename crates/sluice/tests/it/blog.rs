@@ -387,6 +387,8 @@ async fn b_can_work_on_a_copy_of_the_data_that_goes_when_the_experiment_ends() {
             assert!(Instant::now() < deadline, "{all:#}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        // The entry point (the local agent's) routes to B by now.
+        server.wait_routed("blog", "prod").await;
         // B writes three posts into its copy; A does not see them.
         for _ in 0..3 {
             let written = reqwest::Client::new()

@@ -467,6 +467,33 @@ impl Server {
 
     /// Waits until an environment runs `release` with `healthy` healthy
     /// instances behind its bound entry point; returns its status.
+    /// Waits until every entry point of `service`'s `env` on an agent's
+    /// host (the local agent's too) routes by the table the server sends
+    /// now: what the server just changed (an experiment's start) is what
+    /// a request meets.
+    pub async fn wait_routed(&self, service: &str, env: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let all = self.get(&format!("/status?service={service}")).await;
+            let e = (all.as_array().into_iter().flatten()).find(|e| e["environment"] == env);
+            let routed = e.is_some_and(|e| {
+                let points = e["host_entry_points"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                points.iter().all(|p| p["version"] == e["table_version"])
+            });
+            if routed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{env} never routed by the server's table: {all:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn wait_env(&self, service: &str, env: &str, release: i64, healthy: usize) -> Value {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
