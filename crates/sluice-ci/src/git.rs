@@ -222,8 +222,11 @@ pub async fn checkout(source: &Path, dest: &Path, sha: &str) -> Result<()> {
             "checkout",
             "--quiet",
             "--detach",
-            "--end-of-options",
+            // Not `--end-of-options`: git before 2.43 (Debian 12's 2.39)
+            // takes it for a path here and refuses. The sha is checked hex,
+            // never an option, and `--` ends the revisions.
             sha,
+            "--",
         ],
     )
     .await?;
