@@ -2,7 +2,8 @@
 //! their pipelines as processes, keeping their logs and packing artifacts.
 //!
 //! [`Ci`] is the engine. It owns a dispatcher that claims queued runs from the
-//! store, a poller that rescans repositories, and the pluggable [`Executor`]
+//! store, a poller that rescans repositories, a loop that turns the webhook
+//! deliveries any server holds into runs ([`inbox`]), and the pluggable [`Executor`]
 //! (where steps run) and [`Notifier`] (who hears of runs).
 
 pub mod agent;
@@ -11,6 +12,7 @@ mod detect;
 mod events;
 pub mod executor;
 pub mod git;
+pub mod inbox;
 pub mod logs;
 mod notify;
 pub mod remote;
@@ -163,6 +165,7 @@ impl Ci {
         engine.refresh_hooks().await;
         tokio::spawn(dispatch(engine.clone()));
         tokio::spawn(poll(engine.clone()));
+        tokio::spawn(inbox::take_held_deliveries(engine.clone()));
         Ok(Ci { engine })
     }
 
@@ -195,13 +198,17 @@ impl Ci {
         self.engine.scan(&repo, source).await
     }
 
-    /// Takes a verified webhook event; returns the queued run, if any, or why none.
+    /// Takes a verified webhook delivery that came to this server: holds
+    /// it, then turns it into a run now.
     pub async fn accept_webhook(
         &self,
         repo: &Repo,
         announced: webhook::Announced,
-    ) -> anyhow::Result<Option<Run>> {
-        self.engine.accept(repo, announced).await
+        delivery: Option<&str>,
+    ) -> anyhow::Result<inbox::Accepted> {
+        self.engine
+            .accept_delivery(repo, &announced, delivery)
+            .await
     }
 
     /// Cancels a queued or running run; false when it had already ended.

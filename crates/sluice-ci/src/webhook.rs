@@ -2,7 +2,7 @@
 //! `pull_request` events that become changes.
 
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// Whether `X-Hub-Signature-256: sha256=HEX` is the HMAC-SHA256 of `body`
@@ -29,8 +29,9 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// A commit on a ref that a webhook announced.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A commit on a ref that a webhook announced (held in the store as JSON
+/// until a run is queued for it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announced {
     pub ref_name: String,
     pub branch: String,

@@ -6,7 +6,7 @@ mod changelog;
 mod channels;
 mod deploy;
 pub mod events;
-mod hooks;
+pub(crate) mod hooks;
 mod incidents;
 pub mod openapi;
 mod repos;

@@ -1,7 +1,8 @@
 //! A server standing by (another holds the controllers' lease). It serves
 //! the live streams (events, a run's log) itself from what the holder tells
-//! over PostgreSQL ([`crate::relay`]), and the reads that need only the
-//! store ([`crate::api::store_reads`]), even while no server acts. Every
+//! over PostgreSQL ([`crate::relay`]), the reads that need only the
+//! store ([`crate::api::store_reads`]), and webhooks, which it holds in
+//! the store for the server running CI, even while no server acts. Every
 //! other request it forwards to the holder, bodies streamed both ways, as
 //! Vault's and Nomad's standbys do. So every server serves the API, the
 //! dashboard and webhooks, and one acts. Once this server takes the lease
@@ -18,7 +19,7 @@ use axum::extract::{ConnectInfo, FromRef, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -140,6 +141,7 @@ impl Switch {
         };
         let own = (crate::api::events::routes())
             .merge(crate::api::store_reads())
+            .route("/hooks/{repo}", post(crate::api::hooks::hold))
             .layer(map_response(crate::api::json_errors));
         Switch {
             own: Arc::default(),

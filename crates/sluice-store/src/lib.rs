@@ -11,6 +11,7 @@ mod changelog;
 mod controllers;
 mod deploy;
 mod experiments;
+mod inbox;
 mod incidents;
 mod logs;
 mod migrate;
@@ -42,6 +43,7 @@ pub use deploy::{
     Approval, Deployment, EnvState, Flag, Instance, NewDeployment, Promotion, Release,
 };
 pub use experiments::{Experiment, ExperimentUser};
+pub use inbox::{HELD_TAKEN_FOR_MS, HeldWebhook};
 pub use incidents::{Incident, NewIncident, parse_incident_id};
 pub use logs::LogLine;
 pub use notify::{

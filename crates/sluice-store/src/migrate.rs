@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (14, include_str!("migrations/0014_placements.sql")),
     (15, include_str!("migrations/0015_servers.sql")),
     (16, include_str!("migrations/0016_agent_jobs.sql")),
+    (17, include_str!("migrations/0017_held_webhooks.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

@@ -59,9 +59,12 @@ pub enum Topic {
     /// An instance was placed on an agent's host, or asked to stop there
     /// (that agent's long poll answers).
     PlacementChanged,
+    /// A server held a webhook delivery (the server running CI turns it
+    /// into a run).
+    WebhookHeld,
 }
 
-const TOPICS: [Topic; 7] = [
+const TOPICS: [Topic; 8] = [
     Topic::PromotionAsked,
     Topic::PromotionOpened,
     Topic::ExperimentOpened,
@@ -69,6 +72,7 @@ const TOPICS: [Topic; 7] = [
     Topic::ExperimentCommand,
     Topic::JobOffered,
     Topic::PlacementChanged,
+    Topic::WebhookHeld,
 ];
 
 impl Topic {
@@ -81,6 +85,7 @@ impl Topic {
             Topic::ExperimentCommand => "experiment-command",
             Topic::JobOffered => "job-offered",
             Topic::PlacementChanged => "placement-changed",
+            Topic::WebhookHeld => "webhook-held",
         }
     }
 

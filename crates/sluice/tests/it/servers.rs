@@ -2,10 +2,13 @@
 //! lease and the others serve live streams themselves and forward every
 //! other request to it. kill -9 of it in the middle of an experiment:
 //! another takes over within 15 s, the experiment ends as it would have,
-//! and a stream opened on the other before the kill goes on. A server frozen past its lease stops
-//! by itself when it wakes, having done nothing.
+//! a stream opened on the other before the kill goes on, and a webhook it
+//! held meanwhile becomes a run. A server frozen past its lease stops by
+//! itself when it wakes, having done nothing.
 
 use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
 
 use sluice_store::{ControllersLease, Store};
 
@@ -126,7 +129,7 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
         of_b,
         "# HELP sluice_standby Whether this server stands by while another runs the controllers.\n# TYPE sluice_standby gauge\nsluice_standby 1\n"
     );
-    repo.commit("v2", &[("app/VERSION", "2\n")]);
+    let v2 = repo.commit("v2", &[("app/VERSION", "2\n")]);
     let experiment = wait_experiment(&b, |x| x["status"] == "running").await;
     let id = experiment["id"].as_i64().unwrap();
     wait_both_variants(&b).await;
@@ -158,6 +161,17 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
             "{read}: {answer:#}"
         );
     }
+    // And a forge's webhook: B holds the delivery in the database.
+    let secret = store.repo("shop").await.unwrap().webhook_secret;
+    let pull_request = json!({ "action": "opened", "number": 7, "pull_request": { "title": "new cart", "head": { "sha": v2, "ref": "cart" }, "user": { "login": "bo" } } });
+    let (status, answer) = webhook(&b, &secret, "pr-7", &pull_request).await;
+    assert_eq!(status, 202, "{answer:#}");
+    assert!(answer["held"].as_i64().is_some(), "{answer:#}");
+    let (status, again) = webhook(&b, &secret, "pr-7", &pull_request).await;
+    assert_eq!(
+        (status, &again["ignored"]),
+        (200, &json!("this delivery was received before"))
+    );
     // The lease runs out (10 s by default) and B, asking every second, takes it.
     let taken = wait_holder(&store, &held.holder, Duration::from_secs(15)).await;
     assert_eq!(
@@ -170,6 +184,15 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
     // A's local agent turns to B, which it heard of from A.
     let local_a = running_agent_of(&data_a);
     wait_heard(&b, &local_a, taken_at).await;
+    // The delivery B held is a run now, of the pull request's ref (no
+    // scan finds that ref: only the delivery names it).
+    let run = b
+        .wait_run("the pull request B held", |r| r["pull_request"] == 7)
+        .await;
+    assert_eq!(
+        (&run["ref_name"], &run["kind"], &run["sha"]),
+        (&json!("refs/pull/7/head"), &json!("review"), &json!(v2))
+    );
 
     // B goes on with the same experiment at its step, A and B beside each
     // other behind the same address: the same instances, which A's local
@@ -222,6 +245,25 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
         .until(|seen| run_ids(seen).into_iter().any(|run| run > before))
         .await;
     store.close().await;
+}
+
+/// Posts a forge's signed `pull_request` delivery to `server`.
+async fn webhook(server: &Server, secret: &str, delivery: &str, body: &Value) -> (u16, Value) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/hooks/shop", server.url))
+        .header("X-GitHub-Event", "pull_request")
+        .header("X-GitHub-Delivery", delivery)
+        .header(
+            "X-Hub-Signature-256",
+            sluice_ci::webhook::sign(secret, &bytes),
+        )
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// Waits until `server` heard from agent `name` after `since` (ms).
