@@ -298,6 +298,8 @@ mod tests {
         (dir, sha.trim().to_string())
     }
 
+    /// Every call, against whichever git is first on PATH: `.ci/run` runs
+    /// this with Debian's own (older) git too.
     #[tokio::test]
     async fn every_call_with_an_outside_sha_reads_a_real_one() {
         let (dir, sha) = repository().await;
@@ -315,6 +317,39 @@ mod tests {
         let work = dir.path().join("work");
         checkout(path, &work, &sha).await.unwrap();
         assert!(work.join("sluice.yaml").exists());
+        assert!(archive(path, &sha).await.unwrap().len() > 512);
+        assert!(is_ancestor(path, &sha, "refs/heads/main").await.unwrap());
+        assert!(
+            list_refs(path)
+                .await
+                .unwrap()
+                .contains(&("refs/heads/main".into(), sha.clone()))
+        );
+        let second = {
+            std::fs::write(path.join("x.txt"), "x\n").unwrap();
+            git(path, &["add", "x.txt"]).await.unwrap();
+            let who = ["-c", "user.name=t", "-c", "user.email=t@t"];
+            git(
+                path,
+                &[&who[..], &["commit", "-q", "-m", "second"]].concat(),
+            )
+            .await
+            .unwrap();
+            git(path, &["rev-parse", "HEAD"])
+                .await
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(
+            first_parents(path, &sha, &second, 10).await.unwrap(),
+            std::slice::from_ref(&second)
+        );
+        let mirror = dir.path().join("mirror.git");
+        let url = format!("file://{}", path.display());
+        update_mirror(&url, &mirror).await.unwrap();
+        update_mirror(&url, &mirror).await.unwrap();
+        assert!(has_commit(&mirror, &second).await);
     }
 
     #[tokio::test]
