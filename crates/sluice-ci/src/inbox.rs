@@ -21,6 +21,9 @@ pub enum Accepted {
     AlreadyRun,
     /// The same delivery is held already, or was taken before.
     Duplicate,
+    /// Held, and another pass of this server took it meanwhile: its run
+    /// is being queued.
+    Held(i64),
 }
 
 /// Holds a verified delivery for the server running CI, and wakes it
@@ -51,7 +54,7 @@ impl Engine {
         let Some(id) = self.store.hold_webhook(repo.id, delivery, &json).await? else {
             return Ok(Accepted::Duplicate);
         };
-        Ok(self.take_held(id).await?.unwrap_or(Accepted::Duplicate))
+        Ok(self.take_held(id).await?.unwrap_or(Accepted::Held(id)))
     }
 
     /// Turns held delivery `id` into a run, once; `None` when another

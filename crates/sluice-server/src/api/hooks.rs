@@ -75,6 +75,14 @@ async fn verify(
     }))
 }
 
+/// Accepted, and held for the server that runs CI to queue its run.
+fn held(id: i64) -> Answer {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "queued": null, "held": id })),
+    )
+}
+
 fn ignored(why: &str) -> Answer {
     (
         StatusCode::OK,
@@ -109,6 +117,7 @@ pub async fn receive(
         Accepted::Queued(run) => (StatusCode::ACCEPTED, Json(json!({ "queued": run }))),
         Accepted::AlreadyRun => ignored("this commit on this ref already has a run"),
         Accepted::Duplicate => ignored("this delivery was received before"),
+        Accepted::Held(id) => held(id),
     })
 }
 
@@ -126,7 +135,7 @@ pub async fn hold(
         Ok(delivery) => delivery,
         Err(answer) => return Ok(answer),
     };
-    let held = sluice_ci::inbox::hold(
+    let kept = sluice_ci::inbox::hold(
         &store,
         &delivery.repo,
         &delivery.announced,
@@ -134,11 +143,8 @@ pub async fn hold(
     )
     .await
     .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-    Ok(match held {
-        Some(id) => (
-            StatusCode::ACCEPTED,
-            Json(json!({ "queued": null, "held": id })),
-        ),
+    Ok(match kept {
+        Some(id) => held(id),
         None => ignored("this delivery was received before"),
     })
 }
