@@ -3,9 +3,27 @@
 //! and always comes after `--end-of-options`, so it can never be an option.
 
 use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use tokio::process::Command;
+
+/// The longest any git command may run: a clone of a large repository
+/// fits; a remote that accepts and never answers does not hold change
+/// detection (which scans one repository after another) forever.
+const GIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A transfer from a remote slower than 1 KiB/s for 30 s is given up:
+/// git's own check, which a remote that sends nothing at all fails too.
+const SLOW_TRANSFER: [&str; 4] = [
+    "-c",
+    "http.lowSpeedLimit=1024",
+    "-c",
+    "http.lowSpeedTime=30",
+];
 
 /// Runs `git -C dir ARGS` and returns its standard output.
 pub async fn git(dir: &Path, args: &[&str]) -> Result<String> {
@@ -14,15 +32,11 @@ pub async fn git(dir: &Path, args: &[&str]) -> Result<String> {
 
 /// Runs `git -C dir ARGS` and returns its standard output as it is.
 async fn git_bytes(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .context("could not run `git`; is it installed and on PATH?")?;
+    succeeded(run(dir, args, GIT_TIMEOUT).await?, dir, args)
+}
+
+/// The standard output of a git command that succeeded, else what it said.
+fn succeeded(output: std::process::Output, dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
     if !output.status.success() {
         bail!(
             "`git {}` in {} failed: {}",
@@ -32,6 +46,38 @@ async fn git_bytes(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
         );
     }
     Ok(output.stdout)
+}
+
+/// Runs `git -C dir ARGS` for at most `within`, then stops it and what
+/// it started (a remote helper, ssh): its output, however it exited.
+async fn run(dir: &Path, args: &[&str], within: Duration) -> Result<std::process::Output> {
+    let child = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .context("could not run `git`; is it installed and on PATH?")?;
+    let group = child.id();
+    match tokio::time::timeout(within, child.wait_with_output()).await {
+        Ok(output) => Ok(output?),
+        Err(_) => {
+            if let Some(group) = group.and_then(|g| i32::try_from(g).ok()) {
+                let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+            }
+            bail!(
+                "`git {}` in {} ran past {} s and was stopped",
+                args.join(" "),
+                dir.display(),
+                within.as_secs()
+            )
+        }
+    }
 }
 
 /// Whether `text` is exactly `len` lowercase or uppercase hex digits.
@@ -144,23 +190,14 @@ pub async fn is_ancestor(dir: &Path, sha: &str, reference: &str) -> Result<bool>
     if !reference.starts_with("refs/") || reference.contains("..") {
         bail!("`{}` is not a branch's ref", reference.escape_debug());
     }
-    let status = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "merge-base",
-            "--is-ancestor",
-            "--end-of-options",
-            sha,
-            reference,
-        ])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await
-        .context("could not run `git`; is it installed and on PATH?")?;
+    let args = [
+        "merge-base",
+        "--is-ancestor",
+        "--end-of-options",
+        sha,
+        reference,
+    ];
+    let status = run(dir, &args, GIT_TIMEOUT).await?.status;
     match status.code() {
         Some(0) => Ok(true),
         Some(1) => Ok(false),
@@ -252,24 +289,24 @@ pub async fn archive(source: &Path, sha: &str) -> Result<Vec<u8>> {
 
 /// Brings a mirror of a remote repository up to date, cloning it the first time.
 pub async fn update_mirror(url: &str, mirror: &Path) -> Result<()> {
-    if mirror.exists() {
-        git(mirror, &["remote", "update", "--prune"]).await?;
+    update_mirror_within(url, mirror, GIT_TIMEOUT).await
+}
+
+/// [`update_mirror`], given up after `within`.
+async fn update_mirror_within(url: &str, mirror: &Path, within: Duration) -> Result<()> {
+    let mirror_text = mirror.to_string_lossy();
+    let (dir, command): (&Path, &[&str]) = if mirror.exists() {
+        (mirror, &["remote", "update", "--prune"])
     } else {
         let parent = mirror.parent().unwrap_or(Path::new("."));
         tokio::fs::create_dir_all(parent).await?;
-        git(
+        (
             parent,
-            &[
-                "clone",
-                "--quiet",
-                "--mirror",
-                "--",
-                url,
-                &mirror.to_string_lossy(),
-            ],
+            &["clone", "--quiet", "--mirror", "--", url, &mirror_text],
         )
-        .await?;
-    }
+    };
+    let args = [&SLOW_TRANSFER[..], command].concat();
+    succeeded(run(dir, &args, within).await?, dir, &args)?;
     Ok(())
 }
 
@@ -296,6 +333,40 @@ mod tests {
         run(&["commit", "-q", "-m", "first"]);
         let sha = git(path, &["rev-parse", "HEAD"]).await.unwrap();
         (dir, sha.trim().to_string())
+    }
+
+    #[tokio::test]
+    async fn a_remote_that_never_answers_is_given_up_and_stopped() {
+        // The kernel accepts connections into the backlog; nobody answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/shop.git", silent.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = dir.path().join("shop.git");
+        let error = update_mirror_within(&url, &mirror, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("ran past 1 s and was stopped"),
+            "{error}"
+        );
+        // Nothing it started goes on asking (SIGKILL is sent; its end is
+        // the kernel's to finish).
+        let asking = || {
+            let found = std::process::Command::new("pgrep")
+                .args(["-f", &url])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&found.stdout).into_owned()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !asking().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still asking: {}",
+                asking()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Every call, against whichever git is first on PATH: `.ci/run` runs
