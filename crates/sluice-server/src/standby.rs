@@ -245,7 +245,16 @@ impl Forwarder {
         }
     }
 
-    async fn forward(&self, mut request: Request) -> Response {
+    async fn forward(&self, request: Request) -> Response {
+        let page = is_page(&request);
+        let answer = self.forward_as_is(request).await;
+        if page && answer.headers().contains_key(header::RETRY_AFTER) {
+            return switching_page();
+        }
+        answer
+    }
+
+    async fn forward_as_is(&self, mut request: Request) -> Response {
         if request.headers().contains_key(FORWARDED_BY) {
             return unavailable(
                 "this request was forwarded already, to a server that is standing by itself",
@@ -308,19 +317,58 @@ impl Forwarder {
                     "retry in a few seconds: a server standing by takes over when it stays silent",
                 )
                 .into_response()
+                .with_retry_after()
             }
         }
     }
 }
 
 fn unavailable(message: &str) -> Response {
-    let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
         .with_hint("retry in a few seconds")
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-    response
+        .into_response()
+        .with_retry_after()
+}
+
+/// An answer that says when to ask again: while no server acts.
+trait RetryAfter {
+    fn with_retry_after(self) -> Self;
+}
+
+impl RetryAfter for Response {
+    fn with_retry_after(mut self) -> Response {
+        self.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        self
+    }
+}
+
+/// Whether a person's browser asks for a dashboard page (not the API, not
+/// a scraper).
+fn is_page(request: &Request) -> bool {
+    let path = request.uri().path();
+    let html = (request.headers().get(header::ACCEPT))
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    html && request.method() == axum::http::Method::GET && !path.starts_with("/api/")
+}
+
+/// What a dashboard page shows while no server acts: a page that asks
+/// again by itself (the `Refresh` header: no script, nothing the pages'
+/// content policy forbids), so a takeover is a few seconds' wait.
+fn switching_page() -> Response {
+    const PAGE: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sluice: switching servers</title></head><body><h1>Switching servers</h1><p>The server that runs Sluice's controllers stopped answering, and another is taking over. This page loads again by itself in a few seconds.</p></body></html>";
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::RETRY_AFTER, "2"),
+            (header::REFRESH, "2"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
@@ -358,6 +406,26 @@ fn forwarded_uri(address: &str, original: &Uri) -> Option<Uri> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_browser_s_get_of_a_dashboard_path_is_a_page() {
+        let cases = [
+            ("GET", "/changes", "text/html,application/xhtml+xml", true),
+            ("GET", "/", "text/html", true),
+            ("POST", "/promotions/3/approve", "text/html", false),
+            ("GET", "/api/v1/status", "text/html", false),
+            ("GET", "/changes", "application/json", false),
+            ("GET", "/changes", "", false),
+        ];
+        for (method, path, accept, page) in cases {
+            let mut request = axum::http::Request::builder().method(method).uri(path);
+            if !accept.is_empty() {
+                request = request.header(header::ACCEPT, accept);
+            }
+            let request = request.body(Body::empty()).unwrap();
+            assert_eq!(is_page(&request), page, "{method} {path} ({accept})");
+        }
+    }
 
     #[test]
     fn a_request_goes_to_the_holders_address_with_its_path_and_query() {

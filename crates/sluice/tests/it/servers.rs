@@ -172,6 +172,16 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
         (status, &again["ignored"]),
         (200, &json!("this delivery was received before"))
     );
+    // A person on the dashboard gets a page that loads again by itself.
+    let page = reqwest::Client::new()
+        .get(format!("{}/changes", b.url))
+        .header("Accept", "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 503);
+    assert_eq!(page.headers()["refresh"], "2");
+    assert!(page.text().await.unwrap().contains("Switching servers"));
     // The lease runs out (10 s by default) and B, asking every second, takes it.
     let taken = wait_holder(&store, &held.holder, Duration::from_secs(15)).await;
     assert_eq!(
