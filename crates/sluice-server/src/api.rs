@@ -45,10 +45,7 @@ pub fn routes() -> Router<AppState> {
             "/tokens/{id}",
             axum::routing::delete(needs(Operation::ManageTokens, tokens::revoke)),
         )
-        .route(
-            "/repos",
-            get(repos::list).post(needs(Operation::AddRepository, repos::add)),
-        )
+        .route("/repos", post(needs(Operation::AddRepository, repos::add)))
         .route("/repos/{name}/notify", post(repos::notify))
         .route(
             "/repos/{name}/secrets",
@@ -160,7 +157,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/incidents",
-            get(incidents::list).post(needs(Operation::HandleIncident, incidents::open)),
+            post(needs(Operation::HandleIncident, incidents::open)),
         )
         .route("/incidents/{id}", get(incidents::show))
         .route(
@@ -174,9 +171,8 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/rules",
-            get(incidents::rules).post(needs(Operation::ManageRules, incidents::add_rule)),
+            post(needs(Operation::ManageRules, incidents::add_rule)),
         )
-        .route("/rules/{id}", get(incidents::rule))
         .route(
             "/rules/{id}/disable",
             post(needs(Operation::ManageRules, incidents::disable_rule)),
@@ -184,7 +180,7 @@ pub fn routes() -> Router<AppState> {
         .route("/rules/{id}/test", post(incidents::test_rule))
         .route(
             "/channels",
-            get(channels::list).post(needs(Operation::ManageChannels, channels::add)),
+            post(needs(Operation::ManageChannels, channels::add)),
         )
         .route(
             "/channels/{name}",
@@ -209,6 +205,8 @@ pub fn routes() -> Router<AppState> {
 
 /// The reads that need nothing but the store: every server answers them
 /// itself, a standby too (and while no server acts, during a takeover).
+/// Where a path takes a write as well, the write is in [`routes`]: a
+/// standby forwards it (its `method_not_allowed_fallback`).
 pub fn store_reads<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -227,6 +225,11 @@ where
         .route("/deployments", get(deploy::deployments))
         .route("/messages", get(channels::messages))
         .route("/messages/{id}", get(channels::message))
+        .route("/repos", get(repos::list))
+        .route("/incidents", get(incidents::list))
+        .route("/rules", get(incidents::rules))
+        .route("/rules/{id}", get(incidents::rule))
+        .route("/channels", get(channels::list))
 }
 
 /// The most rows a list answers with.

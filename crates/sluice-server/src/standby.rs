@@ -150,6 +150,8 @@ impl Switch {
                 .route("/metrics", get(metrics))
                 .nest("/api/v1", own)
                 .fallback(forward)
+                // A write to a path whose read it answers itself.
+                .method_not_allowed_fallback(forward)
                 .with_state(standby),
         }
     }

@@ -18,8 +18,8 @@ use crate::{ApiError, ApiResult, AppState};
     tag = "notifications",
     responses((status = 200, description = "every channel with its server-wide routes, never its target", body = serde_json::Value))
 )]
-pub async fn list(State(state): State<AppState>, _caller: Caller) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(state.store.channels().await?)))
+pub async fn list(State(store): State<Store>, _caller: Caller) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(store.channels().await?)))
 }
 
 #[utoipa::path(

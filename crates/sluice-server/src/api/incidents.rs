@@ -7,6 +7,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_deploy::{NewRuleRequest, OpenRequest, ReplayTarget};
+use sluice_store::Store;
 
 use crate::access::Operation;
 use crate::auth::Caller;
@@ -29,14 +30,13 @@ pub struct ListQuery {
     responses((status = 200, description = "incidents, newest first", body = serde_json::Value))
 )]
 pub async fn list(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let open_only = !q.all.unwrap_or(false);
     Ok(Json(json!(
-        state
-            .store
+        store
             .incidents(q.service.as_deref(), open_only, 200)
             .await?
     )))
@@ -157,21 +157,21 @@ pub async fn edit_postmortem(
     responses((status = 200, description = "rules with what each blocked", body = serde_json::Value))
 )]
 pub async fn rules(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let active_only = !q.all.unwrap_or(false);
     let mut out = Vec::new();
-    for rule in state.store.rules(q.service.as_deref(), active_only).await? {
-        out.push(rule_json(&state, rule).await?);
+    for rule in store.rules(q.service.as_deref(), active_only).await? {
+        out.push(rule_json(&store, rule).await?);
     }
     Ok(Json(json!(out)))
 }
 
 /// A rule with what it demands in words and what it has blocked.
-async fn rule_json(state: &AppState, rule: sluice_store::RuleRecord) -> ApiResult<Value> {
-    let blocks = state.store.rule_blocks(&rule.name()).await?;
+async fn rule_json(store: &Store, rule: sluice_store::RuleRecord) -> ApiResult<Value> {
+    let blocks = store.rule_blocks(&rule.name()).await?;
     let spec: Value = serde_json::from_str(&rule.spec).unwrap_or(Value::Null);
     let describes = serde_json::from_value::<sluice_spec::RuleSpec>(spec.clone())
         .map(|s| s.describe())
@@ -205,7 +205,7 @@ pub async fn add_rule(
         )
     })?;
     let rule = state.cd.add_rule(request, &caller.actor()).await?;
-    Ok(Json(rule_json(&state, rule).await?))
+    Ok(Json(rule_json(&state.store, rule).await?))
 }
 
 #[utoipa::path(
@@ -216,12 +216,12 @@ pub async fn add_rule(
     responses((status = 200, description = "the rule", body = serde_json::Value))
 )]
 pub async fn rule(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     _caller: Caller,
     Path(RuleId(id)): Path<RuleId>,
 ) -> ApiResult<Json<Value>> {
-    let rule = state.store.rule(id).await?;
-    Ok(Json(rule_json(&state, rule).await?))
+    let rule = store.rule(id).await?;
+    Ok(Json(rule_json(&store, rule).await?))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -248,7 +248,7 @@ pub async fn disable_rule(
         .cd
         .disable_rule(id, &body.reason, &caller.actor())
         .await?;
-    Ok(Json(rule_json(&state, rule).await?))
+    Ok(Json(rule_json(&state.store, rule).await?))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

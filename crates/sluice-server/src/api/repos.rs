@@ -45,8 +45,8 @@ pub async fn add(
     tag = "repos",
     responses((status = 200, description = "watched repositories", body = serde_json::Value))
 )]
-pub async fn list(State(state): State<AppState>, _caller: Caller) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(state.store.repos().await?)))
+pub async fn list(State(store): State<Store>, _caller: Caller) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(store.repos().await?)))
 }
 
 #[utoipa::path(

@@ -154,12 +154,18 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
         "/changelog?service=shop",
         "/releases?service=shop",
         "/deployments",
+        "/repos",
     ] {
         let answer = b.get(read).await;
         assert!(
             answer.as_array().is_some_and(|a| !a.is_empty()),
             "{read}: {answer:#}"
         );
+    }
+    // Lists that are empty here, answered all the same.
+    for read in ["/incidents?all=true", "/rules?all=true", "/channels"] {
+        let answer = b.get(read).await;
+        assert!(answer.is_array(), "{read}: {answer:#}");
     }
     // And a forge's webhook: B holds the delivery in the database.
     let secret = store.repo("shop").await.unwrap().webhook_secret;
