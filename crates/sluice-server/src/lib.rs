@@ -70,7 +70,9 @@ pub fn router(state: AppState) -> Router {
 /// What every answer tells the browser: run only our own scripts and
 /// styles (no inline script), never sniff a type, never be framed, and
 /// send no address of ours elsewhere.
-async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
+pub(crate) async fn security_headers(
+    mut response: axum::response::Response,
+) -> axum::response::Response {
     use axum::http::{HeaderValue, header};
     let headers = response.headers_mut();
     for (name, value) in [

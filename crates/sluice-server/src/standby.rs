@@ -1,8 +1,9 @@
 //! A server standing by (another holds the controllers' lease). It serves
 //! the live streams (events, a run's log) itself from what the holder tells
 //! over PostgreSQL ([`crate::relay`]), the reads that need only the
-//! store ([`crate::api::store_reads`]), and webhooks, which it holds in
-//! the store for the server running CI, even while no server acts. Every
+//! store ([`crate::api::store_reads`]) with the dashboard's pages that do
+//! ([`crate::ui::store_pages`]), and webhooks, which it holds in the store
+//! for the server running CI, even while no server acts. Every
 //! other request it forwards to the holder, bodies streamed both ways, as
 //! Vault's and Nomad's standbys do. So every server serves the API, the
 //! dashboard and webhooks, and one acts. Once this server takes the lease
@@ -149,9 +150,12 @@ impl Switch {
                 .route("/api/v1/health", get(health))
                 .route("/metrics", get(metrics))
                 .nest("/api/v1", own)
+                .merge(crate::ui::store_pages())
                 .fallback(forward)
                 // A write to a path whose read it answers itself.
                 .method_not_allowed_fallback(forward)
+                // Its own pages are the dashboard's as much as the holder's.
+                .layer(map_response(crate::security_headers))
                 .with_state(standby),
         }
     }

@@ -16,12 +16,14 @@ pub mod session;
 
 use askama::Template;
 use axum::Router;
+use axum::extract::FromRef;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use sluice_store::Role;
+use sluice_store::{Role, Store};
 
 use crate::access::Operation;
+use crate::auth::Gate;
 
 use crate::AppState;
 use session::Viewer;
@@ -41,8 +43,6 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(board::overview))
         .route("/login", get(login::form).post(login::sign_in))
         .route("/logout", post(login::sign_out))
-        .route("/changes", get(runs::changes))
-        .route("/runs/{id}", get(runs::run))
         .route("/agents", get(runs::agents))
         .route(
             "/services/{service}/environments/{env}",
@@ -64,6 +64,21 @@ pub fn routes() -> Router<AppState> {
         .route("/channels", get(channels::list).post(channels::add))
         .route("/channels/{name}/{verb}", post(channels::act))
         .route("/channels/messages/{id}/retry", post(channels::retry))
+        .merge(store_pages())
+}
+
+/// The pages that need nothing but the store, and the assets every page
+/// uses: a standby serves them itself (a run's page follows its log's
+/// stream, which a standby serves too), even while no server acts.
+pub fn store_pages<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Store: FromRef<S>,
+    Gate: FromRef<S>,
+{
+    Router::new()
+        .route("/changes", get(runs::changes))
+        .route("/runs/{id}", get(runs::run))
         .route("/assets/sluice.css", get(css))
         .route("/assets/sluice.js", get(js))
 }

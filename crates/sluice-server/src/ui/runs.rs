@@ -4,7 +4,7 @@
 
 use askama::Template;
 use axum::extract::{Path, State};
-use sluice_store::{Change, LogLine, RunDetail};
+use sluice_store::{Change, LogLine, RunDetail, Store};
 
 use super::session::Viewer;
 use super::{Chrome, PageResult, ansi, failed, render};
@@ -17,8 +17,8 @@ struct ChangesPage {
     changes: Vec<Change>,
 }
 
-pub async fn changes(State(state): State<AppState>, viewer: Viewer) -> PageResult {
-    let changes = state.store.changes(None, 200).await.map_err(failed)?;
+pub async fn changes(State(store): State<Store>, viewer: Viewer) -> PageResult {
+    let changes = store.changes(None, 200).await.map_err(failed)?;
     Ok(render(ChangesPage {
         page: Chrome::new(&viewer, "Changes", "changes"),
         changes,
@@ -58,10 +58,10 @@ impl RunPage {
 /// The lines of a run's log its page shows: its end.
 pub const LOG_TAIL: usize = 5_000;
 
-pub async fn run(State(state): State<AppState>, viewer: Viewer, Path(id): Path<i64>) -> PageResult {
-    let detail = state.store.run_detail(id).await.map_err(failed)?;
+pub async fn run(State(store): State<Store>, viewer: Viewer, Path(id): Path<i64>) -> PageResult {
+    let detail = store.run_detail(id).await.map_err(failed)?;
     // A page shows the end of a long log; the whole is a download.
-    let lines = state.store.log_tail(id, LOG_TAIL).await.map_err(failed)?;
+    let lines = store.log_tail(id, LOG_TAIL).await.map_err(failed)?;
     Ok(render(RunPage {
         page: Chrome::new(&viewer, format!("Run {id}"), "changes"),
         finished: detail.run.status.is_finished(),

@@ -5,16 +5,15 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use sha2::{Digest, Sha256};
 use sluice_store::Store;
 
-use crate::AppState;
 use crate::access::{Operation, capitalised};
-use crate::auth::{Caller, Tokens};
+use crate::auth::{Caller, Gate, Tokens};
 
 pub const SESSION_COOKIE: &str = "sluice_session";
 /// Carries the sign-in form's CSRF token until the form comes back.
@@ -180,14 +179,15 @@ impl Viewer {
     }
 }
 
-impl FromRequestParts<AppState> for Viewer {
+impl<S: Send + Sync> FromRequestParts<S> for Viewer
+where
+    Gate: FromRef<S>,
+{
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        if let Some((caller, csrf)) = caller_from_cookie(parts, &state.store, &state.tokens).await {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let gate = Gate::from_ref(state);
+        if let Some((caller, csrf)) = caller_from_cookie(parts, &gate.store, &gate.tokens).await {
             // Every page reads; a token that may not read sees none.
             if !crate::access::Operation::Read.allows(caller.role) {
                 return Err(super::error_page(

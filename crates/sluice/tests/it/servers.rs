@@ -139,6 +139,9 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
     let load = Load::start(format!("http://127.0.0.1:{port}/"));
     load.served(20).await;
 
+    // A person signs in to the dashboard through B (the sign-in is A's).
+    let (session, _) = crate::notify::sign_in(&b.url, &b.token, "/changes").await;
+
     a.kill_hard();
     // While no server acts, B answers what needs only the database itself.
     let runs = b.get("/runs").await;
@@ -178,9 +181,31 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
         (status, &again["ignored"]),
         (200, &json!("this delivery was received before"))
     );
-    // A person on the dashboard gets a page that loads again by itself.
+    // B shows the dashboard's pages of changes and runs itself, with the
+    // dashboard's headers, and its assets; a page that needs the holder
+    // loads again by itself.
+    for (path, shows) in [
+        ("/changes".to_string(), "v2".to_string()),
+        (format!("/runs/{run}"), "unit-tests-passed".to_string()),
+        ("/assets/sluice.css".to_string(), "{".to_string()),
+    ] {
+        let page = reqwest::Client::new()
+            .get(format!("{}{path}", b.url))
+            .header("Cookie", &session)
+            .header("Accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200, "{path}");
+        assert!(
+            page.headers().contains_key("content-security-policy"),
+            "{path}"
+        );
+        let text = page.text().await.unwrap();
+        assert!(text.contains(&shows), "{path}: {text}");
+    }
     let page = reqwest::Client::new()
-        .get(format!("{}/changes", b.url))
+        .get(format!("{}/", b.url))
         .header("Accept", "text/html,application/xhtml+xml")
         .send()
         .await
