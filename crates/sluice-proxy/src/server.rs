@@ -348,6 +348,7 @@ fn acceptor(certificates: &Option<Arc<Certificates>>) -> std::io::Result<Option<
 }
 
 fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    migrate_waiting_connections();
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -359,6 +360,38 @@ fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener>
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// Where Linux (5.14 and later) is told to move the connections waiting
+/// in a closing listener's queue to another listener of its reuse-port
+/// group, instead of resetting them.
+const MIGRATE_REQUESTS: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// Turns [`MIGRATE_REQUESTS`] on, once a process, when it may (root: it is
+/// its network namespace's setting), else says what it costs. An entry
+/// point that moves to another process on the same host binds beside the
+/// old one and the old one closes (make before break): without this, each
+/// connection the kernel queued at the old socket in between is reset.
+fn migrate_waiting_connections() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Absent on older kernels, where nothing can be done.
+        let Ok(value) = std::fs::read_to_string(MIGRATE_REQUESTS) else {
+            return;
+        };
+        if value.trim() != "0" {
+            return;
+        }
+        match std::fs::write(MIGRATE_REQUESTS, "1") {
+            Ok(()) => tracing::info!(
+                "set net.ipv4.tcp_migrate_req=1: connections waiting at an entry point that closes move to the one that replaces it"
+            ),
+            Err(e) => tracing::info!(
+                error = %e,
+                "net.ipv4.tcp_migrate_req is 0 and only root can set it: connections waiting at an entry point that moves to another process on this host are reset; run `sysctl -w net.ipv4.tcp_migrate_req=1` as root to keep them"
+            ),
+        }
+    });
 }
 
 /// Reads the certificates again when their files change, on a thread of

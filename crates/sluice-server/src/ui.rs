@@ -49,7 +49,6 @@ pub fn routes() -> Router<AppState> {
             get(board::environment),
         )
         .route("/services/{service}/diff", get(board::diff))
-        .route("/changelog", get(board::changelog))
         .route("/promotions", get(promotions::list))
         .route("/promotions/{id}", get(promotions::show))
         .route("/promotions/{id}/{verb}", post(promotions::decide))
@@ -57,9 +56,7 @@ pub fn routes() -> Router<AppState> {
         .route("/experiments/{id}", get(experiments::show))
         .route("/experiments/{id}/charts", get(experiments::charts))
         .route("/experiments/{id}/{verb}", post(experiments::steer))
-        .route("/incidents", get(incidents::list))
         .route("/incidents/{id}", get(incidents::show))
-        .route("/rules", get(incidents::rules))
         .route("/rules/{id}/disable", post(incidents::disable_rule))
         .route("/channels", get(channels::list).post(channels::add))
         .route("/channels/{name}/{verb}", post(channels::act))
@@ -79,6 +76,9 @@ where
     Router::new()
         .route("/changes", get(runs::changes))
         .route("/runs/{id}", get(runs::run))
+        .route("/changelog", get(board::changelog))
+        .route("/incidents", get(incidents::list))
+        .route("/rules", get(incidents::rules))
         .route("/assets/sluice.css", get(css))
         .route("/assets/sluice.js", get(js))
 }

@@ -8,7 +8,7 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use sluice_deploy::{EnvDetail, EnvDiff, EnvStatus};
-use sluice_store::{ChangeEvent, ChangeQuery, Experiment, Release};
+use sluice_store::{ChangeEvent, ChangeQuery, Experiment, Release, Store};
 
 use super::session::Viewer;
 use super::{Chrome, PageResult, failed, render};
@@ -222,7 +222,7 @@ struct ChangelogPage {
 }
 
 pub async fn changelog(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     viewer: Viewer,
     Query(q): Query<LogQuery>,
 ) -> PageResult {
@@ -246,8 +246,7 @@ pub async fn changelog(
         },
         None => None,
     };
-    let events = state
-        .store
+    let events = store
         .changes_log(&ChangeQuery {
             service: service.clone(),
             environment: env.clone(),

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect};
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag};
 use serde::Deserialize;
 use sluice_deploy::IncidentView;
-use sluice_store::{Incident, RuleBlock, RuleRecord};
+use sluice_store::{Incident, RuleBlock, RuleRecord, Store};
 
 use super::session::{Viewer, encode};
 use super::{Chrome, Done, PageResult, failed, render};
@@ -24,12 +24,8 @@ struct ListPage {
     incidents: Vec<Incident>,
 }
 
-pub async fn list(State(state): State<AppState>, viewer: Viewer) -> PageResult {
-    let incidents = state
-        .store
-        .incidents(None, false, 200)
-        .await
-        .map_err(failed)?;
+pub async fn list(State(store): State<Store>, viewer: Viewer) -> PageResult {
+    let incidents = store.incidents(None, false, 200).await.map_err(failed)?;
     Ok(render(ListPage {
         page: Chrome::new(&viewer, "Incidents", "incidents"),
         incidents,
@@ -136,18 +132,14 @@ struct RulesPage {
 }
 
 pub async fn rules(
-    State(state): State<AppState>,
+    State(store): State<Store>,
     viewer: Viewer,
     Query(q): Query<Done>,
 ) -> PageResult {
     let now = sluice_store::now_ms();
     let mut rows = Vec::new();
-    for record in state.store.rules(None, false).await.map_err(failed)? {
-        let blocks = state
-            .store
-            .rule_blocks(&record.name())
-            .await
-            .map_err(failed)?;
+    for record in store.rules(None, false).await.map_err(failed)? {
+        let blocks = store.rule_blocks(&record.name()).await.map_err(failed)?;
         let describes = serde_json::from_str::<sluice_spec::RuleSpec>(&record.spec)
             .map(|s| s.describe())
             .unwrap_or_else(|e| format!("(does not parse: {e})"));

@@ -181,12 +181,15 @@ async fn a_standby_takes_the_controllers_over_after_a_kill_9_and_the_experiment_
         (status, &again["ignored"]),
         (200, &json!("this delivery was received before"))
     );
-    // B shows the dashboard's pages of changes and runs itself, with the
+    // B shows the dashboard's pages that need only the database itself, with the
     // dashboard's headers, and its assets; a page that needs the holder
     // loads again by itself.
     for (path, shows) in [
         ("/changes".to_string(), "v2".to_string()),
         (format!("/runs/{run}"), "unit-tests-passed".to_string()),
+        ("/changelog?service=shop".to_string(), "shop".to_string()),
+        ("/incidents".to_string(), "Incidents".to_string()),
+        ("/rules".to_string(), "Rules".to_string()),
         ("/assets/sluice.css".to_string(), "{".to_string()),
     ] {
         let page = reqwest::Client::new()
