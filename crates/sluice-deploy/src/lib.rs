@@ -650,13 +650,17 @@ impl Cd {
         let deadline = tokio::time::Instant::now() + wait;
         let user = sluice_proxy::goals::user_id(user);
         loop {
+            let applied = tracker.applied();
             if tracker.reach(user, index, value) {
                 return Ok(true);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(false);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::select! {
+                _ = applied => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
         }
     }
 

@@ -156,6 +156,9 @@ pub struct GoalTracker {
     id: u64,
     /// On a host: what it counted, until taken ([`GoalTracker::take_events`]).
     events: Option<Mutex<std::collections::VecDeque<GoalEvent>>>,
+    /// Told when a host's exposures are applied here: a goal reported for
+    /// a user a host saw a moment ago waits for them.
+    applied: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for GoalTracker {
@@ -198,6 +201,7 @@ impl GoalTracker {
             shards,
             id,
             events,
+            applied: tokio::sync::Notify::new(),
         })
     }
 
@@ -241,11 +245,18 @@ impl GoalTracker {
                     0.0
                 };
                 self.expose(user, variant, share_b);
+                self.applied.notify_waiters();
             }
             GoalEvent::Reached { user, goal, value } => {
                 self.reach(user, usize::from(goal), value);
             }
         }
+    }
+
+    /// Resolves at the next exposure a host's events bring
+    /// ([`GoalTracker::apply`]); made before looking, it misses none.
+    pub fn applied(&self) -> tokio::sync::futures::Notified<'_> {
+        self.applied.notified()
     }
 
     fn shard(&self, user: u64) -> std::sync::MutexGuard<'_, Shard> {
@@ -477,6 +488,25 @@ mod tests {
             },
         ])
         .unwrap()
+    }
+
+    #[test]
+    fn an_exposure_a_host_brings_wakes_who_waits_for_it() {
+        use std::future::Future;
+        let server = tracker();
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        let mut waiting = std::pin::pin!(server.applied());
+        assert!(waiting.as_mut().poll(&mut context).is_pending());
+        // What this server's own entry point sees is no host's news.
+        server.expose(3, Variant::A, 0.1);
+        assert!(waiting.as_mut().poll(&mut context).is_pending());
+        server.apply(&GoalEvent::Exposed {
+            user: 4,
+            b: true,
+            share_b: 0.1,
+        });
+        assert!(waiting.as_mut().poll(&mut context).is_ready());
     }
 
     #[test]
