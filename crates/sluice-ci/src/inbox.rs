@@ -34,12 +34,22 @@ pub async fn hold(
     announced: &Announced,
     delivery: Option<&str>,
 ) -> Result<Option<i64>> {
-    let json = serde_json::to_string(announced)?;
-    let held = store.hold_webhook(repo.id, delivery, &json).await?;
+    let held = keep(store, repo, announced, delivery).await?;
     if held.is_some() {
         store.wake(Topic::WebhookHeld).await;
     }
     Ok(held)
+}
+
+/// Holds a delivery in the store; `None` when it is held already.
+async fn keep(
+    store: &Store,
+    repo: &Repo,
+    announced: &Announced,
+    delivery: Option<&str>,
+) -> Result<Option<i64>> {
+    let json = serde_json::to_string(announced)?;
+    Ok(store.hold_webhook(repo.id, delivery, &json).await?)
 }
 
 impl Engine {
@@ -50,8 +60,8 @@ impl Engine {
         announced: &Announced,
         delivery: Option<&str>,
     ) -> Result<Accepted> {
-        let json = serde_json::to_string(announced)?;
-        let Some(id) = self.store.hold_webhook(repo.id, delivery, &json).await? else {
+        // Not woken: this server takes it now.
+        let Some(id) = keep(&self.store, repo, announced, delivery).await? else {
             return Ok(Accepted::Duplicate);
         };
         Ok(self.take_held(id).await?.unwrap_or(Accepted::Held(id)))

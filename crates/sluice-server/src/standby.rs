@@ -251,41 +251,48 @@ impl Forwarder {
         }
     }
 
+    /// The holder's answer; while no server answers for the controllers,
+    /// an error that says when to ask again, or a page that does so by
+    /// itself for a person's browser.
     async fn forward(&self, request: Request) -> Response {
         let page = is_page(&request);
-        let answer = self.forward_as_is(request).await;
-        if page && answer.headers().contains_key(header::RETRY_AFTER) {
-            return switching_page();
+        match self.to_holder(request).await {
+            Ok(answer) => answer,
+            Err(NoHolder(_)) if page => switching_page(),
+            Err(NoHolder(why)) => {
+                let mut answer = why.into_response();
+                (answer.headers_mut()).insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                answer
+            }
         }
-        answer
     }
 
-    async fn forward_as_is(&self, mut request: Request) -> Response {
+    async fn to_holder(&self, mut request: Request) -> Result<Response, NoHolder> {
         if request.headers().contains_key(FORWARDED_BY) {
-            return unavailable(
+            return Err(unavailable(
                 "this request was forwarded already, to a server that is standing by itself",
-            );
+            ));
         }
         let lease = match self.store.controllers().await {
             Ok(Some(lease)) if lease.left_ms >= 0 => lease,
             Ok(_) => {
-                return unavailable(
+                return Err(unavailable(
                     "no server runs the controllers right now (the one that did stopped); one standing by takes over within the lease",
-                );
+                ));
             }
-            Err(e) => return ApiError::internal(e).into_response(),
+            Err(e) => return Ok(ApiError::internal(e).into_response()),
         };
         if lease.holder == self.me {
-            return unavailable(
+            return Err(unavailable(
                 "this server is taking the controllers over and starts its engines now",
-            );
+            ));
         }
         let Some(uri) = forwarded_uri(&lease.address, request.uri()) else {
-            return ApiError::internal(format!(
+            return Ok(ApiError::internal(format!(
                 "the controllers' holder gave an address that is not http://HOST:PORT: {}",
                 lease.address
             ))
-            .into_response();
+            .into_response());
         };
         let peer = request
             .extensions()
@@ -307,46 +314,38 @@ impl Forwarder {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, Body::new(body))
+                Ok(Response::from_parts(parts, Body::new(body)))
             }
             Err(e) => {
                 tracing::warn!(to = %lease.address, error = %e, "could not forward a request");
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "bad_gateway",
-                    format!(
-                        "the server that runs the controllers ({}) did not answer: {e}",
-                        lease.address
+                Err(NoHolder(
+                    ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "bad_gateway",
+                        format!(
+                            "the server that runs the controllers ({}) did not answer: {e}",
+                            lease.address
+                        ),
+                    )
+                    .with_hint(
+                        "retry in a few seconds: a server standing by takes over when it stays silent",
                     ),
-                )
-                .with_hint(
-                    "retry in a few seconds: a server standing by takes over when it stays silent",
-                )
-                .into_response()
-                .with_retry_after()
+                ))
             }
         }
     }
 }
 
-fn unavailable(message: &str) -> Response {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-        .with_hint("retry in a few seconds")
-        .into_response()
-        .with_retry_after()
-}
+/// No server answers for the controllers now (none holds them, this one
+/// is taking them over, or the holder is out of reach): why, to be asked
+/// again in a few seconds.
+struct NoHolder(ApiError);
 
-/// An answer that says when to ask again: while no server acts.
-trait RetryAfter {
-    fn with_retry_after(self) -> Self;
-}
-
-impl RetryAfter for Response {
-    fn with_retry_after(mut self) -> Response {
-        self.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-        self
-    }
+fn unavailable(message: &str) -> NoHolder {
+    NoHolder(
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            .with_hint("retry in a few seconds"),
+    )
 }
 
 /// Whether a person's browser asks for a dashboard page (not the API, not
