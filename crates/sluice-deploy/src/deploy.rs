@@ -238,7 +238,7 @@ pub(crate) async fn deployer(inner: Arc<Inner>) {
 /// What the deployments loop does with a promotion whose gates opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Next {
-    /// Being deployed here, or its experiment runs: not ours now.
+    /// Its experiment runs, or is followed here: not ours now.
     Leave,
     Deploy,
     /// Its experiment ended and nothing settled it (the server stopped in
@@ -246,52 +246,67 @@ enum Next {
     Settle(i64),
 }
 
-/// Pure: from whether it is being deployed here, and its experiment (the
-/// newest opened for it) with whether that is followed here.
-fn next(deploying_here: bool, experiment: Option<(&Experiment, bool)>) -> Next {
+/// Pure: from its experiment (the newest opened for it), with whether
+/// that is followed here.
+fn next(experiment: Option<(&Experiment, bool)>) -> Next {
     match experiment {
-        _ if deploying_here => Next::Leave,
         Some((x, followed)) if x.is_open() || followed => Next::Leave,
         Some((x, _)) => Next::Settle(x.id),
         None => Next::Deploy,
     }
 }
 
+/// Claims each promotion the list shows `deploying` that no task here has,
+/// and gives it a task of its own.
 async fn take_promotions(inner: &Arc<Inner>) {
     let Ok(open) = inner.store.promotions(None, true, 1000).await else {
         return;
     };
-    let experiments = inner
-        .store
-        .experiments(None, 1000)
-        .await
-        .unwrap_or_default();
     for promotion in open
         .into_iter()
         .filter(|p| p.status == PromotionStatus::Deploying)
     {
-        // Newest first: the experiment opened for this promotion, if one was.
-        let experiment = experiments.iter().find(|x| {
-            x.service == promotion.service
-                && x.environment == promotion.environment
-                && x.release_id == promotion.release_id
-                && x.created_at >= promotion.created_at
-        });
-        let followed = experiment.is_some_and(|x| inner.taking_up.lock().unwrap().contains(&x.id));
-        let deploying_here = inner.deploying.lock().unwrap().contains(&promotion.id);
-        let step = next(deploying_here, experiment.map(|x| (x, followed)));
-        if step == Next::Leave {
+        if !inner.deploying.lock().unwrap().insert(promotion.id) {
             continue;
         }
-        inner.deploying.lock().unwrap().insert(promotion.id);
         let inner = inner.clone();
         tokio::spawn(async move {
-            match step {
-                Next::Settle(x) => settle_by_experiment(&inner, promotion.id, x).await,
-                _ => deploy_promotion(&inner, &promotion).await,
-            }
+            take_promotion(&inner, promotion.id).await;
             inner.deploying.lock().unwrap().remove(&promotion.id);
         });
+    }
+}
+
+/// A claimed promotion, read again: the list was read before the claim,
+/// and a task that ended in between may have deployed and settled it
+/// (deploying it again would open an experiment of the release against
+/// itself). A task writes the store before it lets its claim go, so what
+/// is read here, under the claim, is current.
+async fn take_promotion(inner: &Arc<Inner>, id: i64) {
+    let Ok(promotion) = inner.store.promotion(id).await else {
+        return;
+    };
+    if promotion.status != PromotionStatus::Deploying {
+        return;
+    }
+    let Ok(experiments) = inner
+        .store
+        .experiments(Some(&promotion.service), 1000)
+        .await
+    else {
+        return;
+    };
+    // Newest first: the experiment opened for this promotion, if one was.
+    let experiment = experiments.iter().find(|x| {
+        x.environment == promotion.environment
+            && x.release_id == promotion.release_id
+            && x.created_at >= promotion.created_at
+    });
+    let followed = experiment.is_some_and(|x| inner.taking_up.lock().unwrap().contains(&x.id));
+    match next(experiment.map(|x| (x, followed))) {
+        Next::Leave => {}
+        Next::Settle(x) => settle_by_experiment(inner, promotion.id, x).await,
+        Next::Deploy => deploy_promotion(inner, &promotion).await,
     }
 }
 
@@ -918,23 +933,21 @@ mod tests {
         let (starting, running, promoted, rolled_back) =
             (x(Starting), x(Running), x(Promoted), x(RolledBack));
         let table = [
-            // deploying here, its experiment and whether followed here → next
-            (false, None, Next::Deploy),
-            (true, None, Next::Leave),
-            (false, Some((&starting, false)), Next::Leave),
-            (false, Some((&running, false)), Next::Leave),
+            // its experiment and whether followed here → next
+            (None, Next::Deploy),
+            (Some((&starting, false)), Next::Leave),
+            (Some((&running, false)), Next::Leave),
             // Ended while its follower settles it: left to the follower.
-            (false, Some((&promoted, true)), Next::Leave),
+            (Some((&promoted, true)), Next::Leave),
             // Ended and nobody settled it (a restart in between): settled, not deployed again.
-            (false, Some((&promoted, false)), Next::Settle(7)),
-            (false, Some((&rolled_back, false)), Next::Settle(7)),
-            (true, Some((&promoted, false)), Next::Leave),
+            (Some((&promoted, false)), Next::Settle(7)),
+            (Some((&rolled_back, false)), Next::Settle(7)),
         ];
-        for (here, experiment, expected) in table {
+        for (experiment, expected) in table {
             assert_eq!(
-                next(here, experiment),
+                next(experiment),
                 expected,
-                "{here} {:?}",
+                "{:?}",
                 experiment.map(|(x, f)| (x.status, f))
             );
         }
@@ -982,6 +995,40 @@ mod tests {
         // The newer one is deployed by the deployments loop, woken.
         store.wake(sluice_store::Topic::PromotionOpened).await;
         world.settled("prod", 2, 2).await;
+    }
+
+    /// A pass of the deployments loop lists a promotion as `deploying`, and
+    /// the task deploying it ends before the pass claims it: the claimed
+    /// promotion is read again and left, not deployed a second time (in an
+    /// `ab` environment that opened an experiment of v1 against itself).
+    #[tokio::test]
+    async fn a_promotion_listed_before_its_deployment_ended_is_not_deployed_again() {
+        let world = Harness::new().await;
+        let ab = format!("{PROD}    strategy:\n      ab: {{ steps: [50, 100] }}\n");
+        let v1 = world.release(&spec("serve", &ab)).await;
+        crate::aftermath::ask_for_automatic(&world.cd.inner, &v1, None).await;
+        world.settled("prod", 1, 2).await;
+        let store = world.store();
+        let done = world
+            .until("the promotion settled", || async {
+                let all = store.promotions(Some("shop"), false, 10).await.unwrap();
+                all.into_iter().find(|p| p.status == PromotionStatus::Done)
+            })
+            .await;
+        // What the late pass does with the promotion its stale list showed.
+        super::take_promotion(&world.cd.inner, done.id).await;
+        assert!(
+            store
+                .experiments(Some("shop"), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let deployments = store
+            .deployments(Some("shop"), None, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(deployments.len(), 1, "{deployments:?}");
     }
 
     /// v1 runs in prod and v2 is asked for; the server is killed at the
