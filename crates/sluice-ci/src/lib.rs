@@ -4,7 +4,8 @@
 //! [`Ci`] is the engine. It owns a dispatcher that claims queued runs from the
 //! store, a poller that rescans repositories, a loop that turns the webhook
 //! deliveries any server holds into runs ([`inbox`]), and the pluggable [`Executor`]
-//! (where steps run) and [`Notifier`] (who hears of runs).
+//! (where steps run). A run's changes reach its forge ([`ForgeStatus`]) and
+//! the store, whose `RunEnded` wake-up is what CD's release maker waits on.
 
 pub mod agent;
 pub mod artifact;
@@ -36,7 +37,7 @@ pub use detect::{AddRepo, HOOK_MARKER, source_dir};
 pub use events::Event;
 pub use executor::{Executor, LocalExecutor, StepOutcome, StepRequest};
 pub use logs::{LogSink, LogWriter, Masker};
-pub use notify::{ForgeStatus, Notifier, forge_state};
+pub use notify::{ForgeStatus, forge_state};
 
 /// How long an agent may be silent before its jobs are taken back.
 pub const DEFAULT_AGENT_LEASE: Duration = Duration::from_secs(15);
@@ -93,7 +94,7 @@ struct Engine {
     store: Store,
     config: CiConfig,
     executor: Arc<dyn Executor>,
-    notifiers: Vec<Arc<dyn Notifier>>,
+    forge: ForgeStatus,
     events: broadcast::Sender<Event>,
     wake: Notify,
     job_slots: Arc<Semaphore>,
@@ -113,12 +114,7 @@ struct Cancel {
 impl Ci {
     /// Recovers from a previous server's end (kills its leftover steps, marks
     /// its running runs `error`), then starts the dispatcher and the poller.
-    /// `notifiers` hear of every run besides the forge's commit statuses.
-    pub async fn start(
-        store: Store,
-        config: CiConfig,
-        notifiers: Vec<Arc<dyn Notifier>>,
-    ) -> anyhow::Result<Ci> {
+    pub async fn start(store: Store, config: CiConfig) -> anyhow::Result<Ci> {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "localhost".into());
@@ -127,28 +123,27 @@ impl Ci {
             tracing::warn!(killed, "killed the steps a previous server left running");
         }
         let executor = Arc::new(LocalExecutor::new(store.clone(), host, &config.data_dir));
-        Ci::start_with(store, config, notifiers, executor).await
+        Ci::start_with(store, config, executor).await
     }
 
     /// [`Ci::start`] with steps run by `executor` (tests give a fake one).
     pub async fn start_with(
         store: Store,
         config: CiConfig,
-        notifiers: Vec<Arc<dyn Notifier>>,
         executor: Arc<dyn Executor>,
     ) -> anyhow::Result<Ci> {
         let interrupted = store.interrupt_running_runs().await?;
         if !interrupted.is_empty() {
             tracing::warn!(?interrupted, "runs of a previous server ended as error");
         }
-        let forge: Arc<dyn Notifier> = Arc::new(ForgeStatus::new(config.server_url.clone()));
         let (events, _) = broadcast::channel(4096);
+        let forge = ForgeStatus::new(config.server_url.clone());
         let engine = Arc::new(Engine {
             job_slots: Arc::new(Semaphore::new(config.parallelism.max(1))),
             store,
             config,
             executor,
-            notifiers: std::iter::once(forge).chain(notifiers).collect(),
+            forge,
             events,
             wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
@@ -244,10 +239,11 @@ impl Engine {
             status: run.status,
         };
         self.store.tell(&notice).await;
+        if run.status.is_finished() {
+            self.store.wake(sluice_store::Topic::RunEnded).await;
+        }
         if let Ok(repo) = self.store.repo_by_id(run.repo_id).await {
-            for notifier in &self.notifiers {
-                notifier.run_changed(&repo, &run).await;
-            }
+            self.forge.run_changed(&repo, &run).await;
         }
     }
 

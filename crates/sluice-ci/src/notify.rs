@@ -1,22 +1,10 @@
-//! The `Notifier`: tells the outside world about runs. The default posts
-//! commit statuses in the shape of GitHub's API to a repository's forge.
+//! Telling a repository's forge about its runs: commit statuses in the
+//! shape of GitHub's API. (What else follows a run, such as a release,
+//! is a controller woken through the store, not a call from here.)
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use sluice_store::{Repo, Run, RunStatus};
-
-pub trait Notifier: Send + Sync {
-    /// Called when a run is queued, starts and ends.
-    fn run_changed<'a>(
-        &'a self,
-        _repo: &'a Repo,
-        _run: &'a Run,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async {})
-    }
-}
 
 /// Posts `{state, target_url, description, context}` to the repository's
 /// `status_url` (with `{sha}` replaced), as GitHub's commit status API takes it.
@@ -46,40 +34,35 @@ pub fn forge_state(status: RunStatus) -> &'static str {
     }
 }
 
-impl Notifier for ForgeStatus {
-    fn run_changed<'a>(
-        &'a self,
-        repo: &'a Repo,
-        run: &'a Run,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async move {
-            let Some(url) = &repo.status_url else { return };
-            let url = url.replace("{sha}", &run.sha);
-            let description = match &run.reason {
-                Some(reason) => format!("run {}: {}", run.id, reason),
-                None => format!("run {} is {}", run.id, run.status),
-            };
-            let body = serde_json::json!({
-                "state": forge_state(run.status),
-                "target_url": format!("{}/runs/{}", self.public_url, run.id),
-                "description": description.chars().take(140).collect::<String>(),
-                "context": "sluice/ci",
-            });
-            let mut request = self
-                .client
-                .post(&url)
-                .json(&body)
-                .header("Accept", "application/vnd.github+json");
-            if let Some(token) = &repo.status_token {
-                request = request.bearer_auth(token);
+impl ForgeStatus {
+    /// Posts the run's status when it is queued, starts and ends.
+    pub async fn run_changed(&self, repo: &Repo, run: &Run) {
+        let Some(url) = &repo.status_url else { return };
+        let url = url.replace("{sha}", &run.sha);
+        let description = match &run.reason {
+            Some(reason) => format!("run {}: {}", run.id, reason),
+            None => format!("run {} is {}", run.id, run.status),
+        };
+        let body = serde_json::json!({
+            "state": forge_state(run.status),
+            "target_url": format!("{}/runs/{}", self.public_url, run.id),
+            "description": description.chars().take(140).collect::<String>(),
+            "context": "sluice/ci",
+        });
+        let mut request = self
+            .client
+            .post(&url)
+            .json(&body)
+            .header("Accept", "application/vnd.github+json");
+        if let Some(token) = &repo.status_token {
+            request = request.bearer_auth(token);
+        }
+        match request.send().await {
+            Ok(response) if response.status().is_success() => {}
+            Ok(response) => {
+                tracing::warn!(%url, status = %response.status(), "the forge refused the commit status")
             }
-            match request.send().await {
-                Ok(response) if response.status().is_success() => {}
-                Ok(response) => {
-                    tracing::warn!(%url, status = %response.status(), "the forge refused the commit status")
-                }
-                Err(e) => tracing::warn!(%url, error = %e, "could not post the commit status"),
-            }
-        })
+            Err(e) => tracing::warn!(%url, error = %e, "could not post the commit status"),
+        }
     }
 }

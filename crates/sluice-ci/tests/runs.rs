@@ -85,7 +85,7 @@ impl World {
             ..CiConfig::new(&data, "http://127.0.0.1:1")
         };
         let executor = Arc::new(FakeExecutor::default());
-        let ci = Ci::start_with(store, config, Vec::new(), executor.clone())
+        let ci = Ci::start_with(store, config, executor.clone())
             .await
             .unwrap();
         World {

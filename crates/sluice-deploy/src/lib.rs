@@ -3,8 +3,10 @@
 //! config values, data), deployments by strategy behind the proxy, promotions
 //! through gates, rollbacks and pins, drift, and reconciling after a restart.
 //!
-//! [`Cd`] is the engine; [`ReleaseMaker`] is the CI notifier that turns a green
-//! mainline run into a release and deploys it where the rules say.
+//! [`Cd`] is the engine. Its controllers are loops that meet in the store
+//! and are woken through it: the release maker (a green mainline run
+//! becomes a release), the gatekeeper (promotions), the deployments loop,
+//! the experiments loop, healing, and the watch over lost hosts.
 
 mod aftermath;
 mod certs;
@@ -46,7 +48,6 @@ pub use clock::{Clock, SystemClock};
 pub use gates::GateCheck;
 pub use incidents::{IncidentView, OpenRequest, TimelineEntry};
 pub use promote::{PromoteRequest, PromotionView};
-pub use release_maker::ReleaseMaker;
 pub use rules::{NewRuleRequest, Replay, ReplayTarget};
 pub use runtime::{InstanceSpec, LocalRuntime, Runtime};
 pub use sluice_spec::Layout;
@@ -366,6 +367,7 @@ impl Cd {
             tokio::spawn(experiment::keeper(started.clone()));
             promote::gatekeeper(started).await;
         });
+        tokio::spawn(release_maker::keep(inner.clone()));
         tokio::spawn(traffic::keep(inner.clone()));
         tokio::spawn(data::note_use(inner.clone(), inner.config.heal_interval));
         tokio::spawn(incidents::take_alarms(inner.clone(), raised));
@@ -374,11 +376,6 @@ impl Cd {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
-    }
-
-    /// The notifier that makes releases from green mainline runs.
-    pub fn release_maker(&self) -> ReleaseMaker {
-        ReleaseMaker::new(self.inner.clone())
     }
 
     pub async fn promote(&self, request: PromoteRequest, actor: &Actor) -> CdResult<PromotionView> {

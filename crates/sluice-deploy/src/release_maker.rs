@@ -1,47 +1,35 @@
-//! Making releases: a green mainline run's artifact, with the `sluice.yaml`
-//! it carries, becomes release `vN` of its service, and asks for the
-//! automatic promotions its environments declare. At start, `catch_up`
-//! does what a kill between a run's end and those writes left undone.
+//! The release maker: a green mainline run's artifact, with the
+//! `sluice.yaml` it carries, becomes release `vN` of its service, which
+//! asks for the automatic promotions its environments declare. A loop
+//! woken when a run ends (through the store, as every controller is): CI
+//! does not call it. Its first pass, at start, also asks for what a kill
+//! between a release's arrival somewhere and its next promotion left
+//! unasked.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
-use sluice_ci::Notifier;
-use sluice_store::{Release, Repo, Run, RunStatus};
+use sluice_store::{Release, Repo, Run, Topic};
 
 use crate::{Inner, aftermath};
 
-/// The CI notifier that makes a release of every green mainline run with an
-/// artifact, then asks for the automatic deployments its environments declare.
-pub struct ReleaseMaker {
-    inner: Arc<Inner>,
-}
+/// How long the loop waits for a run's end before it looks anyway (a
+/// wake-up lost with a dropped PostgreSQL connection, say).
+const LOOK_ANYWAY: Duration = Duration::from_secs(10);
 
-impl ReleaseMaker {
-    pub(crate) fn new(inner: Arc<Inner>) -> Self {
-        ReleaseMaker { inner }
-    }
-}
-
-impl Notifier for ReleaseMaker {
-    fn run_changed<'a>(
-        &'a self,
-        repo: &'a Repo,
-        run: &'a Run,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async move {
-            let Some(artifact) = run.artifact_sha256.clone() else {
-                return;
-            };
-            if run.status != RunStatus::Success || run.kind != "mainline" {
-                return;
-            }
-            let inner = self.inner.clone();
-            let (repo, run) = (repo.clone(), run.clone());
-            tokio::spawn(async move { release_run(&inner, &repo, &run, &artifact).await });
-        })
+/// The release loop: makes the release of each green mainline run that
+/// has none, woken when a run ends.
+pub(crate) async fn keep(inner: Arc<Inner>) {
+    loop {
+        // Made before the pass, so that a run ending during it is not missed.
+        let woken = inner.store.woken(Topic::RunEnded);
+        make_missing(&inner).await;
+        tokio::select! {
+            _ = woken => {}
+            _ = tokio::time::sleep(LOOK_ANYWAY) => {}
+            _ = inner.shutdown.cancelled() => return,
+        }
     }
 }
 
@@ -59,12 +47,11 @@ async fn release_run(inner: &Arc<Inner>, repo: &Repo, run: &Run, artifact: &str)
     }
 }
 
-/// The first pass of the releases loop: a kill may fall between a run's
-/// end and its release, or between a release (or its arrival in an
-/// environment) and the automatic promotions that follow. Makes the
-/// missing releases, then asks for every automatic promotion of each
-/// service's newest release that was never asked for and is due.
-pub(crate) async fn catch_up(inner: &Arc<Inner>) {
+/// Makes the release of every green mainline run with an artifact that
+/// has none and is newer than its repository's newest release (one that
+/// ended while no server ran this loop too). A run whose commit left its
+/// branch is marked and not looked at again.
+async fn make_missing(inner: &Arc<Inner>) {
     let store = &inner.store;
     let awaiting = store.runs_awaiting_release().await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "could not look for runs without their release");
@@ -77,9 +64,18 @@ pub(crate) async fn catch_up(inner: &Arc<Inner>) {
         ) else {
             continue;
         };
-        tracing::info!(run = run.id, "making the release a previous server did not");
         release_run(inner, &repo, &run, &artifact).await;
     }
+}
+
+/// At start: a kill may fall between a run's end and its release, or
+/// between a release (or its arrival in an environment) and the automatic
+/// promotions that follow. Makes the missing releases, then asks for every
+/// automatic promotion of each service's newest release that was never
+/// asked for and is due.
+pub(crate) async fn catch_up(inner: &Arc<Inner>) {
+    make_missing(inner).await;
+    let store = &inner.store;
     let releases = store.releases(None, 1000).await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "could not read the releases to catch up on");
         Vec::new()

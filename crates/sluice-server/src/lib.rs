@@ -467,7 +467,6 @@ async fn activate(
     if let Some(parallelism) = options.parallelism {
         config.parallelism = parallelism;
     }
-    // CD first: its release maker hears of every green mainline run.
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = sluice_proxy::Metrics::register(&mut registry);
     let mut cd_config = CdConfig::new(data_dir);
@@ -479,7 +478,7 @@ async fn activate(
         cd_config.local_agent = Some(local_agent::selector(&name));
     }
     let cd = Cd::start(store.clone(), cd_config, metrics).await?;
-    let ci = Ci::start(store.clone(), config, vec![Arc::new(cd.release_maker())]).await?;
+    let ci = Ci::start(store.clone(), config).await?;
     let public_url = options
         .public_url
         .clone()

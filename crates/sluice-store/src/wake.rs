@@ -62,9 +62,12 @@ pub enum Topic {
     /// A server held a webhook delivery (the server running CI turns it
     /// into a run).
     WebhookHeld,
+    /// A run ended (the release maker looks for a green mainline run to
+    /// release).
+    RunEnded,
 }
 
-const TOPICS: [Topic; 8] = [
+const TOPICS: [Topic; 9] = [
     Topic::PromotionAsked,
     Topic::PromotionOpened,
     Topic::ExperimentOpened,
@@ -73,6 +76,7 @@ const TOPICS: [Topic; 8] = [
     Topic::JobOffered,
     Topic::PlacementChanged,
     Topic::WebhookHeld,
+    Topic::RunEnded,
 ];
 
 impl Topic {
@@ -86,6 +90,7 @@ impl Topic {
             Topic::JobOffered => "job-offered",
             Topic::PlacementChanged => "placement-changed",
             Topic::WebhookHeld => "webhook-held",
+            Topic::RunEnded => "run-ended",
         }
     }
 
