@@ -124,10 +124,10 @@ async fn turn(
         let environment = inner.env_lock(service, env).lock_owned().await;
         let experimenting = inner
             .store
-            .experiments(Some(service), 200)
+            .open_experiments(Some(service))
             .await?
             .iter()
-            .any(|x| x.environment == env && x.is_open());
+            .any(|x| x.environment == env);
         if cause == DeploymentCause::Reconcile || !experimenting {
             return Ok(Turn {
                 _queue: queue,
@@ -485,13 +485,7 @@ impl Inner {
         }
         // Open experiments go on once the environments are back: their
         // deployments stay open.
-        let open: Vec<sluice_store::Experiment> = self
-            .store
-            .experiments(None, 1000)
-            .await?
-            .into_iter()
-            .filter(|x| x.is_open())
-            .collect();
+        let open = self.store.open_experiments(None).await?;
         for deployment in self
             .store
             .deployments(None, None, Some(DeploymentStatus::Running), 1000)
@@ -718,13 +712,7 @@ impl Inner {
     }
 
     async fn open_experiments(&self) -> anyhow::Result<Vec<sluice_store::Experiment>> {
-        Ok(self
-            .store
-            .experiments(None, 1000)
-            .await?
-            .into_iter()
-            .filter(|x| x.is_open())
-            .collect())
+        Ok(self.store.open_experiments(None).await?)
     }
 
     /// Brings each environment's recorded release back (after

@@ -36,10 +36,10 @@ pub(crate) async fn keeper(inner: Arc<Inner>) {
 }
 
 async fn take_open(inner: &Arc<Inner>) {
-    let Ok(all) = inner.store.experiments(None, 1000).await else {
+    let Ok(open) = inner.store.open_experiments(None).await else {
         return;
     };
-    for x in all.into_iter().filter(|x| x.is_open()) {
+    for x in open {
         let followed = inner.followed.lock().unwrap().contains(&x.id);
         if followed || !inner.taking_up.lock().unwrap().insert(x.id) {
             continue;

@@ -528,8 +528,8 @@ impl Cd {
                 "{env} runs no release yet: there is no A to compare B with; promote one first"
             )));
         };
-        let open = self.inner.store.experiments(Some(service), 200).await?;
-        if open.iter().any(|x| x.environment == env && x.is_open()) {
+        let open = self.inner.store.open_experiments(Some(service)).await?;
+        if open.iter().any(|x| x.environment == env) {
             return Err(CdError::Conflict(format!(
                 "an experiment already runs in {env}"
             )));

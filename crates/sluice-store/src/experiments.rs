@@ -91,6 +91,24 @@ impl Store {
             })
     }
 
+    /// The experiments still running (of one service, or all), oldest
+    /// first: what the controllers look at each pass, read without the
+    /// ended ones and their reports.
+    pub async fn open_experiments(&self, service: Option<&str>) -> Result<Vec<Experiment>> {
+        let open: Vec<String> = ExperimentStatus::ALL
+            .iter()
+            .filter(|s| s.is_open())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "{SELECT} WHERE ($1 IS NULL OR x.service = $1) AND x.status IN ({}) ORDER BY x.id",
+            open.join(", ")
+        )))
+        .bind(service)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn experiments(&self, service: Option<&str>, limit: i64) -> Result<Vec<Experiment>> {
         Ok(sqlx::query_as(AssertSqlSafe(format!(
             "{SELECT} WHERE ($1 IS NULL OR x.service = $1) ORDER BY x.id DESC LIMIT $2"

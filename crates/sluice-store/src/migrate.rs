@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (15, include_str!("migrations/0015_servers.sql")),
     (16, include_str!("migrations/0016_agent_jobs.sql")),
     (17, include_str!("migrations/0017_held_webhooks.sql")),
+    (18, include_str!("migrations/0018_controller_lookups.sql")),
 ];
 
 pub async fn run(store: &Store) -> Result<()> {

@@ -502,19 +502,36 @@ impl Store {
 
     /// Green mainline runs with an artifact that made no release and are
     /// newer than their repository's newest release, less those already
-    /// found off their branch: what a kill between a run's end and its
-    /// release left undone.
+    /// found off their branch: what the release maker has to do. One
+    /// range per repository (`runs_repo`), so a pass reads what is new
+    /// since each newest release, not every run ever recorded.
     pub async fn runs_awaiting_release(&self) -> Result<Vec<Run>> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!(
-            "{RUN_SELECT} WHERE r.status = 'success' AND c.kind = 'mainline'
-               AND r.artifact_sha256 IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM releases x WHERE x.run_id = r.id)
-               AND r.id > COALESCE((SELECT MAX(x.run_id) FROM releases x WHERE x.repo_id = r.repo_id), 0)
-               AND NOT EXISTS (SELECT 1 FROM change_log l WHERE l.kind = 'release.skipped' AND l.subject = 'run ' || r.id)
-             ORDER BY r.id"
-        )))
-        .fetch_all(&self.pool)
-        .await?)
+        let repos: Vec<i64> = sqlx::query_scalar("SELECT id FROM repos ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut awaiting = Vec::new();
+        for repo in repos {
+            let newest: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(run_id) FROM releases WHERE repo_id = $1")
+                    .bind(repo)
+                    .fetch_one(&self.pool)
+                    .await?;
+            let runs: Vec<Run> = sqlx::query_as(AssertSqlSafe(format!(
+                "{RUN_SELECT} WHERE r.repo_id = $1 AND r.id > $2
+                   AND r.status = 'success' AND c.kind = 'mainline'
+                   AND r.artifact_sha256 IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM releases x WHERE x.run_id = r.id)
+                   AND NOT EXISTS (SELECT 1 FROM change_log l WHERE l.kind = 'release.skipped' AND l.subject = 'run ' || r.id)
+                 ORDER BY r.id"
+            )))
+            .bind(repo)
+            .bind(newest.unwrap_or(0))
+            .fetch_all(&self.pool)
+            .await?;
+            awaiting.extend(runs);
+        }
+        awaiting.sort_by_key(|r| r.id);
+        Ok(awaiting)
     }
 
     /// Runs left `running` by a server that stopped; each becomes `error`.
