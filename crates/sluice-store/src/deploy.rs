@@ -712,26 +712,46 @@ impl Store {
         Ok(promotion)
     }
 
+    /// The newest promotions (of one service, or all; open ones only when
+    /// asked), newest first, each with its approvals: two queries, however
+    /// many there are (the gatekeeper reads a service's every second).
     pub async fn promotions(
         &self,
         service: Option<&str>,
         open_only: bool,
         limit: i64,
     ) -> Result<Vec<Promotion>> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM promotions WHERE ($1 IS NULL OR service = $1) AND ($2 = 0 OR status IN ('pending', 'deploying'))
-             ORDER BY id DESC LIMIT $3",
-        )
+        let mut promotions: Vec<Promotion> = sqlx::query_as(AssertSqlSafe(format!(
+            "{PROMOTION_SELECT} WHERE ($1 IS NULL OR p.service = $1) AND ($2 = 0 OR p.status IN ('pending', 'deploying'))
+             ORDER BY p.id DESC LIMIT $3"
+        )))
         .bind(service)
         .bind(i64::from(open_only))
         .bind(if limit > 0 { limit } else { 100 })
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::new();
-        for id in ids {
-            out.push(self.promotion(id).await?);
+        let (Some(newest), Some(oldest)) = (promotions.first(), promotions.last()) else {
+            return Ok(promotions);
+        };
+        let approvals: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT promotion_id, approver, at FROM approvals
+             WHERE promotion_id BETWEEN $1 AND $2 ORDER BY at",
+        )
+        .bind(oldest.id)
+        .bind(newest.id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_promotion: std::collections::HashMap<i64, Vec<Approval>> = Default::default();
+        for (promotion, approver, at) in approvals {
+            by_promotion
+                .entry(promotion)
+                .or_default()
+                .push(Approval { approver, at });
         }
-        Ok(out)
+        for promotion in &mut promotions {
+            promotion.approvals = by_promotion.remove(&promotion.id).unwrap_or_default();
+        }
+        Ok(promotions)
     }
 
     /// Moves a promotion on; logs when it ends or its blocking gate changes.

@@ -9,6 +9,7 @@ mod incidents;
 mod leases;
 mod notify;
 mod placements;
+mod promotions;
 mod runs;
 mod sessions;
 mod traffic;

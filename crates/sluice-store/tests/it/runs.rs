@@ -4,7 +4,7 @@ use sluice_store::{LogLine, NewChange, NewRepo, PlannedJob, RunFilter, RunStatus
 
 use crate::each_store;
 
-async fn repo(store: &Store) -> sluice_store::Repo {
+pub(crate) async fn repo(store: &Store) -> sluice_store::Repo {
     store
         .insert_repo(
             NewRepo {
@@ -22,7 +22,7 @@ async fn repo(store: &Store) -> sluice_store::Repo {
         .unwrap()
 }
 
-fn change(repo_id: i64, branch: &str, sha: &str) -> NewChange {
+pub(crate) fn change(repo_id: i64, branch: &str, sha: &str) -> NewChange {
     NewChange {
         repo_id,
         ref_name: format!("refs/heads/{branch}"),
