@@ -14,6 +14,11 @@ use serde_json::{Value, json};
 
 use crate::support::{GitRepo, Server, copy_fixture};
 
+/// Latency is judged at the steps where B has at most half the users (at
+/// 20% its instances are mostly still warming up: 200 requests each), and
+/// a second is judged 5 s after it passed, with A's seconds around it. The
+/// 50% step's 12 s leave several judged seconds even on a loaded machine
+/// (8 s left one or two, and none once in a loaded CI run).
 const SPEC: &str = r#"service: blog
 pipeline:
   jobs:
@@ -33,7 +38,7 @@ environments:
     listen: 127.0.0.1:0
     data: { seed: scripts/seed.py }
     strategy:
-      ab: { steps: [20, 50, 100], min_requests: 300, min_duration: 8s, max_step: 120s, metrics: [error_rate, latency_p50, latency_p95] }
+      ab: { steps: [20, 50, 100], min_requests: 300, min_duration: 12s, max_step: 120s, metrics: [error_rate, latency_p50, latency_p95] }
 "#;
 
 /// Readers and writers until stopped; every failed answer with the release that gave it.
@@ -356,7 +361,7 @@ async fn b_can_work_on_a_copy_of_the_data_that_goes_when_the_experiment_ends() {
     let repo = GitRepo::new(dir.path(), "blog");
     copy_fixture(&repo, "blog");
     let spec = SPEC.replace(
-        "ab: { steps: [20, 50, 100], min_requests: 300, min_duration: 8s, max_step: 120s, metrics: [error_rate, latency_p50, latency_p95] }",
+        "ab: { steps: [20, 50, 100], min_requests: 300, min_duration: 12s, max_step: 120s, metrics: [error_rate, latency_p50, latency_p95] }",
         "ab: { steps: [50, 100], min_requests: 100000, min_duration: 1h, max_step: 2h, allow_force: true, data: copy }",
     );
     assert_ne!(spec, SPEC, "the strategy was replaced");
